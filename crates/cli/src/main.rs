@@ -1,0 +1,45 @@
+//! `gpt-oss-lite`: the workbench's command line.
+
+mod commands;
+mod model_args;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "gpt-oss-lite",
+    version,
+    about = "Expert-selection workbench for gpt-oss MoE models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Continue a prompt (greedy unless --temperature is given).
+    Generate(commands::generate::Args),
+    /// Per-token log-probabilities of a text.
+    Score(commands::score::Args),
+    /// Config summary, tensor inventory and bytes per component.
+    Inspect(commands::inspect::Args),
+    /// Write a random checkpoint in the release layout for any config.
+    Synth(commands::synth::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Score(a) => commands::score::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Synth(a) => commands::synth::run(a),
+    }
+}

@@ -1,0 +1,714 @@
+//! gpt-oss `config.json`, parsed exactly as transformers reads it (spec section 1).
+//!
+//! Two layouts exist on disk: the hub files (`rope_scaling` plus a top-level `rope_theta`) and the
+//! one newer transformers writes (`rope_parameters` with `rope_theta` inside). Both are accepted.
+//! A missing `truncate` means true (transformers' default), which is *not* what gpt-oss was
+//! trained with; [`GptOssConfig::warnings`] says so.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::{ModelError, Result};
+
+/// Attention pattern of one decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerType {
+    /// Sees at most `sliding_window` keys, itself included.
+    Sliding,
+    /// Sees every earlier key.
+    Full,
+}
+
+impl LayerType {
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            LayerType::Sliding => "sliding_attention",
+            LayerType::Full => "full_attention",
+        }
+    }
+}
+
+/// Rotary embedding parameters (spec 4.5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE (`rope_type: "default"`).
+    None,
+    /// YaRN as transformers computes it.
+    Yarn {
+        factor: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        original_max_position_embeddings: usize,
+        /// Round the correction range to integers (transformers' default when the key is missing).
+        truncate: bool,
+        /// Explicit cos/sin multiplier; when absent it is 0.1 ln(factor) + 1.
+        attention_factor: Option<f64>,
+    },
+}
+
+/// The hyper-parameters the forward pass needs, validated.
+#[derive(Debug, Clone)]
+pub struct GptOssConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    /// Read from the file: for gpt-oss it is 64 while hidden/heads is 45.
+    pub head_dim: usize,
+    pub num_experts: usize,
+    pub experts_per_token: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f64,
+    pub sliding_window: usize,
+    pub layer_types: Vec<LayerType>,
+    pub rope: RopeConfig,
+    pub swiglu_limit: f32,
+    pub swiglu_alpha: f32,
+    pub tie_word_embeddings: bool,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+    /// True when config.json declares MXFP4 experts (`quantization_config.quant_method`).
+    pub mxfp4_experts: bool,
+    /// The file as read, so that writers (pruning) change only what they mean to.
+    pub raw: Value,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawRope {
+    rope_type: Option<String>,
+    #[serde(rename = "type")]
+    legacy_type: Option<String>,
+    rope_theta: Option<f64>,
+    factor: Option<f64>,
+    beta_fast: Option<f64>,
+    beta_slow: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
+    truncate: Option<bool>,
+    attention_factor: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    model_type: Option<String>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    num_local_experts: Option<usize>,
+    num_experts: Option<usize>,
+    num_experts_per_tok: Option<usize>,
+    experts_per_token: Option<usize>,
+    vocab_size: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    sliding_window: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<RawRope>,
+    rope_parameters: Option<RawRope>,
+    swiglu_limit: Option<f32>,
+    swiglu_alpha: Option<f32>,
+    attention_bias: Option<bool>,
+    tie_word_embeddings: Option<bool>,
+    eos_token_id: Option<Value>,
+    pad_token_id: Option<u32>,
+    quantization_config: Option<Value>,
+}
+
+/// Default YaRN block of gpt-oss (transformers' `GptOssConfig` uses it when none is given).
+const GPT_OSS_DEFAULT_THETA: f64 = 150000.0;
+
+impl GptOssConfig {
+    /// Reads and validates `path` (a `config.json`).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// Parses config.json text; `path` is only used in error messages.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| ModelError::config(path, format!("not valid JSON: {e}")))?;
+        Self::from_value(value, path)
+    }
+
+    pub fn from_value(value: Value, path: &Path) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_value(value.clone())
+            .map_err(|e| ModelError::config(path, format!("{e}")))?;
+        let err = |m: String| ModelError::config(path, m);
+        let need = |v: Option<usize>, name: &str| v.ok_or_else(|| err(format!("missing `{name}`")));
+
+        if let Some(t) = &raw.model_type
+            && t != "gpt_oss"
+        {
+            return Err(err(format!("model_type is `{t}`, expected `gpt_oss`")));
+        }
+        let hidden_size = need(raw.hidden_size, "hidden_size")?;
+        let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
+        let num_hidden_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
+        let num_attention_heads = need(raw.num_attention_heads, "num_attention_heads")?;
+        let num_key_value_heads = raw.num_key_value_heads.unwrap_or(num_attention_heads);
+        // Spec 1.1: read, never derived, when present (transformers falls back the same way).
+        let head_dim = raw
+            .head_dim
+            .unwrap_or(hidden_size / num_attention_heads.max(1));
+        let vocab_size = need(raw.vocab_size, "vocab_size")?;
+        let num_experts = agree(
+            raw.num_local_experts,
+            raw.num_experts,
+            "num_local_experts",
+            "num_experts",
+        )
+        .map_err(err)?
+        .ok_or_else(|| err("missing `num_local_experts` (or `num_experts`)".into()))?;
+        let experts_per_token = agree(
+            raw.num_experts_per_tok,
+            raw.experts_per_token,
+            "num_experts_per_tok",
+            "experts_per_token",
+        )
+        .map_err(err)?
+        .ok_or_else(|| err("missing `num_experts_per_tok` (or `experts_per_token`)".into()))?;
+
+        let layer_types = match &raw.layer_types {
+            Some(names) => names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| match n.as_str() {
+                    "sliding_attention" => Ok(LayerType::Sliding),
+                    "full_attention" => Ok(LayerType::Full),
+                    other => Err(err(format!("layer_types[{i}] is `{other}`"))),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            // Spec 1.3: even index sliding, odd full.
+            None => (0..num_hidden_layers)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        LayerType::Sliding
+                    } else {
+                        LayerType::Full
+                    }
+                })
+                .collect(),
+        };
+        let rope = parse_rope(&raw).map_err(err)?;
+        let eos_token_ids = match &raw.eos_token_id {
+            None | Some(Value::Null) => vec![],
+            Some(Value::Number(n)) => {
+                vec![n.as_u64().ok_or_else(|| err("bad eos_token_id".into()))? as u32]
+            }
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_u64().map(|n| n as u32))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| err("bad eos_token_id".into()))?,
+            Some(_) => return Err(err("eos_token_id must be a number or a list".into())),
+        };
+        let mxfp4_experts = raw
+            .quantization_config
+            .as_ref()
+            .and_then(|q| q.get("quant_method"))
+            .and_then(Value::as_str)
+            == Some("mxfp4");
+
+        let config = GptOssConfig {
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            num_experts,
+            experts_per_token,
+            vocab_size,
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-5),
+            sliding_window: raw.sliding_window.unwrap_or(0),
+            layer_types,
+            rope,
+            swiglu_limit: raw.swiglu_limit.unwrap_or(7.0),
+            swiglu_alpha: raw.swiglu_alpha.unwrap_or(1.702),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            eos_token_ids,
+            pad_token_id: raw.pad_token_id,
+            mxfp4_experts,
+            raw: value,
+        };
+        if raw.attention_bias == Some(false) {
+            return Err(err(
+                "attention_bias is false; gpt-oss attention always has q/k/v/o biases".into(),
+            ));
+        }
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let positive = [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("num_local_experts", self.num_experts),
+            ("num_experts_per_tok", self.experts_per_token),
+            ("vocab_size", self.vocab_size),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("`{name}` must be positive"));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
+        }
+        if self.experts_per_token > self.num_experts {
+            return Err(format!(
+                "num_experts_per_tok ({}) exceeds num_local_experts ({})",
+                self.experts_per_token, self.num_experts
+            ));
+        }
+        if self.layer_types.len() != self.num_hidden_layers {
+            return Err(format!(
+                "layer_types has {} entries for {} layers",
+                self.layer_types.len(),
+                self.num_hidden_layers
+            ));
+        }
+        if self.layer_types.contains(&LayerType::Sliding) && self.sliding_window == 0 {
+            return Err("sliding layers need a positive `sliding_window`".into());
+        }
+        if !(self.rms_norm_eps > 0.0) {
+            return Err("rms_norm_eps must be positive".into());
+        }
+        if !(self.swiglu_limit > 0.0) {
+            return Err("swiglu_limit must be positive".into());
+        }
+        if self.mxfp4_experts && (self.hidden_size % 32 != 0 || self.intermediate_size % 32 != 0) {
+            return Err(format!(
+                "MXFP4 experts need hidden_size ({}) and intermediate_size ({}) divisible by 32",
+                self.hidden_size, self.intermediate_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// Things a user should know that do not stop the model from running.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = vec![];
+        if let RopeScaling::Yarn { truncate: true, .. } = self.rope.scaling {
+            out.push(
+                "rope: `truncate` is missing or true, so the YaRN correction range is rounded \
+                 (transformers' default); gpt-oss was trained with truncate=false"
+                    .to_string(),
+            );
+        }
+        out
+    }
+
+    /// Query heads per key/value head.
+    pub fn group_size(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+
+    /// A copy for a model that keeps `kept` experts per layer (pruned variants).
+    pub fn with_num_experts(&self, kept: usize) -> Result<Self> {
+        let mut raw = self.raw.clone();
+        let obj = raw
+            .as_object_mut()
+            .ok_or_else(|| ModelError::Invalid("config is not a JSON object".into()))?;
+        obj.insert("num_local_experts".into(), json!(kept));
+        if obj.contains_key("num_experts") {
+            obj.insert("num_experts".into(), json!(kept));
+        }
+        Self::from_value(raw, Path::new("<pruned config>"))
+    }
+
+    /// The config in the hub layout (spec 1.1): what `synth` and the nano trainer write.
+    pub fn to_hf_json(&self) -> Value {
+        let mut v = self.raw.clone();
+        if !v.is_object() {
+            v = json!({});
+        }
+        let obj = v.as_object_mut().expect("object");
+        let (rope_scaling, theta) = match &self.rope.scaling {
+            RopeScaling::None => (json!({"rope_type": "default"}), self.rope.theta),
+            RopeScaling::Yarn {
+                factor,
+                beta_fast,
+                beta_slow,
+                original_max_position_embeddings,
+                truncate,
+                attention_factor,
+            } => {
+                let mut s = json!({
+                    "rope_type": "yarn",
+                    "factor": factor,
+                    "beta_fast": beta_fast,
+                    "beta_slow": beta_slow,
+                    "original_max_position_embeddings": original_max_position_embeddings,
+                    "truncate": truncate,
+                });
+                if let Some(a) = attention_factor {
+                    s["attention_factor"] = json!(a);
+                }
+                (s, self.rope.theta)
+            }
+        };
+        obj.remove("rope_parameters");
+        let fields = json!({
+            "architectures": ["GptOssForCausalLM"],
+            "model_type": "gpt_oss",
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "num_local_experts": self.num_experts,
+            "num_experts_per_tok": self.experts_per_token,
+            "experts_per_token": self.experts_per_token,
+            "vocab_size": self.vocab_size,
+            "rms_norm_eps": self.rms_norm_eps,
+            "sliding_window": self.sliding_window,
+            "layer_types": self.layer_types.iter().map(|t| t.hf_name()).collect::<Vec<_>>(),
+            "rope_theta": theta,
+            "rope_scaling": rope_scaling,
+            "swiglu_limit": self.swiglu_limit,
+            "attention_bias": true,
+            "attention_dropout": 0.0,
+            "hidden_act": "silu",
+            "tie_word_embeddings": self.tie_word_embeddings,
+        });
+        for (k, val) in fields.as_object().expect("object") {
+            obj.insert(k.clone(), val.clone());
+        }
+        obj.remove("num_experts");
+        if !self.eos_token_ids.is_empty() {
+            obj.insert(
+                "eos_token_id".into(),
+                if self.eos_token_ids.len() == 1 {
+                    json!(self.eos_token_ids[0])
+                } else {
+                    json!(self.eos_token_ids)
+                },
+            );
+        }
+        if let Some(p) = self.pad_token_id {
+            obj.insert("pad_token_id".into(), json!(p));
+        }
+        if self.mxfp4_experts {
+            obj.insert("quantization_config".into(), mxfp4_quantization_config());
+        } else {
+            obj.remove("quantization_config");
+        }
+        v
+    }
+}
+
+/// The `quantization_config` of the release checkpoints.
+pub fn mxfp4_quantization_config() -> Value {
+    json!({
+        "quant_method": "mxfp4",
+        "modules_to_not_convert": [
+            "model.layers.*.self_attn",
+            "model.layers.*.mlp.router",
+            "model.embed_tokens",
+            "lm_head"
+        ]
+    })
+}
+
+fn agree(
+    a: Option<usize>,
+    b: Option<usize>,
+    a_name: &str,
+    b_name: &str,
+) -> std::result::Result<Option<usize>, String> {
+    match (a, b) {
+        (Some(x), Some(y)) if x != y => {
+            Err(format!("`{a_name}` ({x}) and `{b_name}` ({y}) disagree"))
+        }
+        (Some(x), _) | (None, Some(x)) => Ok(Some(x)),
+        (None, None) => Ok(None),
+    }
+}
+
+fn parse_rope(raw: &RawConfig) -> std::result::Result<RopeConfig, String> {
+    // transformers prefers `rope_parameters`; older files carry `rope_scaling` + `rope_theta`.
+    let (rope, from) = match (&raw.rope_parameters, &raw.rope_scaling) {
+        (Some(p), _) => (Some(p), "rope_parameters"),
+        (None, Some(s)) => (Some(s), "rope_scaling"),
+        (None, None) => (None, ""),
+    };
+    let Some(rope) = rope else {
+        // transformers' GptOssConfig default: the YaRN block of the release.
+        return Ok(RopeConfig {
+            theta: raw.rope_theta.unwrap_or(GPT_OSS_DEFAULT_THETA),
+            scaling: RopeScaling::Yarn {
+                factor: 32.0,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                original_max_position_embeddings: 4096,
+                truncate: false,
+                attention_factor: None,
+            },
+        });
+    };
+    let theta = rope
+        .rope_theta
+        .or(raw.rope_theta)
+        .unwrap_or(GPT_OSS_DEFAULT_THETA);
+    if !(theta > 0.0) {
+        return Err(format!("{from}: rope_theta must be positive"));
+    }
+    let kind = rope
+        .rope_type
+        .clone()
+        .or_else(|| rope.legacy_type.clone())
+        .unwrap_or_else(|| "default".into());
+    let scaling = match kind.as_str() {
+        "default" => RopeScaling::None,
+        "yarn" => {
+            let factor = rope
+                .factor
+                .ok_or_else(|| format!("{from}: yarn needs `factor`"))?;
+            if !(factor > 0.0) {
+                return Err(format!("{from}: factor must be positive"));
+            }
+            RopeScaling::Yarn {
+                factor,
+                beta_fast: rope.beta_fast.unwrap_or(32.0),
+                beta_slow: rope.beta_slow.unwrap_or(1.0),
+                original_max_position_embeddings: rope
+                    .original_max_position_embeddings
+                    .ok_or_else(|| {
+                        format!("{from}: yarn needs `original_max_position_embeddings`")
+                    })?,
+                // Spec 1.3: a missing key means true, as in transformers.
+                truncate: rope.truncate.unwrap_or(true),
+                attention_factor: rope.attention_factor,
+            }
+        }
+        other => {
+            return Err(format!(
+                "{from}: rope_type `{other}` is not supported (yarn or default)"
+            ));
+        }
+    };
+    Ok(RopeConfig { theta, scaling })
+}
+
+/// config.json of openai/gpt-oss-20b as published (spec 1.1).
+pub const GPT_OSS_20B_CONFIG: &str = include_str!("presets/gpt-oss-20b.json");
+/// config.json of openai/gpt-oss-120b as published (spec 1.1).
+pub const GPT_OSS_120B_CONFIG: &str = include_str!("presets/gpt-oss-120b.json");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<GptOssConfig> {
+        GptOssConfig::from_json_str(text, Path::new("config.json"))
+    }
+
+    #[test]
+    fn published_20b_config_parses_with_release_values() {
+        let c = parse(GPT_OSS_20B_CONFIG).unwrap();
+        assert_eq!(c.num_hidden_layers, 24);
+        assert_eq!(c.num_experts, 32);
+        assert_eq!(c.experts_per_token, 4);
+        assert_eq!(c.head_dim, 64);
+        assert_eq!(c.sliding_window, 128);
+        assert_eq!(c.layer_types[0], LayerType::Sliding);
+        assert_eq!(c.layer_types[1], LayerType::Full);
+        assert!(c.mxfp4_experts);
+        assert_eq!(c.eos_token_ids, vec![200002]);
+        assert_eq!(
+            c.rope,
+            RopeConfig {
+                theta: 150000.0,
+                scaling: RopeScaling::Yarn {
+                    factor: 32.0,
+                    beta_fast: 32.0,
+                    beta_slow: 1.0,
+                    original_max_position_embeddings: 4096,
+                    truncate: false,
+                    attention_factor: None
+                }
+            }
+        );
+        assert!(c.warnings().is_empty());
+        let big = parse(GPT_OSS_120B_CONFIG).unwrap();
+        assert_eq!((big.num_hidden_layers, big.num_experts), (36, 128));
+    }
+
+    fn edited(f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
+        let mut v: Value = serde_json::from_str(GPT_OSS_20B_CONFIG).unwrap();
+        f(v.as_object_mut().unwrap());
+        v.to_string()
+    }
+
+    #[test]
+    fn rope_parameters_layout_is_read_and_missing_truncate_means_true() {
+        let text = edited(|o| {
+            o.remove("rope_scaling");
+            o.remove("rope_theta");
+            o.insert(
+                "rope_parameters".into(),
+                json!({"rope_type": "yarn", "rope_theta": 5000.0, "factor": 8.0,
+                       "original_max_position_embeddings": 1024}),
+            );
+        });
+        let c = parse(&text).unwrap();
+        assert_eq!(c.rope.theta, 5000.0);
+        let RopeScaling::Yarn {
+            factor,
+            truncate,
+            beta_fast,
+            ..
+        } = c.rope.scaling
+        else {
+            panic!("expected yarn")
+        };
+        assert_eq!((factor, truncate, beta_fast), (8.0, true, 32.0));
+        assert_eq!(c.warnings().len(), 1);
+    }
+
+    #[test]
+    fn missing_layer_types_alternate_sliding_then_full() {
+        let c = parse(&edited(|o| {
+            o.remove("layer_types");
+        }))
+        .unwrap();
+        assert_eq!(c.layer_types.len(), 24);
+        assert!(
+            c.layer_types
+                .iter()
+                .step_by(2)
+                .all(|t| *t == LayerType::Sliding)
+        );
+        assert!(
+            c.layer_types
+                .iter()
+                .skip(1)
+                .step_by(2)
+                .all(|t| *t == LayerType::Full)
+        );
+    }
+
+    #[test]
+    fn expert_count_aliases_are_accepted_and_must_agree() {
+        let c = parse(&edited(|o| {
+            o.remove("num_local_experts");
+            o.insert("num_experts".into(), json!(16));
+            o.remove("num_experts_per_tok");
+        }))
+        .unwrap();
+        assert_eq!((c.num_experts, c.experts_per_token), (16, 4));
+        let e = parse(&edited(|o| {
+            o.insert("experts_per_token".into(), json!(2));
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("num_experts_per_tok") && e.contains("disagree"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn head_dim_is_read_not_derived() {
+        let c = parse(GPT_OSS_20B_CONFIG).unwrap();
+        assert_ne!(c.head_dim, c.hidden_size / c.num_attention_heads);
+    }
+
+    #[test]
+    fn unrunnable_configs_are_clear_errors() {
+        let cases: Vec<(String, &str)> = vec![
+            (
+                edited(|o| {
+                    o.remove("hidden_size");
+                }),
+                "missing `hidden_size`",
+            ),
+            (
+                edited(|o| {
+                    o.insert("num_experts_per_tok".into(), json!(64));
+                    o.insert("experts_per_token".into(), json!(64));
+                }),
+                "exceeds",
+            ),
+            (
+                edited(|o| {
+                    o.insert("num_key_value_heads".into(), json!(7));
+                }),
+                "multiple",
+            ),
+            (
+                edited(|o| {
+                    o.insert("layer_types".into(), json!(["sliding_attention"]));
+                }),
+                "layer_types has 1",
+            ),
+            (
+                edited(|o| {
+                    o.insert("layer_types".into(), json!(vec!["local"; 24]));
+                }),
+                "layer_types[0]",
+            ),
+            (
+                edited(|o| {
+                    o.insert("model_type".into(), json!("llama"));
+                }),
+                "expected `gpt_oss`",
+            ),
+            (
+                edited(|o| {
+                    o.insert(
+                        "rope_scaling".into(),
+                        json!({"rope_type": "linear", "factor": 2.0}),
+                    );
+                }),
+                "not supported",
+            ),
+            ("{not json".to_string(), "not valid JSON"),
+        ];
+        for (text, needle) in cases {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with("config.json: invalid config"), "{e}");
+            assert!(e.contains(needle), "`{e}` should mention `{needle}`");
+        }
+    }
+
+    #[test]
+    fn hub_layout_round_trips() {
+        let c = parse(GPT_OSS_20B_CONFIG).unwrap();
+        let back = parse(&c.to_hf_json().to_string()).unwrap();
+        assert_eq!(back.rope, c.rope);
+        assert_eq!(back.layer_types, c.layer_types);
+        assert_eq!(back.num_experts, c.num_experts);
+        let pruned = c.with_num_experts(16).unwrap();
+        assert_eq!(pruned.num_experts, 16);
+        assert_eq!(pruned.raw["num_local_experts"], json!(16));
+    }
+}

@@ -1,0 +1,74 @@
+//! The model crate's one error type. Every variant names the file (and, where there is one, the
+//! tensor or field) so that a user with a broken checkpoint knows what to fix.
+
+use std::path::PathBuf;
+
+/// What can go wrong while reading, checking or running a gpt-oss checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: invalid config: {message}")]
+    Config { path: PathBuf, message: String },
+
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+
+    #[error("{path}: tensor `{tensor}`: {message}")]
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        message: String,
+    },
+
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("device: {0}")]
+    Device(String),
+}
+
+impl ModelError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Config {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Checkpoint {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn tensor(
+        path: impl Into<PathBuf>,
+        tensor: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Tensor {
+            path: path.into(),
+            tensor: tensor.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

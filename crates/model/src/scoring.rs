@@ -1,0 +1,67 @@
+//! Log-probabilities of given tokens. Logits are produced a chunk of positions at a time, so a
+//! 201,088-token vocabulary is never materialised for a whole batch at once.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::transformer::{ForwardOptions, GptOss, TokenBatch};
+
+/// Positions per lm_head chunk (x batch x vocab floats at a time).
+pub const DEFAULT_CHUNK: usize = 256;
+
+/// For each row, log p(token t | tokens before t) for every non-padding token after the row's
+/// first: `rows[b].len() - 1` values.
+pub fn token_logprobs(
+    model: &GptOss,
+    rows: &[Vec<u32>],
+    options: ForwardOptions<'_, '_>,
+    chunk: usize,
+) -> Vec<Vec<f32>> {
+    let pad = model.config.pad_token_id.unwrap_or(0);
+    let batch = TokenBatch::left_padded(rows, pad);
+    let (b, t) = (batch.batch, batch.seq_len);
+    if t < 2 {
+        return vec![vec![]; b];
+    }
+    let device = model.device();
+    let hidden = model.forward_hidden(&batch, None, options);
+    // Target of position s is the token at s + 1.
+    let targets: Vec<i64> = (0..b)
+        .flat_map(|row| (0..t - 1).map(move |s| (row, s)))
+        .map(|(row, s)| batch.ids[row * t + s + 1] as i64)
+        .collect();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [b, t - 1]), &device);
+    let mut pieces = vec![];
+    let chunk = chunk.max(1);
+    let mut start = 0;
+    while start < t - 1 {
+        let len = chunk.min(t - 1 - start);
+        let logits = model.lm_head.forward(hidden.clone().narrow(1, start, len));
+        let chosen = log_softmax(logits, 2)
+            .gather(
+                2,
+                targets.clone().narrow(1, start, len).unsqueeze_dim::<3>(2),
+            )
+            .reshape([b, len]);
+        pieces.push(chosen);
+        start += len;
+    }
+    let all: Vec<f32> = Tensor::cat(pieces, 1)
+        .try_into_vec_as::<f32>()
+        .expect("f32 log-probabilities");
+    (0..b)
+        .map(|row| {
+            let first = batch.pads[row];
+            let from = row * (t - 1) + first;
+            all[from..(row + 1) * (t - 1)].to_vec()
+        })
+        .collect()
+}
+
+/// Full log-softmax rows [T, vocab] for one unpadded sequence (tests and small inspections).
+pub fn full_logprobs(model: &GptOss, tokens: &[u32]) -> Tensor<2> {
+    let batch = TokenBatch::left_padded(&[tokens.to_vec()], 0);
+    let logits = model.forward(&batch, None, ForwardOptions::default());
+    let [_, t, v] = logits.dims();
+    log_softmax(logits.reshape([t, v]), 1)
+}

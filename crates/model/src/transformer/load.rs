@@ -1,0 +1,288 @@
+//! Building [`GptOss`] from a checkpoint folder. Every tensor the config implies must be there
+//! with the implied shape, nothing else may be, and MXFP4 scales must be valid; each failure names
+//! the tensor and the file.
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::attention::Attention;
+use super::experts::{ExpertMatrix, Experts, PackedMxfp4};
+use super::moe::Moe;
+use super::norm::RmsNorm;
+use super::rope::RotaryTable;
+use super::{DecoderLayer, GptOss};
+use crate::checkpoint::inventory::layer_prefix;
+use crate::checkpoint::mxfp4::{self, BLOCK};
+use crate::checkpoint::{
+    Checkpoint, ExpertFormat, StoredAs, TensorRef, detect_expert_format, expected_tensors,
+};
+use crate::config::{GptOssConfig, LayerType};
+use crate::error::{ModelError, Result};
+
+/// Where MXFP4 experts live once loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpertResidency {
+    /// Decoded when the decoded experts take at most [`AUTO_DECODE_LIMIT`] bytes, else packed.
+    #[default]
+    Auto,
+    /// Decoded to f32 at load: fastest, 7.5x the checkpoint's expert bytes.
+    Decoded,
+    /// Kept as MXFP4 words and decoded per selected expert in the forward pass.
+    Packed,
+}
+
+/// Decoded f32 experts up to this size are decoded at load under [`ExpertResidency::Auto`].
+pub const AUTO_DECODE_LIMIT: u64 = 4 << 30;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    pub experts: ExpertResidency,
+}
+
+/// Opens `dir` (config.json + safetensors) and loads the model onto `device`.
+pub fn load_model(dir: &Path, device: &Device, options: LoadOptions) -> Result<GptOss> {
+    let config = GptOssConfig::from_file(&dir.join("config.json"))?;
+    let checkpoint = Checkpoint::open(dir)?;
+    from_checkpoint(config, &checkpoint, device, options)
+}
+
+/// Checks the checkpoint's inventory against `config`: the expert format it uses.
+pub fn check_inventory(config: &GptOssConfig, ckpt: &Checkpoint) -> Result<ExpertFormat> {
+    let format = detect_expert_format(|n| ckpt.contains(n)).ok_or_else(|| {
+        ModelError::tensor(
+            ckpt.dir(),
+            "model.layers.0.mlp.experts.gate_up_proj_blocks",
+            "missing (neither MXFP4 `*_blocks` nor dense `gate_up_proj` experts found)",
+        )
+    })?;
+    let specs = expected_tensors(config, format);
+    for spec in &specs {
+        let t = ckpt.tensor(&spec.name)?;
+        t.expect_shape(&spec.shape)?;
+        match spec.stored_as {
+            StoredAs::Float => t.expect_float()?,
+            StoredAs::Mxfp4Bytes => t.expect_u8()?,
+        }
+        if spec.name.ends_with("_scales")
+            && let Some(at) = mxfp4::find_invalid_scale(t.bytes)
+        {
+            return Err(ModelError::tensor(
+                t.path,
+                t.name,
+                format!("MXFP4 scale byte 255 (NaN in E8M0) at flat index {at}"),
+            ));
+        }
+    }
+    if ckpt.names().count() != specs.len() {
+        let expected: std::collections::HashSet<&str> =
+            specs.iter().map(|s| s.name.as_str()).collect();
+        let extra: Vec<&str> = ckpt.names().filter(|n| !expected.contains(n)).collect();
+        return Err(ModelError::tensor(
+            ckpt.path_of(extra[0]),
+            extra[0],
+            format!(
+                "unexpected for this config ({} unexpected tensor(s) in all{})",
+                extra.len(),
+                if extra.len() > 1 {
+                    format!(", e.g. also `{}`", extra[1])
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
+    Ok(format)
+}
+
+/// Loads an already-opened checkpoint.
+pub fn from_checkpoint(
+    config: GptOssConfig,
+    ckpt: &Checkpoint,
+    device: &Device,
+    options: LoadOptions,
+) -> Result<GptOss> {
+    let format = check_inventory(&config, ckpt)?;
+    let packed = match (format, options.experts) {
+        (ExpertFormat::Dense, _) => false,
+        (ExpertFormat::Mxfp4, ExpertResidency::Packed) => true,
+        (ExpertFormat::Mxfp4, ExpertResidency::Decoded) => false,
+        (ExpertFormat::Mxfp4, ExpertResidency::Auto) => {
+            decoded_expert_bytes(&config) > AUTO_DECODE_LIMIT
+        }
+    };
+    let loader = Loader { ckpt, device };
+    let mut layers = Vec::with_capacity(config.num_hidden_layers);
+    for l in 0..config.num_hidden_layers {
+        let p = layer_prefix(l);
+        let attn = Attention {
+            q_proj: loader.linear(&format!("{p}self_attn.q_proj"), true)?,
+            k_proj: loader.linear(&format!("{p}self_attn.k_proj"), true)?,
+            v_proj: loader.linear(&format!("{p}self_attn.v_proj"), true)?,
+            o_proj: loader.linear(&format!("{p}self_attn.o_proj"), true)?,
+            sinks: Param::from_tensor(loader.float::<1>(&format!("{p}self_attn.sinks"))?),
+            num_heads: config.num_attention_heads,
+            num_kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim,
+        };
+        let x = format!("{p}mlp.experts.");
+        let (gate_up, down) = match format {
+            ExpertFormat::Dense => (
+                ExpertMatrix::Dense(Param::from_tensor(
+                    loader.float::<3>(&format!("{x}gate_up_proj"))?,
+                )),
+                ExpertMatrix::Dense(Param::from_tensor(
+                    loader.float::<3>(&format!("{x}down_proj"))?,
+                )),
+            ),
+            ExpertFormat::Mxfp4 if packed => (
+                loader.packed_experts(&format!("{x}gate_up_proj"))?,
+                loader.packed_experts(&format!("{x}down_proj"))?,
+            ),
+            ExpertFormat::Mxfp4 => (
+                loader.decoded_experts(&format!("{x}gate_up_proj"))?,
+                loader.decoded_experts(&format!("{x}down_proj"))?,
+            ),
+        };
+        let experts = Experts {
+            gate_up,
+            gate_up_bias: Param::from_tensor(loader.float::<2>(&format!("{x}gate_up_proj_bias"))?),
+            down,
+            down_bias: Param::from_tensor(loader.float::<2>(&format!("{x}down_proj_bias"))?),
+            swiglu_limit: config.swiglu_limit,
+            swiglu_alpha: config.swiglu_alpha,
+        };
+        layers.push(DecoderLayer {
+            input_layernorm: loader
+                .norm(&format!("{p}input_layernorm.weight"), config.rms_norm_eps)?,
+            self_attn: attn,
+            post_attention_layernorm: loader.norm(
+                &format!("{p}post_attention_layernorm.weight"),
+                config.rms_norm_eps,
+            )?,
+            mlp: Moe {
+                router: loader.linear(&format!("{p}mlp.router"), true)?,
+                experts,
+                top_k: config.experts_per_token,
+            },
+            sliding_window: (config.layer_types[l] == LayerType::Sliding)
+                .then_some(config.sliding_window),
+        });
+    }
+    let lm_head_name = if config.tie_word_embeddings {
+        "model.embed_tokens"
+    } else {
+        "lm_head"
+    };
+    Ok(GptOss {
+        embed_tokens: Param::from_tensor(loader.float::<2>("model.embed_tokens.weight")?),
+        layers,
+        norm: loader.norm("model.norm.weight", config.rms_norm_eps)?,
+        lm_head: loader.linear(lm_head_name, false)?,
+        rope: RotaryTable::new(&config),
+        config,
+    })
+}
+
+/// Bytes the experts take decoded to f32.
+pub fn decoded_expert_bytes(config: &GptOssConfig) -> u64 {
+    let per_expert = 3 * config.hidden_size as u64 * config.intermediate_size as u64;
+    per_expert * config.num_experts as u64 * config.num_hidden_layers as u64 * 4
+}
+
+struct Loader<'a> {
+    ckpt: &'a Checkpoint,
+    device: &'a Device,
+}
+
+impl Loader<'_> {
+    fn float<const D: usize>(&self, name: &str) -> Result<Tensor<D>> {
+        let t = self.ckpt.tensor(name)?;
+        Ok(Tensor::from_data(
+            TensorData::new(t.to_f32()?, t.shape.to_vec()),
+            self.device,
+        ))
+    }
+
+    fn norm(&self, name: &str, eps: f64) -> Result<RmsNorm> {
+        Ok(RmsNorm::new(self.float::<1>(name)?, eps))
+    }
+
+    /// `{prefix}.weight` [out, in] (+ `{prefix}.bias`) as a burn Linear with weight [in, out].
+    fn linear(&self, prefix: &str, bias: bool) -> Result<Linear> {
+        let t = self.ckpt.tensor(&format!("{prefix}.weight"))?;
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let weight = transpose(&t.to_f32()?, rows, cols);
+        let weight = Tensor::from_data(TensorData::new(weight, [cols, rows]), self.device);
+        let bias = if bias {
+            Some(Param::from_tensor(
+                self.float::<1>(&format!("{prefix}.bias"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: Param::from_tensor(weight),
+            bias,
+        })
+    }
+
+    fn mxfp4_pair(&self, prefix: &str) -> Result<(TensorRef<'_>, TensorRef<'_>)> {
+        Ok((
+            self.ckpt.tensor(&format!("{prefix}_blocks"))?,
+            self.ckpt.tensor(&format!("{prefix}_scales"))?,
+        ))
+    }
+
+    /// MXFP4 `{prefix}_blocks/_scales` decoded to [E, in, out].
+    fn decoded_experts(&self, prefix: &str) -> Result<ExpertMatrix> {
+        let (blocks, scales) = self.mxfp4_pair(prefix)?;
+        let (e, rows, groups) = (blocks.shape[0], blocks.shape[1], blocks.shape[2]);
+        let cols = groups * BLOCK;
+        let mut out = Vec::with_capacity(e * rows * cols);
+        let mut expert = vec![0f32; rows * cols];
+        let per_expert_scales = rows * groups;
+        for x in 0..e {
+            let s = &scales.bytes[x * per_expert_scales..(x + 1) * per_expert_scales];
+            let b = &blocks.bytes[x * per_expert_scales * 16..(x + 1) * per_expert_scales * 16];
+            mxfp4::decode_rows(b, s, &mut expert);
+            out.extend(transpose(&expert, rows, cols));
+        }
+        let t = Tensor::from_data(TensorData::new(out, [e, cols, rows]), self.device);
+        Ok(ExpertMatrix::Dense(Param::from_tensor(t)))
+    }
+
+    /// MXFP4 `{prefix}_blocks/_scales` kept packed on the device.
+    fn packed_experts(&self, prefix: &str) -> Result<ExpertMatrix> {
+        let (blocks, scales) = self.mxfp4_pair(prefix)?;
+        let (e, rows, groups) = (blocks.shape[0], blocks.shape[1], blocks.shape[2]);
+        let words = Tensor::<3, Int>::from_data(
+            TensorData::new(mxfp4::pack_words(blocks.bytes), [e, rows, groups * 4]),
+            self.device,
+        );
+        let scale_codes: Vec<i32> = scales.bytes.iter().map(|&s| s as i32).collect();
+        let scales = Tensor::<3, Int>::from_data(
+            TensorData::new(scale_codes, [e, rows, groups]),
+            self.device,
+        );
+        Ok(ExpertMatrix::Mxfp4(PackedMxfp4::new(words, scales)))
+    }
+}
+
+/// Row-major [rows, cols] -> [cols, rows], blocked for cache locality.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0f32; values.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = values[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,119 @@
+//! Attention masks (spec 4.4) built on the device from slot indices.
+//!
+//! A *slot* is a column of the batch: rows are left-padded, so slot s of row b holds the token at
+//! position s - pad[b]. Queries occupy slots q_start..q_start+T, keys k_start..k_start+S (keys
+//! before q_start come from the KV cache). A key is visible when it is not padding, not in the
+//! future, and, on sliding layers, fewer than `window` slots back (the query sees at most
+//! `window` keys including itself).
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+/// The slots a forward call covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotRange {
+    pub start: usize,
+    pub len: usize,
+}
+
+/// `true` where attention is forbidden, shaped [B, 1, T, S].
+pub fn blocked_keys(
+    pads: &[usize],
+    queries: SlotRange,
+    keys: SlotRange,
+    window: Option<usize>,
+    device: &Device,
+) -> Tensor<4, Bool> {
+    let b = pads.len();
+    let (t, s) = (queries.len, keys.len);
+    let q = Tensor::<1, Int>::arange(queries.start as i64..(queries.start + t) as i64, device)
+        .float()
+        .reshape([1, 1, t, 1]);
+    let k = Tensor::<1, Int>::arange(keys.start as i64..(keys.start + s) as i64, device)
+        .float()
+        .reshape([1, 1, 1, s]);
+    let pad = Tensor::<1>::from_data(
+        TensorData::new(pads.iter().map(|&p| p as f32).collect::<Vec<_>>(), [b]),
+        device,
+    )
+    .reshape([b, 1, 1, 1]);
+    let shape = [b, 1, t, s];
+    // back = q - k: negative for future keys.
+    let back = q - k.clone();
+    let mut blocked = back.clone().lower_elem(0.0).expand(shape);
+    if let Some(w) = window {
+        blocked = blocked.bool_or(back.greater_equal_elem(w as f32).expand(shape));
+    }
+    let padding = (k - pad).lower_elem(0.0).expand(shape);
+    blocked.bool_or(padding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_reference(
+        pads: &[usize],
+        q: SlotRange,
+        k: SlotRange,
+        window: Option<usize>,
+    ) -> Vec<bool> {
+        let mut out = vec![];
+        for &pad in pads {
+            for qi in q.start..q.start + q.len {
+                for ki in k.start..k.start + k.len {
+                    let future = ki > qi;
+                    let too_far = window.is_some_and(|w| qi - ki.min(qi) >= w);
+                    out.push(future || too_far || ki < pad);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn device_mask_matches_definition() {
+        let device = Device::flex();
+        let pads = [0, 3];
+        for (q, k, w) in [
+            (
+                SlotRange { start: 0, len: 9 },
+                SlotRange { start: 0, len: 9 },
+                None,
+            ),
+            (
+                SlotRange { start: 0, len: 9 },
+                SlotRange { start: 0, len: 9 },
+                Some(4),
+            ),
+            (
+                SlotRange { start: 9, len: 1 },
+                SlotRange { start: 6, len: 4 },
+                Some(4),
+            ),
+            (
+                SlotRange { start: 5, len: 3 },
+                SlotRange { start: 0, len: 8 },
+                None,
+            ),
+        ] {
+            let got = blocked_keys(&pads, q, k, w, &device)
+                .try_into_vec_as::<bool>()
+                .unwrap();
+            assert_eq!(got, host_reference(&pads, q, k, w), "{q:?} {k:?} {w:?}");
+        }
+    }
+
+    #[test]
+    fn sliding_layer_sees_exactly_window_keys() {
+        let device = Device::flex();
+        let (t, w) = (20, 8);
+        let r = SlotRange { start: 0, len: t };
+        let m = blocked_keys(&[0], r, r, Some(w), &device)
+            .try_into_vec_as::<bool>()
+            .unwrap();
+        let row = |p: usize| &m[p * t..(p + 1) * t];
+        // Position 15 sees keys 8..=15: itself and 7 before.
+        let visible: Vec<usize> = (0..t).filter(|&j| !row(15)[j]).collect();
+        assert_eq!(visible, (8..=15).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,204 @@
+//! The gpt-oss decoder in burn (spec section 4): one implementation for every backend.
+
+pub mod attention;
+pub mod cache;
+pub mod experts;
+pub mod load;
+pub mod mask;
+pub mod moe;
+pub mod norm;
+pub mod rope;
+
+use std::collections::HashMap;
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use crate::config::{GptOssConfig, LayerType};
+use crate::routing::{ExpertMask, RoutingObserver};
+use attention::Attention;
+use cache::{KvCache, LayerKv};
+use mask::{SlotRange, blocked_keys};
+use moe::{Moe, RoutingHooks};
+use norm::RmsNorm;
+use rope::RotaryTable;
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Moe,
+    /// `Some(window)` on sliding layers.
+    pub sliding_window: Option<usize>,
+}
+
+/// gpt-oss: embedding, decoder layers, final norm, untied lm_head.
+#[derive(Module, Debug)]
+pub struct GptOss {
+    /// [vocab, H]
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// [H, vocab], no bias.
+    pub lm_head: Linear,
+    #[module(skip)]
+    pub config: GptOssConfig,
+    #[module(skip)]
+    pub rope: RotaryTable,
+}
+
+/// Optional hooks for one forward call.
+#[derive(Default)]
+pub struct ForwardOptions<'a, 'o> {
+    pub observer: Option<&'a mut (dyn RoutingObserver + 'o)>,
+    pub mask: Option<&'a ExpertMask>,
+}
+
+/// A batch of token rows, left-padded to one length.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    /// [B, T] row-major; padding slots hold `pad_token`.
+    pub ids: Vec<u32>,
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Padding slots at the start of each row.
+    pub pads: Vec<usize>,
+}
+
+impl TokenBatch {
+    /// Left-pads `rows` to the longest one.
+    pub fn left_padded(rows: &[Vec<u32>], pad_token: u32) -> Self {
+        let seq_len = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len() * seq_len);
+        let mut pads = Vec::with_capacity(rows.len());
+        for row in rows {
+            let pad = seq_len - row.len();
+            ids.extend(std::iter::repeat_n(pad_token, pad));
+            ids.extend_from_slice(row);
+            pads.push(pad);
+        }
+        Self {
+            ids,
+            batch: rows.len(),
+            seq_len,
+            pads,
+        }
+    }
+
+    /// One new token per row (a decode step).
+    pub fn step(tokens: &[u32]) -> Self {
+        Self {
+            ids: tokens.to_vec(),
+            batch: tokens.len(),
+            seq_len: 1,
+            pads: vec![0; tokens.len()],
+        }
+    }
+
+    pub fn to_tensor(&self, device: &burn::tensor::Device) -> Tensor<2, Int> {
+        let ids: Vec<i64> = self.ids.iter().map(|&t| t as i64).collect();
+        Tensor::from_data(TensorData::new(ids, [self.batch, self.seq_len]), device)
+    }
+}
+
+impl GptOss {
+    pub fn device(&self) -> burn::tensor::Device {
+        self.embed_tokens.device()
+    }
+
+    /// Final-norm hidden states [B, T, H]. With a cache, `batch` continues the cached rows
+    /// (its own `pads` are ignored: the cache keeps those of the first call).
+    pub fn forward_hidden(
+        &self,
+        batch: &TokenBatch,
+        mut cache: Option<&mut KvCache>,
+        options: ForwardOptions<'_, '_>,
+    ) -> Tensor<3> {
+        let device = self.device();
+        let (b, t) = (batch.batch, batch.seq_len);
+        let (q_start, pads) = match cache.as_deref() {
+            Some(c) if c.next_slot > 0 => (c.next_slot, c.pads.clone()),
+            _ => (0, batch.pads.clone()),
+        };
+        if let Some(c) = cache.as_deref_mut()
+            && c.next_slot == 0
+        {
+            c.pads = batch.pads.clone();
+        }
+        let positions: Vec<usize> = pads
+            .iter()
+            .flat_map(|&pad| (q_start..q_start + t).map(move |s| s.saturating_sub(pad)))
+            .collect();
+        let cos_sin = self.rope.cos_sin(&positions, b, &device);
+
+        let hidden_size = self.config.hidden_size;
+        let embed = self
+            .embed_tokens
+            .val()
+            .select(0, batch.to_tensor(&device).reshape([b * t]));
+        let mut x = embed.reshape([b, t, hidden_size]);
+
+        let queries = SlotRange {
+            start: q_start,
+            len: t,
+        };
+        let mut masks: HashMap<(usize, usize, Option<usize>), Tensor<4, Bool>> = HashMap::new();
+        let ForwardOptions { mut observer, mask } = options;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache: Option<&mut LayerKv> = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let (k_start, held) = match &layer_cache {
+                Some(c) => (c.start, c.keys.as_ref().map_or(0, |k| k.dims()[2])),
+                None => (q_start, 0),
+            };
+            let key = (k_start, held + t, layer.sliding_window);
+            let blocked = masks
+                .entry(key)
+                .or_insert_with(|| {
+                    let keys = SlotRange {
+                        start: k_start,
+                        len: held + t,
+                    };
+                    blocked_keys(&pads, queries, keys, layer.sliding_window, &device)
+                })
+                .clone();
+
+            let attn_in = layer.input_layernorm.forward(x.clone());
+            x = x + layer
+                .self_attn
+                .forward(attn_in, &cos_sin, &blocked, layer_cache);
+            let moe_in = layer.post_attention_layernorm.forward(x.clone());
+            let hooks = RoutingHooks {
+                layer: i,
+                router_bias: mask.and_then(|m| m.router_bias(i)),
+                observer: observer.as_deref_mut(),
+            };
+            x = x + layer.mlp.forward(moe_in, hooks);
+        }
+        if let Some(c) = cache {
+            c.next_slot = q_start + t;
+        }
+        self.norm.forward(x)
+    }
+
+    /// Logits [B, T, vocab] (use [`crate::scoring`] for long inputs: it never holds them all).
+    pub fn forward(
+        &self,
+        batch: &TokenBatch,
+        cache: Option<&mut KvCache>,
+        options: ForwardOptions<'_, '_>,
+    ) -> Tensor<3> {
+        let hidden = self.forward_hidden(batch, cache, options);
+        self.lm_head.forward(hidden)
+    }
+
+    /// A fresh cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(&self.config, vec![])
+    }
+
+    pub fn layer_type(&self, layer: usize) -> LayerType {
+        self.config.layer_types[layer]
+    }
+}

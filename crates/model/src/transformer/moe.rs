@@ -1,0 +1,106 @@
+//! The MoE block (spec 4.6): router with bias, top-k, softmax over the k selected logits, the
+//! selected experts' outputs weighted and summed. Tokens are grouped by expert so that each
+//! expert runs once per call on the tokens routed to it.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::activation::softmax;
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+
+use super::experts::Experts;
+use crate::routing::{LayerRouting, RoutingObserver};
+
+#[derive(Module, Debug)]
+pub struct Moe {
+    /// [H, E] with bias [E].
+    pub router: Linear,
+    pub experts: Experts,
+    pub top_k: usize,
+}
+
+/// Per-call routing inputs: an optional additive router bias (the expert mask) and observer.
+pub struct RoutingHooks<'a, 'o> {
+    pub layer: usize,
+    pub router_bias: Option<Vec<f32>>,
+    pub observer: Option<&'a mut (dyn RoutingObserver + 'o)>,
+}
+
+impl Moe {
+    pub fn num_experts(&self) -> usize {
+        self.experts.gate_up.num_experts()
+    }
+
+    /// `x` [B, T, H] (already normalised) -> [B, T, H].
+    pub fn forward(&self, x: Tensor<3>, hooks: RoutingHooks<'_, '_>) -> Tensor<3> {
+        let [b, t, h] = x.dims();
+        let n = b * t;
+        let k = self.top_k;
+        let device = x.device();
+        let xs = x.reshape([n, h]);
+        let mut logits = self.router.forward(xs.clone());
+        if let Some(bias) = &hooks.router_bias {
+            let bias = Tensor::<1>::from_data(TensorData::new(bias.clone(), [bias.len()]), &device);
+            logits = logits + bias.unsqueeze::<2>();
+        }
+        let (top_logits, top_ids) = logits.clone().topk_with_indices(k, 1);
+        let gates = softmax(top_logits, 1).reshape([n * k]);
+
+        // One read of the selected ids per layer: it decides which experts run on which tokens.
+        let ids: Vec<i64> = top_ids
+            .try_into_vec_as::<i64>()
+            .expect("expert ids are integers");
+        let mut routed: Vec<Vec<usize>> = vec![vec![]; self.num_experts()];
+        for (slot, &e) in ids.iter().enumerate() {
+            routed[e as usize].push(slot);
+        }
+        let needs = hooks
+            .observer
+            .as_ref()
+            .map(|o| o.needs())
+            .unwrap_or_default();
+        let mut output_norms = needs.expert_output_norms.then(|| vec![0f32; n * k]);
+
+        let mut out = Tensor::<2>::zeros([n, h], &device);
+        for (e, slots) in routed.iter().enumerate() {
+            if slots.is_empty() {
+                continue;
+            }
+            let m = slots.len();
+            let rows: Vec<i64> = slots.iter().map(|&s| (s / k) as i64).collect();
+            let slot_ids: Vec<i64> = slots.iter().map(|&s| s as i64).collect();
+            let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [m]), &device);
+            let slot_ids = Tensor::<1, Int>::from_data(TensorData::new(slot_ids, [m]), &device);
+            let y = self
+                .experts
+                .forward_expert(e, xs.clone().select(0, rows.clone()));
+            if let Some(norms) = output_norms.as_mut() {
+                let values = y.clone().square().sum_dim(1).sqrt().into_data();
+                for (&s, v) in slots.iter().zip(values.iter::<f32>()) {
+                    norms[s] = v;
+                }
+            }
+            let weight = gates.clone().select(0, slot_ids).reshape([m, 1]);
+            out = out.select_assign(0, rows, y * weight, IndexingUpdateOp::Add);
+        }
+
+        if let Some(observer) = hooks.observer {
+            let gate_weights: Vec<f32> = gates.try_into_vec_as::<f32>().expect("f32");
+            let router_logits: Option<Vec<f32>> = needs
+                .router_logits
+                .then(|| logits.try_into_vec_as::<f32>().expect("f32"));
+            let expert_ids: Vec<u32> = ids.iter().map(|&e| e as u32).collect();
+            observer.observe(&LayerRouting {
+                layer: hooks.layer,
+                batch: b,
+                seq_len: t,
+                top_k: k,
+                num_experts: self.num_experts(),
+                expert_ids: &expert_ids,
+                gate_weights: &gate_weights,
+                router_logits: router_logits.as_deref(),
+                expert_output_norms: output_norms.as_deref(),
+            });
+        }
+        out.reshape([b, t, h])
+    }
+}

@@ -1,0 +1,179 @@
+//! The workbench against Hugging Face transformers (float32, eager) on the random checkpoints
+//! that tools/reference/make_fixtures.py builds: log-probabilities to 1e-4 and greedy tokens
+//! exactly, with and without the KV cache, batched and unbatched, for MXFP4 experts decoded at
+//! load and kept packed.
+
+use std::path::PathBuf;
+
+use burn::tensor::Device;
+use gpt_oss_model::generate::{GenerateOptions, generate};
+use gpt_oss_model::scoring::{full_logprobs, token_logprobs};
+use gpt_oss_model::{ExpertResidency, ForwardOptions, GptOss, LoadOptions, load_model};
+use serde::Deserialize;
+
+const TOLERANCE: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/reference/out")
+        .join(name)
+}
+
+#[derive(Deserialize)]
+struct Greedy {
+    prompt: Vec<u32>,
+    continuation: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    sequences: Vec<Vec<u32>>,
+    greedy: Vec<Greedy>,
+}
+
+struct Expected {
+    reference: Reference,
+    /// Per sequence: log-softmax rows [T * vocab].
+    logprobs: Vec<Vec<f32>>,
+}
+
+fn expected(name: &str) -> Expected {
+    let dir = fixture(name);
+    let reference: Reference =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let logprobs = (0..reference.sequences.len())
+        .map(|i| {
+            let t = st.tensor(&format!("seq{i}.logprobs")).unwrap();
+            t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect()
+        })
+        .collect();
+    Expected {
+        reference,
+        logprobs,
+    }
+}
+
+fn load(name: &str, experts: ExpertResidency) -> GptOss {
+    load_model(&fixture(name), &Device::flex(), LoadOptions { experts }).unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn check_full_logprobs(name: &str, experts: ExpertResidency) {
+    let model = load(name, experts);
+    let exp = expected(name);
+    for (i, seq) in exp.reference.sequences.iter().enumerate() {
+        let ours: Vec<f32> = full_logprobs(&model, seq).try_into_vec_as::<f32>().unwrap();
+        let diff = max_abs_diff(&ours, &exp.logprobs[i]);
+        eprintln!("{name} {experts:?} seq{i}: max |diff| {diff:.2e}");
+        assert!(
+            diff < TOLERANCE,
+            "{name} seq{i} ({} tokens): max |diff| {diff}",
+            seq.len()
+        );
+    }
+}
+
+fn check_batched_token_logprobs(name: &str) {
+    let model = load(name, ExpertResidency::Auto);
+    let exp = expected(name);
+    let vocab = model.config.vocab_size;
+    let rows = &exp.reference.sequences;
+    let ours = token_logprobs(&model, rows, ForwardOptions::default(), 7);
+    for (i, seq) in rows.iter().enumerate() {
+        let theirs: Vec<f32> = (0..seq.len() - 1)
+            .map(|t| exp.logprobs[i][t * vocab + seq[t + 1] as usize])
+            .collect();
+        let diff = max_abs_diff(&ours[i], &theirs);
+        assert!(diff < TOLERANCE, "{name} batched seq{i}: max |diff| {diff}");
+    }
+}
+
+fn check_greedy(name: &str, use_cache: bool, batched: bool) {
+    let model = load(name, ExpertResidency::Auto);
+    let exp = expected(name);
+    let options = |n: usize| GenerateOptions {
+        max_new_tokens: n,
+        stop_tokens: vec![],
+        sampling: None,
+        use_cache,
+    };
+    let n = exp.reference.greedy[0].continuation.len();
+    if batched {
+        let prompts: Vec<Vec<u32>> = exp
+            .reference
+            .greedy
+            .iter()
+            .map(|g| g.prompt.clone())
+            .collect();
+        let outs = generate(&model, &prompts, &options(n));
+        for (g, out) in exp.reference.greedy.iter().zip(outs) {
+            assert_eq!(
+                out, g.continuation,
+                "{name} batched, cache {use_cache}, prompt {:?}",
+                g.prompt
+            );
+        }
+    } else {
+        for g in &exp.reference.greedy {
+            let out = generate(&model, &[g.prompt.clone()], &options(n)).remove(0);
+            assert_eq!(
+                out, g.continuation,
+                "{name} cache {use_cache}, prompt {:?}",
+                g.prompt
+            );
+        }
+    }
+}
+
+#[test]
+fn mxfp4_fixture_logprobs_match_transformers() {
+    check_full_logprobs("tiny-mxfp4", ExpertResidency::Decoded);
+}
+
+#[test]
+fn mxfp4_fixture_logprobs_match_transformers_with_packed_experts() {
+    check_full_logprobs("tiny-mxfp4", ExpertResidency::Packed);
+}
+
+#[test]
+fn dense_fixture_logprobs_match_transformers() {
+    check_full_logprobs("tiny-dense", ExpertResidency::Auto);
+}
+
+#[test]
+fn batched_padded_scoring_matches_unbatched_reference() {
+    check_batched_token_logprobs("tiny-mxfp4");
+    check_batched_token_logprobs("tiny-dense");
+}
+
+#[test]
+fn greedy_matches_transformers_with_kv_cache() {
+    check_greedy("tiny-mxfp4", true, false);
+    check_greedy("tiny-dense", true, false);
+}
+
+#[test]
+fn greedy_matches_transformers_without_kv_cache() {
+    check_greedy("tiny-mxfp4", false, false);
+    check_greedy("tiny-dense", false, false);
+}
+
+#[test]
+fn batched_greedy_with_padding_matches_transformers() {
+    check_greedy("tiny-mxfp4", true, true);
+    check_greedy("tiny-dense", true, true);
+    check_greedy("tiny-mxfp4", false, true);
+}

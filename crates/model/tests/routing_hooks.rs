@@ -1,0 +1,149 @@
+//! The routing observer sees every layer's top-k choice, the expert mask forbids experts, and
+//! neither changes anything when absent.
+
+use std::path::PathBuf;
+
+use burn::tensor::Device;
+use gpt_oss_model::{
+    ExpertMask, ForwardOptions, LayerRouting, LoadOptions, ObserverNeeds, RoutingObserver,
+    TokenBatch, load_model,
+};
+
+fn model() -> gpt_oss_model::GptOss {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/reference/out/tiny-mxfp4");
+    load_model(&dir, &Device::flex(), LoadOptions::default()).unwrap()
+}
+
+#[derive(Default)]
+struct Recorder {
+    needs: ObserverNeeds,
+    layers: Vec<usize>,
+    ids: Vec<Vec<u32>>,
+    gates: Vec<Vec<f32>>,
+    logits: Vec<Vec<f32>>,
+    norms: Vec<Vec<f32>>,
+    shape: (usize, usize, usize, usize),
+}
+
+impl RoutingObserver for Recorder {
+    fn needs(&self) -> ObserverNeeds {
+        self.needs
+    }
+    fn observe(&mut self, r: &LayerRouting<'_>) {
+        self.layers.push(r.layer);
+        self.ids.push(r.expert_ids.to_vec());
+        self.gates.push(r.gate_weights.to_vec());
+        self.logits
+            .push(r.router_logits.map(<[f32]>::to_vec).unwrap_or_default());
+        self.norms.push(
+            r.expert_output_norms
+                .map(<[f32]>::to_vec)
+                .unwrap_or_default(),
+        );
+        self.shape = (r.batch, r.seq_len, r.top_k, r.num_experts);
+    }
+}
+
+fn batch() -> TokenBatch {
+    TokenBatch::left_padded(&[vec![5, 17, 30, 2, 99, 100, 7], vec![1, 2, 3]], 0)
+}
+
+#[test]
+fn observer_sees_top_k_ids_and_gates_consistent_with_router_logits() {
+    let m = model();
+    let mut rec = Recorder {
+        needs: ObserverNeeds {
+            router_logits: true,
+            expert_output_norms: true,
+        },
+        ..Default::default()
+    };
+    let with = m.forward(
+        &batch(),
+        None,
+        ForwardOptions {
+            observer: Some(&mut rec),
+            mask: None,
+        },
+    );
+    let without = m.forward(&batch(), None, ForwardOptions::default());
+    let diff = (with - without).abs().max().into_scalar::<f32>();
+    assert_eq!(diff, 0.0, "observing must not change the result");
+
+    let (b, t, k, e) = rec.shape;
+    assert_eq!((b, t, k, e), (2, 7, 4, 8));
+    assert_eq!(rec.layers, vec![0, 1, 2, 3]);
+    for layer in 0..4 {
+        let (ids, gates, logits, norms) = (
+            &rec.ids[layer],
+            &rec.gates[layer],
+            &rec.logits[layer],
+            &rec.norms[layer],
+        );
+        assert_eq!(ids.len(), b * t * k);
+        assert_eq!(logits.len(), b * t * e);
+        for n in 0..b * t {
+            let row = &logits[n * e..(n + 1) * e];
+            let mut order: Vec<usize> = (0..e).collect();
+            order.sort_by(|&x, &y| row[y].total_cmp(&row[x]));
+            let mut chosen: Vec<usize> = ids[n * k..(n + 1) * k]
+                .iter()
+                .map(|&x| x as usize)
+                .collect();
+            chosen.sort();
+            let mut best: Vec<usize> = order[..k].to_vec();
+            best.sort();
+            assert_eq!(
+                chosen, best,
+                "layer {layer} token {n}: ids are the top-k logits"
+            );
+            // Gates are the softmax over the selected logits.
+            let sel: Vec<f32> = ids[n * k..(n + 1) * k]
+                .iter()
+                .map(|&x| row[x as usize])
+                .collect();
+            let max = sel.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = sel.iter().map(|l| (l - max).exp()).sum();
+            for j in 0..k {
+                let want = (sel[j] - max).exp() / z;
+                assert!((gates[n * k + j] - want).abs() < 1e-5);
+            }
+            assert!(
+                norms[n * k..(n + 1) * k]
+                    .iter()
+                    .all(|&x| x > 0.0 && x.is_finite())
+            );
+        }
+    }
+}
+
+#[test]
+fn expert_mask_keeps_routing_inside_the_kept_experts() {
+    let m = model();
+    let kept: Vec<Vec<usize>> = vec![
+        vec![0, 2, 4, 6],
+        vec![1, 3, 5, 7],
+        vec![0, 1, 2, 3, 4],
+        vec![3, 4, 5, 6, 7],
+    ];
+    let mask = ExpertMask::keep_only(&kept, 4, 8, 4).unwrap();
+    let mut rec = Recorder::default();
+    let masked = m.forward(
+        &batch(),
+        None,
+        ForwardOptions {
+            observer: Some(&mut rec),
+            mask: Some(&mask),
+        },
+    );
+    for (layer, ids) in rec.ids.iter().enumerate() {
+        assert!(
+            ids.iter().all(|&e| kept[layer].contains(&(e as usize))),
+            "layer {layer}: {ids:?}"
+        );
+    }
+    let full = m.forward(&batch(), None, ForwardOptions::default());
+    let diff = (masked - full).abs().max().into_scalar::<f32>();
+    assert!(diff > 1e-3, "masking experts must change the output");
+}

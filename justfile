@@ -1,0 +1,31 @@
+# gpt-oss-lite recipes. The two set-up commands (README) are plain cargo; these wrap them and more.
+
+# The test suite, exactly as CI runs it.
+test:
+    cargo test --workspace --locked
+
+# Lints as CI would want them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Continue a prompt on a model folder (CPU unless a GPU adapter exists).
+generate model prompt *args:
+    cargo run -p gpt-oss-lite -- generate --model {{model}} --prompt "{{prompt}}" {{args}}
+
+# Per-token log-probabilities of a text.
+score model text *args:
+    cargo run -p gpt-oss-lite -- score --model {{model}} --text "{{text}}" {{args}}
+
+# Config, tensors and bytes per component of a checkpoint.
+inspect model *args:
+    cargo run -p gpt-oss-lite -- inspect --model {{model}} {{args}}
+
+# A random gpt-oss-20b checkpoint in the release layout (13.8 GB).
+synth-20b out="models/synth-20b":
+    cargo run -p gpt-oss-lite -- synth --preset 20b --out {{out}}
+
+# Rebuild the transformers reference fixtures (needs Python; installs a venv under tools/reference).
+fixtures:
+    tools/reference/setup-venv.sh
+    tools/reference/.venv/bin/python tools/reference/make_fixtures.py
