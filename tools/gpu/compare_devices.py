@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Runs `score --json` and `generate --json` on a model with --device cpu and --device wgpu and
+prints the largest log-probability difference and whether greedy tokens agree."""
+import json
+import subprocess
+import sys
+
+binary, model = sys.argv[1], sys.argv[2]
+text = "The capital of France is Paris. 2 + 2 = 4, and 7 * 8 = 56; one two three four five six seven."
+
+
+def run(*args):
+    out = subprocess.run([binary, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"FAILED: {' '.join(args)}\n{out.stderr[-3000:]}")
+        sys.exit(1)
+    return json.loads(out.stdout)
+
+
+worst = 0.0
+for dev in ["wgpu"]:
+    cpu = run("score", "--model", model, "--text", text, "--json", "--device", "cpu")
+    gpu = run("score", "--model", model, "--text", text, "--json", "--device", dev)
+    assert cpu["token_ids"] == gpu["token_ids"]
+    diff = max(abs(a - b) for a, b in zip(cpu["logprobs"], gpu["logprobs"]))
+    worst = max(worst, diff)
+    g_cpu = run("generate", "--model", model, "--prompt", "2 + 2 =", "--max-tokens", "24", "--json", "--device", "cpu")
+    g_gpu = run("generate", "--model", model, "--prompt", "2 + 2 =", "--max-tokens", "24", "--json", "--device", dev)
+    same = g_cpu["token_ids"] == g_gpu["token_ids"]
+    print(f"{model}: {len(cpu['logprobs'])} log-probs, max |cpu - {dev}| = {diff:.3e}; greedy 24 tokens identical: {same}")
+    if not same:
+        print("  cpu:", g_cpu["token_ids"])
+        print("  gpu:", g_gpu["token_ids"])
