@@ -18,3 +18,8 @@ cat "$out/generate-20b.json"; echo
 grep -E "loaded|new tokens|Maximum resident|Elapsed" "$out/generate-20b.log"
 peak=$(sort -n "$out/gpu-mem-20b.log" | tail -1)
 echo "GPU memory before: ${base} MiB; peak during load+generate: ${peak} MiB"
+# A prompt longer than the 128-key sliding window, scored in one pass.
+text=$(python3 -c "print(' '.join(['The capital of France is Paris and 2 + 2 = 4.'] * 30))")
+/usr/bin/time -v "$BIN" score --model "$dir" --device wgpu --experts packed --text "$text" --json > "$out/score-20b.json" 2> "$out/score-20b.log"
+python3 -c "import json; d=json.load(open('$out/score-20b.json')); print('scored', len(d['token_ids']), 'tokens; mean logprob', sum(d['logprobs'])/len(d['logprobs']))"
+grep -E "loaded|Elapsed" "$out/score-20b.log"

@@ -20,24 +20,25 @@ pub enum ExpertMatrix {
 }
 
 /// MXFP4 blocks as i32 words [E, out, in / 8] (8 nibbles each, low nibble = first value) and
-/// scale bytes [E, out, in / 32], plus the two small decode tables.
+/// scale bytes packed four to a word [E, ceil(out * in / 32 / 4)], plus the two small decode
+/// tables: on the device it takes the checkpoint's bytes, not more.
 #[derive(Module, Debug)]
 pub struct PackedMxfp4 {
     pub words: Param<Tensor<3, Int>>,
-    pub scales: Param<Tensor<3, Int>>,
+    pub scale_words: Param<Tensor<2, Int>>,
     pub fp4_table: Param<Tensor<1>>,
     pub scale_table: Param<Tensor<1>>,
 }
 
 impl PackedMxfp4 {
-    pub fn new(words: Tensor<3, Int>, scales: Tensor<3, Int>) -> Self {
+    pub fn new(words: Tensor<3, Int>, scale_words: Tensor<2, Int>) -> Self {
         let device = words.device();
         let fp4 = Tensor::from_data(TensorData::new(FP4_VALUES.to_vec(), [16]), &device);
         let scale_values: Vec<f32> = (0..=255u8).map(scale_value).collect();
         let scale_table = Tensor::from_data(TensorData::new(scale_values, [256]), &device);
         Self {
             words: Param::initialized(ParamId::new(), words),
-            scales: Param::initialized(ParamId::new(), scales),
+            scale_words: Param::initialized(ParamId::new(), scale_words),
             fp4_table: Param::from_tensor(fp4),
             scale_table: Param::from_tensor(scale_table),
         }
@@ -65,11 +66,19 @@ impl PackedMxfp4 {
             .val()
             .select(0, codes)
             .reshape([out, input / 32, 32]);
-        let scale_codes = self
-            .scales
-            .val()
-            .narrow(0, e, 1)
-            .reshape([out * (input / 32)]);
+        let groups = out * (input / 32);
+        let [_, per_expert] = self.scale_words.dims();
+        let sw = self.scale_words.val().narrow(0, e, 1).reshape([per_expert]);
+        let scale_bytes: Vec<Tensor<1, Int>> = (0..4)
+            .map(|j| {
+                sw.clone()
+                    .bitwise_right_shift_scalar(8 * j)
+                    .bitwise_and_scalar(0xFF)
+            })
+            .collect();
+        let scale_codes = Tensor::stack::<2>(scale_bytes, 1)
+            .reshape([per_expert * 4])
+            .narrow(0, 0, groups);
         let scales = self
             .scale_table
             .val()

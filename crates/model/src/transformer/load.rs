@@ -13,6 +13,7 @@ use super::experts::{ExpertMatrix, Experts, PackedMxfp4};
 use super::moe::Moe;
 use super::norm::RmsNorm;
 use super::rope::RotaryTable;
+use super::vocab::{Embedding, LmHead};
 use super::{DecoderLayer, GptOss};
 use crate::checkpoint::inventory::layer_prefix;
 use crate::checkpoint::mxfp4::{self, BLOCK};
@@ -176,11 +177,18 @@ pub fn from_checkpoint(
     } else {
         "lm_head"
     };
+    let (vocab, hidden) = (config.vocab_size, config.hidden_size);
+    let embed = ckpt.tensor("model.embed_tokens.weight")?.to_f32()?;
+    let embed_tokens = Embedding::from_rows(&embed, vocab, hidden, device);
+    drop(embed);
+    let head = ckpt.tensor(&format!("{lm_head_name}.weight"))?.to_f32()?;
+    let lm_head = LmHead::from_rows(&head, vocab, hidden, device);
+    drop(head);
     Ok(GptOss {
-        embed_tokens: Param::from_tensor(loader.float::<2>("model.embed_tokens.weight")?),
+        embed_tokens,
         layers,
         norm: loader.norm("model.norm.weight", config.rms_norm_eps)?,
-        lm_head: loader.linear(lm_head_name, false)?,
+        lm_head,
         rope: RotaryTable::new(&config),
         config,
     })
@@ -262,17 +270,24 @@ impl Loader<'_> {
             TensorData::new(mxfp4::pack_words(blocks.bytes), [e, rows, groups * 4]),
             self.device,
         );
-        let scale_codes: Vec<i32> = scales.bytes.iter().map(|&s| s as i32).collect();
-        let scales = Tensor::<3, Int>::from_data(
-            TensorData::new(scale_codes, [e, rows, groups]),
+        // Scale bytes four to a word, each expert padded to whole words.
+        let per_expert = rows * groups;
+        let words_per_expert = per_expert.div_ceil(4);
+        let mut padded = Vec::with_capacity(e * words_per_expert * 4);
+        for chunk in scales.bytes.chunks_exact(per_expert) {
+            padded.extend_from_slice(chunk);
+            padded.resize(padded.len() + words_per_expert * 4 - per_expert, 0);
+        }
+        let scale_words = Tensor::<2, Int>::from_data(
+            TensorData::new(mxfp4::pack_words(&padded), [e, words_per_expert]),
             self.device,
         );
-        Ok(ExpertMatrix::Mxfp4(PackedMxfp4::new(words, scales)))
+        Ok(ExpertMatrix::Mxfp4(PackedMxfp4::new(words, scale_words)))
     }
 }
 
 /// Row-major [rows, cols] -> [cols, rows], blocked for cache locality.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 32;
     let mut out = vec![0f32; values.len()];
     for r0 in (0..rows).step_by(TILE) {

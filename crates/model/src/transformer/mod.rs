@@ -8,11 +8,11 @@ pub mod mask;
 pub mod moe;
 pub mod norm;
 pub mod rope;
+pub mod vocab;
 
 use std::collections::HashMap;
 
-use burn::module::{Module, Param};
-use burn::nn::Linear;
+use burn::module::Module;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::config::{GptOssConfig, LayerType};
@@ -23,6 +23,7 @@ use mask::{SlotRange, blocked_keys};
 use moe::{Moe, RoutingHooks};
 use norm::RmsNorm;
 use rope::RotaryTable;
+use vocab::{Embedding, LmHead};
 
 #[derive(Module, Debug)]
 pub struct DecoderLayer {
@@ -37,12 +38,11 @@ pub struct DecoderLayer {
 /// gpt-oss: embedding, decoder layers, final norm, untied lm_head.
 #[derive(Module, Debug)]
 pub struct GptOss {
-    /// [vocab, H]
-    pub embed_tokens: Param<Tensor<2>>,
+    pub embed_tokens: Embedding,
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
     /// [H, vocab], no bias.
-    pub lm_head: Linear,
+    pub lm_head: LmHead,
     #[module(skip)]
     pub config: GptOssConfig,
     #[module(skip)]
@@ -105,7 +105,7 @@ impl TokenBatch {
 
 impl GptOss {
     pub fn device(&self) -> burn::tensor::Device {
-        self.embed_tokens.device()
+        self.embed_tokens.pieces[0].device()
     }
 
     /// Final-norm hidden states [B, T, H]. With a cache, `batch` continues the cached rows
@@ -134,11 +134,10 @@ impl GptOss {
         let cos_sin = self.rope.cos_sin(&positions, b, &device);
 
         let hidden_size = self.config.hidden_size;
-        let embed = self
+        let mut x = self
             .embed_tokens
-            .val()
-            .select(0, batch.to_tensor(&device).reshape([b * t]));
-        let mut x = embed.reshape([b, t, hidden_size]);
+            .forward(&batch.ids, &device)
+            .reshape([b, t, hidden_size]);
 
         let queries = SlotRange {
             start: q_start,

@@ -1,0 +1,173 @@
+//! The two vocabulary-sized matrices (embedding and lm_head), split by vocabulary rows into
+//! pieces of at most [`MAX_PIECE_BYTES`]: wgpu cannot allocate one buffer of gpt-oss's
+//! 201,088 x 2,880 f32 (2.3 GB; measured on an H100: "can't allocate buffer of size 2316533760").
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+
+/// Largest piece in bytes.
+pub const MAX_PIECE_BYTES: usize = 1 << 30;
+
+/// Rows per piece for a table of `width` f32 columns.
+pub fn rows_per_piece(width: usize) -> usize {
+    (MAX_PIECE_BYTES / (width * 4)).max(1)
+}
+
+/// Token embedding table [vocab, H], in row pieces.
+#[derive(Module, Debug)]
+pub struct Embedding {
+    pub pieces: Vec<Param<Tensor<2>>>,
+    pub rows_per_piece: usize,
+}
+
+impl Embedding {
+    /// Splits `values` ([vocab, width], row-major) into pieces on `device`.
+    pub fn from_rows(values: &[f32], vocab: usize, width: usize, device: &Device) -> Self {
+        Self::split(values, vocab, width, rows_per_piece(width), device)
+    }
+
+    fn split(
+        values: &[f32],
+        vocab: usize,
+        width: usize,
+        rows_per_piece: usize,
+        device: &Device,
+    ) -> Self {
+        let pieces = (0..vocab)
+            .step_by(rows_per_piece)
+            .map(|start| {
+                let rows = rows_per_piece.min(vocab - start);
+                let data = values[start * width..(start + rows) * width].to_vec();
+                Param::from_tensor(Tensor::from_data(
+                    TensorData::new(data, [rows, width]),
+                    device,
+                ))
+            })
+            .collect();
+        Self {
+            pieces,
+            rows_per_piece,
+        }
+    }
+
+    /// Rows of `ids` -> [ids.len(), H].
+    pub fn forward(&self, ids: &[u32], device: &Device) -> Tensor<2> {
+        let index = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
+        };
+        if self.pieces.len() == 1 {
+            return self.pieces[0]
+                .val()
+                .select(0, index(ids.iter().map(|&i| i as i64).collect()));
+        }
+        let width = self.pieces[0].dims()[1];
+        let mut out = Tensor::<2>::zeros([ids.len(), width], device);
+        for (p, piece) in self.pieces.iter().enumerate() {
+            let start = p * self.rows_per_piece;
+            let (positions, local): (Vec<i64>, Vec<i64>) = ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| (**id as usize) / self.rows_per_piece == p)
+                .map(|(pos, &id)| (pos as i64, (id as usize - start) as i64))
+                .unzip();
+            if positions.is_empty() {
+                continue;
+            }
+            let rows = piece.val().select(0, index(local));
+            out = out.select_assign(0, index(positions), rows, IndexingUpdateOp::Add);
+        }
+        out
+    }
+}
+
+/// Output projection [H, vocab] (the checkpoint's [vocab, H] transposed), in column pieces.
+#[derive(Module, Debug)]
+pub struct LmHead {
+    pub pieces: Vec<Param<Tensor<2>>>,
+}
+
+impl LmHead {
+    /// From the checkpoint's [vocab, width] rows.
+    pub fn from_rows(values: &[f32], vocab: usize, width: usize, device: &Device) -> Self {
+        Self::split(values, vocab, width, rows_per_piece(width), device)
+    }
+
+    fn split(
+        values: &[f32],
+        vocab: usize,
+        width: usize,
+        rows_per_piece: usize,
+        device: &Device,
+    ) -> Self {
+        let pieces = (0..vocab)
+            .step_by(rows_per_piece)
+            .map(|start| {
+                let rows = rows_per_piece.min(vocab - start);
+                let t = super::load::transpose(
+                    &values[start * width..(start + rows) * width],
+                    rows,
+                    width,
+                );
+                Param::from_tensor(Tensor::from_data(TensorData::new(t, [width, rows]), device))
+            })
+            .collect();
+        Self { pieces }
+    }
+
+    /// [B, T, H] -> logits [B, T, vocab].
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let parts: Vec<Tensor<3>> = self
+            .pieces
+            .iter()
+            .map(|w| x.clone().matmul(w.val().unsqueeze::<3>()))
+            .collect();
+        if parts.len() == 1 {
+            parts.into_iter().next().expect("one piece")
+        } else {
+            Tensor::cat(parts, 2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_the_vocabulary_and_lookups_cross_them() {
+        let device = Device::flex();
+        let (vocab, width) = (10, 3);
+        let values: Vec<f32> = (0..vocab * width).map(|v| v as f32).collect();
+        let e = Embedding::split(&values, vocab, width, 4, &device);
+        assert_eq!(e.pieces.len(), 3);
+        let got = e
+            .forward(&[9, 0, 5, 4, 9], &device)
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        let want: Vec<f32> = [9, 0, 5, 4, 9]
+            .iter()
+            .flat_map(|&r| (0..width).map(move |c| (r * width + c) as f32))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn split_lm_head_equals_one_piece() {
+        let device = Device::flex();
+        let (vocab, width) = (10, 3);
+        let values: Vec<f32> = (0..vocab * width)
+            .map(|v| (v as f32 * 0.37).sin())
+            .collect();
+        let x = Tensor::<3>::from_data(
+            TensorData::new(vec![0.5f32, -1.0, 2.0, 1.0, 0.0, 3.0], [1, 2, 3]),
+            &device,
+        );
+        let whole = LmHead::split(&values, vocab, width, vocab, &device).forward(x.clone());
+        let split = LmHead::split(&values, vocab, width, 4, &device).forward(x);
+        assert_eq!(
+            whole.try_into_vec_as::<f32>().unwrap(),
+            split.try_into_vec_as::<f32>().unwrap()
+        );
+    }
+}
