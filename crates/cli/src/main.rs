@@ -26,6 +26,8 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Write a random checkpoint in the release layout for any config.
     Synth(commands::synth::Args),
+    /// Build oss-nano from its seed: curriculum, tokenizer, training, MXFP4 export, model card.
+    TrainNano(commands::train_nano::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Score(a) => commands::score::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Synth(a) => commands::synth::run(a),
+        Command::TrainNano(a) => commands::train_nano::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

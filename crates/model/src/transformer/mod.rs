@@ -3,6 +3,8 @@
 pub mod attention;
 pub mod cache;
 pub mod experts;
+pub mod export;
+pub mod init;
 pub mod load;
 pub mod mask;
 pub mod moe;
@@ -113,8 +115,25 @@ impl GptOss {
     pub fn forward_hidden(
         &self,
         batch: &TokenBatch,
+        cache: Option<&mut KvCache>,
+        options: ForwardOptions<'_, '_>,
+    ) -> Tensor<3> {
+        self.run(batch, cache, options, None)
+    }
+
+    /// Logits [B, T, vocab] and the load-balancing loss averaged over layers, for training.
+    pub fn forward_train(&self, batch: &TokenBatch) -> (Tensor<3>, Tensor<1>) {
+        let mut losses = vec![];
+        let hidden = self.run(batch, None, ForwardOptions::default(), Some(&mut losses));
+        (self.lm_head.forward(hidden), Tensor::cat(losses, 0).mean())
+    }
+
+    fn run(
+        &self,
+        batch: &TokenBatch,
         mut cache: Option<&mut KvCache>,
         options: ForwardOptions<'_, '_>,
+        mut balance_losses: Option<&mut Vec<Tensor<1>>>,
     ) -> Tensor<3> {
         let device = self.device();
         let (b, t) = (batch.batch, batch.seq_len);
@@ -172,8 +191,13 @@ impl GptOss {
                 layer: i,
                 router_bias: mask.and_then(|m| m.router_bias(i)),
                 observer: observer.as_deref_mut(),
+                balance_loss: balance_losses.is_some(),
             };
-            x = x + layer.mlp.forward(moe_in, hooks);
+            let moe = layer.mlp.forward(moe_in, hooks);
+            x = x + moe.hidden;
+            if let (Some(losses), Some(loss)) = (balance_losses.as_deref_mut(), moe.balance_loss) {
+                losses.push(loss);
+            }
         }
         if let Some(c) = cache {
             c.next_slot = q_start + t;

@@ -23,6 +23,18 @@ pub struct RoutingHooks<'a, 'o> {
     pub layer: usize,
     pub router_bias: Option<Vec<f32>>,
     pub observer: Option<&'a mut (dyn RoutingObserver + 'o)>,
+    /// Also return the load-balancing loss (training).
+    pub balance_loss: bool,
+}
+
+/// The MoE block's output.
+pub struct MoeOutput {
+    /// [B, T, H]
+    pub hidden: Tensor<3>,
+    /// Switch-style load-balancing loss when asked for: E * sum_e f_e * P_e, with f_e the
+    /// fraction of tokens routed to expert e (summed over ranks) and P_e its mean router
+    /// probability, as transformers' `load_balancing_loss_func` computes it. k when balanced.
+    pub balance_loss: Option<Tensor<1>>,
 }
 
 impl Moe {
@@ -30,8 +42,8 @@ impl Moe {
         self.experts.gate_up.num_experts()
     }
 
-    /// `x` [B, T, H] (already normalised) -> [B, T, H].
-    pub fn forward(&self, x: Tensor<3>, hooks: RoutingHooks<'_, '_>) -> Tensor<3> {
+    /// `x` [B, T, H] (already normalised).
+    pub fn forward(&self, x: Tensor<3>, hooks: RoutingHooks<'_, '_>) -> MoeOutput {
         let [b, t, h] = x.dims();
         let n = b * t;
         let k = self.top_k;
@@ -53,6 +65,13 @@ impl Moe {
         for (slot, &e) in ids.iter().enumerate() {
             routed[e as usize].push(slot);
         }
+        let balance_loss = hooks.balance_loss.then(|| {
+            let e = self.num_experts();
+            let fraction: Vec<f32> = routed.iter().map(|s| s.len() as f32 / n as f32).collect();
+            let fraction = Tensor::<2>::from_data(TensorData::new(fraction, [1, e]), &device);
+            let mean_prob = softmax(logits.clone(), 1).mean_dim(0);
+            (mean_prob * fraction).sum().mul_scalar(e as f32)
+        });
         let needs = hooks
             .observer
             .as_ref()
@@ -101,6 +120,9 @@ impl Moe {
                 expert_output_norms: output_norms.as_deref(),
             });
         }
-        out.reshape([b, t, h])
+        MoeOutput {
+            hidden: out.reshape([b, t, h]),
+            balance_loss,
+        }
     }
 }

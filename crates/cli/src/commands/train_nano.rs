@@ -1,0 +1,306 @@
+//! `train-nano`: builds oss-nano from its seed: curriculum, tokenizer, training, MXFP4 export,
+//! probe scores, expert-usage table, loss curve and model card.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::module::Module;
+use gpt_oss_model::checkpoint::ExpertFormat;
+use gpt_oss_model::device::{DeviceChoice, select_device};
+use gpt_oss_model::tokenizer::TextTokenizer;
+use gpt_oss_model::transformer::export::ExportOptions;
+use gpt_oss_model::{GptOss, LoadOptions, load_model};
+use gpt_oss_nano::card::{CardInputs, model_card};
+use gpt_oss_nano::curriculum::{Curriculum, Sample, Task, write_jsonl};
+use gpt_oss_nano::probes::{accuracy_by_task, run_probes};
+use gpt_oss_nano::shape::nano_config;
+use gpt_oss_nano::tokenizer::train_tokenizer;
+use gpt_oss_nano::train::{StepReport, TrainConfig, train};
+use gpt_oss_nano::usage::expert_usage;
+use gpt_oss_report::{Series, line_chart};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Where the shipped model goes.
+    #[arg(long, default_value = "models/oss-nano")]
+    pub out: PathBuf,
+    /// Where the curriculum's calibration and probe sets go.
+    #[arg(long, default_value = "datasets/nano")]
+    pub datasets: PathBuf,
+    /// Scratch folder for the tokenizer and periodic checkpoints.
+    #[arg(long, default_value = "target/nano-work")]
+    pub work: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 3000)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Training documents generated (the corpus the tokenizer is trained on).
+    #[arg(long, default_value_t = 40_000)]
+    pub train_docs: usize,
+    #[arg(long, default_value_t = 768)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Replace an existing model folder.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let curriculum = Curriculum::new(args.seed);
+    let train_docs = curriculum.training_documents(args.train_docs);
+    std::fs::create_dir_all(&args.work)
+        .with_context(|| format!("creating {}", args.work.display()))?;
+    let texts: Vec<String> = train_docs.iter().map(|d| d.text.clone()).collect();
+    let tokenizer_path = args.work.join("tokenizer.json");
+    train_tokenizer(&texts, args.vocab)?
+        .save(&tokenizer_path, false)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer_path.display()))?;
+    let tokenizer = TextTokenizer::from_file(&tokenizer_path)?;
+    let eos = tokenizer
+        .token_id("<|endoftext|>")
+        .context("tokenizer lacks <|endoftext|>")?;
+    let mut stream = Vec::new();
+    for t in &texts {
+        stream.extend(tokenizer.encode(t)?);
+        stream.push(eos);
+    }
+    tracing::info!(
+        "curriculum: {} documents, {} tokens",
+        texts.len(),
+        stream.len()
+    );
+
+    write_datasets(&curriculum, &tokenizer, &args.datasets)?;
+
+    let config = nano_config(tokenizer_vocab_size(&tokenizer_path)?);
+    let (device, description) = select_device(args.device)?;
+    tracing::info!("training on {description}");
+    let model = GptOss::init_random(&config, &device.clone().autodiff(), args.seed);
+    let parameters = model.num_params();
+    let train_config = TrainConfig {
+        seed: args.seed,
+        steps: args.steps,
+        batch_size: args.batch_size,
+        seq_len: args.seq_len,
+        learning_rate: args.lr,
+        ..TrainConfig::default()
+    };
+    let bar = ProgressBar::new(args.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("template"),
+    );
+    let mut reports: Vec<StepReport> = Vec::with_capacity(args.steps);
+    let train_start = Instant::now();
+    let checkpoint_options = ExportOptions {
+        experts: ExpertFormat::Dense,
+        float_dtype: safetensors::Dtype::F32,
+        max_shard_bytes: u64::MAX,
+        force: true,
+    };
+    let trained = train(model, &stream, &train_config, |r, m| {
+        bar.set_position(r.step as u64);
+        bar.set_message(format!(
+            "loss {:.3} (lm {:.3}, balance {:.3}) {:.0} tok/s",
+            r.loss,
+            r.lm_loss,
+            r.balance_loss,
+            r.tokens as f64 / r.seconds
+        ));
+        if r.step % 50 == 0 || r.step == 1 {
+            tracing::debug!(
+                "step {} loss {:.4} lr {:.2e}",
+                r.step,
+                r.loss,
+                r.learning_rate
+            );
+        }
+        if args.checkpoint_every > 0 && r.step % args.checkpoint_every == 0 {
+            let dir = args.work.join(format!("checkpoint-{:06}", r.step));
+            if let Err(e) = m
+                .valid()
+                .save_checkpoint(&dir, &checkpoint_options, &[&tokenizer_path])
+            {
+                tracing::warn!("checkpoint {}: {e}", dir.display());
+            }
+        }
+        reports.push(r.clone());
+    });
+    bar.finish();
+    let wall_seconds = train_start.elapsed().as_secs_f64();
+    let trained = trained.valid();
+
+    // Score the f32 weights, then ship MXFP4 experts + BF16 like the release and score that.
+    let probes = curriculum.probes();
+    let probes_f32 = accuracy_by_task(&run_probes(&trained, &tokenizer, &probes, 64)?);
+    let ship = ExportOptions {
+        experts: ExpertFormat::Mxfp4,
+        float_dtype: safetensors::Dtype::BF16,
+        max_shard_bytes: u64::MAX,
+        force: args.force,
+    };
+    let out = trained.save_checkpoint(&args.out, &ship, &[&tokenizer_path])?;
+    let shipped = load_model(&out, &burn::tensor::Device::flex(), LoadOptions::default())?;
+    let outcomes = run_probes(&shipped, &tokenizer, &probes, 64)?;
+    let probes_mxfp4 = accuracy_by_task(&outcomes);
+    write_jsonl(&out.join("probe_results.jsonl"), &outcomes)?;
+
+    let mut usage = BTreeMap::new();
+    for task in Task::ALL {
+        let samples = curriculum.calibration_documents(task, 64);
+        usage.insert(
+            task.name().to_string(),
+            expert_usage(&shipped, &tokenizer, &samples, 32)?,
+        );
+    }
+
+    let points: Vec<(f64, f64)> = reports
+        .iter()
+        .map(|r| (r.step as f64, r.lm_loss as f64))
+        .collect();
+    line_chart(
+        &out.join("loss"),
+        "oss-nano training loss",
+        "step",
+        "cross-entropy",
+        &[Series {
+            name: "language-model loss".into(),
+            points,
+        }],
+    )?;
+    let csv: String = std::iter::once("step,learning_rate,loss,lm_loss,balance_loss".to_string())
+        .chain(reports.iter().map(|r| {
+            format!(
+                "{},{:.6e},{:.5},{:.5},{:.5}",
+                r.step, r.learning_rate, r.loss, r.lm_loss, r.balance_loss
+            )
+        }))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(out.join("loss.csv"), csv + "\n")?;
+
+    let final_loss = reports
+        .iter()
+        .rev()
+        .take(50)
+        .map(|r| r.lm_loss)
+        .sum::<f32>()
+        / reports.len().clamp(1, 50) as f32;
+    let checkpoint_bytes = std::fs::metadata(out.join("model.safetensors"))?.len();
+    let command = format!(
+        "gpt-oss-lite train-nano --seed {} --steps {} --batch-size {} --seq-len {} --lr {} --train-docs {} --vocab {} --device {}",
+        args.seed,
+        args.steps,
+        args.batch_size,
+        args.seq_len,
+        args.lr,
+        args.train_docs,
+        args.vocab,
+        match args.device {
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Wgpu => "wgpu",
+            DeviceChoice::Auto => "auto",
+        }
+    );
+    let card = model_card(&CardInputs {
+        command: &command,
+        device: &description,
+        train: &train_config,
+        train_tokens: args.steps * args.batch_size * args.seq_len,
+        wall_seconds,
+        final_loss,
+        parameters,
+        checkpoint_bytes,
+        probes_f32: &probes_f32,
+        probes_mxfp4: &probes_mxfp4,
+        usage: &usage,
+    });
+    std::fs::write(out.join("README.md"), card)?;
+    let log = json!({
+        "command": command, "device": description, "train": train_config, "wall_seconds": wall_seconds,
+        "total_seconds": started.elapsed().as_secs_f64(), "final_lm_loss": final_loss,
+        "probes_f32": probes_f32, "probes_mxfp4": probes_mxfp4,
+    });
+    std::fs::write(
+        out.join("training.json"),
+        serde_json::to_string_pretty(&log)? + "\n",
+    )?;
+    for (task, (c, n)) in &probes_mxfp4 {
+        tracing::info!(
+            "{task:>9}: {c}/{n} ({:.1}%), f32 {:.1}%",
+            100.0 * *c as f64 / *n as f64,
+            probes_f32
+                .get(task)
+                .map_or(0.0, |(c, n)| 100.0 * *c as f64 / *n as f64)
+        );
+    }
+    tracing::info!(
+        "wrote {} in {:.1} min",
+        out.display(),
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
+fn tokenizer_vocab_size(path: &Path) -> anyhow::Result<usize> {
+    let t = tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(t.get_vocab_size(true))
+}
+
+/// Calibration sets (one per task and the diverse mix) and probes, plus a manifest.
+fn write_datasets(
+    curriculum: &Curriculum,
+    tokenizer: &TextTokenizer,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let count = |s: &str| tokenizer.encode(s).map(|t| t.len()).unwrap_or(0);
+    let mut manifest = serde_json::Map::new();
+    let mut write = |name: &str, samples: &[Sample]| -> anyhow::Result<()> {
+        write_jsonl(
+            &dir.join("calibration").join(format!("{name}.jsonl")),
+            samples,
+        )?;
+        let tokens: usize = samples.iter().map(|s| count(&s.text)).sum();
+        let math: usize = samples
+            .iter()
+            .filter(|s| Task::from_name(&s.task).is_some_and(Task::is_arithmetic))
+            .map(|s| count(&s.text))
+            .sum();
+        manifest.insert(name.into(), json!({"samples": samples.len(), "tokens": tokens, "arithmetic_token_share": math as f64 / tokens.max(1) as f64}));
+        Ok(())
+    };
+    for task in Task::ALL {
+        write(task.name(), &curriculum.calibration_documents(task, 64))?;
+    }
+    write(
+        "diverse",
+        &curriculum.diverse_calibration(40_000, 0.02, &count),
+    )?;
+    let probes = curriculum.probes();
+    write_jsonl(&dir.join("probes.jsonl"), &probes)?;
+    manifest.insert("probes".into(), json!({"items": probes.len()}));
+    manifest.insert("seed".into(), json!(curriculum.seed));
+    manifest.insert("generated_by".into(), json!("gpt-oss-lite train-nano"));
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(&serde_json::Value::Object(manifest))? + "\n",
+    )?;
+    Ok(())
+}

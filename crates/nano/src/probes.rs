@@ -1,0 +1,109 @@
+//! Greedy exact-match probes: the model continues `prompt`; the first words of its continuation
+//! (as many as the answer has, trailing `.,;:` removed) must equal the answer.
+
+use std::collections::BTreeMap;
+
+use gpt_oss_model::GptOss;
+use gpt_oss_model::generate::{GenerateOptions, generate};
+use gpt_oss_model::tokenizer::TextTokenizer;
+use serde::Serialize;
+
+use crate::Result;
+use crate::curriculum::Probe;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeOutcome {
+    pub id: String,
+    pub task: String,
+    pub prompt: String,
+    pub answer: String,
+    /// The continuation's first line.
+    pub got: String,
+    pub correct: bool,
+}
+
+/// Whether `continuation` starts with `answer` word for word (the normalisation rule).
+pub fn answer_matches(continuation: &str, answer: &str) -> bool {
+    let first_line = continuation.lines().next().unwrap_or("");
+    let want: Vec<&str> = answer.split_whitespace().collect();
+    let got: Vec<&str> = first_line.split_whitespace().take(want.len()).collect();
+    if got.len() != want.len() {
+        return false;
+    }
+    let strip = |w: &str| w.trim_end_matches(['.', ',', ';', ':']).to_string();
+    got.iter()
+        .zip(&want)
+        .all(|(g, w)| strip(g) == *w || (*g == *w))
+}
+
+/// Runs every probe greedily, `batch` prompts at a time.
+pub fn run_probes(
+    model: &GptOss,
+    tokenizer: &TextTokenizer,
+    probes: &[Probe],
+    batch: usize,
+) -> Result<Vec<ProbeOutcome>> {
+    let mut out = Vec::with_capacity(probes.len());
+    for chunk in probes.chunks(batch.max(1)) {
+        let prompts: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|p| tokenizer.encode(&p.prompt))
+            .collect::<std::result::Result<_, _>>()?;
+        let longest_answer = chunk
+            .iter()
+            .map(|p| tokenizer.encode(&format!(" {}", p.answer)).map(|t| t.len()))
+            .collect::<std::result::Result<Vec<_>, _>>()?
+            .into_iter()
+            .max()
+            .unwrap_or(1);
+        let options = GenerateOptions {
+            max_new_tokens: longest_answer + 2,
+            stop_tokens: vec![],
+            sampling: None,
+            use_cache: true,
+        };
+        let continuations = generate(model, &prompts, &options);
+        for (p, c) in chunk.iter().zip(continuations) {
+            let text = tokenizer.decode(&c)?;
+            let got = text.lines().next().unwrap_or("").trim().to_string();
+            out.push(ProbeOutcome {
+                id: p.id.clone(),
+                task: p.task.clone(),
+                prompt: p.prompt.clone(),
+                answer: p.answer.clone(),
+                correct: answer_matches(&text, &p.answer),
+                got,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// (correct, total) per task.
+pub fn accuracy_by_task(outcomes: &[ProbeOutcome]) -> BTreeMap<String, (usize, usize)> {
+    let mut acc: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for o in outcomes {
+        let e = acc.entry(o.task.clone()).or_default();
+        e.0 += o.correct as usize;
+        e.1 += 1;
+    }
+    acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation_rule() {
+        assert!(answer_matches(" 4\n5 + 1 = 6", "4"));
+        assert!(answer_matches(" Paris.\nThe capital", "Paris"));
+        assert!(answer_matches(" New Delhi.", "New Delhi"));
+        assert!(answer_matches(" barks in the garden.", "barks"));
+        assert!(!answer_matches(" 45", "4"));
+        assert!(!answer_matches(" ** b", "*"));
+        assert!(!answer_matches(" New York", "New Delhi"));
+        assert!(!answer_matches("\n4", "4"));
+        assert!(answer_matches(" -4", "-4"));
+    }
+}
