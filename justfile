@@ -29,3 +29,13 @@ synth-20b out="models/synth-20b":
 fixtures:
     tools/reference/setup-venv.sh
     tools/reference/.venv/bin/python tools/reference/make_fixtures.py
+
+# Rebuild oss-nano from its seed (CPU, about 50 minutes on 2 cores; --device wgpu for a GPU).
+train-nano *args:
+    cargo run -p gpt-oss-lite -- train-nano --force {{args}}
+
+# Compare a checkpoint's log-probabilities in transformers and in the workbench (needs the venv).
+interop model:
+    cargo build -p gpt-oss-lite
+    tools/reference/setup-venv.sh
+    tools/reference/.venv/bin/python tools/reference/compare_with_transformers.py --model {{model}} --bin ${CARGO_TARGET_DIR:-target}/debug/gpt-oss-lite
