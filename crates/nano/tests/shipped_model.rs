@@ -17,7 +17,10 @@ fn repo() -> PathBuf {
 fn shipped_nano_meets_probe_thresholds() {
     let dir = repo().join("models/oss-nano");
     let model = load_model(&dir, &Device::flex(), LoadOptions::default()).unwrap();
-    assert!(model.config.mxfp4_experts, "the shipped model stores MXFP4 experts");
+    assert!(
+        model.config.mxfp4_experts,
+        "the shipped model stores MXFP4 experts"
+    );
     let tokenizer = TextTokenizer::for_model(&dir, &model.config).unwrap();
     let probes: Vec<Probe> = read_jsonl(&repo().join("datasets/nano/probes.jsonl")).unwrap();
     let accuracy = accuracy_by_task(&run_probes(&model, &tokenizer, &probes, 64).unwrap());
@@ -28,7 +31,11 @@ fn shipped_nano_meets_probe_thresholds() {
     let training: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("training.json")).unwrap()).unwrap();
     for (task, (correct, total)) in &accuracy {
-        assert_eq!(training["probes_mxfp4"][task], serde_json::json!([correct, total]), "{task}");
+        assert_eq!(
+            training["probes_mxfp4"][task],
+            serde_json::json!([correct, total]),
+            "{task}"
+        );
     }
     for task in ["add", "sub", "mul", "capital"] {
         let (correct, total) = accuracy[task];
@@ -41,13 +48,18 @@ fn shipped_nano_meets_probe_thresholds() {
 #[test]
 fn shipped_model_card_matches_measured_scores() {
     // The card's "shipped" column is training.json's, which the test above re-measures.
-    let training: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("models/oss-nano/training.json")).unwrap()).unwrap();
+    let training: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("models/oss-nano/training.json")).unwrap(),
+    )
+    .unwrap();
     let card = std::fs::read_to_string(repo().join("models/oss-nano/README.md")).unwrap();
     for (task, v) in training["probes_mxfp4"].as_object().unwrap() {
         let (c, n) = (v[0].as_f64().unwrap(), v[1].as_f64().unwrap());
         let cell = format!("| {task} |");
-        let row = card.lines().find(|l| l.starts_with(&cell)).unwrap_or_else(|| panic!("no row for {task}"));
+        let row = card
+            .lines()
+            .find(|l| l.starts_with(&cell))
+            .unwrap_or_else(|| panic!("no row for {task}"));
         assert!(row.contains(&format!("{:.1}%", 100.0 * c / n)), "{row}");
     }
 }

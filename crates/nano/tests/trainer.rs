@@ -23,7 +23,14 @@ fn loss_falls_on_a_learnable_stream() {
     let model = GptOss::init_random(&config, &Device::flex().autodiff(), 0);
     // A fixed cycle: the next token is always determined.
     let tokens: Vec<u32> = (0..4000).map(|i| (i % 16) as u32).collect();
-    let c = TrainConfig { steps: 60, batch_size: 8, seq_len: 24, learning_rate: 1e-2, warmup_steps: 5, ..TrainConfig::default() };
+    let c = TrainConfig {
+        steps: 60,
+        batch_size: 8,
+        seq_len: 24,
+        learning_rate: 1e-2,
+        warmup_steps: 5,
+        ..TrainConfig::default()
+    };
     let mut losses = vec![];
     let trained = train(model, &tokens, &c, |r, _| losses.push(r.lm_loss));
     let first = losses[..5].iter().sum::<f32>() / 5.0;

@@ -260,7 +260,10 @@ pub fn write_jsonl<T: Serialize>(path: &std::path::Path, rows: &[T]) -> crate::R
 
 /// Reads one JSON object per line; a bad line is an error naming the file and line number.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> crate::Result<Vec<T>> {
-    let text = std::fs::read_to_string(path).map_err(|e| crate::NanoError::File { path: path.into(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|e| crate::NanoError::File {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
