@@ -26,6 +26,13 @@ pub enum ModelError {
         message: String,
     },
 
+    #[error("{path}, line {line}: {message}")]
+    Dataset {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
 

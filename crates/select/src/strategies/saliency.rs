@@ -1,0 +1,96 @@
+//! Output-aware criteria: REAP (router-weighted expert activation pruning: mean over routed
+//! tokens of gate x ||expert output||, Lasby et al. 2025) and EAN (sum of expert activation
+//! norms over routed tokens).
+
+use crate::Result;
+use crate::registry::{SelectionInput, Strategy, top_by_score};
+
+pub struct Reap;
+
+impl Strategy for Reap {
+    fn name(&self) -> &'static str {
+        "reap"
+    }
+    fn description(&self) -> &'static str {
+        "REAP saliency: mean over routed tokens of gate weight x L2 norm of the expert's output"
+    }
+    fn select_layer(
+        &self,
+        input: &SelectionInput<'_>,
+        layer: usize,
+        k: usize,
+    ) -> Result<Vec<usize>> {
+        let scores: Vec<f64> = input
+            .stats
+            .layer_totals(layer, None)
+            .iter()
+            .map(|c| c.reap())
+            .collect();
+        Ok(top_by_score(&scores, k))
+    }
+}
+
+pub struct Ean;
+
+impl Strategy for Ean {
+    fn name(&self) -> &'static str {
+        "ean"
+    }
+    fn description(&self) -> &'static str {
+        "EAN: sum over routed tokens of the L2 norm of the expert's output"
+    }
+    fn select_layer(
+        &self,
+        input: &SelectionInput<'_>,
+        layer: usize,
+        k: usize,
+    ) -> Result<Vec<usize>> {
+        let scores: Vec<f64> = input
+            .stats
+            .layer_totals(layer, None)
+            .iter()
+            .map(|c| c.ean_sum)
+            .collect();
+        Ok(top_by_score(&scores, k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::StrategyParams;
+    use crate::stats::{ExpertStats, StatCell};
+
+    #[test]
+    fn reap_prefers_strong_outputs_per_routed_token_and_ean_their_sum() {
+        let mut s = ExpertStats::empty(1, 4, 1);
+        let t = s.task_index("t");
+        // (count, reap_sum, ean_sum): expert 0 frequent but weak, expert 2 rare but strong.
+        for (e, (count, reap_sum, ean_sum)) in [
+            (100, 10.0, 100.0),
+            (10, 3.0, 12.0),
+            (5, 5.0, 40.0),
+            (50, 1.0, 20.0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            s.cells[t][0][e] = StatCell {
+                count,
+                gate_mass: 0.0,
+                reap_sum,
+                ean_sum,
+                max_activation: 0.0,
+            };
+        }
+        let params = StrategyParams::default();
+        let input = SelectionInput {
+            stats: &s,
+            activations: None,
+            params: &params,
+        };
+        assert_eq!(Reap.select_layer(&input, 0, 1).unwrap(), vec![2]);
+        assert_eq!(Ean.select_layer(&input, 0, 1).unwrap(), vec![0]);
+        assert_eq!(Ean.select_layer(&input, 0, 2).unwrap(), vec![0, 2]);
+    }
+}
