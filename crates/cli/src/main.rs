@@ -26,6 +26,17 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Write a random checkpoint in the release layout for any config.
     Synth(commands::synth::Args),
+    /// Write a pruned checkpoint (release layout, loads in transformers) from a selection.
+    Prune(commands::prune::Args),
+    /// Benchmarks (tokens/s).
+    #[command(subcommand)]
+    Bench(commands::bench::Bench),
+    /// Rewrite oss-nano's calibration and probe sets (datasets/nano) from the curriculum seed.
+    NanoData(commands::train_nano::DataArgs),
+    /// Record routing of datasets into Parquet shards and per-expert statistics.
+    Trace(commands::trace::Args),
+    /// Choose the experts to keep per layer from trace statistics.
+    Select(commands::select::Args),
     /// Build oss-nano from its seed: curriculum, tokenizer, training, MXFP4 export, model card.
     TrainNano(commands::train_nano::Args),
 }
@@ -44,6 +55,11 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Synth(a) => commands::synth::run(a),
         Command::TrainNano(a) => commands::train_nano::run(a),
+        Command::Trace(a) => commands::trace::run(a),
+        Command::NanoData(a) => commands::train_nano::run_data(a),
+        Command::Bench(b) => commands::bench::run(b),
+        Command::Prune(a) => commands::prune::run(a),
+        Command::Select(a) => commands::select::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

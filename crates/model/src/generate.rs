@@ -5,6 +5,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::routing::ExpertMask;
 use crate::transformer::{ForwardOptions, GptOss, TokenBatch};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,6 +27,16 @@ pub struct GenerateOptions {
 
 /// The continuation of each prompt (stop token included when one was produced).
 pub fn generate(model: &GptOss, prompts: &[Vec<u32>], options: &GenerateOptions) -> Vec<Vec<u32>> {
+    generate_masked(model, prompts, options, None)
+}
+
+/// [`generate`] with experts forbidden by `mask` (a selection evaluated on the full model).
+pub fn generate_masked(
+    model: &GptOss,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    mask: Option<&ExpertMask>,
+) -> Vec<Vec<u32>> {
     let b = prompts.len();
     let pad = model.config.pad_token_id.unwrap_or(0);
     let mut out: Vec<Vec<u32>> = vec![vec![]; b];
@@ -34,7 +45,7 @@ pub fn generate(model: &GptOss, prompts: &[Vec<u32>], options: &GenerateOptions)
     let mut cache = options.use_cache.then(|| model.new_cache());
     let mut step_batch = TokenBatch::left_padded(prompts, pad);
     for _ in 0..options.max_new_tokens {
-        let logits = model.forward(&step_batch, cache.as_mut(), ForwardOptions::default());
+        let logits = model.forward(&step_batch, cache.as_mut(), ForwardOptions { observer: None, mask });
         let [_, t, v] = logits.dims();
         let last = logits.narrow(1, t - 1, 1).reshape([b, v]);
         let next: Vec<u32> = match (&options.sampling, rng.as_mut()) {

@@ -14,7 +14,10 @@ use crate::error::{ModelError, Result};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ObserverNeeds {
     pub router_logits: bool,
+    /// Also each selected expert's largest absolute output element.
     pub expert_output_norms: bool,
+    /// The MoE block's input (after post_attention_layernorm), for activation caches.
+    pub moe_inputs: bool,
 }
 
 /// The routing of one layer for every token of one forward call.
@@ -37,6 +40,10 @@ pub struct LayerRouting<'a> {
     pub router_logits: Option<&'a [f32]>,
     /// L2 norm of each selected expert's output (before the gate weight), when asked for.
     pub expert_output_norms: Option<&'a [f32]>,
+    /// Largest absolute element of each selected expert's output, with the norms.
+    pub expert_output_max_abs: Option<&'a [f32]>,
+    /// The MoE input [tokens, hidden], when asked for.
+    pub moe_input: Option<&'a [f32]>,
 }
 
 /// Receives each MoE layer's routing during a forward pass.

@@ -23,6 +23,8 @@ struct Recorder {
     gates: Vec<Vec<f32>>,
     logits: Vec<Vec<f32>>,
     norms: Vec<Vec<f32>>,
+    max_abs: Vec<Vec<f32>>,
+    inputs: Vec<usize>,
     shape: (usize, usize, usize, usize),
 }
 
@@ -74,6 +76,11 @@ fn observer_sees_top_k_ids_and_gates_consistent_with_router_logits() {
     let (b, t, k, e) = rec.shape;
     assert_eq!((b, t, k, e), (2, 7, 4, 8));
     assert_eq!(rec.layers, vec![0, 1, 2, 3]);
+    assert_eq!(
+        rec.inputs,
+        vec![b * t * 64; 4],
+        "MoE inputs are [tokens, hidden]"
+    );
     for layer in 0..4 {
         let (ids, gates, logits, norms) = (
             &rec.ids[layer],

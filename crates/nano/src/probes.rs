@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use gpt_oss_model::GptOss;
-use gpt_oss_model::generate::{GenerateOptions, generate};
+use gpt_oss_model::generate::{GenerateOptions, generate_masked};
+use gpt_oss_model::{ExpertMask, GptOss};
 use gpt_oss_model::tokenizer::TextTokenizer;
 use serde::Serialize;
 
@@ -43,6 +43,17 @@ pub fn run_probes(
     probes: &[Probe],
     batch: usize,
 ) -> Result<Vec<ProbeOutcome>> {
+    run_probes_masked(model, tokenizer, probes, batch, None)
+}
+
+/// [`run_probes`] with the experts `mask` forbids removed from routing.
+pub fn run_probes_masked(
+    model: &GptOss,
+    tokenizer: &TextTokenizer,
+    probes: &[Probe],
+    batch: usize,
+    mask: Option<&ExpertMask>,
+) -> Result<Vec<ProbeOutcome>> {
     let mut out = Vec::with_capacity(probes.len());
     for chunk in probes.chunks(batch.max(1)) {
         let prompts: Vec<Vec<u32>> = chunk
@@ -62,7 +73,7 @@ pub fn run_probes(
             sampling: None,
             use_cache: true,
         };
-        let continuations = generate(model, &prompts, &options);
+        let continuations = generate_masked(model, &prompts, &options, mask);
         for (p, c) in chunk.iter().zip(continuations) {
             let text = tokenizer.decode(&c)?;
             let got = text.lines().next().unwrap_or("").trim().to_string();

@@ -1,5 +1,9 @@
+pub mod bench;
 pub mod generate;
 pub mod inspect;
+pub mod prune;
 pub mod score;
+pub mod select;
 pub mod synth;
+pub mod trace;
 pub mod train_nano;

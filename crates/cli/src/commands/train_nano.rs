@@ -265,7 +265,7 @@ fn tokenizer_vocab_size(path: &Path) -> anyhow::Result<usize> {
 }
 
 /// Calibration sets (one per task and the diverse mix) and probes, plus a manifest.
-fn write_datasets(
+pub fn write_datasets(
     curriculum: &Curriculum,
     tokenizer: &TextTokenizer,
     dir: &Path,
@@ -293,6 +293,14 @@ fn write_datasets(
         "diverse",
         &curriculum.diverse_calibration(40_000, 0.02, &count),
     )?;
+    // Arithmetic in probe form from the calibration side of the split, for strategies that look
+    // at answer tokens (math-probe-aware).
+    let math_probes: Vec<_> = [Task::Add, Task::Sub, Task::Mul]
+        .into_iter()
+        .flat_map(|t| curriculum.calibration_probes(t, 40))
+        .collect();
+    write_jsonl(&dir.join("calibration").join("math-probes.jsonl"), &math_probes)?;
+    manifest.insert("math-probes".into(), json!({"items": math_probes.len()}));
     let probes = curriculum.probes();
     write_jsonl(&dir.join("probes.jsonl"), &probes)?;
     manifest.insert("probes".into(), json!({"items": probes.len()}));
@@ -302,5 +310,25 @@ fn write_datasets(
         dir.join("manifest.json"),
         serde_json::to_string_pretty(&serde_json::Value::Object(manifest))? + "\n",
     )?;
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DataArgs {
+    /// The model whose tokenizer counts tokens (the diverse mix is balanced in tokens).
+    #[arg(long, default_value = "models/oss-nano")]
+    pub model: PathBuf,
+    #[arg(long, default_value = "datasets/nano")]
+    pub out: PathBuf,
+    /// The curriculum seed (the one the model was trained with).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `nano-data`: rewrites the calibration and probe sets without training.
+pub fn run_data(args: DataArgs) -> anyhow::Result<()> {
+    let tokenizer = TextTokenizer::from_file(&args.model.join("tokenizer.json"))?;
+    write_datasets(&Curriculum::new(args.seed), &tokenizer, &args.out)?;
+    tracing::info!("wrote {}", args.out.display());
     Ok(())
 }

@@ -78,6 +78,7 @@ impl Moe {
             .map(|o| o.needs())
             .unwrap_or_default();
         let mut output_norms = needs.expert_output_norms.then(|| vec![0f32; n * k]);
+        let mut output_max_abs = needs.expert_output_norms.then(|| vec![0f32; n * k]);
 
         let mut out = Tensor::<2>::zeros([n, h], &device);
         for (e, slots) in routed.iter().enumerate() {
@@ -92,10 +93,19 @@ impl Moe {
             let y = self
                 .experts
                 .forward_expert(e, xs.clone().select(0, rows.clone()));
-            if let Some(norms) = output_norms.as_mut() {
-                let values = y.clone().square().sum_dim(1).sqrt().into_data();
-                for (&s, v) in slots.iter().zip(values.iter::<f32>()) {
-                    norms[s] = v;
+            if let (Some(norms), Some(max_abs)) = (output_norms.as_mut(), output_max_abs.as_mut()) {
+                let both = Tensor::cat(
+                    vec![
+                        y.clone().square().sum_dim(1).sqrt(),
+                        y.clone().abs().max_dim(1),
+                    ],
+                    1,
+                )
+                .try_into_vec_as::<f32>()
+                .expect("f32 norms");
+                for (i, &s) in slots.iter().enumerate() {
+                    norms[s] = both[2 * i];
+                    max_abs[s] = both[2 * i + 1];
                 }
             }
             let weight = gates.clone().select(0, slot_ids).reshape([m, 1]);
@@ -108,6 +118,9 @@ impl Moe {
                 .router_logits
                 .then(|| logits.try_into_vec_as::<f32>().expect("f32"));
             let expert_ids: Vec<u32> = ids.iter().map(|&e| e as u32).collect();
+            let moe_input: Option<Vec<f32>> = needs
+                .moe_inputs
+                .then(|| xs.clone().try_into_vec_as::<f32>().expect("f32"));
             observer.observe(&LayerRouting {
                 layer: hooks.layer,
                 batch: b,
@@ -118,6 +131,8 @@ impl Moe {
                 gate_weights: &gate_weights,
                 router_logits: router_logits.as_deref(),
                 expert_output_norms: output_norms.as_deref(),
+                expert_output_max_abs: output_max_abs.as_deref(),
+                moe_input: moe_input.as_deref(),
             });
         }
         MoeOutput {

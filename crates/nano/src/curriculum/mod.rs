@@ -128,6 +128,29 @@ impl Curriculum {
             .collect()
     }
 
+    /// `n` probe-form items (prompt and answer) of one task drawn from the calibration side of
+    /// the split: for strategies that look at answer tokens, never overlapping the probes.
+    pub fn calibration_probes(&self, task: Task, n: usize) -> Vec<Probe> {
+        let mut rng = StdRng::seed_from_u64(self.seed.wrapping_add(200 + task as u64));
+        let mut seen = HashSet::new();
+        let mut out = vec![];
+        let mut tries = 0;
+        while out.len() < n && tries < 100 * n {
+            tries += 1;
+            let item = task.sample_item(&mut rng);
+            if self.is_probe(&item) || !seen.insert(item.prompt.clone()) {
+                continue;
+            }
+            out.push(Probe {
+                id: format!("{}-calibration-{:03}", task.name(), out.len()),
+                task: task.name().into(),
+                prompt: item.prompt,
+                answer: item.answer,
+            });
+        }
+        out
+    }
+
     /// A mix of all tasks with arithmetic at `arithmetic_share` of the tokens (by `count`), of
     /// about `total_tokens` tokens, probe items excluded.
     pub fn diverse_calibration(
@@ -200,6 +223,14 @@ mod tests {
             .map(|&t| c.calibration_documents(t, 40))
             .collect();
         sets.push(c.diverse_calibration(5000, 0.02, &words));
+        for task in Task::ALL {
+            let as_text = c
+                .calibration_probes(task, 30)
+                .into_iter()
+                .map(|p| Sample { id: p.id, task: p.task, text: format!("{} {}", p.prompt, p.answer) })
+                .collect();
+            sets.push(as_text);
+        }
         for set in sets {
             for s in set {
                 for line in s.text.lines() {

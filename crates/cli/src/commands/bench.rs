@@ -1,0 +1,81 @@
+//! `bench`: throughput measurements (benchmarks, never tests). Results go to stdout as JSON and
+//! belong in docs/benchmarks.md with the machine they ran on.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use gpt_oss_model::dataset::read_datasets;
+use gpt_oss_model::{ForwardOptions, TokenBatch};
+use gpt_oss_trace::{TraceOptions, trace};
+use serde_json::json;
+
+use crate::model_args::ModelArgs;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Bench {
+    /// Tokens/s of the forward pass alone and of `trace` (routing rows, statistics, Parquet).
+    Trace(TraceArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub data: Vec<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Untimed passes first (kernel compilation, autotune).
+    #[arg(long, default_value_t = 1)]
+    pub warmup_batches: usize,
+}
+
+pub fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Trace(a) => trace_throughput(a),
+    }
+}
+
+fn trace_throughput(args: TraceArgs) -> anyhow::Result<()> {
+    let loaded = args.model.load()?;
+    let (model, tokenizer) = (&loaded.model, loaded.tokenizer()?);
+    let records = read_datasets(&args.data)?;
+    let tokenized: Vec<Vec<u32>> = records.iter().map(|r| r.tokenize(tokenizer).map(|t| t.tokens)).collect::<Result<_, _>>()?;
+    let tokens: usize = tokenized.iter().map(Vec::len).sum();
+    let pad = model.config.pad_token_id.unwrap_or(0);
+    let device = model.device();
+    let forward_all = |batches: &[Vec<u32>]| {
+        for chunk in batches.chunks(args.batch_size.max(1)) {
+            let tb = TokenBatch::left_padded(chunk, pad);
+            let h = model.forward_hidden(&tb, None, ForwardOptions::default());
+            // Read one value so that the device has finished.
+            let _ = h.narrow(1, 0, 1).narrow(2, 0, 1).try_into_vec_as::<f32>();
+        }
+    };
+    let warm: Vec<Vec<u32>> = tokenized.iter().take(args.warmup_batches * args.batch_size).cloned().collect();
+    forward_all(&warm);
+    let start = Instant::now();
+    forward_all(&tokenized);
+    device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let plain = start.elapsed().as_secs_f64();
+
+    let tmp = std::env::temp_dir().join(format!("gpt-oss-lite-bench-trace-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let options = TraceOptions { batch_size: args.batch_size, ..Default::default() };
+    let start = Instant::now();
+    trace(model, tokenizer, &records, "bench", &["bench".into()], &tmp, &options, &mut |_| {})?;
+    let traced = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&tmp);
+    let out = json!({
+        "model": args.model.model,
+        "device": format!("{:?}", device),
+        "samples": records.len(),
+        "tokens": tokens,
+        "batch_size": args.batch_size,
+        "forward_only_tokens_per_second": tokens as f64 / plain,
+        "trace_tokens_per_second": tokens as f64 / traced,
+        "recording_overhead": traced / plain - 1.0,
+    });
+    println!("{out}");
+    Ok(())
+}
