@@ -45,7 +45,14 @@ pub fn generate_masked(
     let mut cache = options.use_cache.then(|| model.new_cache());
     let mut step_batch = TokenBatch::left_padded(prompts, pad);
     for _ in 0..options.max_new_tokens {
-        let logits = model.forward(&step_batch, cache.as_mut(), ForwardOptions { observer: None, mask });
+        let logits = model.forward(
+            &step_batch,
+            cache.as_mut(),
+            ForwardOptions {
+                observer: None,
+                mask,
+            },
+        );
         let [_, t, v] = logits.dims();
         let last = logits.narrow(1, t - 1, 1).reshape([b, v]);
         let next: Vec<u32> = match (&options.sampling, rng.as_mut()) {

@@ -43,6 +43,12 @@ impl RoutingObserver for Recorder {
                 .map(<[f32]>::to_vec)
                 .unwrap_or_default(),
         );
+        self.max_abs.push(
+            r.expert_output_max_abs
+                .map(<[f32]>::to_vec)
+                .unwrap_or_default(),
+        );
+        self.inputs.push(r.moe_input.map_or(0, <[f32]>::len));
         self.shape = (r.batch, r.seq_len, r.top_k, r.num_experts);
     }
 }
@@ -58,6 +64,7 @@ fn observer_sees_top_k_ids_and_gates_consistent_with_router_logits() {
         needs: ObserverNeeds {
             router_logits: true,
             expert_output_norms: true,
+            moe_inputs: true,
         },
         ..Default::default()
     };
@@ -121,6 +128,15 @@ fn observer_sees_top_k_ids_and_gates_consistent_with_router_logits() {
                     .iter()
                     .all(|&x| x > 0.0 && x.is_finite())
             );
+            // The largest element is at most the L2 norm and at least norm / sqrt(H).
+            for j in n * k..(n + 1) * k {
+                let m = rec.max_abs[layer][j];
+                assert!(
+                    m <= norms[j] + 1e-5 && m >= norms[j] / 8.0 - 1e-5,
+                    "{m} vs {}",
+                    norms[j]
+                );
+            }
         }
     }
 }

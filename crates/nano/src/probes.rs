@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use gpt_oss_model::generate::{GenerateOptions, generate_masked};
-use gpt_oss_model::{ExpertMask, GptOss};
 use gpt_oss_model::tokenizer::TextTokenizer;
+use gpt_oss_model::{ExpertMask, GptOss};
 use serde::Serialize;
 
 use crate::Result;

@@ -1,8 +1,8 @@
 //! What happens to each source tensor: copied as is, or sliced along the expert dimension.
 
+use gpt_oss_model::GptOssConfig;
 use gpt_oss_model::checkpoint::Checkpoint;
 use gpt_oss_model::checkpoint::inventory::layer_prefix;
-use gpt_oss_model::GptOssConfig;
 
 use crate::{PruneError, Result};
 
@@ -34,21 +34,33 @@ pub struct PrunePlan {
 fn expert_layer(name: &str, layers: usize) -> Option<usize> {
     (0..layers).find(|&l| {
         let p = layer_prefix(l);
-        name.starts_with(&format!("{p}mlp.experts.")) || name.starts_with(&format!("{p}mlp.router."))
+        name.starts_with(&format!("{p}mlp.experts."))
+            || name.starts_with(&format!("{p}mlp.router."))
     })
 }
 
 /// Checks `kept` against the model and plans every tensor.
-pub fn plan_prune(config: &GptOssConfig, ckpt: &Checkpoint, kept: &[Vec<usize>]) -> Result<PrunePlan> {
+pub fn plan_prune(
+    config: &GptOssConfig,
+    ckpt: &Checkpoint,
+    kept: &[Vec<usize>],
+) -> Result<PrunePlan> {
     let bad = |m: String| PruneError::Selection(m);
     if kept.len() != config.num_hidden_layers {
-        return Err(bad(format!("{} layers selected, the model has {}", kept.len(), config.num_hidden_layers)));
+        return Err(bad(format!(
+            "{} layers selected, the model has {}",
+            kept.len(),
+            config.num_hidden_layers
+        )));
     }
     for (l, experts) in kept.iter().enumerate() {
         let mut seen = vec![false; config.num_experts];
         for &e in experts {
             if e >= config.num_experts {
-                return Err(bad(format!("layer {l}: expert {e} out of range (the model has {})", config.num_experts)));
+                return Err(bad(format!(
+                    "layer {l}: expert {e} out of range (the model has {})",
+                    config.num_experts
+                )));
             }
             if std::mem::replace(&mut seen[e], true) {
                 return Err(bad(format!("layer {l}: expert {e} named twice")));
@@ -63,7 +75,11 @@ pub fn plan_prune(config: &GptOssConfig, ckpt: &Checkpoint, kept: &[Vec<usize>])
         }
     }
     let kept_per_layer = kept[0].len();
-    if let Some((l, k)) = kept.iter().enumerate().find(|(_, k)| k.len() != kept_per_layer) {
+    if let Some((l, k)) = kept
+        .iter()
+        .enumerate()
+        .find(|(_, k)| k.len() != kept_per_layer)
+    {
         return Err(bad(format!(
             "layer {l} keeps {} experts, layer 0 keeps {kept_per_layer}: config.json has one num_local_experts, \
              so a written checkpoint keeps the same number in every layer (evaluate non-uniform selections with the mask)",
@@ -77,7 +93,10 @@ pub fn plan_prune(config: &GptOssConfig, ckpt: &Checkpoint, kept: &[Vec<usize>])
             let (action, shape) = match expert_layer(name, config.num_hidden_layers) {
                 Some(l) => {
                     if t.shape.first() != Some(&config.num_experts) {
-                        return Err(PruneError::Inventory(format!("`{name}` does not have {} experts in dimension 0", config.num_experts)));
+                        return Err(PruneError::Inventory(format!(
+                            "`{name}` does not have {} experts in dimension 0",
+                            config.num_experts
+                        )));
                     }
                     let mut shape = t.shape.to_vec();
                     shape[0] = kept_per_layer;
@@ -85,8 +104,16 @@ pub fn plan_prune(config: &GptOssConfig, ckpt: &Checkpoint, kept: &[Vec<usize>])
                 }
                 None => (Action::Copy, t.shape.to_vec()),
             };
-            Ok(PlannedOutput { name: name.to_string(), action, dtype: t.dtype, shape })
+            Ok(PlannedOutput {
+                name: name.to_string(),
+                action,
+                dtype: t.dtype,
+                shape,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(PrunePlan { outputs, kept_per_layer })
+    Ok(PrunePlan {
+        outputs,
+        kept_per_layer,
+    })
 }

@@ -3,10 +3,12 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use gpt_oss_model::checkpoint::writer::write_json;
-use gpt_oss_model::checkpoint::{Checkpoint, PlannedTensor, StagedDir, expected_tensors, write_safetensors};
-use gpt_oss_model::transformer::load::check_inventory;
 use gpt_oss_model::GptOssConfig;
+use gpt_oss_model::checkpoint::writer::write_json;
+use gpt_oss_model::checkpoint::{
+    Checkpoint, PlannedTensor, StagedDir, expected_tensors, write_safetensors,
+};
+use gpt_oss_model::transformer::load::check_inventory;
 use gpt_oss_select::Selection;
 use serde::Serialize;
 use serde_json::json;
@@ -34,7 +36,10 @@ pub struct PruneOptions {
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        Self { force: false, max_shard_bytes: 4_800_000_000 }
+        Self {
+            force: false,
+            max_shard_bytes: 4_800_000_000,
+        }
     }
 }
 
@@ -51,12 +56,20 @@ pub struct PruneReport {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| gpt_oss_model::ModelError::Io { path: path.into(), source: e })?;
+    let bytes = std::fs::read(path).map_err(|e| gpt_oss_model::ModelError::Io {
+        path: path.into(),
+        source: e,
+    })?;
     Ok(format!("sha256:{:x}", Sha256::digest(bytes)))
 }
 
 /// Writes `source` pruned to `selection` into `out`.
-pub fn prune_checkpoint(source: &Path, selection: &Selection, out: &Path, options: &PruneOptions) -> Result<PruneReport> {
+pub fn prune_checkpoint(
+    source: &Path,
+    selection: &Selection,
+    out: &Path,
+    options: &PruneOptions,
+) -> Result<PruneReport> {
     selection.check().map_err(PruneError::Selection)?;
     let config = GptOssConfig::from_file(&source.join("config.json"))?;
     let ckpt = Checkpoint::open(source)?;
@@ -83,23 +96,38 @@ pub fn prune_checkpoint(source: &Path, selection: &Selection, out: &Path, option
     for name in COPIED_FILES {
         let from = source.join(name);
         if from.exists() {
-            std::fs::copy(&from, staged.path().join(name)).map_err(|e| gpt_oss_model::ModelError::Io { path: from.clone(), source: e })?;
+            std::fs::copy(&from, staged.path().join(name)).map_err(|e| {
+                gpt_oss_model::ModelError::Io {
+                    path: from.clone(),
+                    source: e,
+                }
+            })?;
         }
     }
 
     let planned: Vec<PlannedTensor> = plan
         .outputs
         .iter()
-        .map(|o| PlannedTensor { name: o.name.clone(), dtype: o.dtype, shape: o.shape.clone() })
+        .map(|o| PlannedTensor {
+            name: o.name.clone(),
+            dtype: o.dtype,
+            shape: o.shape.clone(),
+        })
         .collect();
     let written = write_safetensors(staged.path(), &planned, options.max_shard_bytes, |t| {
         let src = ckpt.tensor(&t.name)?;
-        let out = plan.outputs.iter().find(|o| o.name == t.name).expect("planned");
+        let out = plan
+            .outputs
+            .iter()
+            .find(|o| o.name == t.name)
+            .expect("planned");
         Ok(match &out.action {
             Action::Copy => src.bytes.to_vec(),
             Action::SliceExperts(kept) => {
                 let per = src.bytes.len() / src.shape[0];
-                kept.iter().flat_map(|&e| src.bytes[e * per..(e + 1) * per].iter().copied()).collect()
+                kept.iter()
+                    .flat_map(|&e| src.bytes[e * per..(e + 1) * per].iter().copied())
+                    .collect()
             }
         })
     })?;
@@ -112,18 +140,30 @@ pub fn prune_checkpoint(source: &Path, selection: &Selection, out: &Path, option
     if source_names != output_names {
         let lost: Vec<_> = source_names.difference(&output_names).collect();
         let extra: Vec<_> = output_names.difference(&source_names).collect();
-        return Err(PruneError::Inventory(format!("lost {lost:?}, added {extra:?}")));
+        return Err(PruneError::Inventory(format!(
+            "lost {lost:?}, added {extra:?}"
+        )));
     }
-    let expected: BTreeSet<String> = expected_tensors(&pruned_config, format).into_iter().map(|s| s.name).collect();
+    let expected: BTreeSet<String> = expected_tensors(&pruned_config, format)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     if expected.iter().map(String::as_str).collect::<BTreeSet<_>>() != output_names {
-        return Err(PruneError::Inventory("the output's tensors are not those the pruned config implies".into()));
+        return Err(PruneError::Inventory(
+            "the output's tensors are not those the pruned config implies".into(),
+        ));
     }
     check_inventory(&pruned_config, &reopened)?;
     for name in reopened.names() {
         let (a, b) = (ckpt.tensor(name)?, reopened.tensor(name)?);
-        let sliced = plan.outputs.iter().any(|o| o.name == name && matches!(o.action, Action::SliceExperts(_)));
+        let sliced = plan
+            .outputs
+            .iter()
+            .any(|o| o.name == name && matches!(o.action, Action::SliceExperts(_)));
         if !sliced && a.bytes != b.bytes {
-            return Err(PruneError::Inventory(format!("`{name}` was to be copied unchanged and differs")));
+            return Err(PruneError::Inventory(format!(
+                "`{name}` was to be copied unchanged and differs"
+            )));
         }
     }
 
@@ -143,7 +183,11 @@ pub fn prune_checkpoint(source: &Path, selection: &Selection, out: &Path, option
             },
         }),
     )?;
-    let sliced = plan.outputs.iter().filter(|o| matches!(o.action, Action::SliceExperts(_))).count();
+    let sliced = plan
+        .outputs
+        .iter()
+        .filter(|o| matches!(o.action, Action::SliceExperts(_)))
+        .count();
     let report = PruneReport {
         out: out.to_path_buf(),
         kept_per_layer: plan.kept_per_layer,

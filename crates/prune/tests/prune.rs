@@ -10,7 +10,9 @@ use gpt_oss_prune::{PruneOptions, prune_checkpoint};
 use gpt_oss_select::{Budget, Selection};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/reference/out").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/reference/out")
+        .join(name)
 }
 
 fn selection(layers: Vec<Vec<usize>>, experts: usize, top_k: usize) -> Selection {
@@ -26,11 +28,27 @@ fn selection(layers: Vec<Vec<usize>>, experts: usize, top_k: usize) -> Selection
 }
 
 fn batch() -> TokenBatch {
-    TokenBatch::left_padded(&[(0..30).map(|i| (i * 37 % 300) as u32).collect(), vec![5, 6, 7, 8]], 0)
+    TokenBatch::left_padded(
+        &[
+            (0..30).map(|i| (i * 37 % 300) as u32).collect(),
+            vec![5, 6, 7, 8],
+        ],
+        0,
+    )
 }
 
 fn logits(model: &GptOss, mask: Option<&ExpertMask>) -> Vec<f32> {
-    model.forward(&batch(), None, ForwardOptions { observer: None, mask }).try_into_vec_as::<f32>().unwrap()
+    model
+        .forward(
+            &batch(),
+            None,
+            ForwardOptions {
+                observer: None,
+                mask,
+            },
+        )
+        .try_into_vec_as::<f32>()
+        .unwrap()
 }
 
 fn check_mask_equals_pruned(name: &str, kept: Vec<Vec<usize>>) {
@@ -40,27 +58,63 @@ fn check_mask_equals_pruned(name: &str, kept: Vec<Vec<usize>>) {
     let sel = selection(kept.clone(), c.num_experts, c.experts_per_token);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("pruned");
-    let report = prune_checkpoint(&fixture(name), &sel, &out, &PruneOptions { max_shard_bytes: 200_000, ..Default::default() }).unwrap();
+    let report = prune_checkpoint(
+        &fixture(name),
+        &sel,
+        &out,
+        &PruneOptions {
+            max_shard_bytes: 200_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(report.tensors_dropped, 0);
-    assert_eq!(report.tensors_sliced, 2 * c.num_hidden_layers + c.num_hidden_layers * if c.mxfp4_experts { 6 } else { 4 });
+    assert_eq!(
+        report.tensors_sliced,
+        2 * c.num_hidden_layers + c.num_hidden_layers * if c.mxfp4_experts { 6 } else { 4 }
+    );
     let pruned = load_model(&out, &device, LoadOptions::default()).unwrap();
     assert_eq!(pruned.config.num_experts, kept[0].len());
-    let mask = ExpertMask::keep_only(&kept, c.num_hidden_layers, c.num_experts, c.experts_per_token).unwrap();
+    let mask = ExpertMask::keep_only(
+        &kept,
+        c.num_hidden_layers,
+        c.num_experts,
+        c.experts_per_token,
+    )
+    .unwrap();
     let (masked, written) = (logits(&full, Some(&mask)), logits(&pruned, None));
-    let diff = masked.iter().zip(&written).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    assert_eq!(diff, 0.0, "{name}: masked full model and pruned checkpoint differ by {diff}");
+    let diff = masked
+        .iter()
+        .zip(&written)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert_eq!(
+        diff, 0.0,
+        "{name}: masked full model and pruned checkpoint differ by {diff}"
+    );
     assert_ne!(masked, logits(&full, None), "pruning must change something");
 }
 
 #[test]
 fn pruned_mxfp4_checkpoint_equals_masked_full_model() {
-    check_mask_equals_pruned("tiny-mxfp4", vec![vec![0, 2, 5, 7], vec![1, 2, 3, 4], vec![4, 5, 6, 7], vec![0, 3, 6, 7]]);
+    check_mask_equals_pruned(
+        "tiny-mxfp4",
+        vec![
+            vec![0, 2, 5, 7],
+            vec![1, 2, 3, 4],
+            vec![4, 5, 6, 7],
+            vec![0, 3, 6, 7],
+        ],
+    );
     check_mask_equals_pruned("tiny-mxfp4", vec![vec![0, 1, 2, 5, 6, 7]; 4]);
 }
 
 #[test]
 fn pruned_dense_checkpoint_equals_masked_full_model() {
-    check_mask_equals_pruned("tiny-dense", vec![vec![0, 4, 5], vec![1, 2, 3], vec![5, 3, 0]]);
+    check_mask_equals_pruned(
+        "tiny-dense",
+        vec![vec![0, 4, 5], vec![1, 2, 3], vec![5, 3, 0]],
+    );
 }
 
 #[test]
@@ -69,10 +123,25 @@ fn pruned_checkpoint_keeps_every_non_expert_tensor_byte_for_byte() {
     let out = tmp.path().join("p");
     let sel = selection(vec![vec![1, 3, 5, 7]; 4], 8, 4);
     prune_checkpoint(&fixture("tiny-mxfp4"), &sel, &out, &PruneOptions::default()).unwrap();
-    let (src, dst) = (Checkpoint::open(&fixture("tiny-mxfp4")).unwrap(), Checkpoint::open(&out).unwrap());
-    assert_eq!(src.names().collect::<Vec<_>>(), dst.names().collect::<Vec<_>>());
-    for name in src.names().filter(|n| n.contains("self_attn") || n.contains("norm") || n.contains("embed") || n.contains("lm_head")) {
-        assert_eq!(src.tensor(name).unwrap().bytes, dst.tensor(name).unwrap().bytes, "{name}");
+    let (src, dst) = (
+        Checkpoint::open(&fixture("tiny-mxfp4")).unwrap(),
+        Checkpoint::open(&out).unwrap(),
+    );
+    assert_eq!(
+        src.names().collect::<Vec<_>>(),
+        dst.names().collect::<Vec<_>>()
+    );
+    for name in src.names().filter(|n| {
+        n.contains("self_attn")
+            || n.contains("norm")
+            || n.contains("embed")
+            || n.contains("lm_head")
+    }) {
+        assert_eq!(
+            src.tensor(name).unwrap().bytes,
+            dst.tensor(name).unwrap().bytes,
+            "{name}"
+        );
     }
     // Expert 5 of layer 2 is expert 2 of the output, bytes unchanged.
     let blocks = "model.layers.2.mlp.experts.gate_up_proj_blocks";
@@ -81,16 +150,39 @@ fn pruned_checkpoint_keeps_every_non_expert_tensor_byte_for_byte() {
     assert_eq!(&a.bytes[5 * per..6 * per], &b.bytes[2 * per..3 * per]);
     let router = "model.layers.2.mlp.router.bias";
     let (a, b) = (src.tensor(router).unwrap(), dst.tensor(router).unwrap());
-    assert_eq!(&a.bytes[2 * 7..2 * 8], &b.bytes[2 * 3..2 * 4], "router entries follow the kept order");
-    let selection: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("expert_selection.json")).unwrap()).unwrap();
+    assert_eq!(
+        &a.bytes[2 * 7..2 * 8],
+        &b.bytes[2 * 3..2 * 4],
+        "router entries follow the kept order"
+    );
+    let selection: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("expert_selection.json")).unwrap())
+            .unwrap();
     assert_eq!(selection["layers"][0], serde_json::json!([1, 3, 5, 7]));
     assert!(out.join("tokenizer.json").exists());
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
-    assert_eq!((config["num_local_experts"].as_u64(), config["num_experts_per_tok"].as_u64()), (Some(4), Some(4)));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            config["num_local_experts"].as_u64(),
+            config["num_experts_per_tok"].as_u64()
+        ),
+        (Some(4), Some(4))
+    );
 }
 
 fn prune_error(sel: Selection, out: &Path, force: bool) -> String {
-    prune_checkpoint(&fixture("tiny-mxfp4"), &sel, out, &PruneOptions { force, ..Default::default() }).unwrap_err().to_string()
+    prune_checkpoint(
+        &fixture("tiny-mxfp4"),
+        &sel,
+        out,
+        &PruneOptions {
+            force,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string()
 }
 
 #[test]
@@ -103,7 +195,10 @@ fn bad_selections_and_unsafe_outputs_are_refused() {
     let mut far = vec![vec![0, 1, 2, 3]; 4];
     far[3] = vec![0, 1, 2, 8];
     assert!(prune_error(selection(far, 8, 4), &out, false).contains("out of range"));
-    let few = Selection { top_k: 2, ..selection(vec![vec![0, 1, 2]; 4], 8, 2) };
+    let few = Selection {
+        top_k: 2,
+        ..selection(vec![vec![0, 1, 2]; 4], 8, 2)
+    };
     assert!(prune_error(few, &out, false).contains("fewer than num_experts_per_tok"));
     let mut ragged = vec![vec![0, 1, 2, 3]; 4];
     ragged[2] = vec![0, 1, 2, 3, 4];
@@ -111,8 +206,23 @@ fn bad_selections_and_unsafe_outputs_are_refused() {
     assert!(!out.exists(), "nothing written by refused prunes");
 
     std::fs::create_dir_all(&out).unwrap();
-    assert!(prune_error(selection(vec![vec![0, 1, 2, 3]; 4], 8, 4), &out, false).contains("--force"));
-    prune_checkpoint(&fixture("tiny-mxfp4"), &selection(vec![vec![0, 1, 2, 3]; 4], 8, 4), &out, &PruneOptions { force: true, ..Default::default() }).unwrap();
-    let e = prune_error(selection(vec![vec![0, 1, 2, 3]; 4], 8, 4), &fixture("tiny-mxfp4"), true);
+    assert!(
+        prune_error(selection(vec![vec![0, 1, 2, 3]; 4], 8, 4), &out, false).contains("--force")
+    );
+    prune_checkpoint(
+        &fixture("tiny-mxfp4"),
+        &selection(vec![vec![0, 1, 2, 3]; 4], 8, 4),
+        &out,
+        &PruneOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let e = prune_error(
+        selection(vec![vec![0, 1, 2, 3]; 4], 8, 4),
+        &fixture("tiny-mxfp4"),
+        true,
+    );
     assert!(e.contains("source model"), "{e}");
 }

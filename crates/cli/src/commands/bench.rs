@@ -15,6 +15,11 @@ use crate::model_args::ModelArgs;
 pub enum Bench {
     /// Tokens/s of the forward pass alone and of `trace` (routing rows, statistics, Parquet).
     Trace(TraceArgs),
+    /// Bytes on disk per component and memory when loaded and during a forward pass, for
+    /// several experts-per-layer budgets (pruned variants written under --work).
+    Memory(super::bench_memory::MemoryArgs),
+    /// One model's footprint (run in a child process by `bench memory`).
+    Footprint(super::bench_memory::FootprintArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -33,6 +38,8 @@ pub struct TraceArgs {
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Trace(a) => trace_throughput(a),
+        Bench::Memory(a) => super::bench_memory::memory(a),
+        Bench::Footprint(a) => super::bench_memory::footprint(a),
     }
 }
 
@@ -40,7 +47,10 @@ fn trace_throughput(args: TraceArgs) -> anyhow::Result<()> {
     let loaded = args.model.load()?;
     let (model, tokenizer) = (&loaded.model, loaded.tokenizer()?);
     let records = read_datasets(&args.data)?;
-    let tokenized: Vec<Vec<u32>> = records.iter().map(|r| r.tokenize(tokenizer).map(|t| t.tokens)).collect::<Result<_, _>>()?;
+    let tokenized: Vec<Vec<u32>> = records
+        .iter()
+        .map(|r| r.tokenize(tokenizer).map(|t| t.tokens))
+        .collect::<Result<_, _>>()?;
     let tokens: usize = tokenized.iter().map(Vec::len).sum();
     let pad = model.config.pad_token_id.unwrap_or(0);
     let device = model.device();
@@ -52,7 +62,11 @@ fn trace_throughput(args: TraceArgs) -> anyhow::Result<()> {
             let _ = h.narrow(1, 0, 1).narrow(2, 0, 1).try_into_vec_as::<f32>();
         }
     };
-    let warm: Vec<Vec<u32>> = tokenized.iter().take(args.warmup_batches * args.batch_size).cloned().collect();
+    let warm: Vec<Vec<u32>> = tokenized
+        .iter()
+        .take(args.warmup_batches * args.batch_size)
+        .cloned()
+        .collect();
     forward_all(&warm);
     let start = Instant::now();
     forward_all(&tokenized);
@@ -61,9 +75,21 @@ fn trace_throughput(args: TraceArgs) -> anyhow::Result<()> {
 
     let tmp = std::env::temp_dir().join(format!("gpt-oss-lite-bench-trace-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let options = TraceOptions { batch_size: args.batch_size, ..Default::default() };
+    let options = TraceOptions {
+        batch_size: args.batch_size,
+        ..Default::default()
+    };
     let start = Instant::now();
-    trace(model, tokenizer, &records, "bench", &["bench".into()], &tmp, &options, &mut |_| {})?;
+    trace(
+        model,
+        tokenizer,
+        &records,
+        "bench",
+        &["bench".into()],
+        &tmp,
+        &options,
+        &mut |_| {},
+    )?;
     let traced = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&tmp);
     let out = json!({

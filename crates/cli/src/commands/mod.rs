@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_memory;
 pub mod generate;
 pub mod inspect;
 pub mod prune;

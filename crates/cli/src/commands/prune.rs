@@ -25,7 +25,15 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let selection = Selection::read(&args.selection)?;
-    let report = prune_checkpoint(&args.model, &selection, &args.out, &PruneOptions { force: args.force, max_shard_bytes: args.shard_bytes })?;
+    let report = prune_checkpoint(
+        &args.model,
+        &selection,
+        &args.out,
+        &PruneOptions {
+            force: args.force,
+            max_shard_bytes: args.shard_bytes,
+        },
+    )?;
     tracing::info!(
         "{}: {} experts per layer; {} tensors copied, {} sliced, none dropped; {} -> {} tensor bytes",
         report.out.display(),

@@ -299,7 +299,10 @@ pub fn write_datasets(
         .into_iter()
         .flat_map(|t| curriculum.calibration_probes(t, 40))
         .collect();
-    write_jsonl(&dir.join("calibration").join("math-probes.jsonl"), &math_probes)?;
+    write_jsonl(
+        &dir.join("calibration").join("math-probes.jsonl"),
+        &math_probes,
+    )?;
     manifest.insert("math-probes".into(), json!({"items": math_probes.len()}));
     let probes = curriculum.probes();
     write_jsonl(&dir.join("probes.jsonl"), &probes)?;

@@ -227,7 +227,11 @@ mod tests {
             let as_text = c
                 .calibration_probes(task, 30)
                 .into_iter()
-                .map(|p| Sample { id: p.id, task: p.task, text: format!("{} {}", p.prompt, p.answer) })
+                .map(|p| Sample {
+                    id: p.id,
+                    task: p.task,
+                    text: format!("{} {}", p.prompt, p.answer),
+                })
                 .collect();
             sets.push(as_text);
         }
