@@ -30,7 +30,7 @@ fixtures:
     tools/reference/setup-venv.sh
     tools/reference/.venv/bin/python tools/reference/make_fixtures.py
 
-# Rebuild oss-nano from its seed (CPU, about 50 minutes on 2 cores; --device wgpu for a GPU).
+# Rebuild oss-nano from its seed (CPU: 56 minutes on 2 cores; --device wgpu for a GPU).
 train-nano *args:
     cargo run -p gpt-oss-lite -- train-nano --force {{args}}
 
@@ -39,3 +39,16 @@ interop model:
     cargo build -p gpt-oss-lite
     tools/reference/setup-venv.sh
     tools/reference/.venv/bin/python tools/reference/compare_with_transformers.py --model {{model}} --bin ${CARGO_TARGET_DIR:-target}/debug/gpt-oss-lite
+
+# Rewrite oss-nano's model card from its training.json (no training).
+nano-card:
+    cargo run -p gpt-oss-lite -- nano-card
+
+# Record oss-nano's routing on its calibration sets into datasets/nano/traces/.
+trace-nano:
+    cargo run -p gpt-oss-lite -- trace --model models/oss-nano --device cpu --data datasets/nano/calibration/diverse.jsonl --out datasets/nano/traces/diverse
+    cargo run -p gpt-oss-lite -- trace --model models/oss-nano --device cpu --data datasets/nano/calibration/add.jsonl,datasets/nano/calibration/add2.jsonl,datasets/nano/calibration/capital.jsonl,datasets/nano/calibration/code.jsonl,datasets/nano/calibration/english.jsonl,datasets/nano/calibration/math-probes.jsonl,datasets/nano/calibration/mul.jsonl,datasets/nano/calibration/sequence.jsonl,datasets/nano/calibration/sub.jsonl,datasets/nano/calibration/sub2.jsonl --out datasets/nano/traces/tasks
+
+# Memory and disk per experts-per-layer budget (pruned variants under target/bench-memory).
+bench-memory model="models/oss-nano" *args:
+    cargo run -p gpt-oss-lite -- bench memory --model {{model}} --work target/bench-memory {{args}}

@@ -1,6 +1,7 @@
 //! `gpt-oss-lite`: the workbench's command line.
 
 mod commands;
+mod host;
 mod model_args;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Command {
     Bench(commands::bench::Bench),
     /// Rewrite oss-nano's calibration and probe sets (datasets/nano) from the curriculum seed.
     NanoData(commands::train_nano::DataArgs),
+    /// Rewrite a trained oss-nano's model card (README.md) from its training.json.
+    NanoCard(commands::train_nano::CardArgs),
     /// Record routing of datasets into Parquet shards and per-expert statistics.
     Trace(commands::trace::Args),
     /// Choose the experts to keep per layer from trace statistics.
@@ -57,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::TrainNano(a) => commands::train_nano::run(a),
         Command::Trace(a) => commands::trace::run(a),
         Command::NanoData(a) => commands::train_nano::run_data(a),
+        Command::NanoCard(a) => commands::train_nano::run_card(a),
         Command::Bench(b) => commands::bench::run(b),
         Command::Prune(a) => commands::prune::run(a),
         Command::Select(a) => commands::select::run(a),

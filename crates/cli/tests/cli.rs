@@ -173,3 +173,17 @@ fn missing_model_folder_is_a_clear_error() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn select_list_names_every_strategy_without_statistics() {
+    let (ok, stdout, stderr) = run(&["select", "--list"]);
+    assert!(ok, "{stderr}");
+    for name in gpt_oss_select::strategy_names() {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(name)),
+            "{name} missing from:\n{stdout}"
+        );
+    }
+    let (ok, _, stderr) = run(&["select", "--experts", "16"]);
+    assert!(!ok && stderr.contains("--stats"), "{stderr}");
+}

@@ -5,7 +5,9 @@ use gpt_oss_model::tokenizer::TextTokenizer;
 use gpt_oss_model::{ForwardOptions, GptOss, LayerRouting, RoutingObserver, TokenBatch};
 
 use crate::Result;
-use crate::curriculum::Sample;
+use std::collections::BTreeMap;
+
+use crate::curriculum::{Curriculum, Sample, Task};
 
 /// Counts top-k selections per (layer, expert), skipping padding.
 struct UsageCounter {
@@ -102,4 +104,27 @@ mod tests {
             vec![(1, 5.0 / 11.0), (2, 5.0 / 11.0)]
         );
     }
+}
+
+/// Per task: selection counts on the first and the second half of `per_task` calibration
+/// documents (two halves, so that the card can show the divergence sampling alone produces).
+pub fn usage_by_task(
+    model: &GptOss,
+    tokenizer: &TextTokenizer,
+    curriculum: &Curriculum,
+    per_task: usize,
+) -> Result<BTreeMap<String, [Vec<Vec<u64>>; 2]>> {
+    let mut usage = BTreeMap::new();
+    for task in Task::ALL {
+        let samples = curriculum.calibration_documents(task, per_task);
+        let (first, second) = samples.split_at(samples.len() / 2);
+        usage.insert(
+            task.name().to_string(),
+            [
+                expert_usage(model, tokenizer, first, 32)?,
+                expert_usage(model, tokenizer, second, 32)?,
+            ],
+        );
+    }
+    Ok(usage)
 }

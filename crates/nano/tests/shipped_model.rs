@@ -129,3 +129,30 @@ fn shipped_nano_matches_transformers() {
         "the short texts must match to 1e-4"
     );
 }
+
+/// The issue asks that expert usage measurably differ by task: every task's divergence from
+/// the other tasks is far above what splitting its own calibration set in two produces.
+#[test]
+fn shipped_nano_routes_tasks_to_measurably_different_experts() {
+    use gpt_oss_nano::card::{add_counts, split_half_divergences, task_divergences};
+    use gpt_oss_nano::curriculum::Curriculum;
+    use gpt_oss_nano::usage::usage_by_task;
+
+    let dir = repo().join("models/oss-nano");
+    let model = load_model(&dir, &Device::flex(), LoadOptions::default()).unwrap();
+    let tokenizer = TextTokenizer::for_model(&dir, &model.config).unwrap();
+    let halves = usage_by_task(&model, &tokenizer, &Curriculum::new(0), 64).unwrap();
+    let floors = split_half_divergences(&halves);
+    let usage = halves
+        .iter()
+        .map(|(t, [a, b])| (t.clone(), add_counts(a, b)))
+        .collect();
+    for (task, divergence) in task_divergences(&usage) {
+        let floor = floors[&task];
+        eprintln!("{task:>9}: {divergence:.4} (noise floor {floor:.4})");
+        assert!(
+            divergence > 5.0 * floor && divergence > 0.01,
+            "{task}: divergence {divergence:.4} is not above its noise floor {floor:.4}"
+        );
+    }
+}

@@ -77,7 +77,8 @@ pub fn footprint(args: FootprintArgs) -> anyhow::Result<()> {
     device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let load_seconds = start.elapsed().as_secs_f64();
     let after_load = snapshot(&device);
-    let tokens: Vec<u32> = (0..args.tokens).map(|i| (i * 7919 % 1000) as u32).collect();
+    let vocab = loaded.model.config.vocab_size.min(1000);
+    let tokens: Vec<u32> = (0..args.tokens).map(|i| (i * 7919 % vocab) as u32).collect();
     let batch = TokenBatch::left_padded(&[tokens], 0);
     let hidden = loaded
         .model
@@ -181,27 +182,23 @@ pub fn memory(args: MemoryArgs) -> anyhow::Result<()> {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
     }
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     println!(
-        "| configuration | experts/layer | total experts | bytes on disk | GiB | device memory after load (GiB) | after forward (GiB) | peak RSS (GiB) |"
+        "| configuration | experts/layer | total experts | tensor bytes on disk | size | device memory after load | device memory reserved after forward | peak RSS |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &rows {
         let f = &r["footprint"];
-        let dev = |v: &Value| {
-            v.as_u64()
-                .map_or("n/a".to_string(), |b| format!("{:.2}", gib(b)))
-        };
+        let size = |v: &Value| v.as_u64().map_or("n/a".to_string(), human_bytes);
         println!(
-            "| {} | {} | {} | {} | {:.2} | {} | {} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             args.model.file_name().unwrap_or_default().to_string_lossy(),
             r["experts_per_layer"],
             r["total_experts"],
             r["tensor_bytes"],
-            gib(r["tensor_bytes"].as_u64().unwrap_or(0)),
-            dev(&f["after_load"]["device_bytes_in_use"]),
-            dev(&f["after_forward"]["device_bytes_reserved"]),
-            gib(f["after_forward"]["peak_rss_bytes"].as_u64().unwrap_or(0)),
+            size(&r["tensor_bytes"]),
+            size(&f["after_load"]["device_bytes_in_use"]),
+            size(&f["after_forward"]["device_bytes_reserved"]),
+            size(&f["after_forward"]["peak_rss_bytes"]),
         );
     }
     std::fs::create_dir_all(&args.work)?;
@@ -210,4 +207,16 @@ pub fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&rows)? + "\n",
     )?;
     Ok(())
+}
+
+/// "4.07 MiB", "12.81 GiB": binary units, two decimals.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.2} {}", UNITS[unit])
 }

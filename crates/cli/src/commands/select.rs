@@ -10,7 +10,7 @@ use gpt_oss_trace::activations::ActivationFiles;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Trace folders (their stats.json are merged, task by task), comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "list")]
     pub stats: Vec<PathBuf>,
     /// Strategy name (see --list).
     #[arg(long, default_value = "frequency")]
@@ -52,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some(s) => s.merge(&part)?,
         }
     }
-    let stats = stats.expect("clap requires one folder");
+    let stats = stats.ok_or_else(|| anyhow::anyhow!("give --stats DIR (a trace folder)"))?;
     let budget = match (args.experts, args.total) {
         (Some(k), None) => Budget::Uniform(k),
         (None, Some(n)) => Budget::Global(n),

@@ -1,7 +1,6 @@
 //! `train-nano`: builds oss-nano from its seed: curriculum, tokenizer, training, MXFP4 export,
 //! probe scores, expert-usage table, loss curve and model card.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,13 +11,15 @@ use gpt_oss_model::device::{DeviceChoice, select_device};
 use gpt_oss_model::tokenizer::TextTokenizer;
 use gpt_oss_model::transformer::export::ExportOptions;
 use gpt_oss_model::{GptOss, LoadOptions, load_model};
-use gpt_oss_nano::card::{CardInputs, model_card};
+use gpt_oss_nano::card::{CardInputs, TrainingLog, model_card};
 use gpt_oss_nano::curriculum::{Curriculum, Sample, Task, write_jsonl};
 use gpt_oss_nano::probes::{accuracy_by_task, run_probes};
 use gpt_oss_nano::shape::nano_config;
 use gpt_oss_nano::tokenizer::train_tokenizer;
 use gpt_oss_nano::train::{StepReport, TrainConfig, train};
-use gpt_oss_nano::usage::expert_usage;
+use gpt_oss_nano::usage::usage_by_task;
+
+use crate::host::host_description;
 use gpt_oss_report::{Series, line_chart};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -36,7 +37,7 @@ pub struct Args {
     pub work: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 2500)]
     pub steps: usize,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -90,7 +91,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (device, description) = select_device(args.device)?;
     tracing::info!("training on {description}");
     let model = GptOss::init_random(&config, &device.clone().autodiff(), args.seed);
-    let parameters = model.num_params();
     let train_config = TrainConfig {
         seed: args.seed,
         steps: args.steps,
@@ -161,15 +161,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let probes_mxfp4 = accuracy_by_task(&outcomes);
     write_jsonl(&out.join("probe_results.jsonl"), &outcomes)?;
 
-    let mut usage = BTreeMap::new();
-    for task in Task::ALL {
-        let samples = curriculum.calibration_documents(task, 64);
-        usage.insert(
-            task.name().to_string(),
-            expert_usage(&shipped, &tokenizer, &samples, 32)?,
-        );
-    }
-
     let points: Vec<(f64, f64)> = reports
         .iter()
         .map(|r| (r.step as f64, r.lm_loss as f64))
@@ -202,7 +193,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|r| r.lm_loss)
         .sum::<f32>()
         / reports.len().clamp(1, 50) as f32;
-    let checkpoint_bytes = std::fs::metadata(out.join("model.safetensors"))?.len();
     let command = format!(
         "gpt-oss-lite train-nano --seed {} --steps {} --batch-size {} --seq-len {} --lr {} --train-docs {} --vocab {} --device {}",
         args.seed,
@@ -218,29 +208,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             DeviceChoice::Auto => "auto",
         }
     );
-    let card = model_card(&CardInputs {
-        command: &command,
-        device: &description,
-        train: &train_config,
-        train_tokens: args.steps * args.batch_size * args.seq_len,
+    let log = TrainingLog {
+        command,
+        device: description,
+        host: host_description(),
+        train: train_config,
         wall_seconds,
-        final_loss,
-        parameters,
-        checkpoint_bytes,
-        probes_f32: &probes_f32,
-        probes_mxfp4: &probes_mxfp4,
-        usage: &usage,
-    });
-    std::fs::write(out.join("README.md"), card)?;
-    let log = json!({
-        "command": command, "device": description, "train": train_config, "wall_seconds": wall_seconds,
-        "total_seconds": started.elapsed().as_secs_f64(), "final_lm_loss": final_loss,
-        "probes_f32": probes_f32, "probes_mxfp4": probes_mxfp4,
-    });
+        total_seconds: started.elapsed().as_secs_f64(),
+        final_lm_loss: final_loss,
+        probes_f32: probes_f32.clone(),
+        probes_mxfp4: probes_mxfp4.clone(),
+    };
     std::fs::write(
         out.join("training.json"),
         serde_json::to_string_pretty(&log)? + "\n",
     )?;
+    write_model_card(&out, &curriculum)?;
     for (task, (c, n)) in &probes_mxfp4 {
         tracing::info!(
             "{task:>9}: {c}/{n} ({:.1}%), f32 {:.1}%",
@@ -333,5 +316,43 @@ pub fn run_data(args: DataArgs) -> anyhow::Result<()> {
     let tokenizer = TextTokenizer::from_file(&args.model.join("tokenizer.json"))?;
     write_datasets(&Curriculum::new(args.seed), &tokenizer, &args.out)?;
     tracing::info!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// README.md of a trained oss-nano folder, from its training.json and fresh measurements of
+/// which experts each task routes to.
+fn write_model_card(dir: &Path, curriculum: &Curriculum) -> anyhow::Result<()> {
+    let log_path = dir.join("training.json");
+    let log: TrainingLog = serde_json::from_str(
+        &std::fs::read_to_string(&log_path)
+            .with_context(|| format!("reading {}", log_path.display()))?,
+    )
+    .with_context(|| format!("{}: not a train-nano log", log_path.display()))?;
+    let model = load_model(dir, &burn::tensor::Device::flex(), LoadOptions::default())?;
+    let tokenizer = TextTokenizer::for_model(dir, &model.config)?;
+    let usage = usage_by_task(&model, &tokenizer, curriculum, 64)?;
+    let card = model_card(&CardInputs {
+        log: &log,
+        parameters: model.num_params(),
+        checkpoint_bytes: std::fs::metadata(dir.join("model.safetensors"))?.len(),
+        usage: &usage,
+    });
+    std::fs::write(dir.join("README.md"), card)?;
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CardArgs {
+    #[arg(long, default_value = "models/oss-nano")]
+    pub model: PathBuf,
+    /// The curriculum seed (the one the model was trained with).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `nano-card`: rewrites a trained model's README.md without training.
+pub fn run_card(args: CardArgs) -> anyhow::Result<()> {
+    write_model_card(&args.model, &Curriculum::new(args.seed))?;
+    tracing::info!("wrote {}", args.model.join("README.md").display());
     Ok(())
 }
