@@ -9,6 +9,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod harmony;
+pub mod interop;
 pub mod routing;
 pub mod scoring;
 pub mod synth;

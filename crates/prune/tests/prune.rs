@@ -226,3 +226,42 @@ fn bad_selections_and_unsafe_outputs_are_refused() {
     );
     assert!(e.contains("source model"), "{e}");
 }
+
+/// oss-nano pruned to 8 experts per layer (the selection tools/reference/check_pruned_interop.sh
+/// made with `frequency` and committed) scores as transformers scored the same pruned checkpoint.
+#[test]
+fn pruned_nano_matches_transformers() {
+    use gpt_oss_model::interop::{Agreement, TransformersFixture};
+    use gpt_oss_model::scoring::token_logprobs;
+
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let reference = repo.join("tools/reference/out");
+    let selection = Selection::read(&reference.join("oss-nano-pruned-8.selection.json")).unwrap();
+    let fixture =
+        TransformersFixture::read(&reference.join("oss-nano-pruned-8-transformers.json")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("nano-8");
+    prune_checkpoint(
+        &repo.join("models/oss-nano"),
+        &selection,
+        &out,
+        &PruneOptions::default(),
+    )
+    .unwrap();
+    let model = load_model(&out, &Device::flex(), LoadOptions::default()).unwrap();
+    assert_eq!(model.config.num_experts, 8);
+    for text in &fixture.texts {
+        let ours = &token_logprobs(
+            &model,
+            std::slice::from_ref(&text.token_ids),
+            ForwardOptions::default(),
+            4096,
+        )[0];
+        let agreement = Agreement::measure(text, ours);
+        assert!(
+            agreement.agrees(1e-4),
+            "{} tokens: {agreement:?}",
+            text.token_ids.len()
+        );
+    }
+}

@@ -123,12 +123,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             r.balance_loss,
             r.tokens as f64 / r.seconds
         ));
-        if r.step % 50 == 0 || r.step == 1 {
-            tracing::debug!(
-                "step {} loss {:.4} lr {:.2e}",
+        // The bar is invisible in logs; a line every 5% of the run (and the first steps) is not.
+        if r.step <= 3 || r.step % args.steps.div_ceil(20).max(1) == 0 {
+            tracing::info!(
+                "step {}/{} loss {:.4} lr {:.2e} ({:.0} tok/s)",
                 r.step,
+                args.steps,
                 r.loss,
-                r.learning_rate
+                r.learning_rate,
+                r.tokens as f64 / r.seconds
             );
         }
         if args.checkpoint_every > 0 && r.step % args.checkpoint_every == 0 {
