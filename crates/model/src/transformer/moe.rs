@@ -77,8 +77,11 @@ impl Moe {
             .as_ref()
             .map(|o| o.needs())
             .unwrap_or_default();
-        let mut output_norms = needs.expert_output_norms.then(|| vec![0f32; n * k]);
-        let mut output_max_abs = needs.expert_output_norms.then(|| vec![0f32; n * k]);
+        // Per (token, slot): the selected expert's output L2 norm and max |value|, gathered on
+        // the device and read once per layer.
+        let mut output_stats = needs
+            .expert_output_norms
+            .then(|| Tensor::<2>::zeros([n * k, 2], &device));
 
         let mut out = Tensor::<2>::zeros([n, h], &device);
         for (e, slots) in routed.iter().enumerate() {
@@ -93,26 +96,35 @@ impl Moe {
             let y = self
                 .experts
                 .forward_expert(e, xs.clone().select(0, rows.clone()));
-            if let (Some(norms), Some(max_abs)) = (output_norms.as_mut(), output_max_abs.as_mut()) {
+            if let Some(stats) = output_stats.take() {
                 let both = Tensor::cat(
                     vec![
                         y.clone().square().sum_dim(1).sqrt(),
                         y.clone().abs().max_dim(1),
                     ],
                     1,
-                )
-                .try_into_vec_as::<f32>()
-                .expect("f32 norms");
-                for (i, &s) in slots.iter().enumerate() {
-                    norms[s] = both[2 * i];
-                    max_abs[s] = both[2 * i + 1];
-                }
+                );
+                output_stats = Some(stats.select_assign(
+                    0,
+                    slot_ids.clone(),
+                    both,
+                    IndexingUpdateOp::Add,
+                ));
             }
             let weight = gates.clone().select(0, slot_ids).reshape([m, 1]);
             out = out.select_assign(0, rows, y * weight, IndexingUpdateOp::Add);
         }
 
         if let Some(observer) = hooks.observer {
+            let (output_norms, output_max_abs) = match output_stats {
+                Some(stats) => {
+                    let both = stats.try_into_vec_as::<f32>().expect("f32 norms");
+                    let norms: Vec<f32> = both.iter().step_by(2).copied().collect();
+                    let max_abs: Vec<f32> = both.iter().skip(1).step_by(2).copied().collect();
+                    (Some(norms), Some(max_abs))
+                }
+                None => (None, None),
+            };
             let gate_weights: Vec<f32> = gates.try_into_vec_as::<f32>().expect("f32");
             let router_logits: Option<Vec<f32>> = needs
                 .router_logits
