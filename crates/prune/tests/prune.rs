@@ -51,15 +51,20 @@ fn logits(model: &GptOss, mask: Option<&ExpertMask>) -> Vec<f32> {
         .unwrap()
 }
 
-fn check_mask_equals_pruned(name: &str, kept: Vec<Vec<usize>>) {
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn check_mask_equals_pruned(source: &Path, kept: Vec<Vec<usize>>) {
+    let name = source.display();
     let device = Device::flex();
-    let full = load_model(&fixture(name), &device, LoadOptions::default()).unwrap();
+    let full = load_model(source, &device, LoadOptions::default()).unwrap();
     let c = &full.config;
     let sel = selection(kept.clone(), c.num_experts, c.experts_per_token);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("pruned");
     let report = prune_checkpoint(
-        &fixture(name),
+        source,
         &sel,
         &out,
         &PruneOptions {
@@ -98,7 +103,7 @@ fn check_mask_equals_pruned(name: &str, kept: Vec<Vec<usize>>) {
 #[test]
 fn pruned_mxfp4_checkpoint_equals_masked_full_model() {
     check_mask_equals_pruned(
-        "tiny-mxfp4",
+        &fixture("tiny-mxfp4"),
         vec![
             vec![0, 2, 5, 7],
             vec![1, 2, 3, 4],
@@ -106,13 +111,35 @@ fn pruned_mxfp4_checkpoint_equals_masked_full_model() {
             vec![0, 3, 6, 7],
         ],
     );
-    check_mask_equals_pruned("tiny-mxfp4", vec![vec![0, 1, 2, 5, 6, 7]; 4]);
+    check_mask_equals_pruned(&fixture("tiny-mxfp4"), vec![vec![0, 1, 2, 5, 6, 7]; 4]);
+}
+
+#[test]
+fn pruned_nano_equals_masked_full_model_at_several_budgets() {
+    use gpt_oss_select::registry::SelectionInput;
+    use gpt_oss_select::{ExpertStats, StrategyParams, strategy_by_name};
+
+    let stats =
+        ExpertStats::read(&repo().join("datasets/nano/traces/diverse/stats.json")).unwrap();
+    let params = StrategyParams::default();
+    for (strategy, k) in [("frequency", 16), ("reap", 8), ("task-coverage", 4)] {
+        let input = SelectionInput {
+            stats: &stats,
+            activations: None,
+            params: &params,
+        };
+        let selection = strategy_by_name(strategy)
+            .unwrap()
+            .select(&input, Budget::Uniform(k))
+            .unwrap();
+        check_mask_equals_pruned(&repo().join("models/oss-nano"), selection.layers);
+    }
 }
 
 #[test]
 fn pruned_dense_checkpoint_equals_masked_full_model() {
     check_mask_equals_pruned(
-        "tiny-dense",
+        &fixture("tiny-dense"),
         vec![vec![0, 4, 5], vec![1, 2, 3], vec![5, 3, 0]],
     );
 }
@@ -234,7 +261,7 @@ fn pruned_nano_matches_transformers() {
     use gpt_oss_model::interop::{Agreement, TransformersFixture};
     use gpt_oss_model::scoring::token_logprobs;
 
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let repo = repo();
     let reference = repo.join("tools/reference/out");
     let selection = Selection::read(&reference.join("oss-nano-pruned-8.selection.json")).unwrap();
     let fixture =
