@@ -269,13 +269,16 @@ impl GptOssConfig {
                 return Err(format!("`{name}` must be positive"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!(
                 "head_dim ({}) must be even for RoPE",
                 self.head_dim
@@ -297,13 +300,15 @@ impl GptOssConfig {
         if self.layer_types.contains(&LayerType::Sliding) && self.sliding_window == 0 {
             return Err("sliding layers need a positive `sliding_window`".into());
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if !is_positive(self.rms_norm_eps) {
             return Err("rms_norm_eps must be positive".into());
         }
-        if !(self.swiglu_limit > 0.0) {
+        if !is_positive(self.swiglu_limit as f64) {
             return Err("swiglu_limit must be positive".into());
         }
-        if self.mxfp4_experts && (self.hidden_size % 32 != 0 || self.intermediate_size % 32 != 0) {
+        if self.mxfp4_experts
+            && (!self.hidden_size.is_multiple_of(32) || !self.intermediate_size.is_multiple_of(32))
+        {
             return Err(format!(
                 "MXFP4 experts need hidden_size ({}) and intermediate_size ({}) divisible by 32",
                 self.hidden_size, self.intermediate_size
@@ -478,7 +483,7 @@ fn parse_rope(raw: &RawConfig) -> std::result::Result<RopeConfig, String> {
         .rope_theta
         .or(raw.rope_theta)
         .unwrap_or(GPT_OSS_DEFAULT_THETA);
-    if !(theta > 0.0) {
+    if !is_positive(theta) {
         return Err(format!("{from}: rope_theta must be positive"));
     }
     let kind = rope
@@ -492,7 +497,7 @@ fn parse_rope(raw: &RawConfig) -> std::result::Result<RopeConfig, String> {
             let factor = rope
                 .factor
                 .ok_or_else(|| format!("{from}: yarn needs `factor`"))?;
-            if !(factor > 0.0) {
+            if !is_positive(factor) {
                 return Err(format!("{from}: factor must be positive"));
             }
             RopeScaling::Yarn {
@@ -522,6 +527,11 @@ fn parse_rope(raw: &RawConfig) -> std::result::Result<RopeConfig, String> {
 pub const GPT_OSS_20B_CONFIG: &str = include_str!("presets/gpt-oss-20b.json");
 /// config.json of openai/gpt-oss-120b as published (spec 1.1).
 pub const GPT_OSS_120B_CONFIG: &str = include_str!("presets/gpt-oss-120b.json");
+
+/// `x > 0`, false for NaN (a config value that must be positive).
+fn is_positive(x: f64) -> bool {
+    x > 0.0
+}
 
 #[cfg(test)]
 mod tests {

@@ -51,7 +51,10 @@ impl Agreement {
             "one log-probability per token after the first"
         );
         let max_diff = |a: &[f64], b: &mut dyn Iterator<Item = f64>| {
-            a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max)
         };
         let ours64 = || ours.iter().map(|&v| v as f64);
         Self {

@@ -46,7 +46,7 @@ pub fn synth_checkpoint(
     options: &SynthOptions,
 ) -> Result<PathBuf> {
     if options.experts == ExpertFormat::Mxfp4
-        && (config.hidden_size % 32 != 0 || config.intermediate_size % 32 != 0)
+        && (!config.hidden_size.is_multiple_of(32) || !config.intermediate_size.is_multiple_of(32))
     {
         return Err(ModelError::Invalid(
             "MXFP4 experts need hidden_size and intermediate_size divisible by 32".into(),

@@ -128,7 +128,7 @@ fn check_greedy(name: &str, use_cache: bool, batched: bool) {
         }
     } else {
         for g in &exp.reference.greedy {
-            let out = generate(&model, &[g.prompt.clone()], &options(n)).remove(0);
+            let out = generate(&model, std::slice::from_ref(&g.prompt), &options(n)).remove(0);
             assert_eq!(
                 out, g.continuation,
                 "{name} cache {use_cache}, prompt {:?}",

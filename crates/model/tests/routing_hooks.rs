@@ -129,13 +129,9 @@ fn observer_sees_top_k_ids_and_gates_consistent_with_router_logits() {
                     .all(|&x| x > 0.0 && x.is_finite())
             );
             // The largest element is at most the L2 norm and at least norm / sqrt(H).
-            for j in n * k..(n + 1) * k {
-                let m = rec.max_abs[layer][j];
-                assert!(
-                    m <= norms[j] + 1e-5 && m >= norms[j] / 8.0 - 1e-5,
-                    "{m} vs {}",
-                    norms[j]
-                );
+            let slots = n * k..(n + 1) * k;
+            for (&m, &norm) in rec.max_abs[layer][slots.clone()].iter().zip(&norms[slots]) {
+                assert!(m <= norm + 1e-5 && m >= norm / 8.0 - 1e-5, "{m} vs {norm}");
             }
         }
     }

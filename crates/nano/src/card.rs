@@ -188,8 +188,8 @@ pub fn task_divergences(usage: &BTreeMap<String, Vec<Vec<u64>>>) -> Vec<(String,
         .iter()
         .map(|task| {
             let mut total = 0.0;
-            for l in 0..layers {
-                let p = shares(&usage[*task][l]);
+            for (l, counts) in usage[*task].iter().enumerate() {
+                let p = shares(counts);
                 let mut rest = vec![0.0; p.len()];
                 let others: Vec<_> = tasks.iter().filter(|t| *t != task).collect();
                 for other in &others {

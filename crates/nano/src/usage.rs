@@ -89,23 +89,6 @@ pub fn top_experts(counts: &[u64], n: usize) -> Vec<(usize, f64)> {
     order.into_iter().take(n).map(|e| (e, s[e])).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn divergence_and_top_experts() {
-        let p = shares(&[10, 0, 0, 0]);
-        let q = shares(&[0, 0, 0, 10]);
-        assert!((js_divergence(&p, &q) - std::f64::consts::LN_2).abs() < 1e-12);
-        assert_eq!(js_divergence(&p, &p), 0.0);
-        assert_eq!(
-            top_experts(&[1, 5, 5, 0], 2),
-            vec![(1, 5.0 / 11.0), (2, 5.0 / 11.0)]
-        );
-    }
-}
-
 /// Per task: selection counts on the first and the second half of `per_task` calibration
 /// documents (two halves, so that the card can show the divergence sampling alone produces).
 pub fn usage_by_task(
@@ -127,4 +110,21 @@ pub fn usage_by_task(
         );
     }
     Ok(usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn divergence_and_top_experts() {
+        let p = shares(&[10, 0, 0, 0]);
+        let q = shares(&[0, 0, 0, 10]);
+        assert!((js_divergence(&p, &q) - std::f64::consts::LN_2).abs() < 1e-12);
+        assert_eq!(js_divergence(&p, &p), 0.0);
+        assert_eq!(
+            top_experts(&[1, 5, 5, 0], 2),
+            vec![(1, 5.0 / 11.0), (2, 5.0 / 11.0)]
+        );
+    }
 }

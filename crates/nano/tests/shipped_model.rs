@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use gpt_oss_model::tokenizer::TextTokenizer;
 use gpt_oss_model::interop::{Agreement, TransformersFixture};
 use gpt_oss_model::scoring::token_logprobs;
+use gpt_oss_model::tokenizer::TextTokenizer;
 use gpt_oss_model::{LoadOptions, load_model};
 use gpt_oss_nano::curriculum::{Probe, read_jsonl};
 use gpt_oss_nano::probes::{accuracy_by_task, run_probes};

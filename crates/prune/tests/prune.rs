@@ -119,8 +119,7 @@ fn pruned_nano_equals_masked_full_model_at_several_budgets() {
     use gpt_oss_select::registry::SelectionInput;
     use gpt_oss_select::{ExpertStats, StrategyParams, strategy_by_name};
 
-    let stats =
-        ExpertStats::read(&repo().join("datasets/nano/traces/diverse/stats.json")).unwrap();
+    let stats = ExpertStats::read(&repo().join("datasets/nano/traces/diverse/stats.json")).unwrap();
     let params = StrategyParams::default();
     for (strategy, k) in [("frequency", 16), ("reap", 8), ("task-coverage", 4)] {
         let input = SelectionInput {

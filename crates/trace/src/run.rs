@@ -82,6 +82,7 @@ fn manifest_path(out: &Path) -> PathBuf {
 
 /// Traces `records` through `model` into `out`. `model_id` and `dataset_ids` identify the
 /// inputs (e.g. a path with a digest); `progress` is told the tokens of each finished batch.
+#[allow(clippy::too_many_arguments)] // each is a distinct input; a struct would only rename them
 pub fn trace(
     model: &GptOss,
     tokenizer: &TextTokenizer,

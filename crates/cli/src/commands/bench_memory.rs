@@ -78,7 +78,9 @@ pub fn footprint(args: FootprintArgs) -> anyhow::Result<()> {
     let load_seconds = start.elapsed().as_secs_f64();
     let after_load = snapshot(&device);
     let vocab = loaded.model.config.vocab_size.min(1000);
-    let tokens: Vec<u32> = (0..args.tokens).map(|i| (i * 7919 % vocab) as u32).collect();
+    let tokens: Vec<u32> = (0..args.tokens)
+        .map(|i| (i * 7919 % vocab) as u32)
+        .collect();
     let batch = TokenBatch::left_padded(&[tokens], 0);
     let hidden = loaded
         .model

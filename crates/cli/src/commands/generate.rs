@@ -55,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         use_cache: !args.no_cache,
     };
     let start = Instant::now();
-    let out = generate(&loaded.model, &[prompt.clone()], &options).remove(0);
+    let out = generate(&loaded.model, std::slice::from_ref(&prompt), &options).remove(0);
     let seconds = start.elapsed().as_secs_f64();
     tracing::info!(
         "{} prompt + {} new tokens in {seconds:.2}s ({:.1} new tokens/s)",

@@ -27,7 +27,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let logprobs = token_logprobs(
         &loaded.model,
-        &[ids.clone()],
+        std::slice::from_ref(&ids),
         ForwardOptions::default(),
         DEFAULT_CHUNK,
     )

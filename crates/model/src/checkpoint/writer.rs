@@ -104,7 +104,7 @@ fn write_one_file(
     }
     let mut header = serde_json::to_vec(&header).expect("header serialises");
     // Pad to 8 bytes with spaces, as the reference writer does, so data starts aligned.
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let io = |e| ModelError::io(path, e);

@@ -11,6 +11,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::checkpoint::mxfp4::{FP4_VALUES, scale_value};
 
 /// One projection of every expert of a layer.
+// One value per layer and projection: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum ExpertMatrix {
     /// [E, in, out] floats (transformers' dense layout).

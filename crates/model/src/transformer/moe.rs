@@ -104,12 +104,8 @@ impl Moe {
                     ],
                     1,
                 );
-                output_stats = Some(stats.select_assign(
-                    0,
-                    slot_ids.clone(),
-                    both,
-                    IndexingUpdateOp::Add,
-                ));
+                output_stats =
+                    Some(stats.select_assign(0, slot_ids.clone(), both, IndexingUpdateOp::Add));
             }
             let weight = gates.clone().select(0, slot_ids).reshape([m, 1]);
             out = out.select_assign(0, rows, y * weight, IndexingUpdateOp::Add);

@@ -202,6 +202,43 @@ impl Curriculum {
     }
 }
 
+/// Writes one JSON object per line.
+pub fn write_jsonl<T: Serialize>(path: &std::path::Path, rows: &[T]) -> crate::Result<()> {
+    let mut text = String::new();
+    for r in rows {
+        text.push_str(&serde_json::to_string(r).expect("rows serialise"));
+        text.push('\n');
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| crate::NanoError::File {
+            path: parent.into(),
+            message: e.to_string(),
+        })?;
+    }
+    std::fs::write(path, text).map_err(|e| crate::NanoError::File {
+        path: path.into(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads one JSON object per line; a bad line is an error naming the file and line number.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> crate::Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::NanoError::File {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| crate::NanoError::File {
+                path: path.into(),
+                message: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,41 +309,4 @@ mod tests {
             assert_eq!(n, task.probe_count());
         }
     }
-}
-
-/// Writes one JSON object per line.
-pub fn write_jsonl<T: Serialize>(path: &std::path::Path, rows: &[T]) -> crate::Result<()> {
-    let mut text = String::new();
-    for r in rows {
-        text.push_str(&serde_json::to_string(r).expect("rows serialise"));
-        text.push('\n');
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| crate::NanoError::File {
-            path: parent.into(),
-            message: e.to_string(),
-        })?;
-    }
-    std::fs::write(path, text).map_err(|e| crate::NanoError::File {
-        path: path.into(),
-        message: e.to_string(),
-    })
-}
-
-/// Reads one JSON object per line; a bad line is an error naming the file and line number.
-pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> crate::Result<Vec<T>> {
-    let text = std::fs::read_to_string(path).map_err(|e| crate::NanoError::File {
-        path: path.into(),
-        message: e.to_string(),
-    })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| crate::NanoError::File {
-                path: path.into(),
-                message: format!("line {}: {e}", i + 1),
-            })
-        })
-        .collect()
 }

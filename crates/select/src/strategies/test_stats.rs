@@ -3,7 +3,10 @@
 use crate::stats::{ExpertStats, StatCell};
 
 /// One layer, 8 experts, top-2; per task a list of (expert, count, gate mass).
-pub fn one_layer(tasks: &[(&str, &[(usize, u64, f64)])]) -> ExpertStats {
+/// (expert, routed tokens, gate mass) of one task.
+pub type TaskCounts<'a> = &'a [(usize, u64, f64)];
+
+pub fn one_layer(tasks: &[(&str, TaskCounts<'_>)]) -> ExpertStats {
     let mut s = ExpertStats::empty(1, 8, 2);
     for (task, cells) in tasks {
         let t = s.task_index(task);
