@@ -1,5 +1,17 @@
 # gpt-oss-lite recipes. The two set-up commands (README) are plain cargo; these wrap them and more.
 
+# The main job: the oss-nano experiment (trace, select, eval, report into reports/nano-quality-table).
+nano-experiment:
+    cargo run -p gpt-oss-lite -- run experiments/nano-quality-table.toml
+
+# Any experiment file; e.g. just run experiments/gpt-oss-20b.toml --model /data/gpt-oss-20b --device wgpu
+run experiment *args:
+    cargo run -p gpt-oss-lite -- run {{experiment}} {{args}}
+
+# Probe suites and held-out text on a model, optionally through a selection's expert mask.
+eval model probes *args:
+    cargo run -p gpt-oss-lite -- eval --model {{model}} --probes {{probes}} --out target/eval {{args}}
+
 # The test suite, exactly as CI runs it.
 test:
     cargo test --workspace --locked

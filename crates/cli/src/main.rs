@@ -1,6 +1,7 @@
 //! `gpt-oss-lite`: the workbench's command line.
 
 mod commands;
+mod experiment;
 mod host;
 mod model_args;
 
@@ -40,6 +41,10 @@ enum Command {
     Trace(commands::trace::Args),
     /// Choose the experts to keep per layer from trace statistics.
     Select(commands::select::Args),
+    /// Probe suites and held-out text on a model or a selection of its experts.
+    Eval(commands::eval::Args),
+    /// Run an experiment file: trace, select, eval, report (each stage cached).
+    Run(experiment::Args),
     /// Build oss-nano from its seed: curriculum, tokenizer, training, MXFP4 export, model card.
     TrainNano(commands::train_nano::Args),
 }
@@ -64,6 +69,8 @@ fn main() -> std::process::ExitCode {
         Command::Bench(b) => commands::bench::run(b),
         Command::Prune(a) => commands::prune::run(a),
         Command::Select(a) => commands::select::run(a),
+        Command::Eval(a) => commands::eval::run(a),
+        Command::Run(a) => experiment::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

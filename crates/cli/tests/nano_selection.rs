@@ -47,7 +47,7 @@ fn frequency_loses_arithmetic_and_math_probe_aware_keeps_it() {
     // answer tokens only, as math-probe-aware prescribes.
     let math_records =
         read_records(&repo().join("datasets/nano/calibration/math-probes.jsonl")).unwrap();
-    let probes_path = repo().join("datasets/nano/probes.jsonl");
+    let probes_path = repo().join("datasets/probes/oss-nano.jsonl");
     let answer_only = TraceOptions {
         batch_size: 32,
         answer_only: true,

@@ -18,6 +18,8 @@ pub struct ObserverNeeds {
     pub expert_output_norms: bool,
     /// The MoE block's input (after post_attention_layernorm), for activation caches.
     pub moe_inputs: bool,
+    /// The L2 norm of every token's residual stream after each layer (hidden-state norms).
+    pub residual_norms: bool,
 }
 
 /// The routing of one layer for every token of one forward call.
@@ -52,6 +54,9 @@ pub trait RoutingObserver {
         ObserverNeeds::default()
     }
     fn observe(&mut self, routing: &LayerRouting<'_>);
+    /// With `needs().residual_norms`: after layer `layer`, the L2 norm of each token's hidden
+    /// state (row-major over the batch, padding slots included, like [`LayerRouting`]).
+    fn observe_residual_norms(&mut self, _layer: usize, _norms: &[f32]) {}
 }
 
 /// Experts forbidden per layer. `forbidden[layer][expert]` true means never routed to.

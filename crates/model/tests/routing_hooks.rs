@@ -25,6 +25,7 @@ struct Recorder {
     norms: Vec<Vec<f32>>,
     max_abs: Vec<Vec<f32>>,
     inputs: Vec<usize>,
+    residual_norms: Vec<(usize, Vec<f32>)>,
     shape: (usize, usize, usize, usize),
 }
 
@@ -51,6 +52,9 @@ impl RoutingObserver for Recorder {
         self.inputs.push(r.moe_input.map_or(0, <[f32]>::len));
         self.shape = (r.batch, r.seq_len, r.top_k, r.num_experts);
     }
+    fn observe_residual_norms(&mut self, layer: usize, norms: &[f32]) {
+        self.residual_norms.push((layer, norms.to_vec()));
+    }
 }
 
 fn batch() -> TokenBatch {
@@ -65,6 +69,7 @@ fn observer_sees_top_k_ids_and_gates_consistent_with_router_logits() {
             router_logits: true,
             expert_output_norms: true,
             moe_inputs: true,
+            residual_norms: true,
         },
         ..Default::default()
     };
@@ -88,6 +93,37 @@ fn observer_sees_top_k_ids_and_gates_consistent_with_router_logits() {
         vec![b * t * 64; 4],
         "MoE inputs are [tokens, hidden]"
     );
+    // Hidden-state norms: one per token after every layer, the same for a row whether it runs
+    // alone or in a padded batch.
+    let mut alone = Recorder {
+        needs: ObserverNeeds {
+            residual_norms: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let first_row = TokenBatch::left_padded(&[vec![5, 17, 30, 2, 99, 100, 7]], 0);
+    m.forward_hidden(
+        &first_row,
+        None,
+        ForwardOptions {
+            observer: Some(&mut alone),
+            mask: None,
+        },
+    );
+    assert_eq!(
+        rec.residual_norms
+            .iter()
+            .map(|(l, _)| *l)
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    for ((_, batched), (_, single)) in rec.residual_norms.iter().zip(&alone.residual_norms) {
+        assert_eq!(batched.len(), b * t);
+        for (x, y) in batched[..t].iter().zip(single) {
+            assert!(*x > 0.0 && (x - y).abs() <= 1e-4 * y, "{x} vs {y}");
+        }
+    }
     for layer in 0..4 {
         let (ids, gates, logits, norms) = (
             &rec.ids[layer],

@@ -1,5 +1,5 @@
-//! Greedy exact-match probes: the model continues `prompt`; the first words of its continuation
-//! (as many as the answer has, trailing `.,;:` removed) must equal the answer.
+//! Greedy exact-match probes for training-time scoring: the model continues `prompt`, judged by
+//! the evaluation crate's rule ([`answer_matches`]).
 
 use std::collections::BTreeMap;
 
@@ -22,19 +22,7 @@ pub struct ProbeOutcome {
     pub correct: bool,
 }
 
-/// Whether `continuation` starts with `answer` word for word (the normalisation rule).
-pub fn answer_matches(continuation: &str, answer: &str) -> bool {
-    let first_line = continuation.lines().next().unwrap_or("");
-    let want: Vec<&str> = answer.split_whitespace().collect();
-    let got: Vec<&str> = first_line.split_whitespace().take(want.len()).collect();
-    if got.len() != want.len() {
-        return false;
-    }
-    let strip = |w: &str| w.trim_end_matches(['.', ',', ';', ':']).to_string();
-    got.iter()
-        .zip(&want)
-        .all(|(g, w)| strip(g) == *w || (*g == *w))
-}
+pub use gpt_oss_eval::answer::answer_matches;
 
 /// Runs every probe greedily, `batch` prompts at a time.
 pub fn run_probes(
@@ -99,22 +87,4 @@ pub fn accuracy_by_task(outcomes: &[ProbeOutcome]) -> BTreeMap<String, (usize, u
         e.1 += 1;
     }
     acc
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalisation_rule() {
-        assert!(answer_matches(" 4\n5 + 1 = 6", "4"));
-        assert!(answer_matches(" Paris.\nThe capital", "Paris"));
-        assert!(answer_matches(" New Delhi.", "New Delhi"));
-        assert!(answer_matches(" barks in the garden.", "barks"));
-        assert!(!answer_matches(" 45", "4"));
-        assert!(!answer_matches(" ** b", "*"));
-        assert!(!answer_matches(" New York", "New Delhi"));
-        assert!(!answer_matches("\n4", "4"));
-        assert!(answer_matches(" -4", "-4"));
-    }
 }

@@ -24,7 +24,7 @@ fn shipped_nano_meets_probe_thresholds() {
         "the shipped model stores MXFP4 experts"
     );
     let tokenizer = TextTokenizer::for_model(&dir, &model.config).unwrap();
-    let probes: Vec<Probe> = read_jsonl(&repo().join("datasets/nano/probes.jsonl")).unwrap();
+    let probes: Vec<Probe> = read_jsonl(&repo().join("datasets/probes/oss-nano.jsonl")).unwrap();
     let accuracy = accuracy_by_task(&run_probes(&model, &tokenizer, &probes, 64).unwrap());
     for (task, (correct, total)) in &accuracy {
         eprintln!("{task:>9}: {correct}/{total}");

@@ -6,9 +6,11 @@
 //! appears.
 
 pub mod plan;
+pub mod size;
 pub mod write;
 
 pub use plan::{Action, PrunePlan, plan_prune};
+pub use size::{CheckpointSize, checkpoint_size};
 pub use write::{PruneOptions, PruneReport, prune_checkpoint};
 
 /// The prune crate's error type.

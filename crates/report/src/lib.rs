@@ -1,10 +1,21 @@
 //! Reports: plots as PNG and SVG (plotters, with DejaVu Sans bundled so that no system font
-//! library is needed), markdown tables and CSV. The report never runs a model: it draws what
-//! other stages measured.
+//! library is needed), the quality table as markdown and CSV, and an experiment's report folder.
+//! The report never runs a model: it draws what other stages measured.
 
-pub mod chart;
+pub mod bars;
+pub mod document;
+pub mod heatmap;
+pub mod line;
+mod render;
+pub mod table;
 
-pub use chart::{Series, line_chart};
+pub use bars::{BarSeries, grouped_bar_chart};
+pub use document::{ExperimentReport, LayerUsage, write_report};
+pub use heatmap::heatmap;
+pub use line::{Series, line_chart};
+pub use table::{
+    TaskAccuracy, VariantResult, human_bytes, quality_table_csv, quality_table_markdown,
+};
 
 /// What can go wrong while writing a report file.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::activations::ActivationCache;
 use crate::budget::Budget;
 use crate::selection::Selection;
-use crate::stats::ExpertStats;
+use crate::stats::{ExpertStats, StatCell};
 use crate::strategies;
 use crate::{Result, SelectError};
 
@@ -122,4 +122,20 @@ pub fn top_by_score(scores: &[f64], k: usize) -> Vec<usize> {
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     order.truncate(k);
     order
+}
+
+/// The `k` experts of `layer` whose statistics, pooled over every task, score highest.
+pub fn top_by_pooled_score(
+    input: &SelectionInput<'_>,
+    layer: usize,
+    k: usize,
+    score: impl Fn(&StatCell) -> f64,
+) -> Vec<usize> {
+    let scores: Vec<f64> = input
+        .stats
+        .layer_totals(layer, None)
+        .iter()
+        .map(score)
+        .collect();
+    top_by_score(&scores, k)
 }

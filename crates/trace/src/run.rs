@@ -236,6 +236,7 @@ fn trace_shard(
                 router_logits: options.router_logits,
                 expert_output_norms: true,
                 moe_inputs: false,
+                residual_norms: false,
             },
         };
         model.forward_hidden(
@@ -313,6 +314,7 @@ impl RoutingObserver for ActivationCollector {
             router_logits: true,
             expert_output_norms: false,
             moe_inputs: true,
+            residual_norms: false,
         }
     }
     fn observe(&mut self, r: &LayerRouting<'_>) {

@@ -1,16 +1,14 @@
 //! `bench memory` and `bench footprint`: what pruning saves, on disk and in memory.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Context;
 use gpt_oss_model::GptOssConfig;
-use gpt_oss_model::checkpoint::{Checkpoint, Component, expected_tensors};
-use gpt_oss_model::transformer::load::check_inventory;
 use gpt_oss_model::{ForwardOptions, TokenBatch};
-use gpt_oss_prune::{PruneOptions, prune_checkpoint};
+use gpt_oss_prune::{PruneOptions, checkpoint_size, prune_checkpoint};
+use gpt_oss_report::human_bytes;
 use gpt_oss_select::{Budget, Selection};
 use serde_json::{Value, json};
 
@@ -94,26 +92,10 @@ pub fn footprint(args: FootprintArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bytes_by_component(dir: &Path) -> anyhow::Result<(BTreeMap<&'static str, u64>, u64)> {
-    let config = GptOssConfig::from_file(&dir.join("config.json"))?;
-    let ckpt = Checkpoint::open(dir)?;
-    let format = check_inventory(&config, &ckpt)?;
-    let mut by: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for spec in expected_tensors(&config, format) {
-        *by.entry(spec.component.name()).or_default() +=
-            ckpt.tensor(&spec.name)?.bytes.len() as u64;
-    }
-    Ok((by, ckpt.total_tensor_bytes()))
-}
-
 pub fn memory(args: MemoryArgs) -> anyhow::Result<()> {
     let config = GptOssConfig::from_file(&args.model.join("config.json"))?;
-    let (source_by, source_total) = bytes_by_component(&args.model)?;
     // Size formula (spec 8.2): non-expert bytes + k x (one expert and its router row, all layers).
-    let expert_and_router =
-        source_by[Component::Experts.name()] + source_by[Component::Router.name()];
-    let per_expert = expert_and_router / config.num_experts as u64;
-    let non_expert = source_total - expert_and_router;
+    let source = checkpoint_size(&args.model)?;
     let exe = std::env::current_exe()?;
     let mut rows = vec![];
     for &k in &args.experts {
@@ -144,8 +126,9 @@ pub fn memory(args: MemoryArgs) -> anyhow::Result<()> {
             }
             dir
         };
-        let (by, total) = bytes_by_component(&dir)?;
-        let formula = non_expert + k as u64 * per_expert;
+        let written = checkpoint_size(&dir)?;
+        let (by, total) = (written.by_component, written.total);
+        let formula = source.with_experts(k);
         anyhow::ensure!(
             total == formula,
             "{}: {total} tensor bytes, the size formula gives {formula}",
@@ -209,16 +192,4 @@ pub fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&rows)? + "\n",
     )?;
     Ok(())
-}
-
-/// "4.07 MiB", "12.81 GiB": binary units, two decimals.
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.2} {}", UNITS[unit])
 }

@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod bench_memory;
+pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod prune;

@@ -29,9 +29,12 @@ pub struct Args {
     /// Where the shipped model goes.
     #[arg(long, default_value = "models/oss-nano")]
     pub out: PathBuf,
-    /// Where the curriculum's calibration and probe sets go.
+    /// Where the curriculum's calibration sets and held-out text go.
     #[arg(long, default_value = "datasets/nano")]
     pub datasets: PathBuf,
+    /// Where its probe suite goes.
+    #[arg(long, default_value = "datasets/probes/oss-nano.jsonl")]
+    pub probes: PathBuf,
     /// Scratch folder for the tokenizer and periodic checkpoints.
     #[arg(long, default_value = "target/nano-work")]
     pub work: PathBuf,
@@ -85,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         stream.len()
     );
 
-    write_datasets(&curriculum, &tokenizer, &args.datasets)?;
+    write_datasets(&curriculum, &tokenizer, &args.datasets, &args.probes)?;
 
     let config = nano_config(tokenizer_vocab_size(&tokenizer_path)?);
     let (device, description) = select_device(args.device)?;
@@ -250,11 +253,13 @@ fn tokenizer_vocab_size(path: &Path) -> anyhow::Result<usize> {
     Ok(t.get_vocab_size(true))
 }
 
-/// Calibration sets (one per task and the diverse mix) and probes, plus a manifest.
+/// Calibration sets (one per task and the diverse mix), held-out text and probes, plus a
+/// manifest.
 pub fn write_datasets(
     curriculum: &Curriculum,
     tokenizer: &TextTokenizer,
     dir: &Path,
+    probes_path: &Path,
 ) -> anyhow::Result<()> {
     let count = |s: &str| tokenizer.encode(s).map(|t| t.len()).unwrap_or(0);
     let mut manifest = serde_json::Map::new();
@@ -290,9 +295,18 @@ pub fn write_datasets(
         &math_probes,
     )?;
     manifest.insert("math-probes".into(), json!({"items": math_probes.len()}));
+    let heldout: Vec<Sample> = Task::ALL
+        .into_iter()
+        .flat_map(|t| curriculum.heldout_documents(t, 8))
+        .collect();
+    write_jsonl(&dir.join("heldout.jsonl"), &heldout)?;
+    manifest.insert("heldout".into(), json!({"samples": heldout.len()}));
     let probes = curriculum.probes();
-    write_jsonl(&dir.join("probes.jsonl"), &probes)?;
-    manifest.insert("probes".into(), json!({"items": probes.len()}));
+    write_jsonl(probes_path, &probes)?;
+    manifest.insert(
+        "probes".into(),
+        json!({"items": probes.len(), "file": probes_path.display().to_string()}),
+    );
     manifest.insert("seed".into(), json!(curriculum.seed));
     manifest.insert("generated_by".into(), json!("gpt-oss-lite train-nano"));
     std::fs::write(
@@ -309,6 +323,8 @@ pub struct DataArgs {
     pub model: PathBuf,
     #[arg(long, default_value = "datasets/nano")]
     pub out: PathBuf,
+    #[arg(long, default_value = "datasets/probes/oss-nano.jsonl")]
+    pub probes: PathBuf,
     /// The curriculum seed (the one the model was trained with).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -317,7 +333,12 @@ pub struct DataArgs {
 /// `nano-data`: rewrites the calibration and probe sets without training.
 pub fn run_data(args: DataArgs) -> anyhow::Result<()> {
     let tokenizer = TextTokenizer::from_file(&args.model.join("tokenizer.json"))?;
-    write_datasets(&Curriculum::new(args.seed), &tokenizer, &args.out)?;
+    write_datasets(
+        &Curriculum::new(args.seed),
+        &tokenizer,
+        &args.out,
+        &args.probes,
+    )?;
     tracing::info!("wrote {}", args.out.display());
     Ok(())
 }

@@ -195,6 +195,18 @@ impl GptOss {
             };
             let moe = layer.mlp.forward(moe_in, hooks);
             x = x + moe.hidden;
+            if let Some(o) = observer.as_deref_mut()
+                && o.needs().residual_norms
+            {
+                let norms = x
+                    .clone()
+                    .square()
+                    .sum_dim(2)
+                    .sqrt()
+                    .try_into_vec_as::<f32>()
+                    .expect("f32 norms");
+                o.observe_residual_norms(i, &norms);
+            }
             if let (Some(losses), Some(loss)) = (balance_losses.as_deref_mut(), moe.balance_loss) {
                 losses.push(loss);
             }

@@ -128,6 +128,19 @@ impl Curriculum {
             .collect()
     }
 
+    /// `n` held-out documents of one task (perplexity and fidelity to the full model): drawn
+    /// from their own random stream, probe items excluded.
+    pub fn heldout_documents(&self, task: Task, n: usize) -> Vec<Sample> {
+        let mut rng = StdRng::seed_from_u64(self.seed.wrapping_add(300 + task as u64));
+        (0..n)
+            .map(|i| Sample {
+                id: format!("{}-heldout-{i:03}", task.name()),
+                task: task.name().into(),
+                text: self.document(task, task.items_per_document(), false, &mut rng),
+            })
+            .collect()
+    }
+
     /// `n` probe-form items (prompt and answer) of one task drawn from the calibration side of
     /// the split: for strategies that look at answer tokens, never overlapping the probes.
     pub fn calibration_probes(&self, task: Task, n: usize) -> Vec<Probe> {

@@ -2,7 +2,7 @@
 //! the calibration data), and its gate-weighted variant.
 
 use crate::Result;
-use crate::registry::{SelectionInput, Strategy, top_by_score};
+use crate::registry::{SelectionInput, Strategy, top_by_pooled_score};
 
 pub struct Frequency;
 
@@ -19,13 +19,7 @@ impl Strategy for Frequency {
         layer: usize,
         k: usize,
     ) -> Result<Vec<usize>> {
-        let scores: Vec<f64> = input
-            .stats
-            .layer_totals(layer, None)
-            .iter()
-            .map(|c| c.count as f64)
-            .collect();
-        Ok(top_by_score(&scores, k))
+        Ok(top_by_pooled_score(input, layer, k, |c| c.count as f64))
     }
 }
 
@@ -44,13 +38,7 @@ impl Strategy for WeightedFrequency {
         layer: usize,
         k: usize,
     ) -> Result<Vec<usize>> {
-        let scores: Vec<f64> = input
-            .stats
-            .layer_totals(layer, None)
-            .iter()
-            .map(|c| c.gate_mass)
-            .collect();
-        Ok(top_by_score(&scores, k))
+        Ok(top_by_pooled_score(input, layer, k, |c| c.gate_mass))
     }
 }
 

@@ -3,7 +3,7 @@
 //! norms over routed tokens).
 
 use crate::Result;
-use crate::registry::{SelectionInput, Strategy, top_by_score};
+use crate::registry::{SelectionInput, Strategy, top_by_pooled_score};
 
 pub struct Reap;
 
@@ -20,13 +20,7 @@ impl Strategy for Reap {
         layer: usize,
         k: usize,
     ) -> Result<Vec<usize>> {
-        let scores: Vec<f64> = input
-            .stats
-            .layer_totals(layer, None)
-            .iter()
-            .map(|c| c.reap())
-            .collect();
-        Ok(top_by_score(&scores, k))
+        Ok(top_by_pooled_score(input, layer, k, |c| c.reap()))
     }
 }
 
@@ -45,13 +39,7 @@ impl Strategy for Ean {
         layer: usize,
         k: usize,
     ) -> Result<Vec<usize>> {
-        let scores: Vec<f64> = input
-            .stats
-            .layer_totals(layer, None)
-            .iter()
-            .map(|c| c.ean_sum)
-            .collect();
-        Ok(top_by_score(&scores, k))
+        Ok(top_by_pooled_score(input, layer, k, |c| c.ean_sum))
     }
 }
 

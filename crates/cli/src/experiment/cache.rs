@@ -1,0 +1,133 @@
+//! Stage caching: every stage's output lives in a folder named by the hash of its inputs (file
+//! contents, options and the keys of the stages it reads), so a changed input re-runs its stage
+//! and the stages that read it, and nothing else.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+
+/// Files up to this size are hashed whole; larger ones (full-size checkpoints) by their length,
+/// their safetensors header (names, dtypes, shapes, offsets) and their first and last MiB.
+const HASH_WHOLE_BELOW: u64 = 64 << 20;
+
+/// A stage's identity: hex SHA-256 of its inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageKey(pub String);
+
+impl StageKey {
+    pub fn of(parts: &[&str]) -> Self {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p.as_bytes());
+        }
+        Self(format!("{:x}", h.finalize()))
+    }
+
+    /// The first 16 hex digits, for folder names.
+    pub fn short(&self) -> &str {
+        &self.0[..16]
+    }
+}
+
+/// Digest of one file's contents (see [`HASH_WHOLE_BELOW`]).
+pub fn file_digest(path: &Path) -> anyhow::Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let len = file.metadata()?.len();
+    let mut h = Sha256::new();
+    h.update(len.to_le_bytes());
+    if len < HASH_WHOLE_BELOW {
+        let mut bytes = vec![];
+        file.read_to_end(&mut bytes)?;
+        h.update(&bytes);
+    } else {
+        use std::io::{Seek, SeekFrom};
+        let mut head = vec![0u8; 1 << 20];
+        file.read_exact(&mut head)?;
+        h.update(&head);
+        // safetensors: 8-byte header length, then the JSON header.
+        let header_len = u64::from_le_bytes(head[..8].try_into().expect("8 bytes")).min(len - 8);
+        if header_len as usize + 8 > head.len() {
+            let mut header = vec![0u8; header_len as usize];
+            file.seek(SeekFrom::Start(8))?;
+            file.read_exact(&mut header)?;
+            h.update(&header);
+        }
+        file.seek(SeekFrom::End(-(1 << 20)))?;
+        file.read_exact(&mut head)?;
+        h.update(&head);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Digest of every file directly inside `dir` (a checkpoint folder), names included.
+pub fn folder_digest(dir: &Path) -> anyhow::Result<String> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    names.sort();
+    let mut parts = vec![];
+    for p in &names {
+        parts.push(
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        );
+        parts.push(file_digest(p)?);
+    }
+    Ok(StageKey::of(&parts.iter().map(String::as_str).collect::<Vec<_>>()).0)
+}
+
+/// Where stage outputs live; a stage is done once its folder holds a `done` marker (written
+/// after everything else).
+pub struct Cache {
+    pub root: PathBuf,
+}
+
+impl Cache {
+    pub fn dir(&self, stage: &str, name: &str, key: &StageKey) -> PathBuf {
+        self.root
+            .join(stage)
+            .join(format!("{name}-{}", key.short()))
+    }
+
+    pub fn is_done(dir: &Path) -> bool {
+        dir.join("done").exists()
+    }
+
+    pub fn mark_done(dir: &Path) -> anyhow::Result<()> {
+        std::fs::write(dir.join("done"), "").with_context(|| format!("writing {}", dir.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_depend_on_every_part_and_its_boundaries() {
+        assert_eq!(StageKey::of(&["a", "b"]), StageKey::of(&["a", "b"]));
+        assert_ne!(StageKey::of(&["a", "b"]), StageKey::of(&["ab"]));
+        assert_ne!(StageKey::of(&["a", "b"]), StageKey::of(&["b", "a"]));
+        assert_eq!(StageKey::of(&["x"]).short().len(), 16);
+    }
+
+    #[test]
+    fn file_digest_changes_with_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.jsonl");
+        std::fs::write(&p, "one\n").unwrap();
+        let first = file_digest(&p).unwrap();
+        assert_eq!(first, file_digest(&p).unwrap());
+        std::fs::write(&p, "two\n").unwrap();
+        assert_ne!(first, file_digest(&p).unwrap());
+        let e = file_digest(&dir.path().join("missing.jsonl")).unwrap_err();
+        assert!(format!("{e:#}").contains("missing.jsonl"));
+    }
+}

@@ -1,0 +1,151 @@
+//! Probe suites: `{"id", "task", "prompt", "answer"}` records (optionally `"chat": true`, a
+//! harmony user turn). Each probe is answered greedily and scored by the rule in
+//! [`crate::answer`]; the answer's log-probability and the rank of its first token are read from
+//! one teacher-forced pass over prompt + answer.
+
+use gpt_oss_model::dataset::Record;
+use gpt_oss_model::generate::{GenerateOptions, generate_masked};
+use gpt_oss_model::tokenizer::TextTokenizer;
+use gpt_oss_model::{ExpertMask, ForwardOptions, GptOss, TokenBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::answer::{answer_matches, answer_text};
+use crate::metrics::{log_softmax, rank_of};
+use crate::{EvalError, Result};
+
+/// One probe's outcome (a row of items.csv).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub id: String,
+    pub task: String,
+    pub answer: String,
+    /// What the model answered: its continuation's first line, before any end marker.
+    pub got: String,
+    pub correct: bool,
+    /// log p(answer tokens | prompt), summed over the answer's tokens.
+    pub answer_logprob: f64,
+    pub answer_tokens: usize,
+    /// Rank of the answer's first token among the whole vocabulary (1 = the greedy choice).
+    pub first_token_rank: usize,
+}
+
+struct Prepared<'a> {
+    record: &'a Record,
+    prompt: Vec<u32>,
+    answer: Vec<u32>,
+}
+
+fn prepare<'a>(record: &'a Record, tokenizer: &TextTokenizer) -> Result<Prepared<'a>> {
+    if record.prompt.is_none() {
+        return Err(EvalError::Invalid(format!(
+            "probe `{}` has no `prompt` and `answer`",
+            record.id
+        )));
+    }
+    let t = record.tokenize(tokenizer)?;
+    if t.answer_start == 0 || t.answer_start >= t.tokens.len() {
+        return Err(EvalError::Invalid(format!(
+            "probe `{}`: the prompt or the answer has no tokens",
+            record.id
+        )));
+    }
+    Ok(Prepared {
+        record,
+        prompt: t.tokens[..t.answer_start].to_vec(),
+        answer: t.tokens[t.answer_start..].to_vec(),
+    })
+}
+
+/// Every probe in `records`, `batch` at a time, on `model` with `mask` (None: all experts).
+pub fn evaluate_probes(
+    model: &GptOss,
+    tokenizer: &TextTokenizer,
+    records: &[Record],
+    mask: Option<&ExpertMask>,
+    batch: usize,
+) -> Result<Vec<ProbeResult>> {
+    let stop_tokens = tokenizer.stop_tokens(&model.config);
+    let mut out = Vec::with_capacity(records.len());
+    for chunk in records.chunks(batch.max(1)) {
+        let prepared: Vec<Prepared<'_>> = chunk
+            .iter()
+            .map(|r| prepare(r, tokenizer))
+            .collect::<Result<_>>()?;
+        let longest = prepared.iter().map(|p| p.answer.len()).max().unwrap_or(1);
+        let prompts: Vec<Vec<u32>> = prepared.iter().map(|p| p.prompt.clone()).collect();
+        let options = GenerateOptions {
+            max_new_tokens: longest + 2,
+            stop_tokens: stop_tokens.clone(),
+            sampling: None,
+            use_cache: true,
+        };
+        let continuations = generate_masked(model, &prompts, &options, mask);
+        let scores = answer_scores(model, &prepared, mask);
+        for ((p, continuation), (logprob, rank)) in prepared.iter().zip(continuations).zip(scores) {
+            let text = tokenizer.decode(&continuation)?;
+            let answer = p.record.answer.clone().unwrap_or_default();
+            out.push(ProbeResult {
+                id: p.record.id.clone(),
+                task: p.record.task.clone(),
+                correct: answer_matches(&text, &answer),
+                got: answer_text(&text).to_string(),
+                answer,
+                answer_logprob: logprob,
+                answer_tokens: p.answer.len(),
+                first_token_rank: rank,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// (log p(answer | prompt), rank of the answer's first token) per probe, from one pass over the
+/// left-padded prompt + answer rows. Rows end with their answers, so the predicting positions are
+/// the last `longest` of every row, and only those go through the lm_head.
+fn answer_scores(
+    model: &GptOss,
+    prepared: &[Prepared<'_>],
+    mask: Option<&ExpertMask>,
+) -> Vec<(f64, usize)> {
+    let rows: Vec<Vec<u32>> = prepared
+        .iter()
+        .map(|p| [p.prompt.as_slice(), p.answer.as_slice()].concat())
+        .collect();
+    let pad = model.config.pad_token_id.unwrap_or(0);
+    let batch = TokenBatch::left_padded(&rows, pad);
+    let longest = prepared.iter().map(|p| p.answer.len()).max().unwrap_or(1);
+    let t = batch.seq_len;
+    let hidden = model.forward_hidden(
+        &batch,
+        None,
+        ForwardOptions {
+            observer: None,
+            mask,
+        },
+    );
+    let logits = model
+        .lm_head
+        .forward(hidden.narrow(1, t - 1 - longest, longest))
+        .try_into_vec_as::<f32>()
+        .expect("f32 logits");
+    let vocab = logits.len() / (prepared.len() * longest);
+    prepared
+        .iter()
+        .enumerate()
+        .map(|(row, p)| {
+            let a = p.answer.len();
+            let mut logprob = 0.0;
+            let mut rank = 0;
+            for (i, &token) in p.answer.iter().enumerate() {
+                let j = longest - a + i;
+                let start = (row * longest + j) * vocab;
+                let position = &logits[start..start + vocab];
+                logprob += log_softmax(position)[token as usize];
+                if i == 0 {
+                    rank = rank_of(position, token as usize);
+                }
+            }
+            (logprob, rank)
+        })
+        .collect()
+}
