@@ -123,10 +123,7 @@ pub fn evaluate_heldout(
             )
         };
         let hidden_full = pass(&mut full_norms, None);
-        let hidden_variant = match mask {
-            Some(m) => Some(pass(&mut variant_norms, Some(m))),
-            None => None,
-        };
+        let hidden_variant = mask.map(|m| pass(&mut variant_norms, Some(m)));
         // Per row: (variant logprob, full logprob, kl, agree) of every predicted position.
         let mut per_row: Vec<Vec<(f64, f64, f64, bool)>> = vec![vec![]; rows.len()];
         let mut start = 0;
