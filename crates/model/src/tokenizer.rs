@@ -81,7 +81,12 @@ impl TextTokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         let res = match self {
             Self::HuggingFace { inner, .. } => inner.decode(ids, false).map_err(|e| e.to_string()),
-            Self::O200kHarmony(bpe) => bpe.decode(ids).map_err(|e| e.to_string()),
+            // A continuation can stop inside a multi-byte character (or a random model emit
+            // stray byte tokens): invalid UTF-8 becomes U+FFFD, as the tokenizers crate does.
+            Self::O200kHarmony(bpe) => bpe
+                .decode_bytes(ids)
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .map_err(|e| e.to_string()),
         };
         res.map_err(|message| ModelError::Tokenizer {
             path: self.describe(),
@@ -118,6 +123,24 @@ impl TextTokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn o200k_decodes_a_split_multibyte_character_lossily() {
+        let tok = TextTokenizer::o200k_harmony().unwrap();
+        let ids = tok.encode("naïve café 🙂🙃").unwrap();
+        // Find a prefix of the ids that ends inside a character.
+        let split = (1..ids.len())
+            .find(|&n| {
+                let TextTokenizer::O200kHarmony(bpe) = &tok else {
+                    unreachable!()
+                };
+                std::str::from_utf8(&bpe.decode_bytes(&ids[..n]).unwrap()).is_err()
+            })
+            .expect("the emoji pair splits into byte tokens");
+        let text = tok.decode(&ids[..split]).unwrap();
+        assert!(text.ends_with('\u{FFFD}'), "{text:?}");
+        assert_eq!(tok.decode(&ids).unwrap(), "naïve café 🙂🙃");
+    }
 
     #[test]
     fn o200k_harmony_matches_spec_plain_completion_ids() {
