@@ -46,25 +46,13 @@ pub struct ExperimentReport {
     pub hidden_norm_budget: Option<usize>,
 }
 
-/// (correct, items) of `tasks` together.
-fn focus_score(v: &VariantResult, tasks: &[String]) -> (usize, usize) {
-    tasks
-        .iter()
-        .filter_map(|t| v.tasks.get(t))
-        .fold((0, 0), |(c, n), a| (c + a.correct, n + a.items))
-}
-
-fn pct((c, n): (usize, usize)) -> f64 {
-    100.0 * c as f64 / n.max(1) as f64
-}
-
 impl ExperimentReport {
-    fn budgets(&self) -> Vec<usize> {
+    pub(crate) fn budgets(&self) -> Vec<usize> {
         let set: BTreeSet<usize> = self.variants.iter().map(|v| v.experts_per_layer).collect();
         set.into_iter().rev().collect()
     }
 
-    fn strategies(&self) -> Vec<String> {
+    pub(crate) fn strategies(&self) -> Vec<String> {
         let mut seen = vec![];
         for v in &self.variants {
             if !seen.contains(&v.strategy) {
@@ -74,122 +62,35 @@ impl ExperimentReport {
         seen
     }
 
-    fn variant(&self, strategy: &str, k: usize) -> Option<&VariantResult> {
+    /// One line per strategy of `value` over the budgets (ascending), ending at `full` when given.
+    pub(crate) fn strategy_series(
+        &self,
+        value: impl Fn(&VariantResult) -> Option<f64>,
+        full: Option<(f64, f64)>,
+    ) -> Vec<Series> {
+        self.strategies()
+            .into_iter()
+            .map(|name| Series {
+                points: self
+                    .budgets()
+                    .iter()
+                    .rev()
+                    .filter_map(|&k| {
+                        self.variant(&name, k)
+                            .and_then(&value)
+                            .map(|y| (k as f64, y))
+                    })
+                    .chain(full)
+                    .collect(),
+                name,
+            })
+            .collect()
+    }
+
+    pub(crate) fn variant(&self, strategy: &str, k: usize) -> Option<&VariantResult> {
         self.variants
             .iter()
             .find(|v| v.strategy == strategy && v.experts_per_layer == k)
-    }
-
-    /// The findings paragraph: the baseline against the full model and the best strategy on the
-    /// focus tasks, budget by budget, then overall.
-    pub fn findings(&self) -> String {
-        let mut s = String::new();
-        let focus = self.focus_tasks.join(", ");
-        let full = focus_score(&self.full, &self.focus_tasks);
-        if full.1 == 0 {
-            return format!("No probe of the focus tasks ({focus}) was evaluated.\n");
-        }
-        let _ = writeln!(
-            s,
-            "Focus tasks: {focus} ({} probes). The full model answers {:.1}% of them.\n",
-            full.1,
-            pct(full)
-        );
-        let _ = writeln!(
-            s,
-            "| experts/layer | {} | best strategy | its score |\n| --- | --- | --- | --- |",
-            self.baseline_strategy
-        );
-        let strategies = self.strategies();
-        let mut totals: Vec<(String, usize, usize)> =
-            strategies.iter().map(|n| (n.clone(), 0, 0)).collect();
-        let mut baseline_drops = vec![];
-        for k in self.budgets() {
-            let scores: Vec<(&String, (usize, usize))> = strategies
-                .iter()
-                .filter_map(|n| {
-                    self.variant(n, k)
-                        .map(|v| (n, focus_score(v, &self.focus_tasks)))
-                })
-                .collect();
-            for (name, (c, n)) in &scores {
-                let t = totals.iter_mut().find(|t| &t.0 == *name).expect("listed");
-                t.1 += c;
-                t.2 += n;
-            }
-            // Best: highest score; ties go to the strategy listed first.
-            let best =
-                scores
-                    .iter()
-                    .fold(None::<&(&String, (usize, usize))>, |best, x| match best {
-                        Some(b) if pct(b.1) >= pct(x.1) => Some(b),
-                        _ => Some(x),
-                    });
-            let baseline = scores
-                .iter()
-                .find(|(n, _)| **n == self.baseline_strategy)
-                .map(|(_, s)| *s);
-            if let Some(b) = baseline {
-                baseline_drops.push((k, pct(full) - pct(b)));
-            }
-            let _ = writeln!(
-                s,
-                "| {k} | {} | {} | {} |",
-                baseline.map_or("n/a".into(), |b| format!("{:.1}%", pct(b))),
-                best.map_or("n/a".into(), |b| b.0.to_string()),
-                best.map_or("n/a".into(), |b| format!("{:.1}%", pct(b.1))),
-            );
-        }
-        let _ = writeln!(s);
-        if let Some((k, drop)) =
-            baseline_drops
-                .iter()
-                .copied()
-                .fold(None::<(usize, f64)>, |m, x| match m {
-                    Some(m) if m.1 >= x.1 => Some(m),
-                    _ => Some(x),
-                })
-        {
-            if drop >= 5.0 {
-                let _ = writeln!(
-                    s,
-                    "**{} pruning hurts the focus tasks**: at {k} experts per layer it answers {:.1} \
-                     points fewer of them than the full model.",
-                    self.baseline_strategy, drop
-                );
-            } else {
-                let _ = writeln!(
-                    s,
-                    "{} pruning costs the focus tasks at most {drop:.1} points at any budget measured.",
-                    self.baseline_strategy
-                );
-            }
-        }
-        if let Some((name, c, n)) =
-            totals
-                .iter()
-                .filter(|t| t.2 > 0)
-                .fold(None::<&(String, usize, usize)>, |best, t| match best {
-                    Some(b) if pct((b.1, b.2)) >= pct((t.1, t.2)) => Some(b),
-                    _ => Some(t),
-                })
-        {
-            let _ = writeln!(
-                s,
-                "Across all budgets, **{name} preserves them best**: {:.1}% of focus probes answered \
-                 over every budget together{}.",
-                pct((*c, *n)),
-                totals
-                    .iter()
-                    .find(|t| t.0 == self.baseline_strategy)
-                    .map_or(String::new(), |b| format!(
-                        " ({} {:.1}%)",
-                        self.baseline_strategy,
-                        pct((b.1, b.2))
-                    ))
-            );
-        }
-        s
     }
 }
 
@@ -271,23 +172,8 @@ pub fn write_report(dir: &Path, report: &ExperimentReport) -> Result<PathBuf> {
                 v.tasks.get(task).map(|a| a.accuracy)
             }
         };
-        let mut series: Vec<Series> = strategies
-            .iter()
-            .map(|name| Series {
-                name: name.clone(),
-                points: budgets
-                    .iter()
-                    .rev()
-                    .filter_map(|&k| {
-                        report
-                            .variant(name, k)
-                            .and_then(accuracy)
-                            .map(|a| (k as f64, 100.0 * a))
-                    })
-                    .chain(accuracy(&report.full).map(|a| (full_k, 100.0 * a)))
-                    .collect(),
-            })
-            .collect();
+        let full_point = accuracy(&report.full).map(|a| (full_k, 100.0 * a));
+        let mut series = report.strategy_series(|v| accuracy(v).map(|a| 100.0 * a), full_point);
         series.push(Series {
             name: "full model".into(),
             points: accuracy(&report.full)
@@ -307,21 +193,9 @@ pub fn write_report(dir: &Path, report: &ExperimentReport) -> Result<PathBuf> {
         quality_plots.push((task.clone(), relative(&files, dir)));
     }
     // Fidelity versus experts kept.
-    let kl_series: Vec<Series> = strategies
-        .iter()
-        .map(|name| Series {
-            name: name.clone(),
-            points: budgets
-                .iter()
-                .rev()
-                .filter_map(|&k| {
-                    report
-                        .variant(name, k)
-                        .and_then(|v| v.mean_kl)
-                        .map(|kl| (k as f64, kl))
-                })
-                .collect(),
-        })
+    let kl_series: Vec<Series> = report
+        .strategy_series(|v| v.mean_kl, None)
+        .into_iter()
         .filter(|s| !s.points.is_empty())
         .collect();
     let kl_plot = if kl_series.is_empty() {
@@ -517,11 +391,11 @@ pub fn write_report(dir: &Path, report: &ExperimentReport) -> Result<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::table::tests::variant;
 
-    fn report() -> ExperimentReport {
+    pub(crate) fn report() -> ExperimentReport {
         ExperimentReport {
             name: "demo".into(),
             description: "A hand-made experiment.".into(),
@@ -543,25 +417,6 @@ mod tests {
             }],
             hidden_norm_budget: Some(8),
         }
-    }
-
-    #[test]
-    fn findings_name_the_damage_and_the_best_strategy() {
-        let f = report().findings();
-        assert!(f.contains("The full model answers 98.0% of them"), "{f}");
-        assert!(
-            f.contains("| 16 | 40.0% | math-probe-aware | 94.0% |"),
-            "{f}"
-        );
-        assert!(
-            f.contains("| 8 | 10.0% | math-probe-aware | 80.0% |"),
-            "{f}"
-        );
-        assert!(f.contains("**frequency pruning hurts the focus tasks**: at 8 experts per layer it answers 88.0 points fewer"), "{f}");
-        assert!(
-            f.contains("**math-probe-aware preserves them best**: 87.0%"),
-            "{f}"
-        );
     }
 
     #[test]

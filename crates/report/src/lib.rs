@@ -4,6 +4,7 @@
 
 pub mod bars;
 pub mod document;
+pub mod findings;
 pub mod heatmap;
 pub mod line;
 mod render;
