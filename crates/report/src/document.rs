@@ -39,6 +39,8 @@ pub struct ExperimentReport {
     pub tasks: Vec<String>,
     /// The tasks the findings are about (arithmetic for the original question).
     pub focus_tasks: Vec<String>,
+    /// What the findings call them ("arithmetic").
+    pub focus_label: String,
     /// The strategy the findings compare against (the original project's: frequency).
     pub baseline_strategy: String,
     pub usage: Vec<LayerUsage>,
@@ -409,6 +411,7 @@ pub(crate) mod tests {
             ],
             tasks: vec!["add".into(), "capital".into()],
             focus_tasks: vec!["add".into()],
+            focus_label: "arithmetic".into(),
             baseline_strategy: "frequency".into(),
             usage: vec![LayerUsage {
                 layer: 0,

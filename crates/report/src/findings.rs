@@ -30,7 +30,8 @@ impl ExperimentReport {
         }
         let _ = writeln!(
             s,
-            "Focus tasks: {focus} ({} probes). The full model answers {:.1}% of them.\n",
+            "Focus tasks ({}): {focus}, {} probes. The full model answers {:.1}% of them.\n",
+            self.focus_label,
             full.1,
             pct(full)
         );
@@ -92,15 +93,15 @@ impl ExperimentReport {
             if drop >= 5.0 {
                 let _ = writeln!(
                     s,
-                    "**{} pruning hurts the focus tasks**: at {k} experts per layer it answers {:.1} \
+                    "**{} pruning hurts {}**: at {k} experts per layer it answers {:.1} \
                      points fewer of them than the full model.",
-                    self.baseline_strategy, drop
+                    self.baseline_strategy, self.focus_label, drop
                 );
             } else {
                 let _ = writeln!(
                     s,
-                    "{} pruning costs the focus tasks at most {drop:.1} points at any budget measured.",
-                    self.baseline_strategy
+                    "{} pruning costs {} at most {drop:.1} points at any budget measured.",
+                    self.baseline_strategy, self.focus_label
                 );
             }
         }
@@ -115,8 +116,9 @@ impl ExperimentReport {
         {
             let _ = writeln!(
                 s,
-                "Across all budgets, **{name} preserves them best**: {:.1}% of focus probes answered \
+                "Across all budgets, **{name} preserves {} best**: {:.1}% of focus probes answered \
                  over every budget together{}.",
+                self.focus_label,
                 pct((*c, *n)),
                 totals
                     .iter()
@@ -148,9 +150,9 @@ mod tests {
             f.contains("| 8 | 10.0% | math-probe-aware | 80.0% |"),
             "{f}"
         );
-        assert!(f.contains("**frequency pruning hurts the focus tasks**: at 8 experts per layer it answers 88.0 points fewer"), "{f}");
+        assert!(f.contains("**frequency pruning hurts arithmetic**: at 8 experts per layer it answers 88.0 points fewer"), "{f}");
         assert!(
-            f.contains("**math-probe-aware preserves them best**: 87.0%"),
+            f.contains("**math-probe-aware preserves arithmetic best**: 87.0%"),
             "{f}"
         );
     }

@@ -83,6 +83,9 @@ pub struct ReportConfig {
     /// Tasks the findings are about (default: every probe task).
     #[serde(default)]
     pub focus_tasks: Vec<String>,
+    /// What the findings call the focus tasks (default: "the focus tasks").
+    #[serde(default)]
+    pub focus_label: Option<String>,
     /// The strategy the findings compare against (default: frequency).
     #[serde(default)]
     pub baseline_strategy: Option<String>,

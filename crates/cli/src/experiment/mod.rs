@@ -375,6 +375,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             r.focus_tasks.clone()
         },
         tasks,
+        focus_label: r
+            .focus_label
+            .clone()
+            .unwrap_or_else(|| "the focus tasks".into()),
         baseline_strategy: r
             .baseline_strategy
             .clone()
