@@ -181,3 +181,61 @@ focus_tasks = ["add"]
         ]
     );
 }
+
+/// `write_checkpoints = true` evaluates written pruned checkpoints instead of the expert mask;
+/// the two must give the same results, so the reports' tables are identical.
+#[test]
+fn written_checkpoints_and_the_expert_mask_give_the_same_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let nano = repo().join("datasets/nano");
+    head(
+        &nano.join("calibration/diverse.jsonl"),
+        &d.join("calibration.jsonl"),
+        40,
+    );
+    head(
+        &repo().join("datasets/probes/oss-nano.jsonl"),
+        &d.join("probes.jsonl"),
+        30,
+    );
+    head(&nano.join("heldout.jsonl"), &d.join("heldout.jsonl"), 4);
+    let experiment = |write: bool| {
+        let path = d.join(format!("write-{write}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+model = "{model}"
+device = "cpu"
+[trace]
+calibration = ["{d}/calibration.jsonl"]
+[select]
+strategies = ["reap"]
+experts_per_layer = [12]
+[eval]
+probes = ["{d}/probes.jsonl"]
+heldout = ["{d}/heldout.jsonl"]
+write_checkpoints = {write}
+"#,
+                model = repo().join("models/oss-nano").display(),
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        let dir = d.join(format!("run-{write}"));
+        run(&path, &dir);
+        dir
+    };
+    let (masked, written) = (experiment(false), experiment(true));
+    assert!(
+        std::fs::read_dir(written.join("cache/checkpoints"))
+            .unwrap()
+            .next()
+            .is_some(),
+        "a pruned checkpoint was written"
+    );
+    let table = |dir: &Path| std::fs::read_to_string(dir.join("report/quality-table.csv")).unwrap();
+    assert_eq!(table(&masked), table(&written));
+    assert!(table(&masked).contains("reap 12,reap,12,48,"));
+}

@@ -88,17 +88,38 @@ impl RoutingObserver for HiddenNorms {
 /// Positions per lm_head chunk: bounds the logits held at once (x batch x vocab floats).
 const POSITIONS_PER_CHUNK: usize = 64;
 
-/// Every text record in `records`, `batch` at a time. With `mask` None the variant is the full
-/// model (one pass; KL 0, agreement 1).
+/// What is compared with the full model.
+#[derive(Clone, Copy)]
+pub enum Variant<'a> {
+    /// The full model itself (one pass; KL 0, agreement 1).
+    Full,
+    /// The full model with experts masked (a selection evaluated without writing it).
+    Masked(&'a ExpertMask),
+    /// Another model: a written pruned checkpoint.
+    Model(&'a GptOss),
+}
+
+impl<'a> Variant<'a> {
+    /// The model and mask that run this variant, given the full model.
+    pub fn resolve(self, full: &'a GptOss) -> (&'a GptOss, Option<&'a ExpertMask>) {
+        match self {
+            Variant::Full => (full, None),
+            Variant::Masked(mask) => (full, Some(mask)),
+            Variant::Model(model) => (model, None),
+        }
+    }
+}
+
+/// Every text record in `records`, `batch` at a time, through the `full` model and `variant`.
 pub fn evaluate_heldout(
-    model: &GptOss,
+    full: &GptOss,
+    variant: Variant<'_>,
     tokenizer: &TextTokenizer,
     records: &[Record],
-    mask: Option<&ExpertMask>,
     batch: usize,
 ) -> Result<HeldoutResult> {
-    let layers = model.config.num_hidden_layers;
-    let pad = model.config.pad_token_id.unwrap_or(0);
+    let layers = full.config.num_hidden_layers;
+    let pad = full.config.pad_token_id.unwrap_or(0);
     let (mut full_norms, mut variant_norms) = (HiddenNorms::new(layers), HiddenNorms::new(layers));
     let mut texts = vec![];
     let (mut all_variant, mut all_full) = (vec![], vec![]);
@@ -110,7 +131,7 @@ pub fn evaluate_heldout(
             .collect::<std::result::Result<_, _>>()?;
         let tb = TokenBatch::left_padded(&rows, pad);
         let t = tb.seq_len;
-        let pass = |norms: &mut HiddenNorms, mask: Option<&ExpertMask>| -> Tensor<3> {
+        let pass = |norms: &mut HiddenNorms, model: &GptOss, mask: Option<&ExpertMask>| {
             norms.pads = tb.pads.clone();
             norms.seq_len = t;
             model.forward_hidden(
@@ -122,23 +143,29 @@ pub fn evaluate_heldout(
                 },
             )
         };
-        let hidden_full = pass(&mut full_norms, None);
-        let hidden_variant = mask.map(|m| pass(&mut variant_norms, Some(m)));
+        let hidden_full = pass(&mut full_norms, full, None);
+        let hidden_variant = match variant {
+            Variant::Full => None,
+            other => {
+                let (model, mask) = other.resolve(full);
+                Some((model, pass(&mut variant_norms, model, mask)))
+            }
+        };
         // Per row: (variant logprob, full logprob, kl, agree) of every predicted position.
         let mut per_row: Vec<Vec<(f64, f64, f64, bool)>> = vec![vec![]; rows.len()];
         let mut start = 0;
         while start + 1 < t {
             let len = POSITIONS_PER_CHUNK.min(t - 1 - start);
-            let logits = |h: &Tensor<3>| {
+            let logits = |model: &GptOss, h: &Tensor<3>| {
                 model
                     .lm_head
                     .forward(h.clone().narrow(1, start, len))
                     .try_into_vec_as::<f32>()
                     .expect("f32 logits")
             };
-            let full = logits(&hidden_full);
-            let variant = hidden_variant.as_ref().map(logits);
-            let vocab = full.len() / (rows.len() * len);
+            let full_logits = logits(full, &hidden_full);
+            let variant_logits = hidden_variant.as_ref().map(|(m, h)| logits(m, h));
+            let vocab = full_logits.len() / (rows.len() * len);
             for (row, &row_pad) in tb.pads.iter().enumerate() {
                 for j in 0..len {
                     let s = start + j;
@@ -147,9 +174,9 @@ pub fn evaluate_heldout(
                     }
                     let target = tb.ids[row * t + s + 1] as usize;
                     let at = (row * len + j) * vocab;
-                    let f = &full[at..at + vocab];
+                    let f = &full_logits[at..at + vocab];
                     let full_lp = log_softmax(f)[target];
-                    let figures = match &variant {
+                    let figures = match &variant_logits {
                         Some(v) => {
                             let v = &v[at..at + vocab];
                             (
@@ -196,10 +223,9 @@ pub fn evaluate_heldout(
         perplexity_full: perplexity(&all_full),
         mean_kl: kl_sum / tokens.max(1) as f64,
         top1_agreement: agreements as f64 / tokens.max(1) as f64,
-        hidden_norms: if mask.is_some() {
-            variant_norms.means()
-        } else {
-            hidden_norms_full.clone()
+        hidden_norms: match variant {
+            Variant::Full => hidden_norms_full.clone(),
+            _ => variant_norms.means(),
         },
         hidden_norms_full,
     })

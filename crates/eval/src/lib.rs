@@ -13,7 +13,7 @@ pub mod probes;
 pub mod results;
 pub mod summary;
 
-pub use heldout::{HeldoutResult, evaluate_heldout};
+pub use heldout::{HeldoutResult, Variant, evaluate_heldout};
 pub use probes::{ProbeResult, evaluate_probes};
 pub use summary::{EvalSummary, FidelitySummary, TaskSummary, summarize};
 

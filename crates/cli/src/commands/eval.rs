@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use gpt_oss_eval::results::write_results;
-use gpt_oss_eval::{EvalSummary, evaluate_heldout, evaluate_probes, summarize};
+use gpt_oss_eval::{EvalSummary, Variant, evaluate_heldout, evaluate_probes, summarize};
 use gpt_oss_model::dataset::{Record, read_datasets};
 use gpt_oss_model::tokenizer::TextTokenizer;
 use gpt_oss_model::{ExpertMask, GptOss};
@@ -55,22 +55,24 @@ pub fn selection_mask(model: &GptOss, path: &Path) -> anyhow::Result<ExpertMask>
     .with_context(|| format!("{}", path.display()))
 }
 
-/// Probes and held-out text of one configuration, written to `out`; returns the summary.
+/// Probes and held-out text of one configuration (`variant`, compared with the `full` model),
+/// written to `out`; returns the summary.
 pub fn evaluate_to(
-    model: &GptOss,
+    full: &GptOss,
+    variant: Variant<'_>,
     tokenizer: &TextTokenizer,
-    mask: Option<&ExpertMask>,
     probes: &[Record],
     heldout: &[Record],
     batch_size: usize,
     out: &Path,
 ) -> anyhow::Result<EvalSummary> {
+    let (model, mask) = variant.resolve(full);
     let probe_results = evaluate_probes(model, tokenizer, probes, mask, batch_size)?;
     let heldout_result = if heldout.is_empty() {
         None
     } else {
         Some(evaluate_heldout(
-            model, tokenizer, heldout, mask, batch_size,
+            full, variant, tokenizer, heldout, batch_size,
         )?)
     };
     let summary = summarize(&probe_results, heldout_result.as_ref());
@@ -88,10 +90,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .transpose()?;
     let probes = read_datasets(&args.probes)?;
     let heldout = read_datasets(&args.heldout)?;
+    let variant = mask.as_ref().map_or(Variant::Full, Variant::Masked);
     let summary = evaluate_to(
         model,
+        variant,
         tokenizer,
-        mask.as_ref(),
         &probes,
         &heldout,
         args.batch_size,

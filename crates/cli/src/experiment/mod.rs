@@ -11,8 +11,8 @@ pub mod config;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use gpt_oss_eval::EvalSummary;
 use gpt_oss_eval::results::read_summary;
+use gpt_oss_eval::{EvalSummary, Variant};
 use gpt_oss_model::ExpertResidency;
 use gpt_oss_model::dataset::read_datasets;
 use gpt_oss_model::device::DeviceChoice;
@@ -60,7 +60,7 @@ pub struct StageRun {
 }
 
 /// One selection of the experiment: its strategy, budget and file.
-struct Variant {
+struct Candidate {
     strategy: String,
     experts: usize,
     key: StageKey,
@@ -226,7 +226,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 key: key.short().into(),
                 ran,
             });
-            variants.push(Variant {
+            variants.push(Candidate {
                 strategy: name.clone(),
                 experts: k,
                 key,
@@ -255,7 +255,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .expect("template"),
     );
     let mut evaluate = |label: &str,
-                        variant: Option<&Variant>,
+                        variant: Option<&Candidate>,
                         runs: &mut Vec<StageRun>|
      -> anyhow::Result<EvalSummary> {
         let key = StageKey::of(&[
@@ -283,16 +283,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                             },
                         )?;
                     }
-                    let loaded = ModelArgs {
+                    let pruned = ModelArgs {
                         model: pruned,
                         device,
                         experts: ExpertResidency::Auto,
                     }
                     .load()?;
+                    let full = model.get()?;
                     evaluate_to(
-                        &loaded.model,
-                        loaded.tokenizer()?,
-                        None,
+                        &full.model,
+                        Variant::Model(&pruned.model),
+                        full.tokenizer()?,
                         &probes,
                         &heldout,
                         e.batch_size,
@@ -306,8 +307,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         .transpose()?;
                     evaluate_to(
                         &loaded.model,
+                        mask.as_ref().map_or(Variant::Full, Variant::Masked),
                         loaded.tokenizer()?,
-                        mask.as_ref(),
                         &probes,
                         &heldout,
                         e.batch_size,
