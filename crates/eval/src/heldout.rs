@@ -11,7 +11,7 @@ use gpt_oss_model::{
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
-use crate::metrics::{argmax, kl_divergence, log_softmax, perplexity};
+use crate::metrics::{argmax, kl_of_log_probs, log_softmax, perplexity};
 
 /// One text's figures (a row of heldout.csv).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,18 +175,19 @@ pub fn evaluate_heldout(
                     let target = tb.ids[row * t + s + 1] as usize;
                     let at = (row * len + j) * vocab;
                     let f = &full_logits[at..at + vocab];
-                    let full_lp = log_softmax(f)[target];
+                    let full_lp = log_softmax(f);
                     let figures = match &variant_logits {
                         Some(v) => {
                             let v = &v[at..at + vocab];
+                            let variant_lp = log_softmax(v);
                             (
-                                log_softmax(v)[target],
-                                full_lp,
-                                kl_divergence(f, v),
+                                variant_lp[target],
+                                full_lp[target],
+                                kl_of_log_probs(&full_lp, &variant_lp),
                                 argmax(f) == argmax(v),
                             )
                         }
-                        None => (full_lp, full_lp, 0.0, true),
+                        None => (full_lp[target], full_lp[target], 0.0, true),
                     };
                     per_row[row].push(figures);
                 }

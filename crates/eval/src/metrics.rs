@@ -12,9 +12,13 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
 /// `variant` logits (the pruned one).
 pub fn kl_divergence(reference: &[f32], variant: &[f32]) -> f64 {
     assert_eq!(reference.len(), variant.len(), "one vocabulary");
-    let (p, q) = (log_softmax(reference), log_softmax(variant));
+    kl_of_log_probs(&log_softmax(reference), &log_softmax(variant))
+}
+
+/// KL(P || Q) from log-probabilities already computed (one log-softmax per row, not two).
+pub fn kl_of_log_probs(p: &[f64], q: &[f64]) -> f64 {
     p.iter()
-        .zip(&q)
+        .zip(q)
         .map(|(lp, lq)| lp.exp() * (lp - lq))
         .sum::<f64>()
         .max(0.0)
