@@ -20,6 +20,8 @@ pub enum Bench {
     Memory(super::bench_memory::MemoryArgs),
     /// One model's footprint (run in a child process by `bench memory`).
     Footprint(super::bench_memory::FootprintArgs),
+    /// Dense matmul TFLOP/s per dtype and shape (are burn's kernels on the tensor cores?).
+    Matmul(super::bench_matmul::MatmulArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -40,6 +42,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Trace(a) => trace_throughput(a),
         Bench::Memory(a) => super::bench_memory::memory(a),
         Bench::Footprint(a) => super::bench_memory::footprint(a),
+        Bench::Matmul(a) => super::bench_matmul::matmul(a),
     }
 }
 
