@@ -1,21 +1,23 @@
-//! Log-probabilities of given tokens. Logits are produced a chunk of positions at a time, so a
-//! 201,088-token vocabulary is never materialised for a whole batch at once.
+//! Log-probabilities of given tokens. Logits are produced a chunk of tokens at a time (log-softmax
+//! and the target gathered per chunk), so [tokens x 201,088] logits never exist at once: at most
+//! `chunk_tokens x vocab` floats (2,048 x 201,088 x 4 bytes = 1.6 GB for gpt-oss).
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::transformer::{ForwardOptions, GptOss, TokenBatch};
 
-/// Positions per lm_head chunk (x batch x vocab floats at a time).
-pub const DEFAULT_CHUNK: usize = 256;
+/// Tokens (batch rows x positions) per lm_head chunk.
+pub const DEFAULT_CHUNK: usize = 2048;
 
 /// For each row, log p(token t | tokens before t) for every non-padding token after the row's
-/// first: `rows[b].len() - 1` values.
+/// first: `rows[b].len() - 1` values. `chunk_tokens` bounds the logits alive at once (whole
+/// positions of the batch, at least one position).
 pub fn token_logprobs(
     model: &GptOss,
     rows: &[Vec<u32>],
     options: ForwardOptions<'_, '_>,
-    chunk: usize,
+    chunk_tokens: usize,
 ) -> Vec<Vec<f32>> {
     let pad = model.config.pad_token_id.unwrap_or(0);
     let batch = TokenBatch::left_padded(rows, pad);
@@ -32,7 +34,7 @@ pub fn token_logprobs(
         .collect();
     let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [b, t - 1]), &device);
     let mut pieces = vec![];
-    let chunk = chunk.max(1);
+    let chunk = (chunk_tokens / b).max(1);
     let mut start = 0;
     while start < t - 1 {
         let len = chunk.min(t - 1 - start);

@@ -22,6 +22,24 @@ pub struct MatmulArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
+    /// `burn` (burn's autotuned matmul) or `coopmat` (our workgroup-scope cooperative-matrix
+    /// kernel, bf16 only; checked against burn's f32 product of the same bf16 inputs).
+    #[arg(long, default_value = "burn")]
+    pub kernel: String,
+    /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`).
+    #[arg(long, value_delimiter = ',', default_value = "128x128x32/256")]
+    pub tilings: Vec<String>,
+}
+
+fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Tiling> {
+    let (shape, units) = text
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("tiling `{text}`: expected MxNxK/units"))?;
+    let [m, n, k] = parse_shape(shape)?;
+    let units = units
+        .parse()
+        .map_err(|e| anyhow::anyhow!("tiling `{text}`: units: {e}"))?;
+    Ok(gpt_oss_kernels::coopmat_gemm::Tiling { m, n, k, units })
 }
 
 /// `[m, k, n]` from `4096` or `16384x2880x5760`.
@@ -48,44 +66,81 @@ fn parse_dtype(text: &str) -> anyhow::Result<DType> {
 }
 
 pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
+    if !["burn", "coopmat"].contains(&args.kernel.as_str()) {
+        anyhow::bail!("--kernel {}: expected burn or coopmat", args.kernel);
+    }
     let (device, description) = select_device(args.device)?;
     eprintln!("device: {description}");
-    for dtype_name in &args.dtypes {
-        let dtype = parse_dtype(dtype_name)?;
-        for shape_text in &args.shapes {
-            let [m, k, n] = parse_shape(shape_text)?;
-            let lhs = Tensor::<2>::random([m, k], Distribution::Default, (&device, dtype));
-            let rhs = Tensor::<2>::random([k, n], Distribution::Default, (&device, dtype));
-            let run = |count: usize| -> anyhow::Result<f64> {
-                let start = Instant::now();
-                let mut last = None;
-                for _ in 0..count {
-                    last = Some(lhs.clone().matmul(rhs.clone()));
-                }
-                if let Some(t) = last {
-                    // One element read back: the queue has drained.
-                    let _ = t.narrow(0, 0, 1).narrow(1, 0, 1).try_into_vec_as::<f32>();
-                }
-                device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                Ok(start.elapsed().as_secs_f64())
-            };
-            let warm_start = Instant::now();
-            run(args.warmup.max(1))?;
-            let warmup_seconds = warm_start.elapsed().as_secs_f64();
-            let seconds = run(args.iters.max(1))?;
-            let flops = 2.0 * (m * k * n) as f64 * args.iters.max(1) as f64;
-            println!(
-                "{}",
-                json!({
-                    "bench": "matmul",
-                    "dtype": dtype_name,
-                    "m": m, "k": k, "n": n,
-                    "iters": args.iters,
-                    "seconds": seconds,
-                    "tflops": flops / seconds / 1e12,
-                    "warmup_seconds": warmup_seconds,
-                })
-            );
+    let tilings: Vec<_> = if args.kernel == "coopmat" {
+        args.tilings
+            .iter()
+            .map(|t| parse_tiling(t))
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        vec![gpt_oss_kernels::coopmat_gemm::DEFAULT_TILING]
+    };
+    for tiling in tilings {
+        gpt_oss_kernels::coopmat_gemm::set_tiling(tiling);
+        for dtype_name in &args.dtypes {
+            let dtype = parse_dtype(dtype_name)?;
+            for shape_text in &args.shapes {
+                let [m, k, n] = parse_shape(shape_text)?;
+                let lhs = Tensor::<2>::random([m, k], Distribution::Default, (&device, dtype));
+                let rhs = Tensor::<2>::random([k, n], Distribution::Default, (&device, dtype));
+                let product = |l: Tensor<2>, r: Tensor<2>| match args.kernel.as_str() {
+                    "coopmat" => gpt_oss_kernels::coopmat_gemm::coopmat_gemm(l, r),
+                    _ => l.matmul(r),
+                };
+                let relative_error = if args.kernel == "coopmat" {
+                    let ours = product(lhs.clone(), rhs.clone());
+                    let reference =
+                        gpt_oss_kernels::coopmat_gemm::reference_gemm(lhs.clone(), rhs.clone());
+                    let diff = (ours - reference.clone()).powi_scalar(2).sum().sqrt();
+                    let norm = reference.powi_scalar(2).sum().sqrt();
+                    let d = diff
+                        .try_into_vec_as::<f32>()
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
+                    let n = norm
+                        .try_into_vec_as::<f32>()
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
+                    Some(d / n)
+                } else {
+                    None
+                };
+                let run = |count: usize| -> anyhow::Result<f64> {
+                    let start = Instant::now();
+                    let mut last = None;
+                    for _ in 0..count {
+                        last = Some(product(lhs.clone(), rhs.clone()));
+                    }
+                    if let Some(t) = last {
+                        // One element read back: the queue has drained.
+                        let _ = t.narrow(0, 0, 1).narrow(1, 0, 1).try_into_vec_as::<f32>();
+                    }
+                    device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                    Ok(start.elapsed().as_secs_f64())
+                };
+                let warm_start = Instant::now();
+                run(args.warmup.max(1))?;
+                let warmup_seconds = warm_start.elapsed().as_secs_f64();
+                let seconds = run(args.iters.max(1))?;
+                let flops = 2.0 * (m * k * n) as f64 * args.iters.max(1) as f64;
+                println!(
+                    "{}",
+                    json!({
+                        "bench": "matmul",
+                        "kernel": args.kernel,
+                        "tiling": format!("{tiling:?}"),
+                        "relative_error_vs_burn_f32": relative_error,
+                        "dtype": dtype_name,
+                        "m": m, "k": k, "n": n,
+                        "iters": args.iters,
+                        "seconds": seconds,
+                        "tflops": flops / seconds / 1e12,
+                        "warmup_seconds": warmup_seconds,
+                    })
+                );
+            }
         }
     }
     Ok(())

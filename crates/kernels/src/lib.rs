@@ -1,0 +1,9 @@
+//! CubeCL kernels for the GPU path, reached from burn tensors through a backend extension.
+//!
+//! - `coopmat_gemm`: bf16 x bf16 -> f32 matmul on the tensor cores through workgroup-scope
+//!   cooperative matrices (Vulkan `VK_NV_cooperative_matrix2`, cubecl's `cmma::Matrix<_, Cube>`).
+//!
+//! Every op here has a plain burn reference it is checked against (`reference_*`), which is
+//! also what the CPU path runs.
+
+pub mod coopmat_gemm;
