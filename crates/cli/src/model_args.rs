@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use gpt_oss_model::device::{DeviceChoice, select_device};
 use gpt_oss_model::tokenizer::TextTokenizer;
+use gpt_oss_model::transformer::moe_grouped::ExpertPath;
 use gpt_oss_model::{ExpertResidency, GptOss, LoadOptions, load_model};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -19,6 +20,30 @@ pub struct ModelArgs {
     /// Where MXFP4 experts live: decoded to f32 at load, or packed and decoded per use.
     #[arg(long, default_value = "auto", value_parser = parse_residency)]
     pub experts: ExpertResidency,
+    /// How MoE experts run: `grouped` (tokens sorted by expert on the device, one grouped
+    /// MXFP4 matmul per projection on the tensor cores: GPU only, bf16 products),
+    /// `per-expert` (one f32 matmul per routed expert: the reference), or `auto` (grouped on
+    /// the GPU, per-expert on the CPU).
+    #[arg(long, default_value = "auto", value_parser = parse_moe)]
+    pub moe: MoeChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoeChoice {
+    Auto,
+    PerExpert,
+    Grouped,
+}
+
+fn parse_moe(s: &str) -> Result<MoeChoice, String> {
+    match s {
+        "auto" => Ok(MoeChoice::Auto),
+        "per-expert" => Ok(MoeChoice::PerExpert),
+        "grouped" => Ok(MoeChoice::Grouped),
+        other => Err(format!(
+            "unknown MoE path `{other}` (auto, per-expert or grouped)"
+        )),
+    }
 }
 
 fn parse_residency(s: &str) -> Result<ExpertResidency, String> {
@@ -42,7 +67,8 @@ impl ModelArgs {
         let (device, description) = select_device(self.device)?;
         tracing::info!("device: {description}");
         let start = Instant::now();
-        let model = load_model(
+        let on_gpu = description.starts_with("wgpu");
+        let mut model = load_model(
             &self.model,
             &device,
             LoadOptions {
@@ -50,6 +76,15 @@ impl ModelArgs {
             },
         )
         .with_context(|| format!("loading {}", self.model.display()))?;
+        let path = match (self.moe, on_gpu) {
+            (MoeChoice::PerExpert, _) | (MoeChoice::Auto, false) => ExpertPath::PerExpert,
+            (MoeChoice::Grouped, true) | (MoeChoice::Auto, true) => ExpertPath::GroupedKernel,
+            (MoeChoice::Grouped, false) => anyhow::bail!(
+                "--moe grouped needs the GPU (wgpu/Vulkan); the CPU runs --moe per-expert"
+            ),
+        };
+        model.set_expert_path(path);
+        tracing::info!("MoE experts: {path:?}");
         device
             .sync()
             .map_err(|e| anyhow::anyhow!("device: {e:?}"))?;

@@ -22,6 +22,8 @@ pub enum Bench {
     Footprint(super::bench_memory::FootprintArgs),
     /// Dense matmul TFLOP/s per dtype and shape (are burn's kernels on the tensor cores?).
     Matmul(super::bench_matmul::MatmulArgs),
+    /// Scoring tokens/s with and without routing recorded, and greedy decode tokens/s.
+    Model(super::bench_model::ModelBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -43,6 +45,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Memory(a) => super::bench_memory::memory(a),
         Bench::Footprint(a) => super::bench_memory::footprint(a),
         Bench::Matmul(a) => super::bench_matmul::matmul(a),
+        Bench::Model(a) => super::bench_model::model(a),
     }
 }
 

@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod bench_matmul;
 pub mod bench_memory;
+pub mod bench_model;
 pub mod eval;
 pub mod generate;
 pub mod inspect;

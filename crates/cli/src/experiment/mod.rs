@@ -117,6 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             model: model_dir.clone(),
             device,
             experts: ExpertResidency::Auto,
+            moe: crate::model_args::MoeChoice::Auto,
         },
         loaded: None,
     };
@@ -287,6 +288,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         model: pruned,
                         device,
                         experts: ExpertResidency::Auto,
+                        moe: crate::model_args::MoeChoice::Auto,
                     }
                     .load()?;
                     let full = model.get()?;

@@ -125,21 +125,25 @@ pub struct Experts {
 impl Experts {
     /// Expert `e` on tokens `x` [m, H] -> [m, H] (before the gate weight).
     pub fn forward_expert(&self, e: usize, x: Tensor<2>) -> Tensor<2> {
-        let [m, _] = x.dims();
-        let width = self.gate_up_bias.dims()[1];
-        let inter = width / 2;
         let bias_gu = self.gate_up_bias.val().narrow(0, e, 1);
-        let u = (x.matmul(self.gate_up.expert(e)) + bias_gu).reshape([m, inter, 2]);
-        let limit = self.swiglu_limit;
-        // Upper clamp only on gate; both sides on up; "+1" on up (spec 4.6).
-        let gate = u
-            .clone()
-            .narrow(2, 0, 1)
-            .reshape([m, inter])
-            .clamp_max(limit);
-        let up = u.narrow(2, 1, 1).reshape([m, inter]).clamp(-limit, limit);
-        let glu = gate.clone() * sigmoid(gate.mul_scalar(self.swiglu_alpha));
-        let act = glu * up.add_scalar(1.0);
+        let u = x.matmul(self.gate_up.expert(e)) + bias_gu;
+        let act = swiglu(u, self.swiglu_limit, self.swiglu_alpha);
         act.matmul(self.down.expert(e)) + self.down_bias.val().narrow(0, e, 1)
     }
+}
+
+/// Clamped SwiGLU on gate_up outputs [m, 2I] whose columns interleave gate (even) and up
+/// (odd) units -> [m, I]: upper clamp only on gate, both sides on up, "+1" on up (spec 4.6).
+pub fn swiglu(u: Tensor<2>, limit: f32, alpha: f32) -> Tensor<2> {
+    let [m, width] = u.dims();
+    let inter = width / 2;
+    let u = u.reshape([m, inter, 2]);
+    let gate = u
+        .clone()
+        .narrow(2, 0, 1)
+        .reshape([m, inter])
+        .clamp_max(limit);
+    let up = u.narrow(2, 1, 1).reshape([m, inter]).clamp(-limit, limit);
+    let glu = gate.clone() * sigmoid(gate.mul_scalar(alpha));
+    glu * up.add_scalar(1.0)
 }

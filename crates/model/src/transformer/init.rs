@@ -110,6 +110,7 @@ impl GptOss {
                         router: init.linear(h, e, 1.0, true),
                         experts,
                         top_k: config.experts_per_token,
+                        path: Default::default(),
                     },
                     sliding_window: (config.layer_types[l] == LayerType::Sliding)
                         .then_some(config.sliding_window),

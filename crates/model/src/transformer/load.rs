@@ -167,6 +167,7 @@ pub fn from_checkpoint(
                 router: loader.linear(&format!("{p}mlp.router"), true)?,
                 experts,
                 top_k: config.experts_per_token,
+                path: Default::default(),
             },
             sliding_window: (config.layer_types[l] == LayerType::Sliding)
                 .then_some(config.sliding_window),

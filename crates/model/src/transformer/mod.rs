@@ -8,6 +8,7 @@ pub mod init;
 pub mod load;
 pub mod mask;
 pub mod moe;
+pub mod moe_grouped;
 pub mod norm;
 pub mod rope;
 pub mod vocab;
@@ -106,6 +107,13 @@ impl TokenBatch {
 }
 
 impl GptOss {
+    /// Runs every MoE layer's experts through `path`.
+    pub fn set_expert_path(&mut self, path: moe_grouped::ExpertPath) {
+        for layer in &mut self.layers {
+            layer.mlp.path = path;
+        }
+    }
+
     pub fn device(&self) -> burn::tensor::Device {
         self.embed_tokens.pieces[0].device()
     }

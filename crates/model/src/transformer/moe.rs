@@ -8,6 +8,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::experts::Experts;
+use super::moe_grouped::{ExpertPath, grouped_experts};
 use crate::routing::{LayerRouting, RoutingObserver};
 
 #[derive(Module, Debug)]
@@ -16,6 +17,9 @@ pub struct Moe {
     pub router: Linear,
     pub experts: Experts,
     pub top_k: usize,
+    /// How the experts run (per expert, or grouped on the device).
+    #[module(skip)]
+    pub path: ExpertPath,
 }
 
 /// Per-call routing inputs: an optional additive router bias (the expert mask) and observer.
@@ -56,6 +60,54 @@ impl Moe {
         }
         let (top_logits, top_ids) = logits.clone().topk_with_indices(k, 1);
         let gates = softmax(top_logits, 1).reshape([n * k]);
+        let needs = hooks
+            .observer
+            .as_ref()
+            .map(|o| o.needs())
+            .unwrap_or_default();
+        // The grouped path computes no per-expert output statistics and no balance loss.
+        if self.path != ExpertPath::PerExpert && !needs.expert_output_norms && !hooks.balance_loss
+        {
+            let out = grouped_experts(
+                &self.experts,
+                xs.clone(),
+                top_ids.clone(),
+                gates.clone(),
+                self.path,
+            );
+            if let Some(observer) = hooks.observer {
+                let ids: Vec<u32> = top_ids
+                    .try_into_vec_as::<i64>()
+                    .expect("expert ids are integers")
+                    .into_iter()
+                    .map(|e| e as u32)
+                    .collect();
+                let gate_weights: Vec<f32> = gates.try_into_vec_as::<f32>().expect("f32");
+                let router_logits: Option<Vec<f32>> = needs
+                    .router_logits
+                    .then(|| logits.try_into_vec_as::<f32>().expect("f32"));
+                let moe_input: Option<Vec<f32>> = needs
+                    .moe_inputs
+                    .then(|| xs.try_into_vec_as::<f32>().expect("f32"));
+                observer.observe(&LayerRouting {
+                    layer: hooks.layer,
+                    batch: b,
+                    seq_len: t,
+                    top_k: k,
+                    num_experts: self.num_experts(),
+                    expert_ids: &ids,
+                    gate_weights: &gate_weights,
+                    router_logits: router_logits.as_deref(),
+                    expert_output_norms: None,
+                    expert_output_max_abs: None,
+                    moe_input: moe_input.as_deref(),
+                });
+            }
+            return MoeOutput {
+                hidden: out.reshape([b, t, h]),
+                balance_loss: None,
+            };
+        }
 
         // One read of the selected ids per layer: it decides which experts run on which tokens.
         let ids: Vec<i64> = top_ids
@@ -72,11 +124,6 @@ impl Moe {
             let mean_prob = softmax(logits.clone(), 1).mean_dim(0);
             (mean_prob * fraction).sum().mul_scalar(e as f32)
         });
-        let needs = hooks
-            .observer
-            .as_ref()
-            .map(|o| o.needs())
-            .unwrap_or_default();
         // Per (token, slot): the selected expert's output L2 norm and max |value|, gathered on
         // the device and read once per layer.
         let mut output_stats = needs

@@ -1,0 +1,132 @@
+//! `bench model`: a model's scoring and decode throughput, the issue-7 figures. Scoring is
+//! `token_logprobs` over `batch x seq` random tokens (chunked log-softmax, targets gathered),
+//! timed without and with routing recorded (an observer that reads every layer's expert ids and
+//! gate weights, what `trace` records); decode is greedy generation with the KV cache at each
+//! batch size. Compare with `tools/gpu/torch_baseline.py model` run in the same call.
+
+use std::time::Instant;
+
+use gpt_oss_model::generate::{GenerateOptions, generate};
+use gpt_oss_model::scoring::{DEFAULT_CHUNK, token_logprobs};
+use gpt_oss_model::{ForwardOptions, GptOss, LayerRouting, RoutingObserver};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::json;
+
+use crate::model_args::ModelArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct ModelBenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub seq: usize,
+    /// Timed scoring passes (after one untimed pass of the same shape).
+    #[arg(long, default_value_t = 2)]
+    pub iters: usize,
+    /// Decode batch sizes (empty: no decode).
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    pub decode_batches: Vec<usize>,
+    #[arg(long, default_value_t = 16)]
+    pub prompt: usize,
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+}
+
+/// Keeps what `trace` keeps of each layer: the selected experts and their gate weights.
+#[derive(Default)]
+struct RoutingRecorder {
+    ids: Vec<u32>,
+    gates: Vec<f32>,
+}
+
+impl RoutingObserver for RoutingRecorder {
+    fn observe(&mut self, routing: &LayerRouting<'_>) {
+        self.ids.extend_from_slice(routing.expert_ids);
+        self.gates.extend_from_slice(routing.gate_weights);
+    }
+}
+
+fn random_rows(rows: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..rows)
+        .map(|_| (0..len).map(|_| rng.random_range(0..vocab as u32)).collect())
+        .collect()
+}
+
+/// Seconds per scoring pass (median of `iters`), recording or not.
+fn time_scoring(model: &GptOss, rows: &[Vec<u32>], iters: usize, record: bool) -> f64 {
+    let pass = || {
+        let mut recorder = RoutingRecorder::default();
+        let options = ForwardOptions {
+            observer: record.then_some(&mut recorder as &mut dyn RoutingObserver),
+            mask: None,
+        };
+        let start = Instant::now();
+        let logprobs = token_logprobs(model, rows, options, DEFAULT_CHUNK);
+        assert_eq!(logprobs.len(), rows.len());
+        start.elapsed().as_secs_f64()
+    };
+    pass();
+    let mut times: Vec<f64> = (0..iters.max(1)).map(|_| pass()).collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
+    let loaded = args.model.load()?;
+    let model = &loaded.model;
+    let device = model.device();
+    let vocab = model.config.vocab_size;
+    let rows = random_rows(args.batch, args.seq, vocab, 7);
+    let tokens = (args.batch * args.seq) as f64;
+    let plain = time_scoring(model, &rows, args.iters, false);
+    let recorded = time_scoring(model, &rows, args.iters, true);
+    let pool = |d: &burn::tensor::Device| d.memory_pool_usage().map(|u| u.bytes_reserved);
+    println!(
+        "{}",
+        json!({
+            "bench": "score",
+            "batch": args.batch,
+            "seq": args.seq,
+            "seconds": plain,
+            "tokens_per_second": tokens / plain,
+            "recording_seconds": recorded,
+            "recording_tokens_per_second": tokens / recorded,
+            "recording_overhead": recorded / plain - 1.0,
+            "gpu_bytes_reserved": pool(&device),
+        })
+    );
+    for &batch in &args.decode_batches {
+        let prompts = random_rows(batch, args.prompt, vocab, 11);
+        let options = GenerateOptions {
+            max_new_tokens: args.new_tokens,
+            stop_tokens: vec![],
+            sampling: None,
+            use_cache: true,
+        };
+        let warm = GenerateOptions {
+            max_new_tokens: 4,
+            ..options.clone()
+        };
+        generate(model, &prompts, &warm);
+        let start = Instant::now();
+        let out = generate(model, &prompts, &options);
+        let seconds = start.elapsed().as_secs_f64();
+        let produced: usize = out.iter().map(Vec::len).sum();
+        println!(
+            "{}",
+            json!({
+                "bench": "decode",
+                "batch": batch,
+                "prompt": args.prompt,
+                "new_tokens": args.new_tokens,
+                "seconds": seconds,
+                "tokens_per_second": produced as f64 / seconds,
+                "gpu_bytes_reserved": pool(&device),
+            })
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The MoE block's grouped path: (token, rank) pairs sorted by expert on the device, one
+//! grouped matmul per projection over all experts, the outputs put back in pair order and
+//! summed per token. No host read per layer (the per-expert loop in `moe.rs` reads the
+//! selected ids to build its token lists).
+//!
+//! The grouped matmul itself is either the GPU kernel (`gpt_oss_kernels::grouped_mxfp4`, MXFP4
+//! decoded in the kernel, bf16 tensor-core products) or a reference built from burn ops (one
+//! product per expert, exact f32), which is what tests compare the sorting against on the CPU.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Int, IntDType, Tensor};
+
+use super::experts::{ExpertMatrix, Experts, swiglu};
+
+/// How the MoE block runs its experts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExpertPath {
+    /// One matmul per routed expert on its token list (reads the routing to the host per layer).
+    #[default]
+    PerExpert,
+    /// Pairs sorted on the device, grouped matmul from burn ops (exact f32; CPU and tests).
+    GroupedReference,
+    /// Pairs sorted on the device, grouped MXFP4 kernel on the tensor cores (wgpu/Vulkan only).
+    GroupedKernel,
+}
+
+/// (token, rank) pairs sorted by expert, all on the device.
+pub struct ExpertGroups {
+    /// Pair index (token * k + rank) of each sorted row [P].
+    pub pair_of_row: Tensor<1, Int>,
+    /// Sorted row of each pair [P] (the inverse permutation).
+    pub row_of_pair: Tensor<1, Int>,
+    /// Expert of each sorted row [P].
+    pub expert_of_row: Tensor<1, Int>,
+    /// Expert e owns rows offsets[e]..offsets[e + 1] [E + 1].
+    pub offsets: Tensor<1, Int>,
+    /// First kernel tile of each expert, prefix sums of ceil(count / tile_rows) [E + 1].
+    pub tile_starts: Tensor<1, Int>,
+}
+
+/// Sorts `expert_ids` [P] (pair order) by expert with a counting sort made of device ops:
+/// one-hot, a running count per expert (rank within the expert), prefix sums of the counts.
+/// Stable: pairs of one expert keep their order.
+pub fn group_by_expert(
+    expert_ids: Tensor<1, Int>,
+    num_experts: usize,
+    tile_rows: usize,
+) -> ExpertGroups {
+    let [p] = expert_ids.dims();
+    let device = expert_ids.device();
+    let one_hot: Tensor<2, Int> = expert_ids.clone().one_hot(num_experts);
+    let counts = one_hot.clone().sum_dim(0).reshape([num_experts]);
+    let rank = (one_hot.clone().cumsum(0) * one_hot)
+        .sum_dim(1)
+        .reshape([p])
+        .sub_scalar(1);
+    let ends = counts.clone().cumsum(0);
+    let starts = ends.clone() - counts.clone();
+    let row_of_pair = starts.select(0, expert_ids.clone()) + rank;
+    let pair_ids = Tensor::<1, Int>::arange(0..p as i64, &device);
+    let pair_of_row = Tensor::<1, Int>::zeros([p], &device).select_assign(
+        0,
+        row_of_pair.clone(),
+        pair_ids,
+        burn::tensor::IndexingUpdateOp::Add,
+    );
+    let expert_of_row = expert_ids.select(0, pair_of_row.clone());
+    let zero = Tensor::<1, Int>::zeros([1], &device);
+    let offsets = Tensor::cat(vec![zero.clone(), ends], 0);
+    let tiles = counts
+        .add_scalar(tile_rows as i64 - 1)
+        .div_scalar(tile_rows as i64);
+    let tile_starts = Tensor::cat(vec![zero, tiles.cumsum(0)], 0);
+    ExpertGroups {
+        pair_of_row,
+        row_of_pair,
+        expert_of_row,
+        offsets,
+        tile_starts,
+    }
+}
+
+/// `rows` [P, K] sorted by expert times each row's expert matrix -> [P, N].
+fn grouped_matmul(
+    rows: Tensor<2>,
+    weights: &ExpertMatrix,
+    groups: &ExpertGroups,
+    path: ExpertPath,
+) -> Tensor<2> {
+    match (path, weights) {
+        (ExpertPath::GroupedKernel, ExpertMatrix::Mxfp4(packed)) => {
+            let i32s = |t: Tensor<1, Int>| t.cast(IntDType::I32);
+            gpt_oss_kernels::grouped_mxfp4::grouped_mxfp4_matmul(
+                rows,
+                packed.words.val(),
+                packed.scale_words.val(),
+                i32s(groups.offsets.clone()),
+                i32s(groups.tile_starts.clone()),
+            )
+        }
+        _ => grouped_matmul_reference(rows, weights, groups),
+    }
+}
+
+/// The grouped matmul from burn ops: reads the offsets to the host and runs one product per
+/// expert with rows (exact f32).
+pub fn grouped_matmul_reference(
+    rows: Tensor<2>,
+    weights: &ExpertMatrix,
+    groups: &ExpertGroups,
+) -> Tensor<2> {
+    let offsets: Vec<i64> = groups
+        .offsets
+        .clone()
+        .try_into_vec_as::<i64>()
+        .expect("integer offsets");
+    let pieces: Vec<Tensor<2>> = offsets
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[1] > w[0])
+        .map(|(e, w)| {
+            let part = rows
+                .clone()
+                .narrow(0, w[0] as usize, (w[1] - w[0]) as usize);
+            part.matmul(weights.expert(e))
+        })
+        .collect();
+    Tensor::cat(pieces, 0)
+}
+
+/// Rows per kernel tile (the reference ignores it).
+pub const TILE_ROWS: usize = gpt_oss_kernels::grouped_mxfp4::TILE_M;
+
+/// The experts on `xs` [n, H] for `top_ids` [n, k] with softmax `gates` [n * k] -> [n, H].
+pub fn grouped_experts(
+    experts: &Experts,
+    xs: Tensor<2>,
+    top_ids: Tensor<2, Int>,
+    gates: Tensor<1>,
+    path: ExpertPath,
+) -> Tensor<2> {
+    let [n, h] = xs.dims();
+    let [_, k] = top_ids.dims();
+    let num_experts = experts.gate_up.num_experts();
+    let groups = group_by_expert(top_ids.reshape([n * k]), num_experts, TILE_ROWS);
+    let token_of_row = groups.pair_of_row.clone().div_scalar(k as i64);
+    let rows = xs.select(0, token_of_row);
+    let gate_up = grouped_matmul(rows, &experts.gate_up, &groups, path)
+        + experts
+            .gate_up_bias
+            .val()
+            .select(0, groups.expert_of_row.clone());
+    let act = swiglu(gate_up, experts.swiglu_limit, experts.swiglu_alpha);
+    let down = grouped_matmul(act, &experts.down, &groups, path)
+        + experts
+            .down_bias
+            .val()
+            .select(0, groups.expert_of_row.clone());
+    let weights = gates.select(0, groups.pair_of_row.clone()).unsqueeze_dim(1);
+    let weighted = down * weights;
+    weighted
+        .select(0, groups.row_of_pair)
+        .reshape([n, k, h])
+        .sum_dim(1)
+        .reshape([n, h])
+}
+
+/// Softmax over the k largest router logits: (gates [n * k], ids [n, k]).
+pub fn route(logits: Tensor<2>, k: usize) -> (Tensor<1>, Tensor<2, Int>) {
+    let [n, _] = logits.dims();
+    let (top_logits, top_ids) = logits.topk_with_indices(k, 1);
+    (softmax(top_logits, 1).reshape([n * k]), top_ids)
+}

@@ -1,0 +1,67 @@
+//! The grouped MoE path (pairs sorted by expert on the device, one grouped matmul per
+//! projection) against the per-expert loop, on the CPU: the sort itself on a hand-made
+//! routing, and whole-model log-probabilities on the MXFP4 reference fixture. The GPU kernel
+//! behind the same path is checked on the GPU machine (tools/gpu/grouped_moe_check.sh).
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use gpt_oss_model::scoring::token_logprobs;
+use gpt_oss_model::transformer::moe_grouped::{ExpertPath, group_by_expert};
+use gpt_oss_model::{ExpertMask, ExpertResidency, ForwardOptions, LoadOptions, load_model};
+
+fn ints(t: Tensor<1, Int>) -> Vec<i64> {
+    t.try_into_vec_as::<i64>().unwrap()
+}
+
+#[test]
+fn pairs_are_sorted_by_expert_stably_with_offsets_and_tiles() {
+    let device = Device::flex();
+    let ids = Tensor::<1, Int>::from_data(TensorData::new(vec![2i64, 0, 2, 1, 0, 2], [6]), &device);
+    let groups = group_by_expert(ids, 4, 2);
+    assert_eq!(ints(groups.pair_of_row.clone()), vec![1, 4, 3, 0, 2, 5]);
+    assert_eq!(ints(groups.expert_of_row), vec![0, 0, 1, 2, 2, 2]);
+    assert_eq!(ints(groups.offsets), vec![0, 2, 3, 6, 6]);
+    // Tiles of 2 rows: expert 0 one, expert 1 one, expert 2 two, expert 3 none.
+    assert_eq!(ints(groups.tile_starts), vec![0, 1, 2, 4, 4]);
+    let pair_of_row = ints(groups.pair_of_row);
+    let row_of_pair = ints(groups.row_of_pair);
+    for (row, &pair) in pair_of_row.iter().enumerate() {
+        assert_eq!(row_of_pair[pair as usize], row as i64);
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/reference/out")
+        .join(name)
+}
+
+#[test]
+fn grouped_reference_path_gives_the_per_expert_log_probabilities() {
+    let device = Device::flex();
+    let options = LoadOptions {
+        experts: ExpertResidency::Packed,
+    };
+    let mut model = load_model(&fixture("tiny-mxfp4"), &device, options).unwrap();
+    let rows: Vec<Vec<u32>> = vec![(0..40).map(|i| (i * 7 + 3) % 200).collect(), (0..25).collect()];
+    let layers = model.config.num_hidden_layers;
+    let experts = model.config.num_experts;
+    let keep: Vec<Vec<usize>> = (0..layers).map(|_| (0..experts).step_by(2).collect()).collect();
+    let mask = ExpertMask::keep_only(&keep, layers, experts, model.config.experts_per_token).unwrap();
+    for mask in [None, Some(&mask)] {
+        let opts = || ForwardOptions { observer: None, mask };
+        let per_expert = token_logprobs(&model, &rows, opts(), 16);
+        model.set_expert_path(ExpertPath::GroupedReference);
+        let grouped = token_logprobs(&model, &rows, opts(), 16);
+        model.set_expert_path(ExpertPath::PerExpert);
+        let worst = per_expert
+            .iter()
+            .flatten()
+            .zip(grouped.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "grouped vs per-expert: {worst}");
+        assert_eq!(per_expert.iter().map(Vec::len).sum::<usize>(), 39 + 24);
+    }
+}
