@@ -117,7 +117,8 @@ fn grouped_mxfp4_kernel(
             let row = col_begin + local_row;
             let base = (local_row * 32 + quarter * 8) as usize;
             if row < n {
-                let word = words[(expert_words + row * words_per_row + k_begin / 8 + quarter) as usize];
+                let word =
+                    words[(expert_words + row * words_per_row + k_begin / 8 + quarter) as usize];
                 let block = row * blocks_per_row + k_begin / 32;
                 let scale_word = scales[(expert_scales + block / 4) as usize];
                 let scale = scale_value((scale_word >> ((block % 4) * 8)) & 0xFF);

@@ -44,13 +44,22 @@ fn grouped_reference_path_gives_the_per_expert_log_probabilities() {
         experts: ExpertResidency::Packed,
     };
     let mut model = load_model(&fixture("tiny-mxfp4"), &device, options).unwrap();
-    let rows: Vec<Vec<u32>> = vec![(0..40).map(|i| (i * 7 + 3) % 200).collect(), (0..25).collect()];
+    let rows: Vec<Vec<u32>> = vec![
+        (0..40).map(|i| (i * 7 + 3) % 200).collect(),
+        (0..25).collect(),
+    ];
     let layers = model.config.num_hidden_layers;
     let experts = model.config.num_experts;
-    let keep: Vec<Vec<usize>> = (0..layers).map(|_| (0..experts).step_by(2).collect()).collect();
-    let mask = ExpertMask::keep_only(&keep, layers, experts, model.config.experts_per_token).unwrap();
+    let keep: Vec<Vec<usize>> = (0..layers)
+        .map(|_| (0..experts).step_by(2).collect())
+        .collect();
+    let mask =
+        ExpertMask::keep_only(&keep, layers, experts, model.config.experts_per_token).unwrap();
     for mask in [None, Some(&mask)] {
-        let opts = || ForwardOptions { observer: None, mask };
+        let opts = || ForwardOptions {
+            observer: None,
+            mask,
+        };
         let per_expert = token_logprobs(&model, &rows, opts(), 16);
         model.set_expert_path(ExpertPath::GroupedReference);
         let grouped = token_logprobs(&model, &rows, opts(), 16);

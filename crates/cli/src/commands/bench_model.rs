@@ -51,7 +51,11 @@ impl RoutingObserver for RoutingRecorder {
 fn random_rows(rows: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..rows)
-        .map(|_| (0..len).map(|_| rng.random_range(0..vocab as u32)).collect())
+        .map(|_| {
+            (0..len)
+                .map(|_| rng.random_range(0..vocab as u32))
+                .collect()
+        })
         .collect()
 }
 

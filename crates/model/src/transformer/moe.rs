@@ -66,8 +66,7 @@ impl Moe {
             .map(|o| o.needs())
             .unwrap_or_default();
         // The grouped path computes no per-expert output statistics and no balance loss.
-        if self.path != ExpertPath::PerExpert && !needs.expert_output_norms && !hooks.balance_loss
-        {
+        if self.path != ExpertPath::PerExpert && !needs.expert_output_norms && !hooks.balance_loss {
             let out = grouped_experts(
                 &self.experts,
                 xs.clone(),
