@@ -15,4 +15,4 @@ run_bench() {  # name, then bench model arguments
   echo "== $name"; cat "$out/bench-$name.jsonl"
 }
 [ -n "${SKIP_SMALL:-}" ] || run_bench small --batch ${SMALL_BATCH:-4} --seq ${SMALL_SEQ:-512} --iters 2 --decode-batches 1 --new-tokens 16
-[ -n "${SKIP_FULL:-}" ] || run_bench full --batch 8 --seq 2048 --iters 2 --decode-batches ${DECODE:-} --new-tokens 32
+[ -n "${SKIP_FULL:-}" ] || run_bench full --batch 8 --seq 2048 --iters 2 --decode-batches ${DECODE:-32} --new-tokens 8
