@@ -24,6 +24,8 @@ pub enum Bench {
     Matmul(super::bench_matmul::MatmulArgs),
     /// Scoring tokens/s with and without routing recorded, and greedy decode tokens/s.
     Model(super::bench_model::ModelBenchArgs),
+    /// The grouped MXFP4 kernel against the reference grouped matmul on random data.
+    GroupedCheck(super::bench_grouped::GroupedCheckArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -46,6 +48,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Footprint(a) => super::bench_memory::footprint(a),
         Bench::Matmul(a) => super::bench_matmul::matmul(a),
         Bench::Model(a) => super::bench_model::model(a),
+        Bench::GroupedCheck(a) => super::bench_grouped::grouped_check(a),
     }
 }
 

@@ -81,7 +81,7 @@ pub fn group_by_expert(
 }
 
 /// `rows` [P, K] sorted by expert times each row's expert matrix -> [P, N].
-fn grouped_matmul(
+pub fn grouped_matmul(
     rows: Tensor<2>,
     weights: &ExpertMatrix,
     groups: &ExpertGroups,
