@@ -20,7 +20,7 @@ pub struct GroupedCheckArgs {
 /// (experts, rows, n, k) per case.
 const CASES: [(usize, usize, usize, usize); 4] = [
     (1, 64, 128, 32),
-    (1, 100, 200, 64),
+    (2, 100, 200, 64),
     (4, 300, 256, 128),
     (32, 2048, 5760, 2880),
 ];

@@ -48,7 +48,11 @@ pub fn group_by_expert(
 ) -> ExpertGroups {
     let [p] = expert_ids.dims();
     let device = expert_ids.device();
-    let one_hot: Tensor<2, Int> = expert_ids.clone().one_hot(num_experts);
+    // burn's one_hot wants two classes at least; a one-expert layer takes a spare column.
+    let one_hot: Tensor<2, Int> = expert_ids
+        .clone()
+        .one_hot(num_experts.max(2))
+        .narrow(1, 0, num_experts);
     let counts = one_hot.clone().sum_dim(0).reshape([num_experts]);
     let rank = (one_hot.clone().cumsum(0) * one_hot)
         .sum_dim(1)
