@@ -23,7 +23,8 @@ pub struct ModelArgs {
     /// How MoE experts run: `grouped` (tokens sorted by expert on the device, one grouped
     /// MXFP4 matmul per projection on the tensor cores: GPU only, bf16 products),
     /// `per-expert` (one f32 matmul per routed expert: the reference), or `auto` (grouped on
-    /// the GPU, per-expert on the CPU).
+    /// the GPU, per-expert on the CPU). `grouped-reference-bf16` runs the grouped path from burn
+    /// ops with the kernel's bf16 input rounding, on any device (to check the kernel against).
     #[arg(long, default_value = "auto", value_parser = parse_moe)]
     pub moe: MoeChoice,
 }
@@ -33,6 +34,7 @@ pub enum MoeChoice {
     Auto,
     PerExpert,
     Grouped,
+    GroupedReferenceBf16,
 }
 
 fn parse_moe(s: &str) -> Result<MoeChoice, String> {
@@ -40,8 +42,9 @@ fn parse_moe(s: &str) -> Result<MoeChoice, String> {
         "auto" => Ok(MoeChoice::Auto),
         "per-expert" => Ok(MoeChoice::PerExpert),
         "grouped" => Ok(MoeChoice::Grouped),
+        "grouped-reference-bf16" => Ok(MoeChoice::GroupedReferenceBf16),
         other => Err(format!(
-            "unknown MoE path `{other}` (auto, per-expert or grouped)"
+            "unknown MoE path `{other}` (auto, per-expert, grouped or grouped-reference-bf16)"
         )),
     }
 }
@@ -78,6 +81,7 @@ impl ModelArgs {
         .with_context(|| format!("loading {}", self.model.display()))?;
         let path = match (self.moe, on_gpu) {
             (MoeChoice::PerExpert, _) | (MoeChoice::Auto, false) => ExpertPath::PerExpert,
+            (MoeChoice::GroupedReferenceBf16, _) => ExpertPath::GroupedReferenceBf16,
             (MoeChoice::Grouped, true) | (MoeChoice::Auto, true) => ExpertPath::GroupedKernel,
             (MoeChoice::Grouped, false) => anyhow::bail!(
                 "--moe grouped needs the GPU (wgpu/Vulkan); the CPU runs --moe per-expert"

@@ -148,7 +148,11 @@ fn grouped_mxfp4_kernel(
         sync_cube();
         let a_tile = a_view.slice(seq![row_begin, k_begin], seq![tm as u32, tk as u32]);
         cmma::load_tensor(&mut a_mat, &a_tile);
-        let b_stride = if comptime![b_row_major] { tn as u32 } else { tk as u32 };
+        let b_stride = if comptime![b_row_major] {
+            tn as u32
+        } else {
+            tk as u32
+        };
         cmma::load(&mut b_mat, &stage_b[0..tn * tk], b_stride);
         cmma::execute(&a_mat, &b_mat, &acc, &acc);
         sync_cube();

@@ -74,3 +74,33 @@ fn grouped_reference_path_gives_the_per_expert_log_probabilities() {
         assert_eq!(per_expert.iter().map(Vec::len).sum::<usize>(), 39 + 24);
     }
 }
+
+/// The bf16 rounding of the kernel's inputs, measured on the CPU: how far the grouped GPU path
+/// may legitimately sit from the f32 reference on the fixture (the kernel itself matches its
+/// bf16 reference to 1e-6 relative: `gpt-oss-lite bench grouped-check` on the GPU machine).
+#[test]
+fn bf16_inputs_move_fixture_log_probabilities_by_a_bounded_amount() {
+    let device = Device::flex();
+    let options = LoadOptions {
+        experts: ExpertResidency::Packed,
+    };
+    let mut model = load_model(&fixture("tiny-mxfp4"), &device, options).unwrap();
+    let rows: Vec<Vec<u32>> = vec![(0..40).map(|i| (i * 7 + 3) % 200).collect()];
+    let f32_logprobs = token_logprobs(&model, &rows, ForwardOptions::default(), 64);
+    model.set_expert_path(ExpertPath::GroupedReferenceBf16);
+    let bf16_logprobs = token_logprobs(&model, &rows, ForwardOptions::default(), 64);
+    let worst = f32_logprobs[0]
+        .iter()
+        .zip(&bf16_logprobs[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("bf16 expert inputs: worst log-prob change {worst}");
+    assert!(
+        worst > 0.0,
+        "rounding to bf16 changed nothing: the path was not taken"
+    );
+    assert!(
+        worst < 1.0,
+        "bf16 expert inputs moved a log-probability by {worst}"
+    );
+}

@@ -36,11 +36,14 @@ pub fn grouped_check(args: GroupedCheckArgs) -> anyhow::Result<()> {
         let scales: Vec<i32> = (0..experts * per_expert)
             .map(|_| i32::from_le_bytes(std::array::from_fn(|_| rng.random_range(122u8..=130))))
             .collect();
-        let words = Tensor::<3, Int>::from_data(TensorData::new(words, [experts, n, k / 8]), &device);
+        let words =
+            Tensor::<3, Int>::from_data(TensorData::new(words, [experts, n, k / 8]), &device);
         let scales =
             Tensor::<2, Int>::from_data(TensorData::new(scales, [experts, per_expert]), &device);
         let matrix = ExpertMatrix::Mxfp4(PackedMxfp4::new(words, scales));
-        let ids: Vec<i64> = (0..rows).map(|_| rng.random_range(0..experts as i64)).collect();
+        let ids: Vec<i64> = (0..rows)
+            .map(|_| rng.random_range(0..experts as i64))
+            .collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows]), &device);
         let groups = group_by_expert(ids, experts, TILE_ROWS);
         let a = Tensor::<2>::random([rows, k], Distribution::Default, &device)
@@ -48,7 +51,10 @@ pub fn grouped_check(args: GroupedCheckArgs) -> anyhow::Result<()> {
             .cast(DType::F32);
         let ours = grouped_matmul(a.clone(), &matrix, &groups, ExpertPath::GroupedKernel);
         let reference = grouped_matmul_reference(a, &matrix, &groups);
-        let diff: f32 = (ours.clone() - reference.clone()).powi_scalar(2).sum().into_scalar();
+        let diff: f32 = (ours.clone() - reference.clone())
+            .powi_scalar(2)
+            .sum()
+            .into_scalar();
         let norm: f32 = reference.clone().powi_scalar(2).sum().into_scalar();
         let max_abs: f32 = (ours - reference).abs().max().into_scalar();
         let relative = (diff / norm).sqrt();
@@ -59,6 +65,9 @@ pub fn grouped_check(args: GroupedCheckArgs) -> anyhow::Result<()> {
                    "relative_error": relative, "max_abs_difference": max_abs})
         );
     }
-    anyhow::ensure!(worst < 1e-2, "grouped kernel differs from the reference: {worst}");
+    anyhow::ensure!(
+        worst < 1e-2,
+        "grouped kernel differs from the reference: {worst}"
+    );
     Ok(())
 }

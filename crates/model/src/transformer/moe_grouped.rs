@@ -20,6 +20,9 @@ pub enum ExpertPath {
     PerExpert,
     /// Pairs sorted on the device, grouped matmul from burn ops (exact f32; CPU and tests).
     GroupedReference,
+    /// As `GroupedReference` with the matmul inputs rounded to bf16 as the kernel rounds them:
+    /// the kernel's function up to summation order, on any device.
+    GroupedReferenceBf16,
     /// Pairs sorted on the device, grouped MXFP4 kernel on the tensor cores (wgpu/Vulkan only).
     GroupedKernel,
 }
@@ -49,10 +52,11 @@ pub fn group_by_expert(
     let [p] = expert_ids.dims();
     let device = expert_ids.device();
     // burn's one_hot wants two classes at least; a one-expert layer takes a spare column.
-    let one_hot: Tensor<2, Int> = expert_ids
-        .clone()
-        .one_hot(num_experts.max(2))
-        .narrow(1, 0, num_experts);
+    let one_hot: Tensor<2, Int> =
+        expert_ids
+            .clone()
+            .one_hot(num_experts.max(2))
+            .narrow(1, 0, num_experts);
     let counts = one_hot.clone().sum_dim(0).reshape([num_experts]);
     let rank = (one_hot.clone().cumsum(0) * one_hot)
         .sum_dim(1)
@@ -101,6 +105,12 @@ pub fn grouped_matmul(
                 i32s(groups.offsets.clone()),
                 i32s(groups.tile_starts.clone()),
             )
+        }
+        (ExpertPath::GroupedReferenceBf16, _) | (ExpertPath::GroupedKernel, _) => {
+            let rounded = rows
+                .cast(burn::tensor::DType::BF16)
+                .cast(burn::tensor::DType::F32);
+            grouped_matmul_reference(rounded, weights, groups)
         }
         _ => grouped_matmul_reference(rows, weights, groups),
     }
