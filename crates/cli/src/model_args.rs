@@ -27,6 +27,29 @@ pub struct ModelArgs {
     /// ops with the kernel's bf16 input rounding, on any device (to check the kernel against).
     #[arg(long, default_value = "auto", value_parser = parse_moe)]
     pub moe: MoeChoice,
+    /// Attention projections, embedding and lm_head: `bf16` (tensor-core products, about the
+    /// checkpoint's bytes; GPU only), `f32` (the reference), or `auto` (bf16 on the GPU, f32 on
+    /// the CPU).
+    #[arg(long, default_value = "auto", value_parser = parse_weights)]
+    pub weights: WeightsChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightsChoice {
+    Auto,
+    F32,
+    Bf16,
+}
+
+fn parse_weights(s: &str) -> Result<WeightsChoice, String> {
+    match s {
+        "auto" => Ok(WeightsChoice::Auto),
+        "f32" => Ok(WeightsChoice::F32),
+        "bf16" => Ok(WeightsChoice::Bf16),
+        other => Err(format!(
+            "unknown weights dtype `{other}` (auto, f32 or bf16)"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +111,17 @@ impl ModelArgs {
             ),
         };
         model.set_expert_path(path);
-        tracing::info!("MoE experts: {path:?}");
+        let bf16 = match (self.weights, on_gpu) {
+            (WeightsChoice::F32, _) | (WeightsChoice::Auto, false) => false,
+            (WeightsChoice::Bf16, true) | (WeightsChoice::Auto, true) => true,
+            (WeightsChoice::Bf16, false) => anyhow::bail!(
+                "--weights bf16 needs the GPU (wgpu/Vulkan); the CPU runs --weights f32"
+            ),
+        };
+        if bf16 {
+            model = model.store_weights_bf16();
+        }
+        tracing::info!("MoE experts: {path:?}; non-expert weights in bf16: {bf16}");
         device
             .sync()
             .map_err(|e| anyhow::anyhow!("device: {e:?}"))?;

@@ -82,6 +82,15 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     let loaded = args.model.load()?;
     let model = &loaded.model;
     let device = model.device();
+    let after_load = device.memory_pool_usage();
+    println!(
+        "{}",
+        json!({
+            "bench": "load",
+            "gpu_bytes_in_use": after_load.as_ref().map(|u| u.bytes_in_use),
+            "gpu_bytes_reserved": after_load.as_ref().map(|u| u.bytes_reserved),
+        })
+    );
     let vocab = model.config.vocab_size;
     let rows = random_rows(args.batch, args.seq, vocab, 7);
     let tokens = (args.batch * args.seq) as f64;

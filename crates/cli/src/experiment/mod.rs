@@ -118,6 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             device,
             experts: ExpertResidency::Auto,
             moe: crate::model_args::MoeChoice::Auto,
+            weights: crate::model_args::WeightsChoice::Auto,
         },
         loaded: None,
     };
@@ -289,6 +290,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         device,
                         experts: ExpertResidency::Auto,
                         moe: crate::model_args::MoeChoice::Auto,
+                        weights: crate::model_args::WeightsChoice::Auto,
                     }
                     .load()?;
                     let full = model.get()?;

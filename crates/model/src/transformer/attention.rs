@@ -6,6 +6,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
 use super::cache::LayerKv;
+use super::project::linear;
 use super::rope::apply_rotary;
 
 /// Largest attention-score block computed at once, in bytes.
@@ -38,9 +39,9 @@ impl Attention {
         let [b, t, _] = x.dims();
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = heads(self.q_proj.forward(x.clone()), nh);
-        let k = heads(self.k_proj.forward(x.clone()), nkv);
-        let v = heads(self.v_proj.forward(x), nkv);
+        let q = heads(linear(&self.q_proj, x.clone()), nh);
+        let k = heads(linear(&self.k_proj, x.clone()), nkv);
+        let v = heads(linear(&self.v_proj, x), nkv);
         let (cos, sin) = cos_sin;
         let q = apply_rotary(q, cos, sin);
         let k = apply_rotary(k, cos, sin);
@@ -52,7 +53,7 @@ impl Attention {
             .attend_in_chunks(q, k, v, blocked.clone(), MAX_SCORE_BYTES)
             .swap_dims(1, 2)
             .reshape([b, t, nh * d]);
-        self.o_proj.forward(out)
+        linear(&self.o_proj, out)
     }
 
     /// [`Self::attend`] a chunk of queries at a time, so that no chunk's scores [B, nh, chunk,

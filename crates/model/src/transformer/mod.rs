@@ -10,6 +10,7 @@ pub mod mask;
 pub mod moe;
 pub mod moe_grouped;
 pub mod norm;
+pub mod project;
 pub mod rope;
 pub mod vocab;
 
@@ -107,6 +108,46 @@ impl TokenBatch {
 }
 
 impl GptOss {
+    /// Stores the attention projections, the embedding and lm_head in bf16 (router, norms,
+    /// biases and sinks stay f32): products with them then run on the tensor cores
+    /// ([`project`]), GPU only. Weights memory drops to about the checkpoint's bytes.
+    pub fn store_weights_bf16(self) -> Self {
+        let to_bf16 =
+            |p: burn::module::Param<Tensor<2>>| p.map(|t| t.cast(burn::tensor::DType::BF16));
+        let GptOss {
+            mut embed_tokens,
+            layers,
+            norm,
+            mut lm_head,
+            config,
+            rope,
+        } = self;
+        embed_tokens.pieces = embed_tokens.pieces.into_iter().map(to_bf16).collect();
+        lm_head.pieces = lm_head.pieces.into_iter().map(to_bf16).collect();
+        let layers = layers
+            .into_iter()
+            .map(|mut layer| {
+                let a = layer.self_attn;
+                layer.self_attn = attention::Attention {
+                    q_proj: project::to_bf16(a.q_proj),
+                    k_proj: project::to_bf16(a.k_proj),
+                    v_proj: project::to_bf16(a.v_proj),
+                    o_proj: project::to_bf16(a.o_proj),
+                    ..a
+                };
+                layer
+            })
+            .collect();
+        GptOss {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            config,
+            rope,
+        }
+    }
+
     /// Runs every MoE layer's experts through `path`.
     pub fn set_expert_path(&mut self, path: moe_grouped::ExpertPath) {
         for layer in &mut self.layers {

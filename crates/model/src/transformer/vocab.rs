@@ -3,7 +3,7 @@
 //! 201,088 x 2,880 f32 (2.3 GB; measured on an H100: "can't allocate buffer of size 2316533760").
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 /// Largest piece in bytes.
 pub const MAX_PIECE_BYTES: usize = 1 << 30;
@@ -59,7 +59,8 @@ impl Embedding {
         if self.pieces.len() == 1 {
             return self.pieces[0]
                 .val()
-                .select(0, index(ids.iter().map(|&i| i as i64).collect()));
+                .select(0, index(ids.iter().map(|&i| i as i64).collect()))
+                .cast(DType::F32);
         }
         let width = self.pieces[0].dims()[1];
         let mut out = Tensor::<2>::zeros([ids.len(), width], device);
@@ -74,7 +75,7 @@ impl Embedding {
             if positions.is_empty() {
                 continue;
             }
-            let rows = piece.val().select(0, index(local));
+            let rows = piece.val().select(0, index(local)).cast(DType::F32);
             out = out.select_assign(0, index(positions), rows, IndexingUpdateOp::Add);
         }
         out
@@ -120,7 +121,12 @@ impl LmHead {
         let parts: Vec<Tensor<3>> = self
             .pieces
             .iter()
-            .map(|w| x.clone().matmul(w.val().unsqueeze::<3>()))
+            .map(|w| {
+                let [b, t, h] = x.dims();
+                let logits = super::project::times_weight(x.clone().reshape([b * t, h]), w.val());
+                let width = logits.dims()[1];
+                logits.reshape([b, t, width])
+            })
             .collect();
         if parts.len() == 1 {
             parts.into_iter().next().expect("one piece")

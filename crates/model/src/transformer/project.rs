@@ -1,0 +1,40 @@
+//! Products with the large non-expert matrices (attention projections, lm_head) in the dtype
+//! they are stored in: f32 weights use burn's matmul (the reference), bf16 weights the
+//! tensor-core kernel (`gpt_oss_kernels::coopmat_gemm`, GPU only; activations rounded to bf16,
+//! f32 accumulation and output). [`GptOss::store_weights_bf16`] switches a loaded model.
+
+use burn::nn::Linear;
+use burn::tensor::{DType, Tensor};
+
+/// `x` [m, in] times `w` [in, out] -> [m, out] f32.
+pub fn times_weight(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    if w.dtype() == DType::BF16 {
+        gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x, w)
+    } else {
+        x.matmul(w)
+    }
+}
+
+/// `layer` applied to `x` [B, T, in] -> [B, T, out].
+pub fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let weight = layer.weight.val();
+    if weight.dtype() != DType::BF16 {
+        return layer.forward(x);
+    }
+    let [b, t, input] = x.dims();
+    let out = times_weight(x.reshape([b * t, input]), weight);
+    let out = match &layer.bias {
+        Some(bias) => out + bias.val().unsqueeze::<2>(),
+        None => out,
+    };
+    let width = out.dims()[1];
+    out.reshape([b, t, width])
+}
+
+/// `layer` with its weight cast to bf16 (bias kept f32).
+pub fn to_bf16(layer: Linear) -> Linear {
+    Linear {
+        weight: layer.weight.map(|w| w.cast(DType::BF16)),
+        ..layer
+    }
+}
