@@ -25,7 +25,7 @@ pub struct ModelBenchArgs {
     /// Timed scoring passes (after one untimed pass of the same shape).
     #[arg(long, default_value_t = 2)]
     pub iters: usize,
-    /// Decode batch sizes (empty: no decode).
+    /// Decode batch sizes (0: no decode).
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     pub decode_batches: Vec<usize>,
     #[arg(long, default_value_t = 16)]
@@ -111,7 +111,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
             "gpu_bytes_reserved": pool(&device),
         })
     );
-    for &batch in &args.decode_batches {
+    for &batch in args.decode_batches.iter().filter(|&&b| b > 0) {
         let prompts = random_rows(batch, args.prompt, vocab, 11);
         let options = GenerateOptions {
             max_new_tokens: args.new_tokens,
