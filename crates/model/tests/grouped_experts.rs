@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use gpt_oss_model::scoring::token_logprobs;
 use gpt_oss_model::transformer::moe_grouped::{ExpertPath, group_by_expert};
-use gpt_oss_model::{ExpertMask, ExpertResidency, ForwardOptions, LoadOptions, load_model};
+use gpt_oss_model::{ExpertMask, ExpertResidency, ForwardOptions, GptOss, LoadOptions, load_model};
 
 fn ints(t: Tensor<1, Int>) -> Vec<i64> {
     t.try_into_vec_as::<i64>().unwrap()
@@ -31,19 +31,19 @@ fn pairs_are_sorted_by_expert_stably_with_offsets_and_tiles() {
     }
 }
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tools/reference/out")
-        .join(name)
+/// The MXFP4 reference fixture on the CPU, experts kept packed (the kernel's input layout).
+fn packed_fixture() -> GptOss {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/reference/out/tiny-mxfp4");
+    let options = LoadOptions {
+        experts: ExpertResidency::Packed,
+    };
+    load_model(&dir, &Device::flex(), options).unwrap()
 }
 
 #[test]
 fn grouped_reference_path_gives_the_per_expert_log_probabilities() {
-    let device = Device::flex();
-    let options = LoadOptions {
-        experts: ExpertResidency::Packed,
-    };
-    let mut model = load_model(&fixture("tiny-mxfp4"), &device, options).unwrap();
+    let mut model = packed_fixture();
     let rows: Vec<Vec<u32>> = vec![
         (0..40).map(|i| (i * 7 + 3) % 200).collect(),
         (0..25).collect(),
@@ -80,11 +80,7 @@ fn grouped_reference_path_gives_the_per_expert_log_probabilities() {
 /// bf16 reference to 1e-6 relative: `gpt-oss-lite bench grouped-check` on the GPU machine).
 #[test]
 fn bf16_inputs_move_fixture_log_probabilities_by_a_bounded_amount() {
-    let device = Device::flex();
-    let options = LoadOptions {
-        experts: ExpertResidency::Packed,
-    };
-    let mut model = load_model(&fixture("tiny-mxfp4"), &device, options).unwrap();
+    let mut model = packed_fixture();
     let rows: Vec<Vec<u32>> = vec![(0..40).map(|i| (i * 7 + 3) % 200).collect()];
     let f32_logprobs = token_logprobs(&model, &rows, ForwardOptions::default(), 64);
     model.set_expert_path(ExpertPath::GroupedReferenceBf16);
@@ -103,4 +99,54 @@ fn bf16_inputs_move_fixture_log_probabilities_by_a_bounded_amount() {
         worst < 1.0,
         "bf16 expert inputs moved a log-probability by {worst}"
     );
+}
+
+#[derive(Default)]
+struct Recorder {
+    ids: Vec<u32>,
+    gates: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl gpt_oss_model::RoutingObserver for Recorder {
+    fn needs(&self) -> gpt_oss_model::ObserverNeeds {
+        gpt_oss_model::ObserverNeeds {
+            router_logits: true,
+            ..Default::default()
+        }
+    }
+    fn observe(&mut self, routing: &gpt_oss_model::LayerRouting<'_>) {
+        self.ids.extend_from_slice(routing.expert_ids);
+        self.gates.extend_from_slice(routing.gate_weights);
+        self.logits
+            .extend_from_slice(routing.router_logits.unwrap());
+    }
+}
+
+/// Tracing on the GPU runs the grouped path: its observer must see the routing the per-expert
+/// path reports (the same experts; gates and logits to rounding).
+#[test]
+fn grouped_path_reports_the_same_routing() {
+    let mut model = packed_fixture();
+    let rows: Vec<Vec<u32>> = vec![(0..30).map(|i| (i * 11 + 5) % 200).collect()];
+    let record = |model: &GptOss| {
+        let mut recorder = Recorder::default();
+        let options = ForwardOptions {
+            observer: Some(&mut recorder),
+            mask: None,
+        };
+        token_logprobs(model, &rows, options, 64);
+        recorder
+    };
+    let per_expert = record(&model);
+    model.set_expert_path(ExpertPath::GroupedReference);
+    let grouped = record(&model);
+    assert!(!per_expert.ids.is_empty());
+    assert_eq!(per_expert.ids, grouped.ids);
+    // Layer 0 sees identical inputs; later layers differ by summation order only.
+    let close = |a: &[f32], b: &[f32]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
+    };
+    assert!(close(&per_expert.gates, &grouped.gates));
+    assert!(close(&per_expert.logits, &grouped.logits));
 }

@@ -9,7 +9,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::experts::Experts;
 use super::moe_grouped::{ExpertPath, grouped_experts};
-use crate::routing::{LayerRouting, RoutingObserver};
+use crate::routing::{LayerRouting, ObserverNeeds, RoutingObserver};
 
 #[derive(Module, Debug)]
 pub struct Moe {
@@ -75,32 +75,22 @@ impl Moe {
                 self.path,
             );
             if let Some(observer) = hooks.observer {
-                let ids: Vec<u32> = top_ids
+                let ids: Vec<i64> = top_ids
                     .try_into_vec_as::<i64>()
-                    .expect("expert ids are integers")
-                    .into_iter()
-                    .map(|e| e as u32)
-                    .collect();
-                let gate_weights: Vec<f32> = gates.try_into_vec_as::<f32>().expect("f32");
-                let router_logits: Option<Vec<f32>> = needs
-                    .router_logits
-                    .then(|| logits.try_into_vec_as::<f32>().expect("f32"));
-                let moe_input: Option<Vec<f32>> = needs
-                    .moe_inputs
-                    .then(|| xs.try_into_vec_as::<f32>().expect("f32"));
-                observer.observe(&LayerRouting {
+                    .expect("expert ids are integers");
+                RoutingReport {
                     layer: hooks.layer,
                     batch: b,
                     seq_len: t,
                     top_k: k,
                     num_experts: self.num_experts(),
-                    expert_ids: &ids,
-                    gate_weights: &gate_weights,
-                    router_logits: router_logits.as_deref(),
-                    expert_output_norms: None,
-                    expert_output_max_abs: None,
-                    moe_input: moe_input.as_deref(),
-                });
+                    expert_ids: ids.iter().map(|&e| e as u32).collect(),
+                    gates,
+                    logits,
+                    moe_input: xs,
+                    output_stats: None,
+                }
+                .send(observer, needs);
             }
             return MoeOutput {
                 hidden: out.reshape([b, t, h]),
@@ -158,40 +148,76 @@ impl Moe {
         }
 
         if let Some(observer) = hooks.observer {
-            let (output_norms, output_max_abs) = match output_stats {
-                Some(stats) => {
-                    let both = stats.try_into_vec_as::<f32>().expect("f32 norms");
-                    let norms: Vec<f32> = both.iter().step_by(2).copied().collect();
-                    let max_abs: Vec<f32> = both.iter().skip(1).step_by(2).copied().collect();
-                    (Some(norms), Some(max_abs))
-                }
-                None => (None, None),
-            };
-            let gate_weights: Vec<f32> = gates.try_into_vec_as::<f32>().expect("f32");
-            let router_logits: Option<Vec<f32>> = needs
-                .router_logits
-                .then(|| logits.try_into_vec_as::<f32>().expect("f32"));
-            let expert_ids: Vec<u32> = ids.iter().map(|&e| e as u32).collect();
-            let moe_input: Option<Vec<f32>> = needs
-                .moe_inputs
-                .then(|| xs.clone().try_into_vec_as::<f32>().expect("f32"));
-            observer.observe(&LayerRouting {
+            RoutingReport {
                 layer: hooks.layer,
                 batch: b,
                 seq_len: t,
                 top_k: k,
                 num_experts: self.num_experts(),
-                expert_ids: &expert_ids,
-                gate_weights: &gate_weights,
-                router_logits: router_logits.as_deref(),
-                expert_output_norms: output_norms.as_deref(),
-                expert_output_max_abs: output_max_abs.as_deref(),
-                moe_input: moe_input.as_deref(),
-            });
+                expert_ids: ids.iter().map(|&e| e as u32).collect(),
+                gates,
+                logits,
+                moe_input: xs,
+                output_stats,
+            }
+            .send(observer, needs);
         }
         MoeOutput {
             hidden: out.reshape([b, t, h]),
             balance_loss,
         }
+    }
+}
+
+/// One layer's routing for its observer, still on the device where possible.
+struct RoutingReport {
+    layer: usize,
+    batch: usize,
+    seq_len: usize,
+    top_k: usize,
+    num_experts: usize,
+    expert_ids: Vec<u32>,
+    /// [n * k]
+    gates: Tensor<1>,
+    /// [n, E] after masking.
+    logits: Tensor<2>,
+    /// [n, H]
+    moe_input: Tensor<2>,
+    /// Per (token, rank): the expert output's L2 norm and max |value| [n * k, 2], when computed.
+    output_stats: Option<Tensor<2>>,
+}
+
+impl RoutingReport {
+    /// Reads what the observer asked for and hands it over.
+    fn send(self, observer: &mut (dyn RoutingObserver + '_), needs: ObserverNeeds) {
+        let (output_norms, output_max_abs) = match self.output_stats {
+            Some(stats) => {
+                let both = stats.try_into_vec_as::<f32>().expect("f32 norms");
+                let norms: Vec<f32> = both.iter().step_by(2).copied().collect();
+                let max_abs: Vec<f32> = both.iter().skip(1).step_by(2).copied().collect();
+                (Some(norms), Some(max_abs))
+            }
+            None => (None, None),
+        };
+        let gate_weights: Vec<f32> = self.gates.try_into_vec_as::<f32>().expect("f32");
+        let router_logits: Option<Vec<f32>> = needs
+            .router_logits
+            .then(|| self.logits.try_into_vec_as::<f32>().expect("f32"));
+        let moe_input: Option<Vec<f32>> = needs
+            .moe_inputs
+            .then(|| self.moe_input.try_into_vec_as::<f32>().expect("f32"));
+        observer.observe(&LayerRouting {
+            layer: self.layer,
+            batch: self.batch,
+            seq_len: self.seq_len,
+            top_k: self.top_k,
+            num_experts: self.num_experts,
+            expert_ids: &self.expert_ids,
+            gate_weights: &gate_weights,
+            router_logits: router_logits.as_deref(),
+            expert_output_norms: output_norms.as_deref(),
+            expert_output_max_abs: output_max_abs.as_deref(),
+            moe_input: moe_input.as_deref(),
+        });
     }
 }
