@@ -64,3 +64,15 @@ trace-nano:
 # Memory and disk per experts-per-layer budget (pruned variants under target/bench-memory).
 bench-memory model="models/oss-nano" *args:
     cargo run -p gpt-oss-lite -- bench memory --model {{model}} --work target/bench-memory {{args}}
+
+# GPU throughput on a model: scoring (with and without routing recorded) and greedy decode.
+bench-model model *args:
+    cargo run -p gpt-oss-lite -- bench model --model {{model}} --device wgpu {{args}}
+
+# Dense matmul TFLOP/s on the GPU: burn's kernels, or ours with --kernel coopmat.
+bench-matmul *args:
+    cargo run -p gpt-oss-lite -- bench matmul --device wgpu {{args}}
+
+# The grouped MXFP4 kernel against its reference on random data (GPU).
+grouped-check:
+    cargo run -p gpt-oss-lite -- bench grouped-check --device wgpu
