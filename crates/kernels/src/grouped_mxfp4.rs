@@ -57,7 +57,6 @@ fn grouped_mxfp4_kernel(
     scale_words_per_expert: u32,
     num_experts: u32,
     #[comptime] tile: (usize, usize, usize),
-    #[comptime] b_row_major: bool,
 ) {
     let (tm, tn, tk) = tile;
     let tile_id = CUBE_POS_X;
@@ -86,13 +85,14 @@ fn grouped_mxfp4_kernel(
             cmma::MatrixLayout::Undefined,
         )
     };
-    let b_layout = if comptime![b_row_major] {
-        cmma::MatrixLayout::RowMajor
-    } else {
-        cmma::MatrixLayout::ColMajor
-    };
     let mut b_mat = unsafe {
-        cmma::Matrix::<bf16, cmma::Cube>::uninitialized(cmma::MatrixIdent::B, tm, tn, tk, b_layout)
+        cmma::Matrix::<bf16, cmma::Cube>::uninitialized(
+            cmma::MatrixIdent::B,
+            tm,
+            tn,
+            tk,
+            cmma::MatrixLayout::ColMajor,
+        )
     };
     let acc = cmma::Matrix::<f32, cmma::Cube>::from_value(
         cmma::MatrixIdent::Accumulator,
@@ -116,7 +116,6 @@ fn grouped_mxfp4_kernel(
             let quarter = w % 4;
             let row = col_begin + local_row;
             let base = (local_row * 32 + quarter * 8) as usize;
-            let row_major_base = (quarter * 8 * tn as u32 + local_row) as usize;
             if row < n {
                 let word =
                     words[(expert_words + row * words_per_row + k_begin / 8 + quarter) as usize];
@@ -126,21 +125,12 @@ fn grouped_mxfp4_kernel(
                 #[unroll]
                 for q in 0..8u32 {
                     let code = (word >> (q * 4)) & 0xF;
-                    let value = bf16::cast_from(fp4_value(code) * scale);
-                    if comptime![b_row_major] {
-                        stage_b[row_major_base + q as usize * tn] = value;
-                    } else {
-                        stage_b[base + q as usize] = value;
-                    }
+                    stage_b[base + q as usize] = bf16::cast_from(fp4_value(code) * scale);
                 }
             } else {
                 #[unroll]
                 for q in 0..8u32 {
-                    if comptime![b_row_major] {
-                        stage_b[row_major_base + q as usize * tn] = bf16::cast_from(0.0f32);
-                    } else {
-                        stage_b[base + q as usize] = bf16::cast_from(0.0f32);
-                    }
+                    stage_b[base + q as usize] = bf16::cast_from(0.0f32);
                 }
             }
             w += CUBE_DIM;
@@ -148,12 +138,7 @@ fn grouped_mxfp4_kernel(
         sync_cube();
         let a_tile = a_view.slice(seq![row_begin, k_begin], seq![tm as u32, tk as u32]);
         cmma::load_tensor(&mut a_mat, &a_tile);
-        let b_stride = if comptime![b_row_major] {
-            tn as u32
-        } else {
-            tk as u32
-        };
-        cmma::load(&mut b_mat, &stage_b[0..tn * tk], b_stride);
+        cmma::load(&mut b_mat, &stage_b[0..tn * tk], tk as u32);
         cmma::execute(&a_mat, &b_mat, &acc, &acc);
         sync_cube();
     }
@@ -221,7 +206,6 @@ impl GroupedBackend for CubeBackend {
             scale_words as u32,
             experts as u32,
             (TILE_M, TILE_N, TILE_K),
-            std::env::var_os("GPT_OSS_LITE_B_ROW_MAJOR").is_some(),
         );
         out
     }
