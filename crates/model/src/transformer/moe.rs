@@ -66,7 +66,9 @@ impl Moe {
             .map(|o| o.needs())
             .unwrap_or_default();
         // The grouped path computes no per-expert output statistics and no balance loss.
-        if self.path != ExpertPath::PerExpert && !needs.expert_output_norms && !hooks.balance_loss {
+        let grouped =
+            self.path != ExpertPath::PerExpert && !needs.expert_output_norms && !hooks.balance_loss;
+        let (out, ids, output_stats, balance_loss) = if grouped {
             let out = grouped_experts(
                 &self.experts,
                 xs.clone(),
@@ -74,39 +76,62 @@ impl Moe {
                 gates.clone(),
                 self.path,
             );
-            if let Some(observer) = hooks.observer {
-                let ids: Vec<i64> = top_ids
+            (out, None, None, None)
+        } else {
+            self.per_expert(&xs, &top_ids, &gates, &logits, needs, hooks.balance_loss)
+        };
+        if let Some(observer) = hooks.observer {
+            // The per-expert path read the ids already; the grouped one reads them only here.
+            let ids = ids.unwrap_or_else(|| {
+                top_ids
                     .try_into_vec_as::<i64>()
-                    .expect("expert ids are integers");
-                RoutingReport {
-                    layer: hooks.layer,
-                    batch: b,
-                    seq_len: t,
-                    top_k: k,
-                    num_experts: self.num_experts(),
-                    expert_ids: ids.iter().map(|&e| e as u32).collect(),
-                    gates,
-                    logits,
-                    moe_input: xs,
-                    output_stats: None,
-                }
-                .send(observer, needs);
+                    .expect("expert ids are integers")
+            });
+            RoutingReport {
+                layer: hooks.layer,
+                batch: b,
+                seq_len: t,
+                top_k: k,
+                num_experts: self.num_experts(),
+                expert_ids: ids.iter().map(|&e| e as u32).collect(),
+                gates,
+                logits,
+                moe_input: xs,
+                output_stats,
             }
-            return MoeOutput {
-                hidden: out.reshape([b, t, h]),
-                balance_loss: None,
-            };
+            .send(observer, needs);
         }
+        MoeOutput {
+            hidden: out.reshape([b, t, h]),
+            balance_loss,
+        }
+    }
 
+    /// One matmul per routed expert on its token list (reads the selected ids to the host):
+    /// (output [n, H], the ids, per-(token, rank) output statistics when asked, balance loss
+    /// when asked).
+    fn per_expert(
+        &self,
+        xs: &Tensor<2>,
+        top_ids: &Tensor<2, Int>,
+        gates: &Tensor<1>,
+        logits: &Tensor<2>,
+        needs: ObserverNeeds,
+        want_balance_loss: bool,
+    ) -> PerExpertOutput {
+        let [n, h] = xs.dims();
+        let k = self.top_k;
+        let device = xs.device();
         // One read of the selected ids per layer: it decides which experts run on which tokens.
         let ids: Vec<i64> = top_ids
+            .clone()
             .try_into_vec_as::<i64>()
             .expect("expert ids are integers");
         let mut routed: Vec<Vec<usize>> = vec![vec![]; self.num_experts()];
         for (slot, &e) in ids.iter().enumerate() {
             routed[e as usize].push(slot);
         }
-        let balance_loss = hooks.balance_loss.then(|| {
+        let balance_loss = want_balance_loss.then(|| {
             let e = self.num_experts();
             let fraction: Vec<f32> = routed.iter().map(|s| s.len() as f32 / n as f32).collect();
             let fraction = Tensor::<2>::from_data(TensorData::new(fraction, [1, e]), &device);
@@ -147,27 +172,17 @@ impl Moe {
             out = out.select_assign(0, rows, y * weight, IndexingUpdateOp::Add);
         }
 
-        if let Some(observer) = hooks.observer {
-            RoutingReport {
-                layer: hooks.layer,
-                batch: b,
-                seq_len: t,
-                top_k: k,
-                num_experts: self.num_experts(),
-                expert_ids: ids.iter().map(|&e| e as u32).collect(),
-                gates,
-                logits,
-                moe_input: xs,
-                output_stats,
-            }
-            .send(observer, needs);
-        }
-        MoeOutput {
-            hidden: out.reshape([b, t, h]),
-            balance_loss,
-        }
+        (out, Some(ids), output_stats, balance_loss)
     }
 }
+
+/// What the per-expert path returns: output, ids read, output statistics, balance loss.
+type PerExpertOutput = (
+    Tensor<2>,
+    Option<Vec<i64>>,
+    Option<Tensor<2>>,
+    Option<Tensor<1>>,
+);
 
 /// One layer's routing for its observer, still on the device where possible.
 struct RoutingReport {
