@@ -5,12 +5,31 @@ use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
-use super::cache::LayerKv;
+use super::cache::{KEY_BLOCK, LayerKv};
+use super::mask::KeyMask;
 use super::project::linear;
 use super::rope::apply_rotary;
 
-/// Largest attention-score block computed at once, in bytes.
-pub const MAX_SCORE_BYTES: usize = 1 << 30;
+/// How attention splits its work: queries in chunks, each against only the keys it may see.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionChunks {
+    /// Largest score block [B, heads, chunk, keys] computed at once, in bytes.
+    pub max_score_bytes: usize,
+    /// Most queries per chunk: smaller chunks skip more future (and out-of-window) keys.
+    pub max_queries: usize,
+    /// Key ranges are widened to multiples of this (shapes repeat across decode steps).
+    pub key_block: usize,
+}
+
+impl Default for AttentionChunks {
+    fn default() -> Self {
+        Self {
+            max_score_bytes: 1 << 30,
+            max_queries: 256,
+            key_block: KEY_BLOCK,
+        }
+    }
+}
 
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -27,13 +46,13 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `x` is [B, T, H]; `blocked` is [B, 1, T, S] over the S keys this call sees (cached ones
-    /// first). Returns [B, T, H].
+    /// `x` is [B, T, H]; `mask` covers the S keys this call sees (cached ones first).
+    /// Returns [B, T, H].
     pub fn forward(
         &self,
         x: Tensor<3>,
         cos_sin: &(Tensor<4>, Tensor<4>),
-        blocked: &Tensor<4, Bool>,
+        mask: &KeyMask,
         cache: Option<&mut LayerKv>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
@@ -50,41 +69,46 @@ impl Attention {
             None => (k, v),
         };
         let out = self
-            .attend_in_chunks(q, k, v, blocked.clone(), MAX_SCORE_BYTES)
+            .attend_in_chunks(q, k, v, mask, AttentionChunks::default())
             .swap_dims(1, 2)
             .reshape([b, t, nh * d]);
         linear(&self.o_proj, out)
     }
 
-    /// [`Self::attend`] a chunk of queries at a time, so that no chunk's scores [B, nh, chunk,
-    /// S] take more than `max_score_bytes` (wgpu cannot allocate one buffer of 8 x 64 x 2048 x
-    /// 2048 f32).
+    /// [`Self::attend`] a chunk of queries at a time against the keys it may see (wgpu cannot
+    /// allocate one buffer of 8 x 64 x 2048 x 2048 f32 scores, and most of them are masked).
     fn attend_in_chunks(
         &self,
         q: Tensor<4>,
         k: Tensor<4>,
         v: Tensor<4>,
-        blocked: Tensor<4, Bool>,
-        max_score_bytes: usize,
+        mask: &KeyMask,
+        chunks: AttentionChunks,
     ) -> Tensor<4> {
         let [b, nh, t, _] = q.dims();
         let s = k.dims()[2];
-        let chunk = (max_score_bytes / (b * nh * s * 4)).clamp(1, t);
-        if chunk == t {
-            return self.attend(q, k, v, blocked);
-        }
-        let pieces: Vec<Tensor<4>> = (0..t)
-            .step_by(chunk)
+        let rows_per_chunk = (chunks.max_score_bytes / (b * nh * s * 4))
+            .min(chunks.max_queries)
+            .clamp(1, t);
+        let part = |x: &Tensor<4>, range: &std::ops::Range<usize>| {
+            if range.len() == x.dims()[2] {
+                x.clone()
+            } else {
+                x.clone().narrow(2, range.start, range.len())
+            }
+        };
+        let mut pieces: Vec<Tensor<4>> = (0..t)
+            .step_by(rows_per_chunk)
             .map(|start| {
-                let len = chunk.min(t - start);
-                self.attend(
-                    q.clone().narrow(2, start, len),
-                    k.clone(),
-                    v.clone(),
-                    blocked.clone().narrow(2, start, len),
-                )
+                let rows = start..(start + rows_per_chunk).min(t);
+                let keys = mask.visible_keys(rows.clone(), chunks.key_block);
+                let blocked = mask.part(rows.clone(), keys.clone());
+                self.attend(part(&q, &rows), part(&k, &keys), part(&v, &keys), blocked)
             })
             .collect();
+        if pieces.len() == 1 {
+            return pieces.remove(0);
+        }
         Tensor::cat(pieces, 2)
     }
 
@@ -126,7 +150,7 @@ mod tests {
     use burn::tensor::{Device, Distribution};
 
     use super::*;
-    use crate::transformer::mask::{SlotRange, blocked_keys};
+    use crate::transformer::mask::SlotRange;
     use crate::{ExpertResidency, LoadOptions, load_model};
 
     #[test]
@@ -148,18 +172,40 @@ mod tests {
         let random = |heads| Tensor::<4>::random([b, heads, t, d], Distribution::Default, &device);
         let (q, k, v) = (random(nh), random(nkv), random(nkv));
         let range = SlotRange { start: 0, len: t };
-        let blocked = blocked_keys(&[0, 5], range, range, Some(8), &device);
-        let whole = attention.attend_in_chunks(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            blocked.clone(),
-            usize::MAX,
-        );
-        // Five queries per chunk: 23 = 5 + 5 + 5 + 5 + 3.
-        let five = b * nh * t * 4 * 5;
-        let chunked = attention.attend_in_chunks(q, k, v, blocked, five);
-        let diff: f32 = (whole - chunked).abs().max().into_scalar();
-        assert!(diff < 1e-6, "chunked attention differs by {diff}");
+        for window in [Some(8), None] {
+            let mask = KeyMask::new(&[0, 5], range, range, window, &device);
+            let whole = attention.attend_in_chunks(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                &mask,
+                AttentionChunks {
+                    max_score_bytes: usize::MAX,
+                    max_queries: usize::MAX,
+                    key_block: usize::MAX,
+                },
+            );
+            // Five queries per chunk (23 = 5 + 5 + 5 + 5 + 3), by bytes or by count, each
+            // against only the keys it may see, in blocks of 1 or 4.
+            let five = b * nh * t * 4 * 5;
+            for (max_score_bytes, max_queries, key_block) in [
+                (five, usize::MAX, 1),
+                (usize::MAX, 5, 4),
+                (usize::MAX, 5, 1),
+            ] {
+                let chunks = AttentionChunks {
+                    max_score_bytes,
+                    max_queries,
+                    key_block,
+                };
+                let chunked =
+                    attention.attend_in_chunks(q.clone(), k.clone(), v.clone(), &mask, chunks);
+                let diff: f32 = (whole.clone() - chunked).abs().max().into_scalar();
+                assert!(
+                    diff < 1e-6,
+                    "{window:?} {chunks:?}: chunked attention differs by {diff}"
+                );
+            }
+        }
     }
 }

@@ -1,46 +1,126 @@
-//! KV cache for generation (spec 4.8): post-RoPE keys and values per layer. Full layers keep
-//! every slot; sliding layers keep only the `window - 1` latest, which with the next token make
-//! the `window` keys a query may see.
+//! KV cache for generation (spec 4.8): post-RoPE keys and values per layer, in buffers whose
+//! length is a multiple of a block of slots. A decode step writes its keys into the buffer and
+//! attends over the whole buffer (slots not yet written are in the future of every query, so
+//! the causal mask hides them): the shapes a step sees change once per block, not at every token,
+//! and GPU kernels tuned for one shape keep running. Sliding layers drop the slots no later query
+//! can see (older than `window - 1` before the next token) when their buffer is full.
 
 use burn::tensor::Tensor;
 
 use crate::config::{GptOssConfig, LayerType};
 
-/// Keys and values of one layer, [B, kv_heads, S, head_dim], for slots start..start+S.
-#[derive(Debug, Clone, Default)]
+use super::mask::SlotRange;
+
+/// Default buffer block, in slots.
+pub const KEY_BLOCK: usize = 128;
+
+/// Keys and values of one layer, [B, kv_heads, capacity, head_dim]; buffer index i holds slot
+/// `start + i`, and the first `filled` indices are written.
+#[derive(Debug, Clone)]
 pub struct LayerKv {
     pub keys: Option<Tensor<4>>,
     pub values: Option<Tensor<4>>,
     pub start: usize,
-    /// How many slots to keep after each step (`None`: all).
+    pub filled: usize,
+    /// Slots before the next query that a sliding layer must keep (`None`: all).
     pub keep: Option<usize>,
+    /// Capacities are multiples of this.
+    pub block: usize,
+}
+
+/// What [`LayerKv::append`] will do for a step of `t` tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AppendPlan {
+    /// Buffer indices dropped from the front before appending.
+    drop: usize,
+    /// Buffer length after appending (unchanged when the step fits).
+    capacity: usize,
 }
 
 impl LayerKv {
-    /// Where the cached keys start once `next` slots have been seen.
-    pub fn start_after(keep: Option<usize>, next: usize) -> usize {
-        keep.map_or(0, |k| next.saturating_sub(k))
+    pub fn new(keep: Option<usize>, block: usize) -> Self {
+        Self {
+            keys: None,
+            values: None,
+            start: 0,
+            filled: 0,
+            keep,
+            block: block.max(1),
+        }
     }
 
-    /// Appends this step's keys/values and returns everything a query of this step may see.
-    pub fn append(&mut self, keys: Tensor<4>, values: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let (k_all, v_all) = match (self.keys.take(), self.values.take()) {
-            (Some(k), Some(v)) => (
-                Tensor::cat(vec![k, keys], 2),
-                Tensor::cat(vec![v, values], 2),
-            ),
-            _ => (keys, values),
-        };
-        let total = k_all.dims()[2];
-        let end = self.start + total;
-        let kept_start = Self::start_after(self.keep, end);
-        let drop = kept_start - self.start;
-        if total > drop {
-            self.keys = Some(k_all.clone().narrow(2, drop, total - drop));
-            self.values = Some(v_all.clone().narrow(2, drop, total - drop));
+    fn capacity(&self) -> usize {
+        self.keys.as_ref().map_or(0, |k| k.dims()[2])
+    }
+
+    fn round_up(&self, n: usize) -> usize {
+        n.div_ceil(self.block) * self.block
+    }
+
+    fn plan(&self, t: usize) -> AppendPlan {
+        let capacity = self.capacity();
+        if self.filled + t <= capacity {
+            return AppendPlan { drop: 0, capacity };
         }
-        self.start = kept_start;
-        (k_all, v_all)
+        // The first query of this step is slot start + filled; it sees `keep` slots back.
+        let next = self.start + self.filled;
+        let drop = self
+            .keep
+            .map_or(0, |k| next.saturating_sub(k).saturating_sub(self.start));
+        let held = self.filled - drop + t;
+        // A sliding layer gets a block of room beyond what it must hold, so that it compacts
+        // once per block of steps rather than at every step.
+        let room = if self.keep.is_some() { self.block } else { 0 };
+        AppendPlan {
+            drop,
+            capacity: self.round_up(held) + room,
+        }
+    }
+
+    /// The slots the buffer covers once a step of `t` tokens is appended: the key range of
+    /// that step's attention.
+    pub fn slots_after_append(&self, t: usize) -> SlotRange {
+        let plan = self.plan(t);
+        SlotRange {
+            start: self.start + plan.drop,
+            len: plan.capacity,
+        }
+    }
+
+    /// Writes this step's keys/values [B, kv_heads, t, d] and returns the whole buffers, which
+    /// cover [`Self::slots_after_append`].
+    pub fn append(&mut self, keys: Tensor<4>, values: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let [b, h, t, d] = keys.dims();
+        let plan = self.plan(t);
+        let unchanged = AppendPlan {
+            drop: 0,
+            capacity: self.capacity(),
+        };
+        let (k_buf, v_buf) = match (self.keys.take(), self.values.take()) {
+            (Some(k), Some(v)) if plan == unchanged => (k, v),
+            (k, v) => (self.resized(k, &keys, plan), self.resized(v, &values, plan)),
+        };
+        self.start += plan.drop;
+        self.filled -= plan.drop;
+        let at = [0..b, 0..h, self.filled..self.filled + t, 0..d];
+        let k_buf = k_buf.slice_assign(at.clone(), keys);
+        let v_buf = v_buf.slice_assign(at, values);
+        self.filled += t;
+        self.keys = Some(k_buf.clone());
+        self.values = Some(v_buf.clone());
+        (k_buf, v_buf)
+    }
+
+    /// `buffer` without its first `plan.drop` indices, zero-padded to `plan.capacity`.
+    fn resized(&self, buffer: Option<Tensor<4>>, step: &Tensor<4>, plan: AppendPlan) -> Tensor<4> {
+        let [b, h, _, d] = step.dims();
+        let kept = buffer.map(|buf| buf.narrow(2, plan.drop, self.filled - plan.drop));
+        let kept_len = kept.as_ref().map_or(0, |k| k.dims()[2]);
+        let empty = Tensor::zeros([b, h, plan.capacity - kept_len, d], &step.device());
+        match kept {
+            Some(k) => Tensor::cat(vec![k, empty], 2),
+            None => empty,
+        }
     }
 }
 
@@ -55,16 +135,17 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(config: &GptOssConfig, pads: Vec<usize>) -> Self {
+    /// An empty cache whose buffers grow in blocks of `block` slots.
+    pub fn new(config: &GptOssConfig, pads: Vec<usize>, block: usize) -> Self {
         let layers = config
             .layer_types
             .iter()
-            .map(|t| LayerKv {
-                keep: match t {
+            .map(|t| {
+                let keep = match t {
                     LayerType::Sliding => Some(config.sliding_window.saturating_sub(1)),
                     LayerType::Full => None,
-                },
-                ..Default::default()
+                };
+                LayerKv::new(keep, block)
             })
             .collect();
         Self {
@@ -73,9 +154,57 @@ impl KvCache {
             next_slot: 0,
         }
     }
+}
 
-    /// Slots currently held by layer `i` (sliding layers hold at most window - 1).
-    pub fn held_slots(&self, layer: usize) -> usize {
-        self.layers[layer].keys.as_ref().map_or(0, |k| k.dims()[2])
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, TensorData};
+
+    use super::*;
+
+    /// A [1, 1, t, 1] step whose single feature is its slot number.
+    fn step(first_slot: usize, t: usize, device: &Device) -> Tensor<4> {
+        let slots: Vec<f32> = (first_slot..first_slot + t).map(|s| s as f32).collect();
+        Tensor::from_data(TensorData::new(slots, [1, 1, t, 1]), device)
+    }
+
+    /// Every slot a query of each step may see sits at its own index of the returned buffer,
+    /// across growth and (sliding) compaction; capacities stay multiples of the block and
+    /// change only when a step does not fit.
+    #[test]
+    fn buffers_hold_every_visible_slot() {
+        let device = Device::flex();
+        for (keep, block, prompt) in [(None, 4, 6), (Some(3), 4, 6), (Some(3), 2, 1), (None, 1, 3)]
+        {
+            let mut layer = LayerKv::new(keep, block);
+            let mut next = 0;
+            let mut resizes = 0;
+            for t in std::iter::once(prompt).chain(std::iter::repeat_n(1, 20)) {
+                let expected = layer.slots_after_append(t);
+                let before = layer.capacity();
+                let (keys, values) = layer.append(step(next, t, &device), step(next, t, &device));
+                resizes += usize::from(keys.dims()[2] != before);
+                assert_eq!(keys.dims()[2], expected.len);
+                assert_eq!(expected.len % block, 0);
+                assert_eq!(layer.start, expected.start);
+                let held = keys.try_into_vec_as::<f32>().unwrap();
+                assert_eq!(held, values.try_into_vec_as::<f32>().unwrap());
+                let first_visible = keep.map_or(0, |k| next.saturating_sub(k));
+                for slot in first_visible..next + t {
+                    assert_eq!(
+                        held[slot - layer.start],
+                        slot as f32,
+                        "keep {keep:?} block {block}: slot {slot}"
+                    );
+                }
+                next += t;
+            }
+            if block > 1 {
+                assert!(
+                    resizes < 20,
+                    "keep {keep:?} block {block}: {resizes} resizes"
+                );
+            }
+        }
     }
 }

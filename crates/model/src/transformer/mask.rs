@@ -6,6 +6,8 @@
 //! future, and, on sliding layers, fewer than `window` slots back (the query sees at most
 //! `window` keys including itself).
 
+use std::ops::Range;
+
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 /// The slots a forward call covers.
@@ -13,6 +15,59 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 pub struct SlotRange {
     pub start: usize,
     pub len: usize,
+}
+
+/// A call's attention mask and the slot ranges it was built from.
+#[derive(Debug, Clone)]
+pub struct KeyMask {
+    /// `true` where attention is forbidden, [B, 1, T, S].
+    pub blocked: Tensor<4, Bool>,
+    pub queries: SlotRange,
+    pub keys: SlotRange,
+    pub window: Option<usize>,
+}
+
+impl KeyMask {
+    pub fn new(
+        pads: &[usize],
+        queries: SlotRange,
+        keys: SlotRange,
+        window: Option<usize>,
+        device: &Device,
+    ) -> Self {
+        Self {
+            blocked: blocked_keys(pads, queries, keys, window, device),
+            queries,
+            keys,
+            window,
+        }
+    }
+
+    /// The key indices that query rows `rows` may see at most (causality and the window;
+    /// padding is left to the mask), widened to multiples of `block` so that the shapes of
+    /// successive decode steps repeat, and clipped to the keys.
+    pub fn visible_keys(&self, rows: Range<usize>, block: usize) -> Range<usize> {
+        let first = self.queries.start + rows.start;
+        let last = self.queries.start + rows.end - 1;
+        let lo = self.window.map_or(0, |w| {
+            (first + 1)
+                .saturating_sub(w)
+                .saturating_sub(self.keys.start)
+        });
+        let hi = (last + 1)
+            .saturating_sub(self.keys.start)
+            .min(self.keys.len);
+        let hi = (hi.div_ceil(block) * block).min(self.keys.len);
+        (lo / block * block).min(hi)..hi
+    }
+
+    /// The mask of query rows `rows` against key indices `keys`.
+    pub fn part(&self, rows: Range<usize>, keys: Range<usize>) -> Tensor<4, Bool> {
+        self.blocked
+            .clone()
+            .narrow(2, rows.start, rows.len())
+            .narrow(3, keys.start, keys.len())
+    }
 }
 
 /// `true` where attention is forbidden, shaped [B, 1, T, S].
@@ -100,6 +155,63 @@ mod tests {
                 .try_into_vec_as::<bool>()
                 .unwrap();
             assert_eq!(got, host_reference(&pads, q, k, w), "{q:?} {k:?} {w:?}");
+        }
+    }
+
+    /// Every key a row may see lies in `visible_keys`; with blocks of one and no padding the
+    /// range is exactly the span of the visible keys.
+    #[test]
+    fn visible_keys_cover_every_unblocked_key() {
+        let device = Device::flex();
+        for (pads, q, k, w) in [
+            (
+                vec![0],
+                SlotRange { start: 0, len: 12 },
+                SlotRange { start: 0, len: 12 },
+                None,
+            ),
+            (
+                vec![0],
+                SlotRange { start: 0, len: 12 },
+                SlotRange { start: 0, len: 12 },
+                Some(4),
+            ),
+            (
+                vec![0, 2],
+                SlotRange { start: 9, len: 1 },
+                SlotRange { start: 6, len: 8 },
+                Some(4),
+            ),
+            (
+                vec![0],
+                SlotRange { start: 5, len: 3 },
+                SlotRange { start: 0, len: 16 },
+                None,
+            ),
+        ] {
+            let mask = KeyMask::new(&pads, q, k, w, &device);
+            let blocked = host_reference(&pads, q, k, w);
+            let blocked = &blocked;
+            for block in [1, 3, 4] {
+                for rows in [0..q.len, 0..1, q.len - 1..q.len, q.len / 2..q.len] {
+                    let range = mask.visible_keys(rows.clone(), block);
+                    let seen: Vec<usize> = (0..pads.len())
+                        .flat_map(|b| rows.clone().map(move |r| (b, r)))
+                        .flat_map(|(b, r)| {
+                            let row = (b * q.len + r) * k.len;
+                            (0..k.len).filter(move |&j| !blocked[row + j])
+                        })
+                        .collect();
+                    let (lo, hi) = (seen.iter().min().unwrap(), seen.iter().max().unwrap());
+                    assert!(
+                        range.start <= *lo && *hi < range.end,
+                        "{q:?} {k:?} {w:?} rows {rows:?} block {block}: {range:?} misses {lo}..={hi}"
+                    );
+                    if block == 1 && pads == [0] {
+                        assert_eq!(range, *lo..hi + 1, "{q:?} {k:?} {w:?} rows {rows:?}");
+                    }
+                }
+            }
         }
     }
 

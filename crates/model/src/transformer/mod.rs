@@ -17,13 +17,13 @@ pub mod vocab;
 use std::collections::HashMap;
 
 use burn::module::Module;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::config::{GptOssConfig, LayerType};
 use crate::routing::{ExpertMask, RoutingObserver};
 use attention::Attention;
 use cache::{KvCache, LayerKv};
-use mask::{SlotRange, blocked_keys};
+use mask::{KeyMask, SlotRange};
 use moe::{Moe, RoutingHooks};
 use norm::RmsNorm;
 use rope::RotaryTable;
@@ -211,30 +211,24 @@ impl GptOss {
             start: q_start,
             len: t,
         };
-        let mut masks: HashMap<(usize, usize, Option<usize>), Tensor<4, Bool>> = HashMap::new();
+        let mut masks: HashMap<(usize, usize, Option<usize>), KeyMask> = HashMap::new();
         let ForwardOptions { mut observer, mask } = options;
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache: Option<&mut LayerKv> = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let (k_start, held) = match &layer_cache {
-                Some(c) => (c.start, c.keys.as_ref().map_or(0, |k| k.dims()[2])),
-                None => (q_start, 0),
+            let keys = match &layer_cache {
+                Some(c) => c.slots_after_append(t),
+                None => queries,
             };
-            let key = (k_start, held + t, layer.sliding_window);
-            let blocked = masks
-                .entry(key)
-                .or_insert_with(|| {
-                    let keys = SlotRange {
-                        start: k_start,
-                        len: held + t,
-                    };
-                    blocked_keys(&pads, queries, keys, layer.sliding_window, &device)
-                })
+            let window = layer.sliding_window;
+            let key_mask = masks
+                .entry((keys.start, keys.len, window))
+                .or_insert_with(|| KeyMask::new(&pads, queries, keys, window, &device))
                 .clone();
 
             let attn_in = layer.input_layernorm.forward(x.clone());
             x = x + layer
                 .self_attn
-                .forward(attn_in, &cos_sin, &blocked, layer_cache);
+                .forward(attn_in, &cos_sin, &key_mask, layer_cache);
             let moe_in = layer.post_attention_layernorm.forward(x.clone());
             let hooks = RoutingHooks {
                 layer: i,
@@ -279,7 +273,7 @@ impl GptOss {
 
     /// A fresh cache for this model.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(&self.config, vec![])
+        KvCache::new(&self.config, vec![], cache::KEY_BLOCK)
     }
 
     pub fn layer_type(&self, layer: usize) -> LayerType {
