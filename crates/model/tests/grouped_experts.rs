@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use gpt_oss_model::scoring::token_logprobs;
-use gpt_oss_model::transformer::moe_grouped::{ExpertPath, group_by_expert};
+use gpt_oss_model::transformer::moe_grouped::{ExpertPath, group_by_expert, running_sums};
 use gpt_oss_model::{ExpertMask, ExpertResidency, ForwardOptions, GptOss, LoadOptions, load_model};
 
 fn ints(t: Tensor<1, Int>) -> Vec<i64> {
@@ -29,6 +29,32 @@ fn pairs_are_sorted_by_expert_stably_with_offsets_and_tiles() {
     for (row, &pair) in pair_of_row.iter().enumerate() {
         assert_eq!(row_of_pair[pair as usize], row as i64);
     }
+}
+
+#[test]
+fn blocked_running_sums_equal_the_plain_cumulative_sum() {
+    let device = Device::flex();
+    for (p, block) in [(1, 4), (4, 4), (13, 4), (16, 4), (300, 256), (700, 7)] {
+        let values: Vec<i64> = (0..p * 3).map(|i| (i * 7919 % 5) as i64 - 1).collect();
+        let x = Tensor::<2, Int>::from_data(TensorData::new(values, [p, 3]), &device);
+        let plain = x.clone().cumsum(0).try_into_vec_as::<i64>().unwrap();
+        let blocked = running_sums(x, block).try_into_vec_as::<i64>().unwrap();
+        assert_eq!(blocked, plain, "{p} rows, blocks of {block}");
+    }
+}
+
+/// A routing longer than one scan block: rows come out sorted by expert, pairs of one expert
+/// in their original order.
+#[test]
+fn long_routings_sort_stably() {
+    let device = Device::flex();
+    let experts = 5;
+    let ids: Vec<i64> = (0..1000).map(|i| (i * 31 % 17 % experts) as i64).collect();
+    let tensor = Tensor::<1, Int>::from_data(TensorData::new(ids.clone(), [ids.len()]), &device);
+    let groups = group_by_expert(tensor, experts as usize, 64);
+    let mut expected: Vec<i64> = (0..ids.len() as i64).collect();
+    expected.sort_by_key(|&pair| ids[pair as usize]);
+    assert_eq!(ints(groups.pair_of_row), expected);
 }
 
 /// The MXFP4 reference fixture on the CPU, experts kept packed (the kernel's input layout).

@@ -41,6 +41,29 @@ pub struct ExpertGroups {
     pub tile_starts: Tensor<1, Int>,
 }
 
+/// Rows per block of [`running_sums`]'s first level.
+pub const SCAN_BLOCK: usize = 256;
+
+/// Inclusive running sums of `x` [P, C] down its rows, in two levels: within blocks of `block`
+/// rows, then the totals of the blocks before. burn's cumulative sum on the GPU adds up every
+/// element before each one (quadratic in P: 17 ms per layer at 65,536 pairs); this is not.
+pub fn running_sums(x: Tensor<2, Int>, block: usize) -> Tensor<2, Int> {
+    let [p, c] = x.dims();
+    if p <= block {
+        return x.cumsum(0);
+    }
+    let blocks = p.div_ceil(block);
+    let padding = Tensor::<2, Int>::zeros([blocks * block - p, c], &x.device());
+    let within = Tensor::cat(vec![x, padding], 0)
+        .reshape([blocks, block, c])
+        .cumsum(1);
+    let totals = within.clone().narrow(1, block - 1, 1);
+    let before = totals.clone().cumsum(0) - totals;
+    (within + before)
+        .reshape([blocks * block, c])
+        .narrow(0, 0, p)
+}
+
 /// Sorts `expert_ids` [P] (pair order) by expert with a counting sort made of device ops:
 /// one-hot, a running count per expert (rank within the expert), prefix sums of the counts.
 /// Stable: pairs of one expert keep their order.
@@ -58,7 +81,7 @@ pub fn group_by_expert(
             .one_hot(num_experts.max(2))
             .narrow(1, 0, num_experts);
     let counts = one_hot.clone().sum_dim(0).reshape([num_experts]);
-    let rank = (one_hot.clone().cumsum(0) * one_hot)
+    let rank = (running_sums(one_hot.clone(), SCAN_BLOCK) * one_hot)
         .sum_dim(1)
         .reshape([p])
         .sub_scalar(1);
