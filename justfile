@@ -73,6 +73,6 @@ bench-model model *args:
 bench-matmul *args:
     cargo run -p gpt-oss-lite -- bench matmul --device wgpu {{args}}
 
-# The grouped MXFP4 kernel against its reference on random data (GPU).
-grouped-check:
-    cargo run -p gpt-oss-lite -- bench grouped-check --device wgpu
+# Every GPU kernel against its burn-ops reference on random data (GPU).
+kernel-check:
+    cargo run -p gpt-oss-lite -- bench kernel-check --device wgpu

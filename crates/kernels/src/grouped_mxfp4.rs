@@ -26,7 +26,7 @@ pub const UNITS: u32 = 256;
 
 /// The E2M1 value of a 4-bit code (sign in bit 3).
 #[cube]
-fn fp4_value(code: u32) -> f32 {
+pub(crate) fn fp4_value(code: u32) -> f32 {
     let magnitude = code & 7;
     let exponent = magnitude >> 1;
     let mantissa = f32::cast_from(magnitude & 1);
@@ -38,7 +38,7 @@ fn fp4_value(code: u32) -> f32 {
 
 /// 2^(code - 127) for a UE8M0 scale byte (code 0 is the subnormal 2^-127).
 #[cube]
-fn scale_value(code: u32) -> f32 {
+pub(crate) fn scale_value(code: u32) -> f32 {
     let bits = select(code == 0, 0x0040_0000u32, code << 23);
     f32::reinterpret(bits)
 }

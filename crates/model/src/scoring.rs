@@ -38,13 +38,10 @@ pub fn token_logprobs(
     let mut start = 0;
     while start < t - 1 {
         let len = chunk.min(t - 1 - start);
-        let logits = model.lm_head.forward(hidden.clone().narrow(1, start, len));
-        let chosen = log_softmax(logits, 2)
-            .gather(
-                2,
-                targets.clone().narrow(1, start, len).unsqueeze_dim::<3>(2),
-            )
-            .reshape([b, len]);
+        let chosen = model.lm_head.target_logprobs(
+            hidden.clone().narrow(1, start, len),
+            targets.clone().narrow(1, start, len),
+        );
         pieces.push(chosen);
         start += len;
     }

@@ -103,7 +103,7 @@ fn grouped_reference_path_gives_the_per_expert_log_probabilities() {
 
 /// The bf16 rounding of the kernel's inputs, measured on the CPU: how far the grouped GPU path
 /// may legitimately sit from the f32 reference on the fixture (the kernel itself matches its
-/// bf16 reference to 1e-6 relative: `gpt-oss-lite bench grouped-check` on the GPU machine).
+/// bf16 reference to 1e-6 relative: `gpt-oss-lite bench kernel-check` on the GPU machine).
 #[test]
 fn bf16_inputs_move_fixture_log_probabilities_by_a_bounded_amount() {
     let mut model = packed_fixture();

@@ -24,8 +24,8 @@ pub enum Bench {
     Matmul(super::bench_matmul::MatmulArgs),
     /// Scoring tokens/s with and without routing recorded, and greedy decode tokens/s.
     Model(super::bench_model::ModelBenchArgs),
-    /// The grouped MXFP4 kernel against the reference grouped matmul on random data.
-    GroupedCheck(super::bench_grouped::GroupedCheckArgs),
+    /// Every GPU kernel against its burn-ops reference on random data.
+    KernelCheck(super::bench_kernels::KernelCheckArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -48,7 +48,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Footprint(a) => super::bench_memory::footprint(a),
         Bench::Matmul(a) => super::bench_matmul::matmul(a),
         Bench::Model(a) => super::bench_model::model(a),
-        Bench::GroupedCheck(a) => super::bench_grouped::grouped_check(a),
+        Bench::KernelCheck(a) => super::bench_kernels::kernel_check(a),
     }
 }
 

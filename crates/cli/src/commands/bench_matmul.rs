@@ -22,8 +22,9 @@ pub struct MatmulArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
-    /// `burn` (burn's autotuned matmul) or `coopmat` (our workgroup-scope cooperative-matrix
-    /// kernel, bf16 only; checked against burn's f32 product of the same bf16 inputs).
+    /// `burn` (burn's autotuned matmul), `coopmat` (our workgroup-scope cooperative-matrix
+    /// kernel) or `rows` (our few-rows kernel); ours are bf16 only and checked against burn's
+    /// f32 product of the same bf16 inputs.
     #[arg(long, default_value = "burn")]
     pub kernel: String,
     /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`).
@@ -66,8 +67,8 @@ fn parse_dtype(text: &str) -> anyhow::Result<DType> {
 }
 
 pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
-    if !["burn", "coopmat"].contains(&args.kernel.as_str()) {
-        anyhow::bail!("--kernel {}: expected burn or coopmat", args.kernel);
+    if !["burn", "coopmat", "rows"].contains(&args.kernel.as_str()) {
+        anyhow::bail!("--kernel {}: expected burn, coopmat or rows", args.kernel);
     }
     let (device, description) = select_device(args.device)?;
     eprintln!("device: {description}");
@@ -89,9 +90,10 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
                 let rhs = Tensor::<2>::random([k, n], Distribution::Default, (&device, dtype));
                 let product = |l: Tensor<2>, r: Tensor<2>| match args.kernel.as_str() {
                     "coopmat" => gpt_oss_kernels::coopmat_gemm::coopmat_gemm(l, r),
+                    "rows" => gpt_oss_kernels::bf16_rows::bf16_rows_matmul(l, r),
                     _ => l.matmul(r),
                 };
-                let relative_error = if args.kernel == "coopmat" {
+                let relative_error = if args.kernel != "burn" {
                     let ours = product(lhs.clone(), rhs.clone());
                     let reference =
                         gpt_oss_kernels::coopmat_gemm::reference_gemm(lhs.clone(), rhs.clone());
@@ -137,6 +139,7 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
                         "iters": args.iters,
                         "seconds": seconds,
                         "tflops": flops / seconds / 1e12,
+                        "weight_gb_per_second": (k * n * dtype.size() * args.iters.max(1)) as f64 / seconds / 1e9,
                         "warmup_seconds": warmup_seconds,
                     })
                 );

@@ -119,15 +119,21 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
             sampling: None,
             use_cache: true,
         };
-        let warm = GenerateOptions {
-            max_new_tokens: 4,
+        let first_token = GenerateOptions {
+            max_new_tokens: 1,
             ..options.clone()
         };
-        generate(model, &prompts, &warm);
+        // Untimed: kernels for these shapes get compiled and tuned.
+        generate(model, &prompts, &options);
+        let start = Instant::now();
+        generate(model, &prompts, &first_token);
+        let prefill = start.elapsed().as_secs_f64();
         let start = Instant::now();
         let out = generate(model, &prompts, &options);
         let seconds = start.elapsed().as_secs_f64();
         let produced: usize = out.iter().map(Vec::len).sum();
+        // Steps after the first token, each one token per row.
+        let steps = args.new_tokens.saturating_sub(1) as f64;
         println!(
             "{}",
             json!({
@@ -137,6 +143,8 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
                 "new_tokens": args.new_tokens,
                 "seconds": seconds,
                 "tokens_per_second": produced as f64 / seconds,
+                "prefill_and_first_token_seconds": prefill,
+                "decode_step_tokens_per_second": steps * batch as f64 / (seconds - prefill),
                 "gpu_bytes_reserved": pool(&device),
             })
         );

@@ -1,5 +1,5 @@
 pub mod bench;
-pub mod bench_grouped;
+pub mod bench_kernels;
 pub mod bench_matmul;
 pub mod bench_memory;
 pub mod bench_model;

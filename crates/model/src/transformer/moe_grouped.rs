@@ -39,6 +39,9 @@ pub struct ExpertGroups {
     pub offsets: Tensor<1, Int>,
     /// First kernel tile of each expert, prefix sums of ceil(count / tile_rows) [E + 1].
     pub tile_starts: Tensor<1, Int>,
+    /// Rows per kernel tile: [`TILE_ROWS`] for the tensor-core kernel, [`FEW_ROWS`] for the
+    /// few-rows kernel.
+    pub tile_rows: usize,
 }
 
 /// Rows per block of [`running_sums`]'s first level.
@@ -108,6 +111,7 @@ pub fn group_by_expert(
         expert_of_row,
         offsets,
         tile_starts,
+        tile_rows,
     }
 }
 
@@ -121,7 +125,12 @@ pub fn grouped_matmul(
     match (path, weights) {
         (ExpertPath::GroupedKernel, ExpertMatrix::Mxfp4(packed)) => {
             let i32s = |t: Tensor<1, Int>| t.cast(IntDType::I32);
-            gpt_oss_kernels::grouped_mxfp4::grouped_mxfp4_matmul(
+            let kernel = match groups.tile_rows {
+                FEW_ROWS => gpt_oss_kernels::grouped_mxfp4_rows::grouped_mxfp4_rows_matmul,
+                TILE_ROWS => gpt_oss_kernels::grouped_mxfp4::grouped_mxfp4_matmul,
+                other => panic!("no grouped kernel takes tiles of {other} rows"),
+            };
+            kernel(
                 rows,
                 packed.words.val(),
                 packed.scale_words.val(),
@@ -165,8 +174,22 @@ pub fn grouped_matmul_reference(
     Tensor::cat(pieces, 0)
 }
 
-/// Rows per kernel tile (the reference ignores it).
+/// Rows per tile of the tensor-core kernel (the reference ignores tiles).
 pub const TILE_ROWS: usize = gpt_oss_kernels::grouped_mxfp4::TILE_M;
+/// Rows per tile of the few-rows kernel.
+pub const FEW_ROWS: usize = gpt_oss_kernels::grouped_mxfp4_rows::ROWS;
+/// Up to this many (token, rank) pairs a layer's experts run through the few-rows kernel
+/// (decoding: 4 pairs per token at batch 1, 128 at batch 32).
+pub const FEW_PAIRS: usize = 256;
+
+/// The tile height for `pairs` (token, rank) pairs.
+pub fn tile_rows_for(pairs: usize) -> usize {
+    if pairs <= FEW_PAIRS {
+        FEW_ROWS
+    } else {
+        TILE_ROWS
+    }
+}
 
 /// The experts on `xs` [n, H] for `top_ids` [n, k] with softmax `gates` [n * k] -> [n, H].
 pub fn grouped_experts(
@@ -179,7 +202,7 @@ pub fn grouped_experts(
     let [n, h] = xs.dims();
     let [_, k] = top_ids.dims();
     let num_experts = experts.gate_up.num_experts();
-    let groups = group_by_expert(top_ids.reshape([n * k]), num_experts, TILE_ROWS);
+    let groups = group_by_expert(top_ids.reshape([n * k]), num_experts, tile_rows_for(n * k));
     let token_of_row = groups.pair_of_row.clone().div_scalar(k as i64);
     let rows = xs.select(0, token_of_row);
     let gate_up = grouped_matmul(rows, &experts.gate_up, &groups, path)

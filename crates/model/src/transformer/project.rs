@@ -1,17 +1,23 @@
 //! Products with the large non-expert matrices (attention projections, lm_head) in the dtype
 //! they are stored in: f32 weights use burn's matmul (the reference), bf16 weights the
-//! tensor-core kernel (`gpt_oss_kernels::coopmat_gemm`, GPU only; activations rounded to bf16,
-//! f32 accumulation and output). [`GptOss::store_weights_bf16`] switches a loaded model.
+//! tensor-core kernel (`gpt_oss_kernels::coopmat_gemm`, or `bf16_rows` for a few rows; GPU only;
+//! activations rounded to bf16, f32 accumulation and output). [`GptOss::store_weights_bf16`] switches a loaded model.
 
 use burn::nn::Linear;
 use burn::tensor::{DType, Tensor};
 
+/// Up to this many rows, bf16 products use the few-rows kernel (decoding) instead of the
+/// tensor cores.
+pub const FEW_ROWS: usize = 4 * gpt_oss_kernels::bf16_rows::ROWS;
+
 /// `x` [m, in] times `w` [in, out] -> [m, out] f32.
 pub fn times_weight(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    if w.dtype() == DType::BF16 {
-        gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x, w)
-    } else {
-        x.matmul(w)
+    match w.dtype() {
+        DType::BF16 if x.dims()[0] <= FEW_ROWS => {
+            gpt_oss_kernels::bf16_rows::bf16_rows_matmul(x, w)
+        }
+        DType::BF16 => gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x, w),
+        _ => x.matmul(w),
     }
 }
 

@@ -3,6 +3,7 @@
 //! 201,088 x 2,880 f32 (2.3 GB; measured on an H100: "can't allocate buffer of size 2316533760").
 
 use burn::module::{Module, Param};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 /// Largest piece in bytes.
@@ -132,6 +133,23 @@ impl LmHead {
             parts.into_iter().next().expect("one piece")
         } else {
             Tensor::cat(parts, 2)
+        }
+    }
+
+    /// log p(target) at each position of `x` [B, T, H] for `targets` [B, T] -> [B, T]. With
+    /// bf16 weights (the GPU path) the normaliser comes from the logsumexp kernel; otherwise
+    /// from burn's log-softmax (the reference).
+    pub fn target_logprobs(&self, x: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
+        let logits = self.forward(x);
+        let [b, t, vocab] = logits.dims();
+        let targets = targets.unsqueeze_dim::<3>(2);
+        if self.pieces[0].dtype() == DType::BF16 {
+            let picked = logits.clone().gather(2, targets).reshape([b, t]);
+            let normaliser =
+                gpt_oss_kernels::logsumexp_rows::logsumexp_rows(logits.reshape([b * t, vocab]));
+            picked - normaliser.reshape([b, t])
+        } else {
+            log_softmax(logits, 2).gather(2, targets).reshape([b, t])
         }
     }
 }
