@@ -16,9 +16,16 @@ pub const UNITS: u32 = 256;
 /// log2(UNITS): levels of the reduction tree.
 const LEVELS: u32 = 8;
 
+/// Most workgroups along one grid dimension (Vulkan's limit).
+const MAX_GRID_X: usize = 65535;
+
 #[cube(launch)]
-fn logsumexp_rows_kernel(x: &[f32], out: &mut [f32], width: u32) {
-    let base = CUBE_POS_X * width;
+fn logsumexp_rows_kernel(x: &[f32], out: &mut [f32], rows: u32, width: u32) {
+    let row = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
+    if row >= rows {
+        terminate!();
+    }
+    let base = row * width;
     let unit = UNIT_POS;
     let mut shared = Shared::<[f32]>::new_slice(UNITS as usize);
 
@@ -58,7 +65,7 @@ fn logsumexp_rows_kernel(x: &[f32], out: &mut [f32], width: u32) {
         sync_cube();
     }
     if unit == 0 {
-        out[CUBE_POS_X as usize] = row_max + shared[0].ln();
+        out[row as usize] = row_max + shared[0].ln();
     }
 }
 
@@ -92,10 +99,15 @@ impl LogSumExpBackend for CubeBackend {
         );
         logsumexp_rows_kernel::launch(
             &client,
-            CubeCount::Static(rows as u32, 1, 1),
+            CubeCount::Static(
+                rows.min(MAX_GRID_X) as u32,
+                rows.div_ceil(MAX_GRID_X) as u32,
+                1,
+            ),
             CubeDim::new_1d(UNITS),
             x.into_buffer_arg(),
             out.clone().into_buffer_arg(),
+            rows as u32,
             width as u32,
         );
         out

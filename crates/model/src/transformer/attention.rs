@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, DType, Tensor};
 
 use super::cache::{KEY_BLOCK, LayerKv};
 use super::mask::KeyMask;
@@ -137,7 +137,18 @@ impl Attention {
             .val()
             .reshape([1, nh, 1, 1])
             .expand([b, nh, t, 1]);
-        let probs = softmax(Tensor::cat(vec![scores, sinks], 3), 3).narrow(3, 0, s);
+        let logits = Tensor::cat(vec![scores, sinks], 3);
+        let probs = if self.q_proj.weight.val().dtype() == DType::BF16 {
+            // GPU path: burn fuses softmax into a kernel with one invocation per row, slow
+            // for decoding's few rows; the row logsumexp kernel has a workgroup per row.
+            let normaliser = gpt_oss_kernels::logsumexp_rows::logsumexp_rows(
+                logits.clone().reshape([b * nh * t, s + 1]),
+            );
+            (logits - normaliser.reshape([b, nh, t, 1])).exp()
+        } else {
+            softmax(logits, 3)
+        };
+        let probs = probs.narrow(3, 0, s);
         probs
             .reshape([b, nkv, group * t, s])
             .matmul(v)

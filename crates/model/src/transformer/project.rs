@@ -5,16 +5,17 @@
 
 use burn::nn::Linear;
 use burn::tensor::{DType, Tensor};
+use gpt_oss_kernels::bf16_rows;
 
 /// Up to this many rows, bf16 products use the few-rows kernel (decoding) instead of the
 /// tensor cores.
-pub const FEW_ROWS: usize = 4 * gpt_oss_kernels::bf16_rows::ROWS;
+pub const FEW_ROWS: usize = 4 * bf16_rows::ROWS;
 
 /// `x` [m, in] times `w` [in, out] -> [m, out] f32.
 pub fn times_weight(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     match w.dtype() {
-        DType::BF16 if x.dims()[0] <= FEW_ROWS => {
-            gpt_oss_kernels::bf16_rows::bf16_rows_matmul(x, w)
+        DType::BF16 if x.dims()[0] <= FEW_ROWS && bf16_rows::supports(w.dims()[1]) => {
+            bf16_rows::bf16_rows_matmul(x, w)
         }
         DType::BF16 => gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x, w),
         _ => x.matmul(w),
