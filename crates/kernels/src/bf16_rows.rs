@@ -185,7 +185,7 @@ impl RowsBackend for CubeBackend {
 /// Whether the kernel takes products with `n` output columns (rows of `w` are read as u32 words
 /// of two bf16, so n must be even).
 pub fn supports(n: usize) -> bool {
-    n % 2 == 0
+    n.is_multiple_of(2)
 }
 
 /// `x` [m, k] x `w` [k, n] with inputs cast to bf16 (as `coopmat_gemm` rounds them), result

@@ -39,7 +39,7 @@ fn logsumexp_rows_kernel(x: &[f32], out: &mut [f32], rows: u32, width: u32) {
     sync_cube();
     #[unroll]
     for level in 0..LEVELS {
-        let stride = (UNITS >> (level + 1)) as u32;
+        let stride = UNITS >> (level + 1);
         if unit < stride {
             shared[unit as usize] = max(shared[unit as usize], shared[(unit + stride) as usize]);
         }
@@ -58,7 +58,7 @@ fn logsumexp_rows_kernel(x: &[f32], out: &mut [f32], rows: u32, width: u32) {
     sync_cube();
     #[unroll]
     for level in 0..LEVELS {
-        let stride = (UNITS >> (level + 1)) as u32;
+        let stride = UNITS >> (level + 1);
         if unit < stride {
             shared[unit as usize] += shared[(unit + stride) as usize];
         }

@@ -92,7 +92,9 @@ pub fn group_by_expert(
     let starts = ends.clone() - counts.clone();
     let row_of_pair = starts.select(0, expert_ids.clone()) + rank;
     let pair_ids = Tensor::<1, Int>::arange(0..p as i64, &device);
-    let pair_of_row = Tensor::<1, Int>::zeros([p], &device).select_assign(
+    // scatter, not select_assign: on the GPU burn's 1-D select_assign runs in one invocation
+    // (10 ms at 65,536 pairs); scatter-add is one atomic add per pair.
+    let pair_of_row = Tensor::<1, Int>::zeros([p], &device).scatter(
         0,
         row_of_pair.clone(),
         pair_ids,
