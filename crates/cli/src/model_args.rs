@@ -90,10 +90,10 @@ pub struct LoadedModel {
 
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
-        let (device, description) = select_device(self.device)?;
-        tracing::info!("device: {description}");
+        let selected = select_device(self.device)?;
+        tracing::info!("device: {}", selected.description);
+        let (device, on_gpu) = (selected.device, selected.on_gpu);
         let start = Instant::now();
-        let on_gpu = description.starts_with("wgpu");
         let mut model = load_model(
             &self.model,
             &device,

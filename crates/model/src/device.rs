@@ -46,29 +46,47 @@ pub fn gpu_adapter() -> Option<String> {
         })
 }
 
-/// The device for `choice`, with a description for logs.
-pub fn select_device(choice: DeviceChoice) -> Result<(Device, String)> {
+/// A chosen device, what it is for logs, and whether it is the GPU (where the GPU-only kernels
+/// run).
+#[derive(Debug, Clone)]
+pub struct SelectedDevice {
+    pub device: Device,
+    pub description: String,
+    pub on_gpu: bool,
+}
+
+impl SelectedDevice {
+    fn cpu(description: &str) -> Self {
+        Self {
+            device: Device::flex(),
+            description: description.into(),
+            on_gpu: false,
+        }
+    }
+
+    fn gpu(adapter: &str) -> Self {
+        Self {
+            device: Device::vulkan(DeviceKind::DefaultDevice),
+            description: format!("wgpu/vulkan: {adapter}"),
+            on_gpu: true,
+        }
+    }
+}
+
+/// The device for `choice`.
+pub fn select_device(choice: DeviceChoice) -> Result<SelectedDevice> {
     match choice {
-        DeviceChoice::Cpu => Ok((Device::flex(), "cpu (burn flex)".into())),
+        DeviceChoice::Cpu => Ok(SelectedDevice::cpu("cpu (burn flex)")),
         DeviceChoice::Wgpu => match gpu_adapter() {
-            Some(name) => Ok((
-                Device::vulkan(DeviceKind::DefaultDevice),
-                format!("wgpu/vulkan: {name}"),
-            )),
+            Some(name) => Ok(SelectedDevice::gpu(&name)),
             None => Err(ModelError::Device(
                 "--device wgpu: no Vulkan GPU adapter found (is the Vulkan loader installed?)"
                     .into(),
             )),
         },
-        DeviceChoice::Auto => match gpu_adapter() {
-            Some(name) => Ok((
-                Device::vulkan(DeviceKind::DefaultDevice),
-                format!("wgpu/vulkan: {name}"),
-            )),
-            None => Ok((
-                Device::flex(),
-                "cpu (burn flex; no GPU adapter found)".into(),
-            )),
-        },
+        DeviceChoice::Auto => Ok(match gpu_adapter() {
+            Some(name) => SelectedDevice::gpu(&name),
+            None => SelectedDevice::cpu("cpu (burn flex; no GPU adapter found)"),
+        }),
     }
 }

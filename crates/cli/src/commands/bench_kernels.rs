@@ -33,8 +33,9 @@ const CASES: [(usize, usize, usize, usize); 8] = [
 ];
 
 pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
-    let (device, description) = select_device(args.device)?;
-    eprintln!("device: {description}");
+    let selected = select_device(args.device)?;
+    eprintln!("device: {}", selected.description);
+    let device = selected.device;
     let mut rng = StdRng::seed_from_u64(3);
     let mut worst = 0.0f32;
     for (experts, rows, n, k) in CASES {

@@ -70,8 +70,9 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
     if !["burn", "coopmat", "rows"].contains(&args.kernel.as_str()) {
         anyhow::bail!("--kernel {}: expected burn, coopmat or rows", args.kernel);
     }
-    let (device, description) = select_device(args.device)?;
-    eprintln!("device: {description}");
+    let selected = select_device(args.device)?;
+    eprintln!("device: {}", selected.description);
+    let device = selected.device;
     let tilings: Vec<_> = if args.kernel == "coopmat" {
         args.tilings
             .iter()

@@ -91,7 +91,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     write_datasets(&curriculum, &tokenizer, &args.datasets, &args.probes)?;
 
     let config = nano_config(tokenizer_vocab_size(&tokenizer_path)?);
-    let (device, description) = select_device(args.device)?;
+    let selected = select_device(args.device)?;
+    let (device, description) = (selected.device, selected.description);
     tracing::info!("training on {description}");
     let model = GptOss::init_random(&config, &device.clone().autodiff(), args.seed);
     let train_config = TrainConfig {
