@@ -175,6 +175,19 @@ fn missing_model_folder_is_a_clear_error() {
 }
 
 #[test]
+fn gpu_kernel_benches_refuse_the_cpu_with_a_clear_error() {
+    for args in [
+        &["bench", "kernel-check", "--device", "cpu"][..],
+        &["bench", "matmul", "--device", "cpu", "--kernel", "rows"][..],
+    ] {
+        let (ok, _, stderr) = run(args);
+        assert!(!ok, "{args:?} succeeded on the CPU");
+        assert!(stderr.contains("only on the GPU"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn select_list_names_every_strategy_without_statistics() {
     let (ok, stdout, stderr) = run(&["select", "--list"]);
     assert!(ok, "{stderr}");

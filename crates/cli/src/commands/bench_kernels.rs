@@ -35,6 +35,11 @@ const CASES: [(usize, usize, usize, usize); 8] = [
 pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
+    anyhow::ensure!(
+        selected.on_gpu,
+        "bench kernel-check: the kernels run only on the GPU (--device wgpu), not on {}",
+        selected.description
+    );
     let device = selected.device;
     let mut rng = StdRng::seed_from_u64(3);
     let mut worst = 0.0f32;

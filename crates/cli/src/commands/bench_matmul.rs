@@ -72,6 +72,12 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
     }
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
+    anyhow::ensure!(
+        selected.on_gpu || args.kernel == "burn",
+        "bench matmul --kernel {}: our kernels run only on the GPU (--device wgpu), not on {}",
+        args.kernel,
+        selected.description
+    );
     let device = selected.device;
     let tilings: Vec<_> = if args.kernel == "coopmat" {
         args.tilings
