@@ -25,51 +25,30 @@ pub struct ModelArgs {
     /// `per-expert` (one f32 matmul per routed expert: the reference), or `auto` (grouped on
     /// the GPU, per-expert on the CPU). `grouped-reference-bf16` runs the grouped path from burn
     /// ops with the kernel's bf16 input rounding, on any device (to check the kernel against).
-    #[arg(long, default_value = "auto", value_parser = parse_moe)]
+    #[arg(long, value_enum, default_value_t = MoeChoice::Auto)]
     pub moe: MoeChoice,
     /// Attention projections, embedding and lm_head: `bf16` (tensor-core products, about the
     /// checkpoint's bytes; GPU only), `f32` (the reference), or `auto` (bf16 on the GPU, f32 on
     /// the CPU).
-    #[arg(long, default_value = "auto", value_parser = parse_weights)]
+    #[arg(long, value_enum, default_value_t = WeightsChoice::Auto)]
     pub weights: WeightsChoice,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `--weights`: auto, f32, bf16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightsChoice {
     Auto,
     F32,
     Bf16,
 }
 
-fn parse_weights(s: &str) -> Result<WeightsChoice, String> {
-    match s {
-        "auto" => Ok(WeightsChoice::Auto),
-        "f32" => Ok(WeightsChoice::F32),
-        "bf16" => Ok(WeightsChoice::Bf16),
-        other => Err(format!(
-            "unknown weights dtype `{other}` (auto, f32 or bf16)"
-        )),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `--moe`: auto, per-expert, grouped, grouped-reference-bf16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MoeChoice {
     Auto,
     PerExpert,
     Grouped,
     GroupedReferenceBf16,
-}
-
-fn parse_moe(s: &str) -> Result<MoeChoice, String> {
-    match s {
-        "auto" => Ok(MoeChoice::Auto),
-        "per-expert" => Ok(MoeChoice::PerExpert),
-        "grouped" => Ok(MoeChoice::Grouped),
-        "grouped-reference-bf16" => Ok(MoeChoice::GroupedReferenceBf16),
-        other => Err(format!(
-            "unknown MoE path `{other}` (auto, per-expert, grouped or grouped-reference-bf16)"
-        )),
-    }
 }
 
 fn parse_residency(s: &str) -> Result<ExpertResidency, String> {
