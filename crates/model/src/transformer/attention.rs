@@ -3,11 +3,11 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{Bool, Tensor};
 
 use super::cache::{KEY_BLOCK, LayerKv};
 use super::mask::KeyMask;
-use super::project::linear;
+use super::project::{linear, on_kernel_path};
 use super::rope::apply_rotary;
 
 /// How attention splits its work: queries in chunks, each against only the keys it may see.
@@ -138,7 +138,7 @@ impl Attention {
             .reshape([1, nh, 1, 1])
             .expand([b, nh, t, 1]);
         let logits = Tensor::cat(vec![scores, sinks], 3);
-        let probs = if self.q_proj.weight.val().dtype() == DType::BF16 {
+        let probs = if on_kernel_path(&self.q_proj.weight.val()) {
             // GPU path: burn fuses softmax into a kernel with one invocation per row, slow
             // for decoding's few rows; the row logsumexp kernel has a workgroup per row.
             let normaliser = gpt_oss_kernels::logsumexp_rows::logsumexp_rows(

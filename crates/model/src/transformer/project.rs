@@ -1,7 +1,8 @@
 //! Products with the large non-expert matrices (attention projections, lm_head) in the dtype
 //! they are stored in: f32 weights use burn's matmul (the reference), bf16 weights the
 //! tensor-core kernel (`gpt_oss_kernels::coopmat_gemm`, or `bf16_rows` for a few rows; GPU only;
-//! activations rounded to bf16, f32 accumulation and output). [`GptOss::store_weights_bf16`] switches a loaded model.
+//! activations rounded to bf16, f32 accumulation and output). [`GptOss::store_weights_bf16`]
+//! switches a loaded model.
 
 use burn::nn::Linear;
 use burn::tensor::{DType, Tensor};
@@ -11,21 +12,28 @@ use gpt_oss_kernels::bf16_rows;
 /// tensor cores.
 pub const FEW_ROWS: usize = 4 * bf16_rows::ROWS;
 
+/// Whether `weight` puts its layer on the GPU kernel path (tensor-core products, the row
+/// logsumexp kernel for softmax): only [`GptOss::store_weights_bf16`] stores bf16 weights, and
+/// the CLI calls it on the GPU only.
+pub fn on_kernel_path(weight: &Tensor<2>) -> bool {
+    weight.dtype() == DType::BF16
+}
+
 /// `x` [m, in] times `w` [in, out] -> [m, out] f32.
 pub fn times_weight(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    match w.dtype() {
-        DType::BF16 if x.dims()[0] <= FEW_ROWS && bf16_rows::supports(w.dims()[1]) => {
-            bf16_rows::bf16_rows_matmul(x, w)
-        }
-        DType::BF16 => gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x, w),
-        _ => x.matmul(w),
+    if !on_kernel_path(&w) {
+        x.matmul(w)
+    } else if x.dims()[0] <= FEW_ROWS && bf16_rows::supports(w.dims()[1]) {
+        bf16_rows::bf16_rows_matmul(x, w)
+    } else {
+        gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x, w)
     }
 }
 
 /// `layer` applied to `x` [B, T, in] -> [B, T, out].
 pub fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     let weight = layer.weight.val();
-    if weight.dtype() != DType::BF16 {
+    if !on_kernel_path(&weight) {
         return layer.forward(x);
     }
     let [b, t, input] = x.dims();

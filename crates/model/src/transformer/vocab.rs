@@ -143,7 +143,7 @@ impl LmHead {
         let logits = self.forward(x);
         let [b, t, vocab] = logits.dims();
         let targets = targets.unsqueeze_dim::<3>(2);
-        if self.pieces[0].dtype() == DType::BF16 {
+        if super::project::on_kernel_path(&self.pieces[0].val()) {
             let picked = logits.clone().gather(2, targets).reshape([b, t]);
             let normaliser =
                 gpt_oss_kernels::logsumexp_rows::logsumexp_rows(logits.reshape([b * t, vocab]));
