@@ -68,15 +68,24 @@ impl Moe {
         // The grouped path computes no per-expert output statistics and no balance loss.
         let grouped =
             self.path != ExpertPath::PerExpert && !needs.expert_output_norms && !hooks.balance_loss;
-        let (out, ids, output_stats, balance_loss) = if grouped {
-            let out = grouped_experts(
-                &self.experts,
-                xs.clone(),
-                top_ids.clone(),
-                gates.clone(),
-                self.path,
-            );
-            (out, None, None, None)
+        let ExpertsRun {
+            out,
+            ids,
+            output_stats,
+            balance_loss,
+        } = if grouped {
+            ExpertsRun {
+                out: grouped_experts(
+                    &self.experts,
+                    xs.clone(),
+                    top_ids.clone(),
+                    gates.clone(),
+                    self.path,
+                ),
+                ids: None,
+                output_stats: None,
+                balance_loss: None,
+            }
         } else {
             self.per_expert(&xs, &top_ids, &gates, &logits, needs, hooks.balance_loss)
         };
@@ -107,9 +116,7 @@ impl Moe {
         }
     }
 
-    /// One matmul per routed expert on its token list (reads the selected ids to the host):
-    /// (output [n, H], the ids, per-(token, rank) output statistics when asked, balance loss
-    /// when asked).
+    /// One matmul per routed expert on its token list (reads the selected ids to the host).
     fn per_expert(
         &self,
         xs: &Tensor<2>,
@@ -118,7 +125,7 @@ impl Moe {
         logits: &Tensor<2>,
         needs: ObserverNeeds,
         want_balance_loss: bool,
-    ) -> PerExpertOutput {
+    ) -> ExpertsRun {
         let [n, h] = xs.dims();
         let k = self.top_k;
         let device = xs.device();
@@ -172,17 +179,26 @@ impl Moe {
             out = out.select_assign(0, rows, y * weight, IndexingUpdateOp::Add);
         }
 
-        (out, Some(ids), output_stats, balance_loss)
+        ExpertsRun {
+            out,
+            ids: Some(ids),
+            output_stats,
+            balance_loss,
+        }
     }
 }
 
-/// What the per-expert path returns: output, ids read, output statistics, balance loss.
-type PerExpertOutput = (
-    Tensor<2>,
-    Option<Vec<i64>>,
-    Option<Tensor<2>>,
-    Option<Tensor<1>>,
-);
+/// What one expert path returns.
+struct ExpertsRun {
+    /// [n, H]
+    out: Tensor<2>,
+    /// The selected ids, when the path read them to the host.
+    ids: Option<Vec<i64>>,
+    /// Per (token, rank): the expert output's L2 norm and max |value| [n * k, 2], when asked.
+    output_stats: Option<Tensor<2>>,
+    /// When asked (training).
+    balance_loss: Option<Tensor<1>>,
+}
 
 /// One layer's routing for its observer, still on the device where possible.
 struct RoutingReport {
