@@ -35,9 +35,9 @@ pub struct ExpertGroups {
     pub row_of_pair: Tensor<1, Int>,
     /// Expert of each sorted row [P].
     pub expert_of_row: Tensor<1, Int>,
-    /// Expert e owns rows offsets[e]..offsets[e + 1] [E + 1].
+    /// Expert e owns rows offsets[e]..offsets[e + 1] [E + 1], 32-bit (as the kernels read it).
     pub offsets: Tensor<1, Int>,
-    /// First kernel tile of each expert, prefix sums of ceil(count / tile_rows) [E + 1].
+    /// First kernel tile of each expert, prefix sums of ceil(count / tile_rows) [E + 1], 32-bit.
     pub tile_starts: Tensor<1, Int>,
     /// Rows per kernel tile: [`TILE_ROWS`] for the tensor-core kernel, [`FEW_ROWS`] for the
     /// few-rows kernel.
@@ -111,8 +111,8 @@ pub fn group_by_expert(
         pair_of_row,
         row_of_pair,
         expert_of_row,
-        offsets,
-        tile_starts,
+        offsets: offsets.cast(IntDType::I32),
+        tile_starts: tile_starts.cast(IntDType::I32),
         tile_rows,
     }
 }
@@ -126,7 +126,6 @@ pub fn grouped_matmul(
 ) -> Tensor<2> {
     match (path, weights) {
         (ExpertPath::GroupedKernel, ExpertMatrix::Mxfp4(packed)) => {
-            let i32s = |t: Tensor<1, Int>| t.cast(IntDType::I32);
             let kernel = match groups.tile_rows {
                 FEW_ROWS => gpt_oss_kernels::grouped_mxfp4_rows::grouped_mxfp4_rows_matmul,
                 TILE_ROWS => gpt_oss_kernels::grouped_mxfp4::grouped_mxfp4_matmul,
@@ -136,8 +135,8 @@ pub fn grouped_matmul(
                 rows,
                 packed.words.val(),
                 packed.scale_words.val(),
-                i32s(groups.offsets.clone()),
-                i32s(groups.tile_starts.clone()),
+                groups.offsets.clone(),
+                groups.tile_starts.clone(),
             )
         }
         (ExpertPath::GroupedReferenceBf16, _) | (ExpertPath::GroupedKernel, _) => {
