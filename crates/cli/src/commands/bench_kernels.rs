@@ -106,7 +106,7 @@ fn seconds_per_call(device: &Device, run: impl Fn() -> Tensor<2>) -> anyhow::Res
 }
 
 /// sqrt(sum (ours - reference)^2 / sum reference^2) and max |ours - reference|.
-fn errors<const D: usize>(ours: Tensor<D>, reference: Tensor<D>) -> (f32, f32) {
+pub fn errors<const D: usize>(ours: Tensor<D>, reference: Tensor<D>) -> (f32, f32) {
     let diff: f32 = (ours.clone() - reference.clone())
         .powi_scalar(2)
         .sum()

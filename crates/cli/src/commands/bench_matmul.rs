@@ -104,15 +104,7 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
                     let ours = product(lhs.clone(), rhs.clone());
                     let reference =
                         gpt_oss_kernels::coopmat_gemm::reference_gemm(lhs.clone(), rhs.clone());
-                    let diff = (ours - reference.clone()).powi_scalar(2).sum().sqrt();
-                    let norm = reference.powi_scalar(2).sum().sqrt();
-                    let d = diff
-                        .try_into_vec_as::<f32>()
-                        .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
-                    let n = norm
-                        .try_into_vec_as::<f32>()
-                        .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
-                    Some(d / n)
+                    Some(super::bench_kernels::errors(ours, reference).0)
                 } else {
                     None
                 };
