@@ -38,14 +38,16 @@ fn bf16_pair(word: u32) -> (f32, f32) {
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn bf16_rows_kernel(
-    x: &[bf16],
+    x: &[f32],
     w: &[u32],
+    bias: &[f32],
     out: &mut [f32],
     m: u32,
     n: u32,
     k: u32,
     k_per_split: u32,
     #[comptime] rows: usize,
+    #[comptime] has_bias: bool,
 ) {
     let lane = UNIT_POS_X;
     let slice = UNIT_POS_Y;
@@ -81,7 +83,10 @@ fn bf16_rows_kernel(
             #[unroll]
             for r in 0..rows {
                 if (r as u32) < row_count {
-                    let xv = f32::cast_from(x[((row_begin + r as u32) * k + kk) as usize]);
+                    // Rounded to bf16 as the tensor-core GEMM rounds its inputs.
+                    let xv = f32::cast_from(bf16::cast_from(
+                        x[((row_begin + r as u32) * k + kk) as usize],
+                    ));
                     #[unroll]
                     for c in 0..LANE_COLUMNS as usize {
                         acc[r * LANE_COLUMNS as usize + c] += xv * weights[c];
@@ -108,6 +113,9 @@ fn bf16_rows_kernel(
             for s in 0..SLICES as usize {
                 total += partial[s * COLUMNS + unit];
             }
+            if has_bias && split == 0 {
+                total += bias[col as usize];
+            }
             out[((split * m + row_begin + r as u32) * n + col) as usize] = total;
         }
         sync_cube();
@@ -117,10 +125,17 @@ fn bf16_rows_kernel(
 /// GPU extension op; only the CubeCL backend implements it.
 #[backend_extension(Cube, Fusion)]
 pub trait RowsBackend: burn::backend::Backend {
-    /// `x` [m, k] bf16 times `w` [k, n] bf16, accumulated in f32: partial products [splits, m,
-    /// n] over `splits` parts of K (their sum is the product).
+    /// `x` [m, k] f32 (rounded to bf16) times `w` [k, n] bf16, accumulated in f32, plus `bias`
+    /// [n] when `has_bias` (otherwise `bias` is any f32 tensor, unread): partial products
+    /// [splits, m, n] over `splits` parts of K (their sum is the product; the first part
+    /// carries the bias).
     #[fusion(dtype = accumulator_dtype(x), shape = partials_shape(x, w))]
-    fn bf16_rows_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn bf16_rows_matmul(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        has_bias: bool,
+    ) -> FloatTensor<Self>;
 }
 
 fn accumulator_dtype(_input: DType) -> DType {
@@ -145,9 +160,13 @@ fn partials_shape(x: &Shape, w: &Shape) -> Shape {
 }
 
 impl RowsBackend for CubeBackend {
-    fn bf16_rows_matmul(x: CubeTensor, w: CubeTensor) -> CubeTensor {
-        let x = into_contiguous(x);
-        let w = into_contiguous(w);
+    fn bf16_rows_matmul(
+        x: CubeTensor,
+        w: CubeTensor,
+        bias: CubeTensor,
+        has_bias: bool,
+    ) -> CubeTensor {
+        let [x, w, bias] = [x, w, bias].map(into_contiguous);
         let [m, k] = [x.meta.shape()[0], x.meta.shape()[1]];
         let n = w.meta.shape()[1];
         assert!(supports(n), "bf16_rows: n = {n} is odd");
@@ -171,12 +190,14 @@ impl RowsBackend for CubeBackend {
             CubeDim::new_2d(LANES, SLICES),
             x.into_buffer_arg(),
             w.into_buffer_arg(),
+            bias.into_buffer_arg(),
             partials.clone().into_buffer_arg(),
             m as u32,
             n as u32,
             k as u32,
             k_per_split as u32,
             ROWS,
+            has_bias,
         );
         partials
     }
@@ -188,17 +209,23 @@ pub fn supports(n: usize) -> bool {
     n.is_multiple_of(2)
 }
 
-/// `x` [m, k] x `w` [k, n] with inputs cast to bf16 (as `coopmat_gemm` rounds them), result
-/// f32. GPU only; meant for m up to a few times [`ROWS`]; n must be even ([`supports`]).
-pub fn bf16_rows_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+/// `x` [m, k] x `w` [k, n] (+ `bias` [n]) with the inputs rounded to bf16 (as `coopmat_gemm`
+/// rounds them), result f32. GPU only; meant for m up to a few times [`ROWS`]; n must be even
+/// ([`supports`]).
+pub fn bf16_rows_matmul(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
     let [m, _] = x.dims();
     let n = w.dims()[1];
-    let x = x.cast(DType::BF16);
+    let x = x.cast(DType::F32);
     let w = w.cast(DType::BF16);
+    let has_bias = bias.is_some();
+    // Without a bias the kernel reads none: pass x as the unread buffer.
+    let bias = bias.unwrap_or_else(|| x.clone().reshape([m * x.dims()[1]]));
     let partials: Tensor<3> =
         Tensor::from_dispatch(<burn::backend::Dispatch as RowsBackend>::bf16_rows_matmul(
             x.into_dispatch(),
             w.into_dispatch(),
+            bias.into_dispatch(),
+            has_bias,
         ));
     if partials.dims()[0] == 1 {
         return partials.reshape([m, n]);

@@ -3,7 +3,7 @@
 //!
 //! burn's fusion turns log-softmax into one reduction kernel whose only fused variant gives each
 //! row to a single invocation: 2,048 rows of 201,088 logits then take about 60 ms. Here each row
-//! has a workgroup of [`UNITS`] invocations: strided maximum, then strided sum of exp(x - max),
+//! has a workgroup of [`UNITS`](crate::workgroup_reduce::UNITS) invocations: strided maximum, then strided sum of exp(x - max),
 //! each finished by a tree in shared memory.
 
 use burn::backend::{backend_extension, tensor::FloatTensor};
@@ -11,13 +11,8 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-/// Invocations per row.
-pub const UNITS: u32 = 256;
-/// log2(UNITS): levels of the reduction tree.
-const LEVELS: u32 = 8;
-
-/// Most workgroups along one grid dimension (Vulkan's limit).
-const MAX_GRID_X: usize = 65535;
+use crate::launch::{empty_f32, grid_over_rows};
+use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 
 #[cube(launch)]
 fn logsumexp_rows_kernel(x: &[f32], out: &mut [f32], rows: u32, width: u32) {
@@ -27,7 +22,6 @@ fn logsumexp_rows_kernel(x: &[f32], out: &mut [f32], rows: u32, width: u32) {
     }
     let base = row * width;
     let unit = UNIT_POS;
-    let mut shared = Shared::<[f32]>::new_slice(UNITS as usize);
 
     let mut best = f32::new(-3.0e38);
     let mut i = unit;
@@ -35,18 +29,7 @@ fn logsumexp_rows_kernel(x: &[f32], out: &mut [f32], rows: u32, width: u32) {
         best = max(best, x[(base + i) as usize]);
         i += UNITS;
     }
-    shared[unit as usize] = best;
-    sync_cube();
-    #[unroll]
-    for level in 0..LEVELS {
-        let stride = UNITS >> (level + 1);
-        if unit < stride {
-            shared[unit as usize] = max(shared[unit as usize], shared[(unit + stride) as usize]);
-        }
-        sync_cube();
-    }
-    let row_max = shared[0];
-    sync_cube();
+    let row_max = workgroup_reduce(best, true);
 
     let mut sum = 0.0f32;
     let mut j = unit;
@@ -54,18 +37,9 @@ fn logsumexp_rows_kernel(x: &[f32], out: &mut [f32], rows: u32, width: u32) {
         sum += (x[(base + j) as usize] - row_max).exp();
         j += UNITS;
     }
-    shared[unit as usize] = sum;
-    sync_cube();
-    #[unroll]
-    for level in 0..LEVELS {
-        let stride = UNITS >> (level + 1);
-        if unit < stride {
-            shared[unit as usize] += shared[(unit + stride) as usize];
-        }
-        sync_cube();
-    }
+    let total = workgroup_reduce(sum, false);
     if unit == 0 {
-        out[row as usize] = row_max + shared[0].ln();
+        out[row as usize] = row_max + total.ln();
     }
 }
 
@@ -89,21 +63,10 @@ impl LogSumExpBackend for CubeBackend {
     fn logsumexp_rows(x: CubeTensor) -> CubeTensor {
         let x = into_contiguous(x);
         let [rows, width] = [x.meta.shape()[0], x.meta.shape()[1]];
-        let client = x.client.clone();
-        let out = CubeTensor::new_contiguous(
-            client.clone(),
-            x.device.clone(),
-            Shape::from(vec![rows]),
-            client.empty(rows * DType::F32.size()),
-            DType::F32,
-        );
+        let out = empty_f32(&x, vec![rows]);
         logsumexp_rows_kernel::launch(
-            &client,
-            CubeCount::Static(
-                rows.min(MAX_GRID_X) as u32,
-                rows.div_ceil(MAX_GRID_X) as u32,
-                1,
-            ),
+            &x.client.clone(),
+            grid_over_rows(rows),
             CubeDim::new_1d(UNITS),
             x.into_buffer_arg(),
             out.clone().into_buffer_arg(),

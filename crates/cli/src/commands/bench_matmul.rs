@@ -97,7 +97,7 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
                 let rhs = Tensor::<2>::random([k, n], Distribution::Default, (&device, dtype));
                 let product = |l: Tensor<2>, r: Tensor<2>| match args.kernel.as_str() {
                     "coopmat" => gpt_oss_kernels::coopmat_gemm::coopmat_gemm(l, r),
-                    "rows" => gpt_oss_kernels::bf16_rows::bf16_rows_matmul(l, r),
+                    "rows" => gpt_oss_kernels::bf16_rows::bf16_rows_matmul(l, r, None),
                     _ => l.matmul(r),
                 };
                 let relative_error = if args.kernel != "burn" {

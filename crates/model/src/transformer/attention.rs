@@ -5,6 +5,8 @@ use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
+use gpt_oss_kernels::attention_rows;
+
 use super::cache::{KEY_BLOCK, LayerKv};
 use super::mask::KeyMask;
 use super::project::{linear, on_kernel_path};
@@ -68,6 +70,22 @@ impl Attention {
             Some(c) => c.append(k, v),
             None => (k, v),
         };
+        if t <= attention_rows::MAX_QUERIES
+            && attention_rows::supports(d)
+            && on_kernel_path(&self.q_proj.weight.val())
+        {
+            // Decoding: one kernel instead of about twelve (see `attention_rows`).
+            let scale = (d as f64).powf(-0.5) as f32;
+            let out = attention_rows::attention_rows(
+                q,
+                k,
+                v,
+                self.sinks.val(),
+                mask.key_ranges.clone(),
+                scale,
+            );
+            return linear(&self.o_proj, out.reshape([b, t, nh * d]));
+        }
         let out = self
             .attend_in_chunks(q, k, v, mask, AttentionChunks::default())
             .swap_dims(1, 2)
@@ -217,6 +235,55 @@ mod tests {
                     "{window:?} {chunks:?}: chunked attention differs by {diff}"
                 );
             }
+        }
+    }
+
+    /// The reference of the decoding kernel (`attention_rows`, burn ops over the mask's key
+    /// ranges) is the model's attention: a decode-like step of three queries over cached keys,
+    /// with left padding and with and without a window.
+    #[test]
+    fn attention_rows_reference_is_the_model_attention() {
+        let device = Device::flex();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tools/reference/out/tiny-dense");
+        let options = LoadOptions {
+            experts: ExpertResidency::Decoded,
+        };
+        let model = load_model(&dir, &device, options).unwrap();
+        let attention = &model.layers[0].self_attn;
+        let (nh, nkv, d) = (
+            attention.num_heads,
+            attention.num_kv_heads,
+            attention.head_dim,
+        );
+        let pads = [0, 5];
+        let b = pads.len();
+        let queries = SlotRange { start: 14, len: 3 };
+        let keys = SlotRange { start: 2, len: 15 };
+        let q = Tensor::<4>::random([b, nh, queries.len, d], Distribution::Default, &device);
+        let k = Tensor::<4>::random([b, nkv, keys.len, d], Distribution::Default, &device);
+        let v = Tensor::<4>::random([b, nkv, keys.len, d], Distribution::Default, &device);
+        for window in [Some(4), None] {
+            let mask = KeyMask::new(&pads, queries, keys, window, &device);
+            let model_out = attention
+                .attend_in_chunks(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    &mask,
+                    AttentionChunks::default(),
+                )
+                .swap_dims(1, 2);
+            let reference = attention_rows::reference_attention_rows(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                attention.sinks.val(),
+                mask.key_ranges.clone(),
+                (d as f32).powf(-0.5),
+            );
+            let diff: f32 = (model_out - reference).abs().max().into_scalar();
+            assert!(diff < 1e-5, "{window:?}: reference differs by {diff}");
         }
     }
 }

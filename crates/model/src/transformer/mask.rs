@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, IntDType, Tensor, TensorData};
 
 /// The slots a forward call covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,9 @@ pub struct SlotRange {
 pub struct KeyMask {
     /// `true` where attention is forbidden, [B, 1, T, S].
     pub blocked: Tensor<4, Bool>,
+    /// The visible keys of each (row, query) as one range lo..hi of key indices, [B * T * 2]
+    /// 32-bit (what the decoding attention kernel reads; see [`visible_ranges`]).
+    pub key_ranges: Tensor<1, Int>,
     pub queries: SlotRange,
     pub keys: SlotRange,
     pub window: Option<usize>,
@@ -35,8 +38,12 @@ impl KeyMask {
         window: Option<usize>,
         device: &Device,
     ) -> Self {
+        let ranges = visible_ranges(pads, queries, keys, window);
+        let count = ranges.len();
         Self {
             blocked: blocked_keys(pads, queries, keys, window, device),
+            key_ranges: Tensor::<1, Int>::from_data(TensorData::new(ranges, [count]), device)
+                .cast(IntDType::I32),
             queries,
             keys,
             window,
@@ -68,6 +75,28 @@ impl KeyMask {
             .narrow(2, rows.start, rows.len())
             .narrow(3, keys.start, keys.len())
     }
+}
+
+/// For each row b and query i (row-major), the key indices it sees as `[lo, hi]` pairs: key
+/// slots from max(pad, query - window + 1) to the query itself, cut to the keys (the blocked
+/// keys of [`blocked_keys`] are exactly those outside; empty ranges have lo == hi).
+pub fn visible_ranges(
+    pads: &[usize],
+    queries: SlotRange,
+    keys: SlotRange,
+    window: Option<usize>,
+) -> Vec<i32> {
+    let key_end = keys.start + keys.len;
+    let mut ranges = Vec::with_capacity(pads.len() * queries.len * 2);
+    for &pad in pads {
+        for query in queries.start..queries.start + queries.len {
+            let first = window.map_or(0, |w| (query + 1).saturating_sub(w));
+            let lo = first.max(pad).clamp(keys.start, key_end);
+            let hi = (query + 1).clamp(lo, key_end);
+            ranges.extend([(lo - keys.start) as i32, (hi - keys.start) as i32]);
+        }
+    }
+    ranges
 }
 
 /// `true` where attention is forbidden, shaped [B, 1, T, S].
@@ -211,6 +240,56 @@ mod tests {
                         assert_eq!(range, *lo..hi + 1, "{q:?} {k:?} {w:?} rows {rows:?}");
                     }
                 }
+            }
+        }
+    }
+
+    /// Each (row, query)'s range holds exactly its unblocked keys.
+    #[test]
+    fn visible_ranges_hold_exactly_the_unblocked_keys() {
+        for (pads, q, k, w) in [
+            (
+                vec![0, 3],
+                SlotRange { start: 0, len: 9 },
+                SlotRange { start: 0, len: 9 },
+                None,
+            ),
+            (
+                vec![0, 3],
+                SlotRange { start: 0, len: 9 },
+                SlotRange { start: 0, len: 9 },
+                Some(4),
+            ),
+            (
+                vec![0, 7],
+                SlotRange { start: 9, len: 1 },
+                SlotRange { start: 6, len: 8 },
+                Some(4),
+            ),
+            (
+                vec![2],
+                SlotRange { start: 5, len: 3 },
+                SlotRange { start: 0, len: 16 },
+                None,
+            ),
+            (
+                vec![5],
+                SlotRange { start: 0, len: 4 },
+                SlotRange { start: 0, len: 4 },
+                Some(2),
+            ),
+        ] {
+            let blocked = host_reference(&pads, q, k, w);
+            let ranges = visible_ranges(&pads, q, k, w);
+            for (item, pair) in ranges.chunks(2).enumerate() {
+                let (lo, hi) = (pair[0] as usize, pair[1] as usize);
+                let expected: Vec<usize> =
+                    (0..k.len).filter(|&j| !blocked[item * k.len + j]).collect();
+                assert_eq!(
+                    (lo..hi).collect::<Vec<_>>(),
+                    expected,
+                    "{pads:?} {q:?} {k:?} {w:?} item {item}"
+                );
             }
         }
     }

@@ -9,6 +9,7 @@ pub mod load;
 pub mod mask;
 pub mod moe;
 pub mod moe_grouped;
+pub mod moe_pairs;
 pub mod norm;
 pub mod project;
 pub mod rope;
@@ -110,23 +111,27 @@ impl TokenBatch {
 impl GptOss {
     /// Stores the attention projections, the embedding and lm_head in bf16 (router, norms,
     /// biases and sinks stay f32): products with them then run on the tensor cores
-    /// ([`project`]), GPU only. Weights memory drops to about the checkpoint's bytes.
+    /// ([`project`]), GPU only. Weights memory drops to about the checkpoint's bytes. The norms
+    /// switch to their GPU kernel too.
     pub fn store_weights_bf16(self) -> Self {
         let to_bf16 =
             |p: burn::module::Param<Tensor<2>>| p.map(|t| t.cast(burn::tensor::DType::BF16));
         let GptOss {
             mut embed_tokens,
             layers,
-            norm,
+            mut norm,
             mut lm_head,
             config,
             rope,
         } = self;
         embed_tokens.pieces = embed_tokens.pieces.into_iter().map(to_bf16).collect();
         lm_head.pieces = lm_head.pieces.into_iter().map(to_bf16).collect();
+        norm.on_kernel_path = true;
         let layers = layers
             .into_iter()
             .map(|mut layer| {
+                layer.input_layernorm.on_kernel_path = true;
+                layer.post_attention_layernorm.on_kernel_path = true;
                 let a = layer.self_attn;
                 layer.self_attn = attention::Attention {
                     q_proj: project::to_bf16(a.q_proj),

@@ -2,11 +2,16 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
+use gpt_oss_kernels::rms_norm_rows::rms_norm_rows;
 
 #[derive(Module, Debug)]
 pub struct RmsNorm {
     pub weight: Param<Tensor<1>>,
     pub eps: f64,
+    /// Run as one GPU kernel (`rms_norm_rows`) instead of burn's ops: set with the other GPU
+    /// kernels by [`super::GptOss::store_weights_bf16`].
+    #[module(skip)]
+    pub on_kernel_path: bool,
 }
 
 impl RmsNorm {
@@ -14,13 +19,45 @@ impl RmsNorm {
         Self {
             weight: Param::from_tensor(weight),
             eps,
+            on_kernel_path: false,
         }
     }
 
     /// Normalises over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if self.on_kernel_path {
+            let dims = x.dims();
+            let width = dims[D - 1];
+            let rows = x.shape().num_elements() / width;
+            let y = rms_norm_rows(x.reshape([rows, width]), self.weight.val(), self.eps);
+            return y.reshape(dims);
+        }
         let variance = x.clone().square().mean_dim(D - 1);
         let inv_rms = variance.add_scalar(self.eps).sqrt().recip();
         x * inv_rms * self.weight.val().unsqueeze::<D>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Distribution};
+
+    use super::*;
+
+    /// The norm kernel's reference (burn ops on [rows, width]) is the model's norm.
+    #[test]
+    fn kernel_reference_is_the_model_norm() {
+        let device = Device::flex();
+        let weight = Tensor::<1>::random([48], Distribution::Default, &device);
+        let norm = RmsNorm::new(weight.clone(), 1e-5);
+        let x = Tensor::<3>::random([2, 5, 48], Distribution::Normal(0.0, 4.0), &device);
+        let ours = norm.forward(x.clone()).reshape([10, 48]);
+        let reference = gpt_oss_kernels::rms_norm_rows::reference_rms_norm_rows(
+            x.reshape([10, 48]),
+            weight,
+            1e-5,
+        );
+        let diff: f32 = (ours - reference).abs().max().into_scalar();
+        assert!(diff < 1e-6, "differs by {diff}");
     }
 }

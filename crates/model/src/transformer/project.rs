@@ -21,12 +21,22 @@ pub fn on_kernel_path(weight: &Tensor<2>) -> bool {
 
 /// `x` [m, in] times `w` [in, out] -> [m, out] f32.
 pub fn times_weight(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    if !on_kernel_path(&w) {
+    times_weight_plus_bias(x, w, None)
+}
+
+/// `x` [m, in] times `w` [in, out], plus `bias` [out] when given -> [m, out] f32. The few-rows
+/// kernel adds the bias itself (decoding counts kernels).
+pub fn times_weight_plus_bias(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+    let product = if !on_kernel_path(&w) {
         x.matmul(w)
     } else if x.dims()[0] <= FEW_ROWS && bf16_rows::supports(w.dims()[1]) {
-        bf16_rows::bf16_rows_matmul(x, w)
+        return bf16_rows::bf16_rows_matmul(x, w, bias);
     } else {
         gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x, w)
+    };
+    match bias {
+        Some(bias) => product + bias.unsqueeze::<2>(),
+        None => product,
     }
 }
 
@@ -37,11 +47,8 @@ pub fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
         return layer.forward(x);
     }
     let [b, t, input] = x.dims();
-    let out = times_weight(x.reshape([b * t, input]), weight);
-    let out = match &layer.bias {
-        Some(bias) => out + bias.val().unsqueeze::<2>(),
-        None => out,
-    };
+    let bias = layer.bias.as_ref().map(|bias| bias.val());
+    let out = times_weight_plus_bias(x.reshape([b * t, input]), weight, bias);
     let width = out.dims()[1];
     out.reshape([b, t, width])
 }

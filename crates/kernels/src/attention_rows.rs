@@ -1,0 +1,248 @@
+//! Attention for a few query rows (decoding) in one kernel: scores, sink, softmax and the
+//! weighted values (spec 4.4), in f32.
+//!
+//! burn runs decoding's attention as about twelve kernels (two matmuls, the mask, the sink
+//! concatenation, the softmax, copies); decoding is bound by the number of kernels per token.
+//! A workgroup of [`UNITS`] invocations takes one (row, head, query): the keys it may see are
+//! one contiguous range `ranges[row, query]` of the cache buffer (causality, sliding window and
+//! left padding all cut one range; `KeyMask` computes them). Keys go in chunks of [`CHUNK`]:
+//! every invocation scores its keys into shared memory, the chunk's maximum and sum update a
+//! running softmax (started from the sink's logit), and invocation u adds the probabilities
+//! times dimension u % head_dim of every (256 / head_dim)-th value row.
+
+use burn::backend::{
+    backend_extension,
+    tensor::{FloatTensor, IntTensor},
+};
+use burn::tensor::{Bool, DType, Int, Shape, Tensor};
+use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
+use cubecl::prelude::*;
+
+use crate::launch::{empty_f32, grid_over_rows};
+use crate::workgroup_reduce::{UNITS, workgroup_reduce};
+
+/// Keys scored per pass (shared memory: 8 KiB).
+pub const CHUNK: u32 = 2048;
+/// Up to this many queries per call the model uses this kernel (each workgroup reads its
+/// visible keys once: fine for decoding, not for scoring long sequences).
+pub const MAX_QUERIES: usize = 16;
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn attention_rows_kernel(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    sinks: &[f32],
+    ranges: &[u32],
+    out: &mut [f32],
+    items: u32,
+    heads: u32,
+    kv_heads: u32,
+    queries: u32,
+    keys: u32,
+    scale: f32,
+    #[comptime] head_dim: u32,
+) {
+    let item = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
+    if item >= items {
+        terminate!();
+    }
+    // item = (row * heads + head) * queries + query
+    let query = item % queries;
+    let head = (item / queries) % heads;
+    let row = item / (queries * heads);
+    let kv_head = head / (heads / kv_heads);
+    let range = (row * queries + query) * 2;
+    let lo = ranges[range as usize];
+    let hi = ranges[(range + 1) as usize];
+    let kv_base = (row * kv_heads + kv_head) * keys * head_dim;
+    let unit = UNIT_POS;
+
+    let mut scaled_q = Array::<f32>::new(head_dim as usize);
+    for d in 0..head_dim {
+        scaled_q[d as usize] = q[(item * head_dim + d) as usize] * scale;
+    }
+    let mut scores = Shared::<[f32]>::new_slice(CHUNK as usize);
+    let dim = unit % head_dim;
+    let group = unit / head_dim;
+    let groups = UNITS / head_dim;
+    // The sink is one more logit in the softmax: start from it.
+    let mut running_max = sinks[head as usize];
+    let mut running_sum = 1.0f32;
+    let mut acc = 0.0f32;
+    let mut start = lo;
+    while start < hi {
+        let count = min(hi - start, CHUNK);
+        let mut local_max = f32::new(-3.0e38);
+        let mut j = unit;
+        while j < count {
+            let key_base = kv_base + (start + j) * head_dim;
+            let mut dot = 0.0f32;
+            for d in 0..head_dim {
+                dot += scaled_q[d as usize] * k[(key_base + d) as usize];
+            }
+            scores[j as usize] = dot;
+            local_max = max(local_max, dot);
+            j += UNITS;
+        }
+        let new_max = max(running_max, workgroup_reduce(local_max, true));
+        let rescale = (running_max - new_max).exp();
+        let mut local_sum = 0.0f32;
+        let mut i = unit;
+        while i < count {
+            let p = (scores[i as usize] - new_max).exp();
+            scores[i as usize] = p;
+            local_sum += p;
+            i += UNITS;
+        }
+        // The reduction synchronises: every probability of the chunk is in place after it.
+        running_sum = running_sum * rescale + workgroup_reduce(local_sum, false);
+        running_max = new_max;
+        acc *= rescale;
+        let mut key = group;
+        while key < count {
+            acc += scores[key as usize] * v[(kv_base + (start + key) * head_dim + dim) as usize];
+            key += groups;
+        }
+        sync_cube();
+        start += CHUNK;
+    }
+    let mut parts = Shared::<[f32]>::new_slice(UNITS as usize);
+    parts[unit as usize] = acc;
+    sync_cube();
+    if unit < head_dim {
+        let mut total = 0.0f32;
+        for g in 0..groups {
+            total += parts[(g * head_dim + unit) as usize];
+        }
+        let out_index = ((row * queries + query) * heads + head) * head_dim + unit;
+        out[out_index as usize] = total / running_sum;
+    }
+}
+
+/// GPU extension op; only the CubeCL backend implements it.
+#[backend_extension(Cube, Fusion)]
+pub trait AttentionRowsBackend: burn::backend::Backend {
+    /// `q` [B, heads, T, d], `k` and `v` [B, kv_heads, S, d], `sinks` [heads], `ranges` [B * T
+    /// * 2] (visible keys lo..hi per row and query, 32-bit) -> [B, T, heads, d].
+    #[fusion(dtype = same_dtype(q), shape = Shape::from(vec![q[0], q[2], q[1], q[3]]))]
+    fn attention_rows(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        sinks: FloatTensor<Self>,
+        ranges: IntTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
+}
+
+fn same_dtype(input: DType) -> DType {
+    input
+}
+
+impl AttentionRowsBackend for CubeBackend {
+    fn attention_rows(
+        q: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        sinks: CubeTensor,
+        ranges: CubeTensor,
+        scale: f32,
+    ) -> CubeTensor {
+        let [q, k, v, sinks, ranges] = [q, k, v, sinks, ranges].map(into_contiguous);
+        let [b, heads, t, d] = [0, 1, 2, 3].map(|i| q.meta.shape()[i]);
+        let [kv_heads, keys] = [k.meta.shape()[1], k.meta.shape()[2]];
+        assert!(supports(d), "attention_rows: head_dim {d}");
+        let items = b * heads * t;
+        let out = empty_f32(&q, vec![b, t, heads, d]);
+        attention_rows_kernel::launch(
+            &q.client.clone(),
+            grid_over_rows(items),
+            CubeDim::new_1d(UNITS),
+            q.into_buffer_arg(),
+            k.into_buffer_arg(),
+            v.into_buffer_arg(),
+            sinks.into_buffer_arg(),
+            ranges.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            items as u32,
+            heads as u32,
+            kv_heads as u32,
+            t as u32,
+            keys as u32,
+            scale,
+            d as u32,
+        );
+        out
+    }
+}
+
+/// Whether the kernel takes heads of `head_dim` (a divisor of the workgroup's [`UNITS`]).
+pub fn supports(head_dim: usize) -> bool {
+    head_dim > 0 && (UNITS as usize).is_multiple_of(head_dim)
+}
+
+/// Attention of queries `q` [B, heads, T, d] over keys and values [B, kv_heads, S, d] (query
+/// head h reads kv head h / (heads / kv_heads)), each query seeing the keys
+/// `ranges[(b * T + i) * 2]..ranges[(b * T + i) * 2 + 1]` (32-bit ints), with one sink logit per
+/// head in the softmax -> [B, T, heads, d]. f32, GPU only.
+pub fn attention_rows(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    sinks: Tensor<1>,
+    ranges: Tensor<1, Int>,
+    scale: f32,
+) -> Tensor<4> {
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as AttentionRowsBackend>::attention_rows(
+            q.into_dispatch(),
+            k.into_dispatch(),
+            v.into_dispatch(),
+            sinks.into_dispatch(),
+            ranges.into_dispatch(),
+            scale,
+        ),
+    )
+}
+
+/// What `attention_rows` computes, with burn's ops (keys outside a query's range masked).
+pub fn reference_attention_rows(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    sinks: Tensor<1>,
+    ranges: Tensor<1, Int>,
+    scale: f32,
+) -> Tensor<4> {
+    let [b, heads, t, d] = q.dims();
+    let [_, kv_heads, s, _] = k.dims();
+    let group = heads / kv_heads;
+    let device = q.device();
+    // Compared as floats (exact for these sizes): the ranges are 32-bit, arange is not.
+    let ranges = ranges.float().reshape([b, 1, t, 2]);
+    let lo = ranges.clone().narrow(3, 0, 1);
+    let hi = ranges.narrow(3, 1, 1);
+    let key = Tensor::<1, Int>::arange(0..s as i64, &device)
+        .float()
+        .reshape([1, 1, 1, s]);
+    let blocked: Tensor<4, Bool> = key
+        .clone()
+        .lower(lo.expand([b, 1, t, s]))
+        .bool_or(key.greater_equal(hi.expand([b, 1, t, s])));
+    let scores = q
+        .reshape([b, kv_heads, group * t, d])
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar(scale)
+        .reshape([b, heads, t, s])
+        .mask_fill(blocked.expand([b, heads, t, s]), f32::NEG_INFINITY);
+    let sinks = sinks.reshape([1, heads, 1, 1]).expand([b, heads, t, 1]);
+    let probs =
+        burn::tensor::activation::softmax(Tensor::cat(vec![scores, sinks], 3), 3).narrow(3, 0, s);
+    probs
+        .reshape([b, kv_heads, group * t, s])
+        .matmul(v)
+        .reshape([b, heads, t, d])
+        .swap_dims(1, 2)
+}

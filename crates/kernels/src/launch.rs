@@ -1,0 +1,31 @@
+//! Host-side pieces every kernel launch repeats: the output buffer and grids over many rows.
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+/// Most workgroups along one grid dimension (Vulkan's limit).
+pub const MAX_GRID_X: usize = 65535;
+
+/// An uninitialised contiguous f32 tensor of `shape` on `like`'s device.
+pub fn empty_f32(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
+    let client = like.client.clone();
+    let elements: usize = shape.iter().product();
+    CubeTensor::new_contiguous(
+        client.clone(),
+        like.device.clone(),
+        Shape::from(shape),
+        client.empty(elements * DType::F32.size()),
+        DType::F32,
+    )
+}
+
+/// One workgroup per row for `rows` rows, over two grid dimensions past [`MAX_GRID_X`]; the
+/// kernel's row is `CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X` and rows past the end must exit.
+pub fn grid_over_rows(rows: usize) -> CubeCount {
+    CubeCount::Static(
+        rows.clamp(1, MAX_GRID_X) as u32,
+        rows.div_ceil(MAX_GRID_X).max(1) as u32,
+        1,
+    )
+}

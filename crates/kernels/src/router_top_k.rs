@@ -1,0 +1,178 @@
+//! The MoE router in one kernel (spec 4.6): logits = x W + b, the k largest, softmax over them.
+//!
+//! burn runs this as about ten kernels (matmul, bias, top-k, the softmax's reductions). The
+//! result is one f32 routing table per token, [ids as floats | gates] ([n, 2k]; expert ids are
+//! small integers, exact in f32), which the experts kernels (`experts_pairs`) read directly.
+//!
+//! A workgroup of [`UNITS`] invocations takes one token: invocation u adds the products for
+//! expert u % E over every (256 / E)-th hidden unit (consecutive invocations read consecutive
+//! weights of a row of W [H, E]); the slices are added in shared memory; one invocation then picks
+//! the k largest (lowest id first among equal logits) and their softmax.
+
+use burn::backend::{backend_extension, tensor::FloatTensor};
+use burn::tensor::{DType, Int, Shape, Tensor};
+use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
+use cubecl::prelude::*;
+
+use crate::launch::{empty_f32, grid_over_rows};
+use crate::workgroup_reduce::UNITS;
+
+/// Most experts a layer may have (one invocation per expert at least).
+pub const MAX_EXPERTS: usize = UNITS as usize;
+/// Most experts per token.
+pub const MAX_TOP_K: usize = 8;
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn router_top_k_kernel(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+    rows: u32,
+    hidden: u32,
+    experts: u32,
+    #[comptime] top_k: usize,
+) {
+    let row = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
+    if row >= rows {
+        terminate!();
+    }
+    let unit = UNIT_POS;
+    let slices = UNITS / experts;
+    let expert = unit % experts;
+    let slice = unit / experts;
+    let mut partial = Shared::<[f32]>::new_slice(UNITS as usize);
+    let mut logits = Shared::<[f32]>::new_slice(UNITS as usize);
+    let mut acc = 0.0f32;
+    if slice < slices {
+        let mut h = slice;
+        while h < hidden {
+            acc += x[(row * hidden + h) as usize] * w[(h * experts + expert) as usize];
+            h += slices;
+        }
+    }
+    partial[unit as usize] = acc;
+    sync_cube();
+    if unit < experts {
+        let mut total = bias[unit as usize];
+        for s in 0..slices {
+            total += partial[(s * experts + unit) as usize];
+        }
+        logits[unit as usize] = total;
+    }
+    sync_cube();
+    if unit == 0 {
+        let mut chosen = Array::<u32>::new(top_k);
+        let mut values = Array::<f32>::new(top_k);
+        #[unroll]
+        for j in 0..top_k {
+            let mut best = experts;
+            let mut best_value = f32::new(0.0);
+            for e in 0..experts {
+                let mut taken = false;
+                #[unroll]
+                for i in 0..j {
+                    if chosen[i] == e {
+                        taken = true;
+                    }
+                }
+                let value = logits[e as usize];
+                if !taken && (best == experts || value > best_value) {
+                    best = e;
+                    best_value = value;
+                }
+            }
+            chosen[j] = best;
+            values[j] = best_value;
+        }
+        // values[0] is the largest: softmax without overflow.
+        let largest = values[0];
+        let mut sum = 0.0f32;
+        #[unroll]
+        for j in 0..top_k {
+            values[j] = (values[j] - largest).exp();
+            sum += values[j];
+        }
+        let base = row * 2 * top_k as u32;
+        #[unroll]
+        for j in 0..top_k {
+            out[(base + j as u32) as usize] = f32::cast_from(chosen[j]);
+            out[(base + top_k as u32 + j as u32) as usize] = values[j] / sum;
+        }
+    }
+}
+
+/// GPU extension op; only the CubeCL backend implements it.
+#[backend_extension(Cube, Fusion)]
+pub trait RouterBackend: burn::backend::Backend {
+    /// `x` [n, H], `w` [H, E], `bias` [E] (all f32) -> routing table [n, 2 * top_k].
+    #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![x[0], 2 * top_k]))]
+    fn router_top_k(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        top_k: usize,
+    ) -> FloatTensor<Self>;
+}
+
+fn same_dtype(input: DType) -> DType {
+    input
+}
+
+impl RouterBackend for CubeBackend {
+    fn router_top_k(x: CubeTensor, w: CubeTensor, bias: CubeTensor, top_k: usize) -> CubeTensor {
+        let [x, w, bias] = [x, w, bias].map(into_contiguous);
+        let [rows, hidden] = [x.meta.shape()[0], x.meta.shape()[1]];
+        let experts = w.meta.shape()[1];
+        assert!(
+            supports(experts, top_k),
+            "router_top_k: {experts} experts, top {top_k}"
+        );
+        let out = empty_f32(&x, vec![rows, 2 * top_k]);
+        router_top_k_kernel::launch(
+            &x.client.clone(),
+            grid_over_rows(rows),
+            CubeDim::new_1d(UNITS),
+            x.into_buffer_arg(),
+            w.into_buffer_arg(),
+            bias.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            rows as u32,
+            hidden as u32,
+            experts as u32,
+            top_k,
+        );
+        out
+    }
+}
+
+/// Whether the kernel takes a router over `experts` experts choosing `top_k` of them.
+pub fn supports(experts: usize, top_k: usize) -> bool {
+    (1..=MAX_EXPERTS).contains(&experts) && (1..=MAX_TOP_K.min(experts)).contains(&top_k)
+}
+
+/// The routing table [n, 2 * top_k] of tokens `x` [n, H] for router weights `w` [H, E] and
+/// `bias` [E]: the chosen ids (as floats, largest logit first) then their softmax gates. GPU
+/// only; see [`supports`].
+pub fn router_top_k(x: Tensor<2>, w: Tensor<2>, bias: Tensor<1>, top_k: usize) -> Tensor<2> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as RouterBackend>::router_top_k(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        bias.into_dispatch(),
+        top_k,
+    ))
+}
+
+/// What `router_top_k` computes, with burn's ops.
+pub fn reference_router_top_k(
+    x: Tensor<2>,
+    w: Tensor<2>,
+    bias: Tensor<1>,
+    top_k: usize,
+) -> Tensor<2> {
+    let logits = x.matmul(w) + bias.unsqueeze::<2>();
+    let (top, ids): (Tensor<2>, Tensor<2, Int>) = logits.topk_with_indices(top_k, 1);
+    let gates = burn::tensor::activation::softmax(top, 1);
+    Tensor::cat(vec![ids.float(), gates], 1)
+}

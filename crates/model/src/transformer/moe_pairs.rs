@@ -1,0 +1,139 @@
+//! The MoE block for a few tokens on the GPU: router and experts in three kernels, no sort.
+//!
+//! Decoding is bound by the number of kernels per token (about 110 per layer before this path,
+//! half of them the MoE block's routing and sort). Here the router kernel writes each token's
+//! expert ids and gates into one table, and the two experts kernels read their pair's expert
+//! from it (`gpt_oss_kernels::experts_pairs`): an expert's weights are read once per pair rather
+//! than once per expert, which costs nothing while pairs rarely share an expert.
+
+use burn::tensor::{Tensor, TensorData};
+use gpt_oss_kernels::{experts_pairs, router_top_k};
+
+use super::experts::ExpertMatrix;
+use super::moe::Moe;
+use super::moe_grouped::ExpertPath;
+
+/// Up to this many (token, rank) pairs the kernel path runs the experts per pair (batch-1
+/// decoding has 4); above, the pairs are sorted by expert (`moe_grouped`).
+pub const MAX_PAIRS: usize = 16;
+
+/// Whether `moe` runs `tokens` tokens through this path: the GPU kernel path, MXFP4 experts of
+/// shapes the kernels take, and few enough pairs.
+pub fn runs_by_pairs(moe: &Moe, tokens: usize) -> bool {
+    let (ExpertMatrix::Mxfp4(gate_up), ExpertMatrix::Mxfp4(_)) =
+        (&moe.experts.gate_up, &moe.experts.down)
+    else {
+        return false;
+    };
+    let [experts, width, words_per_row] = gate_up.words.dims();
+    moe.path == ExpertPath::GroupedKernel
+        && tokens * moe.top_k <= MAX_PAIRS
+        && router_top_k::supports(experts, moe.top_k)
+        && experts_pairs::supports(words_per_row * 8, width / 2)
+}
+
+/// The MoE block on `xs` [n, H] (normalised) -> [n, H], with an optional additive router bias
+/// [E] (the expert mask). Callers check [`runs_by_pairs`] first.
+pub fn moe_by_pairs(moe: &Moe, xs: Tensor<2>, router_bias: Option<&[f32]>) -> Tensor<2> {
+    let (ExpertMatrix::Mxfp4(gate_up), ExpertMatrix::Mxfp4(down)) =
+        (&moe.experts.gate_up, &moe.experts.down)
+    else {
+        panic!("moe_by_pairs needs MXFP4 experts (check runs_by_pairs)");
+    };
+    let device = xs.device();
+    let mut bias = moe
+        .router
+        .bias
+        .as_ref()
+        .map(|b| b.val())
+        .unwrap_or_else(|| Tensor::zeros([moe.num_experts()], &device));
+    if let Some(extra) = router_bias {
+        bias = bias + Tensor::from_data(TensorData::new(extra.to_vec(), [extra.len()]), &device);
+    }
+    let routing = router_top_k::router_top_k(xs.clone(), moe.router.weight.val(), bias, moe.top_k);
+    let experts = &moe.experts;
+    let act = experts_pairs::pairs_gate_up(
+        xs,
+        routing.clone(),
+        gate_up.words.val(),
+        gate_up.scale_words.val(),
+        experts.gate_up_bias.val(),
+        experts.swiglu_limit,
+        experts.swiglu_alpha,
+    );
+    experts_pairs::pairs_down(
+        act,
+        routing,
+        down.words.val(),
+        down.scale_words.val(),
+        experts.down_bias.val(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Distribution};
+
+    use super::*;
+    use crate::transformer::moe_grouped::route;
+    use crate::{ExpertResidency, LoadOptions, load_model};
+
+    fn tiny_mxfp4() -> crate::transformer::GptOss {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tools/reference/out/tiny-mxfp4");
+        let options = LoadOptions {
+            experts: ExpertResidency::Packed,
+        };
+        load_model(&dir, &Device::flex(), options).unwrap()
+    }
+
+    /// Only the GPU kernel path takes pairs, and only up to `MAX_PAIRS` of them: the CPU paths
+    /// never reach the kernels.
+    #[test]
+    fn only_the_kernel_path_with_few_pairs_runs_by_pairs() {
+        let mut model = tiny_mxfp4();
+        let top_k = model.layers[0].mlp.top_k;
+        let most_tokens = MAX_PAIRS / top_k;
+        for path in [
+            ExpertPath::PerExpert,
+            ExpertPath::GroupedReference,
+            ExpertPath::GroupedReferenceBf16,
+            ExpertPath::GroupedKernel,
+        ] {
+            model.set_expert_path(path);
+            let moe = &model.layers[0].mlp;
+            let kernel = path == ExpertPath::GroupedKernel;
+            assert_eq!(runs_by_pairs(moe, 1), kernel, "{path:?}, one token");
+            assert_eq!(runs_by_pairs(moe, most_tokens), kernel, "{path:?}");
+            assert!(!runs_by_pairs(moe, most_tokens + 1), "{path:?}, too many");
+        }
+    }
+
+    /// The router kernel's reference (burn ops) makes the model's choice: same ids in the same
+    /// order (largest first) and the same gates.
+    #[test]
+    fn router_reference_is_the_model_routing() {
+        let model = tiny_mxfp4();
+        let device = Device::flex();
+        let moe = &model.layers[1].mlp;
+        let (n, k) = (9, moe.top_k);
+        let xs = Tensor::<2>::random([n, 64], Distribution::Normal(0.0, 1.0), &device);
+        let bias = moe.router.bias.as_ref().unwrap().val();
+        let table =
+            router_top_k::reference_router_top_k(xs.clone(), moe.router.weight.val(), bias, k);
+        let (gates, ids) = route(moe.router.forward(xs), k);
+        let ids: Vec<f32> = ids.float().try_into_vec_as::<f32>().unwrap();
+        let gates: Vec<f32> = gates.try_into_vec_as::<f32>().unwrap();
+        let table: Vec<f32> = table.try_into_vec_as::<f32>().unwrap();
+        for token in 0..n {
+            let row = &table[token * 2 * k..(token + 1) * 2 * k];
+            assert_eq!(&row[..k], &ids[token * k..(token + 1) * k], "token {token}");
+            for (ours, theirs) in row[k..].iter().zip(&gates[token * k..(token + 1) * k]) {
+                assert!(
+                    (ours - theirs).abs() < 1e-6,
+                    "token {token}: {ours} vs {theirs}"
+                );
+            }
+        }
+    }
+}
