@@ -6,9 +6,9 @@
 //! - `bf16_rows`, `grouped_mxfp4_rows`: the same two products for a few rows (decoding), without
 //!   tensor cores, streaming the weights once per few rows.
 //! - `logsumexp_rows`: the log-softmax normaliser of wide rows (scoring over the vocabulary).
-//! - `rms_norm_rows`, `router_top_k`, `experts_pairs`, `attention_rows`: decoding's norm,
-//!   router, experts and attention in one kernel each instead of tens of burn kernels (decoding
-//!   is bound by kernels per token).
+//! - `rms_norm_rows`, `rotary_rows`, `router_top_k`, `experts_pairs`, `attention_rows`:
+//!   decoding's norm, RoPE, router, experts and attention in one kernel each instead of tens of
+//!   burn kernels (decoding is bound by kernels per token).
 //!
 //! Every op here has a plain burn reference it is checked against (`reference_*`), which is
 //! also what the CPU path runs.
@@ -22,5 +22,6 @@ pub mod grouped_mxfp4_rows;
 pub mod launch;
 pub mod logsumexp_rows;
 pub mod rms_norm_rows;
+pub mod rotary_rows;
 pub mod router_top_k;
 pub mod workgroup_reduce;

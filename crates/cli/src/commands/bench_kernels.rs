@@ -4,9 +4,9 @@
 //! product against burn's f32 product of the same bf16 inputs, the row logsumexp, the RMSNorm,
 //! the router and the per-pair experts kernels (against routing by burn ops and the sorted
 //! grouped reference; also timed against the sorted grouped kernels) and the few-query attention
-//! (random key ranges, some empty, some over several chunks). Prints the relative error per
+//! (random key ranges, some empty, some over several chunks) and the RoPE kernel. Prints the relative error per
 //! case; fails when one exceeds bf16 rounding (1e-2), or 1e-5 for the kernels that stay in f32
-//! (logsumexp, RMSNorm, router, attention).
+//! (logsumexp, RMSNorm, router, attention, RoPE).
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use gpt_oss_model::device::{DeviceChoice, select_device};
@@ -85,7 +85,8 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
     check_rms_norm(&device)?;
     check_router(&device)?;
     check_moe_pairs(&device)?;
-    check_attention_rows(&device)
+    check_attention_rows(&device)?;
+    check_rotary(&device)
 }
 
 /// Random MXFP4 weights for `experts` matrices of [n, k] (k a multiple of 32), scale bytes
@@ -411,6 +412,31 @@ fn check_attention_rows(device: &Device) -> anyhow::Result<()> {
     anyhow::ensure!(
         worst < 1e-5,
         "attention kernel differs from the reference: {worst}"
+    );
+    Ok(())
+}
+
+fn check_rotary(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::rotary_rows::{reference_rotary_rows, rotary_rows};
+    let mut worst = 0.0f32;
+    // The last case has more than 65,535 workgroups (a second grid dimension).
+    for [b, t, heads, d] in [[1, 1, 64, 64], [3, 5, 8, 32], [8, 2048, 64, 64]] {
+        let x = Tensor::<4>::random([b, t, heads, d], Distribution::Normal(0.0, 1.0), device);
+        let cos = Tensor::<4>::random([b, 1, t, d / 2], Distribution::Default, device);
+        let sin = Tensor::<4>::random([b, 1, t, d / 2], Distribution::Default, device);
+        let ours = rotary_rows(x.clone(), cos.clone(), sin.clone());
+        let reference = reference_rotary_rows(x, cos, sin);
+        let (relative, max_abs) = errors(ours, reference);
+        worst = worst.max(relative);
+        println!(
+            "{}",
+            json!({"kernel": "rotary_rows", "rows": b, "positions": t, "heads": heads,
+                   "head_dim": d, "relative_error": relative, "max_abs_difference": max_abs})
+        );
+    }
+    anyhow::ensure!(
+        worst < 1e-6,
+        "RoPE kernel differs from the reference: {worst}"
     );
     Ok(())
 }

@@ -5,7 +5,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
-use gpt_oss_kernels::attention_rows;
+use gpt_oss_kernels::{attention_rows, rotary_rows};
 
 use super::cache::{KEY_BLOCK, LayerKv};
 use super::mask::KeyMask;
@@ -59,21 +59,25 @@ impl Attention {
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let kernels = on_kernel_path(&self.q_proj.weight.val());
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = heads(linear(&self.q_proj, x.clone()), nh);
-        let k = heads(linear(&self.k_proj, x.clone()), nkv);
-        let v = heads(linear(&self.v_proj, x), nkv);
         let (cos, sin) = cos_sin;
-        let q = apply_rotary(q, cos, sin);
-        let k = apply_rotary(k, cos, sin);
+        // [B, T, n * d] -> rotated [B, n, T, d]: one kernel on the GPU path.
+        let rotated = |y: Tensor<3>, n: usize| {
+            if kernels {
+                rotary_rows::rotary_rows(y.reshape([b, t, n, d]), cos.clone(), sin.clone())
+            } else {
+                apply_rotary(heads(y, n), cos, sin)
+            }
+        };
+        let q = rotated(linear(&self.q_proj, x.clone()), nh);
+        let k = rotated(linear(&self.k_proj, x.clone()), nkv);
+        let v = heads(linear(&self.v_proj, x), nkv);
         let (k, v) = match cache {
             Some(c) => c.append(k, v),
             None => (k, v),
         };
-        if t <= attention_rows::MAX_QUERIES
-            && attention_rows::supports(d)
-            && on_kernel_path(&self.q_proj.weight.val())
-        {
+        if kernels && t <= attention_rows::MAX_QUERIES && attention_rows::supports(d) {
             // Decoding: one kernel instead of about twelve (see `attention_rows`).
             let scale = (d as f64).powf(-0.5) as f32;
             let out = attention_rows::attention_rows(

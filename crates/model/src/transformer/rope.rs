@@ -170,4 +170,22 @@ mod tests {
             );
         }
     }
+
+    /// The RoPE kernel's reference (burn ops, [B, T, heads, d] in, heads moved in front) is the
+    /// model's rotation.
+    #[test]
+    fn kernel_reference_is_the_model_rotation() {
+        let device = Device::flex();
+        let (b, t, heads, d) = (2, 3, 4, 64);
+        let (cos, sin) = table().cos_sin(&[0, 1, 2, 7, 8, 9], b, &device);
+        let x = Tensor::<4>::random(
+            [b, t, heads, d],
+            burn::tensor::Distribution::Default,
+            &device,
+        );
+        let ours = apply_rotary(x.clone().swap_dims(1, 2), &cos, &sin);
+        let reference = gpt_oss_kernels::rotary_rows::reference_rotary_rows(x, cos, sin);
+        let diff: f32 = (ours - reference).abs().max().into_scalar();
+        assert_eq!(diff, 0.0);
+    }
 }

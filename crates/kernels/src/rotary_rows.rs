@@ -1,0 +1,108 @@
+//! Half-split RoPE (spec 4.5) in one kernel, also moving heads in front of positions:
+//! [B, T, heads, d] (the projection's output) -> [B, heads, T, d] (what attention reads).
+//!
+//! burn runs the rotation as about eight kernels per tensor (four products, a sum, a
+//! difference, and the concatenation as two slice assignments); decoding is bound by kernels
+//! per token, and every layer rotates queries and keys. One invocation per rotated pair
+//! (i, i + d/2), with cos and sin shaped [B, 1, T, d/2] as `RotaryTable::cos_sin` makes them.
+
+use burn::backend::{backend_extension, tensor::FloatTensor};
+use burn::tensor::{DType, Shape, Tensor};
+use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
+use cubecl::prelude::*;
+
+use crate::launch::{empty_f32, grid_over_rows};
+use crate::workgroup_reduce::UNITS;
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn rotary_rows_kernel(
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    out: &mut [f32],
+    pairs: u32,
+    heads: u32,
+    positions: u32,
+    half: u32,
+) {
+    let id = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * UNITS + UNIT_POS;
+    if id >= pairs {
+        terminate!();
+    }
+    // id = ((row * positions + position) * heads + head) * half + j
+    let j = id % half;
+    let head = (id / half) % heads;
+    let row_position = id / (half * heads);
+    let row = row_position / positions;
+    let position = row_position % positions;
+    let width = 2 * half;
+    let x_base = (row_position * heads + head) * width;
+    let a = x[(x_base + j) as usize];
+    let b = x[(x_base + half + j) as usize];
+    let c = cos[(row_position * half + j) as usize];
+    let s = sin[(row_position * half + j) as usize];
+    let out_base = ((row * heads + head) * positions + position) * width;
+    out[(out_base + j) as usize] = a * c - b * s;
+    out[(out_base + half + j) as usize] = b * c + a * s;
+}
+
+/// GPU extension op; only the CubeCL backend implements it.
+#[backend_extension(Cube, Fusion)]
+pub trait RotaryBackend: burn::backend::Backend {
+    /// `x` [B, T, heads, d], `cos` and `sin` [B, 1, T, d / 2] -> [B, heads, T, d].
+    #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![x[0], x[2], x[1], x[3]]))]
+    fn rotary_rows(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+fn same_dtype(input: DType) -> DType {
+    input
+}
+
+impl RotaryBackend for CubeBackend {
+    fn rotary_rows(x: CubeTensor, cos: CubeTensor, sin: CubeTensor) -> CubeTensor {
+        let [x, cos, sin] = [x, cos, sin].map(into_contiguous);
+        let [b, t, heads, d] = [0, 1, 2, 3].map(|i| x.meta.shape()[i]);
+        let pairs = b * t * heads * d / 2;
+        let out = empty_f32(&x, vec![b, heads, t, d]);
+        rotary_rows_kernel::launch(
+            &x.client.clone(),
+            grid_over_rows(pairs.div_ceil(UNITS as usize)),
+            CubeDim::new_1d(UNITS),
+            x.into_buffer_arg(),
+            cos.into_buffer_arg(),
+            sin.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            pairs as u32,
+            heads as u32,
+            t as u32,
+            (d / 2) as u32,
+        );
+        out
+    }
+}
+
+/// `x` [B, T, heads, d] rotated by `cos`, `sin` [B, 1, T, d / 2] (half-split pairs (i, i + d/2))
+/// -> [B, heads, T, d]. f32, GPU only.
+pub fn rotary_rows(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as RotaryBackend>::rotary_rows(
+        x.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+    ))
+}
+
+/// What `rotary_rows` computes, with burn's ops.
+pub fn reference_rotary_rows(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    let x = x.swap_dims(1, 2);
+    let half = x.dims()[3] / 2;
+    let a = x.clone().narrow(3, 0, half);
+    let b = x.narrow(3, half, half);
+    let first = a.clone() * cos.clone() - b.clone() * sin.clone();
+    let second = b * cos + a * sin;
+    Tensor::cat(vec![first, second], 3)
+}
