@@ -14,6 +14,8 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 use half::bf16;
 
+use crate::launch::empty_f32;
+
 /// Rows per workgroup.
 pub const ROWS: usize = 8;
 /// Invocations per plane, columns per invocation, planes (K slices) per workgroup.
@@ -172,13 +174,7 @@ impl RowsBackend for CubeBackend {
         assert!(supports(n), "bf16_rows: n = {n} is odd");
         let (splits, k_per_split) = k_split(m, k, n);
         let client = x.client.clone();
-        let partials = CubeTensor::new_contiguous(
-            client.clone(),
-            x.device.clone(),
-            Shape::from(vec![splits, m, n]),
-            client.empty(splits * m * n * DType::F32.size()),
-            DType::F32,
-        );
+        let partials = empty_f32(&x, vec![splits, m, n]);
         let cubes = CubeCount::Static(
             n.div_ceil(COLUMNS) as u32,
             m.div_ceil(ROWS) as u32,

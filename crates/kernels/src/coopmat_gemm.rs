@@ -12,6 +12,8 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 use half::bf16;
 
+use crate::launch::empty_f32;
+
 /// Output tile of one workgroup (m, n), the K step, and invocations per workgroup (one of the
 /// driver's `units_per_block` for bf16: 32, 64, 128, 256).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,14 +121,7 @@ impl KernelBackend for CubeBackend {
         let [m, k] = [lhs.meta.shape()[0], lhs.meta.shape()[1]];
         let n = rhs.meta.shape()[1];
         let client = lhs.client.clone();
-        let handle = client.empty(m * n * DType::F32.size());
-        let out = CubeTensor::new_contiguous(
-            client.clone(),
-            lhs.device.clone(),
-            Shape::from(vec![m, n]),
-            handle,
-            DType::F32,
-        );
+        let out = empty_f32(&lhs, vec![m, n]);
         let t = tiling();
         let cubes = CubeCount::Static(m.div_ceil(t.m) as u32, n.div_ceil(t.n) as u32, 1);
         coopmat_gemm_kernel::launch(

@@ -9,6 +9,7 @@
 //! of ceil(count / tm)), computed on the device: no host round trip. The grid is sized for the
 //! worst case (ceil(P / tm) + E tiles); workgroups past the last tile exit at once.
 
+use crate::launch::empty_f32;
 use burn::backend::{
     backend_extension,
     tensor::{FloatTensor, IntTensor},
@@ -183,13 +184,7 @@ impl GroupedBackend for CubeBackend {
         let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
         let scale_words = scales.meta.shape()[1];
         let client = a.client.clone();
-        let out = CubeTensor::new_contiguous(
-            client.clone(),
-            a.device.clone(),
-            Shape::from(vec![p, n]),
-            client.empty(p * n * DType::F32.size()),
-            DType::F32,
-        );
+        let out = empty_f32(&a, vec![p, n]);
         let tiles = p.div_ceil(TILE_M) + experts;
         grouped_mxfp4_kernel::launch(
             &client,

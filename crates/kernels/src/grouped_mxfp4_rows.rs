@@ -20,6 +20,7 @@ use cubecl::prelude::*;
 use half::bf16;
 
 use crate::grouped_mxfp4::{fp4_value, scale_value};
+use crate::launch::empty_f32;
 
 /// Rows per tile (the tiles `tile_starts` counts).
 pub const ROWS: usize = 8;
@@ -151,13 +152,7 @@ impl GroupedRowsBackend for CubeBackend {
         let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
         let scale_words = scales.meta.shape()[1];
         let client = a.client.clone();
-        let out = CubeTensor::new_contiguous(
-            client.clone(),
-            a.device.clone(),
-            Shape::from(vec![p, n]),
-            client.empty(p * n * DType::F32.size()),
-            DType::F32,
-        );
+        let out = empty_f32(&a, vec![p, n]);
         let tiles = p.div_ceil(ROWS) + experts;
         let column_blocks = n.div_ceil((PLANES * COLUMNS_PER_PLANE) as usize);
         grouped_mxfp4_rows_kernel::launch(

@@ -186,15 +186,19 @@ mod tests {
     use crate::transformer::mask::SlotRange;
     use crate::{ExpertResidency, LoadOptions, load_model};
 
-    #[test]
-    fn query_chunks_give_the_unchunked_result() {
-        let device = Device::flex();
+    fn tiny_dense(device: &Device) -> crate::GptOss {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../tools/reference/out/tiny-dense");
         let options = LoadOptions {
             experts: ExpertResidency::Decoded,
         };
-        let model = load_model(&dir, &device, options).unwrap();
+        load_model(&dir, device, options).unwrap()
+    }
+
+    #[test]
+    fn query_chunks_give_the_unchunked_result() {
+        let device = Device::flex();
+        let model = tiny_dense(&device);
         let attention = &model.layers[0].self_attn;
         let (b, t) = (2, 23);
         let (nh, nkv, d) = (
@@ -248,12 +252,7 @@ mod tests {
     #[test]
     fn attention_rows_reference_is_the_model_attention() {
         let device = Device::flex();
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tools/reference/out/tiny-dense");
-        let options = LoadOptions {
-            experts: ExpertResidency::Decoded,
-        };
-        let model = load_model(&dir, &device, options).unwrap();
+        let model = tiny_dense(&device);
         let attention = &model.layers[0].self_attn;
         let (nh, nkv, d) = (
             attention.num_heads,

@@ -187,37 +187,24 @@ mod tests {
         }
     }
 
+    /// (pads, queries, keys, window): prefill with and without a window, a decode step over
+    /// cached keys with padding, a chunk of queries after cached keys.
+    fn mask_cases() -> Vec<(Vec<usize>, SlotRange, SlotRange, Option<usize>)> {
+        let slots = |start, len| SlotRange { start, len };
+        vec![
+            (vec![0], slots(0, 12), slots(0, 12), None),
+            (vec![0], slots(0, 12), slots(0, 12), Some(4)),
+            (vec![0, 2], slots(9, 1), slots(6, 8), Some(4)),
+            (vec![0], slots(5, 3), slots(0, 16), None),
+        ]
+    }
+
     /// Every key a row may see lies in `visible_keys`; with blocks of one and no padding the
     /// range is exactly the span of the visible keys.
     #[test]
     fn visible_keys_cover_every_unblocked_key() {
         let device = Device::flex();
-        for (pads, q, k, w) in [
-            (
-                vec![0],
-                SlotRange { start: 0, len: 12 },
-                SlotRange { start: 0, len: 12 },
-                None,
-            ),
-            (
-                vec![0],
-                SlotRange { start: 0, len: 12 },
-                SlotRange { start: 0, len: 12 },
-                Some(4),
-            ),
-            (
-                vec![0, 2],
-                SlotRange { start: 9, len: 1 },
-                SlotRange { start: 6, len: 8 },
-                Some(4),
-            ),
-            (
-                vec![0],
-                SlotRange { start: 5, len: 3 },
-                SlotRange { start: 0, len: 16 },
-                None,
-            ),
-        ] {
+        for (pads, q, k, w) in mask_cases() {
             let mask = KeyMask::new(&pads, q, k, w, &device);
             let blocked = host_reference(&pads, q, k, w);
             let blocked = &blocked;
@@ -247,38 +234,12 @@ mod tests {
     /// Each (row, query)'s range holds exactly its unblocked keys.
     #[test]
     fn visible_ranges_hold_exactly_the_unblocked_keys() {
-        for (pads, q, k, w) in [
-            (
-                vec![0, 3],
-                SlotRange { start: 0, len: 9 },
-                SlotRange { start: 0, len: 9 },
-                None,
-            ),
-            (
-                vec![0, 3],
-                SlotRange { start: 0, len: 9 },
-                SlotRange { start: 0, len: 9 },
-                Some(4),
-            ),
-            (
-                vec![0, 7],
-                SlotRange { start: 9, len: 1 },
-                SlotRange { start: 6, len: 8 },
-                Some(4),
-            ),
-            (
-                vec![2],
-                SlotRange { start: 5, len: 3 },
-                SlotRange { start: 0, len: 16 },
-                None,
-            ),
-            (
-                vec![5],
-                SlotRange { start: 0, len: 4 },
-                SlotRange { start: 0, len: 4 },
-                Some(2),
-            ),
-        ] {
+        let slots = |start, len| SlotRange { start, len };
+        let mut cases = mask_cases();
+        // Left padding with a window; a row whose queries are all padding.
+        cases.push((vec![0, 3], slots(0, 9), slots(0, 9), Some(4)));
+        cases.push((vec![5], slots(0, 4), slots(0, 4), Some(2)));
+        for (pads, q, k, w) in cases {
             let blocked = host_reference(&pads, q, k, w);
             let ranges = visible_ranges(&pads, q, k, w);
             for (item, pair) in ranges.chunks(2).enumerate() {

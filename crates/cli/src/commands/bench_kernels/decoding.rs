@@ -1,0 +1,231 @@
+//! kernel-check cases for the decoding kernels (one launch each instead of tens of burn ops):
+//! RMSNorm, router top-k, per-pair MXFP4 experts, few-query attention, RoPE.
+
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use gpt_oss_model::transformer::experts::ExpertMatrix;
+use gpt_oss_model::transformer::moe_grouped::ExpertPath;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::json;
+
+use super::{Worst, random_mxfp4, seconds_per_call};
+
+/// Normal tokens [tokens, hidden] and router weights [hidden, experts] scaled for logits of
+/// order one.
+fn random_tokens_and_router(
+    tokens: usize,
+    hidden: usize,
+    experts: usize,
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
+    let x = Tensor::<2>::random([tokens, hidden], Distribution::Normal(0.0, 1.0), device);
+    let w = Tensor::<2>::random([hidden, experts], Distribution::Normal(0.0, 0.05), device);
+    (x, w)
+}
+
+pub(super) fn check_rms_norm(device: &Device) -> anyhow::Result<()> {
+    let mut worst = Worst::new("RMSNorm kernel", 1e-5);
+    // The last case needs a second grid dimension (more than 65,535 rows).
+    for [rows, width] in [[1, 2880], [5, 7], [70000, 64]] {
+        let x = Tensor::<2>::random([rows, width], Distribution::Normal(0.0, 3.0), device);
+        let weight = Tensor::<1>::random([width], Distribution::Default, device);
+        let eps = 1e-5;
+        let ours = gpt_oss_kernels::rms_norm_rows::rms_norm_rows(x.clone(), weight.clone(), eps);
+        let reference = gpt_oss_kernels::rms_norm_rows::reference_rms_norm_rows(x, weight, eps);
+        worst.record(
+            ours,
+            reference,
+            json!({"kernel": "rms_norm_rows", "rows": rows, "width": width}),
+        );
+    }
+    worst.finish()
+}
+
+/// The router kernel's table (ids and gates) against burn's matmul, top-k and softmax; a
+/// different choice of experts shows as an error of order one.
+pub(super) fn check_router(device: &Device) -> anyhow::Result<()> {
+    let mut worst = Worst::new("router kernel", 1e-5);
+    for [tokens, hidden, experts, top_k] in [
+        [1, 2880, 32, 4],
+        [7, 2880, 128, 4],
+        [3, 64, 24, 4],
+        [300, 2880, 32, 4],
+    ] {
+        let (x, w) = random_tokens_and_router(tokens, hidden, experts, device);
+        let bias = Tensor::<1>::random([experts], Distribution::Normal(0.0, 0.1), device);
+        use gpt_oss_kernels::router_top_k::{reference_router_top_k, router_top_k};
+        let ours = router_top_k(x.clone(), w.clone(), bias.clone(), top_k);
+        let reference = reference_router_top_k(x, w, bias, top_k);
+        worst.record(
+            ours,
+            reference,
+            json!({"kernel": "router_top_k", "tokens": tokens, "hidden": hidden,
+                   "experts": experts, "top_k": top_k}),
+        );
+    }
+    worst.finish()
+}
+
+/// The per-pair experts kernels (router table in, weighted sum out) against the grouped
+/// reference (pairs sorted, MXFP4 decoded by burn ops, inputs rounded to bf16), and the time of
+/// the whole MoE block (routing included) by pairs and by the sorted grouped kernels.
+pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::experts_pairs::{pairs_down, pairs_gate_up};
+    use gpt_oss_kernels::router_top_k::{reference_router_top_k, router_top_k};
+    use gpt_oss_model::transformer::experts::Experts;
+    use gpt_oss_model::transformer::moe_grouped::grouped_experts;
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut worst = Worst::new("per-pair experts kernels", 1e-2);
+    for [tokens, experts, hidden, inter] in [
+        [1, 4, 64, 96],
+        [3, 8, 128, 64],
+        [1, 32, 2880, 2880],
+        [4, 32, 2880, 2880],
+        [8, 32, 2880, 2880],
+        [32, 32, 2880, 2880],
+    ] {
+        let top_k = 4;
+        let layer = Experts {
+            gate_up: random_mxfp4(&mut rng, [experts, 2 * inter, hidden], 119..=122, device),
+            gate_up_bias: burn::module::Param::from_tensor(Tensor::random(
+                [experts, 2 * inter],
+                Distribution::Normal(0.0, 0.5),
+                device,
+            )),
+            down: random_mxfp4(&mut rng, [experts, hidden, inter], 119..=122, device),
+            down_bias: burn::module::Param::from_tensor(Tensor::random(
+                [experts, hidden],
+                Distribution::Normal(0.0, 0.5),
+                device,
+            )),
+            swiglu_limit: 7.0,
+            swiglu_alpha: 1.702,
+        };
+        let packed = |m: &ExpertMatrix| match m {
+            ExpertMatrix::Mxfp4(p) => (p.words.val(), p.scale_words.val()),
+            ExpertMatrix::Dense(_) => unreachable!("random_mxfp4 packs"),
+        };
+        let (gu_words, gu_scales) = packed(&layer.gate_up);
+        let (down_words, down_scales) = packed(&layer.down);
+        let (x, w) = random_tokens_and_router(tokens, hidden, experts, device);
+        let bias = Tensor::<1>::zeros([experts], device);
+        let by_pairs = || {
+            let routing = router_top_k(x.clone(), w.clone(), bias.clone(), top_k);
+            let act = pairs_gate_up(
+                x.clone(),
+                routing.clone(),
+                gu_words.clone(),
+                gu_scales.clone(),
+                layer.gate_up_bias.val(),
+                layer.swiglu_limit,
+                layer.swiglu_alpha,
+            );
+            pairs_down(
+                act,
+                routing,
+                down_words.clone(),
+                down_scales.clone(),
+                layer.down_bias.val(),
+            )
+        };
+        let sorted = |path: ExpertPath| {
+            let routing = reference_router_top_k(x.clone(), w.clone(), bias.clone(), top_k);
+            let ids = routing.clone().narrow(1, 0, top_k).int();
+            let gates = routing.narrow(1, top_k, top_k).reshape([tokens * top_k]);
+            grouped_experts(&layer, x.clone(), ids, gates, path)
+        };
+        let ours = by_pairs();
+        let reference = sorted(ExpertPath::GroupedReferenceBf16);
+        let pairs_seconds = seconds_per_call(device, by_pairs)?;
+        let sorted_seconds = seconds_per_call(device, || sorted(ExpertPath::GroupedKernel))?;
+        worst.record(
+            ours,
+            reference,
+            json!({"kernel": "experts_pairs", "tokens": tokens, "experts": experts,
+                   "hidden": hidden, "inter": inter, "top_k": top_k,
+                   "seconds_by_pairs": pairs_seconds, "seconds_sorted_grouped": sorted_seconds}),
+        );
+    }
+    worst.finish()
+}
+
+pub(super) fn check_attention_rows(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::attention_rows::{attention_rows, reference_attention_rows};
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut worst = Worst::new("attention kernel", 1e-5);
+    // (rows, heads, kv heads, queries, keys, head_dim); 5,000 keys take three chunks.
+    for [b, heads, kv_heads, t, s, d] in [
+        [1, 64, 8, 1, 128, 64],
+        [2, 8, 2, 3, 5000, 64],
+        [32, 64, 8, 1, 256, 64],
+        [3, 4, 4, 2, 40, 32],
+    ] {
+        let q = Tensor::<4>::random([b, heads, t, d], Distribution::Normal(0.0, 1.0), device);
+        let k = Tensor::<4>::random([b, kv_heads, s, d], Distribution::Normal(0.0, 1.0), device);
+        let v = Tensor::<4>::random([b, kv_heads, s, d], Distribution::Normal(0.0, 1.0), device);
+        let sinks = Tensor::<1>::random([heads], Distribution::Normal(0.0, 1.0), device);
+        // Random ranges; the second (row, query) sees no key at all (its output is zero).
+        let ranges: Vec<i32> = (0..b * t)
+            .flat_map(|item| {
+                let lo = rng.random_range(0..s);
+                let hi = if item == 1 {
+                    lo
+                } else {
+                    rng.random_range(lo..=s)
+                };
+                [lo, hi]
+            })
+            .collect();
+        let ranges = Tensor::<1, Int>::from_data(TensorData::new(ranges, [b * t * 2]), device)
+            .cast(burn::tensor::IntDType::I32);
+        let scale = (d as f32).powf(-0.5);
+        let run = || {
+            attention_rows(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                sinks.clone(),
+                ranges.clone(),
+                scale,
+            )
+            .reshape([b * t, heads * d])
+        };
+        let ours = run();
+        let seconds = seconds_per_call(device, run)?;
+        let reference = reference_attention_rows(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            sinks.clone(),
+            ranges.clone(),
+            scale,
+        )
+        .reshape([b * t, heads * d]);
+        worst.record(
+            ours,
+            reference,
+            json!({"kernel": "attention_rows", "rows": b, "heads": heads, "kv_heads": kv_heads,
+                   "queries": t, "keys": s, "head_dim": d, "seconds": seconds}),
+        );
+    }
+    worst.finish()
+}
+
+pub(super) fn check_rotary(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::rotary_rows::{reference_rotary_rows, rotary_rows};
+    let mut worst = Worst::new("RoPE kernel", 1e-6);
+    // The last case has more than 65,535 workgroups (a second grid dimension).
+    for [b, t, heads, d] in [[1, 1, 64, 64], [3, 5, 8, 32], [8, 2048, 64, 64]] {
+        let x = Tensor::<4>::random([b, t, heads, d], Distribution::Normal(0.0, 1.0), device);
+        let cos = Tensor::<4>::random([b, 1, t, d / 2], Distribution::Default, device);
+        let sin = Tensor::<4>::random([b, 1, t, d / 2], Distribution::Default, device);
+        let ours = rotary_rows(x.clone(), cos.clone(), sin.clone());
+        let reference = reference_rotary_rows(x, cos, sin);
+        worst.record(
+            ours,
+            reference,
+            json!({"kernel": "rotary_rows", "rows": b, "positions": t, "heads": heads,
+                   "head_dim": d}),
+        );
+    }
+    worst.finish()
+}
