@@ -1,6 +1,7 @@
 //! The MoE block (spec 4.6): router with bias, top-k, softmax over the k selected logits, the
 //! selected experts' outputs weighted and summed. Tokens are grouped by expert so that each
-//! expert runs once per call on the tokens routed to it.
+//! expert runs once per call on the tokens routed to it; a few tokens on the GPU kernel path
+//! (decoding) skip the grouping (`moe_pairs`).
 
 use burn::module::Module;
 use burn::nn::Linear;
