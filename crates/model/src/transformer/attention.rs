@@ -79,14 +79,13 @@ impl Attention {
         };
         if kernels && t <= attention_rows::MAX_QUERIES && attention_rows::supports(d) {
             // Decoding: one kernel instead of about twelve (see `attention_rows`).
-            let scale = (d as f64).powf(-0.5) as f32;
             let out = attention_rows::attention_rows(
                 q,
                 k,
                 v,
                 self.sinks.val(),
-                mask.key_ranges.clone(),
-                scale,
+                mask.key_ranges(),
+                self.score_scale() as f32,
             );
             return linear(&self.o_proj, out.reshape([b, t, nh * d]));
         }
@@ -95,6 +94,11 @@ impl Attention {
             .swap_dims(1, 2)
             .reshape([b, t, nh * d]);
         linear(&self.o_proj, out)
+    }
+
+    /// Scores are q . k / sqrt(head_dim).
+    fn score_scale(&self) -> f64 {
+        (self.head_dim as f64).powf(-0.5)
     }
 
     /// [`Self::attend`] a chunk of queries at a time against the keys it may see (wgpu cannot
@@ -148,7 +152,7 @@ impl Attention {
         let s = k.dims()[2];
         // Query head h uses kv head h / group: view queries as [B, nkv, group*T, d].
         let q = q.reshape([b, nkv, group * t, d]);
-        let scale = (d as f64).powf(-0.5);
+        let scale = self.score_scale();
         let scores = q
             .matmul(k.swap_dims(2, 3))
             .mul_scalar(scale)
@@ -282,7 +286,7 @@ mod tests {
                 k.clone(),
                 v.clone(),
                 attention.sinks.val(),
-                mask.key_ranges.clone(),
+                mask.key_ranges(),
                 (d as f32).powf(-0.5),
             );
             let diff: f32 = (model_out - reference).abs().max().into_scalar();

@@ -6,7 +6,9 @@
 //! future, and, on sliding layers, fewer than `window` slots back (the query sees at most
 //! `window` keys including itself).
 
+use std::cell::OnceCell;
 use std::ops::Range;
+use std::rc::Rc;
 
 use burn::tensor::{Bool, Device, Int, IntDType, Tensor, TensorData};
 
@@ -17,17 +19,19 @@ pub struct SlotRange {
     pub len: usize,
 }
 
-/// A call's attention mask and the slot ranges it was built from.
+/// A call's attention mask and the slot ranges it was built from. The device tensors are built
+/// on first use and shared by clones (every layer of a step clones one mask): burn's attention
+/// reads only the boolean mask, the decoding kernel only the key ranges, so a decode step on the
+/// GPU never builds the boolean mask (about ten kernels per mask).
 #[derive(Debug, Clone)]
 pub struct KeyMask {
-    /// `true` where attention is forbidden, [B, 1, T, S].
-    pub blocked: Tensor<4, Bool>,
-    /// The visible keys of each (row, query) as one range lo..hi of key indices, [B * T * 2]
-    /// 32-bit (what the decoding attention kernel reads; see [`visible_ranges`]).
-    pub key_ranges: Tensor<1, Int>,
     pub queries: SlotRange,
     pub keys: SlotRange,
     pub window: Option<usize>,
+    pads: Vec<usize>,
+    device: Device,
+    blocked: Rc<OnceCell<Tensor<4, Bool>>>,
+    key_ranges: Rc<OnceCell<Tensor<1, Int>>>,
 }
 
 impl KeyMask {
@@ -38,16 +42,43 @@ impl KeyMask {
         window: Option<usize>,
         device: &Device,
     ) -> Self {
-        let ranges = visible_ranges(pads, queries, keys, window);
-        let count = ranges.len();
         Self {
-            blocked: blocked_keys(pads, queries, keys, window, device),
-            key_ranges: Tensor::<1, Int>::from_data(TensorData::new(ranges, [count]), device)
-                .cast(IntDType::I32),
             queries,
             keys,
             window,
+            pads: pads.to_vec(),
+            device: device.clone(),
+            blocked: Rc::default(),
+            key_ranges: Rc::default(),
         }
+    }
+
+    /// `true` where attention is forbidden, [B, 1, T, S] ([`blocked_keys`]).
+    pub fn blocked(&self) -> Tensor<4, Bool> {
+        self.blocked
+            .get_or_init(|| {
+                blocked_keys(
+                    &self.pads,
+                    self.queries,
+                    self.keys,
+                    self.window,
+                    &self.device,
+                )
+            })
+            .clone()
+    }
+
+    /// The visible keys of each (row, query) as one range lo..hi of key indices, [B * T * 2]
+    /// 32-bit (what the decoding attention kernel reads; see [`visible_ranges`]).
+    pub fn key_ranges(&self) -> Tensor<1, Int> {
+        self.key_ranges
+            .get_or_init(|| {
+                let ranges = visible_ranges(&self.pads, self.queries, self.keys, self.window);
+                let count = ranges.len();
+                Tensor::<1, Int>::from_data(TensorData::new(ranges, [count]), &self.device)
+                    .cast(IntDType::I32)
+            })
+            .clone()
     }
 
     /// The key indices that query rows `rows` may see at most (causality and the window;
@@ -70,8 +101,7 @@ impl KeyMask {
 
     /// The mask of query rows `rows` against key indices `keys`.
     pub fn part(&self, rows: Range<usize>, keys: Range<usize>) -> Tensor<4, Bool> {
-        self.blocked
-            .clone()
+        self.blocked()
             .narrow(2, rows.start, rows.len())
             .narrow(3, keys.start, keys.len())
     }
