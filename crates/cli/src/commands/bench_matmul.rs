@@ -25,11 +25,29 @@ pub struct MatmulArgs {
     /// `burn` (burn's autotuned matmul), `coopmat` (our workgroup-scope cooperative-matrix
     /// kernel) or `rows` (our few-rows kernel); ours are bf16 only and checked against burn's
     /// f32 product of the same bf16 inputs.
-    #[arg(long, default_value = "burn")]
-    pub kernel: String,
+    #[arg(long, value_enum, default_value_t = MatmulKernel::Burn)]
+    pub kernel: MatmulKernel,
     /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`).
     #[arg(long, value_delimiter = ',', default_value = "128x128x32/256")]
     pub tilings: Vec<String>,
+}
+
+/// `--kernel`: whose matmul to time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MatmulKernel {
+    Burn,
+    Coopmat,
+    Rows,
+}
+
+impl MatmulKernel {
+    fn name(self) -> &'static str {
+        match self {
+            MatmulKernel::Burn => "burn",
+            MatmulKernel::Coopmat => "coopmat",
+            MatmulKernel::Rows => "rows",
+        }
+    }
 }
 
 fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Tiling> {
@@ -67,19 +85,16 @@ fn parse_dtype(text: &str) -> anyhow::Result<DType> {
 }
 
 pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
-    if !["burn", "coopmat", "rows"].contains(&args.kernel.as_str()) {
-        anyhow::bail!("--kernel {}: expected burn, coopmat or rows", args.kernel);
-    }
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
     anyhow::ensure!(
-        selected.on_gpu || args.kernel == "burn",
+        selected.on_gpu || args.kernel == MatmulKernel::Burn,
         "bench matmul --kernel {}: our kernels run only on the GPU (--device wgpu), not on {}",
-        args.kernel,
+        args.kernel.name(),
         selected.description
     );
     let device = selected.device;
-    let tilings: Vec<_> = if args.kernel == "coopmat" {
+    let tilings: Vec<_> = if args.kernel == MatmulKernel::Coopmat {
         args.tilings
             .iter()
             .map(|t| parse_tiling(t))
@@ -95,12 +110,12 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
                 let [m, k, n] = parse_shape(shape_text)?;
                 let lhs = Tensor::<2>::random([m, k], Distribution::Default, (&device, dtype));
                 let rhs = Tensor::<2>::random([k, n], Distribution::Default, (&device, dtype));
-                let product = |l: Tensor<2>, r: Tensor<2>| match args.kernel.as_str() {
-                    "coopmat" => gpt_oss_kernels::coopmat_gemm::coopmat_gemm(l, r),
-                    "rows" => gpt_oss_kernels::bf16_rows::bf16_rows_matmul(l, r, None),
-                    _ => l.matmul(r),
+                let product = |l: Tensor<2>, r: Tensor<2>| match args.kernel {
+                    MatmulKernel::Coopmat => gpt_oss_kernels::coopmat_gemm::coopmat_gemm(l, r),
+                    MatmulKernel::Rows => gpt_oss_kernels::bf16_rows::bf16_rows_matmul(l, r, None),
+                    MatmulKernel::Burn => l.matmul(r),
                 };
-                let relative_error = if args.kernel != "burn" {
+                let relative_error = if args.kernel != MatmulKernel::Burn {
                     let ours = product(lhs.clone(), rhs.clone());
                     let reference =
                         gpt_oss_kernels::coopmat_gemm::reference_gemm(lhs.clone(), rhs.clone());
@@ -130,7 +145,7 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
                     "{}",
                     json!({
                         "bench": "matmul",
-                        "kernel": args.kernel,
+                        "kernel": args.kernel.name(),
                         "tiling": format!("{tiling:?}"),
                         "relative_error_vs_burn_f32": relative_error,
                         "dtype": dtype_name,
