@@ -10,7 +10,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::experts::Experts;
 use super::moe_grouped::{ExpertPath, grouped_experts};
-use super::moe_pairs::{moe_by_pairs, runs_by_pairs};
+use super::moe_pairs::{moe_by_pairs, pair_weights};
 use crate::routing::{LayerRouting, ObserverNeeds, RoutingObserver};
 
 #[derive(Module, Debug)]
@@ -55,8 +55,11 @@ impl Moe {
         let k = self.top_k;
         let device = x.device();
         let xs = x.reshape([n, h]);
-        if hooks.observer.is_none() && !hooks.balance_loss && runs_by_pairs(self, n) {
-            let out = moe_by_pairs(self, xs, hooks.router_bias.as_deref());
+        if hooks.observer.is_none()
+            && !hooks.balance_loss
+            && let Some(weights) = pair_weights(self, n)
+        {
+            let out = moe_by_pairs(self, weights, xs, hooks.router_bias.as_deref());
             return MoeOutput {
                 hidden: out.reshape([b, t, h]),
                 balance_loss: None,

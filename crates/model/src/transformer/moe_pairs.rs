@@ -9,39 +9,40 @@
 use burn::tensor::{Tensor, TensorData};
 use gpt_oss_kernels::{experts_pairs, router_top_k};
 
-use super::experts::ExpertMatrix;
+use super::experts::{ExpertMatrix, PackedMxfp4};
 use super::moe::Moe;
 use super::moe_grouped::ExpertPath;
 
 /// Up to this many (token, rank) pairs the kernel path runs the experts per pair (batch-1
 /// decoding has 4); above, the pairs are sorted by expert (`moe_grouped`). `bench
-/// kernel-check` on an H100 (20b shapes, routing included): 3.4 ms by pairs vs 6.7 ms sorted at
-/// 32 pairs, 11.0 vs 9.6 ms at 128.
+/// kernel-check` on H100s (20b shapes, routing included, two machines): 1.1 / 3.4 ms by pairs vs
+/// 4.0 / 6.7 ms sorted at 32 pairs, 10.8 / 11.0 vs 10.8 / 9.6 ms at 128.
 pub const MAX_PAIRS: usize = 32;
 
-/// Whether `moe` runs `tokens` tokens through this path: the GPU kernel path, MXFP4 experts of
-/// shapes the kernels take, and few enough pairs.
-pub fn runs_by_pairs(moe: &Moe, tokens: usize) -> bool {
-    let (ExpertMatrix::Mxfp4(gate_up), ExpertMatrix::Mxfp4(_)) =
-        (&moe.experts.gate_up, &moe.experts.down)
-    else {
-        return false;
-    };
-    let [experts, width, words_per_row] = gate_up.words.dims();
-    moe.path == ExpertPath::GroupedKernel
-        && tokens * moe.top_k <= MAX_PAIRS
-        && router_top_k::supports(experts, moe.top_k)
-        && experts_pairs::supports(words_per_row * 8, width / 2)
-}
-
-/// The MoE block on `xs` [n, H] (normalised) -> [n, H], with an optional additive router bias
-/// [E] (the expert mask). Callers check [`runs_by_pairs`] first.
-pub fn moe_by_pairs(moe: &Moe, xs: Tensor<2>, router_bias: Option<&[f32]>) -> Tensor<2> {
+/// The packed gate_up and down weights when `moe` runs `tokens` tokens through this path (the
+/// GPU kernel path, MXFP4 experts of shapes the kernels take, few enough pairs), else `None`.
+pub fn pair_weights(moe: &Moe, tokens: usize) -> Option<(&PackedMxfp4, &PackedMxfp4)> {
     let (ExpertMatrix::Mxfp4(gate_up), ExpertMatrix::Mxfp4(down)) =
         (&moe.experts.gate_up, &moe.experts.down)
     else {
-        panic!("moe_by_pairs needs MXFP4 experts (check runs_by_pairs)");
+        return None;
     };
+    let [experts, width, words_per_row] = gate_up.words.dims();
+    let runs = moe.path == ExpertPath::GroupedKernel
+        && tokens * moe.top_k <= MAX_PAIRS
+        && router_top_k::supports(experts, moe.top_k)
+        && experts_pairs::supports(words_per_row * 8, width / 2);
+    runs.then_some((gate_up, down))
+}
+
+/// The MoE block on `xs` [n, H] (normalised) -> [n, H] with the [`pair_weights`] of `moe`, and
+/// an optional additive router bias [E] (the expert mask).
+pub fn moe_by_pairs(
+    moe: &Moe,
+    (gate_up, down): (&PackedMxfp4, &PackedMxfp4),
+    xs: Tensor<2>,
+    router_bias: Option<&[f32]>,
+) -> Tensor<2> {
     let device = xs.device();
     let mut bias = moe
         .router
@@ -105,9 +106,16 @@ mod tests {
             model.set_expert_path(path);
             let moe = &model.layers[0].mlp;
             let kernel = path == ExpertPath::GroupedKernel;
-            assert_eq!(runs_by_pairs(moe, 1), kernel, "{path:?}, one token");
-            assert_eq!(runs_by_pairs(moe, most_tokens), kernel, "{path:?}");
-            assert!(!runs_by_pairs(moe, most_tokens + 1), "{path:?}, too many");
+            assert_eq!(
+                pair_weights(moe, 1).is_some(),
+                kernel,
+                "{path:?}, one token"
+            );
+            assert_eq!(pair_weights(moe, most_tokens).is_some(), kernel, "{path:?}");
+            assert!(
+                pair_weights(moe, most_tokens + 1).is_none(),
+                "{path:?}, too many"
+            );
         }
     }
 
