@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Sums cubecl's per-kernel profile lines (CUBECL_DEBUG_OPTION=profile, CUBECL_DEBUG_LOG=FILE)
-by kernel name and prints the largest: where a forward pass spends its device time.
+by kernel name and prints the largest (total, share, launches, mean per launch): where a forward pass spends its device time.
 Usage: profile_summary.py FILE [TOP]"""
 import re
 import sys
@@ -22,4 +22,5 @@ grand = sum(totals.values())
 top = int(sys.argv[2]) if len(sys.argv) > 2 else 25
 print(f"total profiled device time {grand:.3f} s over {sum(counts.values())} launches")
 for name, t in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
-    print(f"{t:9.3f} s {100 * t / grand:5.1f}% {counts[name]:7d}  {name}")
+    mean_us = 1e6 * t / counts[name]
+    print(f"{t:9.3f} s {100 * t / grand:5.1f}% {counts[name]:7d} {mean_us:9.1f} us  {name}")
