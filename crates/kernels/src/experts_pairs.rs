@@ -8,10 +8,14 @@
 //! - [`pairs_down`]: down product and bias for each of a token's k pairs, weighted by the gates
 //!   and summed -> [tokens, H].
 //!
-//! Weights stay MXFP4 (decoded in the kernel as `grouped_mxfp4` decodes them); activations are
-//! rounded to bf16 before the products, as the grouped kernels round them. A workgroup has
-//! [`PLANES`] planes of [`LANES`] invocations; each plane takes [`COLUMNS_PER_PLANE`] output
-//! columns one at a time, its lanes reading consecutive MXFP4 words of the column's weight row.
+//! Weights stay MXFP4 (decoded in the kernel through a 16-entry table in shared memory);
+//! activations are rounded to bf16 before the products, as the grouped kernels round them. A
+//! workgroup has [`PLANES`] planes of [`LANES`] invocations; each plane takes
+//! [`COLUMNS_PER_PLANE`] output columns. Along K, invocation `lane` owns MXFP4 blocks `lane`,
+//! `lane + 32`, ...: it holds those blocks' inputs in registers and reads each block's 16
+//! bytes of weights as one four-word load, all of a column's loads issued before any is used
+//! (decoding is bound by memory latency: one word per load and one load in flight left these
+//! kernels at 0.1-0.2 TB/s). The plane's partial sums are added with a subgroup sum.
 
 use burn::backend::{
     backend_extension,
@@ -27,122 +31,169 @@ use crate::launch::empty_f32;
 
 const LANES: u32 = 32;
 const PLANES: u32 = 8;
-/// One column per plane: at batch 1 there are only k workgroups per column block, and longer
-/// loops per plane left the GPU waiting on memory (four per plane: 190-280 us per kernel).
-const COLUMNS_PER_PLANE: u32 = 1;
+/// Output columns per plane: their weight loads are all in flight together.
+const COLUMNS_PER_PLANE: u32 = 2;
 /// Output columns per workgroup.
 const COLUMNS: u32 = PLANES * COLUMNS_PER_PLANE;
+/// Inputs per MXFP4 block: four u32 words of eight 4-bit codes, and one scale byte.
+const BLOCK: u32 = 32;
 
-/// The dot product of 8 inputs `x[base..base + 8]` (rounded to bf16) with MXFP4 word `w` of
-/// weight row `row` (K = 8 * words_per_row) of the expert whose words and scales start at
-/// `expert_words` and `expert_scales`.
+/// Four consecutive MXFP4 words: one block.
+type BlockWords = Vector<u32, Const<4>>;
+
+/// Fills `table` (16 entries, shared) with the FP4 values of codes 0..16; synchronises.
 #[cube]
-#[allow(clippy::too_many_arguments)]
-fn mxfp4_dot8(
-    x: &[f32],
-    base: u32,
-    words: &[u32],
-    scales: &[u32],
-    expert_words: u32,
-    expert_scales: u32,
-    row: u32,
-    w: u32,
-    words_per_row: u32,
-) -> f32 {
-    let word = words[(expert_words + row * words_per_row + w) as usize];
-    let block = row * (words_per_row / 4) + w / 4;
-    let scale_word = scales[(expert_scales + block / 4) as usize];
-    let scale = scale_value((scale_word >> ((block % 4) * 8)) & 0xFF);
-    let mut sum = 0.0f32;
-    #[unroll]
-    for q in 0..8u32 {
-        let xq = f32::cast_from(bf16::cast_from(x[(base + q) as usize]));
-        sum += fp4_value((word >> (q * 4)) & 0xF) * xq;
+fn fill_fp4_table(table: &mut [f32]) {
+    if UNIT_POS < 16 {
+        table[UNIT_POS as usize] = fp4_value(UNIT_POS);
     }
-    sum * scale
+    sync_cube();
 }
 
-/// The sum of `value` over the [`LANES`] invocations of each plane, valid in lane 0.
-/// Synchronises the workgroup: every invocation must reach it.
+/// This invocation's inputs of row `row` of `x` (width `blocks_per_row * 32`, a multiple of
+/// four read as four-float vectors), rounded to bf16: [`BLOCK`] values per owned block,
+/// zero past the row's end.
 #[cube]
-fn plane_total(value: f32) -> f32 {
-    let mut partial = Shared::<[f32]>::new_slice((PLANES * LANES) as usize);
+fn lane_inputs(
+    x: &[Vector<f32, Const<4>>],
+    row: u32,
+    blocks_per_row: u32,
+    #[comptime] blocks_per_lane: usize,
+) -> Array<f32> {
     let lane = UNIT_POS_X;
-    let plane = UNIT_POS_Y;
-    partial[(plane * LANES + lane) as usize] = value;
-    sync_cube();
-    let mut total = 0.0f32;
-    if lane == 0 {
-        for i in 0..LANES {
-            total += partial[(plane * LANES + i) as usize];
+    let mut values = Array::<f32>::new(blocks_per_lane * BLOCK as usize);
+    #[unroll]
+    for b in 0..blocks_per_lane {
+        let block = lane + b as u32 * LANES;
+        #[unroll]
+        for v in 0..(BLOCK / 4) as usize {
+            let mut four = Vector::<f32, Const<4>>::new(0.0);
+            if block < blocks_per_row {
+                four = x[((row * blocks_per_row + block) * (BLOCK / 4) + v as u32) as usize];
+            }
+            #[unroll]
+            for i in 0..4usize {
+                values[b * BLOCK as usize + v * 4 + i] =
+                    f32::cast_from(bf16::cast_from(four.extract(i)));
+            }
         }
     }
-    sync_cube();
-    total
+    values
 }
 
-#[cube(launch)]
+/// This invocation's share of the dot product of `inputs` (from [`lane_inputs`]) with weight
+/// row `row` of the expert whose blocks start at vector `expert_blocks` and whose scale words
+/// start at `expert_scales`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn lane_row_dot(
+    inputs: &Array<f32>,
+    words: &[BlockWords],
+    scales: &[u32],
+    table: &[f32],
+    expert_blocks: u32,
+    expert_scales: u32,
+    row: u32,
+    blocks_per_row: u32,
+    #[comptime] blocks_per_lane: usize,
+) -> f32 {
+    let lane = UNIT_POS_X;
+    // Every load first, so that they are in flight together.
+    let mut loaded = Array::<BlockWords>::new(blocks_per_lane);
+    let mut scale_words = Array::<u32>::new(blocks_per_lane);
+    #[unroll]
+    for b in 0..blocks_per_lane {
+        let block = lane + b as u32 * LANES;
+        let index = row * blocks_per_row + block;
+        let mut four = BlockWords::new(0u32);
+        let mut scale_word = 0u32;
+        if block < blocks_per_row {
+            four = words[(expert_blocks + index) as usize];
+            scale_word = scales[(expert_scales + index / 4) as usize];
+        }
+        loaded[b] = four;
+        scale_words[b] = scale_word;
+    }
+    let mut sum = 0.0f32;
+    #[unroll]
+    for b in 0..blocks_per_lane {
+        let index = row * blocks_per_row + lane + b as u32 * LANES;
+        let scale = scale_value((scale_words[b] >> ((index % 4) * 8)) & 0xFF);
+        let four = loaded[b];
+        let mut block_sum = 0.0f32;
+        #[unroll]
+        for w in 0..4usize {
+            let word = four.extract(w);
+            #[unroll]
+            for q in 0..8usize {
+                let code = (word >> (4 * q as u32)) & 0xF;
+                block_sum += table[code as usize] * inputs[b * BLOCK as usize + w * 8 + q];
+            }
+        }
+        sum += block_sum * scale;
+    }
+    sum
+}
+
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn pairs_gate_up_kernel(
-    x: &[f32],
+    x: &[Vector<f32, Const<4>>],
     routing: &[f32],
-    words: &[u32],
+    words: &[BlockWords],
     scales: &[u32],
     bias: &[f32],
     out: &mut [f32],
-    hidden: u32,
+    blocks_per_row: u32,
     inter: u32,
     scale_words_per_expert: u32,
     top_k: u32,
     limit: f32,
     alpha: f32,
+    #[comptime] blocks_per_lane: usize,
 ) {
+    let mut table = Shared::<[f32]>::new_slice(16usize);
+    fill_fp4_table(&mut table);
     let pair = CUBE_POS_X;
     let token = pair / top_k;
     let rank = pair % top_k;
     let expert = u32::cast_from(routing[(token * 2 * top_k + rank) as usize]);
     let lane = UNIT_POS_X;
     let plane = UNIT_POS_Y;
-    let words_per_row = hidden / 8;
     let width = 2 * inter;
-    let expert_words = expert * width * words_per_row;
+    let expert_blocks = expert * width * blocks_per_row;
     let expert_scales = expert * scale_words_per_expert;
+    let inputs = lane_inputs(x, token, blocks_per_row, blocks_per_lane);
+    #[unroll]
     for c in 0..COLUMNS_PER_PLANE {
-        // Output unit j: gate is weight row 2j, up is row 2j + 1 (spec 3.4).
+        // Output unit j: gate is weight row 2j, up is row 2j + 1 (spec 3.4). Past the end the
+        // plane reads row 0 (in bounds) and writes nothing.
         let j = (CUBE_POS_Y * PLANES + plane) * COLUMNS_PER_PLANE + c;
-        let mut gate = 0.0f32;
-        let mut up = 0.0f32;
-        if j < inter {
-            let mut w = lane;
-            while w < words_per_row {
-                let base = token * hidden + w * 8;
-                gate += mxfp4_dot8(
-                    x,
-                    base,
-                    words,
-                    scales,
-                    expert_words,
-                    expert_scales,
-                    2 * j,
-                    w,
-                    words_per_row,
-                );
-                up += mxfp4_dot8(
-                    x,
-                    base,
-                    words,
-                    scales,
-                    expert_words,
-                    expert_scales,
-                    2 * j + 1,
-                    w,
-                    words_per_row,
-                );
-                w += LANES;
-            }
-        }
-        let gate_total = plane_total(gate);
-        let up_total = plane_total(up);
+        let j_read = select(j < inter, j, 0);
+        let gate = lane_row_dot(
+            &inputs,
+            words,
+            scales,
+            &table,
+            expert_blocks,
+            expert_scales,
+            2 * j_read,
+            blocks_per_row,
+            blocks_per_lane,
+        );
+        let up = lane_row_dot(
+            &inputs,
+            words,
+            scales,
+            &table,
+            expert_blocks,
+            expert_scales,
+            2 * j_read + 1,
+            blocks_per_row,
+            blocks_per_lane,
+        );
+        let gate_total = plane_sum(gate);
+        let up_total = plane_sum(up);
         if lane == 0 && j < inter {
             // spec 4.6: gate clamped above only, up on both sides, "+1" on up.
             let g = min(gate_total + bias[(expert * width + 2 * j) as usize], limit);
@@ -157,60 +208,66 @@ fn pairs_gate_up_kernel(
     }
 }
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn pairs_down_kernel(
-    act: &[f32],
+    act: &[Vector<f32, Const<4>>],
     routing: &[f32],
-    words: &[u32],
+    words: &[BlockWords],
     scales: &[u32],
     bias: &[f32],
     out: &mut [f32],
-    inter: u32,
+    blocks_per_row: u32,
     hidden: u32,
     scale_words_per_expert: u32,
     top_k: u32,
+    #[comptime] blocks_per_lane: usize,
 ) {
+    let mut table = Shared::<[f32]>::new_slice(16usize);
+    fill_fp4_table(&mut table);
     let token = CUBE_POS_X;
     let lane = UNIT_POS_X;
     let plane = UNIT_POS_Y;
-    let words_per_row = inter / 8;
-    let table = token * 2 * top_k;
-    for c in 0..COLUMNS_PER_PLANE {
-        let col = (CUBE_POS_Y * PLANES + plane) * COLUMNS_PER_PLANE + c;
-        let mut acc = 0.0f32;
-        if col < hidden {
-            for r in 0..top_k {
-                let expert = u32::cast_from(routing[(table + r) as usize]);
-                let gate = routing[(table + top_k + r) as usize];
-                let expert_words = expert * hidden * words_per_row;
-                let expert_scales = expert * scale_words_per_expert;
-                let mut dot = 0.0f32;
-                let mut w = lane;
-                while w < words_per_row {
-                    let base = (token * top_k + r) * inter + w * 8;
-                    dot += mxfp4_dot8(
-                        act,
-                        base,
-                        words,
-                        scales,
-                        expert_words,
-                        expert_scales,
-                        col,
-                        w,
-                        words_per_row,
-                    );
-                    w += LANES;
-                }
-                acc += gate * dot;
-            }
+    let table_row = token * 2 * top_k;
+    let first_col = (CUBE_POS_Y * PLANES + plane) * COLUMNS_PER_PLANE;
+    let mut acc = Array::<f32>::new(COLUMNS_PER_PLANE as usize);
+    #[unroll]
+    for c in 0..COLUMNS_PER_PLANE as usize {
+        acc[c] = 0.0;
+    }
+    for r in 0..top_k {
+        let expert = u32::cast_from(routing[(table_row + r) as usize]);
+        let gate = routing[(table_row + top_k + r) as usize];
+        let expert_blocks = expert * hidden * blocks_per_row;
+        let expert_scales = expert * scale_words_per_expert;
+        let inputs = lane_inputs(act, token * top_k + r, blocks_per_row, blocks_per_lane);
+        #[unroll]
+        for c in 0..COLUMNS_PER_PLANE as usize {
+            // Past the end the plane reads row 0 (in bounds) and writes nothing.
+            let col = first_col + c as u32;
+            let dot = lane_row_dot(
+                &inputs,
+                words,
+                scales,
+                &table,
+                expert_blocks,
+                expert_scales,
+                select(col < hidden, col, 0),
+                blocks_per_row,
+                blocks_per_lane,
+            );
+            acc[c] += gate * dot;
         }
-        let total = plane_total(acc);
+    }
+    #[unroll]
+    for c in 0..COLUMNS_PER_PLANE as usize {
+        let total = plane_sum(acc[c]);
+        let col = first_col + c as u32;
         if lane == 0 && col < hidden {
             let mut with_bias = total;
             for r in 0..top_k {
-                let expert = u32::cast_from(routing[(table + r) as usize]);
-                let gate = routing[(table + top_k + r) as usize];
+                let expert = u32::cast_from(routing[(table_row + r) as usize]);
+                let gate = routing[(table_row + top_k + r) as usize];
                 with_bias += gate * bias[(expert * hidden + col) as usize];
             }
             out[(token * hidden + col) as usize] = with_bias;
@@ -268,28 +325,35 @@ impl PairsBackend for CubeBackend {
         let top_k = table / 2;
         let inter = words.meta.shape()[1] / 2;
         let scale_words = scales.meta.shape()[1];
+        assert!(supports(hidden, inter), "pairs_gate_up: widths {hidden}, {inter}");
         let out = empty_f32(&x, vec![tokens * top_k, inter]);
-        pairs_gate_up_kernel::launch(
-            &x.client.clone(),
-            CubeCount::Static(
-                (tokens * top_k) as u32,
-                inter.div_ceil(COLUMNS as usize) as u32,
-                1,
-            ),
-            CubeDim::new_2d(LANES, PLANES),
-            x.into_buffer_arg(),
-            routing.into_buffer_arg(),
-            words.into_buffer_arg(),
-            scales.into_buffer_arg(),
-            bias.into_buffer_arg(),
-            out.clone().into_buffer_arg(),
-            hidden as u32,
-            inter as u32,
-            scale_words as u32,
-            top_k as u32,
-            limit,
-            alpha,
-        );
+        let blocks_per_row = hidden / BLOCK as usize;
+        // Safety: every index is in bounds for the shapes checked above (rows past the end
+        // read row 0, blocks past the row are not read).
+        unsafe {
+            pairs_gate_up_kernel::launch_unchecked(
+                &x.client.clone(),
+                CubeCount::Static(
+                    (tokens * top_k) as u32,
+                    inter.div_ceil(COLUMNS as usize) as u32,
+                    1,
+                ),
+                CubeDim::new_2d(LANES, PLANES),
+                x.into_buffer_arg(),
+                routing.into_buffer_arg(),
+                words.into_buffer_arg(),
+                scales.into_buffer_arg(),
+                bias.into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                blocks_per_row as u32,
+                inter as u32,
+                scale_words as u32,
+                top_k as u32,
+                limit,
+                alpha,
+                blocks_per_lane(blocks_per_row),
+            )
+        };
         out
     }
 
@@ -306,22 +370,28 @@ impl PairsBackend for CubeBackend {
         let [tokens, table] = [routing.meta.shape()[0], routing.meta.shape()[1]];
         let hidden = words.meta.shape()[1];
         let scale_words = scales.meta.shape()[1];
+        assert!(supports(hidden, inter), "pairs_down: widths {hidden}, {inter}");
         let out = empty_f32(&act, vec![tokens, hidden]);
-        pairs_down_kernel::launch(
-            &act.client.clone(),
-            CubeCount::Static(tokens as u32, hidden.div_ceil(COLUMNS as usize) as u32, 1),
-            CubeDim::new_2d(LANES, PLANES),
-            act.into_buffer_arg(),
-            routing.into_buffer_arg(),
-            words.into_buffer_arg(),
-            scales.into_buffer_arg(),
-            bias.into_buffer_arg(),
-            out.clone().into_buffer_arg(),
-            inter as u32,
-            hidden as u32,
-            scale_words as u32,
-            (table / 2) as u32,
-        );
+        let blocks_per_row = inter / BLOCK as usize;
+        // Safety: as for `pairs_gate_up`.
+        unsafe {
+            pairs_down_kernel::launch_unchecked(
+                &act.client.clone(),
+                CubeCount::Static(tokens as u32, hidden.div_ceil(COLUMNS as usize) as u32, 1),
+                CubeDim::new_2d(LANES, PLANES),
+                act.into_buffer_arg(),
+                routing.into_buffer_arg(),
+                words.into_buffer_arg(),
+                scales.into_buffer_arg(),
+                bias.into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                blocks_per_row as u32,
+                hidden as u32,
+                scale_words as u32,
+                (table / 2) as u32,
+                blocks_per_lane(blocks_per_row),
+            )
+        };
         out
     }
 }
@@ -366,6 +436,11 @@ pub fn pairs_down(
         scales.into_dispatch(),
         bias.into_dispatch(),
     ))
+}
+
+/// MXFP4 blocks each invocation of a plane owns along a row of `blocks_per_row` blocks.
+fn blocks_per_lane(blocks_per_row: usize) -> usize {
+    blocks_per_row.div_ceil(LANES as usize)
 }
 
 /// Whether the kernels take `hidden` and `inter` widths (MXFP4 blocks of 32 along K, and words

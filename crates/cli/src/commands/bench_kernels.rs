@@ -127,6 +127,26 @@ pub(super) fn seconds_per_call(
     Ok(times[times.len() / 2])
 }
 
+/// Seconds per call of `run` when 20 calls are queued before one sync (as a decoding step
+/// queues its kernels): the median over 5 batches after a warm-up batch.
+pub(super) fn seconds_per_queued_call(
+    device: &Device,
+    run: impl Fn() -> Tensor<2>,
+) -> anyhow::Result<f64> {
+    const CALLS: usize = 20;
+    let mut times = vec![];
+    for _ in 0..6 {
+        let start = std::time::Instant::now();
+        let outputs: Vec<_> = (0..CALLS).map(|_| run()).collect();
+        device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        times.push(start.elapsed().as_secs_f64() / CALLS as f64);
+        drop(outputs);
+    }
+    times.remove(0);
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
 /// sqrt(sum (ours - reference)^2 / sum reference^2) and max |ours - reference|.
 pub fn errors<const D: usize>(ours: Tensor<D>, reference: Tensor<D>) -> (f32, f32) {
     let diff: f32 = (ours.clone() - reference.clone())
@@ -191,18 +211,28 @@ impl Worst {
 
 fn check_bf16_rows(device: &Device) -> anyhow::Result<()> {
     let mut worst = Worst::new("few-rows kernel", 1e-2);
+    // 20b's decoding shapes (q, k/v, o, lm_head) and odd sizes (K shorter than the slices,
+    // rows past a tile, columns past a workgroup).
     for [m, k, n] in [
-        [1, 32, 10],
-        [5, 64, 100],
+        [1, 32, 16],
+        [5, 64, 104],
+        [3, 100, 24],
         [1, 2880, 4096],
+        [1, 2880, 512],
+        [1, 4096, 2880],
+        [1, 2880, 201088],
         [32, 2880, 5760],
-        [9, 2880, 50002],
+        [9, 2880, 50008],
     ] {
         let x = Tensor::<2>::random([m, k], Distribution::Default, device);
         let w = Tensor::<2>::random([k, n], Distribution::Default, device).cast(DType::BF16);
-        // Odd row counts also add a bias (which the kernel adds to its first K part).
+        // Odd row counts also add a bias (in the same kernel).
         let bias = (m % 2 == 1).then(|| Tensor::<1>::random([n], Distribution::Default, device));
-        let ours = gpt_oss_kernels::bf16_rows::bf16_rows_matmul(x.clone(), w.clone(), bias.clone());
+        let product = || {
+            gpt_oss_kernels::bf16_rows::bf16_rows_matmul(x.clone(), w.clone(), bias.clone())
+        };
+        let ours = product();
+        let seconds = seconds_per_queued_call(device, product)?;
         let product = gpt_oss_kernels::coopmat_gemm::reference_gemm(x, w.cast(DType::F32));
         let reference = match bias {
             Some(bias) => product + bias.unsqueeze::<2>(),
@@ -211,7 +241,9 @@ fn check_bf16_rows(device: &Device) -> anyhow::Result<()> {
         worst.record(
             ours,
             reference,
-            json!({"kernel": "bf16_rows", "m": m, "k": k, "n": n, "bias": m % 2 == 1}),
+            json!({"kernel": "bf16_rows", "m": m, "k": k, "n": n, "bias": m % 2 == 1,
+                   "seconds_per_queued_call": seconds,
+                   "weight_bytes_per_second": (2 * k * n) as f64 / seconds}),
         );
     }
     worst.finish()

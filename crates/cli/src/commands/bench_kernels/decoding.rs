@@ -7,7 +7,7 @@ use gpt_oss_model::transformer::moe_grouped::ExpertPath;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
-use super::{Worst, random_mxfp4, seconds_per_call};
+use super::{Worst, random_mxfp4, seconds_per_call, seconds_per_queued_call};
 
 /// Normal tokens [tokens, hidden] and router weights [hidden, experts] scaled for logits of
 /// order one.
@@ -136,13 +136,15 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
         let ours = by_pairs();
         let reference = sorted(ExpertPath::GroupedReferenceBf16);
         let pairs_seconds = seconds_per_call(device, by_pairs)?;
+        let pairs_queued_seconds = seconds_per_queued_call(device, by_pairs)?;
         let sorted_seconds = seconds_per_call(device, || sorted(ExpertPath::GroupedKernel))?;
         worst.record(
             ours,
             reference,
             json!({"kernel": "experts_pairs", "tokens": tokens, "experts": experts,
                    "hidden": hidden, "inter": inter, "top_k": top_k,
-                   "seconds_by_pairs": pairs_seconds, "seconds_sorted_grouped": sorted_seconds}),
+                   "seconds_by_pairs": pairs_seconds, "seconds_sorted_grouped": sorted_seconds,
+                   "seconds_by_pairs_queued": pairs_queued_seconds}),
         );
     }
     worst.finish()
