@@ -18,7 +18,7 @@ use half::bf16;
 
 use crate::launch::empty_f32;
 
-/// Rows per workgroup.
+/// Most rows per workgroup (fewer when m is smaller).
 pub const ROWS: usize = 8;
 /// Invocations per workgroup.
 const UNITS: u32 = 256;
@@ -75,38 +75,43 @@ fn bf16_rows_kernel(
     if vector < vectors_per_row {
         let mut kk = k_begin;
         while kk < k_end {
+            // Every load of the chunk (weights and inputs) before any use: they are in flight
+            // together. Past K the weights read as zero and the inputs are not read.
             let mut loaded = Array::<EightBf16>::new(UNROLL as usize);
-            #[unroll]
-            for u in 0..UNROLL as usize {
-                let mut eight = EightBf16::new(0u32);
-                if kk + (u as u32) < k_end {
-                    eight = w[((kk + u as u32) * vectors_per_row + vector) as usize];
-                }
-                loaded[u] = eight;
-            }
+            let mut inputs = Array::<f32>::new(UNROLL as usize * rows);
             #[unroll]
             for u in 0..UNROLL as usize {
                 let row_k = kk + u as u32;
+                let mut eight = EightBf16::new(0u32);
                 if row_k < k_end {
-                    let mut weights = Array::<f32>::new(LANE_COLUMNS as usize);
-                    #[unroll]
-                    for q in 0..(LANE_COLUMNS / 2) as usize {
-                        let (low, high) = bf16_pair(loaded[u].extract(q));
-                        weights[2 * q] = low;
-                        weights[2 * q + 1] = high;
+                    eight = w[(row_k * vectors_per_row + vector) as usize];
+                }
+                loaded[u] = eight;
+                #[unroll]
+                for r in 0..rows {
+                    let mut input = 0.0f32;
+                    if (r as u32) < row_count && row_k < k_end {
+                        input = x[((row_begin + r as u32) * k + row_k) as usize];
                     }
+                    inputs[u * rows + r] = input;
+                }
+            }
+            #[unroll]
+            for u in 0..UNROLL as usize {
+                let mut weights = Array::<f32>::new(LANE_COLUMNS as usize);
+                #[unroll]
+                for q in 0..(LANE_COLUMNS / 2) as usize {
+                    let (low, high) = bf16_pair(loaded[u].extract(q));
+                    weights[2 * q] = low;
+                    weights[2 * q + 1] = high;
+                }
+                #[unroll]
+                for r in 0..rows {
+                    // Rounded to bf16 as the tensor-core GEMM rounds its inputs.
+                    let xv = f32::cast_from(bf16::cast_from(inputs[u * rows + r]));
                     #[unroll]
-                    for r in 0..rows {
-                        if (r as u32) < row_count {
-                            // Rounded to bf16 as the tensor-core GEMM rounds its inputs.
-                            let xv = f32::cast_from(bf16::cast_from(
-                                x[((row_begin + r as u32) * k + row_k) as usize],
-                            ));
-                            #[unroll]
-                            for c in 0..LANE_COLUMNS as usize {
-                                acc[r * LANE_COLUMNS as usize + c] += xv * weights[c];
-                            }
-                        }
+                    for c in 0..LANE_COLUMNS as usize {
+                        acc[r * LANE_COLUMNS as usize + c] += xv * weights[c];
                     }
                 }
             }
@@ -116,40 +121,76 @@ fn bf16_rows_kernel(
     // Per row: every invocation stores its eight column sums; then `parts` invocations per
     // column add a share of the slices each, and one invocation per column adds the parts.
     let columns = groups * LANE_COLUMNS;
-    let parts = UNITS / columns;
     let mut partial = Shared::<[f32]>::new_slice((UNITS * LANE_COLUMNS) as usize);
     let mut part_sums = Shared::<[f32]>::new_slice(UNITS as usize);
+    #[unroll]
+    for r in 0..rows {
+        // The same for the whole workgroup, so its synchronisations are reached by all or none.
+        if (r as u32) < row_count {
+            sum_row_over_slices(
+                &acc,
+                &mut partial,
+                &mut part_sums,
+                bias,
+                out,
+                r,
+                row_begin + r as u32,
+                n,
+                columns,
+                slices,
+                has_bias,
+            );
+        }
+    }
+}
+
+/// Adds row `r`'s column sums over the workgroup's K slices (`acc` holds this invocation's
+/// eight) and the bias, and writes them to output row `out_row`. Synchronises the workgroup.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn sum_row_over_slices(
+    acc: &Array<f32>,
+    partial: &mut [f32],
+    part_sums: &mut [f32],
+    bias: &[f32],
+    out: &mut [f32],
+    #[comptime] r: usize,
+    out_row: u32,
+    n: u32,
+    columns: u32,
+    slices: u32,
+    #[comptime] has_bias: bool,
+) {
+    let unit = UNIT_POS;
+    let parts = UNITS / columns;
     let column = unit % columns;
     let part = unit / columns;
     #[unroll]
-    for r in 0..rows {
-        #[unroll]
-        for c in 0..LANE_COLUMNS as usize {
-            partial[(unit * LANE_COLUMNS) as usize + c] = acc[r * LANE_COLUMNS as usize + c];
-        }
-        sync_cube();
-        // Slice s's sum for `column` is at (s * groups + column / 8) * 8 + column % 8.
-        let mut share = 0.0f32;
-        let mut s = part;
-        while s < slices {
-            share += partial[(s * columns + column) as usize];
-            s += parts;
-        }
-        part_sums[unit as usize] = share;
-        sync_cube();
-        let col = CUBE_POS_X * columns + unit;
-        if unit < columns && (r as u32) < row_count && col < n {
-            let mut total = 0.0f32;
-            for p in 0..parts {
-                total += part_sums[(p * columns + unit) as usize];
-            }
-            if has_bias {
-                total += bias[col as usize];
-            }
-            out[((row_begin + r as u32) * n + col) as usize] = total;
-        }
-        sync_cube();
+    for c in 0..LANE_COLUMNS as usize {
+        partial[(unit * LANE_COLUMNS) as usize + c] = acc[r * LANE_COLUMNS as usize + c];
     }
+    sync_cube();
+    // Slice s's sum for `column` is at s * columns + column (unit = s * groups + group).
+    let mut share = 0.0f32;
+    let mut s = part;
+    while s < slices {
+        share += partial[(s * columns + column) as usize];
+        s += parts;
+    }
+    part_sums[unit as usize] = share;
+    sync_cube();
+    let col = CUBE_POS_X * columns + unit;
+    if unit < columns && col < n {
+        let mut total = 0.0f32;
+        for p in 0..parts {
+            total += part_sums[(p * columns + unit) as usize];
+        }
+        if has_bias {
+            total += bias[col as usize];
+        }
+        out[(out_row * n + col) as usize] = total;
+    }
+    sync_cube();
 }
 
 /// GPU extension op; only the CubeCL backend implements it.
@@ -196,13 +237,19 @@ impl RowsBackend for CubeBackend {
         let [m, k] = [x.meta.shape()[0], x.meta.shape()[1]];
         let n = w.meta.shape()[1];
         assert!(supports(n), "bf16_rows: n = {n} is not a multiple of 8");
-        assert_eq!(w.meta.shape()[0], k, "bf16_rows: x is [{m}, {k}], w is not [{k}, n]");
+        assert_eq!(
+            w.meta.shape()[0],
+            k,
+            "bf16_rows: x is [{m}, {k}], w is not [{k}, n]"
+        );
         let groups = column_groups(n);
+        // Fewer rows compile to fewer registers (a batch-1 step has one row).
+        let rows = m.next_power_of_two().min(ROWS);
         let client = x.client.clone();
         let out = empty_f32(&x, vec![m, n]);
         let cubes = CubeCount::Static(
             (n / LANE_COLUMNS as usize).div_ceil(groups as usize) as u32,
-            m.div_ceil(ROWS) as u32,
+            m.div_ceil(rows) as u32,
             1,
         );
         // Safety: reads are guarded by the row, K and column bounds checked above.
@@ -218,7 +265,7 @@ impl RowsBackend for CubeBackend {
                 m as u32,
                 n as u32,
                 k as u32,
-                ROWS,
+                rows,
                 groups,
                 has_bias,
             )

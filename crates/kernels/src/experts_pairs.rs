@@ -10,12 +10,12 @@
 //!
 //! Weights stay MXFP4 (decoded in the kernel through a 16-entry table in shared memory);
 //! activations are rounded to bf16 before the products, as the grouped kernels round them. A
-//! workgroup has [`PLANES`] planes of [`LANES`] invocations; each plane takes
-//! [`COLUMNS_PER_PLANE`] output columns. Along K, invocation `lane` owns MXFP4 blocks `lane`,
-//! `lane + 32`, ...: it holds those blocks' inputs in registers and reads each block's 16
-//! bytes of weights as one four-word load, all of a column's loads issued before any is used
-//! (decoding is bound by memory latency: one word per load and one load in flight left these
-//! kernels at 0.1-0.2 TB/s). The plane's partial sums are added with a subgroup sum.
+//! workgroup has [`PLANES`] planes of [`LANES`] invocations and holds its input row in shared
+//! memory; each plane takes [`COLUMNS_PER_PLANE`] output columns. Along K, invocation `lane`
+//! owns MXFP4 blocks `lane`, `lane + 32`, ... and reads each block's 16 bytes of weights as
+//! one four-word load, all of its weight rows' loads issued before any is used (decoding is
+//! bound by memory latency: one word per load and one load in flight left these kernels at
+//! 0.1-0.2 TB/s). The plane's partial sums are added with a subgroup sum.
 
 use burn::backend::{
     backend_extension,
@@ -37,70 +37,62 @@ const COLUMNS_PER_PLANE: u32 = 2;
 const COLUMNS: u32 = PLANES * COLUMNS_PER_PLANE;
 /// Inputs per MXFP4 block: four u32 words of eight 4-bit codes, and one scale byte.
 const BLOCK: u32 = 32;
+/// Four-float vectors per block of inputs in shared memory: eight, plus one of padding so
+/// that the eight invocations of a quarter plane read different banks.
+const BLOCK_VECTORS: u32 = 9;
 
 /// Four consecutive MXFP4 words: one block.
 type BlockWords = Vector<u32, Const<4>>;
+type Four = Vector<f32, Const<4>>;
 
-/// Fills `table` (16 entries, shared) with the FP4 values of codes 0..16; synchronises.
+/// Fills `table` (16 entries, shared) with the FP4 values of codes 0..16 (no synchronisation).
 #[cube]
 fn fill_fp4_table(table: &mut [f32]) {
     if UNIT_POS < 16 {
         table[UNIT_POS as usize] = fp4_value(UNIT_POS);
     }
+}
+
+/// Copies row `row` of `x` (`blocks_per_row` blocks of 32, read as four-float vectors) into
+/// `inputs` (shared, [`BLOCK_VECTORS`] vectors per block), rounded to bf16. Synchronises
+/// before (earlier readers) and after.
+#[cube]
+fn load_input_row(x: &[Four], inputs: &mut [Four], row: u32, blocks_per_row: u32) {
+    sync_cube();
+    let vectors = blocks_per_row * (BLOCK / 4);
+    let mut v = UNIT_POS;
+    while v < vectors {
+        let four = x[(row * vectors + v) as usize];
+        let mut rounded = Four::new(0.0);
+        #[unroll]
+        for i in 0..4usize {
+            rounded.insert(i, f32::cast_from(bf16::cast_from(four.extract(i))));
+        }
+        inputs[((v / 8) * BLOCK_VECTORS + v % 8) as usize] = rounded;
+        v += PLANES * LANES;
+    }
     sync_cube();
 }
 
-/// This invocation's inputs of row `row` of `x` (width `blocks_per_row * 32`, a multiple of
-/// four read as four-float vectors), rounded to bf16: [`BLOCK`] values per owned block,
-/// zero past the row's end.
-#[cube]
-fn lane_inputs(
-    x: &[Vector<f32, Const<4>>],
-    row: u32,
-    blocks_per_row: u32,
-    #[comptime] blocks_per_lane: usize,
-) -> Array<f32> {
-    let lane = UNIT_POS_X;
-    let mut values = Array::<f32>::new(blocks_per_lane * BLOCK as usize);
-    #[unroll]
-    for b in 0..blocks_per_lane {
-        let block = lane + b as u32 * LANES;
-        #[unroll]
-        for v in 0..(BLOCK / 4) as usize {
-            let mut four = Vector::<f32, Const<4>>::new(0.0);
-            if block < blocks_per_row {
-                four = x[((row * blocks_per_row + block) * (BLOCK / 4) + v as u32) as usize];
-            }
-            #[unroll]
-            for i in 0..4usize {
-                values[b * BLOCK as usize + v * 4 + i] =
-                    f32::cast_from(bf16::cast_from(four.extract(i)));
-            }
-        }
-    }
-    values
-}
-
-/// This invocation's share of the dot product of `inputs` (from [`lane_inputs`]) with weight
-/// row `row` of the expert whose blocks start at vector `expert_blocks` and whose scale words
-/// start at `expert_scales`.
+/// This invocation's blocks of weight row `row` (of the expert whose blocks start at vector
+/// `expert_blocks` and scale words at `expert_scales`), stored from `slot * blocks_per_lane`
+/// in `loaded` and `scale_words`: loads only, so that several rows' are in flight together.
+/// Blocks past the row read as zeros.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn lane_row_dot(
-    inputs: &Array<f32>,
+fn load_lane_blocks(
     words: &[BlockWords],
     scales: &[u32],
-    table: &[f32],
+    loaded: &mut Array<BlockWords>,
+    scale_words: &mut Array<u32>,
+    #[comptime] slot: usize,
     expert_blocks: u32,
     expert_scales: u32,
     row: u32,
     blocks_per_row: u32,
     #[comptime] blocks_per_lane: usize,
-) -> f32 {
+) {
     let lane = UNIT_POS_X;
-    // Every load first, so that they are in flight together.
-    let mut loaded = Array::<BlockWords>::new(blocks_per_lane);
-    let mut scale_words = Array::<u32>::new(blocks_per_lane);
     #[unroll]
     for b in 0..blocks_per_lane {
         let block = lane + b as u32 * LANES;
@@ -111,26 +103,51 @@ fn lane_row_dot(
             four = words[(expert_blocks + index) as usize];
             scale_word = scales[(expert_scales + index / 4) as usize];
         }
-        loaded[b] = four;
-        scale_words[b] = scale_word;
+        loaded[slot * blocks_per_lane + b] = four;
+        scale_words[slot * blocks_per_lane + b] = scale_word >> ((index % 4) * 8);
     }
+}
+
+/// This invocation's share of the dot product of the shared `inputs` with the weight row
+/// loaded into `slot` by [`load_lane_blocks`].
+#[cube]
+fn lane_dot(
+    inputs: &[Four],
+    table: &[f32],
+    loaded: &Array<BlockWords>,
+    scale_words: &Array<u32>,
+    #[comptime] slot: usize,
+    blocks_per_row: u32,
+    #[comptime] blocks_per_lane: usize,
+) -> f32 {
+    let lane = UNIT_POS_X;
     let mut sum = 0.0f32;
     #[unroll]
     for b in 0..blocks_per_lane {
-        let index = row * blocks_per_row + lane + b as u32 * LANES;
-        let scale = scale_value((scale_words[b] >> ((index % 4) * 8)) & 0xFF);
-        let four = loaded[b];
-        let mut block_sum = 0.0f32;
-        #[unroll]
-        for w in 0..4usize {
-            let word = four.extract(w);
+        let block = lane + b as u32 * LANES;
+        if block < blocks_per_row {
+            let four = loaded[slot * blocks_per_lane + b];
+            // One accumulator per word: four independent chains.
+            let mut parts = Four::new(0.0);
             #[unroll]
-            for q in 0..8usize {
-                let code = (word >> (4 * q as u32)) & 0xF;
-                block_sum += table[code as usize] * inputs[b * BLOCK as usize + w * 8 + q];
+            for w in 0..4usize {
+                let word = four.extract(w);
+                let low = inputs[(block * BLOCK_VECTORS + 2 * w as u32) as usize];
+                let high = inputs[(block * BLOCK_VECTORS + 2 * w as u32 + 1) as usize];
+                let mut part = 0.0f32;
+                #[unroll]
+                for q in 0..4usize {
+                    part += table[((word >> (4 * q as u32)) & 0xF) as usize] * low.extract(q);
+                    part += table[((word >> (4 * q as u32 + 16)) & 0xF) as usize] * high.extract(q);
+                }
+                parts.insert(w, part);
             }
+            let block_sum = parts.extract(0usize)
+                + parts.extract(1usize)
+                + parts.extract(2usize)
+                + parts.extract(3usize);
+            sum += block_sum * scale_value(scale_words[slot * blocks_per_lane + b] & 0xFF);
         }
-        sum += block_sum * scale;
     }
     sum
 }
@@ -138,7 +155,7 @@ fn lane_row_dot(
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn pairs_gate_up_kernel(
-    x: &[Vector<f32, Const<4>>],
+    x: &[Four],
     routing: &[f32],
     words: &[BlockWords],
     scales: &[u32],
@@ -153,6 +170,8 @@ fn pairs_gate_up_kernel(
     #[comptime] blocks_per_lane: usize,
 ) {
     let mut table = Shared::<[f32]>::new_slice(16usize);
+    let mut inputs =
+        Shared::<[Four]>::new_slice(blocks_per_lane * (LANES * BLOCK_VECTORS) as usize);
     fill_fp4_table(&mut table);
     let pair = CUBE_POS_X;
     let token = pair / top_k;
@@ -163,32 +182,49 @@ fn pairs_gate_up_kernel(
     let width = 2 * inter;
     let expert_blocks = expert * width * blocks_per_row;
     let expert_scales = expert * scale_words_per_expert;
-    let inputs = lane_inputs(x, token, blocks_per_row, blocks_per_lane);
+    // Output unit j: gate is weight row 2j, up is row 2j + 1 (spec 3.4); a plane's columns
+    // are consecutive, so its rows are too. Past the end the plane reads row 0 (in bounds)
+    // and writes nothing.
+    let first_j = (CUBE_POS_Y * PLANES + plane) * COLUMNS_PER_PLANE;
+    let rows = 2 * COLUMNS_PER_PLANE as usize;
+    let mut loaded = Array::<BlockWords>::new(rows * blocks_per_lane);
+    let mut scale_words = Array::<u32>::new(rows * blocks_per_lane);
     #[unroll]
-    for c in 0..COLUMNS_PER_PLANE {
-        // Output unit j: gate is weight row 2j, up is row 2j + 1 (spec 3.4). Past the end the
-        // plane reads row 0 (in bounds) and writes nothing.
-        let j = (CUBE_POS_Y * PLANES + plane) * COLUMNS_PER_PLANE + c;
-        let j_read = select(j < inter, j, 0);
-        let gate = lane_row_dot(
-            &inputs,
+    for slot in 0..rows {
+        let j = first_j + (slot / 2) as u32;
+        let row = select(j < inter, 2 * j + (slot % 2) as u32, 0);
+        load_lane_blocks(
             words,
             scales,
-            &table,
+            &mut loaded,
+            &mut scale_words,
+            slot,
             expert_blocks,
             expert_scales,
-            2 * j_read,
+            row,
             blocks_per_row,
             blocks_per_lane,
         );
-        let up = lane_row_dot(
+    }
+    load_input_row(x, &mut inputs, token, blocks_per_row);
+    #[unroll]
+    for c in 0..COLUMNS_PER_PLANE as usize {
+        let j = first_j + c as u32;
+        let gate = lane_dot(
             &inputs,
-            words,
-            scales,
             &table,
-            expert_blocks,
-            expert_scales,
-            2 * j_read + 1,
+            &loaded,
+            &scale_words,
+            2 * c,
+            blocks_per_row,
+            blocks_per_lane,
+        );
+        let up = lane_dot(
+            &inputs,
+            &table,
+            &loaded,
+            &scale_words,
+            2 * c + 1,
             blocks_per_row,
             blocks_per_lane,
         );
@@ -211,7 +247,7 @@ fn pairs_gate_up_kernel(
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn pairs_down_kernel(
-    act: &[Vector<f32, Const<4>>],
+    act: &[Four],
     routing: &[f32],
     words: &[BlockWords],
     scales: &[u32],
@@ -224,15 +260,18 @@ fn pairs_down_kernel(
     #[comptime] blocks_per_lane: usize,
 ) {
     let mut table = Shared::<[f32]>::new_slice(16usize);
+    let mut inputs =
+        Shared::<[Four]>::new_slice(blocks_per_lane * (LANES * BLOCK_VECTORS) as usize);
     fill_fp4_table(&mut table);
     let token = CUBE_POS_X;
     let lane = UNIT_POS_X;
     let plane = UNIT_POS_Y;
     let table_row = token * 2 * top_k;
     let first_col = (CUBE_POS_Y * PLANES + plane) * COLUMNS_PER_PLANE;
-    let mut acc = Array::<f32>::new(COLUMNS_PER_PLANE as usize);
+    let columns = COLUMNS_PER_PLANE as usize;
+    let mut acc = Array::<f32>::new(columns);
     #[unroll]
-    for c in 0..COLUMNS_PER_PLANE as usize {
+    for c in 0..columns {
         acc[c] = 0.0;
     }
     for r in 0..top_k {
@@ -240,27 +279,42 @@ fn pairs_down_kernel(
         let gate = routing[(table_row + top_k + r) as usize];
         let expert_blocks = expert * hidden * blocks_per_row;
         let expert_scales = expert * scale_words_per_expert;
-        let inputs = lane_inputs(act, token * top_k + r, blocks_per_row, blocks_per_lane);
+        let mut loaded = Array::<BlockWords>::new(columns * blocks_per_lane);
+        let mut scale_words = Array::<u32>::new(columns * blocks_per_lane);
         #[unroll]
-        for c in 0..COLUMNS_PER_PLANE as usize {
+        for c in 0..columns {
             // Past the end the plane reads row 0 (in bounds) and writes nothing.
             let col = first_col + c as u32;
-            let dot = lane_row_dot(
-                &inputs,
+            load_lane_blocks(
                 words,
                 scales,
-                &table,
+                &mut loaded,
+                &mut scale_words,
+                c,
                 expert_blocks,
                 expert_scales,
                 select(col < hidden, col, 0),
                 blocks_per_row,
                 blocks_per_lane,
             );
-            acc[c] += gate * dot;
+        }
+        load_input_row(act, &mut inputs, token * top_k + r, blocks_per_row);
+        #[unroll]
+        for c in 0..columns {
+            acc[c] += gate
+                * lane_dot(
+                    &inputs,
+                    &table,
+                    &loaded,
+                    &scale_words,
+                    c,
+                    blocks_per_row,
+                    blocks_per_lane,
+                );
         }
     }
     #[unroll]
-    for c in 0..COLUMNS_PER_PLANE as usize {
+    for c in 0..columns {
         let total = plane_sum(acc[c]);
         let col = first_col + c as u32;
         if lane == 0 && col < hidden {
@@ -325,7 +379,10 @@ impl PairsBackend for CubeBackend {
         let top_k = table / 2;
         let inter = words.meta.shape()[1] / 2;
         let scale_words = scales.meta.shape()[1];
-        assert!(supports(hidden, inter), "pairs_gate_up: widths {hidden}, {inter}");
+        assert!(
+            supports(hidden, inter),
+            "pairs_gate_up: widths {hidden}, {inter}"
+        );
         let out = empty_f32(&x, vec![tokens * top_k, inter]);
         let blocks_per_row = hidden / BLOCK as usize;
         // Safety: every index is in bounds for the shapes checked above (rows past the end
@@ -370,7 +427,10 @@ impl PairsBackend for CubeBackend {
         let [tokens, table] = [routing.meta.shape()[0], routing.meta.shape()[1]];
         let hidden = words.meta.shape()[1];
         let scale_words = scales.meta.shape()[1];
-        assert!(supports(hidden, inter), "pairs_down: widths {hidden}, {inter}");
+        assert!(
+            supports(hidden, inter),
+            "pairs_down: widths {hidden}, {inter}"
+        );
         let out = empty_f32(&act, vec![tokens, hidden]);
         let blocks_per_row = inter / BLOCK as usize;
         // Safety: as for `pairs_gate_up`.
