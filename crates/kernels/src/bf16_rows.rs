@@ -56,12 +56,102 @@ fn bf16_rows_kernel(
     #[comptime] groups: u32,
     #[comptime] has_bias: bool,
 ) {
+    rows_times_weight(
+        x, w, bias, out, m, n, k, CUBE_POS_X, n, 0, rows, groups, has_bias,
+    );
+}
+
+/// Three products of the same `x` side by side in one launch (the attention's q, k and v
+/// projections): workgroups take their columns from `w0`, then `w1`, then `w2` (each
+/// segment's column count a multiple of `groups * 8`, so no workgroup straddles two), and
+/// the output is [m, n0 + n1 + n2].
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn bf16_rows_three_kernel(
+    x: &[f32],
+    w0: &[EightBf16],
+    w1: &[EightBf16],
+    w2: &[EightBf16],
+    b0: &[f32],
+    b1: &[f32],
+    b2: &[f32],
+    out: &mut [f32],
+    m: u32,
+    n0: u32,
+    n1: u32,
+    n2: u32,
+    k: u32,
+    #[comptime] rows: usize,
+    #[comptime] groups: u32,
+    #[comptime] has_bias: bool,
+) {
+    let width = n0 + n1 + n2;
+    let blocks0 = n0 / (groups * LANE_COLUMNS);
+    let blocks1 = n1 / (groups * LANE_COLUMNS);
+    if CUBE_POS_X < blocks0 {
+        rows_times_weight(
+            x, w0, b0, out, m, n0, k, CUBE_POS_X, width, 0, rows, groups, has_bias,
+        );
+    } else if CUBE_POS_X < blocks0 + blocks1 {
+        rows_times_weight(
+            x,
+            w1,
+            b1,
+            out,
+            m,
+            n1,
+            k,
+            CUBE_POS_X - blocks0,
+            width,
+            n0,
+            rows,
+            groups,
+            has_bias,
+        );
+    } else {
+        rows_times_weight(
+            x,
+            w2,
+            b2,
+            out,
+            m,
+            n2,
+            k,
+            CUBE_POS_X - blocks0 - blocks1,
+            width,
+            n0 + n1,
+            rows,
+            groups,
+            has_bias,
+        );
+    }
+}
+
+/// Workgroup `block_x`'s columns of `x` [m, k] times `w` [k, n] (+ `bias`), written to
+/// columns `out_offset..` of `out` [m, out_width].
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn rows_times_weight(
+    x: &[f32],
+    w: &[EightBf16],
+    bias: &[f32],
+    out: &mut [f32],
+    m: u32,
+    n: u32,
+    k: u32,
+    block_x: u32,
+    out_width: u32,
+    out_offset: u32,
+    #[comptime] rows: usize,
+    #[comptime] groups: u32,
+    #[comptime] has_bias: bool,
+) {
     let unit = UNIT_POS;
     let group = unit % groups;
     let slice = unit / groups;
     let slices = UNITS / groups;
     let vectors_per_row = n / LANE_COLUMNS;
-    let vector = CUBE_POS_X * groups + group;
+    let vector = block_x * groups + group;
     let row_begin = CUBE_POS_Y * rows as u32;
     let row_count = min(m - row_begin, rows as u32);
     let per_slice = k.div_ceil(slices);
@@ -136,6 +226,9 @@ fn bf16_rows_kernel(
                 r,
                 row_begin + r as u32,
                 n,
+                block_x * columns,
+                out_width,
+                out_offset,
                 columns,
                 slices,
                 has_bias,
@@ -145,7 +238,8 @@ fn bf16_rows_kernel(
 }
 
 /// Adds row `r`'s column sums over the workgroup's K slices (`acc` holds this invocation's
-/// eight) and the bias, and writes them to output row `out_row`. Synchronises the workgroup.
+/// eight) and the bias for its columns `first_col..` of `n`, and writes them to output row
+/// `out_row` (of `out_width`, from column `out_offset`). Synchronises the workgroup.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn sum_row_over_slices(
@@ -157,6 +251,9 @@ fn sum_row_over_slices(
     #[comptime] r: usize,
     out_row: u32,
     n: u32,
+    first_col: u32,
+    out_width: u32,
+    out_offset: u32,
     columns: u32,
     slices: u32,
     #[comptime] has_bias: bool,
@@ -179,7 +276,7 @@ fn sum_row_over_slices(
     }
     part_sums[unit as usize] = share;
     sync_cube();
-    let col = CUBE_POS_X * columns + unit;
+    let col = first_col + unit;
     if unit < columns && col < n {
         let mut total = 0.0f32;
         for p in 0..parts {
@@ -188,7 +285,7 @@ fn sum_row_over_slices(
         if has_bias {
             total += bias[col as usize];
         }
-        out[(out_row * n + col) as usize] = total;
+        out[(out_row * out_width + out_offset + col) as usize] = total;
     }
     sync_cube();
 }
@@ -203,6 +300,21 @@ pub trait RowsBackend: burn::backend::Backend {
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        has_bias: bool,
+    ) -> FloatTensor<Self>;
+
+    /// `x` [m, k] times `w0`, `w1`, `w2` [k, n_i] (+ `b0`, `b1`, `b2` when `has_bias`) side by
+    /// side -> [m, n0 + n1 + n2], in one launch ([`supports_three`]).
+    #[fusion(dtype = accumulator_dtype(x), shape = Shape::from(vec![x[0], w0[1] + w1[1] + w2[1]]))]
+    #[allow(clippy::too_many_arguments)]
+    fn bf16_rows_three(
+        x: FloatTensor<Self>,
+        w0: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        b0: FloatTensor<Self>,
+        b1: FloatTensor<Self>,
+        b2: FloatTensor<Self>,
         has_bias: bool,
     ) -> FloatTensor<Self>;
 }
@@ -272,6 +384,70 @@ impl RowsBackend for CubeBackend {
         };
         out
     }
+
+    fn bf16_rows_three(
+        x: CubeTensor,
+        w0: CubeTensor,
+        w1: CubeTensor,
+        w2: CubeTensor,
+        b0: CubeTensor,
+        b1: CubeTensor,
+        b2: CubeTensor,
+        has_bias: bool,
+    ) -> CubeTensor {
+        let [x, w0, w1, w2, b0, b1, b2] = [x, w0, w1, w2, b0, b1, b2].map(into_contiguous);
+        let [m, k] = [x.meta.shape()[0], x.meta.shape()[1]];
+        let [n0, n1, n2] = [&w0, &w1, &w2].map(|w| w.meta.shape()[1]);
+        assert!(
+            supports_three(n0, n1, n2),
+            "bf16_rows_three: widths {n0}, {n1}, {n2}"
+        );
+        for w in [&w0, &w1, &w2] {
+            assert_eq!(w.meta.shape()[0], k, "bf16_rows_three: x is [{m}, {k}]");
+        }
+        let groups = column_groups(n0 + n1 + n2);
+        let rows = m.next_power_of_two().min(ROWS);
+        let client = x.client.clone();
+        let out = empty_f32(&x, vec![m, n0 + n1 + n2]);
+        let blocks = |n: usize| (n / LANE_COLUMNS as usize).div_ceil(groups as usize);
+        let cubes = CubeCount::Static(
+            (blocks(n0) + blocks(n1) + blocks(n2)) as u32,
+            m.div_ceil(rows) as u32,
+            1,
+        );
+        // Safety: as for `bf16_rows_matmul`; no workgroup straddles two segments
+        // (`supports_three`).
+        unsafe {
+            bf16_rows_three_kernel::launch_unchecked(
+                &client,
+                cubes,
+                CubeDim::new_1d(UNITS),
+                x.into_buffer_arg(),
+                w0.into_buffer_arg(),
+                w1.into_buffer_arg(),
+                w2.into_buffer_arg(),
+                b0.into_buffer_arg(),
+                b1.into_buffer_arg(),
+                b2.into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                m as u32,
+                n0 as u32,
+                n1 as u32,
+                n2 as u32,
+                k as u32,
+                rows,
+                groups,
+                has_bias,
+            )
+        };
+        out
+    }
+}
+
+/// Whether [`bf16_rows_three`] takes products of these widths: each a multiple of 8, the
+/// first two of 32 (whole workgroups of either column-group width).
+pub fn supports_three(n0: usize, n1: usize, n2: usize) -> bool {
+    n0.is_multiple_of(32) && n1.is_multiple_of(32) && supports(n2)
 }
 
 /// Whether the kernel takes products with `n` output columns (rows of `w` are read eight bf16
@@ -294,6 +470,34 @@ pub fn bf16_rows_matmul(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> 
         x.into_dispatch(),
         w.into_dispatch(),
         bias.into_dispatch(),
+        has_bias,
+    ))
+}
+
+/// `x` [m, k] times three bf16 weights [k, n_i] (+ their biases) side by side in one launch ->
+/// [m, n0 + n1 + n2] f32, inputs rounded to bf16 as in [`bf16_rows_matmul`]. GPU only; the
+/// widths must pass [`supports_three`].
+pub fn bf16_rows_three(
+    x: Tensor<2>,
+    weights: [Tensor<2>; 3],
+    biases: Option<[Tensor<1>; 3]>,
+) -> Tensor<2> {
+    let [m, k] = x.dims();
+    let x = x.cast(DType::F32);
+    let [w0, w1, w2] = weights.map(|w| w.cast(DType::BF16).into_dispatch());
+    let has_bias = biases.is_some();
+    // Without biases the kernel reads none: pass x as the unread buffers.
+    let [b0, b1, b2] = biases
+        .unwrap_or_else(|| std::array::from_fn(|_| x.clone().reshape([m * k])))
+        .map(|b| b.into_dispatch());
+    Tensor::from_dispatch(<burn::backend::Dispatch as RowsBackend>::bf16_rows_three(
+        x.into_dispatch(),
+        w0,
+        w1,
+        w2,
+        b0,
+        b1,
+        b2,
         has_bias,
     ))
 }

@@ -252,12 +252,14 @@ fn pairs_down_kernel(
     words: &[BlockWords],
     scales: &[u32],
     bias: &[f32],
+    residual: &[f32],
     out: &mut [f32],
     blocks_per_row: u32,
     hidden: u32,
     scale_words_per_expert: u32,
     top_k: u32,
     #[comptime] blocks_per_lane: usize,
+    #[comptime] has_residual: bool,
 ) {
     let mut table = Shared::<[f32]>::new_slice(16usize);
     let mut inputs =
@@ -319,6 +321,9 @@ fn pairs_down_kernel(
         let col = first_col + c as u32;
         if lane == 0 && col < hidden {
             let mut with_bias = total;
+            if has_residual {
+                with_bias += residual[(token * hidden + col) as usize];
+            }
             for r in 0..top_k {
                 let expert = u32::cast_from(routing[(table_row + r) as usize]);
                 let gate = routing[(table_row + top_k + r) as usize];
@@ -347,14 +352,18 @@ pub trait PairsBackend: burn::backend::Backend {
     ) -> FloatTensor<Self>;
 
     /// `act` [n * k, I], `routing` [n, 2k], down `words` [E, H, I / 8] and `scales`, `bias`
-    /// [E, H] -> the gate-weighted sum of each token's k expert outputs [n, H].
+    /// [E, H] -> the gate-weighted sum of each token's k expert outputs [n, H], plus
+    /// `residual` [n, H] when `has_residual` (otherwise `residual` is any f32 tensor, unread).
     #[fusion(dtype = same_dtype(act), shape = Shape::from(vec![routing[0], words[1]]))]
+    #[allow(clippy::too_many_arguments)]
     fn pairs_down(
         act: FloatTensor<Self>,
         routing: FloatTensor<Self>,
         words: IntTensor<Self>,
         scales: IntTensor<Self>,
         bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        has_residual: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -420,9 +429,11 @@ impl PairsBackend for CubeBackend {
         words: CubeTensor,
         scales: CubeTensor,
         bias: CubeTensor,
+        residual: CubeTensor,
+        has_residual: bool,
     ) -> CubeTensor {
-        let [act, routing, words, scales, bias] =
-            [act, routing, words, scales, bias].map(into_contiguous);
+        let [act, routing, words, scales, bias, residual] =
+            [act, routing, words, scales, bias, residual].map(into_contiguous);
         let inter = act.meta.shape()[1];
         let [tokens, table] = [routing.meta.shape()[0], routing.meta.shape()[1]];
         let hidden = words.meta.shape()[1];
@@ -444,12 +455,14 @@ impl PairsBackend for CubeBackend {
                 words.into_buffer_arg(),
                 scales.into_buffer_arg(),
                 bias.into_buffer_arg(),
+                residual.into_buffer_arg(),
                 out.clone().into_buffer_arg(),
                 blocks_per_row as u32,
                 hidden as u32,
                 scale_words as u32,
                 (table / 2) as u32,
                 blocks_per_lane(blocks_per_row),
+                has_residual,
             )
         };
         out
@@ -479,8 +492,9 @@ pub fn pairs_gate_up(
     ))
 }
 
-/// Each token's gate-weighted sum of its k experts' down products [n, H]: `act` [n * k, I]
-/// from [`pairs_gate_up`], `routing` [n, 2k], the down MXFP4 `words` [E, H, I / 8] and
+/// Each token's gate-weighted sum of its k experts' down products [n, H], plus `residual`
+/// [n, H] when given (the decoder layer's residual stream, in the same launch): `act` [n * k,
+/// I] from [`pairs_gate_up`], `routing` [n, 2k], the down MXFP4 `words` [E, H, I / 8] and
 /// `scales`, `bias` [E, H]. GPU only.
 pub fn pairs_down(
     act: Tensor<2>,
@@ -488,13 +502,19 @@ pub fn pairs_down(
     words: Tensor<3, Int>,
     scales: Tensor<2, Int>,
     bias: Tensor<2>,
+    residual: Option<Tensor<2>>,
 ) -> Tensor<2> {
+    let has_residual = residual.is_some();
+    // Without a residual the kernel reads none: pass the bias as the unread buffer.
+    let residual = residual.unwrap_or_else(|| bias.clone());
     Tensor::from_dispatch(<burn::backend::Dispatch as PairsBackend>::pairs_down(
         act.into_dispatch(),
         routing.into_dispatch(),
         words.into_dispatch(),
         scales.into_dispatch(),
         bias.into_dispatch(),
+        residual.into_dispatch(),
+        has_residual,
     ))
 }
 

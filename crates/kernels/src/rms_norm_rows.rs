@@ -2,7 +2,8 @@
 //!
 //! burn runs the norm as about seven kernels (square, mean, add, sqrt, reciprocal, two
 //! products); decoding is bound by the number of kernels per token, and a layer has two norms.
-//! A workgroup of [`UNITS`] invocations takes one row.
+//! A workgroup of [`UNITS`] invocations takes one row. [`add_rms_norm_rows`] also adds the
+//! residual stream's update first (and returns the sum): one kernel for the add and the norm.
 
 use burn::backend::{backend_extension, tensor::FloatTensor};
 use burn::tensor::{DType, Shape, Tensor};
@@ -12,33 +13,48 @@ use cubecl::prelude::*;
 use crate::launch::{empty_f32, grid_over_rows};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 
+/// With `has_delta`, the row is `x + delta`, and that sum is also written, after the normed
+/// rows (`out` is then [2 * rows, width]).
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 fn rms_norm_rows_kernel(
     x: &[f32],
+    delta: &[f32],
     weight: &[f32],
     out: &mut [f32],
     rows: u32,
     width: u32,
     eps: f32,
+    #[comptime] has_delta: bool,
 ) {
     let row = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
     if row >= rows {
         terminate!();
     }
     let base = row * width;
+    let sums = rows * width;
     let unit = UNIT_POS;
     let mut squares = 0.0f32;
     let mut i = unit;
     while i < width {
-        let v = x[(base + i) as usize];
+        let mut v = x[(base + i) as usize];
+        if has_delta {
+            v += delta[(base + i) as usize];
+            out[(sums + base + i) as usize] = v;
+        }
         squares += v * v;
         i += UNITS;
     }
     let total = workgroup_reduce(squares, false);
     let inv_rms = 1.0 / (total / f32::cast_from(width) + eps).sqrt();
+    // Each invocation reads back only the sums it wrote itself.
     let mut j = unit;
     while j < width {
-        out[(base + j) as usize] = x[(base + j) as usize] * inv_rms * weight[j as usize];
+        let mut v = x[(base + j) as usize];
+        if has_delta {
+            v = out[(sums + base + j) as usize];
+        }
+        out[(base + j) as usize] = v * inv_rms * weight[j as usize];
         j += UNITS;
     }
 }
@@ -50,6 +66,16 @@ pub trait RmsNormBackend: burn::backend::Backend {
     #[fusion(dtype = same_dtype(x), shape = same_shape(x))]
     fn rms_norm_rows(
         x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+
+    /// `x` and `delta` [rows, width] f32, `weight` [width] -> [2 * rows, width]: the norm of
+    /// `x + delta`, then `x + delta` itself.
+    #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![2 * x[0], x[1]]))]
+    fn add_rms_norm_rows(
+        x: FloatTensor<Self>,
+        delta: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         eps: f32,
     ) -> FloatTensor<Self>;
@@ -65,22 +91,52 @@ fn same_shape(x: &Shape) -> Shape {
 
 impl RmsNormBackend for CubeBackend {
     fn rms_norm_rows(x: CubeTensor, weight: CubeTensor, eps: f32) -> CubeTensor {
-        let [x, weight] = [x, weight].map(into_contiguous);
-        let [rows, width] = [x.meta.shape()[0], x.meta.shape()[1]];
-        let out = empty_f32(&x, vec![rows, width]);
-        rms_norm_rows_kernel::launch(
-            &x.client.clone(),
-            grid_over_rows(rows),
-            CubeDim::new_1d(UNITS),
-            x.into_buffer_arg(),
-            weight.into_buffer_arg(),
-            out.clone().into_buffer_arg(),
-            rows as u32,
-            width as u32,
-            eps,
-        );
-        out
+        launch_norm(x, None, weight, eps)
     }
+
+    fn add_rms_norm_rows(
+        x: CubeTensor,
+        delta: CubeTensor,
+        weight: CubeTensor,
+        eps: f32,
+    ) -> CubeTensor {
+        launch_norm(x, Some(delta), weight, eps)
+    }
+}
+
+/// The norm kernel on `x` (plus `delta`, whose sum with `x` is also returned after the norm).
+fn launch_norm(
+    x: CubeTensor,
+    delta: Option<CubeTensor>,
+    weight: CubeTensor,
+    eps: f32,
+) -> CubeTensor {
+    let has_delta = delta.is_some();
+    // Without a delta the kernel reads none: pass x as the unread buffer.
+    let delta = delta.unwrap_or_else(|| x.clone());
+    let [x, delta, weight] = [x, delta, weight].map(into_contiguous);
+    let [rows, width] = [x.meta.shape()[0], x.meta.shape()[1]];
+    assert_eq!(
+        delta.meta.shape()[..],
+        x.meta.shape()[..],
+        "add_rms_norm_rows: shapes"
+    );
+    let out_rows = if has_delta { 2 * rows } else { rows };
+    let out = empty_f32(&x, vec![out_rows, width]);
+    rms_norm_rows_kernel::launch(
+        &x.client.clone(),
+        grid_over_rows(rows),
+        CubeDim::new_1d(UNITS),
+        x.into_buffer_arg(),
+        delta.into_buffer_arg(),
+        weight.into_buffer_arg(),
+        out.clone().into_buffer_arg(),
+        rows as u32,
+        width as u32,
+        eps,
+        has_delta,
+    );
+    out
 }
 
 /// RMSNorm of each row of `x` [rows, width] (f32) with `weight` [width]. GPU only.
@@ -90,6 +146,26 @@ pub fn rms_norm_rows(x: Tensor<2>, weight: Tensor<1>, eps: f64) -> Tensor<2> {
         weight.into_dispatch(),
         eps as f32,
     ))
+}
+
+/// (`x + delta`, the RMSNorm of each of its rows with `weight`) for `x`, `delta` [rows, width]
+/// (f32): the decoder layer's residual add and the next norm in one kernel. GPU only.
+pub fn add_rms_norm_rows(
+    x: Tensor<2>,
+    delta: Tensor<2>,
+    weight: Tensor<1>,
+    eps: f64,
+) -> (Tensor<2>, Tensor<2>) {
+    let rows = x.dims()[0];
+    let both: Tensor<2> = Tensor::from_dispatch(
+        <burn::backend::Dispatch as RmsNormBackend>::add_rms_norm_rows(
+            x.cast(DType::F32).into_dispatch(),
+            delta.cast(DType::F32).into_dispatch(),
+            weight.into_dispatch(),
+            eps as f32,
+        ),
+    );
+    (both.clone().narrow(0, rows, rows), both.narrow(0, 0, rows))
 }
 
 /// What `rms_norm_rows` computes, with burn's ops.

@@ -5,6 +5,8 @@
 //! difference, and the concatenation as two slice assignments); decoding is bound by kernels
 //! per token, and every layer rotates queries and keys. One invocation per rotated pair
 //! (i, i + d/2), with cos and sin shaped [B, 1, T, d/2] as `RotaryTable::cos_sin` makes them.
+//! Given the fused q | k | v projection (`bf16_rows_three`), the same launch rotates q and k
+//! and moves v, writing three contiguous sections ([`rotary_qkv_rows`]).
 
 use burn::backend::{backend_extension, tensor::FloatTensor};
 use burn::tensor::{DType, Shape, Tensor};
@@ -22,14 +24,17 @@ fn rotary_rows_kernel(
     sin: &[f32],
     out: &mut [f32],
     pairs: u32,
-    heads: u32,
+    batch: u32,
     positions: u32,
     half: u32,
+    q_heads: u32,
+    kv_heads: u32,
 ) {
     let id = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * UNITS + UNIT_POS;
     if id >= pairs {
         terminate!();
     }
+    let heads = q_heads + 2 * kv_heads;
     // id = ((row * positions + position) * heads + head) * half + j
     let j = id % half;
     let head = (id / half) % heads;
@@ -42,20 +47,45 @@ fn rotary_rows_kernel(
     let b = x[(x_base + half + j) as usize];
     let c = cos[(row_position * half + j) as usize];
     let s = sin[(row_position * half + j) as usize];
-    let out_base = ((row * heads + head) * positions + position) * width;
-    out[(out_base + j) as usize] = a * c - b * s;
-    out[(out_base + half + j) as usize] = b * c + a * s;
+    // Output sections [B, q_heads, T, d], [B, kv_heads, T, d] (rotated), [B, kv_heads, T, d]
+    // (copied).
+    let section_size = batch * positions * width;
+    let mut section_base = 0u32;
+    let mut section_heads = q_heads;
+    let mut local = head;
+    if head >= q_heads + kv_heads {
+        section_base = section_size * (q_heads + kv_heads);
+        section_heads = kv_heads;
+        local = head - q_heads - kv_heads;
+    } else if head >= q_heads {
+        section_base = section_size * q_heads;
+        section_heads = kv_heads;
+        local = head - q_heads;
+    }
+    let out_base = section_base + ((row * section_heads + local) * positions + position) * width;
+    let mut first = a;
+    let mut second = b;
+    if head < q_heads + kv_heads {
+        first = a * c - b * s;
+        second = b * c + a * s;
+    }
+    out[(out_base + j) as usize] = first;
+    out[(out_base + half + j) as usize] = second;
 }
 
 /// GPU extension op; only the CubeCL backend implements it.
 #[backend_extension(Cube, Fusion)]
 pub trait RotaryBackend: burn::backend::Backend {
-    /// `x` [B, T, heads, d], `cos` and `sin` [B, 1, T, d / 2] -> [B, heads, T, d].
-    #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![x[0], x[2], x[1], x[3]]))]
+    /// `x` [B, T, q_heads + 2 kv_heads, d], `cos` and `sin` [B, 1, T, d / 2] -> the flat
+    /// sections [B, q_heads, T, d] and [B, kv_heads, T, d] (both rotated), then [B, kv_heads, T,
+    /// d] (moved, not rotated).
+    #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![x[0] * x[1] * x[2] * x[3]]))]
     fn rotary_rows(
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
+        q_heads: usize,
+        kv_heads: usize,
     ) -> FloatTensor<Self>;
 }
 
@@ -64,11 +94,18 @@ fn same_dtype(input: DType) -> DType {
 }
 
 impl RotaryBackend for CubeBackend {
-    fn rotary_rows(x: CubeTensor, cos: CubeTensor, sin: CubeTensor) -> CubeTensor {
+    fn rotary_rows(
+        x: CubeTensor,
+        cos: CubeTensor,
+        sin: CubeTensor,
+        q_heads: usize,
+        kv_heads: usize,
+    ) -> CubeTensor {
         let [x, cos, sin] = [x, cos, sin].map(into_contiguous);
         let [b, t, heads, d] = [0, 1, 2, 3].map(|i| x.meta.shape()[i]);
+        assert_eq!(heads, q_heads + 2 * kv_heads, "rotary_rows: head counts");
         let pairs = b * t * heads * d / 2;
-        let out = empty_f32(&x, vec![b, heads, t, d]);
+        let out = empty_f32(&x, vec![b * t * heads * d]);
         rotary_rows_kernel::launch(
             &x.client.clone(),
             grid_over_rows(pairs.div_ceil(UNITS as usize)),
@@ -78,9 +115,11 @@ impl RotaryBackend for CubeBackend {
             sin.into_buffer_arg(),
             out.clone().into_buffer_arg(),
             pairs as u32,
-            heads as u32,
+            b as u32,
             t as u32,
             (d / 2) as u32,
+            q_heads as u32,
+            kv_heads as u32,
         );
         out
     }
@@ -89,11 +128,61 @@ impl RotaryBackend for CubeBackend {
 /// `x` [B, T, heads, d] rotated by `cos`, `sin` [B, 1, T, d / 2] (half-split pairs (i, i + d/2))
 /// -> [B, heads, T, d]. f32, GPU only.
 pub fn rotary_rows(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
-    Tensor::from_dispatch(<burn::backend::Dispatch as RotaryBackend>::rotary_rows(
-        x.into_dispatch(),
-        cos.into_dispatch(),
-        sin.into_dispatch(),
-    ))
+    let [b, t, heads, d] = x.dims();
+    let flat: Tensor<1> =
+        Tensor::from_dispatch(<burn::backend::Dispatch as RotaryBackend>::rotary_rows(
+            x.into_dispatch(),
+            cos.into_dispatch(),
+            sin.into_dispatch(),
+            heads,
+            0,
+        ));
+    flat.reshape([b, heads, t, d])
+}
+
+/// The fused q | k | v projection `x` [B, T, q_heads + 2 kv_heads, d] -> (q [B, q_heads, T,
+/// d], k [B, kv_heads, T, d]) rotated and v [B, kv_heads, T, d], each contiguous, in one
+/// kernel. f32, GPU only.
+pub fn rotary_qkv_rows(
+    x: Tensor<4>,
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    q_heads: usize,
+    kv_heads: usize,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let [b, t, _, d] = x.dims();
+    let flat: Tensor<1> =
+        Tensor::from_dispatch(<burn::backend::Dispatch as RotaryBackend>::rotary_rows(
+            x.into_dispatch(),
+            cos.into_dispatch(),
+            sin.into_dispatch(),
+            q_heads,
+            kv_heads,
+        ));
+    let section = |start_heads: usize, heads: usize| {
+        flat.clone()
+            .narrow(0, start_heads * b * t * d, heads * b * t * d)
+            .reshape([b, heads, t, d])
+    };
+    (
+        section(0, q_heads),
+        section(q_heads, kv_heads),
+        section(q_heads + kv_heads, kv_heads),
+    )
+}
+
+/// What `rotary_qkv_rows` computes, with burn's ops.
+pub fn reference_rotary_qkv_rows(
+    x: Tensor<4>,
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    q_heads: usize,
+    kv_heads: usize,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let q = reference_rotary_rows(x.clone().narrow(2, 0, q_heads), cos.clone(), sin.clone());
+    let k = reference_rotary_rows(x.clone().narrow(2, q_heads, kv_heads), cos, sin);
+    let v = x.narrow(2, q_heads + kv_heads, kv_heads).swap_dims(1, 2);
+    (q, k, v)
 }
 
 /// What `rotary_rows` computes, with burn's ops.

@@ -246,6 +246,37 @@ fn check_bf16_rows(device: &Device) -> anyhow::Result<()> {
                    "weight_bytes_per_second": (2 * k * n) as f64 / seconds}),
         );
     }
+    // Three products side by side (the attention's q, k and v in one launch).
+    for [m, k, n0, n1, n2] in [
+        [1, 2880, 4096, 512, 512],
+        [5, 64, 32, 64, 24],
+        [32, 2880, 4096, 512, 512],
+    ] {
+        let x = Tensor::<2>::random([m, k], Distribution::Default, device);
+        let weights = [n0, n1, n2]
+            .map(|n| Tensor::<2>::random([k, n], Distribution::Default, device).cast(DType::BF16));
+        let biases = (m % 2 == 1)
+            .then(|| [n0, n1, n2].map(|n| Tensor::<1>::random([n], Distribution::Default, device)));
+        let product = || {
+            gpt_oss_kernels::bf16_rows::bf16_rows_three(x.clone(), weights.clone(), biases.clone())
+        };
+        let ours = product();
+        let seconds = seconds_per_queued_call(device, product)?;
+        let reference = gpt_oss_kernels::coopmat_gemm::reference_gemm(
+            x.clone(),
+            Tensor::cat(weights.to_vec(), 1).cast(DType::F32),
+        );
+        let reference = match &biases {
+            Some(b) => reference + Tensor::cat(b.to_vec(), 0).unsqueeze::<2>(),
+            None => reference,
+        };
+        worst.record(
+            ours,
+            reference,
+            json!({"kernel": "bf16_rows_three", "m": m, "k": k, "n": [n0, n1, n2],
+                   "bias": m % 2 == 1, "seconds_per_queued_call": seconds}),
+        );
+    }
     worst.finish()
 }
 

@@ -5,11 +5,11 @@ use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
-use gpt_oss_kernels::{attention_rows, rotary_rows};
+use gpt_oss_kernels::{attention_rows, bf16_rows, rotary_rows};
 
 use super::cache::{KEY_BLOCK, LayerKv};
 use super::mask::KeyMask;
-use super::project::{linear, on_kernel_path};
+use super::project::{FEW_ROWS, linear, on_kernel_path};
 use super::rope::apply_rotary;
 
 /// How attention splits its work: queries in chunks, each against only the keys it may see.
@@ -70,9 +70,27 @@ impl Attention {
                 apply_rotary(heads(y, n), cos, sin)
             }
         };
-        let q = rotated(linear(&self.q_proj, x.clone()), nh);
-        let k = rotated(linear(&self.k_proj, x.clone()), nkv);
-        let v = heads(linear(&self.v_proj, x), nkv);
+        let (q, k, v) = if kernels && self.projects_in_one_launch(b * t) {
+            // Decoding: q, k and v in one product and one rotation kernel (not three and two).
+            let y = bf16_rows::bf16_rows_three(
+                x.reshape([b * t, self.q_proj.weight.dims()[0]]),
+                [&self.q_proj, &self.k_proj, &self.v_proj].map(|l| l.weight.val()),
+                self.qkv_biases(),
+            );
+            rotary_rows::rotary_qkv_rows(
+                y.reshape([b, t, nh + 2 * nkv, d]),
+                cos.clone(),
+                sin.clone(),
+                nh,
+                nkv,
+            )
+        } else {
+            (
+                rotated(linear(&self.q_proj, x.clone()), nh),
+                rotated(linear(&self.k_proj, x.clone()), nkv),
+                heads(linear(&self.v_proj, x), nkv),
+            )
+        };
         let (k, v) = match cache {
             Some(c) => c.append(k, v),
             None => (k, v),
@@ -94,6 +112,28 @@ impl Attention {
             .swap_dims(1, 2)
             .reshape([b, t, nh * d]);
         linear(&self.o_proj, out)
+    }
+
+    /// Whether the kernel path projects `rows` rows to q, k and v in one launch
+    /// (`bf16_rows_three`): few rows, widths the kernel takes, all three biased or none.
+    fn projects_in_one_launch(&self, rows: usize) -> bool {
+        let biased = [&self.q_proj, &self.k_proj, &self.v_proj].map(|l| l.bias.is_some());
+        let d = self.head_dim;
+        rows <= FEW_ROWS
+            && (biased == [true; 3] || biased == [false; 3])
+            && bf16_rows::supports_three(
+                self.num_heads * d,
+                self.num_kv_heads * d,
+                self.num_kv_heads * d,
+            )
+    }
+
+    /// The q, k and v biases when all three have one.
+    fn qkv_biases(&self) -> Option<[Tensor<1>; 3]> {
+        match (&self.q_proj.bias, &self.k_proj.bias, &self.v_proj.bias) {
+            (Some(q), Some(k), Some(v)) => Some([q.val(), k.val(), v.val()]),
+            _ => None,
+        }
     }
 
     /// Scores are q . k / sqrt(head_dim).
@@ -291,6 +331,57 @@ mod tests {
             );
             let diff: f32 = (model_out - reference).abs().max().into_scalar();
             assert!(diff < 1e-5, "{window:?}: reference differs by {diff}");
+        }
+    }
+
+    /// The one-launch q/k/v path's reference (the three weights side by side, then
+    /// `reference_rotary_qkv_rows` on the fused heads) is the model's separate projections and
+    /// rotations.
+    #[test]
+    fn fused_qkv_reference_is_the_model_projection() {
+        let device = Device::flex();
+        let model = tiny_dense(&device);
+        let attention = &model.layers[0].self_attn;
+        let (nh, nkv, d) = (
+            attention.num_heads,
+            attention.num_kv_heads,
+            attention.head_dim,
+        );
+        let (b, t) = (2, 3);
+        let hidden = attention.q_proj.weight.dims()[0];
+        let x = Tensor::<3>::random([b, t, hidden], Distribution::Default, &device);
+        let positions: Vec<usize> = (0..b * t).map(|i| 7 + i % t).collect();
+        let (cos, sin) = model.rope.cos_sin(&positions, b, &device);
+        let layers = [&attention.q_proj, &attention.k_proj, &attention.v_proj];
+        let fused_weight = Tensor::cat(layers.map(|l| l.weight.val()).to_vec(), 1);
+        let fused_bias = Tensor::cat(
+            layers
+                .map(|l| l.bias.as_ref().expect("biased").val())
+                .to_vec(),
+            0,
+        );
+        let y = x.clone().reshape([b * t, hidden]).matmul(fused_weight) + fused_bias.unsqueeze();
+        let fused = gpt_oss_kernels::rotary_rows::reference_rotary_qkv_rows(
+            y.reshape([b, t, nh + 2 * nkv, d]),
+            cos.clone(),
+            sin.clone(),
+            nh,
+            nkv,
+        );
+        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
+        let separate = (
+            apply_rotary(heads(attention.q_proj.forward(x.clone()), nh), &cos, &sin),
+            apply_rotary(heads(attention.k_proj.forward(x.clone()), nkv), &cos, &sin),
+            heads(attention.v_proj.forward(x), nkv),
+        );
+        for (name, ours, model) in [
+            ("q", fused.0, separate.0),
+            ("k", fused.1, separate.1),
+            ("v", fused.2, separate.2),
+        ] {
+            assert_eq!(ours.dims(), model.dims(), "{name}");
+            let diff: f32 = (ours - model).abs().max().into_scalar();
+            assert!(diff < 1e-5, "{name}: fused reference differs by {diff}");
         }
     }
 }

@@ -231,18 +231,22 @@ impl GptOss {
                 .clone();
 
             let attn_in = layer.input_layernorm.forward(x.clone());
-            x = x + layer
+            let attn_out = layer
                 .self_attn
                 .forward(attn_in, &cos_sin, &key_mask, layer_cache);
-            let moe_in = layer.post_attention_layernorm.forward(x.clone());
+            // Residual adds ride along: with the next norm, and in the MoE block's last kernel.
+            let (after_attn, moe_in) = layer
+                .post_attention_layernorm
+                .forward_after_residual(x, attn_out);
             let hooks = RoutingHooks {
                 layer: i,
                 router_bias: mask.and_then(|m| m.router_bias(i)),
                 observer: observer.as_deref_mut(),
                 balance_loss: balance_losses.is_some(),
+                residual: Some(after_attn),
             };
             let moe = layer.mlp.forward(moe_in, hooks);
-            x = x + moe.hidden;
+            x = moe.hidden;
             if let Some(o) = observer.as_deref_mut()
                 && o.needs().residual_norms
             {

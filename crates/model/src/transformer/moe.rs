@@ -31,11 +31,14 @@ pub struct RoutingHooks<'a, 'o> {
     pub observer: Option<&'a mut (dyn RoutingObserver + 'o)>,
     /// Also return the load-balancing loss (training).
     pub balance_loss: bool,
+    /// Added to the output [B, T, H] (the decoder layer's residual stream; the per-pair GPU
+    /// kernel adds it in the same launch).
+    pub residual: Option<Tensor<3>>,
 }
 
 /// The MoE block's output.
 pub struct MoeOutput {
-    /// [B, T, H]
+    /// [B, T, H], plus [`RoutingHooks::residual`] when given.
     pub hidden: Tensor<3>,
     /// Switch-style load-balancing loss when asked for: E * sum_e f_e * P_e, with f_e the
     /// fraction of tokens routed to expert e (summed over ranks) and P_e its mean router
@@ -59,7 +62,8 @@ impl Moe {
             && !hooks.balance_loss
             && let Some(weights) = pair_weights(self, n)
         {
-            let out = moe_by_pairs(self, weights, xs, hooks.router_bias.as_deref());
+            let residual = hooks.residual.map(|r| r.reshape([n, h]));
+            let out = moe_by_pairs(self, weights, xs, hooks.router_bias.as_deref(), residual);
             return MoeOutput {
                 hidden: out.reshape([b, t, h]),
                 balance_loss: None,
@@ -122,8 +126,12 @@ impl Moe {
             }
             .send(observer, needs);
         }
+        let out = out.reshape([b, t, h]);
         MoeOutput {
-            hidden: out.reshape([b, t, h]),
+            hidden: match hooks.residual {
+                Some(residual) => residual + out,
+                None => out,
+            },
             balance_loss,
         }
     }

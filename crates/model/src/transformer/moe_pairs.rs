@@ -35,13 +35,14 @@ pub fn pair_weights(moe: &Moe, tokens: usize) -> Option<(&PackedMxfp4, &PackedMx
     runs.then_some((gate_up, down))
 }
 
-/// The MoE block on `xs` [n, H] (normalised) -> [n, H] with the [`pair_weights`] of `moe`, and
-/// an optional additive router bias [E] (the expert mask).
+/// The MoE block on `xs` [n, H] (normalised) -> [n, H] with the [`pair_weights`] of `moe`, an
+/// optional additive router bias [E] (the expert mask), plus `residual` [n, H] when given.
 pub fn moe_by_pairs(
     moe: &Moe,
     (gate_up, down): (&PackedMxfp4, &PackedMxfp4),
     xs: Tensor<2>,
     router_bias: Option<&[f32]>,
+    residual: Option<Tensor<2>>,
 ) -> Tensor<2> {
     let device = xs.device();
     let mut bias = moe
@@ -70,6 +71,7 @@ pub fn moe_by_pairs(
         down.words.val(),
         down.scale_words.val(),
         experts.down_bias.val(),
+        residual,
     )
 }
 

@@ -2,7 +2,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
-use gpt_oss_kernels::rms_norm_rows::rms_norm_rows;
+use gpt_oss_kernels::rms_norm_rows::{add_rms_norm_rows, rms_norm_rows};
 
 #[derive(Module, Debug)]
 pub struct RmsNorm {
@@ -21,6 +21,23 @@ impl RmsNorm {
             eps,
             on_kernel_path: false,
         }
+    }
+
+    /// (`x + delta`, its norm): the residual add and the norm in one kernel on the kernel path.
+    pub fn forward_after_residual(&self, x: Tensor<3>, delta: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        if self.on_kernel_path {
+            let dims = x.dims();
+            let rows = dims[0] * dims[1];
+            let (sum, normed) = add_rms_norm_rows(
+                x.reshape([rows, dims[2]]),
+                delta.reshape([rows, dims[2]]),
+                self.weight.val(),
+                self.eps,
+            );
+            return (sum.reshape(dims), normed.reshape(dims));
+        }
+        let sum = x + delta;
+        (sum.clone(), self.forward(sum))
     }
 
     /// Normalises over the last dimension.

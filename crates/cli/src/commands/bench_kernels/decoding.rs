@@ -30,12 +30,34 @@ pub(super) fn check_rms_norm(device: &Device) -> anyhow::Result<()> {
         let weight = Tensor::<1>::random([width], Distribution::Default, device);
         let eps = 1e-5;
         let ours = gpt_oss_kernels::rms_norm_rows::rms_norm_rows(x.clone(), weight.clone(), eps);
-        let reference = gpt_oss_kernels::rms_norm_rows::reference_rms_norm_rows(x, weight, eps);
+        let reference =
+            gpt_oss_kernels::rms_norm_rows::reference_rms_norm_rows(x.clone(), weight.clone(), eps);
         worst.record(
             ours,
             reference,
             json!({"kernel": "rms_norm_rows", "rows": rows, "width": width}),
         );
+        // With the residual add: the sum and the norm of the sum.
+        let delta = Tensor::<2>::random([rows, width], Distribution::Normal(0.0, 3.0), device);
+        let (sum, normed) = gpt_oss_kernels::rms_norm_rows::add_rms_norm_rows(
+            x.clone(),
+            delta.clone(),
+            weight.clone(),
+            eps,
+        );
+        let reference_sum = x + delta;
+        let reference = gpt_oss_kernels::rms_norm_rows::reference_rms_norm_rows(
+            reference_sum.clone(),
+            weight,
+            eps,
+        );
+        for (part, ours, reference) in [("sum", sum, reference_sum), ("norm", normed, reference)] {
+            worst.record(
+                ours,
+                reference,
+                json!({"kernel": "add_rms_norm_rows", "part": part, "rows": rows, "width": width}),
+            );
+        }
     }
     worst.finish()
 }
@@ -108,6 +130,9 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
         let (down_words, down_scales) = packed(&layer.down);
         let (x, w) = random_tokens_and_router(tokens, hidden, experts, device);
         let bias = Tensor::<1>::zeros([experts], device);
+        // The decoder layer's residual stream, added by the down kernel.
+        let residual =
+            Tensor::<2>::random([tokens, hidden], Distribution::Normal(0.0, 1.0), device);
         let by_pairs = || {
             let routing = router_top_k(x.clone(), w.clone(), bias.clone(), top_k);
             let act = pairs_gate_up(
@@ -125,6 +150,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                 down_words.clone(),
                 down_scales.clone(),
                 layer.down_bias.val(),
+                Some(residual.clone()),
             )
         };
         let sorted = |path: ExpertPath| {
@@ -134,7 +160,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
             grouped_experts(&layer, x.clone(), ids, gates, path)
         };
         let ours = by_pairs();
-        let reference = sorted(ExpertPath::GroupedReferenceBf16);
+        let reference = sorted(ExpertPath::GroupedReferenceBf16) + residual.clone();
         let pairs_seconds = seconds_per_call(device, by_pairs)?;
         let pairs_queued_seconds = seconds_per_queued_call(device, by_pairs)?;
         let sorted_seconds = seconds_per_call(device, || sorted(ExpertPath::GroupedKernel))?;
@@ -213,7 +239,9 @@ pub(super) fn check_attention_rows(device: &Device) -> anyhow::Result<()> {
 }
 
 pub(super) fn check_rotary(device: &Device) -> anyhow::Result<()> {
-    use gpt_oss_kernels::rotary_rows::{reference_rotary_rows, rotary_rows};
+    use gpt_oss_kernels::rotary_rows::{
+        reference_rotary_qkv_rows, reference_rotary_rows, rotary_qkv_rows, rotary_rows,
+    };
     let mut worst = Worst::new("RoPE kernel", 1e-6);
     // The last case has more than 65,535 workgroups (a second grid dimension).
     for [b, t, heads, d] in [[1, 1, 64, 64], [3, 5, 8, 32], [8, 2048, 64, 64]] {
@@ -228,6 +256,27 @@ pub(super) fn check_rotary(device: &Device) -> anyhow::Result<()> {
             json!({"kernel": "rotary_rows", "rows": b, "positions": t, "heads": heads,
                    "head_dim": d}),
         );
+    }
+    // The fused q | k | v heads: q and k rotated, v moved, three sections.
+    for [b, t, q_heads, kv_heads, d] in [[1, 1, 64, 8, 64], [4, 3, 4, 2, 32]] {
+        let heads = q_heads + 2 * kv_heads;
+        let x = Tensor::<4>::random([b, t, heads, d], Distribution::Normal(0.0, 1.0), device);
+        let cos = Tensor::<4>::random([b, 1, t, d / 2], Distribution::Default, device);
+        let sin = Tensor::<4>::random([b, 1, t, d / 2], Distribution::Default, device);
+        let ours = rotary_qkv_rows(x.clone(), cos.clone(), sin.clone(), q_heads, kv_heads);
+        let reference = reference_rotary_qkv_rows(x, cos, sin, q_heads, kv_heads);
+        for (part, ours, reference) in [
+            ("q", ours.0, reference.0),
+            ("k", ours.1, reference.1),
+            ("v", ours.2, reference.2),
+        ] {
+            worst.record(
+                ours,
+                reference,
+                json!({"kernel": "rotary_qkv_rows", "part": part, "rows": b, "positions": t,
+                       "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": d}),
+            );
+        }
     }
     worst.finish()
 }
