@@ -129,15 +129,24 @@ impl RotaryBackend for CubeBackend {
 /// -> [B, heads, T, d]. f32, GPU only.
 pub fn rotary_rows(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
     let [b, t, heads, d] = x.dims();
-    let flat: Tensor<1> =
-        Tensor::from_dispatch(<burn::backend::Dispatch as RotaryBackend>::rotary_rows(
-            x.into_dispatch(),
-            cos.into_dispatch(),
-            sin.into_dispatch(),
-            heads,
-            0,
-        ));
-    flat.reshape([b, heads, t, d])
+    rotated_sections(x, cos, sin, heads, 0).reshape([b, heads, t, d])
+}
+
+/// The kernel's flat output (see [`RotaryBackend::rotary_rows`]).
+fn rotated_sections(
+    x: Tensor<4>,
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    q_heads: usize,
+    kv_heads: usize,
+) -> Tensor<1> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as RotaryBackend>::rotary_rows(
+        x.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+        q_heads,
+        kv_heads,
+    ))
 }
 
 /// The fused q | k | v projection `x` [B, T, q_heads + 2 kv_heads, d] -> (q [B, q_heads, T,
@@ -151,14 +160,7 @@ pub fn rotary_qkv_rows(
     kv_heads: usize,
 ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
     let [b, t, _, d] = x.dims();
-    let flat: Tensor<1> =
-        Tensor::from_dispatch(<burn::backend::Dispatch as RotaryBackend>::rotary_rows(
-            x.into_dispatch(),
-            cos.into_dispatch(),
-            sin.into_dispatch(),
-            q_heads,
-            kv_heads,
-        ));
+    let flat = rotated_sections(x, cos, sin, q_heads, kv_heads);
     let section = |start_heads: usize, heads: usize| {
         flat.clone()
             .narrow(0, start_heads * b * t * d, heads * b * t * d)
