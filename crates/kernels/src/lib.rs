@@ -4,10 +4,12 @@
 //!   cooperative matrices (Vulkan `VK_NV_cooperative_matrix2`, cubecl's `cmma::Matrix<_, Cube>`).
 //! - `grouped_mxfp4`: the MoE experts' grouped matmul with MXFP4 weights decoded in the kernel.
 //! - `bf16_rows`, `grouped_mxfp4_rows`: the same two products for a few rows (decoding), without
-//!   tensor cores, streaming the weights once per few rows.
+//!   tensor cores, streaming the weights once per few rows (`bf16_rows_three`: q, k and v side
+//!   by side in one launch).
 //! - `logsumexp_rows`: the log-softmax normaliser of wide rows (scoring over the vocabulary).
 //! - `rms_norm_rows`, `rotary_rows`, `router_top_k`, `experts_pairs`, `attention_rows`:
-//!   decoding's norm, RoPE, router, experts and attention in one kernel each instead of tens of
+//!   decoding's norm (with the residual add), RoPE (with the q/k/v split), router, experts (the
+//!   down kernel with the residual add) and attention in one kernel each instead of tens of
 //!   burn kernels (decoding is bound by kernels per token).
 //!
 //! Every op here has a plain burn reference it is checked against (`reference_*`), which is
