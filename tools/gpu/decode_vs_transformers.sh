@@ -14,3 +14,5 @@ timeout 240 python3 tools/gpu/torch_baseline.py model --config crates/model/src/
   --batch 1 --seq 16 --iters 1 --new-tokens 32 > "$out/decode-torch.jsonl" 2> "$out/decode-torch.log" \
   || { echo "torch baseline failed:"; tail -5 "$out/decode-torch.log" | cut -c1-300; }
 grep 'torch_model\|torch_decode' "$out/decode-torch.jsonl"
+"$BIN" bench compare --ours "$out/decode-ours.jsonl" --transformers "$out/decode-torch.jsonl" \
+  --config crates/model/src/presets/gpt-oss-20b.json

@@ -26,6 +26,9 @@ pub enum Bench {
     Model(super::bench_model::ModelBenchArgs),
     /// Every GPU kernel against its burn-ops reference on random data.
     KernelCheck(super::bench_kernels::KernelCheckArgs),
+    /// The issue-7 table from `bench model` and transformers' lines of one call: tokens/s, % of
+    /// roofline (from the config and the card's rates), multiple of transformers.
+    Compare(super::bench_compare::CompareArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -49,6 +52,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Matmul(a) => super::bench_matmul::matmul(a),
         Bench::Model(a) => super::bench_model::model(a),
         Bench::KernelCheck(a) => super::bench_kernels::kernel_check(a),
+        Bench::Compare(a) => super::bench_compare::compare(a),
     }
 }
 

@@ -2,7 +2,8 @@
 //! `token_logprobs` over `batch x seq` random tokens (chunked log-softmax, targets gathered),
 //! timed without and with routing recorded (an observer that reads every layer's expert ids and
 //! gate weights, what `trace` records); decode is greedy generation with the KV cache at each
-//! batch size. Compare with `tools/gpu/torch_baseline.py model` run in the same call.
+//! batch size. Compare with `tools/gpu/torch_baseline.py model` run in the same call
+//! (`bench compare` prints both with the roofline).
 
 use std::time::Instant;
 

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_compare;
 pub mod bench_kernels;
 pub mod bench_matmul;
 pub mod bench_memory;
