@@ -6,7 +6,7 @@
 //! id from the routing table. Two kernels per layer:
 //! - [`pairs_gate_up`]: gate_up product, bias, clamp and SwiGLU fused -> [pairs, I];
 //! - [`pairs_down`]: down product and bias for each of a token's k pairs, weighted by the gates
-//!   and summed -> [tokens, H].
+//!   and summed, plus the decoder layer's residual when given -> [tokens, H].
 //!
 //! Weights stay MXFP4 (decoded in the kernel through a 16-entry table in shared memory);
 //! activations are rounded to bf16 before the products, as the grouped kernels round them. A
