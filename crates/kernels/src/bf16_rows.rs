@@ -338,6 +338,19 @@ fn column_groups(n: usize) -> u32 {
     }
 }
 
+/// Workgroups across `n` output columns, `groups` column groups of eight each.
+fn column_blocks(n: usize, groups: u32) -> usize {
+    (n / LANE_COLUMNS as usize).div_ceil(groups as usize)
+}
+
+/// Rows per workgroup for an `m`-row product (fewer rows compile to fewer registers: a batch-1
+/// step has one) and the grid of `column_blocks` workgroups across by row chunks down.
+fn grid(m: usize, column_blocks: usize) -> (usize, CubeCount) {
+    let rows = m.next_power_of_two().min(ROWS);
+    let cubes = CubeCount::Static(column_blocks as u32, m.div_ceil(rows) as u32, 1);
+    (rows, cubes)
+}
+
 impl RowsBackend for CubeBackend {
     fn bf16_rows_matmul(
         x: CubeTensor,
@@ -355,15 +368,9 @@ impl RowsBackend for CubeBackend {
             "bf16_rows: x is [{m}, {k}], w is not [{k}, n]"
         );
         let groups = column_groups(n);
-        // Fewer rows compile to fewer registers (a batch-1 step has one row).
-        let rows = m.next_power_of_two().min(ROWS);
+        let (rows, cubes) = grid(m, column_blocks(n, groups));
         let client = x.client.clone();
         let out = empty_f32(&x, vec![m, n]);
-        let cubes = CubeCount::Static(
-            (n / LANE_COLUMNS as usize).div_ceil(groups as usize) as u32,
-            m.div_ceil(rows) as u32,
-            1,
-        );
         // Safety: reads are guarded by the row, K and column bounds checked above.
         unsafe {
             bf16_rows_kernel::launch_unchecked(
@@ -406,15 +413,10 @@ impl RowsBackend for CubeBackend {
             assert_eq!(w.meta.shape()[0], k, "bf16_rows_three: x is [{m}, {k}]");
         }
         let groups = column_groups(n0 + n1 + n2);
-        let rows = m.next_power_of_two().min(ROWS);
+        let blocks = [n0, n1, n2].map(|n| column_blocks(n, groups));
+        let (rows, cubes) = grid(m, blocks.iter().sum());
         let client = x.client.clone();
         let out = empty_f32(&x, vec![m, n0 + n1 + n2]);
-        let blocks = |n: usize| (n / LANE_COLUMNS as usize).div_ceil(groups as usize);
-        let cubes = CubeCount::Static(
-            (blocks(n0) + blocks(n1) + blocks(n2)) as u32,
-            m.div_ceil(rows) as u32,
-            1,
-        );
         // Safety: as for `bf16_rows_matmul`; no workgroup straddles two segments
         // (`supports_three`).
         unsafe {
