@@ -57,16 +57,7 @@ pub struct Card {
 
 /// Every line of `path` as JSON; a bad line is an error naming the file and line.
 fn read_json_lines(path: &Path) -> anyhow::Result<Vec<Value>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .with_context(|| format!("{} line {}: not a JSON object", path.display(), i + 1))
-        })
-        .collect()
+    Ok(gpt_oss_nano::curriculum::read_jsonl(path)?)
 }
 
 /// Field `name` of `line` as a number, or an error naming the bench line.
@@ -320,7 +311,7 @@ mod tests {
         let path = dir.path().join("ours.jsonl");
         std::fs::write(&path, "{\"bench\":\"load\"}\nnot json\n").unwrap();
         let err = format!("{:#}", read_json_lines(&path).unwrap_err());
-        assert!(err.contains("ours.jsonl line 2"), "{err}");
+        assert!(err.contains("ours.jsonl: line 2"), "{err}");
         let missing = r#"{"bench":"decode","batch":1}"#;
         let line: Value = serde_json::from_str(missing).unwrap();
         let card = Card {
