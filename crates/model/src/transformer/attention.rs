@@ -58,7 +58,7 @@ impl Attention {
         cache: Option<&mut LayerKv>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
-        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (nh, nkv, d) = self.head_counts();
         let kernels = on_kernel_path(&self.q_proj.weight.val());
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
         let (cos, sin) = cos_sin;
@@ -112,6 +112,11 @@ impl Attention {
             .swap_dims(1, 2)
             .reshape([b, t, nh * d]);
         linear(&self.o_proj, out)
+    }
+
+    /// (query heads, key/value heads, head dimension).
+    pub fn head_counts(&self) -> (usize, usize, usize) {
+        (self.num_heads, self.num_kv_heads, self.head_dim)
     }
 
     /// Whether the kernel path projects `rows` rows to q, k and v in one launch
@@ -245,11 +250,7 @@ mod tests {
         let model = tiny_dense(&device);
         let attention = &model.layers[0].self_attn;
         let (b, t) = (2, 23);
-        let (nh, nkv, d) = (
-            attention.num_heads,
-            attention.num_kv_heads,
-            attention.head_dim,
-        );
+        let (nh, nkv, d) = attention.head_counts();
         let random = |heads| Tensor::<4>::random([b, heads, t, d], Distribution::Default, &device);
         let (q, k, v) = (random(nh), random(nkv), random(nkv));
         let range = SlotRange { start: 0, len: t };
@@ -298,11 +299,7 @@ mod tests {
         let device = Device::flex();
         let model = tiny_dense(&device);
         let attention = &model.layers[0].self_attn;
-        let (nh, nkv, d) = (
-            attention.num_heads,
-            attention.num_kv_heads,
-            attention.head_dim,
-        );
+        let (nh, nkv, d) = attention.head_counts();
         let pads = [0, 5];
         let b = pads.len();
         let queries = SlotRange { start: 14, len: 3 };
@@ -342,11 +339,7 @@ mod tests {
         let device = Device::flex();
         let model = tiny_dense(&device);
         let attention = &model.layers[0].self_attn;
-        let (nh, nkv, d) = (
-            attention.num_heads,
-            attention.num_kv_heads,
-            attention.head_dim,
-        );
+        let (nh, nkv, d) = attention.head_counts();
         let (b, t) = (2, 3);
         let hidden = attention.q_proj.weight.dims()[0];
         let x = Tensor::<3>::random([b, t, hidden], Distribution::Default, &device);
