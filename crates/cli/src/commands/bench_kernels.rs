@@ -115,16 +115,7 @@ pub(super) fn seconds_per_call(
     device: &Device,
     run: impl Fn() -> Tensor<2>,
 ) -> anyhow::Result<f64> {
-    let mut times = vec![];
-    for _ in 0..6 {
-        let start = std::time::Instant::now();
-        let _ = run();
-        device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    times.remove(0);
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    median_seconds_per_call(device, 1, run)
 }
 
 /// Seconds per call of `run` when 20 calls are queued before one sync (as a decoding step
@@ -133,13 +124,22 @@ pub(super) fn seconds_per_queued_call(
     device: &Device,
     run: impl Fn() -> Tensor<2>,
 ) -> anyhow::Result<f64> {
-    const CALLS: usize = 20;
+    median_seconds_per_call(device, 20, run)
+}
+
+/// Batches of `calls` calls of `run`, one sync per batch: the median seconds per call over five
+/// batches after an untimed one.
+fn median_seconds_per_call(
+    device: &Device,
+    calls: usize,
+    run: impl Fn() -> Tensor<2>,
+) -> anyhow::Result<f64> {
     let mut times = vec![];
     for _ in 0..6 {
         let start = std::time::Instant::now();
-        let outputs: Vec<_> = (0..CALLS).map(|_| run()).collect();
+        let outputs: Vec<_> = (0..calls).map(|_| run()).collect();
         device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        times.push(start.elapsed().as_secs_f64() / CALLS as f64);
+        times.push(start.elapsed().as_secs_f64() / calls as f64);
         drop(outputs);
     }
     times.remove(0);
