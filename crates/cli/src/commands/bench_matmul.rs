@@ -41,12 +41,12 @@ pub enum MatmulKernel {
 }
 
 impl MatmulKernel {
-    fn name(self) -> &'static str {
-        match self {
-            MatmulKernel::Burn => "burn",
-            MatmulKernel::Coopmat => "coopmat",
-            MatmulKernel::Rows => "rows",
-        }
+    /// The value `--kernel` takes for it (clap's spelling of the variant).
+    fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .expect("no variant is skipped")
+            .get_name()
+            .to_string()
     }
 }
 
