@@ -19,3 +19,37 @@ pub fn host_description() -> String {
         std::env::consts::ARCH
     )
 }
+
+/// CPU seconds each thread of this process has run, summed by thread name (Linux's
+/// /proc/self/task/*/schedstat; empty elsewhere). The difference of two readings around a run
+/// tells how busy the host was: a GPU run whose busiest thread ran for most of the wall time is
+/// bound by the host's launch work, not by the device.
+pub fn cpu_seconds_by_thread() -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let nanos = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
+        if let Some(nanos) = nanos {
+            *by_name.entry(name.trim().to_string()).or_insert(0.0) += nanos * 1e-9;
+        }
+    }
+    by_name
+}
+
+/// `after - before` per thread name, dropping threads that ran for under a millisecond.
+pub fn cpu_seconds_between(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(name, &t)| (name.clone(), t - before.get(name).copied().unwrap_or(0.0)))
+        .filter(|(_, t)| *t >= 1e-3)
+        .collect()
+}

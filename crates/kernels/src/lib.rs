@@ -12,6 +12,9 @@
 //!   down kernel with the residual add) and attention in one kernel each instead of tens of
 //!   burn kernels (decoding is bound by kernels per token).
 //!
+//! - `write_at_index`: an in-place write at an index held on the device (the state of a decode
+//!   step captured once and replayed).
+//!
 //! Every op here has a plain burn reference it is checked against (`reference_*`), which is
 //! also what the CPU path runs.
 
@@ -27,3 +30,4 @@ pub mod rms_norm_rows;
 pub mod rotary_rows;
 pub mod router_top_k;
 pub mod workgroup_reduce;
+pub mod write_at_index;

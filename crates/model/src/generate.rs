@@ -5,7 +5,11 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use std::cell::RefCell;
+
 use crate::routing::ExpertMask;
+use crate::transformer::cache::KEY_BLOCK;
+use crate::transformer::step::{StepState, StepTables};
 use crate::transformer::{ForwardOptions, GptOss, TokenBatch};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,7 +35,24 @@ pub fn generate(model: &GptOss, prompts: &[Vec<u32>], options: &GenerateOptions)
 }
 
 /// [`generate`] with experts forbidden by `mask` (a selection evaluated on the full model).
+/// Greedy decoding with the cache on the GPU kernel path runs [`generate_captured`]; everything
+/// else [`generate_step_by_step`]. Both give the same tokens.
 pub fn generate_masked(
+    model: &GptOss,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    mask: Option<&ExpertMask>,
+) -> Vec<Vec<u32>> {
+    let greedy = options.sampling.is_none_or(|s| s.temperature <= 0.0);
+    if greedy && options.use_cache && model.on_kernel_path() {
+        generate_captured(model, prompts, options, mask)
+    } else {
+        generate_step_by_step(model, prompts, options, mask)
+    }
+}
+
+/// Generation one forward call per step, every step's inputs prepared on the host.
+pub fn generate_step_by_step(
     model: &GptOss,
     prompts: &[Vec<u32>],
     options: &GenerateOptions,
@@ -92,6 +113,106 @@ pub fn generate_masked(
         };
     }
     out
+}
+
+/// Fewest decode steps for which [`generate_captured`] captures a step (capturing runs three
+/// steps to warm up, then records one).
+pub const CAPTURE_MIN_STEPS: usize = 8;
+
+/// Greedy generation with the cache, each step after the prefill run by
+/// [`GptOss::decode_step`] on device state ([`crate::transformer::step`]): on the GPU kernel
+/// path, with no expert mask and at least [`CAPTURE_MIN_STEPS`] steps, the step is captured once
+/// and replayed (`burn::tensor::capture`), otherwise it runs as it is, step by step. The same
+/// tokens as [`generate_step_by_step`]; picks are read back once at the end, or after every
+/// step when there are stop tokens.
+pub fn generate_captured(
+    model: &GptOss,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    mask: Option<&ExpertMask>,
+) -> Vec<Vec<u32>> {
+    let b = prompts.len();
+    if b == 0 || options.max_new_tokens == 0 {
+        return vec![vec![]; b];
+    }
+    let device = model.device();
+    let pad = model.config.pad_token_id.unwrap_or(0);
+    let prompt = TokenBatch::left_padded(prompts, pad);
+    let mut cache = model.new_cache();
+    let options_prefill = ForwardOptions {
+        observer: None,
+        mask,
+    };
+    let logits = model.forward(&prompt, Some(&mut cache), options_prefill);
+    let [_, t, v] = logits.dims();
+    let first: Vec<u32> = logits
+        .narrow(1, t - 1, 1)
+        .reshape([b, v])
+        .argmax(1)
+        .try_into_vec_as::<i64>()
+        .expect("token ids")
+        .into_iter()
+        .map(|x| x as u32)
+        .collect();
+    let steps = options.max_new_tokens - 1;
+    let stops = |token: &u32| options.stop_tokens.contains(token);
+    if steps == 0 || first.iter().all(stops) {
+        return first.into_iter().map(|token| vec![token]).collect();
+    }
+    let capacity = (t + options.max_new_tokens).div_ceil(KEY_BLOCK) * KEY_BLOCK;
+    let tables = StepTables::new(model, &cache.pads, capacity, &device);
+    let state = RefCell::new(StepState::after_prefill(
+        &cache, &first, t, capacity, &device,
+    ));
+    drop(cache);
+    let step = || model.decode_step(&mut state.borrow_mut(), &tables, mask);
+    let slot_now = || state.borrow().slot.clone().into_scalar::<f32>() as usize;
+    let all_stopped = || {
+        let tokens = state.borrow().tokens.clone().try_into_vec_as::<f32>();
+        tokens
+            .expect("f32 tokens")
+            .iter()
+            .all(|&x| stops(&(x as u32)))
+    };
+    let mut stopped = false;
+    if model.on_kernel_path() && mask.is_none() && steps >= CAPTURE_MIN_STEPS {
+        let mut graph = burn::tensor::capture(&device, step);
+        if !graph.is_hardware() {
+            tracing::warn!("the decode step could not be captured: each replay runs it again");
+        }
+        // The warm-up runs before the capture were real steps; the recorded one ran none.
+        let mut done = slot_now() - t;
+        while done < steps && !stopped {
+            // Safety: every buffer the step touches is owned by `state`, `tables` and the model,
+            // all alive until the graph is dropped; all work runs on this thread's stream.
+            unsafe { graph.replay() };
+            done += 1;
+            stopped = !options.stop_tokens.is_empty() && all_stopped();
+        }
+    } else {
+        for _ in 0..steps {
+            step();
+            if !options.stop_tokens.is_empty() && all_stopped() {
+                break;
+            }
+        }
+    }
+    let produced = (slot_now() - t + 1).min(options.max_new_tokens);
+    let picks = state.borrow().picks.clone().narrow(1, t, produced);
+    let picks = picks.try_into_vec_as::<f32>().expect("f32 picks");
+    picks
+        .chunks_exact(produced)
+        .map(|row| {
+            let mut out = vec![];
+            for &x in row {
+                out.push(x as u32);
+                if stops(&(x as u32)) {
+                    break;
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 /// Samples from softmax(logits / T) restricted to the smallest set with mass >= top_p.

@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use gpt_oss_model::generate::{GenerateOptions, generate};
+use gpt_oss_model::generate::{
+    GenerateOptions, generate, generate_captured, generate_step_by_step,
+};
 use gpt_oss_model::scoring::{full_logprobs, token_logprobs};
 use gpt_oss_model::{ExpertResidency, ForwardOptions, GptOss, LoadOptions, load_model};
 use serde::Deserialize;
@@ -101,7 +103,25 @@ fn check_batched_token_logprobs(name: &str) {
     }
 }
 
+/// Which generation function a greedy check runs.
+#[derive(Clone, Copy, Debug)]
+enum Decoding {
+    /// `generate` (on the CPU: one forward call per step, inputs from the host).
+    Default,
+    /// `generate_captured` (steps on device state, as the GPU captures and replays them).
+    OnDeviceState,
+}
+
 fn check_greedy(name: &str, use_cache: bool, batched: bool) {
+    check_greedy_by(name, use_cache, batched, Decoding::Default);
+}
+
+fn check_greedy_by(name: &str, use_cache: bool, batched: bool, decoding: Decoding) {
+    let generate = |model: &GptOss, prompts: &[Vec<u32>], options: &GenerateOptions| match decoding
+    {
+        Decoding::Default => generate(model, prompts, options),
+        Decoding::OnDeviceState => generate_captured(model, prompts, options, None),
+    };
     let model = load(name, ExpertResidency::Auto);
     let exp = expected(name);
     let options = |n: usize| GenerateOptions {
@@ -122,7 +142,7 @@ fn check_greedy(name: &str, use_cache: bool, batched: bool) {
         for (g, out) in exp.reference.greedy.iter().zip(outs) {
             assert_eq!(
                 out, g.continuation,
-                "{name} batched, cache {use_cache}, prompt {:?}",
+                "{name} batched, cache {use_cache}, {decoding:?}, prompt {:?}",
                 g.prompt
             );
         }
@@ -131,7 +151,7 @@ fn check_greedy(name: &str, use_cache: bool, batched: bool) {
             let out = generate(&model, std::slice::from_ref(&g.prompt), &options(n)).remove(0);
             assert_eq!(
                 out, g.continuation,
-                "{name} cache {use_cache}, prompt {:?}",
+                "{name} cache {use_cache}, {decoding:?}, prompt {:?}",
                 g.prompt
             );
         }
@@ -176,4 +196,46 @@ fn batched_greedy_with_padding_matches_transformers() {
     check_greedy("tiny-mxfp4", true, true);
     check_greedy("tiny-dense", true, true);
     check_greedy("tiny-mxfp4", false, true);
+}
+
+/// The decode step on device state (what the GPU captures and replays: slot, tokens and picks on
+/// the device, caches written at a device-held slot, RoPE and key ranges looked up by slot) gives
+/// transformers' greedy tokens, with left padding and sliding windows.
+#[test]
+fn greedy_on_device_state_matches_transformers() {
+    for name in ["tiny-mxfp4", "tiny-dense"] {
+        check_greedy_by(name, true, false, Decoding::OnDeviceState);
+        check_greedy_by(name, true, true, Decoding::OnDeviceState);
+    }
+}
+
+/// With stop tokens, decoding on device state stops each row where step-by-step decoding does.
+#[test]
+fn greedy_on_device_state_stops_where_step_by_step_does() {
+    let model = load("tiny-mxfp4", ExpertResidency::Auto);
+    let exp = expected("tiny-mxfp4");
+    let prompts: Vec<Vec<u32>> = exp
+        .reference
+        .greedy
+        .iter()
+        .map(|g| g.prompt.clone())
+        .collect();
+    let stop = exp.reference.greedy[0].continuation[2];
+    let options = GenerateOptions {
+        max_new_tokens: exp.reference.greedy[0].continuation.len(),
+        stop_tokens: vec![stop],
+        sampling: None,
+        use_cache: true,
+    };
+    let step_by_step = generate_step_by_step(&model, &prompts, &options, None);
+    assert_eq!(
+        step_by_step[0].last(),
+        Some(&stop),
+        "the stop token ends row 0"
+    );
+    assert_eq!(step_by_step[0].len(), 3.min(step_by_step[0].len()));
+    assert_eq!(
+        generate_captured(&model, &prompts, &options, None),
+        step_by_step
+    );
 }

@@ -7,12 +7,13 @@
 
 use std::time::Instant;
 
-use gpt_oss_model::generate::{GenerateOptions, generate};
+use gpt_oss_model::generate::{GenerateOptions, generate, generate_step_by_step};
 use gpt_oss_model::scoring::{DEFAULT_CHUNK, token_logprobs};
 use gpt_oss_model::{ForwardOptions, GptOss, LayerRouting, RoutingObserver};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
+use crate::host::{cpu_seconds_between, cpu_seconds_by_thread};
 use crate::model_args::ModelArgs;
 
 #[derive(clap::Args, Debug)]
@@ -114,41 +115,110 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     );
     for &batch in args.decode_batches.iter().filter(|&&b| b > 0) {
         let prompts = random_rows(batch, args.prompt, vocab, 11);
-        let options = GenerateOptions {
-            max_new_tokens: args.new_tokens,
-            stop_tokens: vec![],
-            sampling: None,
-            use_cache: true,
-        };
-        let first_token = GenerateOptions {
-            max_new_tokens: 1,
-            ..options.clone()
-        };
-        // Untimed: kernels for these shapes get compiled and tuned.
-        generate(model, &prompts, &options);
-        let start = Instant::now();
-        generate(model, &prompts, &first_token);
-        let prefill = start.elapsed().as_secs_f64();
-        let start = Instant::now();
-        let out = generate(model, &prompts, &options);
-        let seconds = start.elapsed().as_secs_f64();
-        let produced: usize = out.iter().map(Vec::len).sum();
-        // Steps after the first token, each one token per row.
-        let steps = args.new_tokens.saturating_sub(1) as f64;
-        println!(
-            "{}",
-            json!({
-                "bench": "decode",
-                "batch": batch,
-                "prompt": args.prompt,
-                "new_tokens": args.new_tokens,
-                "seconds": seconds,
-                "tokens_per_second": produced as f64 / seconds,
-                "prefill_and_first_token_seconds": prefill,
-                "decode_step_tokens_per_second": steps * batch as f64 / (seconds - prefill),
-                "gpu_bytes_reserved": pool(&device),
-            })
-        );
+        // On the GPU kernel path `generate` captures a decode step and replays it; the step by
+        // step loop (one forward call per token) is timed too, as the comparison.
+        let mut decodings: Vec<(&str, Generator)> = vec![("default", generate_default)];
+        if model.on_kernel_path() {
+            decodings.push(("step_by_step", generate_step_by_step_unmasked));
+        }
+        let mut first_tokens: Option<Vec<Vec<u32>>> = None;
+        for (decoding, generator) in decodings {
+            let timing = time_decode(model, &prompts, args.new_tokens, generator);
+            // Every decoding must give the first one's tokens (greedy, same kernels).
+            let same_tokens =
+                first_tokens.get_or_insert_with(|| timing.tokens.clone()) == &timing.tokens;
+            println!(
+                "{}",
+                json!({
+                    "bench": "decode",
+                    "decoding": decoding,
+                    "batch": batch,
+                    "prompt": args.prompt,
+                    "new_tokens": args.new_tokens,
+                    "seconds": timing.seconds,
+                    "tokens_per_second": timing.produced as f64 / timing.seconds,
+                    "prefill_and_first_token_seconds": timing.prefill,
+                    "decode_step_tokens_per_second": timing.step_tokens_per_second(batch, args.new_tokens),
+                    "gpu_bytes_reserved": pool(&device),
+                    "host_cpu_seconds_by_thread": timing.host_cpu,
+                    "same_tokens_as_first_decoding": same_tokens,
+                })
+            );
+        }
     }
     Ok(())
+}
+
+/// A greedy generation function (prompts, options -> continuations).
+type Generator = fn(&GptOss, &[Vec<u32>], &GenerateOptions) -> Vec<Vec<u32>>;
+
+fn generate_default(
+    model: &GptOss,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+) -> Vec<Vec<u32>> {
+    generate(model, prompts, options)
+}
+
+fn generate_step_by_step_unmasked(
+    model: &GptOss,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+) -> Vec<Vec<u32>> {
+    generate_step_by_step(model, prompts, options, None)
+}
+
+/// One timed greedy generation.
+struct DecodeTiming {
+    seconds: f64,
+    /// The prompt's forward pass and the first token alone.
+    prefill: f64,
+    produced: usize,
+    tokens: Vec<Vec<u32>>,
+    /// CPU seconds per thread over the timed generation (see `host::cpu_seconds_by_thread`).
+    host_cpu: std::collections::BTreeMap<String, f64>,
+}
+
+impl DecodeTiming {
+    /// Tokens per second of the steps after the first token, each one token per row.
+    fn step_tokens_per_second(&self, batch: usize, new_tokens: usize) -> f64 {
+        let steps = new_tokens.saturating_sub(1) as f64;
+        steps * batch as f64 / (self.seconds - self.prefill)
+    }
+}
+
+/// Times `generator` producing `new_tokens` per prompt, after an untimed run of the same shapes
+/// (kernels compiled and tuned).
+fn time_decode(
+    model: &GptOss,
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+    generator: Generator,
+) -> DecodeTiming {
+    let options = GenerateOptions {
+        max_new_tokens: new_tokens,
+        stop_tokens: vec![],
+        sampling: None,
+        use_cache: true,
+    };
+    let first_token = GenerateOptions {
+        max_new_tokens: 1,
+        ..options.clone()
+    };
+    generator(model, prompts, &options);
+    let start = Instant::now();
+    generator(model, prompts, &first_token);
+    let prefill = start.elapsed().as_secs_f64();
+    let cpu_before = cpu_seconds_by_thread();
+    let start = Instant::now();
+    let out = generator(model, prompts, &options);
+    let seconds = start.elapsed().as_secs_f64();
+    let host_cpu = cpu_seconds_between(&cpu_before, &cpu_seconds_by_thread());
+    DecodeTiming {
+        seconds,
+        prefill,
+        produced: out.iter().map(Vec::len).sum(),
+        tokens: out,
+        host_cpu,
+    }
 }

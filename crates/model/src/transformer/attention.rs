@@ -3,11 +3,11 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
 use gpt_oss_kernels::{attention_rows, bf16_rows, rotary_rows};
 
-use super::cache::{KEY_BLOCK, LayerKv};
+use super::cache::{FixedKv, KEY_BLOCK, LayerKv};
 use super::mask::KeyMask;
 use super::project::{FEW_ROWS, linear, on_kernel_path};
 use super::rope::apply_rotary;
@@ -58,39 +58,9 @@ impl Attention {
         cache: Option<&mut LayerKv>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
-        let (nh, nkv, d) = self.head_counts();
+        let (nh, _, d) = self.head_counts();
         let kernels = on_kernel_path(&self.q_proj.weight.val());
-        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let (cos, sin) = cos_sin;
-        // [B, T, n * d] -> rotated [B, n, T, d]: one kernel on the GPU path.
-        let rotated = |y: Tensor<3>, n: usize| {
-            if kernels {
-                rotary_rows::rotary_rows(y.reshape([b, t, n, d]), cos.clone(), sin.clone())
-            } else {
-                apply_rotary(heads(y, n), cos, sin)
-            }
-        };
-        let (q, k, v) = if kernels && self.projects_in_one_launch(b * t) {
-            // Decoding: q, k and v in one product and one rotation kernel (not three and two).
-            let y = bf16_rows::bf16_rows_three(
-                x.reshape([b * t, self.q_proj.weight.dims()[0]]),
-                [&self.q_proj, &self.k_proj, &self.v_proj].map(|l| l.weight.val()),
-                self.qkv_biases(),
-            );
-            rotary_rows::rotary_qkv_rows(
-                y.reshape([b, t, nh + 2 * nkv, d]),
-                cos.clone(),
-                sin.clone(),
-                nh,
-                nkv,
-            )
-        } else {
-            (
-                rotated(linear(&self.q_proj, x.clone()), nh),
-                rotated(linear(&self.k_proj, x.clone()), nkv),
-                heads(linear(&self.v_proj, x), nkv),
-            )
-        };
+        let (q, k, v) = self.project_qkv(x, cos_sin);
         let (k, v) = match cache {
             Some(c) => c.append(k, v),
             None => (k, v),
@@ -112,6 +82,75 @@ impl Attention {
             .swap_dims(1, 2)
             .reshape([b, t, nh * d]);
         linear(&self.o_proj, out)
+    }
+
+    /// A decode step whose changing inputs all live on the device (a captured, replayed step):
+    /// `x` [B, T, H]; the step's keys and values are written into `kv` at slot `slot[0]`
+    /// (buffer index = slot); `key_ranges` are the visible buffer indices of each (row, query)
+    /// ([`KeyMask::key_ranges`]'s layout). Returns [B, T, H].
+    pub fn forward_step(
+        &self,
+        x: Tensor<3>,
+        cos_sin: &(Tensor<4>, Tensor<4>),
+        key_ranges: Tensor<1, Int>,
+        kv: &mut FixedKv,
+        slot: Tensor<1>,
+    ) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (nh, _, d) = self.head_counts();
+        let kernels = on_kernel_path(&self.q_proj.weight.val());
+        let (q, k, v) = self.project_qkv(x, cos_sin);
+        kv.write(k, v, slot, kernels);
+        let (k, v) = (kv.keys.clone(), kv.values.clone());
+        let (sinks, scale) = (self.sinks.val(), self.score_scale() as f32);
+        let out = if kernels && attention_rows::supports(d) {
+            attention_rows::attention_rows(q, k, v, sinks, key_ranges, scale)
+        } else {
+            attention_rows::reference_attention_rows(q, k, v, sinks, key_ranges, scale)
+        };
+        linear(&self.o_proj, out.reshape([b, t, nh * d]))
+    }
+
+    /// `x` [B, T, H] -> (q [B, heads, T, d], k and v [B, kv_heads, T, d]), q and k rotated.
+    fn project_qkv(
+        &self,
+        x: Tensor<3>,
+        cos_sin: &(Tensor<4>, Tensor<4>),
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let [b, t, _] = x.dims();
+        let (nh, nkv, d) = self.head_counts();
+        let kernels = on_kernel_path(&self.q_proj.weight.val());
+        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
+        let (cos, sin) = cos_sin;
+        // [B, T, n * d] -> rotated [B, n, T, d]: one kernel on the GPU path.
+        let rotated = |y: Tensor<3>, n: usize| {
+            if kernels {
+                rotary_rows::rotary_rows(y.reshape([b, t, n, d]), cos.clone(), sin.clone())
+            } else {
+                apply_rotary(heads(y, n), cos, sin)
+            }
+        };
+        if kernels && self.projects_in_one_launch(b * t) {
+            // Decoding: q, k and v in one product and one rotation kernel (not three and two).
+            let y = bf16_rows::bf16_rows_three(
+                x.reshape([b * t, self.q_proj.weight.dims()[0]]),
+                [&self.q_proj, &self.k_proj, &self.v_proj].map(|l| l.weight.val()),
+                self.qkv_biases(),
+            );
+            rotary_rows::rotary_qkv_rows(
+                y.reshape([b, t, nh + 2 * nkv, d]),
+                cos.clone(),
+                sin.clone(),
+                nh,
+                nkv,
+            )
+        } else {
+            (
+                rotated(linear(&self.q_proj, x.clone()), nh),
+                rotated(linear(&self.k_proj, x.clone()), nkv),
+                heads(linear(&self.v_proj, x), nkv),
+            )
+        }
     }
 
     /// (query heads, key/value heads, head dimension).

@@ -124,6 +124,66 @@ impl LayerKv {
     }
 }
 
+/// Keys and values of one layer in buffers that hold every slot of a generation, [B, kv_heads,
+/// capacity, head_dim] with buffer index = slot (no compaction: sliding layers see their window
+/// through the key ranges). A captured decode step writes into them in place at a slot held on
+/// the device, so every replay finds the same buffers.
+#[derive(Debug, Clone)]
+pub struct FixedKv {
+    pub keys: Tensor<4>,
+    pub values: Tensor<4>,
+}
+
+impl FixedKv {
+    /// `layer`'s written slots (a prefill's) copied into buffers of `capacity` slots.
+    pub fn from_layer(layer: &LayerKv, capacity: usize) -> Self {
+        let copy = |buffer: &Option<Tensor<4>>| {
+            let buffer = buffer
+                .as_ref()
+                .expect("a prefilled layer has keys and values");
+            let [b, h, _, d] = buffer.dims();
+            assert!(
+                layer.start + layer.filled <= capacity,
+                "a cache of {capacity} slots cannot hold slots up to {}",
+                layer.start + layer.filled
+            );
+            let fixed = Tensor::zeros([b, h, capacity, d], &buffer.device());
+            let slots = layer.start..layer.start + layer.filled;
+            fixed.slice_assign(
+                [0..b, 0..h, slots, 0..d],
+                buffer.clone().narrow(2, 0, layer.filled),
+            )
+        };
+        Self {
+            keys: copy(&layer.keys),
+            values: copy(&layer.values),
+        }
+    }
+
+    /// Writes a step's keys and values [B, kv_heads, 1, d] at slot `slot[0]`, in place.
+    pub fn write(&mut self, keys: Tensor<4>, values: Tensor<4>, slot: Tensor<1>, kernels: bool) {
+        self.keys = write_at(self.keys.clone(), keys, slot.clone(), 2, kernels);
+        self.values = write_at(self.values.clone(), values, slot, 2, kernels);
+    }
+}
+
+/// `dst` with `src` written at index `index[0]` along `axis` (see
+/// `gpt_oss_kernels::write_at_index`): on the GPU kernel path in place by the kernel, elsewhere
+/// by burn's slice assignment with the index read back to the host.
+pub fn write_at<const D: usize>(
+    dst: Tensor<D>,
+    src: Tensor<D>,
+    index: Tensor<1>,
+    axis: usize,
+    kernels: bool,
+) -> Tensor<D> {
+    if kernels {
+        gpt_oss_kernels::write_at_index::write_at_index(dst, src, index, axis)
+    } else {
+        gpt_oss_kernels::write_at_index::reference_write_at_index(dst, src, index, axis)
+    }
+}
+
 /// The whole model's cache plus the batch layout it was filled with.
 #[derive(Debug, Clone)]
 pub struct KvCache {

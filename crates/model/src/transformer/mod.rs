@@ -13,6 +13,7 @@ pub mod moe_pairs;
 pub mod norm;
 pub mod project;
 pub mod rope;
+pub mod step;
 pub mod vocab;
 
 use std::collections::HashMap;

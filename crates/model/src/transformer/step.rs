@@ -1,0 +1,194 @@
+//! One greedy decode step whose changing inputs all live on the device, so that the step can be
+//! captured once and replayed (`burn::tensor::capture`): on the GPU a batch-1 step is some 300
+//! kernels of a few microseconds each, and launching them one by one through burn costs more host
+//! time than the device spends on them.
+//!
+//! What changes from step to step is device state: the current slot (a one-element tensor), the
+//! current tokens, the greedy picks by slot, and KV caches that hold every slot of the
+//! generation ([`FixedKv`]). What the host used to compute per step is tabulated once per
+//! generation by slot ([`StepTables`]: RoPE's cos and sin, each layer kind's visible key ranges)
+//! and picked by the step from the device slot. A step reads the slot and tokens, writes its keys
+//! and values at the slot, its greedy picks at the next slot, and advances the slot.
+
+use std::collections::HashMap;
+
+use burn::tensor::{Device, Int, IntDType, Tensor, TensorData};
+
+use super::GptOss;
+use super::cache::{FixedKv, KvCache, write_at};
+use super::mask::{SlotRange, visible_ranges};
+use super::moe::RoutingHooks;
+use super::project::on_kernel_path;
+use crate::routing::ExpertMask;
+
+/// What one generation's steps look up by slot.
+#[derive(Debug, Clone)]
+pub struct StepTables {
+    /// cos and sin [B, 1, capacity, head_dim / 2]: row b at slot s is at position s - pad[b].
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    /// Per attention window (`None`: full layers), [capacity, B * 2] 32-bit: the visible buffer
+    /// indices of a query at each slot ([`visible_ranges`] over the whole buffer).
+    key_ranges: HashMap<Option<usize>, Tensor<2, Int>>,
+    /// [1] holding 0: the index of whole-tensor writes.
+    zero: Tensor<1>,
+}
+
+impl StepTables {
+    /// Tables for `pads` (each row's left padding) and slots `0..capacity`.
+    pub fn new(model: &GptOss, pads: &[usize], capacity: usize, device: &Device) -> Self {
+        let b = pads.len();
+        let positions: Vec<usize> = pads
+            .iter()
+            .flat_map(|&pad| (0..capacity).map(move |s| s.saturating_sub(pad)))
+            .collect();
+        let (cos, sin) = model.rope.cos_sin(&positions, b, device);
+        let keys = SlotRange {
+            start: 0,
+            len: capacity,
+        };
+        let key_ranges = model
+            .layers
+            .iter()
+            .map(|layer| layer.sliding_window)
+            .collect::<std::collections::HashSet<_>>()
+            .into_iter()
+            .map(|window| {
+                let ranges: Vec<i32> = (0..capacity)
+                    .flat_map(|slot| {
+                        let query = SlotRange {
+                            start: slot,
+                            len: 1,
+                        };
+                        visible_ranges(pads, query, keys, window)
+                    })
+                    .collect();
+                let table =
+                    Tensor::<2, Int>::from_data(TensorData::new(ranges, [capacity, b * 2]), device)
+                        .cast(IntDType::I32);
+                (window, table)
+            })
+            .collect();
+        Self {
+            cos,
+            sin,
+            key_ranges,
+            zero: Tensor::zeros([1], device),
+        }
+    }
+}
+
+/// The device state a step reads and writes.
+#[derive(Debug, Clone)]
+pub struct StepState {
+    /// [1]: the slot of this step's tokens (an integer held as f32).
+    pub slot: Tensor<1>,
+    /// [1, B]: this step's token of each row (integers held as f32, exact below 2^24).
+    pub tokens: Tensor<2>,
+    /// [B, capacity]: each row's greedy picks by slot (a step writes at slot + 1).
+    pub picks: Tensor<2>,
+    /// One per layer.
+    pub layers: Vec<FixedKv>,
+}
+
+impl StepState {
+    /// The state after a prefill of `prompt_slots` slots into `cache`, whose greedy picks for
+    /// the next slot were `first`: the caches copied into buffers of `capacity` slots.
+    pub fn after_prefill(
+        cache: &KvCache,
+        first: &[u32],
+        prompt_slots: usize,
+        capacity: usize,
+        device: &Device,
+    ) -> Self {
+        let b = first.len();
+        let tokens: Vec<f32> = first.iter().map(|&t| t as f32).collect();
+        let tokens = Tensor::<2>::from_data(TensorData::new(tokens, [1, b]), device);
+        let picks = Tensor::<2>::zeros([b, capacity], device).slice_assign(
+            [0..b, prompt_slots..prompt_slots + 1],
+            tokens.clone().reshape([b, 1]),
+        );
+        Self {
+            slot: Tensor::from_data(TensorData::new(vec![prompt_slots as f32], [1]), device),
+            tokens,
+            picks,
+            layers: cache
+                .layers
+                .iter()
+                .map(|layer| FixedKv::from_layer(layer, capacity))
+                .collect(),
+        }
+    }
+}
+
+impl GptOss {
+    /// Whether this model runs the GPU kernels (bf16 weights; see `store_weights_bf16`).
+    pub fn on_kernel_path(&self) -> bool {
+        on_kernel_path(&self.layers[0].self_attn.q_proj.weight.val())
+    }
+
+    /// One greedy decode step on `state` (see the module docs): the tokens at `state.slot` go
+    /// through the model, their greedy picks are written at the next slot and become the
+    /// tokens, and the slot advances. Reads nothing back to the host on the kernel path.
+    pub fn decode_step(
+        &self,
+        state: &mut StepState,
+        tables: &StepTables,
+        mask: Option<&ExpertMask>,
+    ) {
+        let kernels = self.on_kernel_path();
+        let b = state.tokens.dims()[1];
+        let h = self.config.hidden_size;
+        let slot = state.slot.clone();
+        let slot_index = slot.clone().int();
+        let cos_sin = (
+            tables.cos.clone().select(2, slot_index.clone()),
+            tables.sin.clone().select(2, slot_index.clone()),
+        );
+        let ids = state.tokens.clone().reshape([b]).int();
+        let mut x = self.embed_tokens.forward_ids(ids).reshape([b, 1, h]);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let ranges = tables.key_ranges[&layer.sliding_window]
+                .clone()
+                .select(0, slot_index.clone())
+                .reshape([b * 2]);
+            let attn_in = layer.input_layernorm.forward(x.clone());
+            let attn_out = layer.self_attn.forward_step(
+                attn_in,
+                &cos_sin,
+                ranges,
+                &mut state.layers[i],
+                slot.clone(),
+            );
+            let (after_attn, moe_in) = layer
+                .post_attention_layernorm
+                .forward_after_residual(x, attn_out);
+            let hooks = RoutingHooks {
+                layer: i,
+                router_bias: mask.and_then(|m| m.router_bias(i)),
+                observer: None,
+                balance_loss: false,
+                residual: Some(after_attn),
+            };
+            x = layer.mlp.forward(moe_in, hooks).hidden;
+        }
+        let logits = self.lm_head.forward(self.norm.forward(x));
+        let picks = logits.argmax(2).reshape([1, b]).float();
+        let next_slot = slot.add_scalar(1.0);
+        state.picks = write_at(
+            state.picks.clone(),
+            picks.clone().reshape([b, 1]),
+            next_slot.clone(),
+            1,
+            kernels,
+        );
+        state.tokens = write_at(state.tokens.clone(), picks, tables.zero.clone(), 0, kernels);
+        state.slot = write_at(
+            state.slot.clone(),
+            next_slot,
+            tables.zero.clone(),
+            0,
+            kernels,
+        );
+    }
+}
