@@ -119,6 +119,11 @@ fn comparison_table(
     for line in lines_of(ours, "decode") {
         let batch = number(line, "batch")?;
         let (prompt, new) = (number(line, "prompt")?, number(line, "new_tokens")?);
+        // `bench model` also times step-by-step decoding next to the default (captured) one.
+        let how = match line["decoding"].as_str() {
+            Some("step_by_step") => ", step by step",
+            _ => "",
+        };
         // The keys a step reads on average: the prompt and half the new tokens.
         let keys = (prompt + new / 2.0) as usize;
         let bytes = decode_bytes_per_step(config, batch as usize, keys);
@@ -133,14 +138,14 @@ fn comparison_table(
             .transpose()?;
         rows.push(Row {
             figure: format!(
-                "greedy decode, batch {batch}, prompt {prompt}, {new} new (with prefill)"
+                "greedy decode{how}, batch {batch}, prompt {prompt}, {new} new (with prefill)"
             ),
             ours: number(line, "tokens_per_second")?,
             roofline,
             transformers: torch,
         });
         rows.push(Row {
-            figure: format!("greedy decode, batch {batch}, decode steps alone"),
+            figure: format!("greedy decode{how}, batch {batch}, decode steps alone"),
             ours: number(line, "decode_step_tokens_per_second")?,
             roofline,
             transformers: None,

@@ -83,7 +83,8 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
     decoding::check_router(&device)?;
     decoding::check_moe_pairs(&device)?;
     decoding::check_attention_rows(&device)?;
-    decoding::check_rotary(&device)
+    decoding::check_rotary(&device)?;
+    decoding::check_write_at_index(&device)
 }
 
 /// Random MXFP4 weights for `experts` matrices of [n, k] (k a multiple of 32), scale bytes

@@ -280,3 +280,34 @@ pub(super) fn check_rotary(device: &Device) -> anyhow::Result<()> {
     }
     worst.finish()
 }
+
+/// The in-place write at a device-held index: the KV cache's shape (axis 2), the picks' (axis
+/// 1), whole small tensors (axis 0), an index past the end (writes nothing); the written tensor
+/// must also be the input's own buffer (read through a clone taken before the write).
+pub(super) fn check_write_at_index(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::write_at_index::{reference_write_at_index, write_at_index};
+    let mut worst = Worst::new("write_at_index kernel", 1e-7);
+    for (dims, axis, index) in [
+        ([1, 8, 256, 64], 2, 17),
+        ([32, 8, 128, 64], 2, 127),
+        ([3, 1, 200, 1], 2, 0),
+        ([2, 8, 128, 64], 2, 128),
+        ([1, 1, 1, 32], 0, 0),
+    ] {
+        let dst = Tensor::<4>::random(dims, Distribution::Default, device);
+        let mut src_dims = dims;
+        src_dims[axis] = 1;
+        let src = Tensor::<4>::random(src_dims, Distribution::Default, device);
+        let at = Tensor::<1>::from_data(TensorData::new(vec![index as f32], [1]), device);
+        let reference = reference_write_at_index(dst.clone() * 1.0, src.clone(), at.clone(), axis);
+        let alias = dst.clone();
+        let ours = write_at_index(dst, src, at, axis);
+        let fields = json!({"kernel": "write_at_index", "dims": dims, "axis": axis,
+                            "index": index});
+        worst.record(ours, reference.clone(), fields.clone());
+        let mut in_place = fields;
+        in_place["read_through"] = json!("the input's handle");
+        worst.record(alias, reference, in_place);
+    }
+    worst.finish()
+}
