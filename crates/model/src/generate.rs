@@ -120,8 +120,9 @@ pub fn generate_step_by_step(
 pub const CAPTURE_MIN_STEPS: usize = 8;
 
 /// Greedy generation with the cache, each step after the prefill run by
-/// [`GptOss::decode_step`] on device state ([`crate::transformer::step`]): on the GPU kernel
-/// path, with no expert mask and at least [`CAPTURE_MIN_STEPS`] steps, the step is captured once
+/// [`GptOss::decode_step`] on device state ([`crate::transformer::step`]): when the step reads
+/// nothing back ([`GptOss::steps_on_device_only`]), with no expert mask (its router bias is
+/// uploaded per layer) and at least [`CAPTURE_MIN_STEPS`] steps, the step is captured once
 /// and replayed (`burn::tensor::capture`), otherwise it runs as it is, step by step. The same
 /// tokens as [`generate_step_by_step`]; picks are read back once at the end, or after every
 /// step when there are stop tokens.
@@ -175,7 +176,7 @@ pub fn generate_captured(
             .all(|&x| stops(&(x as u32)))
     };
     let mut stopped = false;
-    if model.on_kernel_path() && mask.is_none() && steps >= CAPTURE_MIN_STEPS {
+    if model.steps_on_device_only(b) && mask.is_none() && steps >= CAPTURE_MIN_STEPS {
         let mut graph = burn::tensor::capture(&device, step);
         if !graph.is_hardware() {
             tracing::warn!("the decode step could not be captured: each replay runs it again");

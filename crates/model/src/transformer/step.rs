@@ -18,6 +18,7 @@ use super::GptOss;
 use super::cache::{FixedKv, KvCache, write_at};
 use super::mask::{SlotRange, visible_ranges};
 use super::moe::RoutingHooks;
+use super::moe_pairs::pair_weights;
 use super::project::on_kernel_path;
 use crate::routing::ExpertMask;
 
@@ -125,6 +126,17 @@ impl GptOss {
     /// Whether this model runs the GPU kernels (bf16 weights; see `store_weights_bf16`).
     pub fn on_kernel_path(&self) -> bool {
         on_kernel_path(&self.layers[0].self_attn.q_proj.weight.val())
+    }
+
+    /// Whether a decode step of `rows` rows reads nothing back to the host, so that it can be
+    /// captured: the kernel path with every MoE layer on the per-pair kernels (the sorted path
+    /// reads its expert counts back, and so does every path with unpacked experts).
+    pub fn steps_on_device_only(&self, rows: usize) -> bool {
+        self.on_kernel_path()
+            && self
+                .layers
+                .iter()
+                .all(|layer| pair_weights(&layer.mlp, rows).is_some())
     }
 
     /// One greedy decode step on `state` (see the module docs): the tokens at `state.slot` go
