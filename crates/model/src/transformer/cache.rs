@@ -267,4 +267,29 @@ mod tests {
             }
         }
     }
+
+    /// A compacted sliding layer's slots land at their own indices of the fixed buffers (buffer
+    /// index = slot), the rest zero; a step's write at a slot index fills that slot only.
+    #[test]
+    fn fixed_buffers_hold_slots_at_their_index() {
+        let device = Device::flex();
+        let mut layer = LayerKv::new(Some(3), 2);
+        for slot in 0..9 {
+            layer.append(step(slot, 1, &device), step(slot, 1, &device));
+        }
+        assert!(layer.start > 0, "the layer compacted");
+        let mut fixed = FixedKv::from_layer(&layer, 12);
+        let index = Tensor::<1>::from_data(TensorData::new(vec![9.0f32], [1]), &device);
+        fixed.write(step(9, 1, &device), step(9, 1, &device), index, false);
+        let held = fixed.keys.try_into_vec_as::<f32>().unwrap();
+        for (i, &v) in held.iter().enumerate() {
+            let expected = if (layer.start..10).contains(&i) {
+                i as f32
+            } else {
+                0.0
+            };
+            assert_eq!(v, expected, "buffer index {i}");
+        }
+        assert_eq!(held, fixed.values.try_into_vec_as::<f32>().unwrap());
+    }
 }

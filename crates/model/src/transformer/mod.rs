@@ -41,6 +41,28 @@ pub struct DecoderLayer {
     pub sliding_window: Option<usize>,
 }
 
+impl DecoderLayer {
+    /// The layer's second half on the residual stream `x` [B, T, H] and the attention's output:
+    /// their sum goes through the post-attention norm and the MoE block, which adds the sum back
+    /// (`hooks.residual` is set here). Both residual adds ride along with kernels on the GPU path:
+    /// the norm's and the MoE block's last.
+    pub fn moe_after_attention(
+        &self,
+        x: Tensor<3>,
+        attn_out: Tensor<3>,
+        hooks: RoutingHooks<'_, '_>,
+    ) -> moe::MoeOutput {
+        let (after_attn, moe_in) = self
+            .post_attention_layernorm
+            .forward_after_residual(x, attn_out);
+        let hooks = RoutingHooks {
+            residual: Some(after_attn),
+            ..hooks
+        };
+        self.mlp.forward(moe_in, hooks)
+    }
+}
+
 /// gpt-oss: embedding, decoder layers, final norm, untied lm_head.
 #[derive(Module, Debug)]
 pub struct GptOss {
@@ -235,18 +257,14 @@ impl GptOss {
             let attn_out = layer
                 .self_attn
                 .forward(attn_in, &cos_sin, &key_mask, layer_cache);
-            // Residual adds ride along: with the next norm, and in the MoE block's last kernel.
-            let (after_attn, moe_in) = layer
-                .post_attention_layernorm
-                .forward_after_residual(x, attn_out);
             let hooks = RoutingHooks {
                 layer: i,
                 router_bias: mask.and_then(|m| m.router_bias(i)),
                 observer: observer.as_deref_mut(),
                 balance_loss: balance_losses.is_some(),
-                residual: Some(after_attn),
+                residual: None,
             };
-            let moe = layer.mlp.forward(moe_in, hooks);
+            let moe = layer.moe_after_attention(x, attn_out, hooks);
             x = moe.hidden;
             if let Some(o) = observer.as_deref_mut()
                 && o.needs().residual_norms

@@ -172,17 +172,14 @@ impl GptOss {
                 &mut state.layers[i],
                 slot.clone(),
             );
-            let (after_attn, moe_in) = layer
-                .post_attention_layernorm
-                .forward_after_residual(x, attn_out);
             let hooks = RoutingHooks {
                 layer: i,
                 router_bias: mask.and_then(|m| m.router_bias(i)),
                 observer: None,
                 balance_loss: false,
-                residual: Some(after_attn),
+                residual: None,
             };
-            x = layer.mlp.forward(moe_in, hooks).hidden;
+            x = layer.moe_after_attention(x, attn_out, hooks).hidden;
         }
         let logits = self.lm_head.forward(self.norm.forward(x));
         let picks = logits.argmax(2).reshape([1, b]).float();
