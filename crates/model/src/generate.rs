@@ -7,6 +7,8 @@ use rand::{Rng, SeedableRng};
 
 use std::cell::RefCell;
 
+use burn::tensor::Tensor;
+
 use crate::routing::ExpertMask;
 use crate::transformer::cache::KEY_BLOCK;
 use crate::transformer::step::{StepState, StepTables};
@@ -74,22 +76,16 @@ pub fn generate_step_by_step(
                 mask,
             },
         );
-        let [_, t, v] = logits.dims();
-        let last = logits.narrow(1, t - 1, 1).reshape([b, v]);
+        let last = last_position(logits);
         let next: Vec<u32> = match (&options.sampling, rng.as_mut()) {
             (Some(s), Some(rng)) if s.temperature > 0.0 => {
+                let v = last.dims()[1];
                 let rows = last.try_into_vec_as::<f32>().expect("f32 logits");
                 rows.chunks_exact(v)
                     .map(|row| sample(row, s, rng))
                     .collect()
             }
-            _ => last
-                .argmax(1)
-                .try_into_vec_as::<i64>()
-                .expect("token ids")
-                .into_iter()
-                .map(|x| x as u32)
-                .collect(),
+            _ => greedy_picks(last),
         };
         for row in 0..b {
             if !done[row] {
@@ -145,16 +141,8 @@ pub fn generate_captured(
         mask,
     };
     let logits = model.forward(&prompt, Some(&mut cache), options_prefill);
-    let [_, t, v] = logits.dims();
-    let first: Vec<u32> = logits
-        .narrow(1, t - 1, 1)
-        .reshape([b, v])
-        .argmax(1)
-        .try_into_vec_as::<i64>()
-        .expect("token ids")
-        .into_iter()
-        .map(|x| x as u32)
-        .collect();
+    let t = logits.dims()[1];
+    let first = greedy_picks(last_position(logits));
     let steps = options.max_new_tokens - 1;
     let stops = |token: &u32| options.stop_tokens.contains(token);
     if steps == 0 || first.iter().all(stops) {
@@ -213,6 +201,23 @@ pub fn generate_captured(
             }
             out
         })
+        .collect()
+}
+
+/// The logits [B, T, V] of each row's last position -> [B, V].
+fn last_position(logits: Tensor<3>) -> Tensor<2> {
+    let [b, t, v] = logits.dims();
+    logits.narrow(1, t - 1, 1).reshape([b, v])
+}
+
+/// Each row's most likely token of `logits` [B, V] (read back to the host).
+fn greedy_picks(logits: Tensor<2>) -> Vec<u32> {
+    logits
+        .argmax(1)
+        .try_into_vec_as::<i64>()
+        .expect("token ids")
+        .into_iter()
+        .map(|x| x as u32)
         .collect()
 }
 
