@@ -157,13 +157,19 @@ impl GptOss {
             tables.cos.clone().select(2, slot_index.clone()),
             tables.sin.clone().select(2, slot_index.clone()),
         );
+        // One lookup per attention window, shared by that window's layers.
+        let key_ranges: HashMap<Option<usize>, Tensor<1, Int>> = tables
+            .key_ranges
+            .iter()
+            .map(|(&window, table)| {
+                let ranges = table.clone().select(0, slot_index.clone()).reshape([b * 2]);
+                (window, ranges)
+            })
+            .collect();
         let ids = state.tokens.clone().reshape([b]).int();
         let mut x = self.embed_tokens.forward_ids(ids).reshape([b, 1, h]);
         for (i, layer) in self.layers.iter().enumerate() {
-            let ranges = tables.key_ranges[&layer.sliding_window]
-                .clone()
-                .select(0, slot_index.clone())
-                .reshape([b * 2]);
+            let ranges = key_ranges[&layer.sliding_window].clone();
             let attn_in = layer.input_layernorm.forward(x.clone());
             let attn_out = layer.self_attn.forward_step(
                 attn_in,
