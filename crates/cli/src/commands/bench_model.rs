@@ -117,9 +117,11 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
         let prompts = random_rows(batch, args.prompt, vocab, 11);
         // On the GPU kernel path `generate` captures a decode step and replays it; the step by
         // step loop (one forward call per token) is timed too, as the comparison.
-        let mut decodings: Vec<(&str, Generator)> = vec![("default", generate_default)];
+        let mut decodings: Vec<(&str, Generator)> = vec![("default", generate)];
         if model.on_kernel_path() {
-            decodings.push(("step_by_step", generate_step_by_step_unmasked));
+            decodings.push(("step_by_step", |model, prompts, options| {
+                generate_step_by_step(model, prompts, options, None)
+            }));
         }
         let mut first_tokens: Option<Vec<Vec<u32>>> = None;
         for (decoding, generator) in decodings {
@@ -151,22 +153,6 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
 
 /// A greedy generation function (prompts, options -> continuations).
 type Generator = fn(&GptOss, &[Vec<u32>], &GenerateOptions) -> Vec<Vec<u32>>;
-
-fn generate_default(
-    model: &GptOss,
-    prompts: &[Vec<u32>],
-    options: &GenerateOptions,
-) -> Vec<Vec<u32>> {
-    generate(model, prompts, options)
-}
-
-fn generate_step_by_step_unmasked(
-    model: &GptOss,
-    prompts: &[Vec<u32>],
-    options: &GenerateOptions,
-) -> Vec<Vec<u32>> {
-    generate_step_by_step(model, prompts, options, None)
-}
 
 /// One timed greedy generation.
 struct DecodeTiming {
