@@ -4,7 +4,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 /// Largest piece in bytes.
 pub const MAX_PIECE_BYTES: usize = 1 << 30;
@@ -63,33 +63,12 @@ impl Embedding {
 
     /// Rows of `ids` -> [ids.len(), H].
     pub fn forward(&self, ids: &[u32], device: &Device) -> Tensor<2> {
-        let index = |v: Vec<i64>| {
-            let n = v.len();
-            Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
-        };
-        if self.pieces.len() == 1 {
-            return self.pieces[0]
-                .val()
-                .select(0, index(ids.iter().map(|&i| i as i64).collect()))
-                .cast(DType::F32);
-        }
-        let width = self.pieces[0].dims()[1];
-        let mut out = Tensor::<2>::zeros([ids.len(), width], device);
-        for (p, piece) in self.pieces.iter().enumerate() {
-            let start = p * self.rows_per_piece;
-            let (positions, local): (Vec<i64>, Vec<i64>) = ids
-                .iter()
-                .enumerate()
-                .filter(|(_, id)| (**id as usize) / self.rows_per_piece == p)
-                .map(|(pos, &id)| (pos as i64, (id as usize - start) as i64))
-                .unzip();
-            if positions.is_empty() {
-                continue;
-            }
-            let rows = piece.val().select(0, index(local)).cast(DType::F32);
-            out = out.select_assign(0, index(positions), rows, IndexingUpdateOp::Add);
-        }
-        out
+        let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        let n = ids.len();
+        self.forward_ids(Tensor::<1, Int>::from_data(
+            TensorData::new(ids, [n]),
+            device,
+        ))
     }
 
     /// Rows of the token ids held on the device, `ids` [n] -> [n, H]: each piece gives the rows
