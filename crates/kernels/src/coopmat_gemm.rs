@@ -24,9 +24,11 @@ pub struct Tiling {
     pub units: u32,
 }
 
+/// 128 x 256: 128-145 TF/s on scoring's projection and lm_head shapes against 89-111 for
+/// 128 x 128 (docs/benchmarks.md, sixth round).
 pub const DEFAULT_TILING: Tiling = Tiling {
     m: 128,
-    n: 128,
+    n: 256,
     k: 32,
     units: 256,
 };

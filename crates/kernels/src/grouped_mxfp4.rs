@@ -3,9 +3,10 @@
 //! Rows of `a` [P, K] are sorted by expert: expert e owns rows `offsets[e]..offsets[e + 1]`.
 //! Each workgroup computes one `tm x tn` tile of `out = a_e x W_e^T` for one expert, with W_e
 //! [N, K] read from the checkpoint's MXFP4 words (8 nibbles per u32, low nibble first) and
-//! scale bytes (packed four to a u32) and decoded to bf16 in shared memory one 32-wide block
-//! column at a time; the products run on the tensor cores (workgroup-scope cooperative
-//! matrices). Which expert and row tile a workgroup takes comes from `tile_starts` (prefix sums
+//! scale bytes (packed four to a u32) and decoded to bf16 in shared memory one K step (whole
+//! 32-wide blocks) at a time; the products run on the tensor cores (workgroup-scope cooperative
+//! matrices). Pipelined tilings keep two shared stages: the next step's words are loaded before
+//! this step's products and decoded after them. Which expert and row tile a workgroup takes comes from `tile_starts` (prefix sums
 //! of ceil(count / tm)), computed on the device: no host round trip. The grid is sized for the
 //! worst case (ceil(P / tm) + E tiles); workgroups past the last tile exit at once.
 
@@ -19,10 +20,53 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 use half::bf16;
 
-/// Rows per tile, columns per tile, K step (one MXFP4 block), invocations per workgroup.
-pub const TILE_M: usize = 64;
-pub const TILE_N: usize = 128;
-pub const TILE_K: usize = 32;
+/// Tile shape and decoding scheme of one launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiling {
+    /// Rows per tile (the tiles `tile_starts` counts).
+    pub m: usize,
+    /// Output columns per tile.
+    pub n: usize,
+    /// K step: a multiple of 32 (whole MXFP4 blocks).
+    pub k: usize,
+    /// Two shared stages: the next step's words are loaded before this step's products and
+    /// decoded after them (one synchronisation per step instead of two).
+    pub pipelined: bool,
+    /// FP4 values from a 16-entry table in shared memory instead of arithmetic.
+    pub table: bool,
+}
+
+impl Tiling {
+    /// One number per tiling (how burn-fusion tells launches apart).
+    pub fn code(&self) -> u64 {
+        self.m as u64
+            | (self.n as u64) << 16
+            | (self.k as u64) << 32
+            | (self.pipelined as u64) << 48
+            | (self.table as u64) << 49
+    }
+}
+
+/// Tiles of 64 rows: little padding when experts have a few hundred rows each.
+pub const SMALL_TILES: Tiling = Tiling {
+    m: 64,
+    n: 128,
+    k: 32,
+    pipelined: false,
+    table: true,
+};
+
+/// Tiles of 256 rows, pipelined: each decoded weight tile serves four times the rows
+/// (scoring's thousands of rows per expert: 90 against 64 TF/s, docs/benchmarks.md).
+pub const LARGE_TILES: Tiling = Tiling {
+    m: 256,
+    n: 128,
+    k: 32,
+    pipelined: true,
+    table: true,
+};
+
+/// Invocations per workgroup.
 pub const UNITS: u32 = 256;
 
 /// The E2M1 value of a 4-bit code (sign in bit 3).
@@ -44,6 +88,82 @@ pub(crate) fn scale_value(code: u32) -> f32 {
     f32::reinterpret(bits)
 }
 
+/// Where this invocation's `i`-th word of a `tn x tk` stage comes from: (local weight row,
+/// word within the row's `tk / 8` words of the step).
+#[cube]
+fn stage_word_position(i: u32, #[comptime] tk: usize) -> (u32, u32) {
+    let w = UNIT_POS + i * UNITS;
+    let words_per_step = (tk / 8) as u32;
+    (w / words_per_step, w % words_per_step)
+}
+
+/// Loads this invocation's words and scale bytes of step `k_begin` (zeros past row `n`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_stage_words(
+    words: &[u32],
+    scales: &[u32],
+    loaded: &mut Array<u32>,
+    scale_codes: &mut Array<u32>,
+    expert_words: u32,
+    expert_scales: u32,
+    col_begin: u32,
+    k_begin: u32,
+    n: u32,
+    k: u32,
+    #[comptime] tn: usize,
+    #[comptime] tk: usize,
+) {
+    let per_unit = tn * tk / 8 / UNITS as usize;
+    #[unroll]
+    for i in 0..per_unit {
+        let (local_row, part) = stage_word_position(i as u32, tk);
+        let row = col_begin + local_row;
+        let mut word = 0u32;
+        let mut code = 0u32;
+        if row < n {
+            word = words[(expert_words + row * (k / 8) + k_begin / 8 + part) as usize];
+            let block = row * (k / 32) + (k_begin + part * 8) / 32;
+            code = (scales[(expert_scales + block / 4) as usize] >> ((block % 4) * 8)) & 0xFF;
+        }
+        loaded[i] = word;
+        scale_codes[i] = code;
+    }
+}
+
+/// Decodes loaded words into `stage` ([tn][tk] bf16 from `offset`: element (kk, col) of B =
+/// W^T at col * tk + kk, column-major B).
+#[cube]
+fn decode_stage_words(
+    loaded: &Array<u32>,
+    scale_codes: &Array<u32>,
+    table: &[f32],
+    stage: &mut [bf16],
+    offset: usize,
+    #[comptime] tn: usize,
+    #[comptime] tk: usize,
+    #[comptime] use_table: bool,
+) {
+    let per_unit = tn * tk / 8 / UNITS as usize;
+    #[unroll]
+    for i in 0..per_unit {
+        let (local_row, part) = stage_word_position(i as u32, tk);
+        let base = offset + (local_row * tk as u32 + part * 8) as usize;
+        let scale = scale_value(scale_codes[i]);
+        let word = loaded[i];
+        #[unroll]
+        for q in 0..8u32 {
+            let code = (word >> (q * 4)) & 0xF;
+            let value = if comptime![use_table] {
+                table[code as usize]
+            } else {
+                fp4_value(code)
+            };
+            stage[base + q as usize] = bf16::cast_from(value * scale);
+        }
+    }
+}
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn grouped_mxfp4_kernel(
@@ -58,8 +178,10 @@ fn grouped_mxfp4_kernel(
     scale_words_per_expert: u32,
     num_experts: u32,
     #[comptime] tile: (usize, usize, usize),
+    #[comptime] scheme: (bool, bool),
 ) {
     let (tm, tn, tk) = tile;
+    let (pipelined, use_table) = scheme;
     let tile_id = CUBE_POS_X;
     let mut expert = num_experts;
     for e in 0..num_experts {
@@ -76,7 +198,16 @@ fn grouped_mxfp4_kernel(
     let a_view = TensorView::new(a, seq![row_end, k]).finish();
     let out_view = TensorView::new(&*out, seq![row_end, n]).finish();
 
-    let mut stage_b = Shared::<[bf16]>::new_aligned_slice(tn * tk, 16usize);
+    let stages = comptime![if pipelined { 2usize } else { 1usize }];
+    let stage_size = tn * tk;
+    let mut stage_b = Shared::<[bf16]>::new_aligned_slice(stages * stage_size, 16usize);
+    let mut table = Shared::<[f32]>::new_slice(16usize);
+    if UNIT_POS < 16 {
+        table[UNIT_POS as usize] = fp4_value(UNIT_POS);
+    }
+    let per_unit = tn * tk / 8 / UNITS as usize;
+    let mut loaded = Array::<u32>::new(per_unit);
+    let mut scale_codes = Array::<u32>::new(per_unit);
     let mut a_mat = unsafe {
         cmma::Matrix::<bf16, cmma::Cube>::uninitialized(
             cmma::MatrixIdent::A,
@@ -103,45 +234,118 @@ fn grouped_mxfp4_kernel(
         cmma::MatrixLayout::Undefined,
         0.0,
     );
-    let words_per_row = k / 8;
-    let blocks_per_row = k / 32;
-    let expert_words = expert * n * words_per_row;
+    let expert_words = expert * n * (k / 8);
     let expert_scales = expert * scale_words_per_expert;
-    let words_per_tile = (tn * 4) as u32;
-    for k_begin in range_stepped(0, k, tk as u32) {
-        // Decode W_e[col_begin .. col_begin + tn, k_begin .. k_begin + 32] into stage_b as
-        // [tn][32] bf16: element (kk, col) of B = W^T sits at col * 32 + kk (column-major B).
-        let mut w = UNIT_POS;
-        while w < words_per_tile {
-            let local_row = w / 4;
-            let quarter = w % 4;
-            let row = col_begin + local_row;
-            let base = (local_row * 32 + quarter * 8) as usize;
-            if row < n {
-                let word =
-                    words[(expert_words + row * words_per_row + k_begin / 8 + quarter) as usize];
-                let block = row * blocks_per_row + k_begin / 32;
-                let scale_word = scales[(expert_scales + block / 4) as usize];
-                let scale = scale_value((scale_word >> ((block % 4) * 8)) & 0xFF);
-                #[unroll]
-                for q in 0..8u32 {
-                    let code = (word >> (q * 4)) & 0xF;
-                    stage_b[base + q as usize] = bf16::cast_from(fp4_value(code) * scale);
-                }
-            } else {
-                #[unroll]
-                for q in 0..8u32 {
-                    stage_b[base + q as usize] = bf16::cast_from(0.0f32);
-                }
+    let steps = k / tk as u32;
+    if comptime![pipelined] {
+        load_stage_words(
+            words,
+            scales,
+            &mut loaded,
+            &mut scale_codes,
+            expert_words,
+            expert_scales,
+            col_begin,
+            0,
+            n,
+            k,
+            tn,
+            tk,
+        );
+        sync_cube();
+        decode_stage_words(
+            &loaded,
+            &scale_codes,
+            &table,
+            &mut stage_b,
+            0,
+            tn,
+            tk,
+            use_table,
+        );
+        sync_cube();
+        for step in 0..steps {
+            let current = (step % 2) as usize * stage_size;
+            let next = ((step + 1) % 2) as usize * stage_size;
+            let has_next = step + 1 < steps;
+            if has_next {
+                load_stage_words(
+                    words,
+                    scales,
+                    &mut loaded,
+                    &mut scale_codes,
+                    expert_words,
+                    expert_scales,
+                    col_begin,
+                    (step + 1) * tk as u32,
+                    n,
+                    k,
+                    tn,
+                    tk,
+                );
             }
-            w += CUBE_DIM;
+            let a_tile = a_view.slice(
+                seq![row_begin, step * tk as u32],
+                seq![tm as u32, tk as u32],
+            );
+            cmma::load_tensor(&mut a_mat, &a_tile);
+            cmma::load(
+                &mut b_mat,
+                &stage_b[current..current + stage_size],
+                tk as u32,
+            );
+            cmma::execute(&a_mat, &b_mat, &acc, &acc);
+            if has_next {
+                decode_stage_words(
+                    &loaded,
+                    &scale_codes,
+                    &table,
+                    &mut stage_b,
+                    next,
+                    tn,
+                    tk,
+                    use_table,
+                );
+            }
+            sync_cube();
         }
+    } else {
         sync_cube();
-        let a_tile = a_view.slice(seq![row_begin, k_begin], seq![tm as u32, tk as u32]);
-        cmma::load_tensor(&mut a_mat, &a_tile);
-        cmma::load(&mut b_mat, &stage_b[0..tn * tk], tk as u32);
-        cmma::execute(&a_mat, &b_mat, &acc, &acc);
-        sync_cube();
+        for step in 0..steps {
+            load_stage_words(
+                words,
+                scales,
+                &mut loaded,
+                &mut scale_codes,
+                expert_words,
+                expert_scales,
+                col_begin,
+                step * tk as u32,
+                n,
+                k,
+                tn,
+                tk,
+            );
+            decode_stage_words(
+                &loaded,
+                &scale_codes,
+                &table,
+                &mut stage_b,
+                0,
+                tn,
+                tk,
+                use_table,
+            );
+            sync_cube();
+            let a_tile = a_view.slice(
+                seq![row_begin, step * tk as u32],
+                seq![tm as u32, tk as u32],
+            );
+            cmma::load_tensor(&mut a_mat, &a_tile);
+            cmma::load(&mut b_mat, &stage_b[0..stage_size], tk as u32);
+            cmma::execute(&a_mat, &b_mat, &acc, &acc);
+            sync_cube();
+        }
     }
     let mut out_tile = out_view.slice(seq![row_begin, col_begin], seq![tm as u32, tn as u32]);
     cmma::store_tensor(&mut out_tile, &acc);
@@ -151,7 +355,8 @@ fn grouped_mxfp4_kernel(
 #[backend_extension(Cube, Fusion)]
 pub trait GroupedBackend: burn::backend::Backend {
     /// `a` [P, K] bf16 rows sorted by expert, `words` [E, N, K / 8] and `scales` [E, S] the
-    /// packed MXFP4 weights, `offsets` and `tile_starts` [E + 1] -> [P, N] f32.
+    /// packed MXFP4 weights, `offsets` and `tile_starts` [E + 1] (counting tiles of
+    /// `tiling.m` rows) -> [P, N] f32.
     #[fusion(dtype = accumulator_dtype(a), shape = product_shape(a, words))]
     fn grouped_mxfp4_matmul(
         a: FloatTensor<Self>,
@@ -159,6 +364,7 @@ pub trait GroupedBackend: burn::backend::Backend {
         scales: IntTensor<Self>,
         offsets: IntTensor<Self>,
         tile_starts: IntTensor<Self>,
+        #[fusion(scalar = tiling.code())] tiling: Tiling,
     ) -> FloatTensor<Self>;
 }
 
@@ -177,6 +383,7 @@ impl GroupedBackend for CubeBackend {
         scales: CubeTensor,
         offsets: CubeTensor,
         tile_starts: CubeTensor,
+        tiling: Tiling,
     ) -> CubeTensor {
         let [a, words, scales, offsets, tile_starts] =
             [a, words, scales, offsets, tile_starts].map(into_contiguous);
@@ -185,10 +392,22 @@ impl GroupedBackend for CubeBackend {
         let scale_words = scales.meta.shape()[1];
         let client = a.client.clone();
         let out = empty_f32(&a, vec![p, n]);
-        let tiles = p.div_ceil(TILE_M) + experts;
+        let mut t = tiling;
+        if k % t.k != 0 {
+            // Every K is a multiple of one MXFP4 block; a longer step must divide it.
+            t.k = 32;
+        }
+        assert!(
+            (t.n * t.k / 8) % UNITS as usize == 0,
+            "grouped MXFP4 kernel: a {} x {} stage must be a multiple of {} words",
+            t.n,
+            t.k,
+            UNITS * 8
+        );
+        let tiles = p.div_ceil(t.m) + experts;
         grouped_mxfp4_kernel::launch(
             &client,
-            CubeCount::Static(tiles as u32, n.div_ceil(TILE_N) as u32, 1),
+            CubeCount::Static(tiles as u32, n.div_ceil(t.n) as u32, 1),
             CubeDim::new_1d(UNITS),
             a.into_buffer_arg(),
             words.into_buffer_arg(),
@@ -200,19 +419,22 @@ impl GroupedBackend for CubeBackend {
             k as u32,
             scale_words as u32,
             experts as u32,
-            (TILE_M, TILE_N, TILE_K),
+            (t.m, t.n, t.k),
+            (t.pipelined, t.table),
         );
         out
     }
 }
 
-/// The kernel through burn tensors: `a` is cast to bf16; int inputs must be 32-bit.
+/// The kernel through burn tensors: `a` is cast to bf16; int inputs must be 32-bit;
+/// `tile_starts` counts tiles of `tiling.m` rows.
 pub fn grouped_mxfp4_matmul(
     a: Tensor<2>,
     words: Tensor<3, Int>,
     scales: Tensor<2, Int>,
     offsets: Tensor<1, Int>,
     tile_starts: Tensor<1, Int>,
+    tiling: Tiling,
 ) -> Tensor<2> {
     let a = a.cast(DType::BF16);
     Tensor::from_dispatch(
@@ -222,6 +444,7 @@ pub fn grouped_mxfp4_matmul(
             scales.into_dispatch(),
             offsets.into_dispatch(),
             tile_starts.into_dispatch(),
+            tiling,
         ),
     )
 }

@@ -11,6 +11,8 @@
 //!   decoding's norm (with the residual add), RoPE (with the q/k/v split), router, experts (the
 //!   down kernel with the residual add) and attention in one kernel each instead of tens of
 //!   burn kernels (decoding is bound by kernels per token).
+//! - `attention_tiles`: scoring's and prefill's attention (many queries) in one kernel on the
+//!   tensor cores, flash-style, instead of f32 matmuls around passes over the scores.
 //!
 //! - `write_at_index`: an in-place write at an index held on the device (the state of a decode
 //!   step captured once and replayed).
@@ -19,6 +21,7 @@
 //! also what the CPU path runs.
 
 pub mod attention_rows;
+pub mod attention_tiles;
 pub mod bf16_rows;
 pub mod coopmat_gemm;
 pub mod experts_pairs;

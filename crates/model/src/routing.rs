@@ -22,6 +22,15 @@ pub struct ObserverNeeds {
     pub residual_norms: bool,
 }
 
+impl ObserverNeeds {
+    /// Whether a layer's routing may reach the observer after the whole pass: not when it
+    /// wants the MoE inputs (a [tokens, hidden] tensor per layer would be held until the end)
+    /// or residual norms (delivered between layers, in order with the routing).
+    pub fn can_wait(&self) -> bool {
+        !self.moe_inputs && !self.residual_norms
+    }
+}
+
 /// The routing of one layer for every token of one forward call.
 ///
 /// Tokens are numbered row-major over the batch: token n is row n / seq_len, slot n % seq_len of

@@ -202,3 +202,43 @@ fn expert_mask_keeps_routing_inside_the_kept_experts() {
     let diff = (masked - full).abs().max().into_scalar::<f32>();
     assert!(diff > 1e-3, "masking experts must change the output");
 }
+
+/// Routing an observer can wait for is read after the pass (one wait for the device instead of
+/// one per layer): it must arrive complete, in layer order, and equal to what an observer that
+/// cannot wait (residual norms between layers) receives layer by layer.
+#[test]
+fn routing_read_after_the_pass_equals_routing_read_per_layer() {
+    let m = model();
+    let observe = |needs: ObserverNeeds| {
+        let mut rec = Recorder {
+            needs,
+            ..Default::default()
+        };
+        m.forward(
+            &batch(),
+            None,
+            ForwardOptions {
+                observer: Some(&mut rec),
+                mask: None,
+            },
+        );
+        rec
+    };
+    let waiting = ObserverNeeds {
+        router_logits: true,
+        ..Default::default()
+    };
+    assert!(waiting.can_wait());
+    let per_layer = ObserverNeeds {
+        residual_norms: true,
+        ..waiting
+    };
+    assert!(!per_layer.can_wait());
+    let (after, during) = (observe(waiting), observe(per_layer));
+    assert_eq!(after.layers, vec![0, 1, 2, 3]);
+    assert_eq!(after.layers, during.layers);
+    assert_eq!(after.ids, during.ids);
+    assert_eq!(after.gates, during.gates);
+    assert_eq!(after.logits, during.logits);
+    assert!(after.logits.iter().all(|l| l.len() == 2 * 7 * 8));
+}

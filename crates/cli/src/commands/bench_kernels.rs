@@ -4,17 +4,20 @@
 //! product against burn's f32 product of the same bf16 inputs, the row logsumexp, the RMSNorm,
 //! the router and the per-pair experts kernels (against routing by burn ops and the sorted
 //! grouped reference; also timed against the sorted grouped kernels) and the few-query attention
-//! (random key ranges, some empty, some over several chunks) and the RoPE kernel. Prints the relative error per
+//! (random key ranges, some empty, some over several chunks), the tensor-core attention for
+//! many queries (causal, sliding and random ranges) and the RoPE kernel. Prints the relative error per
 //! case; fails when one exceeds bf16 rounding (1e-2), or 1e-5 for the kernels that stay in f32
 //! (logsumexp, RMSNorm, router, attention, RoPE).
 
 mod decoding;
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
+use gpt_oss_kernels::grouped_mxfp4;
 use gpt_oss_model::device::{DeviceChoice, select_device};
 use gpt_oss_model::transformer::experts::{ExpertMatrix, PackedMxfp4};
 use gpt_oss_model::transformer::moe_grouped::{
-    ExpertPath, FEW_ROWS, TILE_ROWS, group_by_expert, grouped_matmul, grouped_matmul_reference,
+    ExpertPath, FEW_ROWS, LARGE_TILE_ROWS, TILE_ROWS, group_by_expert, grouped_matmul,
+    grouped_matmul_reference,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
@@ -23,6 +26,11 @@ use serde_json::json;
 pub struct KernelCheckArgs {
     #[arg(long, default_value = "wgpu")]
     pub device: DeviceChoice,
+    /// Instead of every check: time the tensor-core grouped kernel at scoring's size (8 x 2048
+    /// tokens x 4 experts, 5760 x 2880) with each tiling, `MxNxK` plus `p` (pipelined) and `t`
+    /// (FP4 table) flags after a slash (`64x128x64/pt`), checked against the reference.
+    #[arg(long, value_delimiter = ',')]
+    pub grouped_tilings: Vec<String>,
 }
 
 /// (experts, rows, n, k) per case.
@@ -47,6 +55,14 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
     );
     let device = selected.device;
     let mut rng = StdRng::seed_from_u64(3);
+    if !args.grouped_tilings.is_empty() {
+        let tilings: Vec<_> = args
+            .grouped_tilings
+            .iter()
+            .map(|t| parse_grouped_tiling(t))
+            .collect::<anyhow::Result<_>>()?;
+        return time_grouped_tilings(&tilings, &mut rng, &device);
+    }
     let mut worst = Worst::new("grouped kernel", 1e-2);
     for (experts, rows, n, k) in CASES {
         let matrix = random_mxfp4(&mut rng, [experts, n, k], 122..=130, &device);
@@ -57,7 +73,11 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
         let a = Tensor::<2>::random([rows, k], Distribution::Default, &device)
             .cast(DType::BF16)
             .cast(DType::F32);
-        let kernels = [("tiles", TILE_ROWS), ("rows", FEW_ROWS)];
+        let kernels = [
+            ("tiles", TILE_ROWS),
+            ("large tiles", LARGE_TILE_ROWS),
+            ("rows", FEW_ROWS),
+        ];
         for (kernel, tile_rows) in kernels {
             if kernel == "rows" && rows > 4096 {
                 continue; // weights re-read every 8 rows: minutes at this size
@@ -83,8 +103,78 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
     decoding::check_router(&device)?;
     decoding::check_moe_pairs(&device)?;
     decoding::check_attention_rows(&device)?;
+    check_attention_tiles(&device)?;
     decoding::check_rotary(&device)?;
     decoding::check_write_at_index(&device)
+}
+
+/// `MxNxK` with optional `/flags`: `p` pipelined, `t` FP4 table.
+fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
+    let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
+    let [m, n, k] = super::bench_matmul::parse_shape(shape)?;
+    if let Some(bad) = flags.chars().find(|c| !matches!(c, 'p' | 't')) {
+        anyhow::bail!("grouped tiling `{text}`: unknown flag `{bad}` (p: pipelined, t: table)");
+    }
+    anyhow::ensure!(
+        k % 32 == 0 && m % 16 == 0 && n % 16 == 0,
+        "grouped tiling `{text}`: K must be a multiple of 32, M and N of 16"
+    );
+    Ok(grouped_mxfp4::Tiling {
+        m,
+        n,
+        k,
+        pipelined: flags.contains('p'),
+        table: flags.contains('t'),
+    })
+}
+
+/// Times the tensor-core grouped kernel with each tiling on scoring's experts (65,536 rows
+/// routed at random over 32 experts, 5760 x 2880), checked against the reference.
+fn time_grouped_tilings(
+    tilings: &[grouped_mxfp4::Tiling],
+    rng: &mut StdRng,
+    device: &Device,
+) -> anyhow::Result<()> {
+    let (experts, rows, n, k) = (32, 65536, 5760, 2880);
+    let matrix = random_mxfp4(rng, [experts, n, k], 122..=130, device);
+    let ExpertMatrix::Mxfp4(packed) = &matrix else {
+        unreachable!("random_mxfp4 packs MXFP4")
+    };
+    let ids: Vec<i64> = (0..rows)
+        .map(|_| rng.random_range(0..experts as i64))
+        .collect();
+    let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows]), device);
+    let a = Tensor::<2>::random([rows, k], Distribution::Default, device)
+        .cast(DType::BF16)
+        .cast(DType::F32);
+    let mut worst = Worst::new("grouped kernel", 1e-2);
+    let mut reference = None;
+    for &tiling in tilings {
+        let groups = group_by_expert(ids.clone(), experts, tiling.m);
+        let reference = reference
+            .get_or_insert_with(|| grouped_matmul_reference(a.clone(), &matrix, &groups))
+            .clone();
+        let run = || {
+            grouped_mxfp4::grouped_mxfp4_matmul(
+                a.clone(),
+                packed.words.val(),
+                packed.scale_words.val(),
+                groups.offsets.clone(),
+                groups.tile_starts.clone(),
+                tiling,
+            )
+        };
+        let ours = run();
+        let seconds = seconds_per_call(device, run)?;
+        worst.record(
+            ours,
+            reference,
+            json!({"kernel": "grouped tiles", "tiling": format!("{tiling:?}"),
+                   "rows": rows, "n": n, "k": k, "seconds": seconds,
+                   "tflops": 2.0 * (rows * n * k) as f64 / seconds / 1e12}),
+        );
+    }
+    worst.finish()
 }
 
 /// Random MXFP4 weights for `experts` matrices of [n, k] (k a multiple of 32), scale bytes
@@ -276,6 +366,79 @@ fn check_bf16_rows(device: &Device) -> anyhow::Result<()> {
             reference,
             json!({"kernel": "bf16_rows_three", "m": m, "k": k, "n": [n0, n1, n2],
                    "bias": m % 2 == 1, "seconds_per_queued_call": seconds}),
+        );
+    }
+    worst.finish()
+}
+
+/// The tensor-core attention against burn's ops on the same bf16-rounded inputs: causal ranges
+/// (scoring's shape, a sliding window with left padding, queries after cached keys) and random
+/// ranges with one query that sees no key.
+fn check_attention_tiles(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::attention_rows::reference_attention_rows;
+    use gpt_oss_kernels::attention_tiles::attention_tiles;
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut worst = Worst::new("attention tiles kernel", 1e-2);
+    // (rows, heads, kv heads, queries, keys, window, left padding of row 1); window 0: random.
+    for [b, heads, kv_heads, t, s, window, pad] in [
+        [1usize, 64, 8, 2048, 2048, 2048, 0],
+        [2, 8, 2, 300, 300, 128, 37],
+        [2, 16, 8, 100, 612, 612, 0],
+        [2, 4, 4, 70, 500, 0, 0],
+    ] {
+        let ranges: Vec<i32> = (0..b * t)
+            .flat_map(|item| {
+                let (row, query) = (item / t, item % t);
+                if window == 0 {
+                    let lo = rng.random_range(0..s);
+                    let hi = if item == 1 {
+                        lo
+                    } else {
+                        rng.random_range(lo..=s)
+                    };
+                    return [lo as i32, hi as i32];
+                }
+                let position = s - t + query;
+                let first = if row == 1 { pad } else { 0 };
+                let lo = (position + 1).saturating_sub(window).max(first);
+                [lo.min(position + 1) as i32, (position + 1) as i32]
+            })
+            .collect();
+        let ranges = Tensor::<1, Int>::from_data(TensorData::new(ranges, [b * t * 2]), device)
+            .cast(burn::tensor::IntDType::I32);
+        let normal = |shape: [usize; 4]| {
+            Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device)
+                .cast(DType::BF16)
+                .cast(DType::F32)
+        };
+        let (q, k, v) = (
+            normal([b, heads, t, 64]),
+            normal([b, kv_heads, s, 64]),
+            normal([b, kv_heads, s, 64]),
+        );
+        let sinks = Tensor::<1>::random([heads], Distribution::Normal(0.0, 1.0), device);
+        let scale = 0.125;
+        let run = || {
+            attention_tiles(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                sinks.clone(),
+                ranges.clone(),
+                scale,
+            )
+            .reshape([b * t, heads * 64])
+        };
+        let ours = run();
+        let seconds = seconds_per_call(device, run)?;
+        let reference =
+            reference_attention_rows(q, k, v, sinks, ranges, scale).reshape([b * t, heads * 64]);
+        worst.record(
+            ours,
+            reference,
+            json!({"kernel": "attention_tiles", "rows": b, "heads": heads,
+                   "kv_heads": kv_heads, "queries": t, "keys": s, "window": window,
+                   "seconds": seconds}),
         );
     }
     worst.finish()

@@ -5,7 +5,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Int, Tensor};
 
-use gpt_oss_kernels::{attention_rows, bf16_rows, rotary_rows};
+use gpt_oss_kernels::{attention_rows, attention_tiles, bf16_rows, rotary_rows};
 
 use super::cache::{FixedKv, KEY_BLOCK, LayerKv};
 use super::mask::KeyMask;
@@ -68,6 +68,19 @@ impl Attention {
         if kernels && t <= attention_rows::MAX_QUERIES && attention_rows::supports(d) {
             // Decoding: one kernel instead of about twelve (see `attention_rows`).
             let out = attention_rows::attention_rows(
+                q,
+                k,
+                v,
+                self.sinks.val(),
+                mask.key_ranges(),
+                self.score_scale() as f32,
+            );
+            return linear(&self.o_proj, out.reshape([b, t, nh * d]));
+        }
+        if kernels && attention_tiles::supports(d) {
+            // Scoring and prefill: one tensor-core kernel instead of f32 matmuls around passes
+            // over the scores (see `attention_tiles`).
+            let out = attention_tiles::attention_tiles(
                 q,
                 k,
                 v,
@@ -330,23 +343,35 @@ mod tests {
         }
     }
 
-    /// The reference of the decoding kernel (`attention_rows`, burn ops over the mask's key
-    /// ranges) is the model's attention: a decode-like step of three queries over cached keys,
-    /// with left padding and with and without a window.
+    /// The reference of the attention kernels (`attention_rows` and `attention_tiles`: burn
+    /// ops over the mask's key ranges, what `bench kernel-check` compares them with) is the
+    /// model's attention: a decode-like step of three queries over cached keys and a prefill of
+    /// 40 queries, with left padding and with and without a window.
     #[test]
-    fn attention_rows_reference_is_the_model_attention() {
+    fn attention_kernels_reference_is_the_model_attention() {
         let device = Device::flex();
         let model = tiny_dense(&device);
         let attention = &model.layers[0].self_attn;
         let (nh, nkv, d) = attention.head_counts();
         let pads = [0, 5];
         let b = pads.len();
-        let queries = SlotRange { start: 14, len: 3 };
-        let keys = SlotRange { start: 2, len: 15 };
-        let q = Tensor::<4>::random([b, nh, queries.len, d], Distribution::Default, &device);
-        let k = Tensor::<4>::random([b, nkv, keys.len, d], Distribution::Default, &device);
-        let v = Tensor::<4>::random([b, nkv, keys.len, d], Distribution::Default, &device);
-        for window in [Some(4), None] {
+        let decode = (
+            SlotRange { start: 14, len: 3 },
+            SlotRange { start: 2, len: 15 },
+        );
+        let prefill = (
+            SlotRange { start: 0, len: 40 },
+            SlotRange { start: 0, len: 40 },
+        );
+        for ((queries, keys), window) in [
+            (decode, Some(4)),
+            (decode, None),
+            (prefill, Some(8)),
+            (prefill, None),
+        ] {
+            let q = Tensor::<4>::random([b, nh, queries.len, d], Distribution::Default, &device);
+            let k = Tensor::<4>::random([b, nkv, keys.len, d], Distribution::Default, &device);
+            let v = Tensor::<4>::random([b, nkv, keys.len, d], Distribution::Default, &device);
             let mask = KeyMask::new(&pads, queries, keys, window, &device);
             let model_out = attention
                 .attend_in_chunks(
@@ -366,7 +391,11 @@ mod tests {
                 (d as f32).powf(-0.5),
             );
             let diff: f32 = (model_out - reference).abs().max().into_scalar();
-            assert!(diff < 1e-5, "{window:?}: reference differs by {diff}");
+            assert!(
+                diff < 1e-5,
+                "{} queries, window {window:?}: reference differs by {diff}",
+                queries.len
+            );
         }
     }
 

@@ -241,6 +241,7 @@ impl GptOss {
         };
         let mut masks: HashMap<(usize, usize, Option<usize>), KeyMask> = HashMap::new();
         let ForwardOptions { mut observer, mask } = options;
+        let mut deferred_routing = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache: Option<&mut LayerKv> = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let keys = match &layer_cache {
@@ -263,6 +264,7 @@ impl GptOss {
                 observer: observer.as_deref_mut(),
                 balance_loss: balance_losses.is_some(),
                 residual: None,
+                deferred: Some(&mut deferred_routing),
             };
             let moe = layer.moe_after_attention(x, attn_out, hooks);
             x = moe.hidden;
@@ -280,6 +282,11 @@ impl GptOss {
             }
             if let (Some(losses), Some(loss)) = (balance_losses.as_deref_mut(), moe.balance_loss) {
                 losses.push(loss);
+            }
+        }
+        if let Some(o) = observer {
+            for routing in deferred_routing {
+                routing.send(o);
             }
         }
         if let Some(c) = cache {

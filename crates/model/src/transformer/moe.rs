@@ -34,6 +34,10 @@ pub struct RoutingHooks<'a, 'o> {
     /// Added to the output [B, T, H] (the decoder layer's residual stream; the per-pair GPU
     /// kernel adds it in the same launch).
     pub residual: Option<Tensor<3>>,
+    /// Where to leave the layer's routing for the observer to read after the pass (one wait
+    /// for the device at the end instead of one per layer), when its needs allow
+    /// ([`ObserverNeeds::can_wait`]); `None` hands it over at once.
+    pub deferred: Option<&'a mut Vec<PendingRouting>>,
 }
 
 /// The MoE block's output.
@@ -106,25 +110,23 @@ impl Moe {
             self.per_expert(&xs, &top_ids, &gates, &logits, needs, hooks.balance_loss)
         };
         if let Some(observer) = hooks.observer {
-            // The per-expert path read the ids already; the grouped one reads them only here.
-            let ids = ids.unwrap_or_else(|| {
-                top_ids
-                    .try_into_vec_as::<i64>()
-                    .expect("expert ids are integers")
-            });
-            RoutingReport {
+            let report = RoutingReport {
                 layer: hooks.layer,
                 batch: b,
                 seq_len: t,
                 top_k: k,
                 num_experts: self.num_experts(),
-                expert_ids: ids.iter().map(|&e| e as u32).collect(),
+                read_ids: ids,
+                top_ids,
                 gates,
                 logits,
                 moe_input: xs,
                 output_stats,
+            };
+            match hooks.deferred {
+                Some(pending) if needs.can_wait() => pending.push(PendingRouting { report, needs }),
+                _ => report.send(observer, needs),
             }
-            .send(observer, needs);
         }
         let out = out.reshape([b, t, h]);
         MoeOutput {
@@ -227,7 +229,10 @@ struct RoutingReport {
     seq_len: usize,
     top_k: usize,
     num_experts: usize,
-    expert_ids: Vec<u32>,
+    /// The selected ids when the per-expert path read them already; else read from `top_ids`.
+    read_ids: Option<Vec<i64>>,
+    /// [n, k]
+    top_ids: Tensor<2, Int>,
     /// [n * k]
     gates: Tensor<1>,
     /// [n, E] after masking.
@@ -241,6 +246,12 @@ struct RoutingReport {
 impl RoutingReport {
     /// Reads what the observer asked for and hands it over.
     fn send(self, observer: &mut (dyn RoutingObserver + '_), needs: ObserverNeeds) {
+        let ids = self.read_ids.unwrap_or_else(|| {
+            self.top_ids
+                .try_into_vec_as::<i64>()
+                .expect("expert ids are integers")
+        });
+        let expert_ids: Vec<u32> = ids.iter().map(|&e| e as u32).collect();
         let (output_norms, output_max_abs) = match self.output_stats {
             Some(stats) => {
                 let both = stats.try_into_vec_as::<f32>().expect("f32 norms");
@@ -263,12 +274,25 @@ impl RoutingReport {
             seq_len: self.seq_len,
             top_k: self.top_k,
             num_experts: self.num_experts,
-            expert_ids: &self.expert_ids,
+            expert_ids: &expert_ids,
             gate_weights: &gate_weights,
             router_logits: router_logits.as_deref(),
             expert_output_norms: output_norms.as_deref(),
             expert_output_max_abs: output_max_abs.as_deref(),
             moe_input: moe_input.as_deref(),
         });
+    }
+}
+
+/// A layer's routing left on the device for the observer (see [`RoutingHooks::deferred`]).
+pub struct PendingRouting {
+    report: RoutingReport,
+    needs: ObserverNeeds,
+}
+
+impl PendingRouting {
+    /// Reads the routing and hands it to `observer`.
+    pub fn send(self, observer: &mut (dyn RoutingObserver + '_)) {
+        self.report.send(observer, self.needs);
     }
 }

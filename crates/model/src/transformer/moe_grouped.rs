@@ -9,6 +9,7 @@
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{Int, IntDType, Tensor};
+use gpt_oss_kernels::grouped_mxfp4::{LARGE_TILES, SMALL_TILES, Tiling};
 
 use super::experts::{ExpertMatrix, Experts, swiglu};
 
@@ -39,8 +40,8 @@ pub struct ExpertGroups {
     pub offsets: Tensor<1, Int>,
     /// First kernel tile of each expert, prefix sums of ceil(count / tile_rows) [E + 1], 32-bit.
     pub tile_starts: Tensor<1, Int>,
-    /// Rows per kernel tile: [`TILE_ROWS`] for the tensor-core kernel, [`FEW_ROWS`] for the
-    /// few-rows kernel.
+    /// Rows per kernel tile: [`FEW_ROWS`] for the few-rows kernel, a tensor-core tiling's
+    /// rows ([`tensor_core_tiling`]) otherwise.
     pub tile_rows: usize,
 }
 
@@ -126,17 +127,27 @@ pub fn grouped_matmul(
 ) -> Tensor<2> {
     match (path, weights) {
         (ExpertPath::GroupedKernel, ExpertMatrix::Mxfp4(packed)) => {
-            let kernel = match groups.tile_rows {
-                FEW_ROWS => gpt_oss_kernels::grouped_mxfp4_rows::grouped_mxfp4_rows_matmul,
-                TILE_ROWS => gpt_oss_kernels::grouped_mxfp4::grouped_mxfp4_matmul,
-                other => panic!("no grouped kernel takes tiles of {other} rows"),
-            };
-            kernel(
+            let (words, scales) = (packed.words.val(), packed.scale_words.val());
+            let (offsets, tile_starts) = (groups.offsets.clone(), groups.tile_starts.clone());
+            if groups.tile_rows == FEW_ROWS {
+                return gpt_oss_kernels::grouped_mxfp4_rows::grouped_mxfp4_rows_matmul(
+                    rows,
+                    words,
+                    scales,
+                    offsets,
+                    tile_starts,
+                );
+            }
+            let tiling = tensor_core_tiling(groups.tile_rows).unwrap_or_else(|| {
+                panic!("no grouped kernel takes tiles of {} rows", groups.tile_rows)
+            });
+            gpt_oss_kernels::grouped_mxfp4::grouped_mxfp4_matmul(
                 rows,
-                packed.words.val(),
-                packed.scale_words.val(),
-                groups.offsets.clone(),
-                groups.tile_starts.clone(),
+                words,
+                scales,
+                offsets,
+                tile_starts,
+                tiling,
             )
         }
         (ExpertPath::GroupedReferenceBf16, _) | (ExpertPath::GroupedKernel, _) => {
@@ -175,21 +186,33 @@ pub fn grouped_matmul_reference(
     Tensor::cat(pieces, 0)
 }
 
-/// Rows per tile of the tensor-core kernel (the reference ignores tiles).
-pub const TILE_ROWS: usize = gpt_oss_kernels::grouped_mxfp4::TILE_M;
+/// Rows per tile of the tensor-core kernel's tilings (the reference ignores tiles).
+pub const TILE_ROWS: usize = SMALL_TILES.m;
+pub const LARGE_TILE_ROWS: usize = LARGE_TILES.m;
 /// Rows per tile of the few-rows kernel.
 pub const FEW_ROWS: usize = gpt_oss_kernels::grouped_mxfp4_rows::ROWS;
 /// Up to this many (token, rank) pairs a layer's experts run through the few-rows kernel
 /// (decoding: 4 pairs per token at batch 1, 128 at batch 32).
 pub const FEW_PAIRS: usize = 256;
+/// From this many pairs on, tiles of [`LARGE_TILE_ROWS`] (scoring's 8 x 2048 tokens make
+/// 65,536 pairs, about 2,048 rows per expert of 32; below, padding the last tile of each expert
+/// to 256 rows would cost more than the larger tiles save).
+pub const LARGE_TILE_PAIRS: usize = 16384;
 
 /// The tile height for `pairs` (token, rank) pairs.
 pub fn tile_rows_for(pairs: usize) -> usize {
     if pairs <= FEW_PAIRS {
         FEW_ROWS
-    } else {
+    } else if pairs < LARGE_TILE_PAIRS {
         TILE_ROWS
+    } else {
+        LARGE_TILE_ROWS
     }
+}
+
+/// The tensor-core kernel's tiling with tiles of `rows` rows.
+pub fn tensor_core_tiling(rows: usize) -> Option<Tiling> {
+    [SMALL_TILES, LARGE_TILES].into_iter().find(|t| t.m == rows)
 }
 
 /// The experts on `xs` [n, H] for `top_ids` [n, k] with softmax `gates` [n * k] -> [n, H].

@@ -184,6 +184,7 @@ impl GptOss {
                 observer: None,
                 balance_loss: false,
                 residual: None,
+                deferred: None,
             };
             x = layer.moe_after_attention(x, attn_out, hooks).hidden;
         }

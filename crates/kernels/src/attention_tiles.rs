@@ -1,0 +1,322 @@
+//! Attention for many queries (scoring, prefill) in one kernel on the tensor cores: scores,
+//! key ranges, sink, softmax and the weighted values (spec 4.4), flash-style.
+//!
+//! burn runs it as two f32 matmuls (no tensor cores in f32 on Vulkan) around a chain of
+//! elementwise passes over [B, heads, T, S] scores. A workgroup of [`UNITS`] invocations takes
+//! [`QUERIES`] queries of one (row, head) and walks the union of their visible keys
+//! (`ranges`, as [`crate::attention_rows`] reads them) in blocks of [`KEYS`]:
+//! 1. the block's keys are staged in shared memory and the scores `q k^T` come from the tensor
+//!    cores (bf16 inputs, f32 products; workgroup-scope cooperative matrices);
+//! 2. four invocations per query mask the scores by the query's range and update a running
+//!    softmax started from the sink's logit (maximum shared through shared memory, each
+//!    invocation keeping its own partial sum and its quarter of the output row);
+//! 3. the probabilities, rounded to bf16, times the block's values on the tensor cores, added
+//!    to the output after rescaling.
+//!
+//! Heads of 64 dimensions only ([`supports`]); everything else takes burn's ops.
+
+use burn::backend::{
+    backend_extension,
+    tensor::{FloatTensor, IntTensor},
+};
+use burn::tensor::{DType, Int, Shape, Tensor};
+use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
+use cubecl::prelude::*;
+use half::bf16;
+
+use crate::launch::empty_f32;
+
+/// Queries per workgroup.
+pub const QUERIES: usize = 64;
+/// Keys per block.
+pub const KEYS: usize = 64;
+/// The one head size the kernel takes.
+pub const HEAD_DIM: usize = 64;
+/// Invocations per workgroup: four per query.
+const UNITS: u32 = 256;
+/// Invocations per query, and the score columns (or output dimensions) each one owns.
+const PER_QUERY: u32 = 4;
+const COLUMNS: u32 = KEYS as u32 / PER_QUERY;
+/// Below every score: marks a masked key.
+const MASKED: f32 = -3.0e38;
+
+/// A [`QUERIES`] x [`KEYS`] (or x [`HEAD_DIM`]) tensor-core matrix of the given role.
+#[cube]
+fn tile_matrix<E: Scalar>(
+    #[comptime] ident: cmma::MatrixIdent,
+    #[comptime] layout: cmma::MatrixLayout,
+) -> cmma::Matrix<E, cmma::Cube> {
+    unsafe { cmma::Matrix::<E, cmma::Cube>::uninitialized(ident, QUERIES, KEYS, HEAD_DIM, layout) }
+}
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn attention_tiles_kernel(
+    q: &[bf16],
+    k: &[bf16],
+    v: &[bf16],
+    sinks: &[f32],
+    ranges: &[u32],
+    out: &mut [f32],
+    heads: u32,
+    kv_heads: u32,
+    queries: u32,
+    keys: u32,
+    scale: f32,
+) {
+    let d = HEAD_DIM as u32;
+    let first_query = CUBE_POS_X * QUERIES as u32;
+    let head = CUBE_POS_Y;
+    let row = CUBE_POS_Z;
+    let kv_head = head / (heads / kv_heads);
+    let unit = UNIT_POS;
+    let local = unit / PER_QUERY;
+    let quarter = unit % PER_QUERY;
+    let query = first_query + local;
+
+    let mut lows = Shared::<[u32]>::new_slice(QUERIES);
+    let mut highs = Shared::<[u32]>::new_slice(QUERIES);
+    let mut span = Shared::<[u32]>::new_slice(2usize);
+    let mut key_stage = Shared::<[bf16]>::new_aligned_slice(KEYS * HEAD_DIM, 16usize);
+    let mut products = Shared::<[f32]>::new_aligned_slice(QUERIES * KEYS, 16usize);
+    let mut probs = Shared::<[bf16]>::new_aligned_slice(QUERIES * KEYS, 16usize);
+    let mut partial = Shared::<[f32]>::new_slice(UNITS as usize);
+
+    // Each query's visible keys; the block walks their union.
+    if unit < QUERIES as u32 {
+        let mut lo = 0u32;
+        let mut hi = 0u32;
+        if first_query + unit < queries {
+            let at = (row * queries + first_query + unit) * 2;
+            lo = ranges[at as usize];
+            hi = ranges[at as usize + 1];
+        }
+        lows[unit as usize] = lo;
+        highs[unit as usize] = hi;
+    }
+    sync_cube();
+    if unit == 0 {
+        let mut lo = keys;
+        let mut hi = 0u32;
+        for i in 0..QUERIES {
+            if lows[i] < highs[i] {
+                lo = min(lo, lows[i]);
+                hi = max(hi, highs[i]);
+            }
+        }
+        span[0] = lo;
+        span[1] = hi;
+    }
+    sync_cube();
+    let span_lo = span[0];
+    let span_hi = span[1];
+    let my_lo = lows[local as usize];
+    let my_hi = highs[local as usize];
+
+    // The views end at this head's last query and key: rows past them read zeros.
+    let q_view = TensorView::new(q, seq![(row * heads + head + 1) * queries, d]).finish();
+    let v_view = TensorView::new(v, seq![(row * kv_heads + kv_head + 1) * keys, d]).finish();
+    let q_rows = (row * heads + head) * queries + first_query;
+    let kv_rows = (row * kv_heads + kv_head) * keys;
+    let mut q_mat = tile_matrix::<bf16>(cmma::MatrixIdent::A, cmma::MatrixLayout::Undefined);
+    cmma::load_tensor(
+        &mut q_mat,
+        &q_view.slice(seq![q_rows, 0], seq![QUERIES as u32, d]),
+    );
+    let mut k_mat = tile_matrix::<bf16>(cmma::MatrixIdent::B, cmma::MatrixLayout::ColMajor);
+    let mut p_mat = tile_matrix::<bf16>(cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor);
+    let mut v_mat = tile_matrix::<bf16>(cmma::MatrixIdent::B, cmma::MatrixLayout::Undefined);
+    let mut acc = tile_matrix::<f32>(
+        cmma::MatrixIdent::Accumulator,
+        cmma::MatrixLayout::Undefined,
+    );
+
+    // The sink is one more logit: start from it (its exp(0) = 1 counted once, by quarter 0).
+    let mut running_max = sinks[head as usize];
+    let mut running_sum = select(quarter == 0, 1.0f32, 0.0f32);
+    let mut output = Array::<f32>::new(COLUMNS as usize);
+    let mut scores = Array::<f32>::new(COLUMNS as usize);
+    #[unroll]
+    for j in 0..COLUMNS as usize {
+        output[j] = 0.0;
+    }
+    let column0 = quarter * COLUMNS;
+    let mut start = span_lo;
+    while start < span_hi {
+        // Keys start.. of the block as column-major B = K^T: (dim, key) at key * d + dim.
+        let mut e = unit;
+        while e < (KEYS * HEAD_DIM) as u32 {
+            let key = start + e / d;
+            let mut value = bf16::cast_from(0.0f32);
+            if key < keys {
+                value = k[((kv_rows + key) * d + e % d) as usize];
+            }
+            key_stage[e as usize] = value;
+            e += UNITS;
+        }
+        sync_cube();
+        cmma::fill(&mut acc, 0.0f32);
+        cmma::load(&mut k_mat, &key_stage[0..KEYS * HEAD_DIM], d);
+        cmma::execute(&q_mat, &k_mat, &acc, &acc);
+        cmma::store(
+            &mut products[0..QUERIES * KEYS],
+            &acc,
+            KEYS as u32,
+            cmma::MatrixLayout::RowMajor,
+        );
+        sync_cube();
+
+        let mut local_max = f32::new(MASKED);
+        #[unroll]
+        for j in 0..COLUMNS as usize {
+            let key = start + column0 + j as u32;
+            let score = products[(local * KEYS as u32 + column0) as usize + j] * scale;
+            let visible = key >= my_lo && key < my_hi;
+            scores[j] = select(visible, score, MASKED);
+            local_max = max(local_max, scores[j]);
+        }
+        partial[unit as usize] = local_max;
+        sync_cube();
+        let base = (local * PER_QUERY) as usize;
+        let block_max = max(
+            max(partial[base], partial[base + 1]),
+            max(partial[base + 2], partial[base + 3]),
+        );
+        let new_max = max(running_max, block_max);
+        let rescale = (running_max - new_max).exp();
+        let mut block_sum = 0.0f32;
+        #[unroll]
+        for j in 0..COLUMNS as usize {
+            let p = select(scores[j] > MASKED, (scores[j] - new_max).exp(), 0.0f32);
+            block_sum += p;
+            probs[(local * KEYS as u32 + column0) as usize + j] = bf16::cast_from(p);
+        }
+        running_sum = running_sum * rescale + block_sum;
+        running_max = new_max;
+        #[unroll]
+        for j in 0..COLUMNS as usize {
+            output[j] *= rescale;
+        }
+        sync_cube();
+
+        cmma::fill(&mut acc, 0.0f32);
+        cmma::load(&mut p_mat, &probs[0..QUERIES * KEYS], KEYS as u32);
+        cmma::load_tensor(
+            &mut v_mat,
+            &v_view.slice(seq![kv_rows + start, 0], seq![KEYS as u32, d]),
+        );
+        cmma::execute(&p_mat, &v_mat, &acc, &acc);
+        cmma::store(
+            &mut products[0..QUERIES * HEAD_DIM],
+            &acc,
+            d,
+            cmma::MatrixLayout::RowMajor,
+        );
+        sync_cube();
+        #[unroll]
+        for j in 0..COLUMNS as usize {
+            output[j] += products[(local * d + column0) as usize + j];
+        }
+        start += KEYS as u32;
+    }
+    partial[unit as usize] = running_sum;
+    sync_cube();
+    let base = (local * PER_QUERY) as usize;
+    let total = partial[base] + partial[base + 1] + partial[base + 2] + partial[base + 3];
+    if query < queries {
+        let out_base = ((row * queries + query) * heads + head) * d + column0;
+        #[unroll]
+        for j in 0..COLUMNS as usize {
+            out[out_base as usize + j] = output[j] / total;
+        }
+    }
+}
+
+/// GPU extension op; only the CubeCL backend implements it.
+#[backend_extension(Cube, Fusion)]
+pub trait AttentionTilesBackend: burn::backend::Backend {
+    /// `q` [B, heads, T, 64] bf16, `k` and `v` [B, kv_heads, S, 64] bf16, `sinks` [heads] f32,
+    /// `ranges` [B * T * 2] (visible keys lo..hi per row and query, 32-bit) -> [B, T, heads,
+    /// 64] f32.
+    #[fusion(dtype = output_dtype(q), shape = Shape::from(vec![q[0], q[2], q[1], q[3]]))]
+    fn attention_tiles(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        sinks: FloatTensor<Self>,
+        ranges: IntTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
+}
+
+fn output_dtype(_q: DType) -> DType {
+    DType::F32
+}
+
+impl AttentionTilesBackend for CubeBackend {
+    fn attention_tiles(
+        q: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        sinks: CubeTensor,
+        ranges: CubeTensor,
+        scale: f32,
+    ) -> CubeTensor {
+        let [q, k, v, sinks, ranges] = [q, k, v, sinks, ranges].map(into_contiguous);
+        let [b, heads, t, d] = [0, 1, 2, 3].map(|i| q.meta.shape()[i]);
+        let [kv_heads, keys] = [k.meta.shape()[1], k.meta.shape()[2]];
+        assert!(
+            supports(d),
+            "attention_tiles: head_dim {d} (only {HEAD_DIM})"
+        );
+        let out = empty_f32(&q, vec![b, t, heads, d]);
+        attention_tiles_kernel::launch(
+            &q.client.clone(),
+            CubeCount::Static(t.div_ceil(QUERIES) as u32, heads as u32, b as u32),
+            CubeDim::new_1d(UNITS),
+            q.into_buffer_arg(),
+            k.into_buffer_arg(),
+            v.into_buffer_arg(),
+            sinks.into_buffer_arg(),
+            ranges.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            heads as u32,
+            kv_heads as u32,
+            t as u32,
+            keys as u32,
+            scale,
+        );
+        out
+    }
+}
+
+/// Whether the kernel takes heads of `head_dim`.
+pub fn supports(head_dim: usize) -> bool {
+    head_dim == HEAD_DIM
+}
+
+/// Attention of queries `q` [B, heads, T, 64] over keys and values [B, kv_heads, S, 64] (query
+/// head h reads kv head h / (heads / kv_heads)), each query seeing the keys
+/// `ranges[(b * T + i) * 2]..ranges[(b * T + i) * 2 + 1]` (32-bit ints), with one sink logit per
+/// head in the softmax -> [B, T, heads, 64]. q, k and v are rounded to bf16, and so are the
+/// probabilities before they weight the values; GPU only.
+pub fn attention_tiles(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    sinks: Tensor<1>,
+    ranges: Tensor<1, Int>,
+    scale: f32,
+) -> Tensor<4> {
+    let [q, k, v] = [q, k, v].map(|x| x.cast(DType::BF16));
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as AttentionTilesBackend>::attention_tiles(
+            q.into_dispatch(),
+            k.into_dispatch(),
+            v.into_dispatch(),
+            sinks.into_dispatch(),
+            ranges.into_dispatch(),
+            scale,
+        ),
+    )
+}
