@@ -393,12 +393,12 @@ impl GroupedBackend for CubeBackend {
         let client = a.client.clone();
         let out = empty_f32(&a, vec![p, n]);
         let mut t = tiling;
-        if k % t.k != 0 {
+        if !k.is_multiple_of(t.k) {
             // Every K is a multiple of one MXFP4 block; a longer step must divide it.
             t.k = 32;
         }
         assert!(
-            (t.n * t.k / 8) % UNITS as usize == 0,
+            (t.n * t.k / 8).is_multiple_of(UNITS as usize),
             "grouped MXFP4 kernel: a {} x {} stage must be a multiple of {} words",
             t.n,
             t.k,
