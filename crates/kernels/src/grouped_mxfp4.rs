@@ -9,6 +9,13 @@
 //! this step's products and decoded after them. Which expert and row tile a workgroup takes comes from `tile_starts` (prefix sums
 //! of ceil(count / tm)), computed on the device: no host round trip. The grid is sized for the
 //! worst case (ceil(P / tm) + E tiles); workgroups past the last tile exit at once.
+//!
+//! Epilogues (issue 7's "gate_up with bias, clamp and SwiGLU fused; down with the gate weight
+//! fused"): a workgroup-scope accumulator can only be stored whole, and a 256 x 128 f32 tile
+//! does not fit in shared memory, so the tile is stored to the output, a storage barrier makes
+//! it visible to the whole workgroup, and the invocations read it back (from cache) to add the
+//! expert's bias and write either the clamped SwiGLU [P, N / 2] or the product times each
+//! row's gate weight, in the same launch.
 
 use crate::launch::empty_f32;
 use burn::backend::{
@@ -68,6 +75,11 @@ pub const LARGE_TILES: Tiling = Tiling {
 
 /// Invocations per workgroup.
 pub const UNITS: u32 = 256;
+
+/// What the kernel does with a tile's products after storing them (comptime codes).
+const EPILOGUE_NONE: u32 = 0;
+const EPILOGUE_SWIGLU: u32 = 1;
+const EPILOGUE_SCALED: u32 = 2;
 
 /// The E2M1 value of a 4-bit code (sign in bit 3).
 #[cube]
@@ -173,12 +185,18 @@ fn grouped_mxfp4_kernel(
     offsets: &[u32],
     tile_starts: &[u32],
     out: &mut [f32],
+    bias: &[f32],
+    row_weights: &[f32],
+    activation: &mut [f32],
     n: u32,
     k: u32,
     scale_words_per_expert: u32,
     num_experts: u32,
+    limit: f32,
+    alpha: f32,
     #[comptime] tile: (usize, usize, usize),
     #[comptime] scheme: (bool, bool),
+    #[comptime] epilogue: u32,
 ) {
     let (tm, tn, tk) = tile;
     let (pipelined, use_table) = scheme;
@@ -349,6 +367,97 @@ fn grouped_mxfp4_kernel(
     }
     let mut out_tile = out_view.slice(seq![row_begin, col_begin], seq![tm as u32, tn as u32]);
     cmma::store_tensor(&mut out_tile, &acc);
+    if comptime![epilogue != EPILOGUE_NONE] {
+        // The tile's products are read back by other invocations than the ones that stored
+        // them: a barrier over storage memory.
+        sync_storage();
+        let rows = min(row_end - row_begin, tm as u32);
+        if comptime![epilogue == EPILOGUE_SWIGLU] {
+            swiglu_epilogue(
+                out, bias, activation, expert, row_begin, rows, col_begin, n, limit, alpha, tm, tn,
+            );
+        } else {
+            scaled_epilogue(
+                out,
+                bias,
+                row_weights,
+                expert,
+                row_begin,
+                rows,
+                col_begin,
+                n,
+                tm,
+                tn,
+            );
+        }
+    }
+}
+
+/// The product [P, N] of gate (even columns) and up (odd columns) units plus the expert's
+/// bias, to the clamped SwiGLU [P, N / 2] (spec 3.4): min(gate, limit) * sigmoid(alpha *
+/// min(gate, limit)) * (clamp(up, -limit, limit) + 1), for this tile's rows and columns.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn swiglu_epilogue(
+    product: &mut [f32],
+    bias: &[f32],
+    activation: &mut [f32],
+    expert: u32,
+    row_begin: u32,
+    rows: u32,
+    col_begin: u32,
+    n: u32,
+    limit: f32,
+    alpha: f32,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+) {
+    let units = (tn / 2) as u32;
+    let mut e = UNIT_POS;
+    while e < (tm * tn / 2) as u32 {
+        let r = e / units;
+        let col = col_begin + 2 * (e % units);
+        if r < rows && col < n {
+            let at = (row_begin + r) * n + col;
+            let gate = min(
+                product[at as usize] + bias[(expert * n + col) as usize],
+                limit,
+            );
+            let up = product[at as usize + 1] + bias[(expert * n + col + 1) as usize];
+            let up = clamp(up, -limit, limit);
+            let glu = gate / (1.0 + (-(gate * alpha)).exp());
+            activation[((row_begin + r) * (n / 2) + col / 2) as usize] = glu * (up + 1.0);
+        }
+        e += UNITS;
+    }
+}
+
+/// The product [P, N] plus the expert's bias, times each row's weight (its gate), in place.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn scaled_epilogue(
+    product: &mut [f32],
+    bias: &[f32],
+    row_weights: &[f32],
+    expert: u32,
+    row_begin: u32,
+    rows: u32,
+    col_begin: u32,
+    n: u32,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+) {
+    let mut e = UNIT_POS;
+    while e < (tm * tn) as u32 {
+        let r = e / tn as u32;
+        let col = col_begin + e % tn as u32;
+        if r < rows && col < n {
+            let at = ((row_begin + r) * n + col) as usize;
+            product[at] = (product[at] + bias[(expert * n + col) as usize])
+                * row_weights[(row_begin + r) as usize];
+        }
+        e += UNITS;
+    }
 }
 
 /// GPU extension ops for the grouped MoE; only the CubeCL backend implements them.
@@ -366,6 +475,37 @@ pub trait GroupedBackend: burn::backend::Backend {
         tile_starts: IntTensor<Self>,
         #[fusion(scalar = tiling.code())] tiling: Tiling,
     ) -> FloatTensor<Self>;
+
+    /// As `grouped_mxfp4_matmul` for gate_up, with each expert's `bias` [E, N] and the clamped
+    /// SwiGLU in the same launch -> [P, N / 2] f32.
+    #[fusion(dtype = accumulator_dtype(a), shape = swiglu_shape(a, words))]
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_mxfp4_swiglu(
+        a: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        scales: IntTensor<Self>,
+        offsets: IntTensor<Self>,
+        tile_starts: IntTensor<Self>,
+        bias: FloatTensor<Self>,
+        #[fusion(scalar = tiling.code())] tiling: Tiling,
+        limit: f32,
+        alpha: f32,
+    ) -> FloatTensor<Self>;
+
+    /// As `grouped_mxfp4_matmul` for down, with each expert's `bias` [E, N] added and each row
+    /// multiplied by its weight `row_weights` [P] in the same launch -> [P, N] f32.
+    #[fusion(dtype = accumulator_dtype(a), shape = product_shape(a, words))]
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_mxfp4_scaled(
+        a: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        scales: IntTensor<Self>,
+        offsets: IntTensor<Self>,
+        tile_starts: IntTensor<Self>,
+        bias: FloatTensor<Self>,
+        row_weights: FloatTensor<Self>,
+        #[fusion(scalar = tiling.code())] tiling: Tiling,
+    ) -> FloatTensor<Self>;
 }
 
 fn accumulator_dtype(_input: DType) -> DType {
@@ -374,6 +514,107 @@ fn accumulator_dtype(_input: DType) -> DType {
 
 fn product_shape(a: &Shape, words: &Shape) -> Shape {
     Shape::from(vec![a[0], words[1]])
+}
+
+fn swiglu_shape(a: &Shape, words: &Shape) -> Shape {
+    Shape::from(vec![a[0], words[1] / 2])
+}
+
+/// The packed weights and the sorting of one grouped product, as the kernel reads them.
+struct GroupedInputs {
+    a: CubeTensor,
+    words: CubeTensor,
+    scales: CubeTensor,
+    offsets: CubeTensor,
+    tile_starts: CubeTensor,
+}
+
+/// The epilogue's inputs: each expert's bias, row weights (scaled), SwiGLU's limit and alpha.
+struct EpilogueInputs {
+    code: u32,
+    bias: Option<CubeTensor>,
+    row_weights: Option<CubeTensor>,
+    limit: f32,
+    alpha: f32,
+}
+
+const NO_EPILOGUE: EpilogueInputs = EpilogueInputs {
+    code: EPILOGUE_NONE,
+    bias: None,
+    row_weights: None,
+    limit: 0.0,
+    alpha: 0.0,
+};
+
+/// Launches the kernel; returns the products [P, N] (after the epilogue when scaled) and,
+/// with SwiGLU, the activations [P, N / 2].
+fn launch_grouped(
+    inputs: GroupedInputs,
+    tiling: Tiling,
+    epilogue: EpilogueInputs,
+) -> (CubeTensor, CubeTensor) {
+    let GroupedInputs {
+        a,
+        words,
+        scales,
+        offsets,
+        tile_starts,
+    } = inputs;
+    let [a, words, scales, offsets, tile_starts] =
+        [a, words, scales, offsets, tile_starts].map(into_contiguous);
+    let (p, k) = (a.meta.shape()[0], a.meta.shape()[1]);
+    let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
+    let scale_words = scales.meta.shape()[1];
+    let client = a.client.clone();
+    let out = empty_f32(&a, vec![p, n]);
+    let activation = if epilogue.code == EPILOGUE_SWIGLU {
+        empty_f32(&a, vec![p, n / 2])
+    } else {
+        empty_f32(&a, vec![1])
+    };
+    let unused = || empty_f32(&out, vec![1]);
+    let bias = epilogue.bias.map(into_contiguous).unwrap_or_else(unused);
+    let row_weights = epilogue
+        .row_weights
+        .map(into_contiguous)
+        .unwrap_or_else(unused);
+    let mut t = tiling;
+    if !k.is_multiple_of(t.k) {
+        // Every K is a multiple of one MXFP4 block; a longer step must divide it.
+        t.k = 32;
+    }
+    assert!(
+        (t.n * t.k / 8).is_multiple_of(UNITS as usize),
+        "grouped MXFP4 kernel: a {} x {} stage must be a multiple of {} words",
+        t.n,
+        t.k,
+        UNITS * 8
+    );
+    let tiles = p.div_ceil(t.m) + experts;
+    grouped_mxfp4_kernel::launch(
+        &client,
+        CubeCount::Static(tiles as u32, n.div_ceil(t.n) as u32, 1),
+        CubeDim::new_1d(UNITS),
+        a.into_buffer_arg(),
+        words.into_buffer_arg(),
+        scales.into_buffer_arg(),
+        offsets.into_buffer_arg(),
+        tile_starts.into_buffer_arg(),
+        out.clone().into_buffer_arg(),
+        bias.into_buffer_arg(),
+        row_weights.into_buffer_arg(),
+        activation.clone().into_buffer_arg(),
+        n as u32,
+        k as u32,
+        scale_words as u32,
+        experts as u32,
+        epilogue.limit,
+        epilogue.alpha,
+        (t.m, t.n, t.k),
+        (t.pipelined, t.table),
+        epilogue.code,
+    );
+    (out, activation)
 }
 
 impl GroupedBackend for CubeBackend {
@@ -385,66 +626,147 @@ impl GroupedBackend for CubeBackend {
         tile_starts: CubeTensor,
         tiling: Tiling,
     ) -> CubeTensor {
-        let [a, words, scales, offsets, tile_starts] =
-            [a, words, scales, offsets, tile_starts].map(into_contiguous);
-        let (p, k) = (a.meta.shape()[0], a.meta.shape()[1]);
-        let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
-        let scale_words = scales.meta.shape()[1];
-        let client = a.client.clone();
-        let out = empty_f32(&a, vec![p, n]);
-        let mut t = tiling;
-        if !k.is_multiple_of(t.k) {
-            // Every K is a multiple of one MXFP4 block; a longer step must divide it.
-            t.k = 32;
-        }
-        assert!(
-            (t.n * t.k / 8).is_multiple_of(UNITS as usize),
-            "grouped MXFP4 kernel: a {} x {} stage must be a multiple of {} words",
-            t.n,
-            t.k,
-            UNITS * 8
-        );
-        let tiles = p.div_ceil(t.m) + experts;
-        grouped_mxfp4_kernel::launch(
-            &client,
-            CubeCount::Static(tiles as u32, n.div_ceil(t.n) as u32, 1),
-            CubeDim::new_1d(UNITS),
-            a.into_buffer_arg(),
-            words.into_buffer_arg(),
-            scales.into_buffer_arg(),
-            offsets.into_buffer_arg(),
-            tile_starts.into_buffer_arg(),
-            out.clone().into_buffer_arg(),
-            n as u32,
-            k as u32,
-            scale_words as u32,
-            experts as u32,
-            (t.m, t.n, t.k),
-            (t.pipelined, t.table),
-        );
-        out
+        let inputs = GroupedInputs {
+            a,
+            words,
+            scales,
+            offsets,
+            tile_starts,
+        };
+        launch_grouped(inputs, tiling, NO_EPILOGUE).0
+    }
+
+    fn grouped_mxfp4_swiglu(
+        a: CubeTensor,
+        words: CubeTensor,
+        scales: CubeTensor,
+        offsets: CubeTensor,
+        tile_starts: CubeTensor,
+        bias: CubeTensor,
+        tiling: Tiling,
+        limit: f32,
+        alpha: f32,
+    ) -> CubeTensor {
+        let inputs = GroupedInputs {
+            a,
+            words,
+            scales,
+            offsets,
+            tile_starts,
+        };
+        let epilogue = EpilogueInputs {
+            code: EPILOGUE_SWIGLU,
+            bias: Some(bias),
+            limit,
+            alpha,
+            ..NO_EPILOGUE
+        };
+        launch_grouped(inputs, tiling, epilogue).1
+    }
+
+    fn grouped_mxfp4_scaled(
+        a: CubeTensor,
+        words: CubeTensor,
+        scales: CubeTensor,
+        offsets: CubeTensor,
+        tile_starts: CubeTensor,
+        bias: CubeTensor,
+        row_weights: CubeTensor,
+        tiling: Tiling,
+    ) -> CubeTensor {
+        let inputs = GroupedInputs {
+            a,
+            words,
+            scales,
+            offsets,
+            tile_starts,
+        };
+        let epilogue = EpilogueInputs {
+            code: EPILOGUE_SCALED,
+            bias: Some(bias),
+            row_weights: Some(row_weights),
+            ..NO_EPILOGUE
+        };
+        launch_grouped(inputs, tiling, epilogue).0
     }
 }
 
-/// The kernel through burn tensors: `a` is cast to bf16; int inputs must be 32-bit;
-/// `tile_starts` counts tiles of `tiling.m` rows.
-pub fn grouped_mxfp4_matmul(
-    a: Tensor<2>,
-    words: Tensor<3, Int>,
-    scales: Tensor<2, Int>,
-    offsets: Tensor<1, Int>,
-    tile_starts: Tensor<1, Int>,
-    tiling: Tiling,
-) -> Tensor<2> {
+/// MXFP4 expert weights as the kernels read them: `words` [E, N, K / 8] and `scales` [E, S]
+/// (32-bit ints).
+#[derive(Clone)]
+pub struct PackedWeights {
+    pub words: Tensor<3, Int>,
+    pub scales: Tensor<2, Int>,
+}
+
+/// Rows sorted by expert: `offsets` and `tile_starts` [E + 1] (32-bit; `tile_starts` counts
+/// tiles of `tiling.m` rows), and the tiling.
+#[derive(Clone)]
+pub struct ExpertTiles {
+    pub offsets: Tensor<1, Int>,
+    pub tile_starts: Tensor<1, Int>,
+    pub tiling: Tiling,
+}
+
+/// The kernel through burn tensors: `a` [P, K] is cast to bf16 -> [P, N].
+pub fn grouped_mxfp4_matmul(a: Tensor<2>, weights: PackedWeights, tiles: ExpertTiles) -> Tensor<2> {
     let a = a.cast(DType::BF16);
     Tensor::from_dispatch(
         <burn::backend::Dispatch as GroupedBackend>::grouped_mxfp4_matmul(
             a.into_dispatch(),
-            words.into_dispatch(),
-            scales.into_dispatch(),
-            offsets.into_dispatch(),
-            tile_starts.into_dispatch(),
-            tiling,
+            weights.words.into_dispatch(),
+            weights.scales.into_dispatch(),
+            tiles.offsets.into_dispatch(),
+            tiles.tile_starts.into_dispatch(),
+            tiles.tiling,
+        ),
+    )
+}
+
+/// gate_up with `bias` [E, N] and the clamped SwiGLU fused: `a` [P, K] -> [P, N / 2].
+pub fn grouped_mxfp4_swiglu(
+    a: Tensor<2>,
+    weights: PackedWeights,
+    tiles: ExpertTiles,
+    bias: Tensor<2>,
+    limit: f32,
+    alpha: f32,
+) -> Tensor<2> {
+    let a = a.cast(DType::BF16);
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as GroupedBackend>::grouped_mxfp4_swiglu(
+            a.into_dispatch(),
+            weights.words.into_dispatch(),
+            weights.scales.into_dispatch(),
+            tiles.offsets.into_dispatch(),
+            tiles.tile_starts.into_dispatch(),
+            bias.into_dispatch(),
+            tiles.tiling,
+            limit,
+            alpha,
+        ),
+    )
+}
+
+/// down with `bias` [E, N] and each row's weight `row_weights` [P] fused: `a` [P, K] -> [P, N].
+pub fn grouped_mxfp4_scaled(
+    a: Tensor<2>,
+    weights: PackedWeights,
+    tiles: ExpertTiles,
+    bias: Tensor<2>,
+    row_weights: Tensor<1>,
+) -> Tensor<2> {
+    let a = a.cast(DType::BF16);
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as GroupedBackend>::grouped_mxfp4_scaled(
+            a.into_dispatch(),
+            weights.words.into_dispatch(),
+            weights.scales.into_dispatch(),
+            tiles.offsets.into_dispatch(),
+            tiles.tile_starts.into_dispatch(),
+            bias.into_dispatch(),
+            row_weights.into_dispatch(),
+            tiles.tiling,
         ),
     )
 }

@@ -16,8 +16,8 @@ use gpt_oss_kernels::grouped_mxfp4;
 use gpt_oss_model::device::{DeviceChoice, select_device};
 use gpt_oss_model::transformer::experts::{ExpertMatrix, PackedMxfp4};
 use gpt_oss_model::transformer::moe_grouped::{
-    ExpertPath, FEW_ROWS, LARGE_TILE_ROWS, TILE_ROWS, group_by_expert, grouped_matmul,
-    grouped_matmul_reference,
+    ExpertGroups, ExpertPath, FEW_ROWS, LARGE_TILE_ROWS, TILE_ROWS, group_by_expert,
+    grouped_matmul, grouped_matmul_reference, tensor_core_tiling,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
@@ -87,6 +87,9 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
             let ours = run();
             let seconds = seconds_per_call(&device, run)?;
             let reference = grouped_matmul_reference(a.clone(), &matrix, &groups);
+            if let Some(tiling) = tensor_core_tiling(tile_rows) {
+                check_fused_epilogues(&mut worst, &a, &matrix, &groups, tiling, &reference)?;
+            }
             worst.record(
                 ours,
                 reference,
@@ -106,6 +109,60 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
     check_attention_tiles(&device)?;
     decoding::check_rotary(&device)?;
     decoding::check_write_at_index(&device)
+}
+
+/// The tensor-core kernel with its epilogues (gate_up: bias and clamped SwiGLU; down: bias and
+/// row weights) against burn's ops on the reference product `product` of `a`.
+fn check_fused_epilogues(
+    worst: &mut Worst,
+    a: &Tensor<2>,
+    matrix: &ExpertMatrix,
+    groups: &ExpertGroups,
+    tiling: grouped_mxfp4::Tiling,
+    product: &Tensor<2>,
+) -> anyhow::Result<()> {
+    let ExpertMatrix::Mxfp4(packed) = matrix else {
+        unreachable!("random_mxfp4 packs MXFP4")
+    };
+    let device = a.device();
+    let [rows, n] = product.dims();
+    let experts = packed.words.dims()[0];
+    let weights = grouped_mxfp4::PackedWeights {
+        words: packed.words.val(),
+        scales: packed.scale_words.val(),
+    };
+    let tiles = grouped_mxfp4::ExpertTiles {
+        offsets: groups.offsets.clone(),
+        tile_starts: groups.tile_starts.clone(),
+        tiling,
+    };
+    let bias = Tensor::<2>::random([experts, n], Distribution::Normal(0.0, 1.0), &device);
+    let row_weights = Tensor::<1>::random([rows], Distribution::Default, &device);
+    let biased = product.clone() + bias.clone().select(0, groups.expert_of_row.clone());
+    let (limit, alpha) = (7.0, 1.702);
+    let swiglu = grouped_mxfp4::grouped_mxfp4_swiglu(
+        a.clone(),
+        weights.clone(),
+        tiles.clone(),
+        bias.clone(),
+        limit,
+        alpha,
+    );
+    worst.record(
+        swiglu,
+        gpt_oss_model::transformer::experts::swiglu(biased.clone(), limit, alpha),
+        json!({"kernel": "tiles + bias + SwiGLU", "tile_rows": tiling.m, "experts": experts,
+               "rows": rows, "n": n}),
+    );
+    let scaled =
+        grouped_mxfp4::grouped_mxfp4_scaled(a.clone(), weights, tiles, bias, row_weights.clone());
+    worst.record(
+        scaled,
+        biased * row_weights.unsqueeze_dim(1),
+        json!({"kernel": "tiles + bias x row weight", "tile_rows": tiling.m,
+               "experts": experts, "rows": rows, "n": n}),
+    );
+    Ok(())
 }
 
 /// `MxNxK` with optional `/flags`: `p` pipelined, `t` FP4 table.
@@ -154,16 +211,16 @@ fn time_grouped_tilings(
         let reference = reference
             .get_or_insert_with(|| grouped_matmul_reference(a.clone(), &matrix, &groups))
             .clone();
-        let run = || {
-            grouped_mxfp4::grouped_mxfp4_matmul(
-                a.clone(),
-                packed.words.val(),
-                packed.scale_words.val(),
-                groups.offsets.clone(),
-                groups.tile_starts.clone(),
-                tiling,
-            )
+        let weights = grouped_mxfp4::PackedWeights {
+            words: packed.words.val(),
+            scales: packed.scale_words.val(),
         };
+        let tiles = grouped_mxfp4::ExpertTiles {
+            offsets: groups.offsets.clone(),
+            tile_starts: groups.tile_starts.clone(),
+            tiling,
+        };
+        let run = || grouped_mxfp4::grouped_mxfp4_matmul(a.clone(), weights.clone(), tiles.clone());
         let ours = run();
         let seconds = seconds_per_call(device, run)?;
         worst.record(

@@ -9,9 +9,11 @@
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{Int, IntDType, Tensor};
-use gpt_oss_kernels::grouped_mxfp4::{LARGE_TILES, SMALL_TILES, Tiling};
+use gpt_oss_kernels::grouped_mxfp4::{
+    self, ExpertTiles, LARGE_TILES, PackedWeights, SMALL_TILES, Tiling,
+};
 
-use super::experts::{ExpertMatrix, Experts, swiglu};
+use super::experts::{ExpertMatrix, Experts, PackedMxfp4, swiglu};
 
 /// How the MoE block runs its experts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -141,14 +143,12 @@ pub fn grouped_matmul(
             let tiling = tensor_core_tiling(groups.tile_rows).unwrap_or_else(|| {
                 panic!("no grouped kernel takes tiles of {} rows", groups.tile_rows)
             });
-            gpt_oss_kernels::grouped_mxfp4::grouped_mxfp4_matmul(
-                rows,
-                words,
-                scales,
+            let tiles = ExpertTiles {
                 offsets,
                 tile_starts,
                 tiling,
-            )
+            };
+            grouped_mxfp4::grouped_mxfp4_matmul(rows, PackedWeights { words, scales }, tiles)
         }
         (ExpertPath::GroupedReferenceBf16, _) | (ExpertPath::GroupedKernel, _) => {
             let rounded = rows
@@ -210,6 +210,34 @@ pub fn tile_rows_for(pairs: usize) -> usize {
     }
 }
 
+/// The packed gate_up and down weights and the tiles, when the experts run on the tensor-core
+/// kernel with bias, SwiGLU and gate weights in its epilogues (MXFP4 weights, the grouped
+/// kernel path, tensor-core tiles).
+fn fused_epilogue_kernels(
+    experts: &Experts,
+    groups: &ExpertGroups,
+    path: ExpertPath,
+) -> Option<(PackedWeights, PackedWeights, ExpertTiles)> {
+    let (ExpertMatrix::Mxfp4(gate_up), ExpertMatrix::Mxfp4(down)) =
+        (&experts.gate_up, &experts.down)
+    else {
+        return None;
+    };
+    let tiling = tensor_core_tiling(groups.tile_rows)?;
+    (path == ExpertPath::GroupedKernel).then(|| {
+        let packed = |m: &PackedMxfp4| PackedWeights {
+            words: m.words.val(),
+            scales: m.scale_words.val(),
+        };
+        let tiles = ExpertTiles {
+            offsets: groups.offsets.clone(),
+            tile_starts: groups.tile_starts.clone(),
+            tiling,
+        };
+        (packed(gate_up), packed(down), tiles)
+    })
+}
+
 /// The tensor-core kernel's tiling with tiles of `rows` rows.
 pub fn tensor_core_tiling(rows: usize) -> Option<Tiling> {
     [SMALL_TILES, LARGE_TILES].into_iter().find(|t| t.m == rows)
@@ -229,19 +257,40 @@ pub fn grouped_experts(
     let groups = group_by_expert(top_ids.reshape([n * k]), num_experts, tile_rows_for(n * k));
     let token_of_row = groups.pair_of_row.clone().div_scalar(k as i64);
     let rows = xs.select(0, token_of_row);
-    let gate_up = grouped_matmul(rows, &experts.gate_up, &groups, path)
-        + experts
-            .gate_up_bias
-            .val()
-            .select(0, groups.expert_of_row.clone());
-    let act = swiglu(gate_up, experts.swiglu_limit, experts.swiglu_alpha);
-    let down = grouped_matmul(act, &experts.down, &groups, path)
-        + experts
-            .down_bias
-            .val()
-            .select(0, groups.expert_of_row.clone());
-    let weights = gates.select(0, groups.pair_of_row.clone()).unsqueeze_dim(1);
-    let weighted = down * weights;
+    let row_weights = gates.select(0, groups.pair_of_row.clone());
+    let weighted = match fused_epilogue_kernels(experts, &groups, path) {
+        Some((gate_up, down, tiles)) => {
+            let act = grouped_mxfp4::grouped_mxfp4_swiglu(
+                rows,
+                gate_up,
+                tiles.clone(),
+                experts.gate_up_bias.val(),
+                experts.swiglu_limit,
+                experts.swiglu_alpha,
+            );
+            grouped_mxfp4::grouped_mxfp4_scaled(
+                act,
+                down,
+                tiles,
+                experts.down_bias.val(),
+                row_weights,
+            )
+        }
+        None => {
+            let gate_up = grouped_matmul(rows, &experts.gate_up, &groups, path)
+                + experts
+                    .gate_up_bias
+                    .val()
+                    .select(0, groups.expert_of_row.clone());
+            let act = swiglu(gate_up, experts.swiglu_limit, experts.swiglu_alpha);
+            let down = grouped_matmul(act, &experts.down, &groups, path)
+                + experts
+                    .down_bias
+                    .val()
+                    .select(0, groups.expert_of_row.clone());
+            down * row_weights.unsqueeze_dim(1)
+        }
+    };
     weighted
         .select(0, groups.row_of_pair)
         .reshape([n, k, h])
