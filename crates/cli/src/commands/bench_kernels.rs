@@ -127,15 +127,7 @@ fn check_fused_epilogues(
     let device = a.device();
     let [rows, n] = product.dims();
     let experts = packed.words.dims()[0];
-    let weights = grouped_mxfp4::PackedWeights {
-        words: packed.words.val(),
-        scales: packed.scale_words.val(),
-    };
-    let tiles = grouped_mxfp4::ExpertTiles {
-        offsets: groups.offsets.clone(),
-        tile_starts: groups.tile_starts.clone(),
-        tiling,
-    };
+    let (weights, tiles) = (packed.kernel_weights(), groups.kernel_tiles(tiling));
     let bias = Tensor::<2>::random([experts, n], Distribution::Normal(0.0, 1.0), &device);
     let row_weights = Tensor::<1>::random([rows], Distribution::Default, &device);
     let biased = product.clone() + bias.clone().select(0, groups.expert_of_row.clone());
@@ -211,15 +203,7 @@ fn time_grouped_tilings(
         let reference = reference
             .get_or_insert_with(|| grouped_matmul_reference(a.clone(), &matrix, &groups))
             .clone();
-        let weights = grouped_mxfp4::PackedWeights {
-            words: packed.words.val(),
-            scales: packed.scale_words.val(),
-        };
-        let tiles = grouped_mxfp4::ExpertTiles {
-            offsets: groups.offsets.clone(),
-            tile_starts: groups.tile_starts.clone(),
-            tiling,
-        };
+        let (weights, tiles) = (packed.kernel_weights(), groups.kernel_tiles(tiling));
         let run = || grouped_mxfp4::grouped_mxfp4_matmul(a.clone(), weights.clone(), tiles.clone());
         let ours = run();
         let seconds = seconds_per_call(device, run)?;

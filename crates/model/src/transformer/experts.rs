@@ -33,6 +33,14 @@ pub struct PackedMxfp4 {
 }
 
 impl PackedMxfp4 {
+    /// The words and scale words as the grouped GPU kernels take them.
+    pub fn kernel_weights(&self) -> gpt_oss_kernels::grouped_mxfp4::PackedWeights {
+        gpt_oss_kernels::grouped_mxfp4::PackedWeights {
+            words: self.words.val(),
+            scales: self.scale_words.val(),
+        }
+    }
+
     pub fn new(words: Tensor<3, Int>, scale_words: Tensor<2, Int>) -> Self {
         let device = words.device();
         let fp4 = Tensor::from_data(TensorData::new(FP4_VALUES.to_vec(), [16]), &device);

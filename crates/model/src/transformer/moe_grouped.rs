@@ -13,7 +13,7 @@ use gpt_oss_kernels::grouped_mxfp4::{
     self, ExpertTiles, LARGE_TILES, PackedWeights, SMALL_TILES, Tiling,
 };
 
-use super::experts::{ExpertMatrix, Experts, PackedMxfp4, swiglu};
+use super::experts::{ExpertMatrix, Experts, swiglu};
 
 /// How the MoE block runs its experts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,6 +45,22 @@ pub struct ExpertGroups {
     /// Rows per kernel tile: [`FEW_ROWS`] for the few-rows kernel, a tensor-core tiling's
     /// rows ([`tensor_core_tiling`]) otherwise.
     pub tile_rows: usize,
+}
+
+impl ExpertGroups {
+    /// The offsets and tile starts as the tensor-core kernel takes them, with `tiling` (whose
+    /// rows must be [`Self::tile_rows`]).
+    pub fn kernel_tiles(&self, tiling: Tiling) -> ExpertTiles {
+        assert_eq!(
+            tiling.m, self.tile_rows,
+            "tiles counted for another tile height"
+        );
+        ExpertTiles {
+            offsets: self.offsets.clone(),
+            tile_starts: self.tile_starts.clone(),
+            tiling,
+        }
+    }
 }
 
 /// Rows per block of [`running_sums`]'s first level.
@@ -129,26 +145,23 @@ pub fn grouped_matmul(
 ) -> Tensor<2> {
     match (path, weights) {
         (ExpertPath::GroupedKernel, ExpertMatrix::Mxfp4(packed)) => {
-            let (words, scales) = (packed.words.val(), packed.scale_words.val());
-            let (offsets, tile_starts) = (groups.offsets.clone(), groups.tile_starts.clone());
             if groups.tile_rows == FEW_ROWS {
                 return gpt_oss_kernels::grouped_mxfp4_rows::grouped_mxfp4_rows_matmul(
                     rows,
-                    words,
-                    scales,
-                    offsets,
-                    tile_starts,
+                    packed.words.val(),
+                    packed.scale_words.val(),
+                    groups.offsets.clone(),
+                    groups.tile_starts.clone(),
                 );
             }
             let tiling = tensor_core_tiling(groups.tile_rows).unwrap_or_else(|| {
                 panic!("no grouped kernel takes tiles of {} rows", groups.tile_rows)
             });
-            let tiles = ExpertTiles {
-                offsets,
-                tile_starts,
-                tiling,
-            };
-            grouped_mxfp4::grouped_mxfp4_matmul(rows, PackedWeights { words, scales }, tiles)
+            grouped_mxfp4::grouped_mxfp4_matmul(
+                rows,
+                packed.kernel_weights(),
+                groups.kernel_tiles(tiling),
+            )
         }
         (ExpertPath::GroupedReferenceBf16, _) | (ExpertPath::GroupedKernel, _) => {
             let rounded = rows
@@ -225,16 +238,11 @@ fn fused_epilogue_kernels(
     };
     let tiling = tensor_core_tiling(groups.tile_rows)?;
     (path == ExpertPath::GroupedKernel).then(|| {
-        let packed = |m: &PackedMxfp4| PackedWeights {
-            words: m.words.val(),
-            scales: m.scale_words.val(),
-        };
-        let tiles = ExpertTiles {
-            offsets: groups.offsets.clone(),
-            tile_starts: groups.tile_starts.clone(),
-            tiling,
-        };
-        (packed(gate_up), packed(down), tiles)
+        (
+            gate_up.kernel_weights(),
+            down.kernel_weights(),
+            groups.kernel_tiles(tiling),
+        )
     })
 }
 
