@@ -7,7 +7,10 @@ use std::path::PathBuf;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use gpt_oss_model::scoring::token_logprobs;
-use gpt_oss_model::transformer::moe_grouped::{ExpertPath, group_by_expert, running_sums};
+use gpt_oss_model::transformer::moe_grouped::{
+    ExpertPath, FEW_PAIRS, FEW_ROWS, LARGE_TILE_PAIRS, LARGE_TILE_ROWS, TILE_ROWS, group_by_expert,
+    running_sums, tensor_core_tiling, tile_rows_for,
+};
 use gpt_oss_model::{ExpertMask, ExpertResidency, ForwardOptions, GptOss, LoadOptions, load_model};
 
 fn ints(t: Tensor<1, Int>) -> Vec<i64> {
@@ -29,6 +32,39 @@ fn pairs_are_sorted_by_expert_stably_with_offsets_and_tiles() {
     for (row, &pair) in pair_of_row.iter().enumerate() {
         assert_eq!(row_of_pair[pair as usize], row as i64);
     }
+}
+
+/// Each tile height has its kernel: few rows up to 256 pairs (decoding), tensor-core tiles of
+/// 64 rows, tiles of 256 rows from 16,384 pairs on (scoring); the kernel inputs carry the
+/// tiling whose rows the tile starts were counted in.
+#[test]
+fn pair_counts_pick_tile_heights_that_have_a_kernel() {
+    assert_eq!(tile_rows_for(4), FEW_ROWS);
+    assert_eq!(tile_rows_for(FEW_PAIRS), FEW_ROWS);
+    assert_eq!(tile_rows_for(FEW_PAIRS + 1), TILE_ROWS);
+    assert_eq!(tile_rows_for(LARGE_TILE_PAIRS - 1), TILE_ROWS);
+    assert_eq!(tile_rows_for(8 * 2048 * 4), LARGE_TILE_ROWS);
+    assert_eq!(tensor_core_tiling(TILE_ROWS).map(|t| t.m), Some(TILE_ROWS));
+    assert_eq!(
+        tensor_core_tiling(LARGE_TILE_ROWS).map(|t| t.m),
+        Some(LARGE_TILE_ROWS)
+    );
+    assert!(tensor_core_tiling(FEW_ROWS).is_none());
+
+    let device = Device::flex();
+    let ids: Vec<i64> = (0..600).map(|i| (i % 3) as i64).collect();
+    let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [600]), &device);
+    let groups = group_by_expert(ids, 4, LARGE_TILE_ROWS);
+    // 200 rows per expert of three: one tile of 256 each.
+    assert_eq!(ints(groups.tile_starts.clone()), vec![0, 1, 2, 3, 3]);
+    let tiles = groups.kernel_tiles(tensor_core_tiling(LARGE_TILE_ROWS).unwrap());
+    assert_eq!(tiles.tiling.m, LARGE_TILE_ROWS);
+    let wrong =
+        std::panic::catch_unwind(|| groups.kernel_tiles(tensor_core_tiling(TILE_ROWS).unwrap()));
+    assert!(
+        wrong.is_err(),
+        "tiles counted in 256 rows must not launch tiles of 64"
+    );
 }
 
 #[test]
