@@ -241,4 +241,8 @@ fn routing_read_after_the_pass_equals_routing_read_per_layer() {
     assert_eq!(after.gates, during.gates);
     assert_eq!(after.logits, during.logits);
     assert!(after.logits.iter().all(|l| l.len() == 2 * 7 * 8));
+    assert!(
+        after.inputs.iter().all(|&len| len == 0),
+        "MoE inputs only when asked for"
+    );
 }

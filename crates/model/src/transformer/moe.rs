@@ -37,7 +37,7 @@ pub struct RoutingHooks<'a, 'o> {
     /// Where to leave the layer's routing for the observer to read after the pass (one wait
     /// for the device at the end instead of one per layer), when its needs allow
     /// ([`ObserverNeeds::can_wait`]); `None` hands it over at once.
-    pub deferred: Option<&'a mut Vec<PendingRouting>>,
+    pub deferred: Option<&'a mut Vec<RoutingReport>>,
 }
 
 /// The MoE block's output.
@@ -119,13 +119,13 @@ impl Moe {
                 read_ids: ids,
                 top_ids,
                 gates,
-                logits,
-                moe_input: xs,
+                logits: needs.router_logits.then_some(logits),
+                moe_input: needs.moe_inputs.then_some(xs),
                 output_stats,
             };
             match hooks.deferred {
-                Some(pending) if needs.can_wait() => pending.push(PendingRouting { report, needs }),
-                _ => report.send(observer, needs),
+                Some(pending) if needs.can_wait() => pending.push(report),
+                _ => report.send(observer),
             }
         }
         let out = out.reshape([b, t, h]);
@@ -222,8 +222,9 @@ struct ExpertsRun {
     balance_loss: Option<Tensor<1>>,
 }
 
-/// One layer's routing for its observer, still on the device where possible.
-struct RoutingReport {
+/// One layer's routing for its observer, still on the device where possible: what the
+/// observer asked for, read when [`Self::send`] hands it over.
+pub struct RoutingReport {
     layer: usize,
     batch: usize,
     seq_len: usize,
@@ -235,17 +236,18 @@ struct RoutingReport {
     top_ids: Tensor<2, Int>,
     /// [n * k]
     gates: Tensor<1>,
-    /// [n, E] after masking.
-    logits: Tensor<2>,
-    /// [n, H]
-    moe_input: Tensor<2>,
+    /// [n, E] after masking, when the observer wants them.
+    logits: Option<Tensor<2>>,
+    /// [n, H], when the observer wants them (never held for a deferred report:
+    /// [`ObserverNeeds::can_wait`]).
+    moe_input: Option<Tensor<2>>,
     /// Per (token, rank): the expert output's L2 norm and max |value| [n * k, 2], when computed.
     output_stats: Option<Tensor<2>>,
 }
 
 impl RoutingReport {
     /// Reads what the observer asked for and hands it over.
-    fn send(self, observer: &mut (dyn RoutingObserver + '_), needs: ObserverNeeds) {
+    pub fn send(self, observer: &mut (dyn RoutingObserver + '_)) {
         let ids = self.read_ids.unwrap_or_else(|| {
             self.top_ids
                 .try_into_vec_as::<i64>()
@@ -262,12 +264,12 @@ impl RoutingReport {
             None => (None, None),
         };
         let gate_weights: Vec<f32> = self.gates.try_into_vec_as::<f32>().expect("f32");
-        let router_logits: Option<Vec<f32>> = needs
-            .router_logits
-            .then(|| self.logits.try_into_vec_as::<f32>().expect("f32"));
-        let moe_input: Option<Vec<f32>> = needs
-            .moe_inputs
-            .then(|| self.moe_input.try_into_vec_as::<f32>().expect("f32"));
+        let router_logits: Option<Vec<f32>> = self
+            .logits
+            .map(|l| l.try_into_vec_as::<f32>().expect("f32"));
+        let moe_input: Option<Vec<f32>> = self
+            .moe_input
+            .map(|x| x.try_into_vec_as::<f32>().expect("f32"));
         observer.observe(&LayerRouting {
             layer: self.layer,
             batch: self.batch,
@@ -281,18 +283,5 @@ impl RoutingReport {
             expert_output_max_abs: output_max_abs.as_deref(),
             moe_input: moe_input.as_deref(),
         });
-    }
-}
-
-/// A layer's routing left on the device for the observer (see [`RoutingHooks::deferred`]).
-pub struct PendingRouting {
-    report: RoutingReport,
-    needs: ObserverNeeds,
-}
-
-impl PendingRouting {
-    /// Reads the routing and hands it to `observer`.
-    pub fn send(self, observer: &mut (dyn RoutingObserver + '_)) {
-        self.report.send(observer, self.needs);
     }
 }
