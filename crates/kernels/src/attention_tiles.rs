@@ -37,6 +37,9 @@ const UNITS: u32 = 256;
 /// Invocations per query, and the score columns (or output dimensions) each one owns.
 const PER_QUERY: u32 = 4;
 const COLUMNS: u32 = KEYS as u32 / PER_QUERY;
+// One matrix shape serves both products (q k^T: QUERIES x KEYS over HEAD_DIM; p v: QUERIES x
+// HEAD_DIM over KEYS), and each invocation owns the same columns of scores and of outputs.
+const _: () = assert!(KEYS == HEAD_DIM);
 /// Below every score: marks a masked key.
 const MASKED: f32 = -3.0e38;
 
