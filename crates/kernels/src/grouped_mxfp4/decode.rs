@@ -1,0 +1,102 @@
+//! MXFP4 decoding: E2M1 codes and UE8M0 scales to values, and one K step of an expert's
+//! weight rows from packed words into a shared-memory stage (bf16, column-major B).
+
+use cubecl::prelude::*;
+use half::bf16;
+
+use super::UNITS;
+
+/// The E2M1 value of a 4-bit code (sign in bit 3).
+#[cube]
+pub(crate) fn fp4_value(code: u32) -> f32 {
+    let magnitude = code & 7;
+    let exponent = magnitude >> 1;
+    let mantissa = f32::cast_from(magnitude & 1);
+    let subnormal = mantissa * 0.5;
+    let normal = (1.0 + 0.5 * mantissa) * f32::cast_from(1u32 << exponent) * 0.5;
+    let value = select(exponent == 0, subnormal, normal);
+    select(code >= 8, -value, value)
+}
+
+/// 2^(code - 127) for a UE8M0 scale byte (code 0 is the subnormal 2^-127).
+#[cube]
+pub(crate) fn scale_value(code: u32) -> f32 {
+    let bits = select(code == 0, 0x0040_0000u32, code << 23);
+    f32::reinterpret(bits)
+}
+
+/// Where this invocation's `i`-th word of a `tn x tk` stage comes from: (local weight row,
+/// word within the row's `tk / 8` words of the step).
+#[cube]
+fn stage_word_position(i: u32, #[comptime] tk: usize) -> (u32, u32) {
+    let w = UNIT_POS + i * UNITS;
+    let words_per_step = (tk / 8) as u32;
+    (w / words_per_step, w % words_per_step)
+}
+
+/// Loads this invocation's words and scale bytes of step `k_begin` (zeros past row `n`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn load_stage_words(
+    words: &[u32],
+    scales: &[u32],
+    loaded: &mut Array<u32>,
+    scale_codes: &mut Array<u32>,
+    expert_words: u32,
+    expert_scales: u32,
+    col_begin: u32,
+    k_begin: u32,
+    n: u32,
+    k: u32,
+    #[comptime] tn: usize,
+    #[comptime] tk: usize,
+) {
+    let per_unit = tn * tk / 8 / UNITS as usize;
+    #[unroll]
+    for i in 0..per_unit {
+        let (local_row, part) = stage_word_position(i as u32, tk);
+        let row = col_begin + local_row;
+        let mut word = 0u32;
+        let mut code = 0u32;
+        if row < n {
+            word = words[(expert_words + row * (k / 8) + k_begin / 8 + part) as usize];
+            let block = row * (k / 32) + (k_begin + part * 8) / 32;
+            code = (scales[(expert_scales + block / 4) as usize] >> ((block % 4) * 8)) & 0xFF;
+        }
+        loaded[i] = word;
+        scale_codes[i] = code;
+    }
+}
+
+/// Decodes loaded words into `stage` ([tn][tk] bf16 from `offset`: element (kk, col) of B =
+/// W^T at col * tk + kk, column-major B).
+#[cube]
+pub(super) fn decode_stage_words(
+    loaded: &Array<u32>,
+    scale_codes: &Array<u32>,
+    table: &[f32],
+    stage: &mut [bf16],
+    offset: usize,
+    #[comptime] tn: usize,
+    #[comptime] tk: usize,
+    #[comptime] use_table: bool,
+) {
+    let per_unit = tn * tk / 8 / UNITS as usize;
+    #[unroll]
+    for i in 0..per_unit {
+        let (local_row, part) = stage_word_position(i as u32, tk);
+        let base = offset + (local_row * tk as u32 + part * 8) as usize;
+        let scale = scale_value(scale_codes[i]);
+        let word = loaded[i];
+        #[unroll]
+        for q in 0..8u32 {
+            let code = (word >> (q * 4)) & 0xF;
+            let value = if comptime![use_table] {
+                table[code as usize]
+            } else {
+                fp4_value(code)
+            };
+            stage[base + q as usize] = bf16::cast_from(value * scale);
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The grouped kernel as burn backend-extension ops (fusion-aware), and its launch.
+
+use burn::backend::{
+    backend_extension,
+    tensor::{FloatTensor, IntTensor},
+};
+use burn::tensor::{DType, Shape};
+use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
+use cubecl::prelude::*;
+
+use super::kernel::{EPILOGUE_NONE, EPILOGUE_SCALED, EPILOGUE_SWIGLU, grouped_mxfp4_kernel};
+use super::{Tiling, UNITS};
+use crate::launch::empty_f32;
+
+/// GPU extension ops for the grouped MoE; only the CubeCL backend implements them.
+#[backend_extension(Cube, Fusion)]
+pub trait GroupedBackend: burn::backend::Backend {
+    /// `a` [P, K] bf16 rows sorted by expert, `words` [E, N, K / 8] and `scales` [E, S] the
+    /// packed MXFP4 weights, `offsets` and `tile_starts` [E + 1] (counting tiles of
+    /// `tiling.m` rows) -> [P, N] f32.
+    #[fusion(dtype = accumulator_dtype(a), shape = product_shape(a, words))]
+    fn grouped_mxfp4_matmul(
+        a: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        scales: IntTensor<Self>,
+        offsets: IntTensor<Self>,
+        tile_starts: IntTensor<Self>,
+        #[fusion(scalar = tiling.code())] tiling: Tiling,
+    ) -> FloatTensor<Self>;
+
+    /// As `grouped_mxfp4_matmul` for gate_up, with each expert's `bias` [E, N] and the clamped
+    /// SwiGLU in the same launch -> [P, N / 2] f32.
+    #[fusion(dtype = accumulator_dtype(a), shape = swiglu_shape(a, words))]
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_mxfp4_swiglu(
+        a: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        scales: IntTensor<Self>,
+        offsets: IntTensor<Self>,
+        tile_starts: IntTensor<Self>,
+        bias: FloatTensor<Self>,
+        #[fusion(scalar = tiling.code())] tiling: Tiling,
+        limit: f32,
+        alpha: f32,
+    ) -> FloatTensor<Self>;
+
+    /// As `grouped_mxfp4_matmul` for down, with each expert's `bias` [E, N] added and each row
+    /// multiplied by its weight `row_weights` [P] in the same launch -> [P, N] f32.
+    #[fusion(dtype = accumulator_dtype(a), shape = product_shape(a, words))]
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_mxfp4_scaled(
+        a: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        scales: IntTensor<Self>,
+        offsets: IntTensor<Self>,
+        tile_starts: IntTensor<Self>,
+        bias: FloatTensor<Self>,
+        row_weights: FloatTensor<Self>,
+        #[fusion(scalar = tiling.code())] tiling: Tiling,
+    ) -> FloatTensor<Self>;
+}
+
+fn accumulator_dtype(_input: DType) -> DType {
+    DType::F32
+}
+
+fn product_shape(a: &Shape, words: &Shape) -> Shape {
+    Shape::from(vec![a[0], words[1]])
+}
+
+fn swiglu_shape(a: &Shape, words: &Shape) -> Shape {
+    Shape::from(vec![a[0], words[1] / 2])
+}
+
+/// The packed weights and the sorting of one grouped product, as the kernel reads them.
+struct GroupedInputs {
+    a: CubeTensor,
+    words: CubeTensor,
+    scales: CubeTensor,
+    offsets: CubeTensor,
+    tile_starts: CubeTensor,
+}
+
+/// The epilogue's inputs: each expert's bias, row weights (scaled), SwiGLU's limit and alpha.
+struct EpilogueInputs {
+    code: u32,
+    bias: Option<CubeTensor>,
+    row_weights: Option<CubeTensor>,
+    limit: f32,
+    alpha: f32,
+}
+
+const NO_EPILOGUE: EpilogueInputs = EpilogueInputs {
+    code: EPILOGUE_NONE,
+    bias: None,
+    row_weights: None,
+    limit: 0.0,
+    alpha: 0.0,
+};
+
+/// Launches the kernel; returns the products [P, N] (after the epilogue when scaled) and,
+/// with SwiGLU, the activations [P, N / 2].
+fn launch_grouped(
+    inputs: GroupedInputs,
+    tiling: Tiling,
+    epilogue: EpilogueInputs,
+) -> (CubeTensor, CubeTensor) {
+    let GroupedInputs {
+        a,
+        words,
+        scales,
+        offsets,
+        tile_starts,
+    } = inputs;
+    let [a, words, scales, offsets, tile_starts] =
+        [a, words, scales, offsets, tile_starts].map(into_contiguous);
+    let (p, k) = (a.meta.shape()[0], a.meta.shape()[1]);
+    let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
+    let scale_words = scales.meta.shape()[1];
+    let client = a.client.clone();
+    let out = empty_f32(&a, vec![p, n]);
+    let activation = if epilogue.code == EPILOGUE_SWIGLU {
+        empty_f32(&a, vec![p, n / 2])
+    } else {
+        empty_f32(&a, vec![1])
+    };
+    let unused = || empty_f32(&out, vec![1]);
+    let bias = epilogue.bias.map(into_contiguous).unwrap_or_else(unused);
+    let row_weights = epilogue
+        .row_weights
+        .map(into_contiguous)
+        .unwrap_or_else(unused);
+    let mut t = tiling;
+    if !k.is_multiple_of(t.k) {
+        // Every K is a multiple of one MXFP4 block; a longer step must divide it.
+        t.k = 32;
+    }
+    assert!(
+        (t.n * t.k / 8).is_multiple_of(UNITS as usize),
+        "grouped MXFP4 kernel: a {} x {} stage must be a multiple of {} words",
+        t.n,
+        t.k,
+        UNITS * 8
+    );
+    let tiles = p.div_ceil(t.m) + experts;
+    grouped_mxfp4_kernel::launch(
+        &client,
+        CubeCount::Static(tiles as u32, n.div_ceil(t.n) as u32, 1),
+        CubeDim::new_1d(UNITS),
+        a.into_buffer_arg(),
+        words.into_buffer_arg(),
+        scales.into_buffer_arg(),
+        offsets.into_buffer_arg(),
+        tile_starts.into_buffer_arg(),
+        out.clone().into_buffer_arg(),
+        bias.into_buffer_arg(),
+        row_weights.into_buffer_arg(),
+        activation.clone().into_buffer_arg(),
+        n as u32,
+        k as u32,
+        scale_words as u32,
+        experts as u32,
+        epilogue.limit,
+        epilogue.alpha,
+        (t.m, t.n, t.k),
+        (t.pipelined, t.table),
+        epilogue.code,
+    );
+    (out, activation)
+}
+
+impl GroupedBackend for CubeBackend {
+    fn grouped_mxfp4_matmul(
+        a: CubeTensor,
+        words: CubeTensor,
+        scales: CubeTensor,
+        offsets: CubeTensor,
+        tile_starts: CubeTensor,
+        tiling: Tiling,
+    ) -> CubeTensor {
+        let inputs = GroupedInputs {
+            a,
+            words,
+            scales,
+            offsets,
+            tile_starts,
+        };
+        launch_grouped(inputs, tiling, NO_EPILOGUE).0
+    }
+
+    fn grouped_mxfp4_swiglu(
+        a: CubeTensor,
+        words: CubeTensor,
+        scales: CubeTensor,
+        offsets: CubeTensor,
+        tile_starts: CubeTensor,
+        bias: CubeTensor,
+        tiling: Tiling,
+        limit: f32,
+        alpha: f32,
+    ) -> CubeTensor {
+        let inputs = GroupedInputs {
+            a,
+            words,
+            scales,
+            offsets,
+            tile_starts,
+        };
+        let epilogue = EpilogueInputs {
+            code: EPILOGUE_SWIGLU,
+            bias: Some(bias),
+            limit,
+            alpha,
+            ..NO_EPILOGUE
+        };
+        launch_grouped(inputs, tiling, epilogue).1
+    }
+
+    fn grouped_mxfp4_scaled(
+        a: CubeTensor,
+        words: CubeTensor,
+        scales: CubeTensor,
+        offsets: CubeTensor,
+        tile_starts: CubeTensor,
+        bias: CubeTensor,
+        row_weights: CubeTensor,
+        tiling: Tiling,
+    ) -> CubeTensor {
+        let inputs = GroupedInputs {
+            a,
+            words,
+            scales,
+            offsets,
+            tile_starts,
+        };
+        let epilogue = EpilogueInputs {
+            code: EPILOGUE_SCALED,
+            bias: Some(bias),
+            row_weights: Some(row_weights),
+            ..NO_EPILOGUE
+        };
+        launch_grouped(inputs, tiling, epilogue).0
+    }
+}

@@ -1,0 +1,296 @@
+//! The tiled grouped product on the tensor cores and its epilogues (see the module docs).
+
+use cubecl::prelude::*;
+use half::bf16;
+
+use super::UNITS;
+use super::decode::{decode_stage_words, fp4_value, load_stage_words};
+
+/// What the kernel does with a tile's products after storing them (comptime codes).
+pub(super) const EPILOGUE_NONE: u32 = 0;
+pub(super) const EPILOGUE_SWIGLU: u32 = 1;
+pub(super) const EPILOGUE_SCALED: u32 = 2;
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn grouped_mxfp4_kernel(
+    a: &[bf16],
+    words: &[u32],
+    scales: &[u32],
+    offsets: &[u32],
+    tile_starts: &[u32],
+    out: &mut [f32],
+    bias: &[f32],
+    row_weights: &[f32],
+    activation: &mut [f32],
+    n: u32,
+    k: u32,
+    scale_words_per_expert: u32,
+    num_experts: u32,
+    limit: f32,
+    alpha: f32,
+    #[comptime] tile: (usize, usize, usize),
+    #[comptime] scheme: (bool, bool),
+    #[comptime] epilogue: u32,
+) {
+    let (tm, tn, tk) = tile;
+    let (pipelined, use_table) = scheme;
+    let tile_id = CUBE_POS_X;
+    let mut expert = num_experts;
+    for e in 0..num_experts {
+        if tile_id >= tile_starts[e as usize] && tile_id < tile_starts[e as usize + 1] {
+            expert = e;
+        }
+    }
+    if expert == num_experts {
+        terminate!();
+    }
+    let row_begin = offsets[expert as usize] + (tile_id - tile_starts[expert as usize]) * tm as u32;
+    let row_end = offsets[expert as usize + 1];
+    let col_begin = CUBE_POS_Y * tn as u32;
+    let a_view = TensorView::new(a, seq![row_end, k]).finish();
+    let out_view = TensorView::new(&*out, seq![row_end, n]).finish();
+
+    let stages = comptime![if pipelined { 2usize } else { 1usize }];
+    let stage_size = tn * tk;
+    let mut stage_b = Shared::<[bf16]>::new_aligned_slice(stages * stage_size, 16usize);
+    let mut table = Shared::<[f32]>::new_slice(16usize);
+    if UNIT_POS < 16 {
+        table[UNIT_POS as usize] = fp4_value(UNIT_POS);
+    }
+    let per_unit = tn * tk / 8 / UNITS as usize;
+    let mut loaded = Array::<u32>::new(per_unit);
+    let mut scale_codes = Array::<u32>::new(per_unit);
+    let mut a_mat = unsafe {
+        cmma::Matrix::<bf16, cmma::Cube>::uninitialized(
+            cmma::MatrixIdent::A,
+            tm,
+            tn,
+            tk,
+            cmma::MatrixLayout::Undefined,
+        )
+    };
+    let mut b_mat = unsafe {
+        cmma::Matrix::<bf16, cmma::Cube>::uninitialized(
+            cmma::MatrixIdent::B,
+            tm,
+            tn,
+            tk,
+            cmma::MatrixLayout::ColMajor,
+        )
+    };
+    let acc = cmma::Matrix::<f32, cmma::Cube>::from_value(
+        cmma::MatrixIdent::Accumulator,
+        tm,
+        tn,
+        tk,
+        cmma::MatrixLayout::Undefined,
+        0.0,
+    );
+    let expert_words = expert * n * (k / 8);
+    let expert_scales = expert * scale_words_per_expert;
+    let steps = k / tk as u32;
+    if comptime![pipelined] {
+        load_stage_words(
+            words,
+            scales,
+            &mut loaded,
+            &mut scale_codes,
+            expert_words,
+            expert_scales,
+            col_begin,
+            0,
+            n,
+            k,
+            tn,
+            tk,
+        );
+        sync_cube();
+        decode_stage_words(
+            &loaded,
+            &scale_codes,
+            &table,
+            &mut stage_b,
+            0,
+            tn,
+            tk,
+            use_table,
+        );
+        sync_cube();
+        for step in 0..steps {
+            let current = (step % 2) as usize * stage_size;
+            let next = ((step + 1) % 2) as usize * stage_size;
+            let has_next = step + 1 < steps;
+            if has_next {
+                load_stage_words(
+                    words,
+                    scales,
+                    &mut loaded,
+                    &mut scale_codes,
+                    expert_words,
+                    expert_scales,
+                    col_begin,
+                    (step + 1) * tk as u32,
+                    n,
+                    k,
+                    tn,
+                    tk,
+                );
+            }
+            let a_tile = a_view.slice(
+                seq![row_begin, step * tk as u32],
+                seq![tm as u32, tk as u32],
+            );
+            cmma::load_tensor(&mut a_mat, &a_tile);
+            cmma::load(
+                &mut b_mat,
+                &stage_b[current..current + stage_size],
+                tk as u32,
+            );
+            cmma::execute(&a_mat, &b_mat, &acc, &acc);
+            if has_next {
+                decode_stage_words(
+                    &loaded,
+                    &scale_codes,
+                    &table,
+                    &mut stage_b,
+                    next,
+                    tn,
+                    tk,
+                    use_table,
+                );
+            }
+            sync_cube();
+        }
+    } else {
+        sync_cube();
+        for step in 0..steps {
+            load_stage_words(
+                words,
+                scales,
+                &mut loaded,
+                &mut scale_codes,
+                expert_words,
+                expert_scales,
+                col_begin,
+                step * tk as u32,
+                n,
+                k,
+                tn,
+                tk,
+            );
+            decode_stage_words(
+                &loaded,
+                &scale_codes,
+                &table,
+                &mut stage_b,
+                0,
+                tn,
+                tk,
+                use_table,
+            );
+            sync_cube();
+            let a_tile = a_view.slice(
+                seq![row_begin, step * tk as u32],
+                seq![tm as u32, tk as u32],
+            );
+            cmma::load_tensor(&mut a_mat, &a_tile);
+            cmma::load(&mut b_mat, &stage_b[0..stage_size], tk as u32);
+            cmma::execute(&a_mat, &b_mat, &acc, &acc);
+            sync_cube();
+        }
+    }
+    let mut out_tile = out_view.slice(seq![row_begin, col_begin], seq![tm as u32, tn as u32]);
+    cmma::store_tensor(&mut out_tile, &acc);
+    if comptime![epilogue != EPILOGUE_NONE] {
+        // The tile's products are read back by other invocations than the ones that stored
+        // them: a barrier over storage memory.
+        sync_storage();
+        let rows = min(row_end - row_begin, tm as u32);
+        if comptime![epilogue == EPILOGUE_SWIGLU] {
+            swiglu_epilogue(
+                out, bias, activation, expert, row_begin, rows, col_begin, n, limit, alpha, tm, tn,
+            );
+        } else {
+            scaled_epilogue(
+                out,
+                bias,
+                row_weights,
+                expert,
+                row_begin,
+                rows,
+                col_begin,
+                n,
+                tm,
+                tn,
+            );
+        }
+    }
+}
+
+/// The product [P, N] of gate (even columns) and up (odd columns) units plus the expert's
+/// bias, to the clamped SwiGLU [P, N / 2] (spec 3.4): min(gate, limit) * sigmoid(alpha *
+/// min(gate, limit)) * (clamp(up, -limit, limit) + 1), for this tile's rows and columns.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn swiglu_epilogue(
+    product: &mut [f32],
+    bias: &[f32],
+    activation: &mut [f32],
+    expert: u32,
+    row_begin: u32,
+    rows: u32,
+    col_begin: u32,
+    n: u32,
+    limit: f32,
+    alpha: f32,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+) {
+    let units = (tn / 2) as u32;
+    let mut e = UNIT_POS;
+    while e < (tm * tn / 2) as u32 {
+        let r = e / units;
+        let col = col_begin + 2 * (e % units);
+        if r < rows && col < n {
+            let at = (row_begin + r) * n + col;
+            let gate = min(
+                product[at as usize] + bias[(expert * n + col) as usize],
+                limit,
+            );
+            let up = product[at as usize + 1] + bias[(expert * n + col + 1) as usize];
+            let up = clamp(up, -limit, limit);
+            let glu = gate / (1.0 + (-(gate * alpha)).exp());
+            activation[((row_begin + r) * (n / 2) + col / 2) as usize] = glu * (up + 1.0);
+        }
+        e += UNITS;
+    }
+}
+
+/// The product [P, N] plus the expert's bias, times each row's weight (its gate), in place.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn scaled_epilogue(
+    product: &mut [f32],
+    bias: &[f32],
+    row_weights: &[f32],
+    expert: u32,
+    row_begin: u32,
+    rows: u32,
+    col_begin: u32,
+    n: u32,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+) {
+    let mut e = UNIT_POS;
+    while e < (tm * tn) as u32 {
+        let r = e / tn as u32;
+        let col = col_begin + e % tn as u32;
+        if r < rows && col < n {
+            let at = ((row_begin + r) * n + col) as usize;
+            product[at] = (product[at] + bias[(expert * n + col) as usize])
+                * row_weights[(row_begin + r) as usize];
+        }
+        e += UNITS;
+    }
+}

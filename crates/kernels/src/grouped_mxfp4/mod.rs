@@ -1,0 +1,162 @@
+//! Grouped MoE matmul with MXFP4 weights decoded inside the kernel.
+//!
+//! Rows of `a` [P, K] are sorted by expert: expert e owns rows `offsets[e]..offsets[e + 1]`.
+//! Each workgroup computes one `tm x tn` tile of `out = a_e x W_e^T` for one expert, with W_e
+//! [N, K] read from the checkpoint's MXFP4 words (8 nibbles per u32, low nibble first) and
+//! scale bytes (packed four to a u32) and decoded to bf16 in shared memory one K step (whole
+//! 32-wide blocks) at a time; the products run on the tensor cores (workgroup-scope cooperative
+//! matrices). Pipelined tilings keep two shared stages: the next step's words are loaded
+//! before this step's products and decoded after them (one synchronisation per step instead of
+//! two; loading them early without the second stage measured slower: 56 against 61-64 TF/s).
+//! Which expert and row tile a workgroup takes comes from `tile_starts` (prefix sums of
+//! ceil(count / tm)), computed on the device: no host round trip. The grid is sized for the
+//! worst case (ceil(P / tm) + E tiles); workgroups past the last tile exit at once.
+//!
+//! Epilogues (issue 7's "gate_up with bias, clamp and SwiGLU fused; down with the gate weight
+//! fused"): a workgroup-scope accumulator can only be stored whole, and a 256 x 128 f32 tile
+//! does not fit in shared memory, so the tile is stored to the output, a storage barrier makes
+//! it visible to the whole workgroup, and the invocations read it back (from cache) to add the
+//! expert's bias and write either the clamped SwiGLU [P, N / 2] or the product times each
+//! row's gate weight, in the same launch.
+//!
+//! Files: `decode` (MXFP4 codes to values, a K step of weights into shared memory),
+//! `kernel` (the tiled product and its epilogues), `extension` (the burn backend ops and the
+//! launch); the tilings and the functions on burn tensors are here.
+
+mod decode;
+mod extension;
+mod kernel;
+
+pub(crate) use decode::{fp4_value, scale_value};
+pub use extension::GroupedBackend;
+
+use burn::tensor::{DType, Int, Tensor};
+
+/// Tile shape and decoding scheme of one launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiling {
+    /// Rows per tile (the tiles `tile_starts` counts).
+    pub m: usize,
+    /// Output columns per tile.
+    pub n: usize,
+    /// K step: a multiple of 32 (whole MXFP4 blocks).
+    pub k: usize,
+    /// Two shared stages: the next step's words are loaded before this step's products and
+    /// decoded after them (one synchronisation per step instead of two).
+    pub pipelined: bool,
+    /// FP4 values from a 16-entry table in shared memory instead of arithmetic.
+    pub table: bool,
+}
+
+impl Tiling {
+    /// One number per tiling (how burn-fusion tells launches apart).
+    pub fn code(&self) -> u64 {
+        self.m as u64
+            | (self.n as u64) << 16
+            | (self.k as u64) << 32
+            | (self.pipelined as u64) << 48
+            | (self.table as u64) << 49
+    }
+}
+
+/// Tiles of 64 rows: little padding when experts have a few hundred rows each.
+pub const SMALL_TILES: Tiling = Tiling {
+    m: 64,
+    n: 128,
+    k: 32,
+    pipelined: false,
+    table: true,
+};
+
+/// Tiles of 256 rows, pipelined: each decoded weight tile serves four times the rows
+/// (scoring's thousands of rows per expert: 90 against 64 TF/s, docs/benchmarks.md).
+pub const LARGE_TILES: Tiling = Tiling {
+    m: 256,
+    n: 128,
+    k: 32,
+    pipelined: true,
+    table: true,
+};
+
+/// Invocations per workgroup.
+pub const UNITS: u32 = 256;
+
+/// MXFP4 expert weights as the kernels read them: `words` [E, N, K / 8] and `scales` [E, S]
+/// (32-bit ints).
+#[derive(Clone)]
+pub struct PackedWeights {
+    pub words: Tensor<3, Int>,
+    pub scales: Tensor<2, Int>,
+}
+
+/// Rows sorted by expert: `offsets` and `tile_starts` [E + 1] (32-bit; `tile_starts` counts
+/// tiles of `tiling.m` rows), and the tiling.
+#[derive(Clone)]
+pub struct ExpertTiles {
+    pub offsets: Tensor<1, Int>,
+    pub tile_starts: Tensor<1, Int>,
+    pub tiling: Tiling,
+}
+
+/// The kernel through burn tensors: `a` [P, K] is cast to bf16 -> [P, N].
+pub fn grouped_mxfp4_matmul(a: Tensor<2>, weights: PackedWeights, tiles: ExpertTiles) -> Tensor<2> {
+    let a = a.cast(DType::BF16);
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as GroupedBackend>::grouped_mxfp4_matmul(
+            a.into_dispatch(),
+            weights.words.into_dispatch(),
+            weights.scales.into_dispatch(),
+            tiles.offsets.into_dispatch(),
+            tiles.tile_starts.into_dispatch(),
+            tiles.tiling,
+        ),
+    )
+}
+
+/// gate_up with `bias` [E, N] and the clamped SwiGLU fused: `a` [P, K] -> [P, N / 2].
+pub fn grouped_mxfp4_swiglu(
+    a: Tensor<2>,
+    weights: PackedWeights,
+    tiles: ExpertTiles,
+    bias: Tensor<2>,
+    limit: f32,
+    alpha: f32,
+) -> Tensor<2> {
+    let a = a.cast(DType::BF16);
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as GroupedBackend>::grouped_mxfp4_swiglu(
+            a.into_dispatch(),
+            weights.words.into_dispatch(),
+            weights.scales.into_dispatch(),
+            tiles.offsets.into_dispatch(),
+            tiles.tile_starts.into_dispatch(),
+            bias.into_dispatch(),
+            tiles.tiling,
+            limit,
+            alpha,
+        ),
+    )
+}
+
+/// down with `bias` [E, N] and each row's weight `row_weights` [P] fused: `a` [P, K] -> [P, N].
+pub fn grouped_mxfp4_scaled(
+    a: Tensor<2>,
+    weights: PackedWeights,
+    tiles: ExpertTiles,
+    bias: Tensor<2>,
+    row_weights: Tensor<1>,
+) -> Tensor<2> {
+    let a = a.cast(DType::BF16);
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as GroupedBackend>::grouped_mxfp4_scaled(
+            a.into_dispatch(),
+            weights.words.into_dispatch(),
+            weights.scales.into_dispatch(),
+            tiles.offsets.into_dispatch(),
+            tiles.tile_starts.into_dispatch(),
+            bias.into_dispatch(),
+            row_weights.into_dispatch(),
+            tiles.tiling,
+        ),
+    )
+}
