@@ -39,6 +39,15 @@ struct Expected {
     logprobs: Vec<Vec<f32>>,
 }
 
+/// The prompts of the fixture's greedy references, in order.
+fn greedy_prompts(exp: &Expected) -> Vec<Vec<u32>> {
+    exp.reference
+        .greedy
+        .iter()
+        .map(|g| g.prompt.clone())
+        .collect()
+}
+
 fn expected(name: &str) -> Expected {
     let dir = fixture(name);
     let reference: Reference =
@@ -132,12 +141,7 @@ fn check_greedy_by(name: &str, use_cache: bool, batched: bool, decoding: Decodin
     };
     let n = exp.reference.greedy[0].continuation.len();
     if batched {
-        let prompts: Vec<Vec<u32>> = exp
-            .reference
-            .greedy
-            .iter()
-            .map(|g| g.prompt.clone())
-            .collect();
+        let prompts = greedy_prompts(&exp);
         let outs = generate(&model, &prompts, &options(n));
         for (g, out) in exp.reference.greedy.iter().zip(outs) {
             assert_eq!(
@@ -214,12 +218,7 @@ fn greedy_on_device_state_matches_transformers() {
 fn greedy_on_device_state_stops_where_step_by_step_does() {
     let model = load("tiny-mxfp4", ExpertResidency::Auto);
     let exp = expected("tiny-mxfp4");
-    let prompts: Vec<Vec<u32>> = exp
-        .reference
-        .greedy
-        .iter()
-        .map(|g| g.prompt.clone())
-        .collect();
+    let prompts = greedy_prompts(&exp);
     let stop = exp.reference.greedy[0].continuation[2];
     let options = GenerateOptions {
         max_new_tokens: exp.reference.greedy[0].continuation.len(),
