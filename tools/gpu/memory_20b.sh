@@ -5,7 +5,7 @@
 set -euo pipefail
 out=${OUT:-/tmp/out}
 dir=/tmp/synth-20b
-"$BIN" synth --preset 20b --out "$dir" --force 2> "$out/synth.log" || { tail -20 "$out/synth.log"; exit 1; }
+[ -f "$dir/config.json" ] || "$BIN" synth --preset 20b --out "$dir" --force 2> "$out/synth.log" || { tail -20 "$out/synth.log"; exit 1; }
 nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader,nounits -lms 200 > "$out/gpu-mem.log" &
 smi=$!
 "$BIN" bench memory --model "$dir" --work /tmp/variants --device wgpu --delete-variants \

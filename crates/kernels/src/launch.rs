@@ -9,14 +9,19 @@ pub const MAX_GRID_X: usize = 65535;
 
 /// An uninitialised contiguous f32 tensor of `shape` on `like`'s device.
 pub fn empty_f32(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
+    empty_of(like, shape, DType::F32)
+}
+
+/// An uninitialised contiguous tensor of `shape` and `dtype` on `like`'s device.
+pub fn empty_of(like: &CubeTensor, shape: Vec<usize>, dtype: DType) -> CubeTensor {
     let client = like.client.clone();
     let elements: usize = shape.iter().product();
     CubeTensor::new_contiguous(
         client.clone(),
         like.device.clone(),
         Shape::from(shape),
-        client.empty(elements * DType::F32.size()),
-        DType::F32,
+        client.empty(elements * dtype.size()),
+        dtype,
     )
 }
 

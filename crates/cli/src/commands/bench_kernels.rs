@@ -139,10 +139,14 @@ fn check_fused_epilogues(
         bias.clone(),
         limit,
         alpha,
-    );
+    )
+    .cast(DType::F32);
+    // The kernel writes bf16 activations: the reference is rounded the same way.
     worst.record(
         swiglu,
-        gpt_oss_model::transformer::experts::swiglu(biased.clone(), limit, alpha),
+        gpt_oss_model::transformer::experts::swiglu(biased.clone(), limit, alpha)
+            .cast(DType::BF16)
+            .cast(DType::F32),
         json!({"kernel": "tiles + bias + SwiGLU", "tile_rows": tiling.m, "experts": experts,
                "rows": rows, "n": n}),
     );

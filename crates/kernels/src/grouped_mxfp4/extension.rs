@@ -10,7 +10,7 @@ use cubecl::prelude::*;
 
 use super::kernel::{EPILOGUE_NONE, EPILOGUE_SCALED, EPILOGUE_SWIGLU, grouped_mxfp4_kernel};
 use super::{Tiling, UNITS};
-use crate::launch::empty_f32;
+use crate::launch::{empty_f32, empty_of};
 
 /// GPU extension ops for the grouped MoE; only the CubeCL backend implements them.
 #[backend_extension(Cube, Fusion)]
@@ -29,8 +29,8 @@ pub trait GroupedBackend: burn::backend::Backend {
     ) -> FloatTensor<Self>;
 
     /// As `grouped_mxfp4_matmul` for gate_up, with each expert's `bias` [E, N] and the clamped
-    /// SwiGLU in the same launch -> [P, N / 2] f32.
-    #[fusion(dtype = accumulator_dtype(a), shape = swiglu_shape(a, words))]
+    /// SwiGLU in the same launch -> [P, N / 2] bf16 (the down product's input).
+    #[fusion(dtype = activation_dtype(a), shape = swiglu_shape(a, words))]
     #[allow(clippy::too_many_arguments)]
     fn grouped_mxfp4_swiglu(
         a: FloatTensor<Self>,
@@ -62,6 +62,10 @@ pub trait GroupedBackend: burn::backend::Backend {
 
 fn accumulator_dtype(_input: DType) -> DType {
     DType::F32
+}
+
+fn activation_dtype(_input: DType) -> DType {
+    DType::BF16
 }
 
 fn product_shape(a: &Shape, words: &Shape) -> Shape {
@@ -120,9 +124,9 @@ fn launch_grouped(
     let client = a.client.clone();
     let out = empty_f32(&a, vec![p, n]);
     let activation = if epilogue.code == EPILOGUE_SWIGLU {
-        empty_f32(&a, vec![p, n / 2])
+        empty_of(&a, vec![p, n / 2], DType::BF16)
     } else {
-        empty_f32(&a, vec![1])
+        empty_of(&a, vec![1], DType::BF16)
     };
     let unused = || empty_f32(&out, vec![1]);
     let bias = epilogue.bias.map(into_contiguous).unwrap_or_else(unused);

@@ -22,7 +22,7 @@ pub(super) fn grouped_mxfp4_kernel(
     out: &mut [f32],
     bias: &[f32],
     row_weights: &[f32],
-    activation: &mut [f32],
+    activation: &mut [bf16],
     n: u32,
     k: u32,
     scale_words_per_expert: u32,
@@ -229,14 +229,14 @@ pub(super) fn grouped_mxfp4_kernel(
 }
 
 /// The product [P, N] of gate (even columns) and up (odd columns) units plus the expert's
-/// bias, to the clamped SwiGLU [P, N / 2] (spec 3.4): min(gate, limit) * sigmoid(alpha *
+/// bias, to the clamped SwiGLU [P, N / 2] in bf16, the down product's input (spec 3.4): min(gate, limit) * sigmoid(alpha *
 /// min(gate, limit)) * (clamp(up, -limit, limit) + 1), for this tile's rows and columns.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn swiglu_epilogue(
     product: &mut [f32],
     bias: &[f32],
-    activation: &mut [f32],
+    activation: &mut [bf16],
     expert: u32,
     row_begin: u32,
     rows: u32,
@@ -261,7 +261,8 @@ fn swiglu_epilogue(
             let up = product[at as usize + 1] + bias[(expert * n + col + 1) as usize];
             let up = clamp(up, -limit, limit);
             let glu = gate / (1.0 + (-(gate * alpha)).exp());
-            activation[((row_begin + r) * (n / 2) + col / 2) as usize] = glu * (up + 1.0);
+            activation[((row_begin + r) * (n / 2) + col / 2) as usize] =
+                bf16::cast_from(glu * (up + 1.0));
         }
         e += UNITS;
     }

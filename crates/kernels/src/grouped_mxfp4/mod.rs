@@ -68,13 +68,14 @@ pub const SMALL_TILES: Tiling = Tiling {
     table: true,
 };
 
-/// Tiles of 256 rows, pipelined: each decoded weight tile serves four times the rows
-/// (scoring's thousands of rows per expert: 90 against 64 TF/s, docs/benchmarks.md).
+/// Tiles of 256 rows: each decoded weight tile serves four times the rows (scoring's
+/// thousands of rows per expert: 97-98 against 64 TF/s, and against 90-92 with the second
+/// stage, docs/benchmarks.md).
 pub const LARGE_TILES: Tiling = Tiling {
     m: 256,
     n: 128,
     k: 32,
-    pipelined: true,
+    pipelined: false,
     table: true,
 };
 
@@ -113,7 +114,7 @@ pub fn grouped_mxfp4_matmul(a: Tensor<2>, weights: PackedWeights, tiles: ExpertT
     )
 }
 
-/// gate_up with `bias` [E, N] and the clamped SwiGLU fused: `a` [P, K] -> [P, N / 2].
+/// gate_up with `bias` [E, N] and the clamped SwiGLU fused: `a` [P, K] -> [P, N / 2] bf16.
 pub fn grouped_mxfp4_swiglu(
     a: Tensor<2>,
     weights: PackedWeights,

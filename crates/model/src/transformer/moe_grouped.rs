@@ -8,7 +8,7 @@
 //! product per expert, exact f32), which is what tests compare the sorting against on the CPU.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Int, IntDType, Tensor};
+use burn::tensor::{DType, Int, IntDType, Tensor};
 use gpt_oss_kernels::grouped_mxfp4::{
     self, ExpertTiles, LARGE_TILES, PackedWeights, SMALL_TILES, Tiling,
 };
@@ -264,10 +264,11 @@ pub fn grouped_experts(
     let num_experts = experts.gate_up.num_experts();
     let groups = group_by_expert(top_ids.reshape([n * k]), num_experts, tile_rows_for(n * k));
     let token_of_row = groups.pair_of_row.clone().div_scalar(k as i64);
-    let rows = xs.select(0, token_of_row);
     let row_weights = gates.select(0, groups.pair_of_row.clone());
     let weighted = match fused_epilogue_kernels(experts, &groups, path) {
         Some((gate_up, down, tiles)) => {
+            // The kernels read bf16 rows: cast the tokens once, then gather half the bytes.
+            let rows = xs.cast(DType::BF16).select(0, token_of_row);
             let act = grouped_mxfp4::grouped_mxfp4_swiglu(
                 rows,
                 gate_up,
@@ -285,6 +286,7 @@ pub fn grouped_experts(
             )
         }
         None => {
+            let rows = xs.select(0, token_of_row);
             let gate_up = grouped_matmul(rows, &experts.gate_up, &groups, path)
                 + experts
                     .gate_up_bias
