@@ -9,7 +9,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use gpt_oss_model::scoring::token_logprobs;
 use gpt_oss_model::transformer::moe_grouped::{
     ExpertPath, FEW_PAIRS, FEW_ROWS, LARGE_TILE_PAIRS, LARGE_TILE_ROWS, TILE_ROWS, group_by_expert,
-    running_sums, tensor_core_tiling, tile_rows_for,
+    positions, running_sums, tensor_core_tiling, tile_rows_for,
 };
 use gpt_oss_model::{ExpertMask, ExpertResidency, ForwardOptions, GptOss, LoadOptions, load_model};
 
@@ -76,6 +76,15 @@ fn blocked_running_sums_equal_the_plain_cumulative_sum() {
         let plain = x.clone().cumsum(0).try_into_vec_as::<i64>().unwrap();
         let blocked = running_sums(x, block).try_into_vec_as::<i64>().unwrap();
         assert_eq!(blocked, plain, "{p} rows, blocks of {block}");
+    }
+}
+
+#[test]
+fn positions_count_from_zero_past_several_scan_blocks() {
+    let device = Device::flex();
+    for p in [1, 7, 256, 257, 1000] {
+        let expected: Vec<i64> = (0..p as i64).collect();
+        assert_eq!(ints(positions(p, &device)), expected, "{p} positions");
     }
 }
 

@@ -8,7 +8,7 @@
 //! product per expert, exact f32), which is what tests compare the sorting against on the CPU.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{DType, Int, IntDType, Tensor};
+use burn::tensor::{DType, Device, Int, IntDType, Tensor};
 use gpt_oss_kernels::grouped_mxfp4::{
     self, ExpertTiles, LARGE_TILES, PackedWeights, SMALL_TILES, Tiling,
 };
@@ -86,6 +86,16 @@ pub fn running_sums(x: Tensor<2, Int>, block: usize) -> Tensor<2, Int> {
         .narrow(0, 0, p)
 }
 
+/// 0, 1, ..., p - 1 on `device`. burn-fusion 0.22 builds `arange` as a cumulative sum of ones,
+/// which burn's GPU kernel computes element by element over every element before it: 1.9 ms per
+/// layer at scoring's 65,536 pairs on an H100 (docs/benchmarks.md). The blocked running sums
+/// give the same values without the quadratic cost.
+pub fn positions(p: usize, device: &Device) -> Tensor<1, Int> {
+    running_sums(Tensor::<2, Int>::ones([p, 1], device), SCAN_BLOCK)
+        .reshape([p])
+        .sub_scalar(1)
+}
+
 /// Sorts `expert_ids` [P] (pair order) by expert with a counting sort made of device ops:
 /// one-hot, a running count per expert (rank within the expert), prefix sums of the counts.
 /// Stable: pairs of one expert keep their order.
@@ -110,7 +120,7 @@ pub fn group_by_expert(
     let ends = counts.clone().cumsum(0);
     let starts = ends.clone() - counts.clone();
     let row_of_pair = starts.select(0, expert_ids.clone()) + rank;
-    let pair_ids = Tensor::<1, Int>::arange(0..p as i64, &device);
+    let pair_ids = positions(p, &device);
     // scatter, not select_assign: on the GPU burn's 1-D select_assign runs in one invocation
     // (10 ms at 65,536 pairs); scatter-add is one atomic add per pair.
     let pair_of_row = Tensor::<1, Int>::zeros([p], &device).scatter(
