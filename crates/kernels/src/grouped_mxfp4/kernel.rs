@@ -229,8 +229,9 @@ pub(super) fn grouped_mxfp4_kernel(
 }
 
 /// The product [P, N] of gate (even columns) and up (odd columns) units plus the expert's
-/// bias, to the clamped SwiGLU [P, N / 2] in bf16, the down product's input (spec 3.4): min(gate, limit) * sigmoid(alpha *
-/// min(gate, limit)) * (clamp(up, -limit, limit) + 1), for this tile's rows and columns.
+/// bias, to the clamped SwiGLU [P, N / 2] in bf16, the down product's input (spec 3.4):
+/// min(gate, limit) * sigmoid(alpha * min(gate, limit)) * (clamp(up, -limit, limit) + 1), for
+/// this tile's rows and columns.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn swiglu_epilogue(
