@@ -16,8 +16,8 @@
 //! fused"): a workgroup-scope accumulator can only be stored whole, and a 256 x 128 f32 tile
 //! does not fit in shared memory, so the tile is stored to the output, a storage barrier makes
 //! it visible to the whole workgroup, and the invocations read it back (from cache) to add the
-//! expert's bias and write either the clamped SwiGLU [P, N / 2] or the product times each
-//! row's gate weight, in the same launch.
+//! expert's bias and write either the clamped SwiGLU [P, N / 2] (in bf16: the down product's
+//! input) or the product times each row's gate weight, in the same launch.
 //!
 //! Files: `decode` (MXFP4 codes to values, a K step of weights into shared memory),
 //! `kernel` (the tiled product and its epilogues), `extension` (the burn backend ops and the
