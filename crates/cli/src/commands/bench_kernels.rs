@@ -27,8 +27,8 @@ pub struct KernelCheckArgs {
     #[arg(long, default_value = "wgpu")]
     pub device: DeviceChoice,
     /// Instead of every check: time the tensor-core grouped kernel at scoring's size (8 x 2048
-    /// tokens x 4 experts, 5760 x 2880) with each tiling, `MxNxK` plus `p` (pipelined) and `t`
-    /// (FP4 table) flags after a slash (`64x128x64/pt`), checked against the reference.
+    /// tokens x 4 experts, 5760 x 2880) with each tiling, `MxNxK` plus the flag `t` (FP4
+    /// values from a table) after a slash (`64x128x64/t`), checked against the reference.
     #[arg(long, value_delimiter = ',')]
     pub grouped_tilings: Vec<String>,
 }
@@ -161,12 +161,12 @@ fn check_fused_epilogues(
     Ok(())
 }
 
-/// `MxNxK` with optional `/flags`: `p` pipelined, `t` FP4 table.
+/// `MxNxK` with optional `/flags`: `t` FP4 table.
 fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
     let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
     let [m, n, k] = super::bench_matmul::parse_shape(shape)?;
-    if let Some(bad) = flags.chars().find(|c| !matches!(c, 'p' | 't')) {
-        anyhow::bail!("grouped tiling `{text}`: unknown flag `{bad}` (p: pipelined, t: table)");
+    if let Some(bad) = flags.chars().find(|&c| c != 't') {
+        anyhow::bail!("grouped tiling `{text}`: unknown flag `{bad}` (t: table)");
     }
     anyhow::ensure!(
         k % 32 == 0 && m % 16 == 0 && n % 16 == 0,
@@ -176,7 +176,6 @@ fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
         m,
         n,
         k,
-        pipelined: flags.contains('p'),
         table: flags.contains('t'),
     })
 }

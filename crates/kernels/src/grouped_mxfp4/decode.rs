@@ -68,15 +68,14 @@ pub(super) fn load_stage_words(
     }
 }
 
-/// Decodes loaded words into `stage` ([tn][tk] bf16 from `offset`: element (kk, col) of B =
-/// W^T at col * tk + kk, column-major B).
+/// Decodes loaded words into `stage` ([tn][tk] bf16: element (kk, col) of B = W^T at
+/// col * tk + kk, column-major B).
 #[cube]
 pub(super) fn decode_stage_words(
     loaded: &Array<u32>,
     scale_codes: &Array<u32>,
     table: &[f32],
     stage: &mut [bf16],
-    offset: usize,
     #[comptime] tn: usize,
     #[comptime] tk: usize,
     #[comptime] use_table: bool,
@@ -85,7 +84,7 @@ pub(super) fn decode_stage_words(
     #[unroll]
     for i in 0..per_unit {
         let (local_row, part) = stage_word_position(i as u32, tk);
-        let base = offset + (local_row * tk as u32 + part * 8) as usize;
+        let base = (local_row * tk as u32 + part * 8) as usize;
         let scale = scale_value(scale_codes[i]);
         let word = loaded[i];
         #[unroll]

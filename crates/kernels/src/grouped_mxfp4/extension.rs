@@ -167,7 +167,7 @@ fn launch_grouped(
         epilogue.limit,
         epilogue.alpha,
         (t.m, t.n, t.k),
-        (t.pipelined, t.table),
+        t.table,
         epilogue.code,
     );
     (out, activation)

@@ -30,11 +30,10 @@ pub(super) fn grouped_mxfp4_kernel(
     limit: f32,
     alpha: f32,
     #[comptime] tile: (usize, usize, usize),
-    #[comptime] scheme: (bool, bool),
+    #[comptime] use_table: bool,
     #[comptime] epilogue: u32,
 ) {
     let (tm, tn, tk) = tile;
-    let (pipelined, use_table) = scheme;
     let tile_id = CUBE_POS_X;
     let mut expert = num_experts;
     for e in 0..num_experts {
@@ -51,9 +50,8 @@ pub(super) fn grouped_mxfp4_kernel(
     let a_view = TensorView::new(a, seq![row_end, k]).finish();
     let out_view = TensorView::new(&*out, seq![row_end, n]).finish();
 
-    let stages = comptime![if pipelined { 2usize } else { 1usize }];
     let stage_size = tn * tk;
-    let mut stage_b = Shared::<[bf16]>::new_aligned_slice(stages * stage_size, 16usize);
+    let mut stage_b = Shared::<[bf16]>::new_aligned_slice(stage_size, 16usize);
     let mut table = Shared::<[f32]>::new_slice(16usize);
     if UNIT_POS < 16 {
         table[UNIT_POS as usize] = fp4_value(UNIT_POS);
@@ -90,7 +88,8 @@ pub(super) fn grouped_mxfp4_kernel(
     let expert_words = expert * n * (k / 8);
     let expert_scales = expert * scale_words_per_expert;
     let steps = k / tk as u32;
-    if comptime![pipelined] {
+    sync_cube();
+    for step in 0..steps {
         load_stage_words(
             words,
             scales,
@@ -99,106 +98,30 @@ pub(super) fn grouped_mxfp4_kernel(
             expert_words,
             expert_scales,
             col_begin,
-            0,
+            step * tk as u32,
             n,
             k,
             tn,
             tk,
         );
-        sync_cube();
         decode_stage_words(
             &loaded,
             &scale_codes,
             &table,
             &mut stage_b,
-            0,
             tn,
             tk,
             use_table,
         );
         sync_cube();
-        for step in 0..steps {
-            let current = (step % 2) as usize * stage_size;
-            let next = ((step + 1) % 2) as usize * stage_size;
-            let has_next = step + 1 < steps;
-            if has_next {
-                load_stage_words(
-                    words,
-                    scales,
-                    &mut loaded,
-                    &mut scale_codes,
-                    expert_words,
-                    expert_scales,
-                    col_begin,
-                    (step + 1) * tk as u32,
-                    n,
-                    k,
-                    tn,
-                    tk,
-                );
-            }
-            let a_tile = a_view.slice(
-                seq![row_begin, step * tk as u32],
-                seq![tm as u32, tk as u32],
-            );
-            cmma::load_tensor(&mut a_mat, &a_tile);
-            cmma::load(
-                &mut b_mat,
-                &stage_b[current..current + stage_size],
-                tk as u32,
-            );
-            cmma::execute(&a_mat, &b_mat, &acc, &acc);
-            if has_next {
-                decode_stage_words(
-                    &loaded,
-                    &scale_codes,
-                    &table,
-                    &mut stage_b,
-                    next,
-                    tn,
-                    tk,
-                    use_table,
-                );
-            }
-            sync_cube();
-        }
-    } else {
+        let a_tile = a_view.slice(
+            seq![row_begin, step * tk as u32],
+            seq![tm as u32, tk as u32],
+        );
+        cmma::load_tensor(&mut a_mat, &a_tile);
+        cmma::load(&mut b_mat, &stage_b[0..stage_size], tk as u32);
+        cmma::execute(&a_mat, &b_mat, &acc, &acc);
         sync_cube();
-        for step in 0..steps {
-            load_stage_words(
-                words,
-                scales,
-                &mut loaded,
-                &mut scale_codes,
-                expert_words,
-                expert_scales,
-                col_begin,
-                step * tk as u32,
-                n,
-                k,
-                tn,
-                tk,
-            );
-            decode_stage_words(
-                &loaded,
-                &scale_codes,
-                &table,
-                &mut stage_b,
-                0,
-                tn,
-                tk,
-                use_table,
-            );
-            sync_cube();
-            let a_tile = a_view.slice(
-                seq![row_begin, step * tk as u32],
-                seq![tm as u32, tk as u32],
-            );
-            cmma::load_tensor(&mut a_mat, &a_tile);
-            cmma::load(&mut b_mat, &stage_b[0..stage_size], tk as u32);
-            cmma::execute(&a_mat, &b_mat, &acc, &acc);
-            sync_cube();
-        }
     }
     let mut out_tile = out_view.slice(seq![row_begin, col_begin], seq![tm as u32, tn as u32]);
     cmma::store_tensor(&mut out_tile, &acc);

@@ -5,9 +5,9 @@
 //! [N, K] read from the checkpoint's MXFP4 words (8 nibbles per u32, low nibble first) and
 //! scale bytes (packed four to a u32) and decoded to bf16 in shared memory one K step (whole
 //! 32-wide blocks) at a time; the products run on the tensor cores (workgroup-scope cooperative
-//! matrices). Pipelined tilings keep two shared stages: the next step's words are loaded
-//! before this step's products and decoded after them (one synchronisation per step instead of
-//! two; loading them early without the second stage measured slower: 56 against 61-64 TF/s).
+//! matrices). Each step loads and decodes its words, then multiplies, with a barrier after
+//! each (a second shared stage, the next step's words decoded behind this step's products,
+//! was measured and removed: 90-92 against 97-98 TF/s at scoring's size, docs/benchmarks.md).
 //! Which expert and row tile a workgroup takes comes from `tile_starts` (prefix sums of
 //! ceil(count / tm)), computed on the device: no host round trip. The grid is sized for the
 //! worst case (ceil(P / tm) + E tiles); workgroups past the last tile exit at once.
@@ -41,9 +41,6 @@ pub struct Tiling {
     pub n: usize,
     /// K step: a multiple of 32 (whole MXFP4 blocks).
     pub k: usize,
-    /// Two shared stages: the next step's words are loaded before this step's products and
-    /// decoded after them (one synchronisation per step instead of two).
-    pub pipelined: bool,
     /// FP4 values from a 16-entry table in shared memory instead of arithmetic.
     pub table: bool,
 }
@@ -51,11 +48,7 @@ pub struct Tiling {
 impl Tiling {
     /// One number per tiling (how burn-fusion tells launches apart).
     pub fn code(&self) -> u64 {
-        self.m as u64
-            | (self.n as u64) << 16
-            | (self.k as u64) << 32
-            | (self.pipelined as u64) << 48
-            | (self.table as u64) << 49
+        self.m as u64 | (self.n as u64) << 16 | (self.k as u64) << 32 | (self.table as u64) << 48
     }
 }
 
@@ -64,7 +57,6 @@ pub const SMALL_TILES: Tiling = Tiling {
     m: 64,
     n: 128,
     k: 32,
-    pipelined: false,
     table: true,
 };
 
@@ -75,7 +67,6 @@ pub const LARGE_TILES: Tiling = Tiling {
     m: 256,
     n: 128,
     k: 32,
-    pipelined: false,
     table: true,
 };
 
