@@ -19,7 +19,7 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 use half::bf16;
 
-use crate::grouped_mxfp4::{fp4_value, scale_value};
+use crate::grouped_mxfp4::{expert_of_tile, fp4_value, scale_value};
 use crate::launch::empty_f32;
 
 /// Rows per tile (the tiles `tile_starts` counts).
@@ -45,12 +45,7 @@ fn grouped_mxfp4_rows_kernel(
     #[comptime] rows: usize,
 ) {
     let tile_id = CUBE_POS_X;
-    let mut expert = num_experts;
-    for e in 0..num_experts {
-        if tile_id >= tile_starts[e as usize] && tile_id < tile_starts[e as usize + 1] {
-            expert = e;
-        }
-    }
+    let expert = expert_of_tile(tile_starts, tile_id, num_experts);
     if expert == num_experts {
         terminate!();
     }

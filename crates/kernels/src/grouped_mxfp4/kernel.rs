@@ -11,6 +11,19 @@ pub(super) const EPILOGUE_NONE: u32 = 0;
 pub(super) const EPILOGUE_SWIGLU: u32 = 1;
 pub(super) const EPILOGUE_SCALED: u32 = 2;
 
+/// The expert whose tiles (`tile_starts[e]..tile_starts[e + 1]`) include `tile_id`, or
+/// `num_experts` for a workgroup past the last tile.
+#[cube]
+pub(crate) fn expert_of_tile(tile_starts: &[u32], tile_id: u32, num_experts: u32) -> u32 {
+    let mut expert = num_experts;
+    for e in 0..num_experts {
+        if tile_id >= tile_starts[e as usize] && tile_id < tile_starts[e as usize + 1] {
+            expert = e;
+        }
+    }
+    expert
+}
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn grouped_mxfp4_kernel(
@@ -35,12 +48,7 @@ pub(super) fn grouped_mxfp4_kernel(
 ) {
     let (tm, tn, tk) = tile;
     let tile_id = CUBE_POS_X;
-    let mut expert = num_experts;
-    for e in 0..num_experts {
-        if tile_id >= tile_starts[e as usize] && tile_id < tile_starts[e as usize + 1] {
-            expert = e;
-        }
-    }
+    let expert = expert_of_tile(tile_starts, tile_id, num_experts);
     if expert == num_experts {
         terminate!();
     }

@@ -29,6 +29,7 @@ mod kernel;
 
 pub(crate) use decode::{fp4_value, scale_value};
 pub use extension::GroupedBackend;
+pub(crate) use kernel::expert_of_tile;
 
 use burn::tensor::{DType, Int, Tensor};
 
