@@ -47,6 +47,25 @@ pub struct Attention {
     pub head_dim: usize,
 }
 
+/// A GPU attention kernel: q [B, heads, T, D], k and v [B, kv_heads, S, D], sinks [heads], key
+/// ranges (2 per row and query, 32-bit), score scale -> [B, T, heads, D].
+type AttentionKernel =
+    fn(Tensor<4>, Tensor<4>, Tensor<4>, Tensor<1>, Tensor<1, Int>, f32) -> Tensor<4>;
+
+/// The GPU kernel for `queries` queries per row with heads of `head_dim`, if one takes them:
+/// decoding's `attention_rows` (one kernel instead of about twelve) for a few queries,
+/// `attention_tiles` (one tensor-core kernel instead of f32 matmuls around passes over the
+/// scores) for scoring and prefill.
+fn gpu_attention_kernel(queries: usize, head_dim: usize) -> Option<AttentionKernel> {
+    if queries <= attention_rows::MAX_QUERIES && attention_rows::supports(head_dim) {
+        Some(attention_rows::attention_rows)
+    } else if attention_tiles::supports(head_dim) {
+        Some(attention_tiles::attention_tiles)
+    } else {
+        None
+    }
+}
+
 impl Attention {
     /// `x` is [B, T, H]; `mask` covers the S keys this call sees (cached ones first).
     /// Returns [B, T, H].
@@ -65,22 +84,8 @@ impl Attention {
             Some(c) => c.append(k, v),
             None => (k, v),
         };
-        if kernels && t <= attention_rows::MAX_QUERIES && attention_rows::supports(d) {
-            // Decoding: one kernel instead of about twelve (see `attention_rows`).
-            let out = attention_rows::attention_rows(
-                q,
-                k,
-                v,
-                self.sinks.val(),
-                mask.key_ranges(),
-                self.score_scale() as f32,
-            );
-            return linear(&self.o_proj, out.reshape([b, t, nh * d]));
-        }
-        if kernels && attention_tiles::supports(d) {
-            // Scoring and prefill: one tensor-core kernel instead of f32 matmuls around passes
-            // over the scores (see `attention_tiles`).
-            let out = attention_tiles::attention_tiles(
+        if let Some(kernel) = kernels.then(|| gpu_attention_kernel(t, d)).flatten() {
+            let out = kernel(
                 q,
                 k,
                 v,
