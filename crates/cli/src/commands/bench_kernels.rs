@@ -9,6 +9,7 @@
 //! case; fails when one exceeds bf16 rounding (1e-2), or 1e-5 for the kernels that stay in f32
 //! (logsumexp, RMSNorm, router, attention, RoPE).
 
+mod attention;
 mod decoding;
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
@@ -66,13 +67,7 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
     let mut worst = Worst::new("grouped kernel", 1e-2);
     for (experts, rows, n, k) in CASES {
         let matrix = random_mxfp4(&mut rng, [experts, n, k], 122..=130, &device);
-        let ids: Vec<i64> = (0..rows)
-            .map(|_| rng.random_range(0..experts as i64))
-            .collect();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows]), &device);
-        let a = Tensor::<2>::random([rows, k], Distribution::Default, &device)
-            .cast(DType::BF16)
-            .cast(DType::F32);
+        let (ids, a) = random_routed_rows(&mut rng, experts, [rows, k], &device);
         let kernels = [
             ("tiles", TILE_ROWS),
             ("large tiles", LARGE_TILE_ROWS),
@@ -105,8 +100,8 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
     decoding::check_rms_norm(&device)?;
     decoding::check_router(&device)?;
     decoding::check_moe_pairs(&device)?;
-    decoding::check_attention_rows(&device)?;
-    check_attention_tiles(&device)?;
+    attention::check_attention_rows(&device)?;
+    attention::check_attention_tiles(&device)?;
     decoding::check_rotary(&device)?;
     decoding::check_write_at_index(&device)
 }
@@ -192,13 +187,7 @@ fn time_grouped_tilings(
     let ExpertMatrix::Mxfp4(packed) = &matrix else {
         unreachable!("random_mxfp4 packs MXFP4")
     };
-    let ids: Vec<i64> = (0..rows)
-        .map(|_| rng.random_range(0..experts as i64))
-        .collect();
-    let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows]), device);
-    let a = Tensor::<2>::random([rows, k], Distribution::Default, device)
-        .cast(DType::BF16)
-        .cast(DType::F32);
+    let (ids, a) = random_routed_rows(rng, experts, [rows, k], device);
     let mut worst = Worst::new("grouped kernel", 1e-2);
     let mut reference = None;
     for &tiling in tilings {
@@ -219,6 +208,24 @@ fn time_grouped_tilings(
         );
     }
     worst.finish()
+}
+
+/// Expert ids [rows] drawn at random from `experts`, and rows [rows, k] of bf16-representable
+/// values (the kernels round their inputs to bf16; the reference then sees the same values).
+fn random_routed_rows(
+    rng: &mut StdRng,
+    experts: usize,
+    [rows, k]: [usize; 2],
+    device: &Device,
+) -> (Tensor<1, Int>, Tensor<2>) {
+    let ids: Vec<i64> = (0..rows)
+        .map(|_| rng.random_range(0..experts as i64))
+        .collect();
+    let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows]), device);
+    let a = Tensor::<2>::random([rows, k], Distribution::Default, device)
+        .cast(DType::BF16)
+        .cast(DType::F32);
+    (ids, a)
 }
 
 /// Random MXFP4 weights for `experts` matrices of [n, k] (k a multiple of 32), scale bytes
@@ -410,79 +417,6 @@ fn check_bf16_rows(device: &Device) -> anyhow::Result<()> {
             reference,
             json!({"kernel": "bf16_rows_three", "m": m, "k": k, "n": [n0, n1, n2],
                    "bias": m % 2 == 1, "seconds_per_queued_call": seconds}),
-        );
-    }
-    worst.finish()
-}
-
-/// The tensor-core attention against burn's ops on the same bf16-rounded inputs: causal ranges
-/// (scoring's shape, a sliding window with left padding, queries after cached keys) and random
-/// ranges with one query that sees no key.
-fn check_attention_tiles(device: &Device) -> anyhow::Result<()> {
-    use gpt_oss_kernels::attention_rows::reference_attention_rows;
-    use gpt_oss_kernels::attention_tiles::attention_tiles;
-    let mut rng = StdRng::seed_from_u64(11);
-    let mut worst = Worst::new("attention tiles kernel", 1e-2);
-    // (rows, heads, kv heads, queries, keys, window, left padding of row 1); window 0: random.
-    for [b, heads, kv_heads, t, s, window, pad] in [
-        [1usize, 64, 8, 2048, 2048, 2048, 0],
-        [2, 8, 2, 300, 300, 128, 37],
-        [2, 16, 8, 100, 612, 612, 0],
-        [2, 4, 4, 70, 500, 0, 0],
-    ] {
-        let ranges: Vec<i32> = (0..b * t)
-            .flat_map(|item| {
-                let (row, query) = (item / t, item % t);
-                if window == 0 {
-                    let lo = rng.random_range(0..s);
-                    let hi = if item == 1 {
-                        lo
-                    } else {
-                        rng.random_range(lo..=s)
-                    };
-                    return [lo as i32, hi as i32];
-                }
-                let position = s - t + query;
-                let first = if row == 1 { pad } else { 0 };
-                let lo = (position + 1).saturating_sub(window).max(first);
-                [lo.min(position + 1) as i32, (position + 1) as i32]
-            })
-            .collect();
-        let ranges = Tensor::<1, Int>::from_data(TensorData::new(ranges, [b * t * 2]), device)
-            .cast(burn::tensor::IntDType::I32);
-        let normal = |shape: [usize; 4]| {
-            Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device)
-                .cast(DType::BF16)
-                .cast(DType::F32)
-        };
-        let (q, k, v) = (
-            normal([b, heads, t, 64]),
-            normal([b, kv_heads, s, 64]),
-            normal([b, kv_heads, s, 64]),
-        );
-        let sinks = Tensor::<1>::random([heads], Distribution::Normal(0.0, 1.0), device);
-        let scale = 0.125;
-        let run = || {
-            attention_tiles(
-                q.clone(),
-                k.clone(),
-                v.clone(),
-                sinks.clone(),
-                ranges.clone(),
-                scale,
-            )
-            .reshape([b * t, heads * 64])
-        };
-        let ours = run();
-        let seconds = seconds_per_call(device, run)?;
-        let reference =
-            reference_attention_rows(q, k, v, sinks, ranges, scale).reshape([b * t, heads * 64]);
-        worst.record(
-            ours,
-            reference,
-            json!({"kernel": "attention_tiles", "rows": b, "heads": heads,
-                   "kv_heads": kv_heads, "queries": t, "keys": s, "window": window,
-                   "seconds": seconds}),
         );
     }
     worst.finish()

@@ -1,10 +1,10 @@
 //! kernel-check cases for the decoding kernels (one launch each instead of tens of burn ops):
-//! RMSNorm, router top-k, per-pair MXFP4 experts, few-query attention, RoPE.
+//! RMSNorm, router top-k, per-pair MXFP4 experts, RoPE (few-query attention: `attention`).
 
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use gpt_oss_model::transformer::experts::ExpertMatrix;
 use gpt_oss_model::transformer::moe_grouped::ExpertPath;
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 use serde_json::json;
 
 use super::{Worst, random_mxfp4, seconds_per_call, seconds_per_queued_call};
@@ -171,68 +171,6 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                    "hidden": hidden, "inter": inter, "top_k": top_k,
                    "seconds_by_pairs": pairs_seconds, "seconds_sorted_grouped": sorted_seconds,
                    "seconds_by_pairs_queued": pairs_queued_seconds}),
-        );
-    }
-    worst.finish()
-}
-
-pub(super) fn check_attention_rows(device: &Device) -> anyhow::Result<()> {
-    use gpt_oss_kernels::attention_rows::{attention_rows, reference_attention_rows};
-    let mut rng = StdRng::seed_from_u64(7);
-    let mut worst = Worst::new("attention kernel", 1e-5);
-    // (rows, heads, kv heads, queries, keys, head_dim); 5,000 keys take three chunks.
-    for [b, heads, kv_heads, t, s, d] in [
-        [1, 64, 8, 1, 128, 64],
-        [2, 8, 2, 3, 5000, 64],
-        [32, 64, 8, 1, 256, 64],
-        [3, 4, 4, 2, 40, 32],
-    ] {
-        let q = Tensor::<4>::random([b, heads, t, d], Distribution::Normal(0.0, 1.0), device);
-        let k = Tensor::<4>::random([b, kv_heads, s, d], Distribution::Normal(0.0, 1.0), device);
-        let v = Tensor::<4>::random([b, kv_heads, s, d], Distribution::Normal(0.0, 1.0), device);
-        let sinks = Tensor::<1>::random([heads], Distribution::Normal(0.0, 1.0), device);
-        // Random ranges; the second (row, query) sees no key at all (its output is zero).
-        let ranges: Vec<i32> = (0..b * t)
-            .flat_map(|item| {
-                let lo = rng.random_range(0..s);
-                let hi = if item == 1 {
-                    lo
-                } else {
-                    rng.random_range(lo..=s)
-                };
-                [lo, hi]
-            })
-            .collect();
-        let ranges = Tensor::<1, Int>::from_data(TensorData::new(ranges, [b * t * 2]), device)
-            .cast(burn::tensor::IntDType::I32);
-        let scale = (d as f32).powf(-0.5);
-        let run = || {
-            attention_rows(
-                q.clone(),
-                k.clone(),
-                v.clone(),
-                sinks.clone(),
-                ranges.clone(),
-                scale,
-            )
-            .reshape([b * t, heads * d])
-        };
-        let ours = run();
-        let seconds = seconds_per_call(device, run)?;
-        let reference = reference_attention_rows(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            sinks.clone(),
-            ranges.clone(),
-            scale,
-        )
-        .reshape([b * t, heads * d]);
-        worst.record(
-            ours,
-            reference,
-            json!({"kernel": "attention_rows", "rows": b, "heads": heads, "kv_heads": kv_heads,
-                   "queries": t, "keys": s, "head_dim": d, "seconds": seconds}),
         );
     }
     worst.finish()

@@ -1,0 +1,164 @@
+//! `bench kernel-check`'s attention cases: the few-query kernel (`attention_rows`, f32) and the
+//! tensor-core kernel for many queries (`attention_tiles`, bf16), each against burn's ops over
+//! the same key ranges.
+
+use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::json;
+
+use super::{Worst, seconds_per_call};
+
+/// The few-query kernel (decoding) against burn's ops in f32 on random key ranges, one of
+/// which is empty, up to 5,000 keys.
+pub(super) fn check_attention_rows(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::attention_rows::attention_rows;
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut worst = Worst::new("attention kernel", 1e-5);
+    // (rows, heads, kv heads, queries, keys, head_dim); 5,000 keys take three chunks.
+    for [b, heads, kv_heads, t, s, d] in [
+        [1usize, 64, 8, 1, 128, 64],
+        [2, 8, 2, 3, 5000, 64],
+        [32, 64, 8, 1, 256, 64],
+        [3, 4, 4, 2, 40, 32],
+    ] {
+        let normal =
+            |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+        let inputs = AttentionInputs {
+            q: normal([b, heads, t, d]),
+            k: normal([b, kv_heads, s, d]),
+            v: normal([b, kv_heads, s, d]),
+            sinks: Tensor::<1>::random([heads], Distribution::Normal(0.0, 1.0), device),
+            ranges: ranges_tensor(random_key_ranges(&mut rng, b * t, s), device),
+            scale: (d as f32).powf(-0.5),
+        };
+        let (ours, reference, seconds) = attention_against_reference(attention_rows, inputs)?;
+        worst.record(
+            ours,
+            reference,
+            json!({"kernel": "attention_rows", "rows": b, "heads": heads, "kv_heads": kv_heads,
+                   "queries": t, "keys": s, "head_dim": d, "seconds": seconds}),
+        );
+    }
+    worst.finish()
+}
+
+/// The tensor-core attention against burn's ops on the same bf16-rounded inputs: causal ranges
+/// (scoring's shape, a sliding window with left padding, queries after cached keys) and random
+/// ranges with one query that sees no key.
+pub(super) fn check_attention_tiles(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::attention_tiles::attention_tiles;
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut worst = Worst::new("attention tiles kernel", 1e-2);
+    // (rows, heads, kv heads, queries, keys, window, left padding of row 1); window 0: random.
+    for [b, heads, kv_heads, t, s, window, pad] in [
+        [1usize, 64, 8, 2048, 2048, 2048, 0],
+        [2, 8, 2, 300, 300, 128, 37],
+        [2, 16, 8, 100, 612, 612, 0],
+        [2, 4, 4, 70, 500, 0, 0],
+    ] {
+        let ranges: Vec<i32> = if window == 0 {
+            random_key_ranges(&mut rng, b * t, s)
+        } else {
+            (0..b * t)
+                .flat_map(|item| {
+                    let (row, query) = (item / t, item % t);
+                    let position = s - t + query;
+                    let first = if row == 1 { pad } else { 0 };
+                    let lo = (position + 1).saturating_sub(window).max(first);
+                    [lo.min(position + 1) as i32, (position + 1) as i32]
+                })
+                .collect()
+        };
+        let normal = |shape: [usize; 4]| {
+            Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device)
+                .cast(DType::BF16)
+                .cast(DType::F32)
+        };
+        let inputs = AttentionInputs {
+            q: normal([b, heads, t, 64]),
+            k: normal([b, kv_heads, s, 64]),
+            v: normal([b, kv_heads, s, 64]),
+            sinks: Tensor::<1>::random([heads], Distribution::Normal(0.0, 1.0), device),
+            ranges: ranges_tensor(ranges, device),
+            scale: 0.125,
+        };
+        let (ours, reference, seconds) = attention_against_reference(attention_tiles, inputs)?;
+        worst.record(
+            ours,
+            reference,
+            json!({"kernel": "attention_tiles", "rows": b, "heads": heads,
+                   "kv_heads": kv_heads, "queries": t, "keys": s, "window": window,
+                   "seconds": seconds}),
+        );
+    }
+    worst.finish()
+}
+
+/// Random key ranges (lo, hi) for `items` (row, query) pairs over `keys` keys; the second pair
+/// sees no key at all (its output must be zero).
+fn random_key_ranges(rng: &mut StdRng, items: usize, keys: usize) -> Vec<i32> {
+    (0..items)
+        .flat_map(|item| {
+            let lo = rng.random_range(0..keys as i32);
+            let hi = if item == 1 {
+                lo
+            } else {
+                rng.random_range(lo..=keys as i32)
+            };
+            [lo, hi]
+        })
+        .collect()
+}
+
+/// Key ranges as the attention kernels take them: 32-bit ints on `device`.
+fn ranges_tensor(ranges: Vec<i32>, device: &Device) -> Tensor<1, Int> {
+    let count = ranges.len();
+    Tensor::<1, Int>::from_data(TensorData::new(ranges, [count]), device)
+        .cast(burn::tensor::IntDType::I32)
+}
+
+/// One attention case: q [B, heads, T, d], k and v [B, kv_heads, S, d], sinks [heads], key
+/// ranges, score scale.
+struct AttentionInputs {
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    sinks: Tensor<1>,
+    ranges: Tensor<1, Int>,
+    scale: f32,
+}
+
+/// An attention kernel's output and its burn-ops reference (`reference_attention_rows`), both
+/// as [B * T, heads * d], and the kernel's seconds per call.
+fn attention_against_reference(
+    kernel: fn(Tensor<4>, Tensor<4>, Tensor<4>, Tensor<1>, Tensor<1, Int>, f32) -> Tensor<4>,
+    inputs: AttentionInputs,
+) -> anyhow::Result<(Tensor<2>, Tensor<2>, f64)> {
+    use gpt_oss_kernels::attention_rows::reference_attention_rows;
+    let AttentionInputs {
+        q,
+        k,
+        v,
+        sinks,
+        ranges,
+        scale,
+    } = inputs;
+    let [b, heads, t, d] = q.dims();
+    let device = q.device();
+    let run = || {
+        kernel(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            sinks.clone(),
+            ranges.clone(),
+            scale,
+        )
+        .reshape([b * t, heads * d])
+    };
+    let ours = run();
+    let seconds = seconds_per_call(&device, run)?;
+    let reference =
+        reference_attention_rows(q, k, v, sinks, ranges, scale).reshape([b * t, heads * d]);
+    Ok((ours, reference, seconds))
+}
