@@ -34,3 +34,15 @@ pub mod rotary_rows;
 pub mod router_top_k;
 pub mod workgroup_reduce;
 pub mod write_at_index;
+
+/// The signature both attention kernels share (`attention_rows::attention_rows`,
+/// `attention_tiles::attention_tiles`): q [B, heads, T, D], k and v [B, kv_heads, S, D], sinks
+/// [heads], key ranges (lo, hi per row and query, 32-bit), score scale -> [B, T, heads, D].
+pub type AttentionKernel = fn(
+    burn::tensor::Tensor<4>,
+    burn::tensor::Tensor<4>,
+    burn::tensor::Tensor<4>,
+    burn::tensor::Tensor<1>,
+    burn::tensor::Tensor<1, burn::tensor::Int>,
+    f32,
+) -> burn::tensor::Tensor<4>;

@@ -5,7 +5,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Int, Tensor};
 
-use gpt_oss_kernels::{attention_rows, attention_tiles, bf16_rows, rotary_rows};
+use gpt_oss_kernels::{AttentionKernel, attention_rows, attention_tiles, bf16_rows, rotary_rows};
 
 use super::cache::{FixedKv, KEY_BLOCK, LayerKv};
 use super::mask::KeyMask;
@@ -46,11 +46,6 @@ pub struct Attention {
     pub num_kv_heads: usize,
     pub head_dim: usize,
 }
-
-/// A GPU attention kernel: q [B, heads, T, D], k and v [B, kv_heads, S, D], sinks [heads], key
-/// ranges (2 per row and query, 32-bit), score scale -> [B, T, heads, D].
-type AttentionKernel =
-    fn(Tensor<4>, Tensor<4>, Tensor<4>, Tensor<1>, Tensor<1, Int>, f32) -> Tensor<4>;
 
 /// The GPU kernel for `queries` queries per row with heads of `head_dim`, if one takes them:
 /// decoding's `attention_rows` (one kernel instead of about twelve) for a few queries,

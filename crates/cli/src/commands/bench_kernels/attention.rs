@@ -131,7 +131,7 @@ struct AttentionInputs {
 /// An attention kernel's output and its burn-ops reference (`reference_attention_rows`), both
 /// as [B * T, heads * d], and the kernel's seconds per call.
 fn attention_against_reference(
-    kernel: fn(Tensor<4>, Tensor<4>, Tensor<4>, Tensor<1>, Tensor<1, Int>, f32) -> Tensor<4>,
+    kernel: gpt_oss_kernels::AttentionKernel,
     inputs: AttentionInputs,
 ) -> anyhow::Result<(Tensor<2>, Tensor<2>, f64)> {
     use gpt_oss_kernels::attention_rows::reference_attention_rows;
