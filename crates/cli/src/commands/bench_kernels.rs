@@ -10,6 +10,7 @@
 //! (logsumexp, RMSNorm, router, attention, RoPE).
 
 mod attention;
+mod decode_timings;
 mod decoding;
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
@@ -32,6 +33,14 @@ pub struct KernelCheckArgs {
     /// values from a table) after a slash (`64x128x64/t`), checked against the reference.
     #[arg(long, value_delimiter = ',')]
     pub grouped_tilings: Vec<String>,
+    /// Instead of every check: the device time of each decoding kernel at gpt-oss-20b's
+    /// shapes (launches captured as a graph and replayed), the per-pair experts kernels with
+    /// each of `--columns-per-plane`.
+    #[arg(long)]
+    pub decode_timings: bool,
+    /// Output columns per plane of the per-pair experts kernels timed by `--decode-timings`.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub columns_per_plane: Vec<u32>,
 }
 
 /// (experts, rows, n, k) per case.
@@ -63,6 +72,9 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
             .map(|t| parse_grouped_tiling(t))
             .collect::<anyhow::Result<_>>()?;
         return time_grouped_tilings(&tilings, &mut rng, &device);
+    }
+    if args.decode_timings {
+        return decode_timings::time_decode_kernels(&device, &args.columns_per_plane);
     }
     let mut worst = Worst::new("grouped kernel", 1e-2);
     for (experts, rows, n, k) in CASES {

@@ -32,7 +32,7 @@ pub fn pair_weights(moe: &Moe, tokens: usize) -> Option<(&PackedMxfp4, &PackedMx
     let runs = moe.path == ExpertPath::GroupedKernel
         && tokens * moe.top_k <= MAX_PAIRS
         && router_top_k::supports(experts, moe.top_k)
-        && experts_pairs::supports(words_per_row * 8, width / 2);
+        && experts_pairs::supports(words_per_row * 8, width / 2, moe.top_k);
     runs.then_some((gate_up, down))
 }
 
@@ -65,6 +65,7 @@ pub fn moe_by_pairs(
         experts.gate_up_bias.val(),
         experts.swiglu_limit,
         experts.swiglu_alpha,
+        experts_pairs::GATE_UP_COLUMNS_PER_PLANE,
     );
     experts_pairs::pairs_down(
         act,
@@ -73,6 +74,7 @@ pub fn moe_by_pairs(
         down.scale_words.val(),
         experts.down_bias.val(),
         residual,
+        experts_pairs::DOWN_COLUMNS_PER_PLANE,
     )
 }
 

@@ -143,6 +143,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                 layer.gate_up_bias.val(),
                 layer.swiglu_limit,
                 layer.swiglu_alpha,
+                gpt_oss_kernels::experts_pairs::GATE_UP_COLUMNS_PER_PLANE,
             );
             pairs_down(
                 act,
@@ -151,6 +152,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                 down_scales.clone(),
                 layer.down_bias.val(),
                 Some(residual.clone()),
+                gpt_oss_kernels::experts_pairs::DOWN_COLUMNS_PER_PLANE,
             )
         };
         let sorted = |path: ExpertPath| {

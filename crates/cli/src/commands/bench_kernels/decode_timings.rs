@@ -1,0 +1,337 @@
+//! `bench kernel-check --decode-timings`: the device time of each kernel of a decode step at
+//! gpt-oss-20b's shapes, measured as the step runs them: many launches captured once as a
+//! graph (`burn::tensor::capture`) and replayed, so no host work sits between launches.
+//! Launches cycle through enough weight sets (different experts, copies of a projection) that
+//! one launch's weights are out of the 50 MB L2 cache by the time they come round again.
+//! The per-pair experts kernels are timed at every `columns_per_plane` given, each checked
+//! against the sorted grouped reference first.
+
+use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
+use gpt_oss_model::transformer::experts::ExpertMatrix;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::json;
+
+use super::{Worst, random_mxfp4};
+
+/// gpt-oss-20b's widths.
+const HIDDEN: usize = 2880;
+const INTER: usize = 2880;
+const EXPERTS: usize = 32;
+const TOP_K: usize = 4;
+const Q_WIDTH: usize = 4096;
+const KV_WIDTH: usize = 512;
+/// One lm_head piece (`vocab::PIECE_ROW_MULTIPLE` pieces of gpt-oss's vocabulary).
+const LM_HEAD_PIECE: usize = 93_184;
+/// Launches per captured graph.
+const LAUNCHES: usize = 48;
+/// Bytes of distinct weights the launches of one graph cycle through (three times the L2).
+const CYCLE_BYTES: usize = 150 << 20;
+
+/// Seconds of device time per launch of `run(i)` (`i` cycling over `sets` weight sets) with
+/// [`LAUNCHES`] launches captured as one graph and replayed: the median over five replays
+/// after one.
+fn seconds_per_replayed_launch(
+    device: &Device,
+    sets: usize,
+    run: impl Fn(usize) -> Tensor<2>,
+) -> anyhow::Result<f64> {
+    let mut graph = burn::tensor::capture(device, || {
+        (0..LAUNCHES).map(|i| run(i % sets)).collect::<Vec<_>>()
+    });
+    anyhow::ensure!(
+        graph.is_hardware(),
+        "bench kernel-check --decode-timings: the device cannot capture graphs, so launches \
+         would carry host time"
+    );
+    let mut times = vec![];
+    for _ in 0..6 {
+        let start = std::time::Instant::now();
+        // Safety: every tensor the launches touch is borrowed by `run`, alive until `graph`
+        // is dropped at the end of this function; everything runs on this thread's stream.
+        unsafe { graph.replay() };
+        device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        times.push(start.elapsed().as_secs_f64() / LAUNCHES as f64);
+    }
+    times.remove(0);
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Prints one timing line: the kernel, its case and, where weights are read, bytes per second.
+fn report(kernel: &str, case: serde_json::Value, seconds: f64, weight_bytes: Option<usize>) {
+    let mut line = json!({"timing": kernel, "case": case, "microseconds": seconds * 1e6});
+    if let Some(bytes) = weight_bytes {
+        line["weight_bytes"] = json!(bytes);
+        line["terabytes_per_second"] = json!(bytes as f64 / seconds / 1e12);
+    }
+    println!("{line}");
+}
+
+/// Every timing, the per-pair kernels at each of `columns_per_plane`.
+pub(super) fn time_decode_kernels(
+    device: &Device,
+    columns_per_plane: &[u32],
+) -> anyhow::Result<()> {
+    time_small_kernels(device)?;
+    time_projections(device)?;
+    time_pairs(device, columns_per_plane)
+}
+
+/// The norm (also on 64 values: what one launch costs at the least), the router, RoPE on the
+/// q/k/v heads and attention over 128 cached keys, batch 1.
+fn time_small_kernels(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::rms_norm_rows::{add_rms_norm_rows, rms_norm_rows};
+    let normal =
+        |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    for width in [64, HIDDEN] {
+        let x = normal([1, width]);
+        let weight = Tensor::<1>::random([width], Distribution::Default, device);
+        let seconds = seconds_per_replayed_launch(device, 1, |_| {
+            rms_norm_rows(x.clone(), weight.clone(), 1e-5)
+        })?;
+        report(
+            "rms_norm_rows",
+            json!({"rows": 1, "width": width}),
+            seconds,
+            None,
+        );
+    }
+    let (x, delta) = (normal([1, HIDDEN]), normal([1, HIDDEN]));
+    let weight = Tensor::<1>::random([HIDDEN], Distribution::Default, device);
+    let seconds = seconds_per_replayed_launch(device, 1, |_| {
+        add_rms_norm_rows(x.clone(), delta.clone(), weight.clone(), 1e-5).0
+    })?;
+    report(
+        "add_rms_norm_rows",
+        json!({"rows": 1, "width": HIDDEN}),
+        seconds,
+        None,
+    );
+
+    let w = Tensor::<2>::random([HIDDEN, EXPERTS], Distribution::Normal(0.0, 0.05), device);
+    let bias = Tensor::<1>::zeros([EXPERTS], device);
+    let seconds = seconds_per_replayed_launch(device, 1, |_| {
+        gpt_oss_kernels::router_top_k::router_top_k(x.clone(), w.clone(), bias.clone(), TOP_K)
+    })?;
+    report(
+        "router_top_k",
+        json!({"rows": 1, "hidden": HIDDEN, "experts": EXPERTS}),
+        seconds,
+        Some(4 * HIDDEN * EXPERTS),
+    );
+
+    let heads = Q_WIDTH / 64 + 2 * KV_WIDTH / 64;
+    let qkv = Tensor::<4>::random([1, 1, heads, 64], Distribution::Normal(0.0, 1.0), device);
+    let cos = Tensor::<4>::random([1, 1, 1, 32], Distribution::Default, device);
+    let sin = Tensor::<4>::random([1, 1, 1, 32], Distribution::Default, device);
+    let seconds = seconds_per_replayed_launch(device, 1, |_| {
+        let (q, _, _) = gpt_oss_kernels::rotary_rows::rotary_qkv_rows(
+            qkv.clone(),
+            cos.clone(),
+            sin.clone(),
+            Q_WIDTH / 64,
+            KV_WIDTH / 64,
+        );
+        q.reshape([1, Q_WIDTH])
+    })?;
+    report(
+        "rotary_qkv_rows",
+        json!({"rows": 1, "heads": heads}),
+        seconds,
+        None,
+    );
+
+    let keys = 128;
+    let normal4 =
+        |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let (q, k, v) = (
+        normal4([1, Q_WIDTH / 64, 1, 64]),
+        normal4([1, KV_WIDTH / 64, keys, 64]),
+        normal4([1, KV_WIDTH / 64, keys, 64]),
+    );
+    let sinks = Tensor::<1>::random([Q_WIDTH / 64], Distribution::Default, device);
+    let ranges = Tensor::<1, Int>::from_data(TensorData::new(vec![0i32, keys as i32], [2]), device)
+        .cast(burn::tensor::IntDType::I32);
+    let seconds = seconds_per_replayed_launch(device, 1, |_| {
+        gpt_oss_kernels::attention_rows::attention_rows(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            sinks.clone(),
+            ranges.clone(),
+            0.125,
+        )
+        .reshape([1, Q_WIDTH])
+    })?;
+    report(
+        "attention_rows",
+        json!({"rows": 1, "keys": keys}),
+        seconds,
+        None,
+    );
+    Ok(())
+}
+
+/// The bf16 projections at batch 1 and 32: q/k/v in one launch, o, and one lm_head piece.
+fn time_projections(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::bf16_rows::{bf16_rows_matmul, bf16_rows_three};
+    let bf16 = |shape: [usize; 2]| {
+        Tensor::<2>::random(shape, Distribution::Default, device).cast(DType::BF16)
+    };
+    let copies = |bytes: usize| CYCLE_BYTES.div_ceil(bytes).max(1);
+    for m in [1, 32] {
+        let x = Tensor::<2>::random([m, HIDDEN], Distribution::Default, device);
+        let bytes = 2 * HIDDEN * (Q_WIDTH + 2 * KV_WIDTH);
+        let sets: Vec<[Tensor<2>; 3]> = (0..copies(bytes))
+            .map(|_| [Q_WIDTH, KV_WIDTH, KV_WIDTH].map(|n| bf16([HIDDEN, n])))
+            .collect();
+        let seconds = seconds_per_replayed_launch(device, sets.len(), |i| {
+            bf16_rows_three(x.clone(), sets[i].clone(), None)
+        })?;
+        report(
+            "bf16_rows_three",
+            json!({"rows": m, "k": HIDDEN, "n": [Q_WIDTH, KV_WIDTH, KV_WIDTH]}),
+            seconds,
+            Some(bytes),
+        );
+
+        for [k, n] in [[Q_WIDTH, HIDDEN], [HIDDEN, LM_HEAD_PIECE]] {
+            let x = Tensor::<2>::random([m, k], Distribution::Default, device);
+            let bytes = 2 * k * n;
+            let sets: Vec<Tensor<2>> = (0..copies(bytes)).map(|_| bf16([k, n])).collect();
+            let seconds = seconds_per_replayed_launch(device, sets.len(), |i| {
+                bf16_rows_matmul(x.clone(), sets[i].clone(), None)
+            })?;
+            report(
+                "bf16_rows",
+                json!({"rows": m, "k": k, "n": n}),
+                seconds,
+                Some(bytes),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The per-pair experts kernels at 1 and 32 tokens with each of `columns_per_plane`, checked
+/// against the sorted grouped reference, then timed over routings that cycle through every
+/// expert (at one token, eight disjoint groups of four).
+fn time_pairs(device: &Device, columns_per_plane: &[u32]) -> anyhow::Result<()> {
+    use gpt_oss_kernels::experts_pairs::{pairs_down, pairs_gate_up};
+    use gpt_oss_model::transformer::moe_grouped::{ExpertPath, grouped_experts};
+    let mut rng = StdRng::seed_from_u64(13);
+    let layer = gpt_oss_model::transformer::experts::Experts {
+        gate_up: random_mxfp4(&mut rng, [EXPERTS, 2 * INTER, HIDDEN], 119..=122, device),
+        gate_up_bias: burn::module::Param::from_tensor(Tensor::random(
+            [EXPERTS, 2 * INTER],
+            Distribution::Normal(0.0, 0.5),
+            device,
+        )),
+        down: random_mxfp4(&mut rng, [EXPERTS, HIDDEN, INTER], 119..=122, device),
+        down_bias: burn::module::Param::from_tensor(Tensor::random(
+            [EXPERTS, HIDDEN],
+            Distribution::Normal(0.0, 0.5),
+            device,
+        )),
+        swiglu_limit: 7.0,
+        swiglu_alpha: 1.702,
+    };
+    let packed = |m: &ExpertMatrix| match m {
+        ExpertMatrix::Mxfp4(p) => (p.words.val(), p.scale_words.val()),
+        ExpertMatrix::Dense(_) => unreachable!("random_mxfp4 packs"),
+    };
+    let (gu_words, gu_scales) = packed(&layer.gate_up);
+    let (down_words, down_scales) = packed(&layer.down);
+    // MXFP4 bytes of one expert's row of K inputs: K / 2 of codes, K / 32 of scales.
+    let row_bytes = |k: usize| k / 2 + k / 32;
+    let mut worst = Worst::new("per-pair experts kernels (decode timings)", 1e-2);
+    for tokens in [1usize, 32] {
+        let routings: Vec<Tensor<2>> = (0..8)
+            .map(|set| routing_table(&mut rng, tokens, set, device))
+            .collect();
+        let x = Tensor::<2>::random([tokens, HIDDEN], Distribution::Normal(0.0, 1.0), device);
+        let residual =
+            Tensor::<2>::random([tokens, HIDDEN], Distribution::Normal(0.0, 1.0), device);
+        let ids = routings[0].clone().narrow(1, 0, TOP_K).int();
+        let gates = routings[0]
+            .clone()
+            .narrow(1, TOP_K, TOP_K)
+            .reshape([tokens * TOP_K]);
+        let reference = grouped_experts(
+            &layer,
+            x.clone(),
+            ids,
+            gates,
+            ExpertPath::GroupedReferenceBf16,
+        ) + residual.clone();
+        let pairs = tokens * TOP_K;
+        for &columns in columns_per_plane {
+            let gate_up = |i: usize| {
+                pairs_gate_up(
+                    x.clone(),
+                    routings[i].clone(),
+                    gu_words.clone(),
+                    gu_scales.clone(),
+                    layer.gate_up_bias.val(),
+                    layer.swiglu_limit,
+                    layer.swiglu_alpha,
+                    columns,
+                )
+            };
+            let acts: Vec<Tensor<2>> = (0..routings.len()).map(gate_up).collect();
+            let down = |i: usize| {
+                pairs_down(
+                    acts[i].clone(),
+                    routings[i].clone(),
+                    down_words.clone(),
+                    down_scales.clone(),
+                    layer.down_bias.val(),
+                    Some(residual.clone()),
+                    columns,
+                )
+            };
+            let case = json!({"tokens": tokens, "pairs": pairs, "columns_per_plane": columns});
+            worst.record(
+                down(0),
+                reference.clone(),
+                json!({"kernel": "experts_pairs", "case": case}),
+            );
+            let seconds = seconds_per_replayed_launch(device, routings.len(), gate_up)?;
+            report(
+                "pairs_gate_up",
+                case.clone(),
+                seconds,
+                Some(pairs * 2 * INTER * row_bytes(HIDDEN)),
+            );
+            let seconds = seconds_per_replayed_launch(device, routings.len(), down)?;
+            report(
+                "pairs_down",
+                case,
+                seconds,
+                Some(pairs * HIDDEN * row_bytes(INTER)),
+            );
+        }
+    }
+    worst.finish()
+}
+
+/// A routing table [tokens, 2k] as `router_top_k` writes it (expert ids as floats, then gates
+/// summing to one): at one token, experts `4 set..4 set + 4`; at more, k distinct experts per
+/// token at random.
+fn routing_table(rng: &mut StdRng, tokens: usize, set: usize, device: &Device) -> Tensor<2> {
+    let mut table = vec![];
+    for _ in 0..tokens {
+        let ids: Vec<usize> = if tokens == 1 {
+            (TOP_K * set..TOP_K * set + TOP_K)
+                .map(|e| e % EXPERTS)
+                .collect()
+        } else {
+            rand::seq::index::sample(rng, EXPERTS, TOP_K).into_vec()
+        };
+        let gates: Vec<f32> = (0..TOP_K).map(|_| rng.random_range(0.1..1.0)).collect();
+        let total: f32 = gates.iter().sum();
+        table.extend(ids.iter().map(|&e| e as f32));
+        table.extend(gates.iter().map(|g| g / total));
+    }
+    Tensor::<2>::from_data(TensorData::new(table, [tokens, 2 * TOP_K]), device)
+}
