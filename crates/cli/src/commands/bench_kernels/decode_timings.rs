@@ -27,14 +27,21 @@ const LAUNCHES: usize = 48;
 /// Bytes of distinct weights the launches of one graph cycle through (three times the L2).
 const CYCLE_BYTES: usize = 150 << 20;
 
-/// Seconds of device time per launch of `run(i)` (`i` cycling over `sets` weight sets) with
-/// [`LAUNCHES`] launches captured as one graph and replayed: the median over five replays
-/// after one.
+/// A launch's time in a replayed graph, and how busy the host was meanwhile.
+struct LaunchTime {
+    seconds: f64,
+    /// The CPU time of the busiest host thread over the timed replays, as a share of their
+    /// wall time: near one, the launches wait for the host's encoding, not for the device.
+    busiest_host_thread: f64,
+}
+
+/// Seconds per launch of `run(i)` (`i` cycling over `sets` weight sets) with [`LAUNCHES`]
+/// launches captured as one graph and replayed: the median over five replays after one.
 fn seconds_per_replayed_launch(
     device: &Device,
     sets: usize,
     run: impl Fn(usize) -> Tensor<2>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<LaunchTime> {
     let mut graph = burn::tensor::capture(device, || {
         (0..LAUNCHES).map(|i| run(i % sets)).collect::<Vec<_>>()
     });
@@ -44,22 +51,34 @@ fn seconds_per_replayed_launch(
          would carry host time"
     );
     let mut times = vec![];
-    for _ in 0..6 {
+    let mut cpu_before = crate::host::cpu_seconds_by_thread();
+    for replay in 0..6 {
+        if replay == 1 {
+            cpu_before = crate::host::cpu_seconds_by_thread();
+        }
         let start = std::time::Instant::now();
         // Safety: every tensor the launches touch is borrowed by `run`, alive until `graph`
         // is dropped at the end of this function; everything runs on this thread's stream.
         unsafe { graph.replay() };
         device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        times.push(start.elapsed().as_secs_f64() / LAUNCHES as f64);
+        times.push(start.elapsed().as_secs_f64());
     }
+    let timed_wall: f64 = times[1..].iter().sum();
+    let cpu = crate::host::cpu_seconds_between(&cpu_before, &crate::host::cpu_seconds_by_thread());
+    let busiest = cpu.values().copied().fold(0.0, f64::max);
     times.remove(0);
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(LaunchTime {
+        seconds: times[times.len() / 2] / LAUNCHES as f64,
+        busiest_host_thread: busiest / timed_wall,
+    })
 }
 
 /// Prints one timing line: the kernel, its case and, where weights are read, bytes per second.
-fn report(kernel: &str, case: serde_json::Value, seconds: f64, weight_bytes: Option<usize>) {
-    let mut line = json!({"timing": kernel, "case": case, "microseconds": seconds * 1e6});
+fn report(kernel: &str, case: serde_json::Value, time: LaunchTime, weight_bytes: Option<usize>) {
+    let seconds = time.seconds;
+    let mut line = json!({"timing": kernel, "case": case, "microseconds": seconds * 1e6,
+                          "busiest_host_thread": time.busiest_host_thread});
     if let Some(bytes) = weight_bytes {
         line["weight_bytes"] = json!(bytes);
         line["terabytes_per_second"] = json!(bytes as f64 / seconds / 1e12);
