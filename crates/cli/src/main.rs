@@ -49,7 +49,18 @@ enum Command {
     TrainNano(commands::train_nano::Args),
 }
 
+/// Dispatches cubecl's wgpu runtime encodes into one command buffer before submitting it
+/// (cubecl's default: 32). A replayed batch-1 decode step is about 300 small dispatches; on an
+/// H100 it ran at 182 tok/s with 32, 197 with 128, 197 with 512, 195 with 2048
+/// (docs/benchmarks.md, eighth round). `CUBECL_WGPU_MAX_TASKS` set by the user wins.
+const WGPU_TASKS_PER_SUBMIT: &str = "128";
+
 fn main() -> std::process::ExitCode {
+    if std::env::var_os("CUBECL_WGPU_MAX_TASKS").is_none() {
+        // Safety: the first statement of `main`: no other thread exists yet to read the
+        // environment concurrently.
+        unsafe { std::env::set_var("CUBECL_WGPU_MAX_TASKS", WGPU_TASKS_PER_SUBMIT) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -73,6 +73,59 @@ fn rotary_rows_kernel(
     out[(out_base + half + j) as usize] = second;
 }
 
+/// One decode position per row: q rotated into `q_out` [B, q_heads, 1, d], k rotated and v
+/// moved straight into the caches `keys` and `values` [B, kv_heads, capacity, d] at slot
+/// `slot[0]` (nothing written there when the slot is past the end): the RoPE kernel and the two
+/// cache writes of a decode step in one launch.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn rotary_qkv_into_cache_kernel(
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    q_out: &mut [f32],
+    keys: &mut [f32],
+    values: &mut [f32],
+    slot: &[f32],
+    pairs: u32,
+    half: u32,
+    q_heads: u32,
+    kv_heads: u32,
+    capacity: u32,
+) {
+    let id = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * UNITS + UNIT_POS;
+    if id >= pairs {
+        terminate!();
+    }
+    let heads = q_heads + 2 * kv_heads;
+    // id = (row * heads + head) * half + j
+    let j = id % half;
+    let head = (id / half) % heads;
+    let row = id / (half * heads);
+    let width = 2 * half;
+    let x_base = (row * heads + head) * width;
+    let a = x[(x_base + j) as usize];
+    let b = x[(x_base + half + j) as usize];
+    let c = cos[(row * half + j) as usize];
+    let s = sin[(row * half + j) as usize];
+    let at = u32::cast_from(slot[0]);
+    if head < q_heads {
+        let base = (row * q_heads + head) * width;
+        q_out[(base + j) as usize] = a * c - b * s;
+        q_out[(base + half + j) as usize] = b * c + a * s;
+    } else if at < capacity {
+        if head < q_heads + kv_heads {
+            let base = ((row * kv_heads + head - q_heads) * capacity + at) * width;
+            keys[(base + j) as usize] = a * c - b * s;
+            keys[(base + half + j) as usize] = b * c + a * s;
+        } else {
+            let base = ((row * kv_heads + head - q_heads - kv_heads) * capacity + at) * width;
+            values[(base + j) as usize] = a;
+            values[(base + half + j) as usize] = b;
+        }
+    }
+}
+
 /// GPU extension op; only the CubeCL backend implements it.
 #[backend_extension(Cube, Fusion)]
 pub trait RotaryBackend: burn::backend::Backend {
@@ -84,6 +137,22 @@ pub trait RotaryBackend: burn::backend::Backend {
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
+        q_heads: usize,
+        kv_heads: usize,
+    ) -> FloatTensor<Self>;
+
+    /// `x` [B, 1, q_heads + 2 kv_heads, d], `cos` and `sin` [B, 1, 1, d / 2] -> q [B * q_heads
+    /// * d] rotated; k rotated and v written in place into `keys` and `values` [B, kv_heads,
+    /// capacity, d] (f32, contiguous) at slot `slot[0]`.
+    #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![x[0] * (x[2] - 2 * keys[1]) * x[3]]))]
+    #[allow(clippy::too_many_arguments)]
+    fn rotary_qkv_into_cache(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        slot: FloatTensor<Self>,
         q_heads: usize,
         kv_heads: usize,
     ) -> FloatTensor<Self>;
@@ -122,6 +191,57 @@ impl RotaryBackend for CubeBackend {
             kv_heads as u32,
         );
         out
+    }
+
+    fn rotary_qkv_into_cache(
+        x: CubeTensor,
+        cos: CubeTensor,
+        sin: CubeTensor,
+        keys: CubeTensor,
+        values: CubeTensor,
+        slot: CubeTensor,
+        q_heads: usize,
+        kv_heads: usize,
+    ) -> CubeTensor {
+        for (name, cache) in [("keys", &keys), ("values", &values)] {
+            assert!(
+                cache.is_contiguous() && cache.dtype == DType::F32,
+                "rotary_qkv_into_cache: {name} must be contiguous f32 (written in place)"
+            );
+        }
+        let [x, cos, sin, slot] = [x, cos, sin, slot].map(into_contiguous);
+        let [b, t, heads, d] = [0, 1, 2, 3].map(|i| x.meta.shape()[i]);
+        let [_, cache_heads, capacity, cache_d] = [0, 1, 2, 3].map(|i| keys.meta.shape()[i]);
+        assert!(
+            t == 1 && heads == q_heads + 2 * kv_heads && cache_heads == kv_heads && cache_d == d,
+            "rotary_qkv_into_cache: one position of q_heads + 2 kv_heads heads, caches of \
+             kv_heads heads of the same width"
+        );
+        assert_eq!(
+            keys.meta.shape(),
+            values.meta.shape(),
+            "rotary_qkv_into_cache: caches"
+        );
+        let pairs = b * heads * d / 2;
+        let q = empty_f32(&x, vec![b * q_heads * d]);
+        rotary_qkv_into_cache_kernel::launch(
+            &x.client.clone(),
+            grid_over_rows(pairs.div_ceil(UNITS as usize)),
+            CubeDim::new_1d(UNITS),
+            x.into_buffer_arg(),
+            cos.into_buffer_arg(),
+            sin.into_buffer_arg(),
+            q.clone().into_buffer_arg(),
+            keys.into_buffer_arg(),
+            values.into_buffer_arg(),
+            slot.into_buffer_arg(),
+            pairs as u32,
+            (d / 2) as u32,
+            q_heads as u32,
+            kv_heads as u32,
+            capacity as u32,
+        );
+        q
     }
 }
 
@@ -171,6 +291,35 @@ pub fn rotary_qkv_rows(
         section(q_heads, kv_heads),
         section(q_heads + kv_heads, kv_heads),
     )
+}
+
+/// A decode step's fused q | k | v projection `x` [B, 1, q_heads + 2 kv_heads, d] -> q [B,
+/// q_heads, 1, d] rotated, with k rotated and v written into `keys` and `values` [B, kv_heads,
+/// capacity, d] at slot `slot[0]` in place (their buffers are written; the caller keeps using
+/// its tensors), in one kernel: [`rotary_qkv_rows`] plus two `write_at_index`. f32, GPU only.
+pub fn rotary_qkv_into_cache(
+    x: Tensor<4>,
+    cos_sin: (Tensor<4>, Tensor<4>),
+    (keys, values): (&Tensor<4>, &Tensor<4>),
+    slot: Tensor<1>,
+    q_heads: usize,
+    kv_heads: usize,
+) -> Tensor<4> {
+    let [b, _, _, d] = x.dims();
+    let (cos, sin) = cos_sin;
+    let q = Tensor::<1>::from_dispatch(
+        <burn::backend::Dispatch as RotaryBackend>::rotary_qkv_into_cache(
+            x.into_dispatch(),
+            cos.into_dispatch(),
+            sin.into_dispatch(),
+            keys.clone().into_dispatch(),
+            values.clone().into_dispatch(),
+            slot.cast(DType::F32).into_dispatch(),
+            q_heads,
+            kv_heads,
+        ),
+    );
+    q.reshape([b, q_heads, 1, d])
 }
 
 /// What `rotary_qkv_rows` computes, with burn's ops.

@@ -38,6 +38,10 @@ pub struct KernelCheckArgs {
     /// each of `--columns-per-plane`.
     #[arg(long)]
     pub decode_timings: bool,
+    /// Only the decoding kernels' checks (few rows, norms, router, per-pair experts,
+    /// few-query attention, RoPE, in-place writes): minutes fewer than every check.
+    #[arg(long)]
+    pub decoding_only: bool,
     /// Output columns per plane of the per-pair experts kernels timed by `--decode-timings`.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub columns_per_plane: Vec<u32>,
@@ -76,6 +80,9 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
     if args.decode_timings {
         return decode_timings::time_decode_kernels(&device, &args.columns_per_plane);
     }
+    if args.decoding_only {
+        return check_decoding_kernels(&device);
+    }
     let mut worst = Worst::new("grouped kernel", 1e-2);
     for (experts, rows, n, k) in CASES {
         let matrix = random_mxfp4(&mut rng, [experts, n, k], 122..=130, &device);
@@ -107,15 +114,20 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
         }
     }
     worst.finish()?;
-    check_bf16_rows(&device)?;
     check_logsumexp(&device)?;
-    decoding::check_rms_norm(&device)?;
-    decoding::check_router(&device)?;
-    decoding::check_moe_pairs(&device)?;
-    attention::check_attention_rows(&device)?;
     attention::check_attention_tiles(&device)?;
-    decoding::check_rotary(&device)?;
-    decoding::check_write_at_index(&device)
+    check_decoding_kernels(&device)
+}
+
+/// The checks of the kernels a decode step runs.
+fn check_decoding_kernels(device: &Device) -> anyhow::Result<()> {
+    check_bf16_rows(device)?;
+    decoding::check_rms_norm(device)?;
+    decoding::check_router(device)?;
+    decoding::check_moe_pairs(device)?;
+    attention::check_attention_rows(device)?;
+    decoding::check_rotary(device)?;
+    decoding::check_write_at_index(device)
 }
 
 /// The tensor-core kernel with its epilogues (gate_up: bias and clamped SwiGLU; down: bias and

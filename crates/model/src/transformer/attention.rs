@@ -112,8 +112,22 @@ impl Attention {
         let [b, t, _] = x.dims();
         let (nh, _, d) = self.head_counts();
         let kernels = on_kernel_path(&self.q_proj.weight.val());
-        let (q, k, v) = self.project_qkv(x, cos_sin);
-        kv.write(k, v, slot, kernels);
+        let q = if kernels && t == 1 && self.projects_in_one_launch(b) {
+            // One launch rotates q and k and writes k and v into the caches.
+            let (nh, nkv, _) = self.head_counts();
+            rotary_rows::rotary_qkv_into_cache(
+                self.qkv_in_one_launch(x),
+                cos_sin.clone(),
+                (&kv.keys, &kv.values),
+                slot,
+                nh,
+                nkv,
+            )
+        } else {
+            let (q, k, v) = self.project_qkv(x, cos_sin);
+            kv.write(k, v, slot, kernels);
+            q
+        };
         let (k, v) = (kv.keys.clone(), kv.values.clone());
         let (sinks, scale) = (self.sinks.val(), self.score_scale() as f32);
         let out = if kernels && attention_rows::supports(d) {
@@ -145,13 +159,8 @@ impl Attention {
         };
         if kernels && self.projects_in_one_launch(b * t) {
             // Decoding: q, k and v in one product and one rotation kernel (not three and two).
-            let y = bf16_rows::bf16_rows_three(
-                x.reshape([b * t, self.q_proj.weight.dims()[0]]),
-                [&self.q_proj, &self.k_proj, &self.v_proj].map(|l| l.weight.val()),
-                self.qkv_biases(),
-            );
             rotary_rows::rotary_qkv_rows(
-                y.reshape([b, t, nh + 2 * nkv, d]),
+                self.qkv_in_one_launch(x),
                 cos.clone(),
                 sin.clone(),
                 nh,
@@ -164,6 +173,19 @@ impl Attention {
                 heads(linear(&self.v_proj, x), nkv),
             )
         }
+    }
+
+    /// `x` [B, T, H] -> q | k | v [B, T, heads + 2 kv_heads, d], unrotated, in one launch
+    /// (`bf16_rows_three`; only where [`Self::projects_in_one_launch`]).
+    fn qkv_in_one_launch(&self, x: Tensor<3>) -> Tensor<4> {
+        let [b, t, h] = x.dims();
+        let (nh, nkv, d) = self.head_counts();
+        bf16_rows::bf16_rows_three(
+            x.reshape([b * t, h]),
+            [&self.q_proj, &self.k_proj, &self.v_proj].map(|l| l.weight.val()),
+            self.qkv_biases(),
+        )
+        .reshape([b, t, nh + 2 * nkv, d])
     }
 
     /// (query heads, key/value heads, head dimension).

@@ -218,7 +218,48 @@ pub(super) fn check_rotary(device: &Device) -> anyhow::Result<()> {
             );
         }
     }
+    check_rotary_into_cache(&mut worst, device);
     worst.finish()
+}
+
+/// A decode step's RoPE with the cache writes in the same launch against `rotary_qkv_rows`
+/// and two `write_at_index` references: q, and both caches read through the caller's own
+/// tensors (written in place); a slot past the end leaves the caches as they were.
+fn check_rotary_into_cache(worst: &mut Worst, device: &Device) {
+    use gpt_oss_kernels::rotary_rows::{reference_rotary_qkv_rows, rotary_qkv_into_cache};
+    use gpt_oss_kernels::write_at_index::reference_write_at_index;
+    for [b, q_heads, kv_heads, d, capacity, slot] in [
+        [1, 64, 8, 64, 256, 17],
+        [3, 4, 2, 32, 40, 39],
+        [2, 4, 2, 32, 40, 40],
+    ] {
+        let heads = q_heads + 2 * kv_heads;
+        let x = Tensor::<4>::random([b, 1, heads, d], Distribution::Normal(0.0, 1.0), device);
+        let cos = Tensor::<4>::random([b, 1, 1, d / 2], Distribution::Default, device);
+        let sin = Tensor::<4>::random([b, 1, 1, d / 2], Distribution::Default, device);
+        let cache =
+            || Tensor::<4>::random([b, kv_heads, capacity, d], Distribution::Default, device);
+        let (keys, values) = (cache(), cache());
+        let at = Tensor::<1>::from_data(TensorData::new(vec![slot as f32], [1]), device);
+        let (q, k, v) =
+            reference_rotary_qkv_rows(x.clone(), cos.clone(), sin.clone(), q_heads, kv_heads);
+        let expected_keys = reference_write_at_index(keys.clone() * 1.0, k, at.clone(), 2);
+        let expected_values = reference_write_at_index(values.clone() * 1.0, v, at.clone(), 2);
+        let ours = rotary_qkv_into_cache(x, (cos, sin), (&keys, &values), at, q_heads, kv_heads);
+        for (part, ours, reference) in [
+            ("q", ours, q),
+            ("keys", keys, expected_keys),
+            ("values", values, expected_values),
+        ] {
+            worst.record(
+                ours,
+                reference,
+                json!({"kernel": "rotary_qkv_into_cache", "part": part, "rows": b,
+                       "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": d,
+                       "capacity": capacity, "slot": slot}),
+            );
+        }
+    }
 }
 
 /// The in-place write at a device-held index: the KV cache's shape (axis 2), the picks' (axis
