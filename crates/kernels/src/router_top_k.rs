@@ -41,6 +41,104 @@ fn router_top_k_kernel(
     if row >= rows {
         terminate!();
     }
+    route_row(
+        x,
+        row * hidden,
+        w,
+        bias,
+        out,
+        row * 2 * top_k as u32,
+        hidden,
+        experts,
+        top_k,
+    );
+}
+
+/// The residual add, the post-attention RMSNorm and the router of one row in one workgroup:
+/// `out` holds the normed rows [rows, hidden], then the sums `x + delta` [rows, hidden], then
+/// the routing tables [rows, 2 top_k]. The normed row stays in shared memory for the router.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn add_norm_router_kernel(
+    x: &[f32],
+    delta: &[f32],
+    norm_weight: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+    rows: u32,
+    experts: u32,
+    eps: f32,
+    #[comptime] hidden: usize,
+    #[comptime] top_k: usize,
+) {
+    let row = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
+    if row >= rows {
+        terminate!();
+    }
+    let width = hidden as u32;
+    let base = row * width;
+    let sums = rows * width;
+    let mut normed = Shared::<[f32]>::new_slice(hidden);
+    let mut plane_totals = Shared::<[f32]>::new_slice(ROUTER_UNITS as usize);
+    let mut squares = 0.0f32;
+    let mut i = UNIT_POS;
+    while i < width {
+        let v = x[(base + i) as usize] + delta[(base + i) as usize];
+        out[(sums + base + i) as usize] = v;
+        normed[i as usize] = v;
+        squares += v * v;
+        i += ROUTER_UNITS;
+    }
+    // The sum of squares: per plane, then over the planes.
+    let plane_total = plane_sum(squares);
+    if UNIT_POS_PLANE == 0 {
+        plane_totals[(UNIT_POS / PLANE_DIM) as usize] = plane_total;
+    }
+    sync_cube();
+    let mut total = 0.0f32;
+    for p in 0..ROUTER_UNITS / PLANE_DIM {
+        total += plane_totals[p as usize];
+    }
+    let inv_rms = 1.0 / (total / f32::cast_from(width) + eps).sqrt();
+    // Each invocation rescales the values it stored itself.
+    let mut j = UNIT_POS;
+    while j < width {
+        let v = normed[j as usize] * inv_rms * norm_weight[j as usize];
+        normed[j as usize] = v;
+        out[(base + j) as usize] = v;
+        j += ROUTER_UNITS;
+    }
+    sync_cube();
+    route_row(
+        &normed,
+        0,
+        w,
+        bias,
+        out,
+        2 * sums + row * 2 * top_k as u32,
+        width,
+        experts,
+        top_k,
+    );
+}
+
+/// One row's routing written at `out[out_base..]` (ids as floats, then gates) from the row of
+/// `hidden` values at `x[x_row..]`: the logits over the workgroup's [`ROUTER_UNITS`]
+/// invocations, then the k largest and their softmax by one invocation.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn route_row(
+    x: &[f32],
+    x_row: u32,
+    w: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+    out_base: u32,
+    hidden: u32,
+    experts: u32,
+    #[comptime] top_k: usize,
+) {
     let unit = UNIT_POS;
     let slices = ROUTER_UNITS / experts;
     let expert = unit % experts;
@@ -49,7 +147,6 @@ fn router_top_k_kernel(
     let mut logits = Shared::<[f32]>::new_slice(ROUTER_UNITS as usize);
     let mut acc = 0.0f32;
     if slice < slices {
-        let x_row = row * hidden;
         let mut h = slice;
         // Four independent products per step keep four loads in flight.
         while h + 3 * slices < hidden {
@@ -110,11 +207,10 @@ fn router_top_k_kernel(
             values[j] = (values[j] - largest).exp();
             sum += values[j];
         }
-        let base = row * 2 * top_k as u32;
         #[unroll]
         for j in 0..top_k {
-            out[(base + j as u32) as usize] = f32::cast_from(chosen[j]);
-            out[(base + top_k as u32 + j as u32) as usize] = values[j] / sum;
+            out[(out_base + j as u32) as usize] = f32::cast_from(chosen[j]);
+            out[(out_base + top_k as u32 + j as u32) as usize] = values[j] / sum;
         }
     }
 }
@@ -128,6 +224,21 @@ pub trait RouterBackend: burn::backend::Backend {
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        top_k: usize,
+    ) -> FloatTensor<Self>;
+
+    /// `x` and `delta` [n, H], the norm's `norm_weight` [H], router `w` [H, E] and `bias` [E]
+    /// (all f32) -> flat: the norm of `x + delta` [n, H], `x + delta` [n, H], the routing
+    /// table of the norm [n, 2 * top_k].
+    #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![x[0] * (2 * x[1] + 2 * top_k)]))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_norm_router(
+        x: FloatTensor<Self>,
+        delta: FloatTensor<Self>,
+        norm_weight: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        eps: f32,
         top_k: usize,
     ) -> FloatTensor<Self>;
 }
@@ -161,6 +272,56 @@ impl RouterBackend for CubeBackend {
         );
         out
     }
+
+    fn add_norm_router(
+        x: CubeTensor,
+        delta: CubeTensor,
+        norm_weight: CubeTensor,
+        w: CubeTensor,
+        bias: CubeTensor,
+        eps: f32,
+        top_k: usize,
+    ) -> CubeTensor {
+        let [x, delta, norm_weight, w, bias] =
+            [x, delta, norm_weight, w, bias].map(into_contiguous);
+        let [rows, hidden] = [x.meta.shape()[0], x.meta.shape()[1]];
+        let experts = w.meta.shape()[1];
+        assert!(
+            supports(experts, top_k) && supports_fused_norm(hidden),
+            "add_norm_router: {hidden} wide, {experts} experts, top {top_k}"
+        );
+        assert_eq!(
+            delta.meta.shape(),
+            x.meta.shape(),
+            "add_norm_router: shapes"
+        );
+        let out = empty_f32(&x, vec![rows * (2 * hidden + 2 * top_k)]);
+        add_norm_router_kernel::launch(
+            &x.client.clone(),
+            grid_over_rows(rows),
+            CubeDim::new_1d(ROUTER_UNITS),
+            x.into_buffer_arg(),
+            delta.into_buffer_arg(),
+            norm_weight.into_buffer_arg(),
+            w.into_buffer_arg(),
+            bias.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            rows as u32,
+            experts as u32,
+            eps,
+            hidden,
+            top_k,
+        );
+        out
+    }
+}
+
+/// Most hidden units [`add_norm_router`] keeps in shared memory (32 KiB of f32).
+pub const MAX_FUSED_NORM_WIDTH: usize = 8192;
+
+/// Whether [`add_norm_router`] takes rows `hidden` wide.
+pub fn supports_fused_norm(hidden: usize) -> bool {
+    (1..=MAX_FUSED_NORM_WIDTH).contains(&hidden)
 }
 
 /// Whether the kernel takes a router over `experts` experts choosing `top_k` of them.
@@ -178,6 +339,41 @@ pub fn router_top_k(x: Tensor<2>, w: Tensor<2>, bias: Tensor<1>, top_k: usize) -
         bias.into_dispatch(),
         top_k,
     ))
+}
+
+/// The decoder layer's residual add, post-attention norm and router in one kernel: (`x +
+/// delta`, its RMSNorm with `norm_weight` and `eps`, the routing table of the norm [n, 2 *
+/// top_k] for router weights `w` [H, E] and `bias` [E]), for `x`, `delta` [n, H] f32. GPU only;
+/// see [`supports`] and [`supports_fused_norm`].
+#[allow(clippy::too_many_arguments)]
+pub fn add_norm_router(
+    x: Tensor<2>,
+    delta: Tensor<2>,
+    norm_weight: Tensor<1>,
+    eps: f64,
+    w: Tensor<2>,
+    bias: Tensor<1>,
+    top_k: usize,
+) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+    let [n, h] = x.dims();
+    let flat: Tensor<1> =
+        Tensor::from_dispatch(<burn::backend::Dispatch as RouterBackend>::add_norm_router(
+            x.cast(DType::F32).into_dispatch(),
+            delta.cast(DType::F32).into_dispatch(),
+            norm_weight.into_dispatch(),
+            w.into_dispatch(),
+            bias.into_dispatch(),
+            eps as f32,
+            top_k,
+        ));
+    let part = |start: usize, len: usize, width: usize| {
+        flat.clone().narrow(0, start, len).reshape([n, width])
+    };
+    (
+        part(n * h, n * h, h),
+        part(0, n * h, h),
+        part(2 * n * h, n * 2 * top_k, 2 * top_k),
+    )
 }
 
 /// What `router_top_k` computes, with burn's ops.

@@ -52,6 +52,25 @@ impl DecoderLayer {
         attn_out: Tensor<3>,
         hooks: RoutingHooks<'_, '_>,
     ) -> moe::MoeOutput {
+        let [b, t, h] = x.dims();
+        if hooks.observer.is_none()
+            && !hooks.balance_loss
+            && let Some(weights) =
+                moe_pairs::fused_norm_pair_weights(&self.mlp, &self.post_attention_layernorm, b * t)
+        {
+            // Decoding: the add, the norm and the router in one launch.
+            let hidden = moe_pairs::add_norm_moe_by_pairs(
+                &self.mlp,
+                weights,
+                &self.post_attention_layernorm,
+                (x.reshape([b * t, h]), attn_out.reshape([b * t, h])),
+                hooks.router_bias.as_deref(),
+            );
+            return moe::MoeOutput {
+                hidden: hidden.reshape([b, t, h]),
+                balance_loss: None,
+            };
+        }
         let (after_attn, moe_in) = self
             .post_attention_layernorm
             .forward_after_residual(x, attn_out);

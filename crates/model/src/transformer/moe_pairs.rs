@@ -12,6 +12,7 @@ use gpt_oss_kernels::{experts_pairs, router_top_k};
 use super::experts::{ExpertMatrix, PackedMxfp4};
 use super::moe::Moe;
 use super::moe_grouped::ExpertPath;
+use super::norm::RmsNorm;
 
 /// Up to this many (token, rank) pairs the kernel path runs the experts per pair (batch-1
 /// decoding has 4, batch-32 decoding 128); above, the pairs are sorted by expert
@@ -40,22 +41,77 @@ pub fn pair_weights(moe: &Moe, tokens: usize) -> Option<(&PackedMxfp4, &PackedMx
 /// optional additive router bias [E] (the expert mask), plus `residual` [n, H] when given.
 pub fn moe_by_pairs(
     moe: &Moe,
-    (gate_up, down): (&PackedMxfp4, &PackedMxfp4),
+    weights: (&PackedMxfp4, &PackedMxfp4),
     xs: Tensor<2>,
     router_bias: Option<&[f32]>,
     residual: Option<Tensor<2>>,
 ) -> Tensor<2> {
-    let device = xs.device();
-    let mut bias = moe
+    let bias = total_router_bias(moe, router_bias, &xs.device());
+    let routing = router_top_k::router_top_k(xs.clone(), moe.router.weight.val(), bias, moe.top_k);
+    experts_by_pairs(moe, weights, xs, routing, residual)
+}
+
+/// Whether [`add_norm_moe_by_pairs`] runs `norm` and `moe` for `tokens` tokens: the per-pair
+/// path ([`pair_weights`]), the norm on the kernel path, rows the fused kernel holds.
+pub fn fused_norm_pair_weights<'m>(
+    moe: &'m Moe,
+    norm: &RmsNorm,
+    tokens: usize,
+) -> Option<(&'m PackedMxfp4, &'m PackedMxfp4)> {
+    let hidden = moe.router.weight.dims()[0];
+    let fits = norm.on_kernel_path && router_top_k::supports_fused_norm(hidden);
+    pair_weights(moe, tokens).filter(|_| fits)
+}
+
+/// The decoder layer after attention on the per-pair path: the residual add, `norm` and the
+/// router in one kernel (`router_top_k::add_norm_router`), then the experts by pairs with the
+/// sum added back -> [n, H]. `x` and `attn_out` [n, H]; `weights` from
+/// [`fused_norm_pair_weights`].
+pub fn add_norm_moe_by_pairs(
+    moe: &Moe,
+    weights: (&PackedMxfp4, &PackedMxfp4),
+    norm: &RmsNorm,
+    (x, attn_out): (Tensor<2>, Tensor<2>),
+    router_bias: Option<&[f32]>,
+) -> Tensor<2> {
+    let bias = total_router_bias(moe, router_bias, &x.device());
+    let (sum, normed, routing) = router_top_k::add_norm_router(
+        x,
+        attn_out,
+        norm.weight.val(),
+        norm.eps,
+        moe.router.weight.val(),
+        bias,
+        moe.top_k,
+    );
+    experts_by_pairs(moe, weights, normed, routing, Some(sum))
+}
+
+/// The router's bias [E] (zeros when it has none) plus `extra` (the expert mask's) when given.
+fn total_router_bias(moe: &Moe, extra: Option<&[f32]>, device: &burn::tensor::Device) -> Tensor<1> {
+    let bias = moe
         .router
         .bias
         .as_ref()
         .map(|b| b.val())
-        .unwrap_or_else(|| Tensor::zeros([moe.num_experts()], &device));
-    if let Some(extra) = router_bias {
-        bias = bias + Tensor::from_data(TensorData::new(extra.to_vec(), [extra.len()]), &device);
+        .unwrap_or_else(|| Tensor::zeros([moe.num_experts()], device));
+    match extra {
+        Some(extra) => {
+            bias + Tensor::from_data(TensorData::new(extra.to_vec(), [extra.len()]), device)
+        }
+        None => bias,
     }
-    let routing = router_top_k::router_top_k(xs.clone(), moe.router.weight.val(), bias, moe.top_k);
+}
+
+/// The experts kernels on `xs` [n, H] routed by `routing` [n, 2k] (`router_top_k`'s table),
+/// plus `residual` when given -> [n, H].
+fn experts_by_pairs(
+    moe: &Moe,
+    (gate_up, down): (&PackedMxfp4, &PackedMxfp4),
+    xs: Tensor<2>,
+    routing: Tensor<2>,
+    residual: Option<Tensor<2>>,
+) -> Tensor<2> {
     let experts = &moe.experts;
     let act = experts_pairs::pairs_gate_up(
         xs,

@@ -138,6 +138,24 @@ fn time_small_kernels(device: &Device) -> anyhow::Result<()> {
         seconds,
         Some(4 * HIDDEN * EXPERTS),
     );
+    let fused = seconds_per_replayed_launch(device, 1, |_| {
+        gpt_oss_kernels::router_top_k::add_norm_router(
+            x.clone(),
+            delta.clone(),
+            weight.clone(),
+            1e-5,
+            w.clone(),
+            bias.clone(),
+            TOP_K,
+        )
+        .2
+    })?;
+    report(
+        "add_norm_router",
+        json!({"rows": 1, "hidden": HIDDEN, "experts": EXPERTS}),
+        fused,
+        Some(4 * HIDDEN * EXPERTS),
+    );
 
     let heads = Q_WIDTH / 64 + 2 * KV_WIDTH / 64;
     let qkv = Tensor::<4>::random([1, 1, heads, 64], Distribution::Normal(0.0, 1.0), device);

@@ -76,13 +76,44 @@ pub(super) fn check_router(device: &Device) -> anyhow::Result<()> {
         let bias = Tensor::<1>::random([experts], Distribution::Normal(0.0, 0.1), device);
         use gpt_oss_kernels::router_top_k::{reference_router_top_k, router_top_k};
         let ours = router_top_k(x.clone(), w.clone(), bias.clone(), top_k);
-        let reference = reference_router_top_k(x, w, bias, top_k);
+        let reference = reference_router_top_k(x.clone(), w.clone(), bias.clone(), top_k);
         worst.record(
             ours,
             reference,
             json!({"kernel": "router_top_k", "tokens": tokens, "hidden": hidden,
                    "experts": experts, "top_k": top_k}),
         );
+        // With the residual add and the norm in front, in the same launch.
+        let delta = Tensor::<2>::random([tokens, hidden], Distribution::Normal(0.0, 1.0), device);
+        let norm_weight = Tensor::<1>::random([hidden], Distribution::Default, device);
+        let (sum, normed, routing) = gpt_oss_kernels::router_top_k::add_norm_router(
+            x.clone(),
+            delta.clone(),
+            norm_weight.clone(),
+            1e-5,
+            w.clone(),
+            bias.clone(),
+            top_k,
+        );
+        let reference_sum = x + delta;
+        let reference_normed = gpt_oss_kernels::rms_norm_rows::reference_rms_norm_rows(
+            reference_sum.clone(),
+            norm_weight,
+            1e-5,
+        );
+        let reference_routing = reference_router_top_k(reference_normed.clone(), w, bias, top_k);
+        for (part, ours, reference) in [
+            ("sum", sum, reference_sum),
+            ("norm", normed, reference_normed),
+            ("routing", routing, reference_routing),
+        ] {
+            worst.record(
+                ours,
+                reference,
+                json!({"kernel": "add_norm_router", "part": part, "tokens": tokens,
+                       "hidden": hidden, "experts": experts, "top_k": top_k}),
+            );
+        }
     }
     worst.finish()
 }
