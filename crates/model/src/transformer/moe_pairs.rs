@@ -4,7 +4,9 @@
 //! half of them the MoE block's routing and sort). Here the router kernel writes each token's
 //! expert ids and gates into one table, and the two experts kernels read their pair's expert
 //! from it (`gpt_oss_kernels::experts_pairs`): an expert's weights are read once per pair rather
-//! than once per expert, which costs nothing while pairs rarely share an expert.
+//! than once per expert, which costs nothing while pairs rarely share an expert. In a decoder
+//! layer ([`add_norm_moe_by_pairs`]) the router kernel also does the residual add and the
+//! post-attention norm before it (`router_top_k::add_norm_router`).
 
 use burn::tensor::{Tensor, TensorData};
 use gpt_oss_kernels::{experts_pairs, router_top_k};
