@@ -16,7 +16,7 @@ mod decoding;
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use gpt_oss_kernels::grouped_mxfp4;
 use gpt_oss_model::device::{DeviceChoice, select_device};
-use gpt_oss_model::transformer::experts::{ExpertMatrix, PackedMxfp4};
+use gpt_oss_model::transformer::experts::{ExpertMatrix, Experts, PackedMxfp4};
 use gpt_oss_model::transformer::moe_grouped::{
     ExpertGroups, ExpertPath, FEW_ROWS, LARGE_TILE_ROWS, TILE_ROWS, group_by_expert,
     grouped_matmul, grouped_matmul_reference, tensor_core_tiling,
@@ -250,6 +250,38 @@ fn random_routed_rows(
         .cast(DType::BF16)
         .cast(DType::F32);
     (ids, a)
+}
+
+/// A random MoE layer's experts of 20b's SwiGLU constants: `experts` gate_up [2 inter, hidden]
+/// and down [hidden, inter] matrices in MXFP4 (scales near one), normal biases.
+pub(super) fn random_experts(
+    rng: &mut StdRng,
+    [experts, hidden, inter]: [usize; 3],
+    device: &Device,
+) -> Experts {
+    let bias = |shape: [usize; 2]| {
+        burn::module::Param::from_tensor(Tensor::random(
+            shape,
+            Distribution::Normal(0.0, 0.5),
+            device,
+        ))
+    };
+    Experts {
+        gate_up: random_mxfp4(rng, [experts, 2 * inter, hidden], 119..=122, device),
+        gate_up_bias: bias([experts, 2 * inter]),
+        down: random_mxfp4(rng, [experts, hidden, inter], 119..=122, device),
+        down_bias: bias([experts, hidden]),
+        swiglu_limit: 7.0,
+        swiglu_alpha: 1.702,
+    }
+}
+
+/// The packed words and scale words of an MXFP4 matrix (as [`random_mxfp4`] makes them).
+pub(super) fn packed_words(matrix: &ExpertMatrix) -> (Tensor<3, Int>, Tensor<2, Int>) {
+    match matrix {
+        ExpertMatrix::Mxfp4(p) => (p.words.val(), p.scale_words.val()),
+        ExpertMatrix::Dense(_) => unreachable!("random_mxfp4 packs"),
+    }
 }
 
 /// Random MXFP4 weights for `experts` matrices of [n, k] (k a multiple of 32), scale bytes

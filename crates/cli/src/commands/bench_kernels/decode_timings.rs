@@ -7,11 +7,10 @@
 //! against the sorted grouped reference first.
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
-use gpt_oss_model::transformer::experts::ExpertMatrix;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
-use super::{Worst, random_mxfp4};
+use super::{Worst, packed_words, random_experts};
 
 /// gpt-oss-20b's widths.
 const HIDDEN: usize = 2880;
@@ -257,28 +256,9 @@ fn time_pairs(device: &Device, columns_per_plane: &[u32]) -> anyhow::Result<()> 
     use gpt_oss_kernels::experts_pairs::{pairs_down, pairs_gate_up};
     use gpt_oss_model::transformer::moe_grouped::{ExpertPath, grouped_experts};
     let mut rng = StdRng::seed_from_u64(13);
-    let layer = gpt_oss_model::transformer::experts::Experts {
-        gate_up: random_mxfp4(&mut rng, [EXPERTS, 2 * INTER, HIDDEN], 119..=122, device),
-        gate_up_bias: burn::module::Param::from_tensor(Tensor::random(
-            [EXPERTS, 2 * INTER],
-            Distribution::Normal(0.0, 0.5),
-            device,
-        )),
-        down: random_mxfp4(&mut rng, [EXPERTS, HIDDEN, INTER], 119..=122, device),
-        down_bias: burn::module::Param::from_tensor(Tensor::random(
-            [EXPERTS, HIDDEN],
-            Distribution::Normal(0.0, 0.5),
-            device,
-        )),
-        swiglu_limit: 7.0,
-        swiglu_alpha: 1.702,
-    };
-    let packed = |m: &ExpertMatrix| match m {
-        ExpertMatrix::Mxfp4(p) => (p.words.val(), p.scale_words.val()),
-        ExpertMatrix::Dense(_) => unreachable!("random_mxfp4 packs"),
-    };
-    let (gu_words, gu_scales) = packed(&layer.gate_up);
-    let (down_words, down_scales) = packed(&layer.down);
+    let layer = random_experts(&mut rng, [EXPERTS, HIDDEN, INTER], device);
+    let (gu_words, gu_scales) = packed_words(&layer.gate_up);
+    let (down_words, down_scales) = packed_words(&layer.down);
     // MXFP4 bytes of one expert's row of K inputs: K / 2 of codes, K / 32 of scales.
     let row_bytes = |k: usize| k / 2 + k / 32;
     let mut worst = Worst::new("per-pair experts kernels (decode timings)", 1e-2);

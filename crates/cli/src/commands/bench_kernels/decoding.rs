@@ -2,12 +2,11 @@
 //! RMSNorm, router top-k, per-pair MXFP4 experts, RoPE (few-query attention: `attention`).
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use gpt_oss_model::transformer::experts::ExpertMatrix;
 use gpt_oss_model::transformer::moe_grouped::ExpertPath;
 use rand::{SeedableRng, rngs::StdRng};
 use serde_json::json;
 
-use super::{Worst, random_mxfp4, seconds_per_call, seconds_per_queued_call};
+use super::{Worst, packed_words, random_experts, seconds_per_call, seconds_per_queued_call};
 
 /// Normal tokens [tokens, hidden] and router weights [hidden, experts] scaled for logits of
 /// order one.
@@ -124,7 +123,6 @@ pub(super) fn check_router(device: &Device) -> anyhow::Result<()> {
 pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
     use gpt_oss_kernels::experts_pairs::{pairs_down, pairs_gate_up};
     use gpt_oss_kernels::router_top_k::{reference_router_top_k, router_top_k};
-    use gpt_oss_model::transformer::experts::Experts;
     use gpt_oss_model::transformer::moe_grouped::grouped_experts;
     let mut rng = StdRng::seed_from_u64(5);
     let mut worst = Worst::new("per-pair experts kernels", 1e-2);
@@ -137,28 +135,9 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
         [32, 32, 2880, 2880],
     ] {
         let top_k = 4;
-        let layer = Experts {
-            gate_up: random_mxfp4(&mut rng, [experts, 2 * inter, hidden], 119..=122, device),
-            gate_up_bias: burn::module::Param::from_tensor(Tensor::random(
-                [experts, 2 * inter],
-                Distribution::Normal(0.0, 0.5),
-                device,
-            )),
-            down: random_mxfp4(&mut rng, [experts, hidden, inter], 119..=122, device),
-            down_bias: burn::module::Param::from_tensor(Tensor::random(
-                [experts, hidden],
-                Distribution::Normal(0.0, 0.5),
-                device,
-            )),
-            swiglu_limit: 7.0,
-            swiglu_alpha: 1.702,
-        };
-        let packed = |m: &ExpertMatrix| match m {
-            ExpertMatrix::Mxfp4(p) => (p.words.val(), p.scale_words.val()),
-            ExpertMatrix::Dense(_) => unreachable!("random_mxfp4 packs"),
-        };
-        let (gu_words, gu_scales) = packed(&layer.gate_up);
-        let (down_words, down_scales) = packed(&layer.down);
+        let layer = random_experts(&mut rng, [experts, hidden, inter], device);
+        let (gu_words, gu_scales) = packed_words(&layer.gate_up);
+        let (down_words, down_scales) = packed_words(&layer.down);
         let (x, w) = random_tokens_and_router(tokens, hidden, experts, device);
         let bias = Tensor::<1>::zeros([experts], device);
         // The decoder layer's residual stream, added by the down kernel.
