@@ -10,6 +10,10 @@
 //! memory; one invocation then picks the k largest (lowest id first among equal logits) and
 //! their softmax. At batch 1 the whole router is one workgroup, so the loop's length is its
 //! latency: the first version (256 invocations, one product per step) took 250 us per layer.
+//!
+//! [`add_norm_router`] runs the decoder layer's residual add and post-attention RMSNorm in the
+//! same workgroup first (the normed row kept in shared memory): one launch instead of two per
+//! decoding layer, where a launch costs 7-12 us of host encoding even when replayed.
 
 use burn::backend::{backend_extension, tensor::FloatTensor};
 use burn::tensor::{DType, Int, Shape, Tensor};

@@ -110,11 +110,10 @@ impl Attention {
         slot: Tensor<1>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
-        let (nh, _, d) = self.head_counts();
+        let (nh, nkv, d) = self.head_counts();
         let kernels = on_kernel_path(&self.q_proj.weight.val());
         let q = if kernels && t == 1 && self.projects_in_one_launch(b) {
             // One launch rotates q and k and writes k and v into the caches.
-            let (nh, nkv, _) = self.head_counts();
             rotary_rows::rotary_qkv_into_cache(
                 self.qkv_in_one_launch(x),
                 cos_sin.clone(),
