@@ -182,6 +182,34 @@ mod tests {
         }
     }
 
+    /// The add, norm and router run in one kernel only where the MoE runs by pairs and the norm
+    /// is on the kernel path too.
+    #[test]
+    fn the_fused_norm_needs_pairs_and_the_norm_on_the_kernel_path() {
+        let mut model = tiny_mxfp4();
+        model.set_expert_path(ExpertPath::GroupedKernel);
+        let layer = &mut model.layers[0];
+        let most_tokens = MAX_PAIRS / layer.mlp.top_k;
+        layer.post_attention_layernorm.on_kernel_path = false;
+        let norm = &layer.post_attention_layernorm;
+        assert!(
+            fused_norm_pair_weights(&layer.mlp, norm, 1).is_none(),
+            "norm off"
+        );
+        layer.post_attention_layernorm.on_kernel_path = true;
+        let norm = &layer.post_attention_layernorm;
+        assert!(fused_norm_pair_weights(&layer.mlp, norm, 1).is_some());
+        assert!(fused_norm_pair_weights(&layer.mlp, norm, most_tokens).is_some());
+        assert!(fused_norm_pair_weights(&layer.mlp, norm, most_tokens + 1).is_none());
+        model.set_expert_path(ExpertPath::GroupedReferenceBf16);
+        let layer = &model.layers[0];
+        let norm = &layer.post_attention_layernorm;
+        assert!(
+            fused_norm_pair_weights(&layer.mlp, norm, 1).is_none(),
+            "reference path"
+        );
+    }
+
     /// The router kernel's reference (burn ops) makes the model's choice: same ids in the same
     /// order (largest first) and the same gates.
     #[test]
