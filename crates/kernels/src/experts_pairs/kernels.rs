@@ -1,0 +1,204 @@
+//! The two per-pair kernels: gate_up with bias, clamp and SwiGLU; down with bias, the gates'
+//! weighted sum over a token's k experts and the residual.
+
+use cubecl::prelude::*;
+
+use super::lanes::{add_lane_dots, fill_fp4_table, load_input_rows, load_lane_blocks};
+use super::{BLOCK_VECTORS, Four, LANES, PLANES, Words};
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pairs_gate_up_kernel(
+    x: &[Four],
+    routing: &[f32],
+    words: &[Words],
+    scales: &[u32],
+    bias: &[f32],
+    out: &mut [f32],
+    blocks_per_row: u32,
+    inter: u32,
+    scale_words_per_expert: u32,
+    top_k: u32,
+    limit: f32,
+    alpha: f32,
+    #[comptime] blocks_per_lane: usize,
+    #[comptime] columns_per_plane: usize,
+) {
+    let mut table = Shared::<[f32]>::new_slice(16usize);
+    let mut inputs =
+        Shared::<[Words]>::new_slice(blocks_per_lane * (LANES * BLOCK_VECTORS) as usize);
+    fill_fp4_table(&mut table);
+    let pair = CUBE_POS_X;
+    let token = pair / top_k;
+    let rank = pair % top_k;
+    let expert = u32::cast_from(routing[(token * 2 * top_k + rank) as usize]);
+    let lane = UNIT_POS_X;
+    let plane = UNIT_POS_Y;
+    let width = 2 * inter;
+    let expert_blocks = expert * width * blocks_per_row;
+    let expert_scales = expert * scale_words_per_expert;
+    // Output unit j: gate is weight row 2j, up is row 2j + 1 (spec 3.4); a plane's columns
+    // are consecutive, so its rows are too. Past the end the plane reads row 0 (in bounds)
+    // and writes nothing.
+    let first_j = (CUBE_POS_Y * PLANES + plane) * columns_per_plane as u32;
+    let rows = 2 * columns_per_plane;
+    let mut loaded = Array::<Words>::new(rows * blocks_per_lane);
+    let mut scale_words = Array::<u32>::new(rows * blocks_per_lane);
+    #[unroll]
+    for slot in 0..rows {
+        let j = first_j + (slot / 2) as u32;
+        let row = select(j < inter, 2 * j + (slot % 2) as u32, 0);
+        load_lane_blocks(
+            words,
+            scales,
+            &mut loaded,
+            &mut scale_words,
+            slot,
+            expert_blocks,
+            expert_scales,
+            row,
+            blocks_per_row,
+            blocks_per_lane,
+        );
+    }
+    load_input_rows(x, &mut inputs, token, 1, blocks_per_row);
+    let mut sums = Array::<f32>::new(rows);
+    #[unroll]
+    for slot in 0..rows {
+        sums[slot] = 0.0;
+    }
+    add_lane_dots(
+        &inputs,
+        0u32,
+        &table,
+        &loaded,
+        &scale_words,
+        &mut sums,
+        0usize,
+        rows,
+        blocks_per_row,
+        blocks_per_lane,
+    );
+    #[unroll]
+    for c in 0..columns_per_plane {
+        let j = first_j + c as u32;
+        let gate_total = plane_sum(sums[2 * c]);
+        let up_total = plane_sum(sums[2 * c + 1]);
+        if lane == 0 && j < inter {
+            // spec 4.6: gate clamped above only, up on both sides, "+1" on up.
+            let g = min(gate_total + bias[(expert * width + 2 * j) as usize], limit);
+            let u = clamp(
+                up_total + bias[(expert * width + 2 * j + 1) as usize],
+                -limit,
+                limit,
+            );
+            let glu = g / (1.0 + (-alpha * g).exp());
+            out[(pair * inter + j) as usize] = glu * (u + 1.0);
+        }
+    }
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pairs_down_kernel(
+    act: &[Four],
+    routing: &[f32],
+    words: &[Words],
+    scales: &[u32],
+    bias: &[f32],
+    residual: &[f32],
+    out: &mut [f32],
+    blocks_per_row: u32,
+    hidden: u32,
+    scale_words_per_expert: u32,
+    #[comptime] top_k: usize,
+    #[comptime] blocks_per_lane: usize,
+    #[comptime] columns_per_plane: usize,
+    #[comptime] has_residual: bool,
+) {
+    let mut table = Shared::<[f32]>::new_slice(16usize);
+    let mut inputs =
+        Shared::<[Words]>::new_slice(top_k * blocks_per_lane * (LANES * BLOCK_VECTORS) as usize);
+    fill_fp4_table(&mut table);
+    let token = CUBE_POS_X;
+    let lane = UNIT_POS_X;
+    let plane = UNIT_POS_Y;
+    let table_row = token * 2 * top_k as u32;
+    let first_col = (CUBE_POS_Y * PLANES + plane) * columns_per_plane as u32;
+    // Slot r * columns_per_plane + c: expert r's weight row for column c. Every expert's
+    // loads are issued before any product.
+    let rows = top_k * columns_per_plane;
+    let mut loaded = Array::<Words>::new(rows * blocks_per_lane);
+    let mut scale_words = Array::<u32>::new(rows * blocks_per_lane);
+    #[unroll]
+    for r in 0..top_k {
+        let expert = u32::cast_from(routing[table_row as usize + r]);
+        #[unroll]
+        for c in 0..columns_per_plane {
+            // Past the end the plane reads row 0 (in bounds) and writes nothing.
+            let col = first_col + c as u32;
+            load_lane_blocks(
+                words,
+                scales,
+                &mut loaded,
+                &mut scale_words,
+                r * columns_per_plane + c,
+                expert * hidden * blocks_per_row,
+                expert * scale_words_per_expert,
+                select(col < hidden, col, 0),
+                blocks_per_row,
+                blocks_per_lane,
+            );
+        }
+    }
+    load_input_rows(
+        act,
+        &mut inputs,
+        token * top_k as u32,
+        top_k as u32,
+        blocks_per_row,
+    );
+    let mut sums = Array::<f32>::new(rows);
+    #[unroll]
+    for slot in 0..rows {
+        sums[slot] = 0.0;
+    }
+    #[unroll]
+    for r in 0..top_k {
+        add_lane_dots(
+            &inputs,
+            r as u32,
+            &table,
+            &loaded,
+            &scale_words,
+            &mut sums,
+            r * columns_per_plane,
+            columns_per_plane,
+            blocks_per_row,
+            blocks_per_lane,
+        );
+    }
+    #[unroll]
+    for c in 0..columns_per_plane {
+        let mut weighted = 0.0f32;
+        #[unroll]
+        for r in 0..top_k {
+            weighted += routing[table_row as usize + top_k + r] * sums[r * columns_per_plane + c];
+        }
+        let total = plane_sum(weighted);
+        let col = first_col + c as u32;
+        if lane == 0 && col < hidden {
+            let mut with_bias = total;
+            if has_residual {
+                with_bias += residual[(token * hidden + col) as usize];
+            }
+            #[unroll]
+            for r in 0..top_k {
+                let expert = u32::cast_from(routing[table_row as usize + r]);
+                let gate = routing[table_row as usize + top_k + r];
+                with_bias += gate * bias[(expert * hidden + col) as usize];
+            }
+            out[(token * hidden + col) as usize] = with_bias;
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! The MoE experts for a few tokens, straight from the router's table (`router_top_k`): no sort.
+//!
+//! The grouped path sorts (token, rank) pairs by expert (about 25 burn kernels per layer) so
+//! that an expert's weights are read once for all its tokens. At batch-1 decoding each token
+//! has its own k experts and the sort buys nothing: here each workgroup reads its pair's expert
+//! id from the routing table. Two kernels per layer:
+//! - [`pairs_gate_up`]: gate_up product, bias, clamp and SwiGLU fused -> [pairs, I];
+//! - [`pairs_down`]: down product and bias for each of a token's k pairs, weighted by the gates
+//!   and summed, plus the decoder layer's residual when given -> [tokens, H].
+//!
+//! Weights stay MXFP4 (decoded in the kernel through a 16-entry table in shared memory);
+//! activations are rounded to bf16 before the products, as the grouped kernels round them, and
+//! sit in shared memory as pairs of bf16. A workgroup has [`PLANES`] planes of [`LANES`]
+//! invocations; each plane takes `columns_per_plane` output columns. Along K, invocation `lane`
+//! owns MXFP4 blocks `lane`, `lane + 32`, ... and reads each block's 16 bytes of weights as one
+//! four-word load, every weight load of the workgroup's rows (for `pairs_down`, of all k
+//! experts) issued before any is used: decoding is bound by memory latency. Each block's 32
+//! inputs are read from shared memory once into registers and used for all of the plane's
+//! rows (shared-memory reads, not the weights, limited the first version). The plane's partial
+//! sums are added with a subgroup sum.
+
+use burn::backend::{
+    backend_extension,
+    tensor::{FloatTensor, IntTensor},
+};
+use burn::tensor::{DType, Int, Shape, Tensor};
+use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
+use cubecl::prelude::*;
+
+use crate::launch::empty_f32;
+use kernels::{pairs_down_kernel, pairs_gate_up_kernel};
+
+mod kernels;
+mod lanes;
+
+const LANES: u32 = 32;
+const PLANES: u32 = 8;
+/// Output columns per plane of `pairs_gate_up` (two weight rows each: gate and up). `bench
+/// kernel-check --decode-timings` on an H100 at 20b's shapes, 1 / 2 / 4: 36 / 116 / 152 us
+/// at one token, 592 / 595 / 708 us at 32 (more rows per invocation than its registers hold).
+pub const GATE_UP_COLUMNS_PER_PLANE: u32 = 1;
+/// Output columns per plane of `pairs_down` (k weight rows each, one per expert); the same
+/// measurement: 32 / 95 / 143 us at one token, 493 / 430 / 774 us at 32.
+pub const DOWN_COLUMNS_PER_PLANE: u32 = 1;
+/// Inputs per MXFP4 block: four u32 words of eight 4-bit codes, and one scale byte.
+const BLOCK: u32 = 32;
+/// Four-word vectors (eight bf16 inputs each) per block of inputs in shared memory: four, plus
+/// one of padding so that the eight invocations of a quarter plane read different banks.
+const BLOCK_VECTORS: u32 = 5;
+/// Shared memory one workgroup may take for its input rows (Vulkan's guaranteed minimum is
+/// 16 KiB; every desktop GPU offers 48 KiB).
+const SHARED_INPUT_BYTES: usize = 48 * 1024 - 1024;
+
+/// Four consecutive u32 words: one MXFP4 block of weights, or eight bf16 inputs.
+type Words = Vector<u32, Const<4>>;
+type Four = Vector<f32, Const<4>>;
+
+/// GPU extension ops; only the CubeCL backend implements them.
+#[backend_extension(Cube, Fusion)]
+pub trait PairsBackend: burn::backend::Backend {
+    /// `x` [n, H], `routing` [n, 2k] (`router_top_k`), gate_up `words` [E, 2I, H / 8] and
+    /// `scales`, `bias` [E, 2I] -> SwiGLU activations [n * k, I] (pair order: token-major).
+    #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![routing[0] * routing[1] / 2, words[1] / 2]))]
+    #[allow(clippy::too_many_arguments)]
+    fn pairs_gate_up(
+        x: FloatTensor<Self>,
+        routing: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        scales: IntTensor<Self>,
+        bias: FloatTensor<Self>,
+        limit: f32,
+        alpha: f32,
+        columns_per_plane: u32,
+    ) -> FloatTensor<Self>;
+
+    /// `act` [n * k, I], `routing` [n, 2k], down `words` [E, H, I / 8] and `scales`, `bias`
+    /// [E, H] -> the gate-weighted sum of each token's k expert outputs [n, H], plus
+    /// `residual` [n, H] when `has_residual` (otherwise `residual` is any f32 tensor, unread).
+    #[fusion(dtype = same_dtype(act), shape = Shape::from(vec![routing[0], words[1]]))]
+    #[allow(clippy::too_many_arguments)]
+    fn pairs_down(
+        act: FloatTensor<Self>,
+        routing: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        scales: IntTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        has_residual: bool,
+        columns_per_plane: u32,
+    ) -> FloatTensor<Self>;
+}
+
+fn same_dtype(input: DType) -> DType {
+    input
+}
+
+impl PairsBackend for CubeBackend {
+    fn pairs_gate_up(
+        x: CubeTensor,
+        routing: CubeTensor,
+        words: CubeTensor,
+        scales: CubeTensor,
+        bias: CubeTensor,
+        limit: f32,
+        alpha: f32,
+        columns_per_plane: u32,
+    ) -> CubeTensor {
+        let [x, routing, words, scales, bias] =
+            [x, routing, words, scales, bias].map(into_contiguous);
+        let hidden = x.meta.shape()[1];
+        let [tokens, table] = [routing.meta.shape()[0], routing.meta.shape()[1]];
+        let top_k = table / 2;
+        let inter = words.meta.shape()[1] / 2;
+        let scale_words = scales.meta.shape()[1];
+        assert!(
+            supports(hidden, inter, top_k),
+            "pairs_gate_up: widths {hidden}, {inter}, {top_k} experts per token"
+        );
+        let out = empty_f32(&x, vec![tokens * top_k, inter]);
+        let blocks_per_row = hidden / BLOCK as usize;
+        let columns = (PLANES * columns_per_plane) as usize;
+        // Safety: every index is in bounds for the shapes checked above (rows past the end
+        // read row 0, blocks past the row are not read).
+        unsafe {
+            pairs_gate_up_kernel::launch_unchecked(
+                &x.client.clone(),
+                CubeCount::Static((tokens * top_k) as u32, inter.div_ceil(columns) as u32, 1),
+                CubeDim::new_2d(LANES, PLANES),
+                x.into_buffer_arg(),
+                routing.into_buffer_arg(),
+                words.into_buffer_arg(),
+                scales.into_buffer_arg(),
+                bias.into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                blocks_per_row as u32,
+                inter as u32,
+                scale_words as u32,
+                top_k as u32,
+                limit,
+                alpha,
+                blocks_per_lane(blocks_per_row),
+                columns_per_plane as usize,
+            )
+        };
+        out
+    }
+
+    fn pairs_down(
+        act: CubeTensor,
+        routing: CubeTensor,
+        words: CubeTensor,
+        scales: CubeTensor,
+        bias: CubeTensor,
+        residual: CubeTensor,
+        has_residual: bool,
+        columns_per_plane: u32,
+    ) -> CubeTensor {
+        let [act, routing, words, scales, bias, residual] =
+            [act, routing, words, scales, bias, residual].map(into_contiguous);
+        let inter = act.meta.shape()[1];
+        let [tokens, table] = [routing.meta.shape()[0], routing.meta.shape()[1]];
+        let top_k = table / 2;
+        let hidden = words.meta.shape()[1];
+        let scale_words = scales.meta.shape()[1];
+        assert!(
+            supports(hidden, inter, top_k),
+            "pairs_down: widths {hidden}, {inter}, {top_k} experts per token"
+        );
+        let out = empty_f32(&act, vec![tokens, hidden]);
+        let blocks_per_row = inter / BLOCK as usize;
+        let columns = (PLANES * columns_per_plane) as usize;
+        // Safety: as for `pairs_gate_up`.
+        unsafe {
+            pairs_down_kernel::launch_unchecked(
+                &act.client.clone(),
+                CubeCount::Static(tokens as u32, hidden.div_ceil(columns) as u32, 1),
+                CubeDim::new_2d(LANES, PLANES),
+                act.into_buffer_arg(),
+                routing.into_buffer_arg(),
+                words.into_buffer_arg(),
+                scales.into_buffer_arg(),
+                bias.into_buffer_arg(),
+                residual.into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                blocks_per_row as u32,
+                hidden as u32,
+                scale_words as u32,
+                top_k,
+                blocks_per_lane(blocks_per_row),
+                columns_per_plane as usize,
+                has_residual,
+            )
+        };
+        out
+    }
+}
+
+/// SwiGLU activations [n * k, I] of every (token, rank) pair: `x` [n, H] f32, `routing` [n, 2k]
+/// from `router_top_k`, the gate_up MXFP4 `words` [E, 2I, H / 8] (int, 32-bit) and `scales`,
+/// `bias` [E, 2I], each plane of a workgroup taking `columns_per_plane` outputs
+/// ([`GATE_UP_COLUMNS_PER_PLANE`] unless measuring another). GPU only.
+#[allow(clippy::too_many_arguments)]
+pub fn pairs_gate_up(
+    x: Tensor<2>,
+    routing: Tensor<2>,
+    words: Tensor<3, Int>,
+    scales: Tensor<2, Int>,
+    bias: Tensor<2>,
+    limit: f32,
+    alpha: f32,
+    columns_per_plane: u32,
+) -> Tensor<2> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as PairsBackend>::pairs_gate_up(
+        x.into_dispatch(),
+        routing.into_dispatch(),
+        words.into_dispatch(),
+        scales.into_dispatch(),
+        bias.into_dispatch(),
+        limit,
+        alpha,
+        columns_per_plane,
+    ))
+}
+
+/// Each token's gate-weighted sum of its k experts' down products [n, H], plus `residual`
+/// [n, H] when given (the decoder layer's residual stream, in the same launch): `act` [n * k,
+/// I] from [`pairs_gate_up`], `routing` [n, 2k], the down MXFP4 `words` [E, H, I / 8] and
+/// `scales`, `bias` [E, H], each plane taking `columns_per_plane` outputs
+/// ([`DOWN_COLUMNS_PER_PLANE`] unless measuring another). GPU only.
+pub fn pairs_down(
+    act: Tensor<2>,
+    routing: Tensor<2>,
+    words: Tensor<3, Int>,
+    scales: Tensor<2, Int>,
+    bias: Tensor<2>,
+    residual: Option<Tensor<2>>,
+    columns_per_plane: u32,
+) -> Tensor<2> {
+    let has_residual = residual.is_some();
+    // Without a residual the kernel reads none: pass the bias as the unread buffer.
+    let residual = residual.unwrap_or_else(|| bias.clone());
+    Tensor::from_dispatch(<burn::backend::Dispatch as PairsBackend>::pairs_down(
+        act.into_dispatch(),
+        routing.into_dispatch(),
+        words.into_dispatch(),
+        scales.into_dispatch(),
+        bias.into_dispatch(),
+        residual.into_dispatch(),
+        has_residual,
+        columns_per_plane,
+    ))
+}
+
+/// MXFP4 blocks each invocation of a plane owns along a row of `blocks_per_row` blocks.
+fn blocks_per_lane(blocks_per_row: usize) -> usize {
+    blocks_per_row.div_ceil(LANES as usize)
+}
+
+/// Whether the kernels take `hidden` and `inter` widths with `top_k` experts per token: MXFP4
+/// blocks of 32 along K, and the down kernel's k input rows (bf16, padded per block) within
+/// the shared memory a workgroup may take.
+pub fn supports(hidden: usize, inter: usize, top_k: usize) -> bool {
+    let row_bytes = |width: usize| {
+        blocks_per_lane(width / BLOCK as usize) * (LANES * BLOCK_VECTORS) as usize * 16
+    };
+    hidden.is_multiple_of(32)
+        && inter.is_multiple_of(32)
+        && top_k * row_bytes(inter) <= SHARED_INPUT_BYTES
+        && row_bytes(hidden) <= SHARED_INPUT_BYTES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// gpt-oss-20b and -120b (2880 wide, four experts per token) fit; a row of 16,384 inputs
+    /// per expert at k = 4 does not, nor widths off the 32-input blocks.
+    #[test]
+    fn supports_gpt_oss_widths_and_refuses_what_does_not_fit() {
+        assert!(supports(2880, 2880, 4));
+        assert!(supports(64, 96, 4));
+        assert!(!supports(2880, 16384, 4));
+        assert!(!supports(2880, 2880 + 16, 4));
+        assert!(!supports(65536, 2880, 1));
+    }
+}
