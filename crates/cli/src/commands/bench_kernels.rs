@@ -340,9 +340,14 @@ fn median_seconds_per_call(
         times.push(start.elapsed().as_secs_f64() / calls as f64);
         drop(outputs);
     }
+    Ok(median_after_warm_up(times))
+}
+
+/// The median of `times` without the first (warm-up) one.
+pub(super) fn median_after_warm_up(mut times: Vec<f64>) -> f64 {
     times.remove(0);
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    times[times.len() / 2]
 }
 
 /// sqrt(sum (ours - reference)^2 / sum reference^2) and max |ours - reference|.

@@ -10,7 +10,7 @@ use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
-use super::{Worst, packed_words, random_experts};
+use super::{Worst, median_after_warm_up, packed_words, random_experts};
 
 /// gpt-oss-20b's widths.
 const HIDDEN: usize = 2880;
@@ -65,10 +65,8 @@ fn seconds_per_replayed_launch(
     let timed_wall: f64 = times[1..].iter().sum();
     let cpu = crate::host::cpu_seconds_between(&cpu_before, &crate::host::cpu_seconds_by_thread());
     let busiest = cpu.values().copied().fold(0.0, f64::max);
-    times.remove(0);
-    times.sort_by(f64::total_cmp);
     Ok(LaunchTime {
-        seconds: times[times.len() / 2] / LAUNCHES as f64,
+        seconds: median_after_warm_up(times) / LAUNCHES as f64,
         busiest_host_thread: busiest / timed_wall,
     })
 }
