@@ -23,6 +23,9 @@ use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 
 /// Keys scored per pass (shared memory: 8 KiB).
 pub const CHUNK: u32 = 2048;
+/// Value rows each invocation loads before using any: one at a time, a decode step's
+/// attention waited for a memory round trip per (256 / head_dim)-th key.
+const VALUE_UNROLL: u32 = 8;
 /// Up to this many queries per call the model uses this kernel (each workgroup reads its
 /// visible keys once: fine for decoding, not for scoring long sequences).
 pub const MAX_QUERIES: usize = 16;
@@ -59,7 +62,9 @@ fn attention_rows_kernel(
     let kv_base = (row * kv_heads + kv_head) * keys * head_dim;
     let unit = UNIT_POS;
 
+    // Unrolled (head_dim is known when compiling): the array stays in registers.
     let mut scaled_q = Array::<f32>::new(head_dim as usize);
+    #[unroll]
     for d in 0..head_dim {
         scaled_q[d as usize] = q[(item * head_dim + d) as usize] * scale;
     }
@@ -79,6 +84,7 @@ fn attention_rows_kernel(
         while j < count {
             let key_base = kv_base + (start + j) * head_dim;
             let mut dot = 0.0f32;
+            #[unroll]
             for d in 0..head_dim {
                 dot += scaled_q[d as usize] * k[(key_base + d) as usize];
             }
@@ -100,10 +106,29 @@ fn attention_rows_kernel(
         running_sum = running_sum * rescale + workgroup_reduce(local_sum, false);
         running_max = new_max;
         acc *= rescale;
+        // VALUE_UNROLL value rows' loads in flight before the products (added in key order,
+        // as one at a time would).
         let mut key = group;
         while key < count {
-            acc += scores[key as usize] * v[(kv_base + (start + key) * head_dim + dim) as usize];
-            key += groups;
+            let mut values = Array::<f32>::new(VALUE_UNROLL as usize);
+            let mut probabilities = Array::<f32>::new(VALUE_UNROLL as usize);
+            #[unroll]
+            for u in 0..VALUE_UNROLL {
+                let row_key = key + u * groups;
+                let mut value = 0.0f32;
+                let mut probability = 0.0f32;
+                if row_key < count {
+                    value = v[(kv_base + (start + row_key) * head_dim + dim) as usize];
+                    probability = scores[row_key as usize];
+                }
+                values[u as usize] = value;
+                probabilities[u as usize] = probability;
+            }
+            #[unroll]
+            for u in 0..VALUE_UNROLL as usize {
+                acc += probabilities[u] * values[u];
+            }
+            key += VALUE_UNROLL * groups;
         }
         sync_cube();
         start += CHUNK;

@@ -4,7 +4,7 @@
 //! A workgroup of [`UNITS`] invocations takes `groups` x 8 output columns (each invocation
 //! eight columns, read as one 16-byte load of eight bf16, so n must be a multiple of 8) and
 //! one chunk of [`ROWS`] rows; its invocations split K into `UNITS / groups` slices, each
-//! issuing [`UNROLL`] row loads before using any (a batch-1 projection is bound by memory
+//! issuing `unroll` row loads ([`RowsTiling`]) before using any (a batch-1 projection is bound by memory
 //! latency: one 4-byte load in flight per invocation ran at a tenth of the memory bandwidth).
 //! The slices' sums are added in shared memory and the bias in the same kernel: no partial
 //! products and no second kernel. The tensor-core GEMM computes 128-row tiles: at one row it
@@ -17,15 +17,29 @@ use cubecl::prelude::*;
 use half::bf16;
 
 use crate::launch::empty_f32;
+use crate::rms_norm_rows::row_inverse_rms;
+use crate::workgroup_reduce;
 
 /// Most rows per workgroup (fewer when m is smaller).
 pub const ROWS: usize = 8;
-/// Invocations per workgroup.
+/// Invocations per workgroup (a whole workgroup adds a row's squares for the fused norm).
 const UNITS: u32 = 256;
+const _: () = assert!(UNITS == workgroup_reduce::UNITS);
 /// Columns per invocation: one 16-byte load of eight bf16.
 const LANE_COLUMNS: u32 = 8;
-/// Weight rows each invocation loads before using them.
-const UNROLL: u32 = 8;
+/// How a product splits its work: column groups of eight per workgroup (0: chosen from the
+/// width, [`column_groups`]) and weight rows each invocation loads before using any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowsTiling {
+    pub groups: u32,
+    pub unroll: u32,
+}
+
+/// The tiling the model takes.
+pub const DEFAULT_TILING: RowsTiling = RowsTiling {
+    groups: 0,
+    unroll: 8,
+};
 /// Workgroups below which the wider column groups leave the GPU short of work (two per H100
 /// multiprocessor).
 const TARGET_WORKGROUPS: usize = 264;
@@ -54,21 +68,27 @@ fn bf16_rows_kernel(
     k: u32,
     #[comptime] rows: usize,
     #[comptime] groups: u32,
+    #[comptime] unroll: u32,
     #[comptime] has_bias: bool,
 ) {
+    // No norm: the bias stands in for the unread norm weight.
     rows_times_weight(
-        x, w, bias, out, m, n, k, CUBE_POS_X, n, 0, rows, groups, has_bias,
+        x, bias, 0.0f32, w, bias, out, m, n, k, CUBE_POS_X, n, 0, rows, groups, unroll, has_bias,
+        false,
     );
 }
 
 /// Three products of the same `x` side by side in one launch (the attention's q, k and v
 /// projections): workgroups take their columns from `w0`, then `w1`, then `w2` (each
 /// segment's column count a multiple of `groups * 8`, so no workgroup straddles two), and
-/// the output is [m, n0 + n1 + n2].
+/// the output is [m, n0 + n1 + n2]. With `has_norm` the rows of `x` are RMS-normed with
+/// `norm_weight` and `eps` first (the decoder layer's input norm, in the same launch).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn bf16_rows_three_kernel(
     x: &[f32],
+    norm_weight: &[f32],
+    eps: f32,
     w0: &[EightBf16],
     w1: &[EightBf16],
     w2: &[EightBf16],
@@ -83,18 +103,23 @@ fn bf16_rows_three_kernel(
     k: u32,
     #[comptime] rows: usize,
     #[comptime] groups: u32,
+    #[comptime] unroll: u32,
     #[comptime] has_bias: bool,
+    #[comptime] has_norm: bool,
 ) {
     let width = n0 + n1 + n2;
     let blocks0 = n0 / (groups * LANE_COLUMNS);
     let blocks1 = n1 / (groups * LANE_COLUMNS);
     if CUBE_POS_X < blocks0 {
         rows_times_weight(
-            x, w0, b0, out, m, n0, k, CUBE_POS_X, width, 0, rows, groups, has_bias,
+            x, norm_weight, eps, w0, b0, out, m, n0, k, CUBE_POS_X, width, 0, rows, groups, unroll,
+            has_bias, has_norm,
         );
     } else if CUBE_POS_X < blocks0 + blocks1 {
         rows_times_weight(
             x,
+            norm_weight,
+            eps,
             w1,
             b1,
             out,
@@ -106,11 +131,15 @@ fn bf16_rows_three_kernel(
             n0,
             rows,
             groups,
+            unroll,
             has_bias,
+            has_norm,
         );
     } else {
         rows_times_weight(
             x,
+            norm_weight,
+            eps,
             w2,
             b2,
             out,
@@ -122,17 +151,22 @@ fn bf16_rows_three_kernel(
             n0 + n1,
             rows,
             groups,
+            unroll,
             has_bias,
+            has_norm,
         );
     }
 }
 
-/// Workgroup `block_x`'s columns of `x` [m, k] times `w` [k, n] (+ `bias`), written to
-/// columns `out_offset..` of `out` [m, out_width].
+/// Workgroup `block_x`'s columns of `x` [m, k] (each row RMS-normed with `norm_weight` [k]
+/// and `eps` first when `has_norm`) times `w` [k, n] (+ `bias`), written to columns `out_offset..` of `out` [m,
+/// out_width].
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn rows_times_weight(
     x: &[f32],
+    norm_weight: &[f32],
+    eps: f32,
     w: &[EightBf16],
     bias: &[f32],
     out: &mut [f32],
@@ -144,7 +178,9 @@ fn rows_times_weight(
     out_offset: u32,
     #[comptime] rows: usize,
     #[comptime] groups: u32,
+    #[comptime] unroll: u32,
     #[comptime] has_bias: bool,
+    #[comptime] has_norm: bool,
 ) {
     let unit = UNIT_POS;
     let group = unit % groups;
@@ -162,15 +198,25 @@ fn rows_times_weight(
     for i in 0..rows * LANE_COLUMNS as usize {
         acc[i] = 0.0;
     }
+    // Each row's 1 / rms, the whole workgroup adding its squares as `rms_norm_rows` does.
+    let mut inv_rms = Array::<f32>::new(rows);
+    #[unroll]
+    for r in 0..rows {
+        inv_rms[r] = 1.0;
+        // The same for the whole workgroup, so its synchronisations are reached by all or none.
+        if has_norm && (r as u32) < row_count {
+            inv_rms[r] = row_inverse_rms(x, (row_begin + r as u32) * k, k, eps);
+        }
+    }
     if vector < vectors_per_row {
         let mut kk = k_begin;
         while kk < k_end {
             // Every load of the chunk (weights and inputs) before any use: they are in flight
             // together. Past K the weights read as zero and the inputs are not read.
-            let mut loaded = Array::<EightBf16>::new(UNROLL as usize);
-            let mut inputs = Array::<f32>::new(UNROLL as usize * rows);
+            let mut loaded = Array::<EightBf16>::new(unroll as usize);
+            let mut inputs = Array::<f32>::new(unroll as usize * rows);
             #[unroll]
-            for u in 0..UNROLL as usize {
+            for u in 0..unroll as usize {
                 let row_k = kk + u as u32;
                 let mut eight = EightBf16::new(0u32);
                 if row_k < k_end {
@@ -182,12 +228,16 @@ fn rows_times_weight(
                     let mut input = 0.0f32;
                     if (r as u32) < row_count && row_k < k_end {
                         input = x[((row_begin + r as u32) * k + row_k) as usize];
+                        if has_norm {
+                            // The norm's own expression, so the product sees its values.
+                            input = input * inv_rms[r] * norm_weight[row_k as usize];
+                        }
                     }
                     inputs[u * rows + r] = input;
                 }
             }
             #[unroll]
-            for u in 0..UNROLL as usize {
+            for u in 0..unroll as usize {
                 let mut weights = Array::<f32>::new(LANE_COLUMNS as usize);
                 #[unroll]
                 for q in 0..(LANE_COLUMNS / 2) as usize {
@@ -205,7 +255,7 @@ fn rows_times_weight(
                     }
                 }
             }
-            kk += UNROLL;
+            kk += unroll;
         }
     }
     // Per row: every invocation stores its eight column sums; then `parts` invocations per
@@ -301,14 +351,21 @@ pub trait RowsBackend: burn::backend::Backend {
         w: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         has_bias: bool,
+        groups: u32,
+        unroll: u32,
     ) -> FloatTensor<Self>;
 
-    /// `x` [m, k] times `w0`, `w1`, `w2` [k, n_i] (+ `b0`, `b1`, `b2` when `has_bias`) side by
-    /// side -> [m, n0 + n1 + n2], in one launch ([`supports_three`]).
+    /// `x` [m, k] (RMS-normed with `norm_weight` [k] and `eps` first when `has_norm`;
+    /// otherwise `norm_weight` is any f32 tensor, unread) times `w0`, `w1`, `w2` [k, n_i] (+
+    /// `b0`, `b1`, `b2` when `has_bias`) side by side -> [m, n0 + n1 + n2], in one launch
+    /// ([`supports_three`]).
     #[fusion(dtype = accumulator_dtype(x), shape = Shape::from(vec![x[0], w0[1] + w1[1] + w2[1]]))]
     #[allow(clippy::too_many_arguments)]
     fn bf16_rows_three(
         x: FloatTensor<Self>,
+        norm_weight: FloatTensor<Self>,
+        eps: f32,
+        has_norm: bool,
         w0: FloatTensor<Self>,
         w1: FloatTensor<Self>,
         w2: FloatTensor<Self>,
@@ -316,6 +373,8 @@ pub trait RowsBackend: burn::backend::Backend {
         b1: FloatTensor<Self>,
         b2: FloatTensor<Self>,
         has_bias: bool,
+        groups: u32,
+        unroll: u32,
     ) -> FloatTensor<Self>;
 }
 
@@ -338,6 +397,20 @@ fn column_groups(n: usize) -> u32 {
     }
 }
 
+/// `groups` where given (non-zero; every width in `whole` a multiple of its columns), else
+/// [`column_groups`] of `n`.
+fn chosen_groups(groups: u32, n: usize, whole: &[usize]) -> u32 {
+    if groups == 0 {
+        return column_groups(n);
+    }
+    let columns = (groups * LANE_COLUMNS) as usize;
+    assert!(
+        whole.iter().all(|w| w.is_multiple_of(columns)),
+        "bf16_rows: {groups} column groups do not tile widths {whole:?}"
+    );
+    groups
+}
+
 /// Workgroups across `n` output columns, `groups` column groups of eight each.
 fn column_blocks(n: usize, groups: u32) -> usize {
     (n / LANE_COLUMNS as usize).div_ceil(groups as usize)
@@ -357,6 +430,8 @@ impl RowsBackend for CubeBackend {
         w: CubeTensor,
         bias: CubeTensor,
         has_bias: bool,
+        groups: u32,
+        unroll: u32,
     ) -> CubeTensor {
         let [x, w, bias] = [x, w, bias].map(into_contiguous);
         let [m, k] = [x.meta.shape()[0], x.meta.shape()[1]];
@@ -367,7 +442,7 @@ impl RowsBackend for CubeBackend {
             k,
             "bf16_rows: x is [{m}, {k}], w is not [{k}, n]"
         );
-        let groups = column_groups(n);
+        let groups = chosen_groups(groups, n, &[n]);
         let (rows, cubes) = grid(m, column_blocks(n, groups));
         let client = x.client.clone();
         let out = empty_f32(&x, vec![m, n]);
@@ -386,6 +461,7 @@ impl RowsBackend for CubeBackend {
                 k as u32,
                 rows,
                 groups,
+                unroll,
                 has_bias,
             )
         };
@@ -394,6 +470,9 @@ impl RowsBackend for CubeBackend {
 
     fn bf16_rows_three(
         x: CubeTensor,
+        norm_weight: CubeTensor,
+        eps: f32,
+        has_norm: bool,
         w0: CubeTensor,
         w1: CubeTensor,
         w2: CubeTensor,
@@ -401,9 +480,16 @@ impl RowsBackend for CubeBackend {
         b1: CubeTensor,
         b2: CubeTensor,
         has_bias: bool,
+        groups: u32,
+        unroll: u32,
     ) -> CubeTensor {
-        let [x, w0, w1, w2, b0, b1, b2] = [x, w0, w1, w2, b0, b1, b2].map(into_contiguous);
+        let [x, norm_weight, w0, w1, w2, b0, b1, b2] =
+            [x, norm_weight, w0, w1, w2, b0, b1, b2].map(into_contiguous);
         let [m, k] = [x.meta.shape()[0], x.meta.shape()[1]];
+        assert!(
+            !has_norm || norm_weight.meta.shape()[..] == [k],
+            "bf16_rows_three: the norm's weight is not [{k}]"
+        );
         let [n0, n1, n2] = [&w0, &w1, &w2].map(|w| w.meta.shape()[1]);
         assert!(
             supports_three(n0, n1, n2),
@@ -412,7 +498,7 @@ impl RowsBackend for CubeBackend {
         for w in [&w0, &w1, &w2] {
             assert_eq!(w.meta.shape()[0], k, "bf16_rows_three: x is [{m}, {k}]");
         }
-        let groups = column_groups(n0 + n1 + n2);
+        let groups = chosen_groups(groups, n0 + n1 + n2, &[n0, n1]);
         let blocks = [n0, n1, n2].map(|n| column_blocks(n, groups));
         let (rows, cubes) = grid(m, blocks.iter().sum());
         let client = x.client.clone();
@@ -425,6 +511,8 @@ impl RowsBackend for CubeBackend {
                 cubes,
                 CubeDim::new_1d(UNITS),
                 x.into_buffer_arg(),
+                norm_weight.into_buffer_arg(),
+                eps,
                 w0.into_buffer_arg(),
                 w1.into_buffer_arg(),
                 w2.into_buffer_arg(),
@@ -439,7 +527,9 @@ impl RowsBackend for CubeBackend {
                 k as u32,
                 rows,
                 groups,
+                unroll,
                 has_bias,
+                has_norm,
             )
         };
         out
@@ -462,6 +552,17 @@ pub fn supports(n: usize) -> bool {
 /// rounds them), result f32. GPU only; meant for m up to a few times [`ROWS`]; n must be a
 /// multiple of 8 ([`supports`]).
 pub fn bf16_rows_matmul(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+    bf16_rows_matmul_tiled(x, w, bias, DEFAULT_TILING)
+}
+
+/// [`bf16_rows_matmul`] with another [`RowsTiling`] (measuring; a non-zero `groups` must tile
+/// n).
+pub fn bf16_rows_matmul_tiled(
+    x: Tensor<2>,
+    w: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    tiling: RowsTiling,
+) -> Tensor<2> {
     let [m, _] = x.dims();
     let x = x.cast(DType::F32);
     let w = w.cast(DType::BF16);
@@ -473,6 +574,8 @@ pub fn bf16_rows_matmul(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> 
         w.into_dispatch(),
         bias.into_dispatch(),
         has_bias,
+        tiling.groups,
+        tiling.unroll,
     ))
 }
 
@@ -484,8 +587,45 @@ pub fn bf16_rows_three(
     weights: [Tensor<2>; 3],
     biases: Option<[Tensor<1>; 3]>,
 ) -> Tensor<2> {
+    launch_three(x, None, weights, biases, DEFAULT_TILING)
+}
+
+/// [`bf16_rows_three`] with another [`RowsTiling`] (measuring; a non-zero `groups` must tile
+/// the first two widths).
+pub fn bf16_rows_three_tiled(
+    x: Tensor<2>,
+    weights: [Tensor<2>; 3],
+    biases: Option<[Tensor<1>; 3]>,
+    tiling: RowsTiling,
+) -> Tensor<2> {
+    launch_three(x, None, weights, biases, tiling)
+}
+
+/// [`bf16_rows_three`] of the RMSNorm of `x`'s rows with `norm` (weight [k], eps) in the same
+/// launch: the decoder layer's input norm and its q, k and v projections. The products see
+/// the values `rms_norm_rows` would have written (the same sums in the same order). GPU only.
+pub fn rms_norm_bf16_rows_three(
+    x: Tensor<2>,
+    norm: (Tensor<1>, f64),
+    weights: [Tensor<2>; 3],
+    biases: Option<[Tensor<1>; 3]>,
+) -> Tensor<2> {
+    launch_three(x, Some(norm), weights, biases, DEFAULT_TILING)
+}
+
+/// The `bf16_rows_three` op, normed first when `norm` is given.
+fn launch_three(
+    x: Tensor<2>,
+    norm: Option<(Tensor<1>, f64)>,
+    weights: [Tensor<2>; 3],
+    biases: Option<[Tensor<1>; 3]>,
+    tiling: RowsTiling,
+) -> Tensor<2> {
     let [m, k] = x.dims();
     let x = x.cast(DType::F32);
+    let has_norm = norm.is_some();
+    // Without a norm the kernel reads no norm weight: pass x as the unread buffer.
+    let (norm_weight, eps) = norm.unwrap_or_else(|| (x.clone().reshape([m * k]), 0.0));
     let [w0, w1, w2] = weights.map(|w| w.cast(DType::BF16).into_dispatch());
     let has_bias = biases.is_some();
     // Without biases the kernel reads none: pass x as the unread buffers.
@@ -494,6 +634,9 @@ pub fn bf16_rows_three(
         .map(|b| b.into_dispatch());
     Tensor::from_dispatch(<burn::backend::Dispatch as RowsBackend>::bf16_rows_three(
         x.into_dispatch(),
+        norm_weight.cast(DType::F32).into_dispatch(),
+        eps as f32,
+        has_norm,
         w0,
         w1,
         w2,
@@ -501,5 +644,7 @@ pub fn bf16_rows_three(
         b1,
         b2,
         has_bias,
+        tiling.groups,
+        tiling.unroll,
     ))
 }

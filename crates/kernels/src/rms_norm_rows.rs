@@ -13,6 +13,9 @@ use cubecl::prelude::*;
 use crate::launch::{empty_f32, grid_over_rows};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 
+/// Values of a row each invocation loads before adding their squares.
+const NORM_UNROLL: u32 = 4;
+
 /// With `has_delta`, the row is `x + delta`, and that sum is also written, after the normed
 /// rows (`out` is then [2 * rows, width]).
 #[cube(launch)]
@@ -35,18 +38,31 @@ fn rms_norm_rows_kernel(
     let sums = rows * width;
     let unit = UNIT_POS;
     let mut squares = 0.0f32;
-    let mut i = unit;
-    while i < width {
-        let mut v = x[(base + i) as usize];
-        if has_delta {
-            v += delta[(base + i) as usize];
-            out[(sums + base + i) as usize] = v;
+    if has_delta {
+        // As `strided_squares`, the sums written on the way.
+        let mut i = unit;
+        while i < width {
+            let mut values = Array::<f32>::new(NORM_UNROLL as usize);
+            #[unroll]
+            for u in 0..NORM_UNROLL {
+                let at = i + u * UNITS;
+                let mut v = 0.0f32;
+                if at < width {
+                    v = x[(base + at) as usize] + delta[(base + at) as usize];
+                    out[(sums + base + at) as usize] = v;
+                }
+                values[u as usize] = v;
+            }
+            #[unroll]
+            for u in 0..NORM_UNROLL as usize {
+                squares += values[u] * values[u];
+            }
+            i += NORM_UNROLL * UNITS;
         }
-        squares += v * v;
-        i += UNITS;
+    } else {
+        squares = strided_squares(x, base, width);
     }
-    let total = workgroup_reduce(squares, false);
-    let inv_rms = 1.0 / (total / f32::cast_from(width) + eps).sqrt();
+    let inv_rms = inverse_rms(workgroup_reduce(squares, false), width, eps);
     // Each invocation reads back only the sums it wrote itself.
     let mut j = unit;
     while j < width {
@@ -57,6 +73,52 @@ fn rms_norm_rows_kernel(
         out[(base + j) as usize] = v * inv_rms * weight[j as usize];
         j += UNITS;
     }
+}
+
+/// 1 / sqrt(mean + eps) for a row of `width` values whose squares add to `squares`: every norm
+/// kernel computes it this way, so the norms they fuse equal `rms_norm_rows` exactly.
+#[cube]
+pub fn inverse_rms(squares: f32, width: u32, eps: f32) -> f32 {
+    1.0 / (squares / f32::cast_from(width) + eps).sqrt()
+}
+
+/// This invocation's share of the squares of the row of `width` values at `x[base..]`: every
+/// [`UNITS`]-th value from its own, [`NORM_UNROLL`] loads issued before any is used (one at a
+/// time, a row of 2880 waited for twelve round trips), added in index order.
+#[cube]
+fn strided_squares(x: &[f32], base: u32, width: u32) -> f32 {
+    let mut squares = 0.0f32;
+    let mut i = UNIT_POS;
+    while i < width {
+        let mut values = Array::<f32>::new(NORM_UNROLL as usize);
+        #[unroll]
+        for u in 0..NORM_UNROLL {
+            let at = i + u * UNITS;
+            let mut v = 0.0f32;
+            if at < width {
+                v = x[(base + at) as usize];
+            }
+            values[u as usize] = v;
+        }
+        #[unroll]
+        for u in 0..NORM_UNROLL as usize {
+            squares += values[u] * values[u];
+        }
+        i += NORM_UNROLL * UNITS;
+    }
+    squares
+}
+
+/// [`inverse_rms`] of the row of `width` values at `x[base..]`, computed by a whole workgroup
+/// of [`UNITS`] invocations ([`strided_squares`], then [`workgroup_reduce`]: the order
+/// `rms_norm_rows` adds in) and returned to every invocation. Synchronises the workgroup.
+#[cube]
+pub fn row_inverse_rms(x: &[f32], base: u32, width: u32, eps: f32) -> f32 {
+    inverse_rms(
+        workgroup_reduce(strided_squares(x, base, width), false),
+        width,
+        eps,
+    )
 }
 
 /// GPU extension op; only the CubeCL backend implements it.

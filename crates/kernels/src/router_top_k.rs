@@ -5,11 +5,13 @@
 //! small integers, exact in f32), which the experts kernels (`experts_pairs`) read directly.
 //!
 //! A workgroup of [`ROUTER_UNITS`] invocations takes one token: invocation u adds the products
-//! for expert u % E over every (1024 / E)-th hidden unit, four at a time (consecutive
-//! invocations read consecutive weights of a row of W [H, E]); the slices are added in shared
-//! memory; one invocation then picks the k largest (lowest id first among equal logits) and
-//! their softmax. At batch 1 the whole router is one workgroup, so the loop's length is its
-//! latency: the first version (256 invocations, one product per step) took 250 us per layer.
+//! for four consecutive experts over every (1024 / (E / 4))-th hidden unit, eight hidden units'
+//! weights loaded before any is used (consecutive invocations read consecutive weights of a
+//! row of W [H, E]); the slices are added in shared memory; the first plane then picks the k
+//! largest (lowest id first among equal logits) with subgroup maxima and their softmax. At
+//! batch 1 the whole router is one workgroup, so the number of dependent loads is its latency:
+//! the first version (256 invocations, one product per step) took 250 us per layer, one expert
+//! per invocation with four products per step about 20 us.
 //!
 //! [`add_norm_router`] runs the decoder layer's residual add and post-attention RMSNorm in the
 //! same workgroup first (the normed row kept in shared memory): one launch instead of two per
@@ -21,6 +23,7 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use crate::launch::{empty_f32, grid_over_rows};
+use crate::rms_norm_rows::inverse_rms;
 
 /// Invocations per workgroup (Vulkan's usual maximum).
 pub const ROUTER_UNITS: u32 = 1024;
@@ -28,6 +31,10 @@ pub const ROUTER_UNITS: u32 = 1024;
 pub const MAX_EXPERTS: usize = ROUTER_UNITS as usize;
 /// Most experts per token.
 pub const MAX_TOP_K: usize = 8;
+/// Consecutive experts each invocation computes the logits of.
+const EXPERTS_PER_UNIT: u32 = 4;
+/// Hidden units whose weights each invocation loads before using any.
+const ROUTER_UNROLL: u32 = 8;
 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -85,14 +92,29 @@ fn add_norm_router_kernel(
     let sums = rows * width;
     let mut normed = Shared::<[f32]>::new_slice(hidden);
     let mut plane_totals = Shared::<[f32]>::new_slice(ROUTER_UNITS as usize);
+    // At most FUSED_NORM_PASSES values per invocation, all loaded before any is used.
+    let mut values = Array::<f32>::new(FUSED_NORM_PASSES);
+    let mut weights = Array::<f32>::new(FUSED_NORM_PASSES);
+    #[unroll]
+    for p in 0..FUSED_NORM_PASSES {
+        let i = UNIT_POS + p as u32 * ROUTER_UNITS;
+        let mut v = 0.0f32;
+        let mut weight = 0.0f32;
+        if i < width {
+            v = x[(base + i) as usize] + delta[(base + i) as usize];
+            weight = norm_weight[i as usize];
+        }
+        values[p] = v;
+        weights[p] = weight;
+    }
     let mut squares = 0.0f32;
-    let mut i = UNIT_POS;
-    while i < width {
-        let v = x[(base + i) as usize] + delta[(base + i) as usize];
-        out[(sums + base + i) as usize] = v;
-        normed[i as usize] = v;
-        squares += v * v;
-        i += ROUTER_UNITS;
+    #[unroll]
+    for p in 0..FUSED_NORM_PASSES {
+        let i = UNIT_POS + p as u32 * ROUTER_UNITS;
+        if i < width {
+            out[(sums + base + i) as usize] = values[p];
+            squares += values[p] * values[p];
+        }
     }
     // The sum of squares: per plane, then over the planes.
     let plane_total = plane_sum(squares);
@@ -104,14 +126,15 @@ fn add_norm_router_kernel(
     for p in 0..ROUTER_UNITS / PLANE_DIM {
         total += plane_totals[p as usize];
     }
-    let inv_rms = 1.0 / (total / f32::cast_from(width) + eps).sqrt();
-    // Each invocation rescales the values it stored itself.
-    let mut j = UNIT_POS;
-    while j < width {
-        let v = normed[j as usize] * inv_rms * norm_weight[j as usize];
-        normed[j as usize] = v;
-        out[(base + j) as usize] = v;
-        j += ROUTER_UNITS;
+    let inv_rms = inverse_rms(total, width, eps);
+    #[unroll]
+    for p in 0..FUSED_NORM_PASSES {
+        let i = UNIT_POS + p as u32 * ROUTER_UNITS;
+        if i < width {
+            let v = values[p] * inv_rms * weights[p];
+            normed[i as usize] = v;
+            out[(base + i) as usize] = v;
+        }
     }
     sync_cube();
     route_row(
@@ -129,7 +152,12 @@ fn add_norm_router_kernel(
 
 /// One row's routing written at `out[out_base..]` (ids as floats, then gates) from the row of
 /// `hidden` values at `x[x_row..]`: the logits over the workgroup's [`ROUTER_UNITS`]
-/// invocations, then the k largest and their softmax by one invocation.
+/// invocations, then the k largest and their softmax by the first plane.
+///
+/// Invocation u takes experts 4q..4q + 4 (q = u % quads) over every `slices`-th hidden unit,
+/// [`ROUTER_UNROLL`] hidden units' weights loaded before any is used: at batch 1 the router is
+/// one workgroup, so the number of dependent loads in a row is its latency (one product per
+/// step took 250 us, four products per step about 20 us).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn route_row(
@@ -144,65 +172,131 @@ fn route_row(
     #[comptime] top_k: usize,
 ) {
     let unit = UNIT_POS;
-    let slices = ROUTER_UNITS / experts;
-    let expert = unit % experts;
-    let slice = unit / experts;
-    let mut partial = Shared::<[f32]>::new_slice(ROUTER_UNITS as usize);
-    let mut logits = Shared::<[f32]>::new_slice(ROUTER_UNITS as usize);
-    let mut acc = 0.0f32;
+    let quads = experts.div_ceil(EXPERTS_PER_UNIT);
+    // Experts padded to whole quads: the stride of the partial sums.
+    let padded = quads * EXPERTS_PER_UNIT;
+    let slices = ROUTER_UNITS / quads;
+    let quad = unit % quads;
+    let slice = unit / quads;
+    let first = quad * EXPERTS_PER_UNIT;
+    let mut acc = Array::<f32>::new(EXPERTS_PER_UNIT as usize);
+    #[unroll]
+    for j in 0..EXPERTS_PER_UNIT as usize {
+        acc[j] = 0.0;
+    }
     if slice < slices {
         let mut h = slice;
-        // Four independent products per step keep four loads in flight.
-        while h + 3 * slices < hidden {
-            let a = x[(x_row + h) as usize] * w[(h * experts + expert) as usize];
-            let b =
-                x[(x_row + h + slices) as usize] * w[((h + slices) * experts + expert) as usize];
-            let c = x[(x_row + h + 2 * slices) as usize]
-                * w[((h + 2 * slices) * experts + expert) as usize];
-            let d = x[(x_row + h + 3 * slices) as usize]
-                * w[((h + 3 * slices) * experts + expert) as usize];
-            acc += (a + b) + (c + d);
-            h += 4 * slices;
-        }
         while h < hidden {
-            acc += x[(x_row + h) as usize] * w[(h * experts + expert) as usize];
-            h += slices;
+            let mut xs = Array::<f32>::new(ROUTER_UNROLL as usize);
+            let mut ws = Array::<f32>::new((ROUTER_UNROLL * EXPERTS_PER_UNIT) as usize);
+            #[unroll]
+            for r in 0..ROUTER_UNROLL as usize {
+                let row = h + r as u32 * slices;
+                let mut xv = 0.0f32;
+                if row < hidden {
+                    xv = x[(x_row + row) as usize];
+                }
+                xs[r] = xv;
+                #[unroll]
+                for j in 0..EXPERTS_PER_UNIT as usize {
+                    let e = first + j as u32;
+                    let mut wv = 0.0f32;
+                    if row < hidden && e < experts {
+                        wv = w[(row * experts + e) as usize];
+                    }
+                    ws[r * EXPERTS_PER_UNIT as usize + j] = wv;
+                }
+            }
+            #[unroll]
+            for r in 0..ROUTER_UNROLL as usize {
+                #[unroll]
+                for j in 0..EXPERTS_PER_UNIT as usize {
+                    acc[j] += xs[r] * ws[r * EXPERTS_PER_UNIT as usize + j];
+                }
+            }
+            h += ROUTER_UNROLL * slices;
         }
     }
-    partial[unit as usize] = acc;
+    // Slice s's sums at s * padded + expert; `parts` invocations per expert add a share of the
+    // slices each, then one invocation per expert adds the shares and the bias.
+    let mut partial =
+        Shared::<[f32]>::new_slice((ROUTER_UNITS * EXPERTS_PER_UNIT) as usize);
+    let mut shares = Shared::<[f32]>::new_slice(ROUTER_UNITS as usize);
+    let mut logits = Shared::<[f32]>::new_slice(MAX_EXPERTS);
+    if slice < slices {
+        #[unroll]
+        for j in 0..EXPERTS_PER_UNIT as usize {
+            partial[(slice * padded + first + j as u32) as usize] = acc[j];
+        }
+    }
+    sync_cube();
+    let parts = ROUTER_UNITS / padded;
+    let expert = unit % padded;
+    let part = unit / padded;
+    if part < parts {
+        let mut share = 0.0f32;
+        let mut s = part;
+        while s < slices {
+            share += partial[(s * padded + expert) as usize];
+            s += parts;
+        }
+        shares[(part * padded + expert) as usize] = share;
+    }
     sync_cube();
     if unit < experts {
         let mut total = bias[unit as usize];
-        for s in 0..slices {
-            total += partial[(s * experts + unit) as usize];
+        for p in 0..parts {
+            total += shares[(p * padded + unit) as usize];
         }
         logits[unit as usize] = total;
     }
     sync_cube();
-    if unit == 0 {
-        let mut chosen = Array::<u32>::new(top_k);
-        let mut values = Array::<f32>::new(top_k);
-        #[unroll]
-        for j in 0..top_k {
-            let mut best = experts;
-            let mut best_value = f32::new(0.0);
-            for e in 0..experts {
-                let mut taken = false;
-                #[unroll]
-                for i in 0..j {
-                    if chosen[i] == e {
-                        taken = true;
-                    }
-                }
-                let value = logits[e as usize];
-                if !taken && (best == experts || value > best_value) {
-                    best = e;
-                    best_value = value;
+    if unit < PLANE_DIM {
+        top_k_softmax(&logits, out, out_base, experts, top_k);
+    }
+}
+
+/// The k largest of `logits[..experts]` (lowest id first among equal values) and their
+/// softmax, written at `out[out_base..]` (ids as floats, then gates) by lane 0; run by one
+/// whole plane, each lane scanning every `PLANE_DIM`-th expert.
+#[cube]
+fn top_k_softmax(
+    logits: &[f32],
+    out: &mut [f32],
+    out_base: u32,
+    experts: u32,
+    #[comptime] top_k: usize,
+) {
+    let lane = UNIT_POS_PLANE;
+    let mut chosen = Array::<u32>::new(top_k);
+    let mut values = Array::<f32>::new(top_k);
+    #[unroll]
+    for j in 0..top_k {
+        // This lane's best expert not chosen yet (`experts` when it has none).
+        let mut best = experts;
+        let mut best_value = f32::new(f32::NEG_INFINITY);
+        let mut e = lane;
+        while e < experts {
+            let mut taken = false;
+            #[unroll]
+            for i in 0..j {
+                if chosen[i] == e {
+                    taken = true;
                 }
             }
-            chosen[j] = best;
-            values[j] = best_value;
+            let value = logits[e as usize];
+            if !taken && (best == experts || value > best_value) {
+                best = e;
+                best_value = value;
+            }
+            e += PLANE_DIM;
         }
+        let top = plane_max(best_value);
+        let winner = plane_min(select(best < experts && best_value == top, best, experts));
+        chosen[j] = winner;
+        values[j] = top;
+    }
+    if lane == 0 {
         // values[0] is the largest: softmax without overflow.
         let largest = values[0];
         let mut sum = 0.0f32;
@@ -320,8 +414,12 @@ impl RouterBackend for CubeBackend {
     }
 }
 
-/// Most hidden units [`add_norm_router`] keeps in shared memory (32 KiB of f32).
-pub const MAX_FUSED_NORM_WIDTH: usize = 8192;
+/// Most hidden units [`add_norm_router`] keeps in shared memory (16 KiB of f32, beside the
+/// router's 24 KiB of partial sums, shares and logits: 48 KiB in all at most).
+pub const MAX_FUSED_NORM_WIDTH: usize = 4096;
+/// Values of a row each invocation of [`add_norm_router`] holds (the widest row over the
+/// workgroup).
+const FUSED_NORM_PASSES: usize = MAX_FUSED_NORM_WIDTH / ROUTER_UNITS as usize;
 
 /// Whether [`add_norm_router`] takes rows `hidden` wide.
 pub fn supports_fused_norm(hidden: usize) -> bool {

@@ -45,6 +45,11 @@ pub struct KernelCheckArgs {
     /// Output columns per plane of the per-pair experts kernels timed by `--decode-timings`.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub columns_per_plane: Vec<u32>,
+    /// Tilings of the bf16 few-row products timed by `--decode-timings`: `GROUPSxUNROLL`
+    /// (column groups of eight per workgroup, 0 for the model's choice by width; weight rows
+    /// loaded before use), e.g. `0x8,4x16`.
+    #[arg(long, value_delimiter = ',', default_value = "0x8")]
+    pub rows_tilings: Vec<String>,
 }
 
 /// (experts, rows, n, k) per case.
@@ -78,7 +83,16 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
         return time_grouped_tilings(&tilings, &mut rng, &device);
     }
     if args.decode_timings {
-        return decode_timings::time_decode_kernels(&device, &args.columns_per_plane);
+        let rows_tilings: Vec<_> = args
+            .rows_tilings
+            .iter()
+            .map(|t| parse_rows_tiling(t))
+            .collect::<anyhow::Result<_>>()?;
+        return decode_timings::time_decode_kernels(
+            &device,
+            &args.columns_per_plane,
+            &rows_tilings,
+        );
     }
     if args.decoding_only {
         return check_decoding_kernels(&device);
@@ -181,6 +195,22 @@ fn check_fused_epilogues(
 }
 
 /// `MxNxK` with optional `/flags`: `t` FP4 table.
+/// `GROUPSxUNROLL` (`4x16`) as a few-row product tiling.
+fn parse_rows_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::bf16_rows::RowsTiling> {
+    let parsed = text
+        .split_once('x')
+        .and_then(|(g, u)| Some((g.parse().ok()?, u.parse().ok()?)));
+    match parsed {
+        Some((groups, unroll)) if [0, 1, 2, 4, 8, 16, 32].contains(&groups) && (1..=32).contains(&unroll) => {
+            Ok(gpt_oss_kernels::bf16_rows::RowsTiling { groups, unroll })
+        }
+        _ => anyhow::bail!(
+            "--rows-tilings: {text:?} is not GROUPSxUNROLL (groups 0 or a power of two up to 32, \
+             unroll 1 to 32)"
+        ),
+    }
+}
+
 fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
     let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
     let [m, n, k] = super::bench_matmul::parse_shape(shape)?;
@@ -449,24 +479,52 @@ fn check_bf16_rows(device: &Device) -> anyhow::Result<()> {
                    "weight_bytes_per_second": (2 * k * n) as f64 / seconds}),
         );
     }
-    // Three products side by side (the attention's q, k and v in one launch).
-    for [m, k, n0, n1, n2] in [
+    // Three products side by side (the attention's q, k and v in one launch), also with the
+    // input norm in the same launch.
+    use gpt_oss_kernels::bf16_rows::{bf16_rows_three, rms_norm_bf16_rows_three};
+    use gpt_oss_kernels::rms_norm_rows::{reference_rms_norm_rows, rms_norm_rows};
+    // The fused norm adds the squares in the norm kernel's order: its products see the same
+    // inputs, so it matches the two kernels it replaces to f32 rounding at most.
+    let mut unfused = Worst::new("input norm fused into the q/k/v product", 1e-6);
+    for ([m, k, n0, n1, n2], normed) in [
         [1, 2880, 4096, 512, 512],
         [5, 64, 32, 64, 24],
         [32, 2880, 4096, 512, 512],
-    ] {
-        let x = Tensor::<2>::random([m, k], Distribution::Default, device);
+        [3, 300, 64, 32, 8],
+    ]
+    .into_iter()
+    .flat_map(|shape| [(shape, false), (shape, true)])
+    {
+        let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 3.0), device);
         let weights = [n0, n1, n2]
             .map(|n| Tensor::<2>::random([k, n], Distribution::Default, device).cast(DType::BF16));
         let biases = (m % 2 == 1)
             .then(|| [n0, n1, n2].map(|n| Tensor::<1>::random([n], Distribution::Default, device)));
-        let product = || {
-            gpt_oss_kernels::bf16_rows::bf16_rows_three(x.clone(), weights.clone(), biases.clone())
+        let norm = (Tensor::<1>::random([k], Distribution::Default, device), 1e-5);
+        let product = || match normed {
+            true => rms_norm_bf16_rows_three(x.clone(), norm.clone(), weights.clone(), biases.clone()),
+            false => bf16_rows_three(x.clone(), weights.clone(), biases.clone()),
         };
         let ours = product();
         let seconds = seconds_per_queued_call(device, product)?;
+        if normed {
+            let two_kernels = bf16_rows_three(
+                rms_norm_rows(x.clone(), norm.0.clone(), norm.1),
+                weights.clone(),
+                biases.clone(),
+            );
+            unfused.record(
+                ours.clone(),
+                two_kernels,
+                json!({"kernel": "rms_norm_bf16_rows_three", "m": m, "k": k, "n": [n0, n1, n2]}),
+            );
+        }
+        let input = match normed {
+            true => reference_rms_norm_rows(x.clone(), norm.0.clone(), norm.1),
+            false => x.clone(),
+        };
         let reference = gpt_oss_kernels::coopmat_gemm::reference_gemm(
-            x.clone(),
+            input,
             Tensor::cat(weights.to_vec(), 1).cast(DType::F32),
         );
         let reference = match &biases {
@@ -477,9 +535,10 @@ fn check_bf16_rows(device: &Device) -> anyhow::Result<()> {
             ours,
             reference,
             json!({"kernel": "bf16_rows_three", "m": m, "k": k, "n": [n0, n1, n2],
-                   "bias": m % 2 == 1, "seconds_per_queued_call": seconds}),
+                   "bias": m % 2 == 1, "norm": normed, "seconds_per_queued_call": seconds}),
         );
     }
+    unfused.finish()?;
     worst.finish()
 }
 

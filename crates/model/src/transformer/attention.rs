@@ -9,6 +9,7 @@ use gpt_oss_kernels::{AttentionKernel, attention_rows, attention_tiles, bf16_row
 
 use super::cache::{FixedKv, KEY_BLOCK, LayerKv};
 use super::mask::KeyMask;
+use super::norm::RmsNorm;
 use super::project::{FEW_ROWS, linear, on_kernel_path};
 use super::rope::apply_rotary;
 
@@ -98,12 +99,14 @@ impl Attention {
     }
 
     /// A decode step whose changing inputs all live on the device (a captured, replayed step):
-    /// `x` [B, T, H]; the step's keys and values are written into `kv` at slot `slot[0]`
+    /// the residual stream `x` [B, T, H], normed by `norm` first (the layer's input norm; on
+    /// the kernel path in the q/k/v product's launch); the step's keys and values are written into `kv` at slot `slot[0]`
     /// (buffer index = slot); `key_ranges` are the visible buffer indices of each (row, query)
     /// ([`KeyMask::key_ranges`]'s layout). Returns [B, T, H].
     pub fn forward_step(
         &self,
         x: Tensor<3>,
+        norm: &RmsNorm,
         cos_sin: &(Tensor<4>, Tensor<4>),
         key_ranges: Tensor<1, Int>,
         kv: &mut FixedKv,
@@ -115,7 +118,7 @@ impl Attention {
         let q = if kernels && t == 1 && self.projects_in_one_launch(b) {
             // One launch rotates q and k and writes k and v into the caches.
             rotary_rows::rotary_qkv_into_cache(
-                self.qkv_in_one_launch(x),
+                self.qkv_in_one_launch(x, Some(norm)),
                 cos_sin.clone(),
                 (&kv.keys, &kv.values),
                 slot,
@@ -123,7 +126,7 @@ impl Attention {
                 nkv,
             )
         } else {
-            let (q, k, v) = self.project_qkv(x, cos_sin);
+            let (q, k, v) = self.project_qkv(norm.forward(x), cos_sin);
             kv.write(k, v, slot, kernels);
             q
         };
@@ -159,7 +162,7 @@ impl Attention {
         if kernels && self.projects_in_one_launch(b * t) {
             // Decoding: q, k and v in one product and one rotation kernel (not three and two).
             rotary_rows::rotary_qkv_rows(
-                self.qkv_in_one_launch(x),
+                self.qkv_in_one_launch(x, None),
                 cos.clone(),
                 sin.clone(),
                 nh,
@@ -174,17 +177,25 @@ impl Attention {
         }
     }
 
-    /// `x` [B, T, H] -> q | k | v [B, T, heads + 2 kv_heads, d], unrotated, in one launch
-    /// (`bf16_rows_three`; only where [`Self::projects_in_one_launch`]).
-    fn qkv_in_one_launch(&self, x: Tensor<3>) -> Tensor<4> {
+    /// `x` [B, T, H] (normed by `norm` first when given) -> q | k | v [B, T, heads + 2
+    /// kv_heads, d], unrotated, in one launch (`bf16_rows_three`, the norm in the same launch
+    /// where it is on the kernel path; only where [`Self::projects_in_one_launch`]).
+    fn qkv_in_one_launch(&self, x: Tensor<3>, norm: Option<&RmsNorm>) -> Tensor<4> {
         let [b, t, h] = x.dims();
         let (nh, nkv, d) = self.head_counts();
-        bf16_rows::bf16_rows_three(
-            x.reshape([b * t, h]),
-            [&self.q_proj, &self.k_proj, &self.v_proj].map(|l| l.weight.val()),
-            self.qkv_biases(),
-        )
-        .reshape([b, t, nh + 2 * nkv, d])
+        let weights = [&self.q_proj, &self.k_proj, &self.v_proj].map(|l| l.weight.val());
+        let rows = x.reshape([b * t, h]);
+        let qkv = match norm {
+            Some(norm) if norm.on_kernel_path => bf16_rows::rms_norm_bf16_rows_three(
+                rows,
+                (norm.weight.val(), norm.eps),
+                weights,
+                self.qkv_biases(),
+            ),
+            Some(norm) => bf16_rows::bf16_rows_three(norm.forward(rows), weights, self.qkv_biases()),
+            None => bf16_rows::bf16_rows_three(rows, weights, self.qkv_biases()),
+        };
+        qkv.reshape([b, t, nh + 2 * nkv, d])
     }
 
     /// (query heads, key/value heads, head dimension).

@@ -170,9 +170,9 @@ impl GptOss {
         let mut x = self.embed_tokens.forward_ids(ids).reshape([b, 1, h]);
         for (i, layer) in self.layers.iter().enumerate() {
             let ranges = key_ranges[&layer.sliding_window].clone();
-            let attn_in = layer.input_layernorm.forward(x.clone());
             let attn_out = layer.self_attn.forward_step(
-                attn_in,
+                x.clone(),
+                &layer.input_layernorm,
                 &cos_sin,
                 ranges,
                 &mut state.layers[i],

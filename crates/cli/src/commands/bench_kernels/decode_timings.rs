@@ -10,6 +10,8 @@ use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
+use gpt_oss_kernels::bf16_rows::RowsTiling;
+
 use super::{Worst, median_after_warm_up, packed_words, random_experts};
 
 /// gpt-oss-20b's widths.
@@ -83,13 +85,17 @@ fn report(kernel: &str, case: serde_json::Value, time: LaunchTime, weight_bytes:
     println!("{line}");
 }
 
-/// Every timing, the per-pair kernels at each of `columns_per_plane`.
+/// Every timing, the per-pair kernels at each of `columns_per_plane`, the bf16 products at
+/// each of `rows_tilings`.
 pub(super) fn time_decode_kernels(
     device: &Device,
     columns_per_plane: &[u32],
+    rows_tilings: &[RowsTiling],
 ) -> anyhow::Result<()> {
     time_small_kernels(device)?;
-    time_projections(device)?;
+    for &tiling in rows_tilings {
+        time_projections(device, tiling)?;
+    }
     time_pairs(device, columns_per_plane)
 }
 
@@ -206,9 +212,12 @@ fn time_small_kernels(device: &Device) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bf16 projections at batch 1 and 32: q/k/v in one launch, o, and one lm_head piece.
-fn time_projections(device: &Device) -> anyhow::Result<()> {
-    use gpt_oss_kernels::bf16_rows::{bf16_rows_matmul, bf16_rows_three};
+/// The bf16 projections at batch 1 and 32 with `tiling`: q/k/v in one launch (also with the
+/// input norm in it, at the model's tiling), o, and one lm_head piece.
+fn time_projections(device: &Device, tiling: RowsTiling) -> anyhow::Result<()> {
+    use gpt_oss_kernels::bf16_rows::{
+        DEFAULT_TILING, bf16_rows_matmul_tiled, bf16_rows_three_tiled, rms_norm_bf16_rows_three,
+    };
     let bf16 = |shape: [usize; 2]| {
         Tensor::<2>::random(shape, Distribution::Default, device).cast(DType::BF16)
     };
@@ -220,25 +229,30 @@ fn time_projections(device: &Device) -> anyhow::Result<()> {
             .map(|_| [Q_WIDTH, KV_WIDTH, KV_WIDTH].map(|n| bf16([HIDDEN, n])))
             .collect();
         let seconds = seconds_per_replayed_launch(device, sets.len(), |i| {
-            bf16_rows_three(x.clone(), sets[i].clone(), None)
+            bf16_rows_three_tiled(x.clone(), sets[i].clone(), None, tiling)
         })?;
-        report(
-            "bf16_rows_three",
-            json!({"rows": m, "k": HIDDEN, "n": [Q_WIDTH, KV_WIDTH, KV_WIDTH]}),
-            seconds,
-            Some(bytes),
-        );
+        let case = json!({"rows": m, "k": HIDDEN, "n": [Q_WIDTH, KV_WIDTH, KV_WIDTH],
+                          "groups": tiling.groups, "unroll": tiling.unroll});
+        report("bf16_rows_three", case.clone(), seconds, Some(bytes));
+        if tiling == DEFAULT_TILING {
+            let norm = (Tensor::<1>::random([HIDDEN], Distribution::Default, device), 1e-5);
+            let seconds = seconds_per_replayed_launch(device, sets.len(), |i| {
+                rms_norm_bf16_rows_three(x.clone(), norm.clone(), sets[i].clone(), None)
+            })?;
+            report("rms_norm_bf16_rows_three", case, seconds, Some(bytes));
+        }
 
         for [k, n] in [[Q_WIDTH, HIDDEN], [HIDDEN, LM_HEAD_PIECE]] {
             let x = Tensor::<2>::random([m, k], Distribution::Default, device);
             let bytes = 2 * k * n;
             let sets: Vec<Tensor<2>> = (0..copies(bytes)).map(|_| bf16([k, n])).collect();
             let seconds = seconds_per_replayed_launch(device, sets.len(), |i| {
-                bf16_rows_matmul(x.clone(), sets[i].clone(), None)
+                bf16_rows_matmul_tiled(x.clone(), sets[i].clone(), None, tiling)
             })?;
             report(
                 "bf16_rows",
-                json!({"rows": m, "k": k, "n": n}),
+                json!({"rows": m, "k": k, "n": n, "groups": tiling.groups,
+                       "unroll": tiling.unroll}),
                 seconds,
                 Some(bytes),
             );
