@@ -71,10 +71,11 @@ fn bf16_rows_kernel(
     #[comptime] unroll: u32,
     #[comptime] has_bias: bool,
 ) {
+    let mut work = RowsWorkspace::new(rows);
     // No norm: the bias stands in for the unread norm weight.
     rows_times_weight(
-        x, bias, 0.0f32, w, bias, out, m, n, k, CUBE_POS_X, n, 0, rows, groups, unroll, has_bias,
-        false,
+        x, bias, &mut work, w, bias, out, m, n, k, CUBE_POS_X, n, 0, rows, groups, unroll,
+        has_bias, false,
     );
 }
 
@@ -107,19 +108,23 @@ fn bf16_rows_three_kernel(
     #[comptime] has_bias: bool,
     #[comptime] has_norm: bool,
 ) {
+    let mut work = RowsWorkspace::new(rows);
+    if has_norm {
+        fill_inverse_rms(x, m, k, eps, &mut work.inv_rms, rows);
+    }
     let width = n0 + n1 + n2;
     let blocks0 = n0 / (groups * LANE_COLUMNS);
     let blocks1 = n1 / (groups * LANE_COLUMNS);
     if CUBE_POS_X < blocks0 {
         rows_times_weight(
-            x, norm_weight, eps, w0, b0, out, m, n0, k, CUBE_POS_X, width, 0, rows, groups, unroll,
+            x, norm_weight, &mut work, w0, b0, out, m, n0, k, CUBE_POS_X, width, 0, rows, groups, unroll,
             has_bias, has_norm,
         );
     } else if CUBE_POS_X < blocks0 + blocks1 {
         rows_times_weight(
             x,
             norm_weight,
-            eps,
+            &mut work,
             w1,
             b1,
             out,
@@ -139,7 +144,7 @@ fn bf16_rows_three_kernel(
         rows_times_weight(
             x,
             norm_weight,
-            eps,
+            &mut work,
             w2,
             b2,
             out,
@@ -158,15 +163,63 @@ fn bf16_rows_three_kernel(
     }
 }
 
-/// Workgroup `block_x`'s columns of `x` [m, k] (each row RMS-normed with `norm_weight` [k]
-/// and `eps` first when `has_norm`) times `w` [k, n] (+ `bias`), written to columns `out_offset..` of `out` [m,
-/// out_width].
+/// What a product's workgroup keeps beside its registers: the shared memory of the sums over
+/// K slices and each row's 1 / rms (for the fused norm). Made once per kernel, so that the
+/// three-product kernel's three inlined products share it.
+#[derive(CubeType)]
+struct RowsWorkspace {
+    partial: Shared<[f32]>,
+    part_sums: Shared<[f32]>,
+    inv_rms: Array<f32>,
+}
+
+#[cube]
+impl RowsWorkspace {
+    fn new(#[comptime] rows: usize) -> RowsWorkspace {
+        let mut inv_rms = Array::<f32>::new(rows);
+        #[unroll]
+        for r in 0..rows {
+            inv_rms[r] = 1.0;
+        }
+        RowsWorkspace {
+            partial: Shared::<[f32]>::new_slice((UNITS * LANE_COLUMNS) as usize),
+            part_sums: Shared::<[f32]>::new_slice(UNITS as usize),
+            inv_rms,
+        }
+    }
+}
+
+/// Each of the workgroup's rows' 1 / rms into `inv_rms`, the whole workgroup adding its
+/// squares as `rms_norm_rows` does. Synchronises the workgroup.
+#[cube]
+fn fill_inverse_rms(
+    x: &[f32],
+    m: u32,
+    k: u32,
+    eps: f32,
+    inv_rms: &mut Array<f32>,
+    #[comptime] rows: usize,
+) {
+    let row_begin = CUBE_POS_Y * rows as u32;
+    let row_count = min(m - row_begin, rows as u32);
+    #[unroll]
+    for r in 0..rows {
+        // The same for the whole workgroup, so its synchronisations are reached by all or none.
+        if (r as u32) < row_count {
+            inv_rms[r] = row_inverse_rms(x, (row_begin + r as u32) * k, k, eps);
+        }
+    }
+}
+
+/// Workgroup `block_x`'s columns of `x` [m, k] (each row RMS-normed first when `has_norm`:
+/// times `work.inv_rms` and `norm_weight` [k]) times `w` [k, n] (+ `bias`), written to
+/// columns `out_offset..` of `out` [m, out_width].
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn rows_times_weight(
     x: &[f32],
     norm_weight: &[f32],
-    eps: f32,
+    work: &mut RowsWorkspace,
     w: &[EightBf16],
     bias: &[f32],
     out: &mut [f32],
@@ -198,16 +251,6 @@ fn rows_times_weight(
     for i in 0..rows * LANE_COLUMNS as usize {
         acc[i] = 0.0;
     }
-    // Each row's 1 / rms, the whole workgroup adding its squares as `rms_norm_rows` does.
-    let mut inv_rms = Array::<f32>::new(rows);
-    #[unroll]
-    for r in 0..rows {
-        inv_rms[r] = 1.0;
-        // The same for the whole workgroup, so its synchronisations are reached by all or none.
-        if has_norm && (r as u32) < row_count {
-            inv_rms[r] = row_inverse_rms(x, (row_begin + r as u32) * k, k, eps);
-        }
-    }
     if vector < vectors_per_row {
         let mut kk = k_begin;
         while kk < k_end {
@@ -230,7 +273,7 @@ fn rows_times_weight(
                         input = x[((row_begin + r as u32) * k + row_k) as usize];
                         if has_norm {
                             // The norm's own expression, so the product sees its values.
-                            input = input * inv_rms[r] * norm_weight[row_k as usize];
+                            input = input * work.inv_rms[r] * norm_weight[row_k as usize];
                         }
                     }
                     inputs[u * rows + r] = input;
@@ -261,16 +304,14 @@ fn rows_times_weight(
     // Per row: every invocation stores its eight column sums; then `parts` invocations per
     // column add a share of the slices each, and one invocation per column adds the parts.
     let columns = groups * LANE_COLUMNS;
-    let mut partial = Shared::<[f32]>::new_slice((UNITS * LANE_COLUMNS) as usize);
-    let mut part_sums = Shared::<[f32]>::new_slice(UNITS as usize);
     #[unroll]
     for r in 0..rows {
         // The same for the whole workgroup, so its synchronisations are reached by all or none.
         if (r as u32) < row_count {
             sum_row_over_slices(
                 &acc,
-                &mut partial,
-                &mut part_sums,
+                &mut work.partial,
+                &mut work.part_sums,
                 bias,
                 out,
                 r,
