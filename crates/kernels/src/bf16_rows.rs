@@ -27,22 +27,24 @@ const UNITS: u32 = 256;
 const _: () = assert!(UNITS == workgroup_reduce::UNITS);
 /// Columns per invocation: one 16-byte load of eight bf16.
 const LANE_COLUMNS: u32 = 8;
-/// How a product splits its work: column groups of eight per workgroup (0: chosen from the
-/// width, [`column_groups`]) and weight rows each invocation loads before using any.
+/// How a product splits its work: column groups of eight per workgroup and weight rows each
+/// invocation loads before using any (either 0: [`default_tiling`]'s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowsTiling {
     pub groups: u32,
     pub unroll: u32,
 }
 
-/// The tiling the model takes.
+/// The tiling the model takes: both chosen by [`default_tiling`].
 pub const DEFAULT_TILING: RowsTiling = RowsTiling {
     groups: 0,
-    unroll: 8,
+    unroll: 0,
 };
 /// Workgroups below which the wider column groups leave the GPU short of work (two per H100
 /// multiprocessor).
 const TARGET_WORKGROUPS: usize = 264;
+/// Workgroups of eight column groups from which a one-row product takes that width.
+const WIDE_WORKGROUPS: usize = 1024;
 
 /// Eight bf16 weights of one row: four little-endian u32 words.
 type EightBf16 = Vector<u32, Const<4>>;
@@ -117,8 +119,23 @@ fn bf16_rows_three_kernel(
     let blocks1 = n1 / (groups * LANE_COLUMNS);
     if CUBE_POS_X < blocks0 {
         rows_times_weight(
-            x, norm_weight, &mut work, w0, b0, out, m, n0, k, CUBE_POS_X, width, 0, rows, groups, unroll,
-            has_bias, has_norm,
+            x,
+            norm_weight,
+            &mut work,
+            w0,
+            b0,
+            out,
+            m,
+            n0,
+            k,
+            CUBE_POS_X,
+            width,
+            0,
+            rows,
+            groups,
+            unroll,
+            has_bias,
+            has_norm,
         );
     } else if CUBE_POS_X < blocks0 + blocks1 {
         rows_times_weight(
@@ -427,29 +444,44 @@ fn product_shape(x: &Shape, w: &Shape) -> Shape {
     Shape::from(vec![x[0], w[1]])
 }
 
-/// Column groups (of eight columns) per workgroup for `n` output columns: four (64-byte runs
-/// of a weight row per K slice) where that still gives [`TARGET_WORKGROUPS`], else two.
-fn column_groups(n: usize) -> u32 {
+/// The tiling for an `m`-row product with `n` output columns (`bench kernel-check
+/// --decode-timings --rows-tilings`, H100, 2026-11-27, one call, microseconds per launch at
+/// one row, model's previous choice first): at one row, four column groups (q/k/v 26.6 ->
+/// 21.7, o 25.1 -> 21.7; 64-byte runs of a weight row per K slice although fewer
+/// workgroups), and for very wide products (an lm_head piece of 93,184 columns) eight groups
+/// with sixteen rows in flight (247 -> 202, 2.65 TB/s); more rows keep the earlier rule, four
+/// groups where that still gives [`TARGET_WORKGROUPS`], else two (not measured again).
+pub fn default_tiling(m: usize, n: usize) -> RowsTiling {
     let vectors = n / LANE_COLUMNS as usize;
-    if vectors.div_ceil(4) >= TARGET_WORKGROUPS {
-        4
-    } else {
-        2
-    }
+    let (groups, unroll) = match m {
+        1 if vectors.div_ceil(8) >= WIDE_WORKGROUPS => (8, 16),
+        1 => (4, 8),
+        _ if vectors.div_ceil(4) >= TARGET_WORKGROUPS => (4, 8),
+        _ => (2, 8),
+    };
+    RowsTiling { groups, unroll }
 }
 
-/// `groups` where given (non-zero; every width in `whole` a multiple of its columns), else
-/// [`column_groups`] of `n`.
-fn chosen_groups(groups: u32, n: usize, whole: &[usize]) -> u32 {
-    if groups == 0 {
-        return column_groups(n);
-    }
+/// `tiling`'s groups and unroll where given (non-zero; every width in `whole` a multiple of
+/// the groups' columns), else [`default_tiling`]'s for an `m`-row product over `n` columns.
+fn chosen_tiling(tiling: RowsTiling, m: usize, n: usize, whole: &[usize]) -> RowsTiling {
+    let default = default_tiling(m, n);
+    let groups = if tiling.groups == 0 {
+        default.groups
+    } else {
+        tiling.groups
+    };
+    let unroll = if tiling.unroll == 0 {
+        default.unroll
+    } else {
+        tiling.unroll
+    };
     let columns = (groups * LANE_COLUMNS) as usize;
     assert!(
         whole.iter().all(|w| w.is_multiple_of(columns)),
         "bf16_rows: {groups} column groups do not tile widths {whole:?}"
     );
-    groups
+    RowsTiling { groups, unroll }
 }
 
 /// Workgroups across `n` output columns, `groups` column groups of eight each.
@@ -483,7 +515,7 @@ impl RowsBackend for CubeBackend {
             k,
             "bf16_rows: x is [{m}, {k}], w is not [{k}, n]"
         );
-        let groups = chosen_groups(groups, n, &[n]);
+        let RowsTiling { groups, unroll } = chosen_tiling(RowsTiling { groups, unroll }, m, n, &[]);
         let (rows, cubes) = grid(m, column_blocks(n, groups));
         let client = x.client.clone();
         let out = empty_f32(&x, vec![m, n]);
@@ -539,7 +571,17 @@ impl RowsBackend for CubeBackend {
         for w in [&w0, &w1, &w2] {
             assert_eq!(w.meta.shape()[0], k, "bf16_rows_three: x is [{m}, {k}]");
         }
-        let groups = chosen_groups(groups, n0 + n1 + n2, &[n0, n1]);
+        // At most four groups by default: `supports_three` promises whole workgroups of 32
+        // columns per segment, not more.
+        let default = default_tiling(m, n0 + n1 + n2);
+        let capped = match default.groups > 4 && groups == 0 {
+            true => RowsTiling {
+                groups: 4,
+                unroll: 8,
+            },
+            false => RowsTiling { groups, unroll },
+        };
+        let RowsTiling { groups, unroll } = chosen_tiling(capped, m, n0 + n1 + n2, &[n0, n1]);
         let blocks = [n0, n1, n2].map(|n| column_blocks(n, groups));
         let (rows, cubes) = grid(m, blocks.iter().sum());
         let client = x.client.clone();
@@ -688,4 +730,25 @@ fn launch_three(
         tiling.groups,
         tiling.unroll,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One row: four groups for the attention's widths, eight with sixteen rows in flight for
+    /// an lm_head piece; more rows keep the width rule; explicit tilings win and must tile.
+    #[test]
+    fn default_tiling_follows_the_measured_choices() {
+        let tiling = |groups, unroll| RowsTiling { groups, unroll };
+        assert_eq!(default_tiling(1, 5120), tiling(4, 8));
+        assert_eq!(default_tiling(1, 2880), tiling(4, 8));
+        assert_eq!(default_tiling(1, 93_184), tiling(8, 16));
+        assert_eq!(default_tiling(32, 5120), tiling(2, 8));
+        assert_eq!(default_tiling(32, 93_184), tiling(4, 8));
+        assert_eq!(chosen_tiling(tiling(2, 0), 1, 5120, &[4096, 512]), tiling(2, 8));
+        assert_eq!(chosen_tiling(DEFAULT_TILING, 1, 5120, &[4096, 512]), tiling(4, 8));
+        let refused = std::panic::catch_unwind(|| chosen_tiling(tiling(8, 8), 1, 96, &[32, 32]));
+        assert!(refused.is_err());
+    }
 }

@@ -219,8 +219,7 @@ fn route_row(
     }
     // Slice s's sums at s * padded + expert; `parts` invocations per expert add a share of the
     // slices each, then one invocation per expert adds the shares and the bias.
-    let mut partial =
-        Shared::<[f32]>::new_slice((ROUTER_UNITS * EXPERTS_PER_UNIT) as usize);
+    let mut partial = Shared::<[f32]>::new_slice((ROUTER_UNITS * EXPERTS_PER_UNIT) as usize);
     let mut shares = Shared::<[f32]>::new_slice(ROUTER_UNITS as usize);
     let mut logits = Shared::<[f32]>::new_slice(MAX_EXPERTS);
     if slice < slices {

@@ -46,9 +46,9 @@ pub struct KernelCheckArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub columns_per_plane: Vec<u32>,
     /// Tilings of the bf16 few-row products timed by `--decode-timings`: `GROUPSxUNROLL`
-    /// (column groups of eight per workgroup, 0 for the model's choice by width; weight rows
-    /// loaded before use), e.g. `0x8,4x16`.
-    #[arg(long, value_delimiter = ',', default_value = "0x8")]
+    /// (column groups of eight per workgroup; weight rows loaded before use; either 0 for the
+    /// model's choice), e.g. `0x0,4x16`.
+    #[arg(long, value_delimiter = ',', default_value = "0x0")]
     pub rows_tilings: Vec<String>,
 }
 
@@ -201,12 +201,14 @@ fn parse_rows_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::bf16_rows::R
         .split_once('x')
         .and_then(|(g, u)| Some((g.parse().ok()?, u.parse().ok()?)));
     match parsed {
-        Some((groups, unroll)) if [0, 1, 2, 4, 8, 16, 32].contains(&groups) && (1..=32).contains(&unroll) => {
+        Some((groups, unroll))
+            if [0, 1, 2, 4, 8, 16, 32].contains(&groups) && (0..=32).contains(&unroll) =>
+        {
             Ok(gpt_oss_kernels::bf16_rows::RowsTiling { groups, unroll })
         }
         _ => anyhow::bail!(
             "--rows-tilings: {text:?} is not GROUPSxUNROLL (groups 0 or a power of two up to 32, \
-             unroll 1 to 32)"
+             unroll 0 to 32)"
         ),
     }
 }
@@ -500,9 +502,14 @@ fn check_bf16_rows(device: &Device) -> anyhow::Result<()> {
             .map(|n| Tensor::<2>::random([k, n], Distribution::Default, device).cast(DType::BF16));
         let biases = (m % 2 == 1)
             .then(|| [n0, n1, n2].map(|n| Tensor::<1>::random([n], Distribution::Default, device)));
-        let norm = (Tensor::<1>::random([k], Distribution::Default, device), 1e-5);
+        let norm = (
+            Tensor::<1>::random([k], Distribution::Default, device),
+            1e-5,
+        );
         let product = || match normed {
-            true => rms_norm_bf16_rows_three(x.clone(), norm.clone(), weights.clone(), biases.clone()),
+            true => {
+                rms_norm_bf16_rows_three(x.clone(), norm.clone(), weights.clone(), biases.clone())
+            }
             false => bf16_rows_three(x.clone(), weights.clone(), biases.clone()),
         };
         let ours = product();

@@ -222,7 +222,11 @@ fn time_projections(device: &Device, tiling: RowsTiling) -> anyhow::Result<()> {
         Tensor::<2>::random(shape, Distribution::Default, device).cast(DType::BF16)
     };
     let copies = |bytes: usize| CYCLE_BYTES.div_ceil(bytes).max(1);
-    let batches: &[usize] = if tiling == DEFAULT_TILING { &[1, 32] } else { &[1] };
+    let batches: &[usize] = if tiling == DEFAULT_TILING {
+        &[1, 32]
+    } else {
+        &[1]
+    };
     for &m in batches {
         let x = Tensor::<2>::random([m, HIDDEN], Distribution::Default, device);
         let bytes = 2 * HIDDEN * (Q_WIDTH + 2 * KV_WIDTH);
@@ -236,7 +240,10 @@ fn time_projections(device: &Device, tiling: RowsTiling) -> anyhow::Result<()> {
                           "groups": tiling.groups, "unroll": tiling.unroll});
         report("bf16_rows_three", case.clone(), seconds, Some(bytes));
         if tiling == DEFAULT_TILING {
-            let norm = (Tensor::<1>::random([HIDDEN], Distribution::Default, device), 1e-5);
+            let norm = (
+                Tensor::<1>::random([HIDDEN], Distribution::Default, device),
+                1e-5,
+            );
             let seconds = seconds_per_replayed_launch(device, sets.len(), |i| {
                 rms_norm_bf16_rows_three(x.clone(), norm.clone(), sets[i].clone(), None)
             })?;
