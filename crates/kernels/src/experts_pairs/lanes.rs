@@ -6,10 +6,6 @@ use cubecl::prelude::*;
 use half::bf16;
 
 use super::{BLOCK, BLOCK_VECTORS, Four, LANES, PLANES, Words};
-
-/// Input vectors each invocation loads before storing any while staging input rows (six
-/// cover `pairs_down`'s four rows of 2880 in one pass of 256 invocations).
-const STAGING_UNROLL: usize = 6;
 use crate::grouped_mxfp4::{fp4_value, scale_value};
 
 /// Fills `table` (16 entries, shared) with the FP4 values of codes 0..16 (no synchronisation).
@@ -29,10 +25,7 @@ fn bf16_high_bits(value: f32) -> u32 {
 /// Copies `count` consecutive rows of `x` from row `first_row` (`blocks_per_row` blocks of 32
 /// each, read as four-float vectors) into `inputs` (shared, [`BLOCK_VECTORS`] vectors per
 /// block, the rows one after another), rounded to bf16 and packed two per word (the lower
-/// index in the low half). Each invocation issues up to [`STAGING_UNROLL`] vectors' loads
-/// before storing any: a loop of one load at a time made each workgroup wait for as many
-/// round trips as it has vectors per invocation (about six for `pairs_down`'s four rows).
-/// Synchronises before (earlier readers) and after.
+/// index in the low half). Synchronises before (earlier readers) and after.
 #[cube]
 pub(super) fn load_input_rows(
     x: &[Four],
@@ -44,48 +37,25 @@ pub(super) fn load_input_rows(
     sync_cube();
     // Each shared vector holds eight inputs: two of x's vectors.
     let vectors = count * blocks_per_row * (BLOCK / 8);
-    let base = first_row * blocks_per_row * (BLOCK / 4);
-    let units = PLANES * LANES;
-    let mut first = 0u32;
-    while first < vectors {
-        let mut lows = Array::<Four>::new(STAGING_UNROLL);
-        let mut highs = Array::<Four>::new(STAGING_UNROLL);
+    let mut v = UNIT_POS;
+    while v < vectors {
+        let low = x[(first_row * blocks_per_row * (BLOCK / 4) + 2 * v) as usize];
+        let high = x[(first_row * blocks_per_row * (BLOCK / 4) + 2 * v + 1) as usize];
+        let mut packed = Words::new(0u32);
         #[unroll]
-        for u in 0..STAGING_UNROLL {
-            let v = first + u as u32 * units + UNIT_POS;
-            let mut low = Four::new(0.0);
-            let mut high = Four::new(0.0);
-            if v < vectors {
-                low = x[(base + 2 * v) as usize];
-                high = x[(base + 2 * v + 1) as usize];
-            }
-            lows[u] = low;
-            highs[u] = high;
+        for i in 0..2usize {
+            packed.insert(
+                i,
+                (bf16_high_bits(low.extract(2 * i)) >> 16) | bf16_high_bits(low.extract(2 * i + 1)),
+            );
+            packed.insert(
+                i + 2,
+                (bf16_high_bits(high.extract(2 * i)) >> 16)
+                    | bf16_high_bits(high.extract(2 * i + 1)),
+            );
         }
-        #[unroll]
-        for u in 0..STAGING_UNROLL {
-            let v = first + u as u32 * units + UNIT_POS;
-            if v < vectors {
-                let low = lows[u];
-                let high = highs[u];
-                let mut packed = Words::new(0u32);
-                #[unroll]
-                for i in 0..2usize {
-                    packed.insert(
-                        i,
-                        (bf16_high_bits(low.extract(2 * i)) >> 16)
-                            | bf16_high_bits(low.extract(2 * i + 1)),
-                    );
-                    packed.insert(
-                        i + 2,
-                        (bf16_high_bits(high.extract(2 * i)) >> 16)
-                            | bf16_high_bits(high.extract(2 * i + 1)),
-                    );
-                }
-                inputs[((v / 4) * BLOCK_VECTORS + v % 4) as usize] = packed;
-            }
-        }
-        first += STAGING_UNROLL as u32 * units;
+        inputs[((v / 4) * BLOCK_VECTORS + v % 4) as usize] = packed;
+        v += PLANES * LANES;
     }
     sync_cube();
 }
