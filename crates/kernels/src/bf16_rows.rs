@@ -746,8 +746,14 @@ mod tests {
         assert_eq!(default_tiling(1, 93_184), tiling(8, 16));
         assert_eq!(default_tiling(32, 5120), tiling(2, 8));
         assert_eq!(default_tiling(32, 93_184), tiling(4, 8));
-        assert_eq!(chosen_tiling(tiling(2, 0), 1, 5120, &[4096, 512]), tiling(2, 8));
-        assert_eq!(chosen_tiling(DEFAULT_TILING, 1, 5120, &[4096, 512]), tiling(4, 8));
+        assert_eq!(
+            chosen_tiling(tiling(2, 0), 1, 5120, &[4096, 512]),
+            tiling(2, 8)
+        );
+        assert_eq!(
+            chosen_tiling(DEFAULT_TILING, 1, 5120, &[4096, 512]),
+            tiling(4, 8)
+        );
         let refused = std::panic::catch_unwind(|| chosen_tiling(tiling(8, 8), 1, 96, &[32, 32]));
         assert!(refused.is_err());
     }
