@@ -37,38 +37,15 @@ fn rms_norm_rows_kernel(
     let base = row * width;
     let sums = rows * width;
     let unit = UNIT_POS;
-    let mut squares = 0.0f32;
-    if has_delta {
-        // As `strided_squares`, the sums written on the way.
-        let mut i = unit;
-        while i < width {
-            let mut values = Array::<f32>::new(NORM_UNROLL as usize);
-            #[unroll]
-            for u in 0..NORM_UNROLL {
-                let at = i + u * UNITS;
-                let mut v = 0.0f32;
-                if at < width {
-                    v = x[(base + at) as usize] + delta[(base + at) as usize];
-                    out[(sums + base + at) as usize] = v;
-                }
-                values[u as usize] = v;
-            }
-            #[unroll]
-            for u in 0..NORM_UNROLL as usize {
-                squares += values[u] * values[u];
-            }
-            i += NORM_UNROLL * UNITS;
-        }
-    } else {
-        squares = strided_squares(x, base, width);
-    }
+    let squares = strided_squares(x, delta, base, width, has_delta);
     let inv_rms = inverse_rms(workgroup_reduce(squares, false), width, eps);
-    // Each invocation reads back only the sums it wrote itself.
+    // The values again (from the cache): the sum written beside its norm.
     let mut j = unit;
     while j < width {
         let mut v = x[(base + j) as usize];
         if has_delta {
-            v = out[(sums + base + j) as usize];
+            v += delta[(base + j) as usize];
+            out[(sums + base + j) as usize] = v;
         }
         out[(base + j) as usize] = v * inv_rms * weight[j as usize];
         j += UNITS;
@@ -82,11 +59,18 @@ pub fn inverse_rms(squares: f32, width: u32, eps: f32) -> f32 {
     1.0 / (squares / f32::cast_from(width) + eps).sqrt()
 }
 
-/// This invocation's share of the squares of the row of `width` values at `x[base..]`: every
-/// [`UNITS`]-th value from its own, [`NORM_UNROLL`] loads issued before any is used (one at a
-/// time, a row of 2880 waited for twelve round trips), added in index order.
+/// This invocation's share of the squares of the row of `width` values at `x[base..]` (plus
+/// `delta[base..]` when `has_delta`): every [`UNITS`]-th value from its own, [`NORM_UNROLL`]
+/// loads issued before any is used (one at a time, a row of 2880 waited for twelve round
+/// trips), added in index order.
 #[cube]
-fn strided_squares(x: &[f32], base: u32, width: u32) -> f32 {
+fn strided_squares(
+    x: &[f32],
+    delta: &[f32],
+    base: u32,
+    width: u32,
+    #[comptime] has_delta: bool,
+) -> f32 {
     let mut squares = 0.0f32;
     let mut i = UNIT_POS;
     while i < width {
@@ -97,6 +81,9 @@ fn strided_squares(x: &[f32], base: u32, width: u32) -> f32 {
             let mut v = 0.0f32;
             if at < width {
                 v = x[(base + at) as usize];
+                if has_delta {
+                    v += delta[(base + at) as usize];
+                }
             }
             values[u as usize] = v;
         }
@@ -115,7 +102,7 @@ fn strided_squares(x: &[f32], base: u32, width: u32) -> f32 {
 #[cube]
 pub fn row_inverse_rms(x: &[f32], base: u32, width: u32, eps: f32) -> f32 {
     inverse_rms(
-        workgroup_reduce(strided_squares(x, base, width), false),
+        workgroup_reduce(strided_squares(x, x, base, width, false), false),
         width,
         eps,
     )
