@@ -4,8 +4,10 @@
 //! A workgroup of [`UNITS`] invocations takes `groups` x 8 output columns (each invocation
 //! eight columns, read as one 16-byte load of eight bf16, so n must be a multiple of 8) and
 //! one chunk of [`ROWS`] rows; its invocations split K into `UNITS / groups` slices, each
-//! issuing `unroll` row loads ([`RowsTiling`]) before using any (a batch-1 projection is bound by memory
-//! latency: one 4-byte load in flight per invocation ran at a tenth of the memory bandwidth).
+//! issuing `unroll` row loads ([`RowsTiling`], [`default_tiling`]) before using any (a batch-1
+//! projection is bound by memory latency: one 4-byte load in flight per invocation ran at a
+//! tenth of the memory bandwidth). With a norm, the three-product kernel RMS-normalises its
+//! input rows first (the decode step's input norm, [`rms_norm_bf16_rows_three`]).
 //! The slices' sums are added in shared memory and the bias in the same kernel: no partial
 //! products and no second kernel. The tensor-core GEMM computes 128-row tiles: at one row it
 //! leaves most of the GPU idle.
