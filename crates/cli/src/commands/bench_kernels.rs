@@ -45,6 +45,10 @@ pub struct KernelCheckArgs {
     /// Output columns per plane of the per-pair experts kernels timed by `--decode-timings`.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub columns_per_plane: Vec<u32>,
+    /// Planes (of 32 invocations) per workgroup of the per-pair experts kernels timed by
+    /// `--decode-timings`.
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    pub planes: Vec<u32>,
     /// Tilings of the bf16 few-row products timed by `--decode-timings`: `GROUPSxUNROLL`
     /// (column groups of eight per workgroup; weight rows loaded before use; either 0 for the
     /// model's choice), e.g. `0x0,4x16`.
@@ -91,6 +95,7 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
         return decode_timings::time_decode_kernels(
             &device,
             &args.columns_per_plane,
+            &args.planes,
             &rows_tilings,
         );
     }

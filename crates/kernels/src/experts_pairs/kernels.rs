@@ -4,7 +4,7 @@
 use cubecl::prelude::*;
 
 use super::lanes::{add_lane_dots, fill_fp4_table, load_input_rows, load_lane_blocks};
-use super::{BLOCK_VECTORS, Four, LANES, PLANES, Words};
+use super::{BLOCK_VECTORS, Four, LANES, Words};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -40,7 +40,7 @@ pub(super) fn pairs_gate_up_kernel(
     // Output unit j: gate is weight row 2j, up is row 2j + 1 (spec 3.4); a plane's columns
     // are consecutive, so its rows are too. Past the end the plane reads row 0 (in bounds)
     // and writes nothing.
-    let first_j = (CUBE_POS_Y * PLANES + plane) * columns_per_plane as u32;
+    let first_j = (CUBE_POS_Y * CUBE_DIM_Y + plane) * columns_per_plane as u32;
     let rows = 2 * columns_per_plane;
     let mut loaded = Array::<Words>::new(rows * blocks_per_lane);
     let mut scale_words = Array::<u32>::new(rows * blocks_per_lane);
@@ -124,7 +124,7 @@ pub(super) fn pairs_down_kernel(
     let lane = UNIT_POS_X;
     let plane = UNIT_POS_Y;
     let table_row = token * 2 * top_k as u32;
-    let first_col = (CUBE_POS_Y * PLANES + plane) * columns_per_plane as u32;
+    let first_col = (CUBE_POS_Y * CUBE_DIM_Y + plane) * columns_per_plane as u32;
     // Slot r * columns_per_plane + c: expert r's weight row for column c. Every expert's
     // loads are issued before any product.
     let rows = top_k * columns_per_plane;

@@ -5,7 +5,7 @@
 use cubecl::prelude::*;
 use half::bf16;
 
-use super::{BLOCK, BLOCK_VECTORS, Four, LANES, PLANES, Words};
+use super::{BLOCK, BLOCK_VECTORS, Four, LANES, Words};
 use crate::grouped_mxfp4::{fp4_value, scale_value};
 
 /// Fills `table` (16 entries, shared) with the FP4 values of codes 0..16 (no synchronisation).
@@ -55,7 +55,7 @@ pub(super) fn load_input_rows(
             );
         }
         inputs[((v / 4) * BLOCK_VECTORS + v % 4) as usize] = packed;
-        v += PLANES * LANES;
+        v += CUBE_DIM;
     }
     sync_cube();
 }

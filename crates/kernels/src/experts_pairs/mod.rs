@@ -10,7 +10,7 @@
 //!
 //! Weights stay MXFP4 (decoded in the kernel through a 16-entry table in shared memory);
 //! activations are rounded to bf16 before the products, as the grouped kernels round them, and
-//! sit in shared memory as pairs of bf16. A workgroup has [`PLANES`] planes of [`LANES`]
+//! sit in shared memory as pairs of bf16. A workgroup has `planes` planes of [`LANES`]
 //! invocations; each plane takes `columns_per_plane` output columns. Along K, invocation `lane`
 //! owns MXFP4 blocks `lane`, `lane + 32`, ... and reads each block's 16 bytes of weights as one
 //! four-word load, every weight load of the workgroup's rows (for `pairs_down`, of all k
@@ -34,7 +34,24 @@ mod kernels;
 mod lanes;
 
 const LANES: u32 = 32;
-const PLANES: u32 = 8;
+/// A per-pair kernel's workgroup: `planes` planes of [`LANES`] invocations, each plane taking
+/// `columns_per_plane` output columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaneShape {
+    pub columns_per_plane: u32,
+    pub planes: u32,
+}
+
+/// The workgroup of [`pairs_gate_up`] the model takes.
+pub const GATE_UP_SHAPE: PlaneShape = PlaneShape {
+    columns_per_plane: GATE_UP_COLUMNS_PER_PLANE,
+    planes: 8,
+};
+/// The workgroup of [`pairs_down`] the model takes.
+pub const DOWN_SHAPE: PlaneShape = PlaneShape {
+    columns_per_plane: DOWN_COLUMNS_PER_PLANE,
+    planes: 8,
+};
 /// Output columns per plane of `pairs_gate_up` (two weight rows each: gate and up). `bench
 /// kernel-check --decode-timings` on an H100 at 20b's shapes, 1 / 2 / 4: 36 / 116 / 152 us
 /// at one token, 592 / 595 / 708 us at 32 (more rows per invocation than its registers hold).
@@ -71,6 +88,7 @@ pub trait PairsBackend: burn::backend::Backend {
         limit: f32,
         alpha: f32,
         columns_per_plane: u32,
+        planes: u32,
     ) -> FloatTensor<Self>;
 
     /// `act` [n * k, I], `routing` [n, 2k], down `words` [E, H, I / 8] and `scales`, `bias`
@@ -87,6 +105,7 @@ pub trait PairsBackend: burn::backend::Backend {
         residual: FloatTensor<Self>,
         has_residual: bool,
         columns_per_plane: u32,
+        planes: u32,
     ) -> FloatTensor<Self>;
 }
 
@@ -104,6 +123,7 @@ impl PairsBackend for CubeBackend {
         limit: f32,
         alpha: f32,
         columns_per_plane: u32,
+        planes: u32,
     ) -> CubeTensor {
         let [x, routing, words, scales, bias] =
             [x, routing, words, scales, bias].map(into_contiguous);
@@ -118,14 +138,14 @@ impl PairsBackend for CubeBackend {
         );
         let out = empty_f32(&x, vec![tokens * top_k, inter]);
         let blocks_per_row = hidden / BLOCK as usize;
-        let columns = (PLANES * columns_per_plane) as usize;
+        let columns = (planes * columns_per_plane) as usize;
         // Safety: every index is in bounds for the shapes checked above (rows past the end
         // read row 0, blocks past the row are not read).
         unsafe {
             pairs_gate_up_kernel::launch_unchecked(
                 &x.client.clone(),
                 CubeCount::Static((tokens * top_k) as u32, inter.div_ceil(columns) as u32, 1),
-                CubeDim::new_2d(LANES, PLANES),
+                CubeDim::new_2d(LANES, planes),
                 x.into_buffer_arg(),
                 routing.into_buffer_arg(),
                 words.into_buffer_arg(),
@@ -154,6 +174,7 @@ impl PairsBackend for CubeBackend {
         residual: CubeTensor,
         has_residual: bool,
         columns_per_plane: u32,
+        planes: u32,
     ) -> CubeTensor {
         let [act, routing, words, scales, bias, residual] =
             [act, routing, words, scales, bias, residual].map(into_contiguous);
@@ -168,13 +189,13 @@ impl PairsBackend for CubeBackend {
         );
         let out = empty_f32(&act, vec![tokens, hidden]);
         let blocks_per_row = inter / BLOCK as usize;
-        let columns = (PLANES * columns_per_plane) as usize;
+        let columns = (planes * columns_per_plane) as usize;
         // Safety: as for `pairs_gate_up`.
         unsafe {
             pairs_down_kernel::launch_unchecked(
                 &act.client.clone(),
                 CubeCount::Static(tokens as u32, hidden.div_ceil(columns) as u32, 1),
-                CubeDim::new_2d(LANES, PLANES),
+                CubeDim::new_2d(LANES, planes),
                 act.into_buffer_arg(),
                 routing.into_buffer_arg(),
                 words.into_buffer_arg(),
@@ -197,8 +218,8 @@ impl PairsBackend for CubeBackend {
 
 /// SwiGLU activations [n * k, I] of every (token, rank) pair: `x` [n, H] f32, `routing` [n, 2k]
 /// from `router_top_k`, the gate_up MXFP4 `words` [E, 2I, H / 8] (int, 32-bit) and `scales`,
-/// `bias` [E, 2I], each plane of a workgroup taking `columns_per_plane` outputs
-/// ([`GATE_UP_COLUMNS_PER_PLANE`] unless measuring another). GPU only.
+/// `bias` [E, 2I], workgroups of `shape` ([`GATE_UP_SHAPE`] unless measuring another). GPU
+/// only.
 #[allow(clippy::too_many_arguments)]
 pub fn pairs_gate_up(
     x: Tensor<2>,
@@ -208,7 +229,7 @@ pub fn pairs_gate_up(
     bias: Tensor<2>,
     limit: f32,
     alpha: f32,
-    columns_per_plane: u32,
+    shape: PlaneShape,
 ) -> Tensor<2> {
     Tensor::from_dispatch(<burn::backend::Dispatch as PairsBackend>::pairs_gate_up(
         x.into_dispatch(),
@@ -218,15 +239,16 @@ pub fn pairs_gate_up(
         bias.into_dispatch(),
         limit,
         alpha,
-        columns_per_plane,
+        shape.columns_per_plane,
+        shape.planes,
     ))
 }
 
 /// Each token's gate-weighted sum of its k experts' down products [n, H], plus `residual`
 /// [n, H] when given (the decoder layer's residual stream, in the same launch): `act` [n * k,
 /// I] from [`pairs_gate_up`], `routing` [n, 2k], the down MXFP4 `words` [E, H, I / 8] and
-/// `scales`, `bias` [E, H], each plane taking `columns_per_plane` outputs
-/// ([`DOWN_COLUMNS_PER_PLANE`] unless measuring another). GPU only.
+/// `scales`, `bias` [E, H], workgroups of `shape` ([`DOWN_SHAPE`] unless measuring another).
+/// GPU only.
 pub fn pairs_down(
     act: Tensor<2>,
     routing: Tensor<2>,
@@ -234,7 +256,7 @@ pub fn pairs_down(
     scales: Tensor<2, Int>,
     bias: Tensor<2>,
     residual: Option<Tensor<2>>,
-    columns_per_plane: u32,
+    shape: PlaneShape,
 ) -> Tensor<2> {
     let has_residual = residual.is_some();
     // Without a residual the kernel reads none: pass the bias as the unread buffer.
@@ -247,7 +269,8 @@ pub fn pairs_down(
         bias.into_dispatch(),
         residual.into_dispatch(),
         has_residual,
-        columns_per_plane,
+        shape.columns_per_plane,
+        shape.planes,
     ))
 }
 

@@ -123,7 +123,7 @@ fn experts_by_pairs(
         experts.gate_up_bias.val(),
         experts.swiglu_limit,
         experts.swiglu_alpha,
-        experts_pairs::GATE_UP_COLUMNS_PER_PLANE,
+        experts_pairs::GATE_UP_SHAPE,
     );
     experts_pairs::pairs_down(
         act,
@@ -132,7 +132,7 @@ fn experts_by_pairs(
         down.scale_words.val(),
         experts.down_bias.val(),
         residual,
-        experts_pairs::DOWN_COLUMNS_PER_PLANE,
+        experts_pairs::DOWN_SHAPE,
     )
 }
 

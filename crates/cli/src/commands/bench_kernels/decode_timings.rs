@@ -3,7 +3,7 @@
 //! graph (`burn::tensor::capture`) and replayed, so no host work sits between launches.
 //! Launches cycle through enough weight sets (different experts, copies of a projection) that
 //! one launch's weights are out of the 50 MB L2 cache by the time they come round again.
-//! The per-pair experts kernels are timed at every `columns_per_plane` given, each checked
+//! The per-pair experts kernels are timed at every `columns_per_plane` and `planes` given, each checked
 //! against the sorted grouped reference first.
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
 use gpt_oss_kernels::bf16_rows::RowsTiling;
+use gpt_oss_kernels::experts_pairs::PlaneShape;
 
 use super::{Worst, median_after_warm_up, packed_words, random_experts};
 
@@ -85,18 +86,19 @@ fn report(kernel: &str, case: serde_json::Value, time: LaunchTime, weight_bytes:
     println!("{line}");
 }
 
-/// Every timing, the per-pair kernels at each of `columns_per_plane`, the bf16 products at
+/// Every timing, the per-pair kernels at each of `columns_per_plane` and `planes`, the bf16 products at
 /// each of `rows_tilings`.
 pub(super) fn time_decode_kernels(
     device: &Device,
     columns_per_plane: &[u32],
+    planes: &[u32],
     rows_tilings: &[RowsTiling],
 ) -> anyhow::Result<()> {
     time_small_kernels(device)?;
     for &tiling in rows_tilings {
         time_projections(device, tiling)?;
     }
-    time_pairs(device, columns_per_plane)
+    time_pairs(device, columns_per_plane, planes)
 }
 
 /// The norm (also on 64 values: what one launch costs at the least), the router, RoPE on the
@@ -269,10 +271,11 @@ fn time_projections(device: &Device, tiling: RowsTiling) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The per-pair experts kernels at 1 and 32 tokens with each of `columns_per_plane`, checked
+/// The per-pair experts kernels at 1 and 32 tokens with each of `columns_per_plane` and
+/// `planes` per workgroup, checked
 /// against the sorted grouped reference, then timed over routings that cycle through every
 /// expert (at one token, eight disjoint groups of four).
-fn time_pairs(device: &Device, columns_per_plane: &[u32]) -> anyhow::Result<()> {
+fn time_pairs(device: &Device, columns_per_plane: &[u32], planes: &[u32]) -> anyhow::Result<()> {
     use gpt_oss_kernels::experts_pairs::{pairs_down, pairs_gate_up};
     use gpt_oss_model::transformer::moe_grouped::{ExpertPath, grouped_experts};
     let mut rng = StdRng::seed_from_u64(13);
@@ -302,7 +305,13 @@ fn time_pairs(device: &Device, columns_per_plane: &[u32]) -> anyhow::Result<()> 
             ExpertPath::GroupedReferenceBf16,
         ) + residual.clone();
         let pairs = tokens * TOP_K;
-        for &columns in columns_per_plane {
+        let shapes = columns_per_plane.iter().flat_map(|&columns_per_plane| {
+            planes.iter().map(move |&planes| PlaneShape {
+                columns_per_plane,
+                planes,
+            })
+        });
+        for shape in shapes {
             let gate_up = |i: usize| {
                 pairs_gate_up(
                     x.clone(),
@@ -312,7 +321,7 @@ fn time_pairs(device: &Device, columns_per_plane: &[u32]) -> anyhow::Result<()> 
                     layer.gate_up_bias.val(),
                     layer.swiglu_limit,
                     layer.swiglu_alpha,
-                    columns,
+                    shape,
                 )
             };
             let acts: Vec<Tensor<2>> = (0..routings.len()).map(gate_up).collect();
@@ -324,10 +333,11 @@ fn time_pairs(device: &Device, columns_per_plane: &[u32]) -> anyhow::Result<()> 
                     down_scales.clone(),
                     layer.down_bias.val(),
                     Some(residual.clone()),
-                    columns,
+                    shape,
                 )
             };
-            let case = json!({"tokens": tokens, "pairs": pairs, "columns_per_plane": columns});
+            let case = json!({"tokens": tokens, "pairs": pairs,
+                              "columns_per_plane": shape.columns_per_plane, "planes": shape.planes});
             worst.record(
                 down(0),
                 reference.clone(),

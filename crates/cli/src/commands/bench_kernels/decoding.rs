@@ -162,7 +162,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                 layer.gate_up_bias.val(),
                 layer.swiglu_limit,
                 layer.swiglu_alpha,
-                gpt_oss_kernels::experts_pairs::GATE_UP_COLUMNS_PER_PLANE,
+                gpt_oss_kernels::experts_pairs::GATE_UP_SHAPE,
             );
             pairs_down(
                 act,
@@ -171,7 +171,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                 down_scales.clone(),
                 layer.down_bias.val(),
                 Some(residual.clone()),
-                gpt_oss_kernels::experts_pairs::DOWN_COLUMNS_PER_PLANE,
+                gpt_oss_kernels::experts_pairs::DOWN_SHAPE,
             )
         };
         let sorted = |path: ExpertPath| {
