@@ -1,0 +1,124 @@
+//! How a few-row product splits its work: column groups per workgroup and rows in flight
+//! (measured choices in [`default_tiling`]), the grid, and the rows per workgroup.
+
+use cubecl::prelude::*;
+
+use super::{LANE_COLUMNS, ROWS};
+
+/// How a product splits its work: column groups of eight per workgroup and weight rows each
+/// invocation loads before using any (either 0: [`default_tiling`]'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowsTiling {
+    pub groups: u32,
+    pub unroll: u32,
+}
+
+/// The tiling the model takes: both chosen by [`default_tiling`].
+pub const DEFAULT_TILING: RowsTiling = RowsTiling {
+    groups: 0,
+    unroll: 0,
+};
+
+/// Workgroups below which the wider column groups leave the GPU short of work (two per H100
+/// multiprocessor).
+const TARGET_WORKGROUPS: usize = 264;
+/// Workgroups of eight column groups from which a one-row product takes that width.
+const WIDE_WORKGROUPS: usize = 1024;
+
+/// The tiling for an `m`-row product with `n` output columns (`bench kernel-check
+/// --decode-timings --rows-tilings`, H100, 2026-11-27, one call, microseconds per launch at
+/// one row, model's previous choice first): at one row, four column groups (q/k/v 26.6 ->
+/// 21.7, o 25.1 -> 21.7; 64-byte runs of a weight row per K slice although fewer
+/// workgroups), and for very wide products (an lm_head piece of 93,184 columns) eight groups
+/// with sixteen rows in flight (247 -> 202, 2.65 TB/s); more rows keep the earlier rule, four
+/// groups where that still gives [`TARGET_WORKGROUPS`], else two (not measured again).
+pub fn default_tiling(m: usize, n: usize) -> RowsTiling {
+    let vectors = n / LANE_COLUMNS as usize;
+    let (groups, unroll) = match m {
+        1 if vectors.div_ceil(8) >= WIDE_WORKGROUPS => (8, 16),
+        1 => (4, 8),
+        _ if vectors.div_ceil(4) >= TARGET_WORKGROUPS => (4, 8),
+        _ => (2, 8),
+    };
+    RowsTiling { groups, unroll }
+}
+
+/// `tiling`'s groups and unroll where given (non-zero; every width in `whole` a multiple of
+/// the groups' columns), else [`default_tiling`]'s for an `m`-row product over `n` columns.
+pub(super) fn chosen_tiling(tiling: RowsTiling, m: usize, n: usize, whole: &[usize]) -> RowsTiling {
+    let default = default_tiling(m, n);
+    let groups = if tiling.groups == 0 {
+        default.groups
+    } else {
+        tiling.groups
+    };
+    let unroll = if tiling.unroll == 0 {
+        default.unroll
+    } else {
+        tiling.unroll
+    };
+    let columns = (groups * LANE_COLUMNS) as usize;
+    assert!(
+        whole.iter().all(|w| w.is_multiple_of(columns)),
+        "bf16_rows: {groups} column groups do not tile widths {whole:?}"
+    );
+    RowsTiling { groups, unroll }
+}
+
+/// Workgroups across `n` output columns, `groups` column groups of eight each.
+pub(super) fn column_blocks(n: usize, groups: u32) -> usize {
+    (n / LANE_COLUMNS as usize).div_ceil(groups as usize)
+}
+
+/// Rows per workgroup for an `m`-row product (fewer rows compile to fewer registers: a batch-1
+/// step has one) and the grid of `column_blocks` workgroups across by row chunks down.
+pub(super) fn grid(m: usize, column_blocks: usize) -> (usize, CubeCount) {
+    let rows = m.next_power_of_two().min(ROWS);
+    let cubes = CubeCount::Static(column_blocks as u32, m.div_ceil(rows) as u32, 1);
+    (rows, cubes)
+}
+
+/// [`chosen_tiling`] for the three-product kernel over widths `n0`, `n1`, `n2`: the default at
+/// most four groups (then eight rows in flight), since `supports_three` promises whole
+/// workgroups of 32 columns per segment, not more.
+pub(super) fn chosen_three_tiling(
+    tiling: RowsTiling,
+    m: usize,
+    [n0, n1, n2]: [usize; 3],
+) -> RowsTiling {
+    let capped = match default_tiling(m, n0 + n1 + n2).groups > 4 && tiling.groups == 0 {
+        true => RowsTiling {
+            groups: 4,
+            unroll: 8,
+        },
+        false => tiling,
+    };
+    chosen_tiling(capped, m, n0 + n1 + n2, &[n0, n1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One row: four groups for the attention's widths, eight with sixteen rows in flight for
+    /// an lm_head piece; more rows keep the width rule; explicit tilings win and must tile.
+    #[test]
+    fn default_tiling_follows_the_measured_choices() {
+        let tiling = |groups, unroll| RowsTiling { groups, unroll };
+        assert_eq!(default_tiling(1, 5120), tiling(4, 8));
+        assert_eq!(default_tiling(1, 2880), tiling(4, 8));
+        assert_eq!(default_tiling(1, 93_184), tiling(8, 16));
+        assert_eq!(default_tiling(32, 5120), tiling(2, 8));
+        assert_eq!(default_tiling(32, 93_184), tiling(4, 8));
+        assert_eq!(
+            chosen_tiling(tiling(2, 0), 1, 5120, &[4096, 512]),
+            tiling(2, 8)
+        );
+        assert_eq!(
+            chosen_tiling(DEFAULT_TILING, 1, 5120, &[4096, 512]),
+            tiling(4, 8)
+        );
+        let refused = std::panic::catch_unwind(|| chosen_tiling(tiling(8, 8), 1, 96, &[32, 32]));
+        assert!(refused.is_err());
+    }
+}
