@@ -193,6 +193,14 @@ impl RowsBackend for CubeBackend {
     }
 }
 
+/// Whether a product of `m` rows should take its input norm in the same launch
+/// ([`rms_norm_bf16_rows_three`]): at one row it saves a launch (q/k/v 26.6 us, the norm 12.7,
+/// both fused 25.1 on an H100), while at 32 rows every workgroup's eight norms cost more than
+/// the launch (348 us fused against 121 + 13).
+pub fn fuses_input_norm(m: usize) -> bool {
+    m == 1
+}
+
 /// Whether [`bf16_rows_three`] takes products of these widths: each a multiple of 8, the
 /// first two of 32 (whole workgroups of either column-group width).
 pub fn supports_three(n0: usize, n1: usize, n2: usize) -> bool {

@@ -179,22 +179,22 @@ impl Attention {
 
     /// `x` [B, T, H] (normed by `norm` first when given) -> q | k | v [B, T, heads + 2
     /// kv_heads, d], unrotated, in one launch (`bf16_rows_three`; only where
-    /// [`Self::projects_in_one_launch`]). The norm runs in the same launch for one row on the
-    /// kernel path: there it saves a launch (q/k/v 26.6 us, the norm 12.7, both fused 25.1 on
-    /// an H100), while at 32 rows every workgroup's eight norms cost more than the launch
-    /// (348 us fused against 121 + 13).
+    /// [`Self::projects_in_one_launch`]). The norm runs in the same launch on the kernel path
+    /// where `bf16_rows::fuses_input_norm` says it pays.
     fn qkv_in_one_launch(&self, x: Tensor<3>, norm: Option<&RmsNorm>) -> Tensor<4> {
         let [b, t, h] = x.dims();
         let (nh, nkv, d) = self.head_counts();
         let weights = [&self.q_proj, &self.k_proj, &self.v_proj].map(|l| l.weight.val());
         let rows = x.reshape([b * t, h]);
         let qkv = match norm {
-            Some(norm) if norm.on_kernel_path && b * t == 1 => bf16_rows::rms_norm_bf16_rows_three(
-                rows,
-                (norm.weight.val(), norm.eps),
-                weights,
-                self.qkv_biases(),
-            ),
+            Some(norm) if norm.on_kernel_path && bf16_rows::fuses_input_norm(b * t) => {
+                bf16_rows::rms_norm_bf16_rows_three(
+                    rows,
+                    (norm.weight.val(), norm.eps),
+                    weights,
+                    self.qkv_biases(),
+                )
+            }
             Some(norm) => {
                 bf16_rows::bf16_rows_three(norm.forward(rows), weights, self.qkv_biases())
             }
