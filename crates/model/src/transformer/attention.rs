@@ -100,9 +100,9 @@ impl Attention {
 
     /// A decode step whose changing inputs all live on the device (a captured, replayed step):
     /// the residual stream `x` [B, T, H], normed by `norm` first (the layer's input norm; on
-    /// the kernel path in the q/k/v product's launch); the step's keys and values are written into `kv` at slot `slot[0]`
-    /// (buffer index = slot); `key_ranges` are the visible buffer indices of each (row, query)
-    /// ([`KeyMask::key_ranges`]'s layout). Returns [B, T, H].
+    /// the kernel path in the q/k/v product's launch); the step's keys and values are written
+    /// into `kv` at slot `slot[0]` (buffer index = slot); `key_ranges` are the visible buffer
+    /// indices of each (row, query) ([`KeyMask::key_ranges`]'s layout). Returns [B, T, H].
     pub fn forward_step(
         &self,
         x: Tensor<3>,

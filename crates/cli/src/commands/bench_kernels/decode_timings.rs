@@ -3,8 +3,8 @@
 //! graph (`burn::tensor::capture`) and replayed, so no host work sits between launches.
 //! Launches cycle through enough weight sets (different experts, copies of a projection) that
 //! one launch's weights are out of the 50 MB L2 cache by the time they come round again.
-//! The per-pair experts kernels are timed at every `columns_per_plane` and `planes` given, each checked
-//! against the sorted grouped reference first.
+//! The per-pair experts kernels are timed at every `columns_per_plane` and `planes` given,
+//! each checked against the sorted grouped reference first.
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -86,8 +86,8 @@ fn report(kernel: &str, case: serde_json::Value, time: LaunchTime, weight_bytes:
     println!("{line}");
 }
 
-/// Every timing, the per-pair kernels at each of `columns_per_plane` and `planes`, the bf16 products at
-/// each of `rows_tilings`.
+/// Every timing, the per-pair kernels at each of `columns_per_plane` and `planes`, the bf16
+/// products at each of `rows_tilings`.
 pub(super) fn time_decode_kernels(
     device: &Device,
     columns_per_plane: &[u32],
@@ -336,8 +336,8 @@ fn time_pairs(device: &Device, columns_per_plane: &[u32], planes: &[u32]) -> any
                     shape,
                 )
             };
-            let case = json!({"tokens": tokens, "pairs": pairs,
-                              "columns_per_plane": shape.columns_per_plane, "planes": shape.planes});
+            let case = json!({"tokens": tokens, "pairs": pairs, "planes": shape.planes,
+                              "columns_per_plane": shape.columns_per_plane});
             worst.record(
                 down(0),
                 reference.clone(),
