@@ -199,7 +199,6 @@ fn check_fused_epilogues(
     Ok(())
 }
 
-/// `MxNxK` with optional `/flags`: `t` FP4 table.
 /// `GROUPSxUNROLL` (`4x16`) as a few-row product tiling.
 fn parse_rows_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::bf16_rows::RowsTiling> {
     let parsed = text
@@ -218,6 +217,7 @@ fn parse_rows_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::bf16_rows::R
     }
 }
 
+/// `MxNxK` with optional `/flags`: `t` FP4 table.
 fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
     let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
     let [m, n, k] = super::bench_matmul::parse_shape(shape)?;

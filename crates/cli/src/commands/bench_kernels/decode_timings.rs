@@ -272,9 +272,8 @@ fn time_projections(device: &Device, tiling: RowsTiling) -> anyhow::Result<()> {
 }
 
 /// The per-pair experts kernels at 1 and 32 tokens with each of `columns_per_plane` and
-/// `planes` per workgroup, checked
-/// against the sorted grouped reference, then timed over routings that cycle through every
-/// expert (at one token, eight disjoint groups of four).
+/// `planes` per workgroup, checked against the sorted grouped reference, then timed over
+/// routings that cycle through every expert (at one token, eight disjoint groups of four).
 fn time_pairs(device: &Device, columns_per_plane: &[u32], planes: &[u32]) -> anyhow::Result<()> {
     use gpt_oss_kernels::experts_pairs::{pairs_down, pairs_gate_up};
     use gpt_oss_model::transformer::moe_grouped::{ExpertPath, grouped_experts};
