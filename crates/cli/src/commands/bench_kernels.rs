@@ -203,13 +203,10 @@ fn check_fused_epilogues(
 fn parse_rows_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::bf16_rows::RowsTiling> {
     let parsed = text
         .split_once('x')
-        .and_then(|(g, u)| Some((g.parse().ok()?, u.parse().ok()?)));
+        .and_then(|(g, u)| Some((g.parse().ok()?, u.parse().ok()?)))
+        .map(|(groups, unroll)| gpt_oss_kernels::bf16_rows::RowsTiling { groups, unroll });
     match parsed {
-        Some((groups, unroll))
-            if [0, 1, 2, 4, 8, 16, 32].contains(&groups) && (0..=32).contains(&unroll) =>
-        {
-            Ok(gpt_oss_kernels::bf16_rows::RowsTiling { groups, unroll })
-        }
+        Some(tiling) if tiling.is_supported() => Ok(tiling),
         _ => anyhow::bail!(
             "--rows-tilings: {text:?} is not GROUPSxUNROLL (groups 0 or a power of two up to 32, \
              unroll 0 to 32)"
@@ -568,4 +565,20 @@ fn check_logsumexp(device: &Device) -> anyhow::Result<()> {
         );
     }
     worst.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--rows-tilings` takes what the kernels take and names the bad value otherwise.
+    #[test]
+    fn rows_tilings_parse_only_supported_tilings() {
+        let tiling = parse_rows_tiling("4x16").unwrap();
+        assert_eq!((tiling.groups, tiling.unroll), (4, 16));
+        for bad in ["3x8", "64x8", "4x33", "4", "ax8"] {
+            let error = parse_rows_tiling(bad).unwrap_err().to_string();
+            assert!(error.contains(bad), "{bad}: {error}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use cubecl::prelude::*;
 
-use super::{LANE_COLUMNS, ROWS};
+use super::{LANE_COLUMNS, ROWS, UNITS};
 
 /// How a product splits its work: column groups of eight per workgroup and weight rows each
 /// invocation loads before using any (either 0: [`default_tiling`]'s).
@@ -12,6 +12,22 @@ pub struct RowsTiling {
     pub groups: u32,
     pub unroll: u32,
 }
+
+impl RowsTiling {
+    /// Whether the kernels take this tiling: groups 0 or a power of two whose columns fit a
+    /// workgroup (at most 32 groups of eight for its 256 invocations, which split K into
+    /// `256 / groups` slices), unroll 0 to 32 rows in flight (each a register array).
+    pub fn is_supported(self) -> bool {
+        (self.groups == 0 || (self.groups.is_power_of_two() && self.groups <= MAX_GROUPS))
+            && self.unroll <= MAX_UNROLL
+    }
+}
+
+/// Most column groups per workgroup: 32 groups of eight columns, one per invocation at the
+/// final sum.
+const MAX_GROUPS: u32 = UNITS / LANE_COLUMNS;
+/// Most weight rows each invocation loads before using any.
+const MAX_UNROLL: u32 = 32;
 
 /// The tiling the model takes: both chosen by [`default_tiling`].
 pub const DEFAULT_TILING: RowsTiling = RowsTiling {
@@ -46,17 +62,11 @@ pub fn default_tiling(m: usize, n: usize) -> RowsTiling {
 /// `tiling`'s groups and unroll where given (non-zero; every width in `whole` a multiple of
 /// the groups' columns), else [`default_tiling`]'s for an `m`-row product over `n` columns.
 pub(super) fn chosen_tiling(tiling: RowsTiling, m: usize, n: usize, whole: &[usize]) -> RowsTiling {
+    assert!(tiling.is_supported(), "bf16_rows: {tiling:?} not supported");
     let default = default_tiling(m, n);
-    let groups = if tiling.groups == 0 {
-        default.groups
-    } else {
-        tiling.groups
-    };
-    let unroll = if tiling.unroll == 0 {
-        default.unroll
-    } else {
-        tiling.unroll
-    };
+    let given_or = |given: u32, default: u32| if given == 0 { default } else { given };
+    let groups = given_or(tiling.groups, default.groups);
+    let unroll = given_or(tiling.unroll, default.unroll);
     let columns = (groups * LANE_COLUMNS) as usize;
     assert!(
         whole.iter().all(|w| w.is_multiple_of(columns)),
@@ -120,5 +130,23 @@ mod tests {
         );
         let refused = std::panic::catch_unwind(|| chosen_tiling(tiling(8, 8), 1, 96, &[32, 32]));
         assert!(refused.is_err());
+    }
+
+    /// Power-of-two groups up to 32 and up to 32 rows in flight; 0 leaves either to the default.
+    #[test]
+    fn supported_tilings_are_powers_of_two_up_to_a_workgroup() {
+        let tiling = |groups, unroll| RowsTiling { groups, unroll };
+        for ok in [
+            DEFAULT_TILING,
+            tiling(1, 1),
+            tiling(4, 16),
+            tiling(32, 32),
+            tiling(0, 8),
+        ] {
+            assert!(ok.is_supported(), "{ok:?}");
+        }
+        for refused in [tiling(3, 8), tiling(64, 8), tiling(4, 33)] {
+            assert!(!refused.is_supported(), "{refused:?}");
+        }
     }
 }
