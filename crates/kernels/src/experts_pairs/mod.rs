@@ -42,6 +42,14 @@ pub struct PlaneShape {
     pub planes: u32,
 }
 
+impl PlaneShape {
+    /// Whether the kernels take this workgroup: 1 to 32 planes (at most 1024 invocations) of
+    /// 1 to 8 columns each (each column's weight rows are held in registers).
+    pub fn is_supported(self) -> bool {
+        (1..=32).contains(&self.planes) && (1..=8).contains(&self.columns_per_plane)
+    }
+}
+
 /// The workgroup of [`pairs_gate_up`] the model takes.
 pub const GATE_UP_SHAPE: PlaneShape = PlaneShape {
     columns_per_plane: GATE_UP_COLUMNS_PER_PLANE,
@@ -136,6 +144,14 @@ impl PairsBackend for CubeBackend {
             supports(hidden, inter, top_k),
             "pairs_gate_up: widths {hidden}, {inter}, {top_k} experts per token"
         );
+        let shape = PlaneShape {
+            columns_per_plane,
+            planes,
+        };
+        assert!(
+            shape.is_supported(),
+            "pairs_gate_up: {shape:?} not supported"
+        );
         let out = empty_f32(&x, vec![tokens * top_k, inter]);
         let blocks_per_row = hidden / BLOCK as usize;
         let columns = (planes * columns_per_plane) as usize;
@@ -187,6 +203,11 @@ impl PairsBackend for CubeBackend {
             supports(hidden, inter, top_k),
             "pairs_down: widths {hidden}, {inter}, {top_k} experts per token"
         );
+        let shape = PlaneShape {
+            columns_per_plane,
+            planes,
+        };
+        assert!(shape.is_supported(), "pairs_down: {shape:?} not supported");
         let out = empty_f32(&act, vec![tokens, hidden]);
         let blocks_per_row = inter / BLOCK as usize;
         let columns = (planes * columns_per_plane) as usize;
@@ -305,5 +326,20 @@ mod tests {
         assert!(!supports(2880, 16384, 4));
         assert!(!supports(2880, 2880 + 16, 4));
         assert!(!supports(65536, 2880, 1));
+    }
+
+    /// The model's workgroups are supported; no planes, more than 1024 invocations or more
+    /// columns than registers hold are not.
+    #[test]
+    fn supported_plane_shapes_fit_a_workgroup() {
+        let shape = |columns_per_plane, planes| PlaneShape {
+            columns_per_plane,
+            planes,
+        };
+        assert!(GATE_UP_SHAPE.is_supported() && DOWN_SHAPE.is_supported());
+        assert!(shape(1, 32).is_supported() && shape(8, 1).is_supported());
+        for refused in [shape(1, 0), shape(1, 33), shape(0, 8), shape(9, 8)] {
+            assert!(!refused.is_supported(), "{refused:?}");
+        }
     }
 }

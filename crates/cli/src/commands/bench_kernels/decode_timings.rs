@@ -94,11 +94,28 @@ pub(super) fn time_decode_kernels(
     planes: &[u32],
     rows_tilings: &[RowsTiling],
 ) -> anyhow::Result<()> {
+    let shapes: Vec<PlaneShape> = columns_per_plane
+        .iter()
+        .flat_map(|&columns_per_plane| {
+            planes.iter().map(move |&planes| PlaneShape {
+                columns_per_plane,
+                planes,
+            })
+        })
+        .collect();
+    if let Some(shape) = shapes.iter().find(|shape| !shape.is_supported()) {
+        anyhow::bail!(
+            "--columns-per-plane {} --planes {}: not a workgroup the per-pair kernels take \
+             (1 to 8 columns per plane, 1 to 32 planes)",
+            shape.columns_per_plane,
+            shape.planes
+        );
+    }
     time_small_kernels(device)?;
     for &tiling in rows_tilings {
         time_projections(device, tiling)?;
     }
-    time_pairs(device, columns_per_plane, planes)
+    time_pairs(device, &shapes)
 }
 
 /// The norm (also on 64 values: what one launch costs at the least), the router, RoPE on the
@@ -271,10 +288,10 @@ fn time_projections(device: &Device, tiling: RowsTiling) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The per-pair experts kernels at 1 and 32 tokens with each of `columns_per_plane` and
-/// `planes` per workgroup, checked against the sorted grouped reference, then timed over
-/// routings that cycle through every expert (at one token, eight disjoint groups of four).
-fn time_pairs(device: &Device, columns_per_plane: &[u32], planes: &[u32]) -> anyhow::Result<()> {
+/// The per-pair experts kernels at 1 and 32 tokens with each workgroup of `shapes`, checked
+/// against the sorted grouped reference, then timed over routings that cycle through every
+/// expert (at one token, eight disjoint groups of four).
+fn time_pairs(device: &Device, shapes: &[PlaneShape]) -> anyhow::Result<()> {
     use gpt_oss_kernels::experts_pairs::{pairs_down, pairs_gate_up};
     use gpt_oss_model::transformer::moe_grouped::{ExpertPath, grouped_experts};
     let mut rng = StdRng::seed_from_u64(13);
@@ -304,13 +321,7 @@ fn time_pairs(device: &Device, columns_per_plane: &[u32], planes: &[u32]) -> any
             ExpertPath::GroupedReferenceBf16,
         ) + residual.clone();
         let pairs = tokens * TOP_K;
-        let shapes = columns_per_plane.iter().flat_map(|&columns_per_plane| {
-            planes.iter().map(move |&planes| PlaneShape {
-                columns_per_plane,
-                planes,
-            })
-        });
-        for shape in shapes {
+        for &shape in shapes {
             let gate_up = |i: usize| {
                 pairs_gate_up(
                     x.clone(),
