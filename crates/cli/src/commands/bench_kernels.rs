@@ -49,6 +49,10 @@ pub struct KernelCheckArgs {
     /// `--decode-timings`.
     #[arg(long, value_delimiter = ',', default_value = "8")]
     pub planes: Vec<u32>,
+    /// Turns (groups of columns each plane takes in turn, the next one's weights loaded during
+    /// this one's products) of the per-pair experts kernels timed by `--decode-timings`.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub turns: Vec<u32>,
     /// Tilings of the bf16 few-row products timed by `--decode-timings`: `GROUPSxUNROLL`
     /// (column groups of eight per workgroup; weight rows loaded before use; either 0 for the
     /// model's choice), e.g. `0x0,4x16`.
@@ -96,6 +100,7 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
             &device,
             &args.columns_per_plane,
             &args.planes,
+            &args.turns,
             &rows_tilings,
         );
     }

@@ -1,10 +1,21 @@
 //! The two per-pair kernels: gate_up with bias, clamp and SwiGLU; down with bias, the gates'
 //! weighted sum over a token's k experts and the residual.
+//!
+//! Each plane takes `turns` groups of `columns_per_plane` columns in turn: the next turn's
+//! weight loads are issued before this turn's products (two register buffers), so a plane's
+//! arithmetic overlaps its next weights' memory latency, and the workgroup stages its input
+//! rows once for all its turns.
 
 use cubecl::prelude::*;
 
 use super::lanes::{add_lane_dots, fill_fp4_table, load_input_rows, load_lane_blocks};
 use super::{BLOCK_VECTORS, Four, LANES, Words};
+
+/// Register buffers of weight blocks a kernel with `turns` turns needs: one, or two taken in
+/// alternation.
+fn buffers(turns: usize) -> usize {
+    turns.min(2)
+}
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -23,6 +34,7 @@ pub(super) fn pairs_gate_up_kernel(
     alpha: f32,
     #[comptime] blocks_per_lane: usize,
     #[comptime] columns_per_plane: usize,
+    #[comptime] turns: usize,
 ) {
     let mut table = Shared::<[f32]>::new_slice(16usize);
     let mut inputs =
@@ -33,21 +45,19 @@ pub(super) fn pairs_gate_up_kernel(
     let rank = pair % top_k;
     let expert = u32::cast_from(routing[(token * 2 * top_k + rank) as usize]);
     let lane = UNIT_POS_X;
-    let plane = UNIT_POS_Y;
     let width = 2 * inter;
     let expert_blocks = expert * width * blocks_per_row;
     let expert_scales = expert * scale_words_per_expert;
     // Output unit j: gate is weight row 2j, up is row 2j + 1 (spec 3.4); a plane's columns
     // are consecutive, so its rows are too. Past the end the plane reads row 0 (in bounds)
     // and writes nothing.
-    let first_j = (CUBE_POS_Y * CUBE_DIM_Y + plane) * columns_per_plane as u32;
     let rows = 2 * columns_per_plane;
-    let mut loaded = Array::<Words>::new(rows * blocks_per_lane);
-    let mut scale_words = Array::<u32>::new(rows * blocks_per_lane);
+    let slots = comptime!(buffers(turns) * rows);
+    let mut loaded = Array::<Words>::new(slots * blocks_per_lane);
+    let mut scale_words = Array::<u32>::new(slots * blocks_per_lane);
+    let mut sums = Array::<f32>::new(slots);
     #[unroll]
     for slot in 0..rows {
-        let j = first_j + (slot / 2) as u32;
-        let row = select(j < inter, 2 * j + (slot % 2) as u32, 0);
         load_lane_blocks(
             words,
             scales,
@@ -56,46 +66,88 @@ pub(super) fn pairs_gate_up_kernel(
             slot,
             expert_blocks,
             expert_scales,
-            row,
+            gate_up_row(first_column(0usize, columns_per_plane, turns), slot, inter),
             blocks_per_row,
             blocks_per_lane,
         );
     }
     load_input_rows(x, &mut inputs, token, 1, blocks_per_row);
-    let mut sums = Array::<f32>::new(rows);
     #[unroll]
-    for slot in 0..rows {
-        sums[slot] = 0.0;
-    }
-    add_lane_dots(
-        &inputs,
-        0u32,
-        &table,
-        &loaded,
-        &scale_words,
-        &mut sums,
-        0usize,
-        rows,
-        blocks_per_row,
-        blocks_per_lane,
-    );
-    #[unroll]
-    for c in 0..columns_per_plane {
-        let j = first_j + c as u32;
-        let gate_total = plane_sum(sums[2 * c]);
-        let up_total = plane_sum(sums[2 * c + 1]);
-        if lane == 0 && j < inter {
-            // spec 4.6: gate clamped above only, up on both sides, "+1" on up.
-            let g = min(gate_total + bias[(expert * width + 2 * j) as usize], limit);
-            let u = clamp(
-                up_total + bias[(expert * width + 2 * j + 1) as usize],
-                -limit,
-                limit,
-            );
-            let glu = g / (1.0 + (-alpha * g).exp());
-            out[(pair * inter + j) as usize] = glu * (u + 1.0);
+    for turn in 0..turns {
+        let first_slot = comptime!((turn % 2) * rows);
+        if comptime!(turn + 1 < turns) {
+            let next_slot = comptime!(((turn + 1) % 2) * rows);
+            let next_j = first_column(turn + 1, columns_per_plane, turns);
+            #[unroll]
+            for slot in 0..rows {
+                load_lane_blocks(
+                    words,
+                    scales,
+                    &mut loaded,
+                    &mut scale_words,
+                    next_slot + slot,
+                    expert_blocks,
+                    expert_scales,
+                    gate_up_row(next_j, slot, inter),
+                    blocks_per_row,
+                    blocks_per_lane,
+                );
+            }
+        }
+        #[unroll]
+        for slot in 0..rows {
+            sums[first_slot + slot] = 0.0;
+        }
+        add_lane_dots(
+            &inputs,
+            0u32,
+            &table,
+            &loaded,
+            &scale_words,
+            &mut sums,
+            first_slot,
+            rows,
+            blocks_per_row,
+            blocks_per_lane,
+        );
+        let first_j = first_column(turn, columns_per_plane, turns);
+        #[unroll]
+        for c in 0..columns_per_plane {
+            let j = first_j + c as u32;
+            let gate_total = plane_sum(sums[first_slot + 2 * c]);
+            let up_total = plane_sum(sums[first_slot + 2 * c + 1]);
+            if lane == 0 && j < inter {
+                // spec 4.6: gate clamped above only, up on both sides, "+1" on up.
+                let g = min(gate_total + bias[(expert * width + 2 * j) as usize], limit);
+                let u = clamp(
+                    up_total + bias[(expert * width + 2 * j + 1) as usize],
+                    -limit,
+                    limit,
+                );
+                let glu = g / (1.0 + (-alpha * g).exp());
+                out[(pair * inter + j) as usize] = glu * (u + 1.0);
+            }
         }
     }
+}
+
+/// The first of this plane's `columns_per_plane` output columns at turn `turn` of `turns`:
+/// the workgroup's turns take consecutive runs of its planes' columns.
+#[cube]
+fn first_column(
+    #[comptime] turn: usize,
+    #[comptime] columns_per_plane: usize,
+    #[comptime] turns: usize,
+) -> u32 {
+    ((CUBE_POS_Y * turns as u32 + turn as u32) * CUBE_DIM_Y + UNIT_POS_Y) * columns_per_plane as u32
+}
+
+/// The gate_up weight row of slot `slot` (gate, then up, per column) from column `first_j`;
+/// row 0 (in bounds, never written) past the last of `inter` columns.
+#[cube]
+fn gate_up_row(first_j: u32, #[comptime] slot: usize, inter: u32) -> u32 {
+    let j = first_j + (slot / 2) as u32;
+    select(j < inter, 2 * j + (slot % 2) as u32, 0)
 }
 
 #[cube(launch_unchecked)]
@@ -114,6 +166,7 @@ pub(super) fn pairs_down_kernel(
     #[comptime] top_k: usize,
     #[comptime] blocks_per_lane: usize,
     #[comptime] columns_per_plane: usize,
+    #[comptime] turns: usize,
     #[comptime] has_residual: bool,
 ) {
     let mut table = Shared::<[f32]>::new_slice(16usize);
@@ -122,35 +175,30 @@ pub(super) fn pairs_down_kernel(
     fill_fp4_table(&mut table);
     let token = CUBE_POS_X;
     let lane = UNIT_POS_X;
-    let plane = UNIT_POS_Y;
     let table_row = token * 2 * top_k as u32;
-    let first_col = (CUBE_POS_Y * CUBE_DIM_Y + plane) * columns_per_plane as u32;
-    // Slot r * columns_per_plane + c: expert r's weight row for column c. Every expert's
-    // loads are issued before any product.
+    // Slot r * columns_per_plane + c of a buffer: expert r's weight row for column c. Every
+    // expert's loads are issued before any product.
     let rows = top_k * columns_per_plane;
-    let mut loaded = Array::<Words>::new(rows * blocks_per_lane);
-    let mut scale_words = Array::<u32>::new(rows * blocks_per_lane);
-    #[unroll]
-    for r in 0..top_k {
-        let expert = u32::cast_from(routing[table_row as usize + r]);
-        #[unroll]
-        for c in 0..columns_per_plane {
-            // Past the end the plane reads row 0 (in bounds) and writes nothing.
-            let col = first_col + c as u32;
-            load_lane_blocks(
-                words,
-                scales,
-                &mut loaded,
-                &mut scale_words,
-                r * columns_per_plane + c,
-                expert * hidden * blocks_per_row,
-                expert * scale_words_per_expert,
-                select(col < hidden, col, 0),
-                blocks_per_row,
-                blocks_per_lane,
-            );
-        }
-    }
+    let slots = comptime!(buffers(turns) * rows);
+    let mut loaded = Array::<Words>::new(slots * blocks_per_lane);
+    let mut scale_words = Array::<u32>::new(slots * blocks_per_lane);
+    let mut sums = Array::<f32>::new(slots);
+    load_down_rows(
+        words,
+        scales,
+        routing,
+        &mut loaded,
+        &mut scale_words,
+        0usize,
+        table_row,
+        first_column(0usize, columns_per_plane, turns),
+        hidden,
+        blocks_per_row,
+        scale_words_per_expert,
+        top_k,
+        columns_per_plane,
+        blocks_per_lane,
+    );
     load_input_rows(
         act,
         &mut inputs,
@@ -158,47 +206,114 @@ pub(super) fn pairs_down_kernel(
         top_k as u32,
         blocks_per_row,
     );
-    let mut sums = Array::<f32>::new(rows);
     #[unroll]
-    for slot in 0..rows {
-        sums[slot] = 0.0;
-    }
-    #[unroll]
-    for r in 0..top_k {
-        add_lane_dots(
-            &inputs,
-            r as u32,
-            &table,
-            &loaded,
-            &scale_words,
-            &mut sums,
-            r * columns_per_plane,
-            columns_per_plane,
-            blocks_per_row,
-            blocks_per_lane,
-        );
-    }
-    #[unroll]
-    for c in 0..columns_per_plane {
-        let mut weighted = 0.0f32;
+    for turn in 0..turns {
+        let first_slot = comptime!((turn % 2) * rows);
+        if comptime!(turn + 1 < turns) {
+            load_down_rows(
+                words,
+                scales,
+                routing,
+                &mut loaded,
+                &mut scale_words,
+                comptime!(((turn + 1) % 2) * rows),
+                table_row,
+                first_column(turn + 1, columns_per_plane, turns),
+                hidden,
+                blocks_per_row,
+                scale_words_per_expert,
+                top_k,
+                columns_per_plane,
+                blocks_per_lane,
+            );
+        }
+        #[unroll]
+        for slot in 0..rows {
+            sums[first_slot + slot] = 0.0;
+        }
         #[unroll]
         for r in 0..top_k {
-            weighted += routing[table_row as usize + top_k + r] * sums[r * columns_per_plane + c];
+            add_lane_dots(
+                &inputs,
+                r as u32,
+                &table,
+                &loaded,
+                &scale_words,
+                &mut sums,
+                first_slot + r * columns_per_plane,
+                columns_per_plane,
+                blocks_per_row,
+                blocks_per_lane,
+            );
         }
-        let total = plane_sum(weighted);
-        let col = first_col + c as u32;
-        if lane == 0 && col < hidden {
-            let mut with_bias = total;
-            if has_residual {
-                with_bias += residual[(token * hidden + col) as usize];
-            }
+        let first_col = first_column(turn, columns_per_plane, turns);
+        #[unroll]
+        for c in 0..columns_per_plane {
+            let mut weighted = 0.0f32;
             #[unroll]
             for r in 0..top_k {
-                let expert = u32::cast_from(routing[table_row as usize + r]);
-                let gate = routing[table_row as usize + top_k + r];
-                with_bias += gate * bias[(expert * hidden + col) as usize];
+                weighted += routing[table_row as usize + top_k + r]
+                    * sums[first_slot + r * columns_per_plane + c];
             }
-            out[(token * hidden + col) as usize] = with_bias;
+            let total = plane_sum(weighted);
+            let col = first_col + c as u32;
+            if lane == 0 && col < hidden {
+                let mut with_bias = total;
+                if has_residual {
+                    with_bias += residual[(token * hidden + col) as usize];
+                }
+                #[unroll]
+                for r in 0..top_k {
+                    let expert = u32::cast_from(routing[table_row as usize + r]);
+                    let gate = routing[table_row as usize + top_k + r];
+                    with_bias += gate * bias[(expert * hidden + col) as usize];
+                }
+                out[(token * hidden + col) as usize] = with_bias;
+            }
+        }
+    }
+}
+
+/// Issues the loads of this plane's down weight rows for columns `first_col..` of every one
+/// of the token's k experts (table row `table_row` of `routing`) into slots `first_slot..`
+/// (expert r, column c at `first_slot + r * columns_per_plane + c`). Past the last of
+/// `hidden` columns the plane reads row 0 (in bounds, never written).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_down_rows(
+    words: &[Words],
+    scales: &[u32],
+    routing: &[f32],
+    loaded: &mut Array<Words>,
+    scale_words: &mut Array<u32>,
+    #[comptime] first_slot: usize,
+    table_row: u32,
+    first_col: u32,
+    hidden: u32,
+    blocks_per_row: u32,
+    scale_words_per_expert: u32,
+    #[comptime] top_k: usize,
+    #[comptime] columns_per_plane: usize,
+    #[comptime] blocks_per_lane: usize,
+) {
+    #[unroll]
+    for r in 0..top_k {
+        let expert = u32::cast_from(routing[table_row as usize + r]);
+        #[unroll]
+        for c in 0..columns_per_plane {
+            let col = first_col + c as u32;
+            load_lane_blocks(
+                words,
+                scales,
+                loaded,
+                scale_words,
+                first_slot + r * columns_per_plane + c,
+                expert * hidden * blocks_per_row,
+                expert * scale_words_per_expert,
+                select(col < hidden, col, 0),
+                blocks_per_row,
+                blocks_per_lane,
+            );
         }
     }
 }

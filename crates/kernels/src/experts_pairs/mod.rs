@@ -11,7 +11,9 @@
 //! Weights stay MXFP4 (decoded in the kernel through a 16-entry table in shared memory);
 //! activations are rounded to bf16 before the products, as the grouped kernels round them, and
 //! sit in shared memory as pairs of bf16. A workgroup has `planes` planes of [`LANES`]
-//! invocations; each plane takes `columns_per_plane` output columns. Along K, invocation `lane`
+//! invocations; each plane takes `columns_per_plane` output columns at each of `turns` turns
+//! (the next turn's weight loads issued before this turn's products; the input rows staged
+//! once for all turns: [`PlaneShape`]). Along K, invocation `lane`
 //! owns MXFP4 blocks `lane`, `lane + 32`, ... and reads each block's 16 bytes of weights as one
 //! four-word load, every weight load of the workgroup's rows (for `pairs_down`, of all k
 //! experts) issued before any is used: decoding is bound by memory latency. Each block's 32
@@ -35,31 +37,63 @@ mod lanes;
 
 const LANES: u32 = 32;
 /// A per-pair kernel's workgroup: `planes` planes of [`LANES`] invocations, each plane taking
-/// `columns_per_plane` output columns.
+/// `columns_per_plane` output columns at each of `turns` turns (the next turn's weights loaded
+/// during this turn's products).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlaneShape {
     pub columns_per_plane: u32,
     pub planes: u32,
+    pub turns: u32,
 }
 
 impl PlaneShape {
     /// Whether the kernels take this workgroup: 1 to 32 planes (at most 1024 invocations) of
-    /// 1 to 8 columns each (each column's weight rows are held in registers).
+    /// 1 to 8 columns each (each column's weight rows are held in registers), 1 to 16 turns
+    /// (each unrolled in the kernel's code).
     pub fn is_supported(self) -> bool {
-        (1..=32).contains(&self.planes) && (1..=8).contains(&self.columns_per_plane)
+        (1..=32).contains(&self.planes)
+            && (1..=8).contains(&self.columns_per_plane)
+            && (1..=16).contains(&self.turns)
+    }
+
+    /// Output columns one workgroup takes over all its turns.
+    fn columns(self) -> usize {
+        (self.planes * self.columns_per_plane * self.turns) as usize
     }
 }
 
-/// The workgroup of [`pairs_gate_up`] the model takes.
+/// The workgroup of [`pairs_gate_up`] the model takes (for any number of tokens): eight planes,
+/// one turn. `bench kernel-check --decode-timings` (H100, 2026-11-27, 4 / 8 / 16 planes x 1 / 2
+/// / 4 / 8 turns, microseconds per launch): at one token eight planes of one turn 34.0, four
+/// planes 136, sixteen 39, every shape of two or more turns 128-203; at 8 tokens 166-196 and at
+/// 32 tokens 585-676 for every shape of up to two turns, eight planes of one turn among the
+/// fastest.
 pub const GATE_UP_SHAPE: PlaneShape = PlaneShape {
     columns_per_plane: GATE_UP_COLUMNS_PER_PLANE,
     planes: 8,
+    turns: 1,
 };
-/// The workgroup of [`pairs_down`] the model takes.
-pub const DOWN_SHAPE: PlaneShape = PlaneShape {
-    columns_per_plane: DOWN_COLUMNS_PER_PLANE,
-    planes: 8,
-};
+
+/// The workgroup of [`pairs_down`] the model takes for `tokens` tokens: from
+/// [`MANY_TOKENS`] sixteen planes of two turns, below that eight planes of one turn (the
+/// measurement of [`GATE_UP_SHAPE`], two calls: at 32 tokens 344 / 355 us against 497 / 492 for
+/// eight planes of one turn and 392 / 402 for sixteen of one; at 8 tokens 112 against 145 and
+/// 117; at one token eight planes of one turn 29.5 / 33.4, every other shape 90-290).
+pub fn down_shape(tokens: usize) -> PlaneShape {
+    let (planes, turns) = if tokens >= MANY_TOKENS {
+        (16, 2)
+    } else {
+        (8, 1)
+    };
+    PlaneShape {
+        columns_per_plane: DOWN_COLUMNS_PER_PLANE,
+        planes,
+        turns,
+    }
+}
+
+/// Tokens from which [`down_shape`] takes sixteen planes of two turns.
+pub const MANY_TOKENS: usize = 8;
 /// Output columns per plane of `pairs_gate_up` (two weight rows each: gate and up). `bench
 /// kernel-check --decode-timings` on an H100 at 20b's shapes, 1 / 2 / 4: 36 / 116 / 152 us
 /// at one token, 592 / 595 / 708 us at 32 (more rows per invocation than its registers hold).
@@ -97,6 +131,7 @@ pub trait PairsBackend: burn::backend::Backend {
         alpha: f32,
         columns_per_plane: u32,
         planes: u32,
+        turns: u32,
     ) -> FloatTensor<Self>;
 
     /// `act` [n * k, I], `routing` [n, 2k], down `words` [E, H, I / 8] and `scales`, `bias`
@@ -114,6 +149,7 @@ pub trait PairsBackend: burn::backend::Backend {
         has_residual: bool,
         columns_per_plane: u32,
         planes: u32,
+        turns: u32,
     ) -> FloatTensor<Self>;
 }
 
@@ -132,6 +168,7 @@ impl PairsBackend for CubeBackend {
         alpha: f32,
         columns_per_plane: u32,
         planes: u32,
+        turns: u32,
     ) -> CubeTensor {
         let [x, routing, words, scales, bias] =
             [x, routing, words, scales, bias].map(into_contiguous);
@@ -147,6 +184,7 @@ impl PairsBackend for CubeBackend {
         let shape = PlaneShape {
             columns_per_plane,
             planes,
+            turns,
         };
         assert!(
             shape.is_supported(),
@@ -154,14 +192,17 @@ impl PairsBackend for CubeBackend {
         );
         let out = empty_f32(&x, vec![tokens * top_k, inter]);
         let blocks_per_row = hidden / BLOCK as usize;
-        let columns = (planes * columns_per_plane) as usize;
         // Safety: every index is in bounds for the shapes checked above (rows past the end
         // read row 0, blocks past the row are not read).
         unsafe {
             pairs_gate_up_kernel::launch_unchecked(
                 &x.client.clone(),
-                CubeCount::Static((tokens * top_k) as u32, inter.div_ceil(columns) as u32, 1),
-                CubeDim::new_2d(LANES, planes),
+                CubeCount::Static(
+                    (tokens * top_k) as u32,
+                    inter.div_ceil(shape.columns()) as u32,
+                    1,
+                ),
+                CubeDim::new_2d(LANES, shape.planes),
                 x.into_buffer_arg(),
                 routing.into_buffer_arg(),
                 words.into_buffer_arg(),
@@ -175,7 +216,8 @@ impl PairsBackend for CubeBackend {
                 limit,
                 alpha,
                 blocks_per_lane(blocks_per_row),
-                columns_per_plane as usize,
+                shape.columns_per_plane as usize,
+                shape.turns as usize,
             )
         };
         out
@@ -191,6 +233,7 @@ impl PairsBackend for CubeBackend {
         has_residual: bool,
         columns_per_plane: u32,
         planes: u32,
+        turns: u32,
     ) -> CubeTensor {
         let [act, routing, words, scales, bias, residual] =
             [act, routing, words, scales, bias, residual].map(into_contiguous);
@@ -206,17 +249,17 @@ impl PairsBackend for CubeBackend {
         let shape = PlaneShape {
             columns_per_plane,
             planes,
+            turns,
         };
         assert!(shape.is_supported(), "pairs_down: {shape:?} not supported");
         let out = empty_f32(&act, vec![tokens, hidden]);
         let blocks_per_row = inter / BLOCK as usize;
-        let columns = (planes * columns_per_plane) as usize;
         // Safety: as for `pairs_gate_up`.
         unsafe {
             pairs_down_kernel::launch_unchecked(
                 &act.client.clone(),
-                CubeCount::Static(tokens as u32, hidden.div_ceil(columns) as u32, 1),
-                CubeDim::new_2d(LANES, planes),
+                CubeCount::Static(tokens as u32, hidden.div_ceil(shape.columns()) as u32, 1),
+                CubeDim::new_2d(LANES, shape.planes),
                 act.into_buffer_arg(),
                 routing.into_buffer_arg(),
                 words.into_buffer_arg(),
@@ -229,7 +272,8 @@ impl PairsBackend for CubeBackend {
                 scale_words as u32,
                 top_k,
                 blocks_per_lane(blocks_per_row),
-                columns_per_plane as usize,
+                shape.columns_per_plane as usize,
+                shape.turns as usize,
                 has_residual,
             )
         };
@@ -262,13 +306,14 @@ pub fn pairs_gate_up(
         alpha,
         shape.columns_per_plane,
         shape.planes,
+        shape.turns,
     ))
 }
 
 /// Each token's gate-weighted sum of its k experts' down products [n, H], plus `residual`
 /// [n, H] when given (the decoder layer's residual stream, in the same launch): `act` [n * k,
 /// I] from [`pairs_gate_up`], `routing` [n, 2k], the down MXFP4 `words` [E, H, I / 8] and
-/// `scales`, `bias` [E, H], workgroups of `shape` ([`DOWN_SHAPE`] unless measuring another).
+/// `scales`, `bias` [E, H], workgroups of `shape` ([`down_shape`] unless measuring another).
 /// GPU only.
 pub fn pairs_down(
     act: Tensor<2>,
@@ -292,6 +337,7 @@ pub fn pairs_down(
         has_residual,
         shape.columns_per_plane,
         shape.planes,
+        shape.turns,
     ))
 }
 
@@ -328,18 +374,49 @@ mod tests {
         assert!(!supports(65536, 2880, 1));
     }
 
-    /// The model's workgroups are supported; no planes, more than 1024 invocations or more
-    /// columns than registers hold are not.
+    /// The model's workgroups are supported; no planes, more than 1024 invocations, more
+    /// columns than registers hold or turns outside 1-16 are not.
     #[test]
     fn supported_plane_shapes_fit_a_workgroup() {
-        let shape = |columns_per_plane, planes| PlaneShape {
+        let shape = |columns_per_plane, planes, turns| PlaneShape {
             columns_per_plane,
             planes,
+            turns,
         };
-        assert!(GATE_UP_SHAPE.is_supported() && DOWN_SHAPE.is_supported());
-        assert!(shape(1, 32).is_supported() && shape(8, 1).is_supported());
-        for refused in [shape(1, 0), shape(1, 33), shape(0, 8), shape(9, 8)] {
+        assert!(GATE_UP_SHAPE.is_supported());
+        for tokens in [1, MANY_TOKENS - 1, MANY_TOKENS, 32] {
+            assert!(down_shape(tokens).is_supported());
+        }
+        assert!(shape(1, 32, 1).is_supported() && shape(8, 1, 16).is_supported());
+        for refused in [
+            shape(1, 0, 1),
+            shape(1, 33, 1),
+            shape(0, 8, 1),
+            shape(9, 8, 1),
+            shape(1, 8, 0),
+            shape(1, 8, 17),
+        ] {
             assert!(!refused.is_supported(), "{refused:?}");
         }
+    }
+
+    /// `pairs_down` takes eight planes of one turn below `MANY_TOKENS` tokens, sixteen of two
+    /// from there (the measured choice).
+    #[test]
+    fn down_shape_widens_from_many_tokens() {
+        let eight = PlaneShape {
+            columns_per_plane: DOWN_COLUMNS_PER_PLANE,
+            planes: 8,
+            turns: 1,
+        };
+        let sixteen = PlaneShape {
+            planes: 16,
+            turns: 2,
+            ..eight
+        };
+        assert_eq!(down_shape(1), eight);
+        assert_eq!(down_shape(MANY_TOKENS - 1), eight);
+        assert_eq!(down_shape(MANY_TOKENS), sixteen);
+        assert_eq!(down_shape(32), sixteen);
     }
 }

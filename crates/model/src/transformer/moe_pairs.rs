@@ -115,6 +115,7 @@ fn experts_by_pairs(
     residual: Option<Tensor<2>>,
 ) -> Tensor<2> {
     let experts = &moe.experts;
+    let tokens = xs.dims()[0];
     let act = experts_pairs::pairs_gate_up(
         xs,
         routing.clone(),
@@ -132,7 +133,7 @@ fn experts_by_pairs(
         down.scale_words.val(),
         experts.down_bias.val(),
         residual,
-        experts_pairs::DOWN_SHAPE,
+        experts_pairs::down_shape(tokens),
     )
 }
 

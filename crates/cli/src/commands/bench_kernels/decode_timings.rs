@@ -3,8 +3,8 @@
 //! graph (`burn::tensor::capture`) and replayed, so no host work sits between launches.
 //! Launches cycle through enough weight sets (different experts, copies of a projection) that
 //! one launch's weights are out of the 50 MB L2 cache by the time they come round again.
-//! The per-pair experts kernels are timed at every `columns_per_plane` and `planes` given,
-//! each checked against the sorted grouped reference first.
+//! The per-pair experts kernels are timed at every `columns_per_plane`, `planes` and `turns`
+//! given, each checked against the sorted grouped reference first.
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -86,29 +86,34 @@ fn report(kernel: &str, case: serde_json::Value, time: LaunchTime, weight_bytes:
     println!("{line}");
 }
 
-/// Every timing, the per-pair kernels at each of `columns_per_plane` and `planes`, the bf16
-/// products at each of `rows_tilings`.
+/// Every timing, the per-pair kernels at each of `columns_per_plane`, `planes` and `turns`,
+/// the bf16 products at each of `rows_tilings`.
 pub(super) fn time_decode_kernels(
     device: &Device,
     columns_per_plane: &[u32],
     planes: &[u32],
+    turns: &[u32],
     rows_tilings: &[RowsTiling],
 ) -> anyhow::Result<()> {
-    let shapes: Vec<PlaneShape> = columns_per_plane
-        .iter()
-        .flat_map(|&columns_per_plane| {
-            planes.iter().map(move |&planes| PlaneShape {
-                columns_per_plane,
-                planes,
-            })
-        })
-        .collect();
+    let mut shapes = vec![];
+    for &columns_per_plane in columns_per_plane {
+        for &planes in planes {
+            for &turns in turns {
+                shapes.push(PlaneShape {
+                    columns_per_plane,
+                    planes,
+                    turns,
+                });
+            }
+        }
+    }
     if let Some(shape) = shapes.iter().find(|shape| !shape.is_supported()) {
         anyhow::bail!(
-            "--columns-per-plane {} --planes {}: not a workgroup the per-pair kernels take \
-             (1 to 8 columns per plane, 1 to 32 planes)",
+            "--columns-per-plane {} --planes {} --turns {}: not a workgroup the per-pair \
+             kernels take (1 to 8 columns per plane, 1 to 32 planes, 1 to 16 turns)",
             shape.columns_per_plane,
-            shape.planes
+            shape.planes,
+            shape.turns
         );
     }
     time_small_kernels(device)?;
@@ -288,7 +293,7 @@ fn time_projections(device: &Device, tiling: RowsTiling) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The per-pair experts kernels at 1 and 32 tokens with each workgroup of `shapes`, checked
+/// The per-pair experts kernels at 1, 8 and 32 tokens with each workgroup of `shapes`, checked
 /// against the sorted grouped reference, then timed over routings that cycle through every
 /// expert (at one token, eight disjoint groups of four).
 fn time_pairs(device: &Device, shapes: &[PlaneShape]) -> anyhow::Result<()> {
@@ -301,7 +306,7 @@ fn time_pairs(device: &Device, shapes: &[PlaneShape]) -> anyhow::Result<()> {
     // MXFP4 bytes of one expert's row of K inputs: K / 2 of codes, K / 32 of scales.
     let row_bytes = |k: usize| k / 2 + k / 32;
     let mut worst = Worst::new("per-pair experts kernels (decode timings)", 1e-2);
-    for tokens in [1usize, 32] {
+    for tokens in [1usize, 8, 32] {
         let routings: Vec<Tensor<2>> = (0..8)
             .map(|set| routing_table(&mut rng, tokens, set, device))
             .collect();
@@ -347,7 +352,8 @@ fn time_pairs(device: &Device, shapes: &[PlaneShape]) -> anyhow::Result<()> {
                 )
             };
             let case = json!({"tokens": tokens, "pairs": pairs, "planes": shape.planes,
-                              "columns_per_plane": shape.columns_per_plane});
+                              "columns_per_plane": shape.columns_per_plane,
+                              "turns": shape.turns});
             worst.record(
                 down(0),
                 reference.clone(),

@@ -176,7 +176,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                 down_scales.clone(),
                 layer.down_bias.val(),
                 Some(residual.clone()),
-                gpt_oss_kernels::experts_pairs::DOWN_SHAPE,
+                gpt_oss_kernels::experts_pairs::down_shape(tokens),
             )
         };
         let sorted = |path: ExpertPath| {
