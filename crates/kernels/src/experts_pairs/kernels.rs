@@ -56,43 +56,39 @@ pub(super) fn pairs_gate_up_kernel(
     let mut loaded = Array::<Words>::new(slots * blocks_per_lane);
     let mut scale_words = Array::<u32>::new(slots * blocks_per_lane);
     let mut sums = Array::<f32>::new(slots);
-    #[unroll]
-    for slot in 0..rows {
-        load_lane_blocks(
-            words,
-            scales,
-            &mut loaded,
-            &mut scale_words,
-            slot,
-            expert_blocks,
-            expert_scales,
-            gate_up_row(first_column(0usize, columns_per_plane, turns), slot, inter),
-            blocks_per_row,
-            blocks_per_lane,
-        );
-    }
+    load_gate_up_rows(
+        words,
+        scales,
+        &mut loaded,
+        &mut scale_words,
+        0usize,
+        expert_blocks,
+        expert_scales,
+        first_column(0usize, columns_per_plane, turns),
+        inter,
+        blocks_per_row,
+        rows,
+        blocks_per_lane,
+    );
     load_input_rows(x, &mut inputs, token, 1, blocks_per_row);
     #[unroll]
     for turn in 0..turns {
         let first_slot = comptime!((turn % 2) * rows);
         if comptime!(turn + 1 < turns) {
-            let next_slot = comptime!(((turn + 1) % 2) * rows);
-            let next_j = first_column(turn + 1, columns_per_plane, turns);
-            #[unroll]
-            for slot in 0..rows {
-                load_lane_blocks(
-                    words,
-                    scales,
-                    &mut loaded,
-                    &mut scale_words,
-                    next_slot + slot,
-                    expert_blocks,
-                    expert_scales,
-                    gate_up_row(next_j, slot, inter),
-                    blocks_per_row,
-                    blocks_per_lane,
-                );
-            }
+            load_gate_up_rows(
+                words,
+                scales,
+                &mut loaded,
+                &mut scale_words,
+                comptime!(((turn + 1) % 2) * rows),
+                expert_blocks,
+                expert_scales,
+                first_column(turn + 1, columns_per_plane, turns),
+                inter,
+                blocks_per_row,
+                rows,
+                blocks_per_lane,
+            );
         }
         #[unroll]
         for slot in 0..rows {
@@ -142,12 +138,41 @@ fn first_column(
     ((CUBE_POS_Y * turns as u32 + turn as u32) * CUBE_DIM_Y + UNIT_POS_Y) * columns_per_plane as u32
 }
 
-/// The gate_up weight row of slot `slot` (gate, then up, per column) from column `first_j`;
-/// row 0 (in bounds, never written) past the last of `inter` columns.
+/// Issues the loads of this plane's `rows` gate_up weight rows (gate, then up, per column) for
+/// columns `first_j..` into slots `first_slot..`. Past the last of `inter` columns the plane
+/// reads row 0 (in bounds, never written).
 #[cube]
-fn gate_up_row(first_j: u32, #[comptime] slot: usize, inter: u32) -> u32 {
-    let j = first_j + (slot / 2) as u32;
-    select(j < inter, 2 * j + (slot % 2) as u32, 0)
+#[allow(clippy::too_many_arguments)]
+fn load_gate_up_rows(
+    words: &[Words],
+    scales: &[u32],
+    loaded: &mut Array<Words>,
+    scale_words: &mut Array<u32>,
+    #[comptime] first_slot: usize,
+    expert_blocks: u32,
+    expert_scales: u32,
+    first_j: u32,
+    inter: u32,
+    blocks_per_row: u32,
+    #[comptime] rows: usize,
+    #[comptime] blocks_per_lane: usize,
+) {
+    #[unroll]
+    for slot in 0..rows {
+        let j = first_j + (slot / 2) as u32;
+        load_lane_blocks(
+            words,
+            scales,
+            loaded,
+            scale_words,
+            first_slot + slot,
+            expert_blocks,
+            expert_scales,
+            select(j < inter, 2 * j + (slot % 2) as u32, 0),
+            blocks_per_row,
+            blocks_per_lane,
+        );
+    }
 }
 
 #[cube(launch_unchecked)]
