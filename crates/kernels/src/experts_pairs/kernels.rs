@@ -2,9 +2,10 @@
 //! weighted sum over a token's k experts and the residual.
 //!
 //! Each plane takes `turns` groups of `columns_per_plane` columns in turn: the next turn's
-//! weight loads are issued before this turn's products (two register buffers), so a plane's
-//! arithmetic overlaps its next weights' memory latency, and the workgroup stages its input
-//! rows once for all its turns.
+//! weight loads are issued before this turn's products (two register buffers), so that a
+//! plane's arithmetic can overlap its next weights' memory latency, and the workgroup stages its
+//! input rows once for all its turns. Measured, this pays for `pairs_down` from eight tokens
+//! and not at one token (`down_shape`, `GATE_UP_SHAPE`).
 
 use cubecl::prelude::*;
 
