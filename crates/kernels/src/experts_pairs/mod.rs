@@ -97,10 +97,10 @@ pub const MANY_TOKENS: usize = 8;
 /// Output columns per plane of `pairs_gate_up` (two weight rows each: gate and up). `bench
 /// kernel-check --decode-timings` on an H100 at 20b's shapes, 1 / 2 / 4: 36 / 116 / 152 us
 /// at one token, 592 / 595 / 708 us at 32 (more rows per invocation than its registers hold).
-pub const GATE_UP_COLUMNS_PER_PLANE: u32 = 1;
+const GATE_UP_COLUMNS_PER_PLANE: u32 = 1;
 /// Output columns per plane of `pairs_down` (k weight rows each, one per expert); the same
 /// measurement: 32 / 95 / 143 us at one token, 493 / 430 / 774 us at 32.
-pub const DOWN_COLUMNS_PER_PLANE: u32 = 1;
+const DOWN_COLUMNS_PER_PLANE: u32 = 1;
 /// Inputs per MXFP4 block: four u32 words of eight 4-bit codes, and one scale byte.
 const BLOCK: u32 = 32;
 /// Four-word vectors (eight bf16 inputs each) per block of inputs in shared memory: four, plus
