@@ -34,6 +34,13 @@ pub struct ModelBenchArgs {
     pub prompt: usize,
     #[arg(long, default_value_t = 64)]
     pub new_tokens: usize,
+    /// Seconds of untimed generations before each decoding's timed ones (at least one
+    /// generation): a GPU raises its clocks only under sustained load (see [`time_decode`]).
+    #[arg(long, default_value_t = 2.0)]
+    pub warm_up_seconds: f64,
+    /// Timed generations per decoding; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub timed_generations: usize,
 }
 
 /// Keeps what `trace` keeps of each layer: the selected experts and their gate weights.
@@ -75,9 +82,7 @@ fn time_scoring(model: &GptOss, rows: &[Vec<u32>], iters: usize, record: bool) -
         start.elapsed().as_secs_f64()
     };
     pass();
-    let mut times: Vec<f64> = (0..iters.max(1)).map(|_| pass()).collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    median((0..iters.max(1)).map(|_| pass()).collect())
 }
 
 pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
@@ -125,7 +130,12 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
         }
         let mut first_tokens: Option<Vec<Vec<u32>>> = None;
         for (decoding, generator) in decodings {
-            let timing = time_decode(model, &prompts, args.new_tokens, generator);
+            let runs = DecodeRuns {
+                new_tokens: args.new_tokens,
+                warm_up_seconds: args.warm_up_seconds,
+                timed: args.timed_generations.max(1),
+            };
+            let timing = time_decode(model, &prompts, &runs, generator);
             // Every decoding must give the first one's tokens (greedy, same kernels).
             let same_tokens =
                 first_tokens.get_or_insert_with(|| timing.tokens.clone()) == &timing.tokens;
@@ -138,6 +148,8 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
                     "prompt": args.prompt,
                     "new_tokens": args.new_tokens,
                     "seconds": timing.seconds,
+                    "warm_up_seconds": timing.warm_up,
+                    "timed_generations": runs.timed,
                     "tokens_per_second": timing.produced as f64 / timing.seconds,
                     "prefill_and_first_token_seconds": timing.prefill,
                     "decode_step_tokens_per_second": timing.step_tokens_per_second(batch, args.new_tokens),
@@ -154,14 +166,24 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
 /// A greedy generation function (prompts, options -> continuations).
 type Generator = fn(&GptOss, &[Vec<u32>], &GenerateOptions) -> Vec<Vec<u32>>;
 
-/// One timed greedy generation.
+/// How a decoding is timed: generations of `new_tokens` per prompt, untimed ones for at least
+/// `warm_up_seconds`, then `timed` ones.
+struct DecodeRuns {
+    new_tokens: usize,
+    warm_up_seconds: f64,
+    timed: usize,
+}
+
+/// A decoding's timing: medians over the timed generations.
 struct DecodeTiming {
     seconds: f64,
     /// The prompt's forward pass and the first token alone.
     prefill: f64,
+    /// Seconds the untimed generations took.
+    warm_up: f64,
     produced: usize,
     tokens: Vec<Vec<u32>>,
-    /// CPU seconds per thread over the timed generation (see `host::cpu_seconds_by_thread`).
+    /// CPU seconds per thread per timed generation (see `host::cpu_seconds_by_thread`).
     host_cpu: std::collections::BTreeMap<String, f64>,
 }
 
@@ -173,16 +195,22 @@ impl DecodeTiming {
     }
 }
 
-/// Times `generator` producing `new_tokens` per prompt, after an untimed run of the same shapes
-/// (kernels compiled and tuned).
+/// Times `generator` producing `runs.new_tokens` per prompt: untimed generations until
+/// `runs.warm_up_seconds` have passed (at least one: kernels compiled and tuned), then
+/// `runs.timed` generations and as many of the first token alone, each figure their median.
+///
+/// The warm-up is for the GPU's clocks: an H100 idles at 345 MHz and, under load, reaches its
+/// 1980 MHz only after 0.2 to 1.5 s (nvidia-smi every 100 ms, 2026-11-27; it falls back within
+/// a second of idling). A batch-1 generation of 64 tokens takes about 0.3 s, so one untimed
+/// generation before it left the timed one partly on the way up.
 fn time_decode(
     model: &GptOss,
     prompts: &[Vec<u32>],
-    new_tokens: usize,
+    runs: &DecodeRuns,
     generator: Generator,
 ) -> DecodeTiming {
     let options = GenerateOptions {
-        max_new_tokens: new_tokens,
+        max_new_tokens: runs.new_tokens,
         stop_tokens: vec![],
         sampling: None,
         use_cache: true,
@@ -191,20 +219,58 @@ fn time_decode(
         max_new_tokens: 1,
         ..options.clone()
     };
-    generator(model, prompts, &options);
-    let start = Instant::now();
-    generator(model, prompts, &first_token);
-    let prefill = start.elapsed().as_secs_f64();
+    let warm_up = Instant::now();
+    loop {
+        generator(model, prompts, &options);
+        if warm_up.elapsed().as_secs_f64() >= runs.warm_up_seconds {
+            break;
+        }
+    }
+    let warm_up = warm_up.elapsed().as_secs_f64();
     let cpu_before = cpu_seconds_by_thread();
-    let start = Instant::now();
-    let out = generator(model, prompts, &options);
-    let seconds = start.elapsed().as_secs_f64();
-    let host_cpu = cpu_seconds_between(&cpu_before, &cpu_seconds_by_thread());
+    let mut seconds = vec![];
+    let mut out = vec![];
+    for _ in 0..runs.timed {
+        let start = Instant::now();
+        out = generator(model, prompts, &options);
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    let host_cpu = cpu_seconds_between(&cpu_before, &cpu_seconds_by_thread())
+        .into_iter()
+        .map(|(thread, cpu)| (thread, cpu / runs.timed as f64))
+        .collect();
+    let prefill: Vec<f64> = (0..runs.timed)
+        .map(|_| {
+            let start = Instant::now();
+            generator(model, prompts, &first_token);
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
     DecodeTiming {
-        seconds,
-        prefill,
+        seconds: median(seconds),
+        prefill: median(prefill),
+        warm_up,
         produced: out.iter().map(Vec::len).sum(),
         tokens: out,
         host_cpu,
+    }
+}
+
+/// The median of `values` (the upper one of an even count); `values` is not empty.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    /// The middle value of an odd count, the upper middle of an even one, whatever the order.
+    #[test]
+    fn median_takes_the_middle_of_the_sorted_values() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert_eq!(median(vec![5.0]), 5.0);
     }
 }

@@ -37,8 +37,15 @@ struct LaunchTime {
     busiest_host_thread: f64,
 }
 
+/// Seconds of replays before the timed ones: the GPU's clocks rise only under sustained load
+/// and fall within a fraction of a second of idling (an H100 still at 450-555 MHz took 123 us
+/// for the per-pair gate_up at one token, 37 us at 1980 MHz, 2026-11-27), and the host work
+/// between two timings is such an idle spell.
+const WARM_UP_SECONDS: f64 = 1.0;
+
 /// Seconds per launch of `run(i)` (`i` cycling over `sets` weight sets) with [`LAUNCHES`]
-/// launches captured as one graph and replayed: the median over five replays after one.
+/// launches captured as one graph and replayed: the median over five replays after
+/// [`WARM_UP_SECONDS`] of untimed ones.
 fn seconds_per_replayed_launch(
     device: &Device,
     sets: usize,
@@ -52,6 +59,12 @@ fn seconds_per_replayed_launch(
         "bench kernel-check --decode-timings: the device cannot capture graphs, so launches \
          would carry host time"
     );
+    let warm_up = std::time::Instant::now();
+    while warm_up.elapsed().as_secs_f64() < WARM_UP_SECONDS {
+        // Safety: as for the timed replays below.
+        unsafe { graph.replay() };
+        device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
     let mut times = vec![];
     let mut cpu_before = crate::host::cpu_seconds_by_thread();
     for replay in 0..6 {
