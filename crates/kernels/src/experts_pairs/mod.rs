@@ -63,11 +63,10 @@ impl PlaneShape {
 }
 
 /// The workgroup of [`pairs_gate_up`] the model takes (for any number of tokens): eight planes,
-/// one turn. `bench kernel-check --decode-timings` (H100, 2026-11-27, 4 / 8 / 16 planes x 1 / 2
-/// / 4 / 8 turns, microseconds per launch): at one token eight planes of one turn 34.0, four
-/// planes 136, sixteen 39, every shape of two or more turns 128-203; at 8 tokens 166-196 and at
-/// 32 tokens 585-676 for every shape of up to two turns, eight planes of one turn among the
-/// fastest.
+/// one turn. `bench kernel-check --decode-timings` (H100, 2026-11-27, clocks warm, two calls;
+/// microseconds per launch): at one token 35.1 / 36.5 against 36.1-41.1 for eight planes of two
+/// turns and sixteen of one or two; at 8 tokens 160.8 against 173-193, at 32 tokens 591.0
+/// against 610-678.
 pub const GATE_UP_SHAPE: PlaneShape = PlaneShape {
     columns_per_plane: GATE_UP_COLUMNS_PER_PLANE,
     planes: 8,
@@ -76,9 +75,9 @@ pub const GATE_UP_SHAPE: PlaneShape = PlaneShape {
 
 /// The workgroup of [`pairs_down`] the model takes for `tokens` tokens: from
 /// [`MANY_TOKENS`] sixteen planes of two turns, below that eight planes of one turn (the
-/// measurement of [`GATE_UP_SHAPE`], two calls: at 32 tokens 344 / 355 us against 497 / 492 for
-/// eight planes of one turn and 392 / 402 for sixteen of one; at 8 tokens 112 against 145 and
-/// 117; at one token eight planes of one turn 29.5 / 33.4, every other shape 90-290).
+/// measurement of [`GATE_UP_SHAPE`]: at 32 tokens 355 us against 496 for eight planes of one
+/// turn and 403 for sixteen of one; at 8 tokens 110 against 145 and 119; at one token eight
+/// planes of one turn 31.8 / 31.9, sixteen of two 27.5 / 32.9, the others 30.0-36.5).
 pub fn down_shape(tokens: usize) -> PlaneShape {
     let (planes, turns) = if tokens >= MANY_TOKENS {
         (16, 2)
@@ -96,7 +95,8 @@ pub fn down_shape(tokens: usize) -> PlaneShape {
 pub const MANY_TOKENS: usize = 8;
 /// Output columns per plane of `pairs_gate_up` (two weight rows each: gate and up). `bench
 /// kernel-check --decode-timings` on an H100 at 20b's shapes, 1 / 2 / 4: 36 / 116 / 152 us
-/// at one token, 592 / 595 / 708 us at 32 (more rows per invocation than its registers hold).
+/// at one token, 592 / 595 / 708 us at 32 (eighth round, before the timings warmed the GPU's
+/// clocks: the one-token figures of 2 and 4 may be the clocks', not the registers').
 const GATE_UP_COLUMNS_PER_PLANE: u32 = 1;
 /// Output columns per plane of `pairs_down` (k weight rows each, one per expert); the same
 /// measurement: 32 / 95 / 143 us at one token, 493 / 430 / 774 us at 32.
