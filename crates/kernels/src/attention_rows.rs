@@ -9,6 +9,13 @@
 //! every invocation scores its keys into shared memory, the chunk's maximum and sum update a
 //! running softmax (started from the sink's logit), and invocation u adds the probabilities
 //! times dimension u % head_dim of every (256 / head_dim)-th value row.
+//!
+//! [`attention_step`] is the same kernel for a decode step straight from the q/k/v projection:
+//! each workgroup rotates its q row and its kv head's new key (RoPE) itself, takes the new key
+//! and value from the projection where the step's slot comes up among its keys (the other
+//! keys from the caches), and the first query head of each kv head writes that key and value
+//! into the caches; no workgroup reads the slot from the caches, so nothing waits for the
+//! writes. One launch instead of the RoPE kernel's and this one's.
 
 use burn::backend::{
     backend_extension,
@@ -30,14 +37,21 @@ const VALUE_UNROLL: u32 = 8;
 /// visible keys once: fine for decoding, not for scoring long sequences).
 pub const MAX_QUERIES: usize = 16;
 
+/// With `fresh`, `q` is the projection [B, 1, heads + 2 kv_heads, d] (unrotated), rotated
+/// with `cos` and `sin` [B, 1, 1, d / 2], and the new key and value are written into `k` and
+/// `v` at slot `slot[0]`; without, `q` is [B, heads, T, d] rotated, and `cos`, `sin` and `slot`
+/// are not read.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn attention_rows_kernel(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &mut [f32],
+    v: &mut [f32],
     sinks: &[f32],
     ranges: &[u32],
+    cos: &[f32],
+    sin: &[f32],
+    slot: &[f32],
     out: &mut [f32],
     items: u32,
     heads: u32,
@@ -46,6 +60,7 @@ fn attention_rows_kernel(
     keys: u32,
     scale: f32,
     #[comptime] head_dim: u32,
+    #[comptime] fresh: bool,
 ) {
     let item = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
     if item >= items {
@@ -64,9 +79,40 @@ fn attention_rows_kernel(
 
     // Unrolled (head_dim is known when compiling): the array stays in registers.
     let mut scaled_q = Array::<f32>::new(head_dim as usize);
-    #[unroll]
-    for d in 0..head_dim {
-        scaled_q[d as usize] = q[(item * head_dim + d) as usize] * scale;
+    // The step's own key and value (with `fresh`), and the buffer index they stand for (none
+    // without: `keys` is past every index).
+    let mut new_key = Shared::<[f32]>::new_slice(head_dim as usize);
+    let mut new_value = Shared::<[f32]>::new_slice(head_dim as usize);
+    let mut at = keys;
+    if fresh {
+        let width = heads + 2 * kv_heads;
+        let angles = row * (head_dim / 2);
+        let q_base = (row * width + head) * head_dim;
+        #[unroll]
+        for d in 0..head_dim {
+            scaled_q[d as usize] = rotated(q, q_base, cos, sin, angles, d, head_dim) * scale;
+        }
+        if unit < head_dim {
+            let key_base = (row * width + heads + kv_head) * head_dim;
+            new_key[unit as usize] = rotated(q, key_base, cos, sin, angles, unit, head_dim);
+            new_value[unit as usize] =
+                q[((row * width + heads + kv_heads + kv_head) * head_dim + unit) as usize];
+        }
+        sync_cube();
+        at = u32::cast_from(slot[0]);
+        // Read by no workgroup of this launch (they take the slot's key and value from
+        // `new_key` and `new_value`).
+        let rank_in_group = head % (heads / kv_heads);
+        if rank_in_group == 0 && at < keys && unit < head_dim {
+            let index = kv_base + at * head_dim + unit;
+            k[index as usize] = new_key[unit as usize];
+            v[index as usize] = new_value[unit as usize];
+        }
+    } else {
+        #[unroll]
+        for d in 0..head_dim {
+            scaled_q[d as usize] = q[(item * head_dim + d) as usize] * scale;
+        }
     }
     let mut scores = Shared::<[f32]>::new_slice(CHUNK as usize);
     let dim = unit % head_dim;
@@ -84,9 +130,16 @@ fn attention_rows_kernel(
         while j < count {
             let key_base = kv_base + (start + j) * head_dim;
             let mut dot = 0.0f32;
-            #[unroll]
-            for d in 0..head_dim {
-                dot += scaled_q[d as usize] * k[(key_base + d) as usize];
+            if start + j == at {
+                #[unroll]
+                for d in 0..head_dim {
+                    dot += scaled_q[d as usize] * new_key[d as usize];
+                }
+            } else {
+                #[unroll]
+                for d in 0..head_dim {
+                    dot += scaled_q[d as usize] * k[(key_base + d) as usize];
+                }
             }
             scores[j as usize] = dot;
             local_max = max(local_max, dot);
@@ -118,7 +171,11 @@ fn attention_rows_kernel(
                 let mut value = 0.0f32;
                 let mut probability = 0.0f32;
                 if row_key < count {
-                    value = v[(kv_base + (start + row_key) * head_dim + dim) as usize];
+                    if start + row_key == at {
+                        value = new_value[dim as usize];
+                    } else {
+                        value = v[(kv_base + (start + row_key) * head_dim + dim) as usize];
+                    }
                     probability = scores[row_key as usize];
                 }
                 values[u as usize] = value;
@@ -146,6 +203,31 @@ fn attention_rows_kernel(
     }
 }
 
+/// Element `d` of the `head_dim`-wide row of `x` at `base` rotated by RoPE (spec 4.3; the
+/// angles' cos and sin at `angles..` of `cos` and `sin`), as `rotary_rows` rotates it.
+#[cube]
+fn rotated(
+    x: &[f32],
+    base: u32,
+    cos: &[f32],
+    sin: &[f32],
+    angles: u32,
+    d: u32,
+    #[comptime] head_dim: u32,
+) -> f32 {
+    let half = head_dim / 2;
+    let j = d % half;
+    let a = x[(base + j) as usize];
+    let b = x[(base + half + j) as usize];
+    let c = cos[(angles + j) as usize];
+    let s = sin[(angles + j) as usize];
+    let mut value = b * c + a * s;
+    if d < half {
+        value = a * c - b * s;
+    }
+    value
+}
+
 /// GPU extension op; only the CubeCL backend implements it.
 #[backend_extension(Cube, Fusion)]
 pub trait AttentionRowsBackend: burn::backend::Backend {
@@ -156,6 +238,23 @@ pub trait AttentionRowsBackend: burn::backend::Backend {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
+        sinks: FloatTensor<Self>,
+        ranges: IntTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
+
+    /// `qkv` [B, 1, heads + 2 kv_heads, d] (unrotated), `cos` and `sin` [B, 1, 1, d / 2], the
+    /// caches `keys` and `values` [B, kv_heads, capacity, d] (f32, contiguous: written in
+    /// place at slot `slot[0]`), `sinks` [heads], `ranges` [B * 2] -> [B, 1, heads, d].
+    #[fusion(dtype = same_dtype(qkv), shape = Shape::from(vec![qkv[0], 1, qkv[2] - 2 * keys[1], qkv[3]]))]
+    #[allow(clippy::too_many_arguments)]
+    fn attention_step(
+        qkv: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        slot: FloatTensor<Self>,
         sinks: FloatTensor<Self>,
         ranges: IntTensor<Self>,
         scale: f32,
@@ -176,31 +275,109 @@ impl AttentionRowsBackend for CubeBackend {
         scale: f32,
     ) -> CubeTensor {
         let [q, k, v, sinks, ranges] = [q, k, v, sinks, ranges].map(into_contiguous);
-        let [b, heads, t, d] = [0, 1, 2, 3].map(|i| q.meta.shape()[i]);
-        let [kv_heads, keys] = [k.meta.shape()[1], k.meta.shape()[2]];
-        assert!(supports(d), "attention_rows: head_dim {d}");
-        let items = b * heads * t;
-        let out = empty_f32(&q, vec![b, t, heads, d]);
-        attention_rows_kernel::launch(
-            &q.client.clone(),
-            grid_over_rows(items),
-            CubeDim::new_1d(UNITS),
-            q.into_buffer_arg(),
-            k.into_buffer_arg(),
-            v.into_buffer_arg(),
-            sinks.into_buffer_arg(),
-            ranges.into_buffer_arg(),
-            out.clone().into_buffer_arg(),
-            items as u32,
-            heads as u32,
-            kv_heads as u32,
-            t as u32,
-            keys as u32,
+        let [b, heads, t, _] = [0, 1, 2, 3].map(|i| q.meta.shape()[i]);
+        // Not read without `fresh`: the sinks stand in for the angles and the slot.
+        let unread = || sinks.clone();
+        let [cos, sin, slot] = [unread(), unread(), unread()];
+        launch_attention(
+            q,
+            k,
+            v,
+            sinks,
+            ranges,
+            [cos, sin, slot],
+            [b, heads, t],
             scale,
-            d as u32,
-        );
-        out
+            false,
+        )
     }
+
+    fn attention_step(
+        qkv: CubeTensor,
+        cos: CubeTensor,
+        sin: CubeTensor,
+        keys: CubeTensor,
+        values: CubeTensor,
+        slot: CubeTensor,
+        sinks: CubeTensor,
+        ranges: CubeTensor,
+        scale: f32,
+    ) -> CubeTensor {
+        for (name, cache) in [("keys", &keys), ("values", &values)] {
+            assert!(
+                cache.is_contiguous() && cache.dtype == DType::F32,
+                "attention_step: {name} must be contiguous f32 (written in place)"
+            );
+        }
+        let [qkv, cos, sin, slot, sinks, ranges] =
+            [qkv, cos, sin, slot, sinks, ranges].map(into_contiguous);
+        let [b, t, width, d] = [0, 1, 2, 3].map(|i| qkv.meta.shape()[i]);
+        let kv_heads = keys.meta.shape()[1];
+        assert!(
+            t == 1 && width > 2 * kv_heads && keys.meta.shape() == values.meta.shape(),
+            "attention_step: one position of heads + 2 kv_heads heads, caches of kv_heads heads"
+        );
+        assert_eq!(keys.meta.shape()[3], d, "attention_step: head widths");
+        let heads = width - 2 * kv_heads;
+        launch_attention(
+            qkv,
+            keys,
+            values,
+            sinks,
+            ranges,
+            [cos, sin, slot],
+            [b, heads, 1],
+            scale,
+            true,
+        )
+    }
+}
+
+/// Launches [`attention_rows_kernel`] over `b x heads x queries` items (`fresh`: see the
+/// kernel) and returns its output [B, queries, heads, d].
+#[allow(clippy::too_many_arguments)]
+fn launch_attention(
+    q: CubeTensor,
+    k: CubeTensor,
+    v: CubeTensor,
+    sinks: CubeTensor,
+    ranges: CubeTensor,
+    [cos, sin, slot]: [CubeTensor; 3],
+    [b, heads, queries]: [usize; 3],
+    scale: f32,
+    fresh: bool,
+) -> CubeTensor {
+    let [kv_heads, keys, d] = [1, 2, 3].map(|i| k.meta.shape()[i]);
+    assert!(supports(d), "attention_rows: head_dim {d}");
+    assert!(
+        heads.is_multiple_of(kv_heads),
+        "attention_rows: {heads} heads over {kv_heads} kv heads"
+    );
+    let items = b * heads * queries;
+    let out = empty_f32(&q, vec![b, queries, heads, d]);
+    attention_rows_kernel::launch(
+        &q.client.clone(),
+        grid_over_rows(items),
+        CubeDim::new_1d(UNITS),
+        q.into_buffer_arg(),
+        k.into_buffer_arg(),
+        v.into_buffer_arg(),
+        sinks.into_buffer_arg(),
+        ranges.into_buffer_arg(),
+        cos.into_buffer_arg(),
+        sin.into_buffer_arg(),
+        slot.into_buffer_arg(),
+        out.clone().into_buffer_arg(),
+        items as u32,
+        heads as u32,
+        kv_heads as u32,
+        queries as u32,
+        keys as u32,
+        scale,
+        d as u32,
+        fresh,
+    );
+    out
 }
 
 /// Whether the kernel takes heads of `head_dim` (a divisor of the workgroup's [`UNITS`]).
@@ -225,6 +402,38 @@ pub fn attention_rows(
             q.into_dispatch(),
             k.into_dispatch(),
             v.into_dispatch(),
+            sinks.into_dispatch(),
+            ranges.into_dispatch(),
+            scale,
+        ),
+    )
+}
+
+/// A decode step's RoPE, cache writes and attention in one launch: `qkv` [B, 1, heads + 2
+/// kv_heads, d] as the q/k/v projection leaves it (unrotated); q and the new key rotated with
+/// `cos_sin` ([B, 1, 1, d / 2] each), the new key and value written into `keys` and `values`
+/// [B, kv_heads, capacity, d] (f32, contiguous, in place) at slot `slot[0]` (nothing past the
+/// end), then what [`attention_rows`] computes over `ranges` [B * 2], the slot's key and value
+/// taken from `qkv` -> [B, 1, heads, d]. GPU only.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_step(
+    qkv: Tensor<4>,
+    cos_sin: (Tensor<4>, Tensor<4>),
+    (keys, values): (&Tensor<4>, &Tensor<4>),
+    slot: Tensor<1>,
+    sinks: Tensor<1>,
+    ranges: Tensor<1, Int>,
+    scale: f32,
+) -> Tensor<4> {
+    let (cos, sin) = cos_sin;
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as AttentionRowsBackend>::attention_step(
+            qkv.into_dispatch(),
+            cos.into_dispatch(),
+            sin.into_dispatch(),
+            keys.clone().into_dispatch(),
+            values.clone().into_dispatch(),
+            slot.cast(DType::F32).into_dispatch(),
             sinks.into_dispatch(),
             ranges.into_dispatch(),
             scale,

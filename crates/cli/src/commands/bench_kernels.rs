@@ -150,6 +150,7 @@ fn check_decoding_kernels(device: &Device) -> anyhow::Result<()> {
     decoding::check_router(device)?;
     decoding::check_moe_pairs(device)?;
     attention::check_attention_rows(device)?;
+    attention::check_attention_step(device)?;
     decoding::check_rotary(device)?;
     decoding::check_write_at_index(device)
 }

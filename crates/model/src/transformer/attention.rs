@@ -102,7 +102,9 @@ impl Attention {
     /// the residual stream `x` [B, T, H], normed by `norm` first (the layer's input norm; on
     /// the kernel path in the q/k/v product's launch); the step's keys and values are written
     /// into `kv` at slot `slot[0]` (buffer index = slot); `key_ranges` are the visible buffer
-    /// indices of each (row, query) ([`KeyMask::key_ranges`]'s layout). Returns [B, T, H].
+    /// indices of each (row, query) ([`KeyMask::key_ranges`]'s layout). On the kernel path at
+    /// one position RoPE, the cache writes and attention are one launch
+    /// (`attention_rows::attention_step`). Returns [B, T, H].
     pub fn forward_step(
         &self,
         x: Tensor<3>,
@@ -115,7 +117,22 @@ impl Attention {
         let [b, t, _] = x.dims();
         let (nh, nkv, d) = self.head_counts();
         let kernels = on_kernel_path(&self.q_proj.weight.val());
-        let q = if kernels && t == 1 && self.projects_in_one_launch(b) {
+        let (sinks, scale) = (self.sinks.val(), self.score_scale() as f32);
+        let one_launch = kernels && t == 1 && self.projects_in_one_launch(b);
+        if one_launch && attention_rows::supports(d) {
+            // One launch rotates q and k, writes k and v into the caches and attends.
+            let out = attention_rows::attention_step(
+                self.qkv_in_one_launch(x, Some(norm)),
+                cos_sin.clone(),
+                (&kv.keys, &kv.values),
+                slot,
+                sinks,
+                key_ranges,
+                scale,
+            );
+            return linear(&self.o_proj, out.reshape([b, t, nh * d]));
+        }
+        let q = if one_launch {
             // One launch rotates q and k and writes k and v into the caches.
             rotary_rows::rotary_qkv_into_cache(
                 self.qkv_in_one_launch(x, Some(norm)),
@@ -131,7 +148,6 @@ impl Attention {
             q
         };
         let (k, v) = (kv.keys.clone(), kv.values.clone());
-        let (sinks, scale) = (self.sinks.val(), self.score_scale() as f32);
         let out = if kernels && attention_rows::supports(d) {
             attention_rows::attention_rows(q, k, v, sinks, key_ranges, scale)
         } else {

@@ -42,6 +42,79 @@ pub(super) fn check_attention_rows(device: &Device) -> anyhow::Result<()> {
     worst.finish()
 }
 
+/// A decode step's RoPE, cache writes and attention in one launch (`attention_step`) against
+/// the two launches it replaces (`rotary_qkv_into_cache`, then `attention_rows`) on copies of
+/// the same caches: the output and both caches afterwards. Ranges end at the slot (a decode
+/// step's) or are random (the slot outside some, one range empty); one slot is past the end
+/// (nothing written).
+pub(super) fn check_attention_step(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::attention_rows::{attention_rows, attention_step};
+    use gpt_oss_kernels::rotary_rows::rotary_qkv_into_cache;
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut worst = Worst::new("attention step kernel", 1e-6);
+    // (rows, heads, kv heads, head_dim, capacity, slot, whether ranges end at the slot)
+    for [b, heads, kv_heads, d, capacity, slot, ending_at_slot] in [
+        [1usize, 64, 8, 64, 256, 17, 1],
+        [32, 64, 8, 64, 128, 100, 1],
+        [3, 4, 2, 32, 40, 39, 0],
+        [2, 4, 2, 32, 40, 40, 0],
+    ] {
+        let normal =
+            |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+        let angles = || Tensor::<4>::random([b, 1, 1, d / 2], Distribution::Default, device);
+        let qkv = normal([b, 1, heads + 2 * kv_heads, d]);
+        let (cos, sin) = (angles(), angles());
+        let (keys, values) = (
+            normal([b, kv_heads, capacity, d]),
+            normal([b, kv_heads, capacity, d]),
+        );
+        // The two launches write into copies.
+        let (two_keys, two_values) = (keys.clone() * 1.0, values.clone() * 1.0);
+        let ranges: Vec<i32> = if ending_at_slot == 1 {
+            (0..b)
+                .flat_map(|_| [rng.random_range(0..=slot as i32), slot as i32 + 1])
+                .collect()
+        } else {
+            random_key_ranges(&mut rng, b, capacity)
+        };
+        let ranges = ranges_tensor(ranges, device);
+        let sinks = Tensor::<1>::random([heads], Distribution::Normal(0.0, 1.0), device);
+        let at = Tensor::<1>::from_data(TensorData::new(vec![slot as f32], [1]), device);
+        let scale = (d as f32).powf(-0.5);
+        let q = rotary_qkv_into_cache(
+            qkv.clone(),
+            (cos.clone(), sin.clone()),
+            (&two_keys, &two_values),
+            at.clone(),
+            heads,
+            kv_heads,
+        );
+        let two_launches = attention_rows(
+            q,
+            two_keys.clone(),
+            two_values.clone(),
+            sinks.clone(),
+            ranges.clone(),
+            scale,
+        );
+        let ours = attention_step(qkv, (cos, sin), (&keys, &values), at, sinks, ranges, scale);
+        for (part, ours, reference) in [
+            ("out", ours, two_launches),
+            ("keys", keys, two_keys),
+            ("values", values, two_values),
+        ] {
+            worst.record(
+                ours,
+                reference,
+                json!({"kernel": "attention_step", "part": part, "rows": b, "heads": heads,
+                       "kv_heads": kv_heads, "head_dim": d, "capacity": capacity,
+                       "slot": slot}),
+            );
+        }
+    }
+    worst.finish()
+}
+
 /// The tensor-core attention against burn's ops on the same bf16-rounded inputs: causal ranges
 /// (scoring's shape, a sliding window with left padding, queries after cached keys) and random
 /// ranges with one query that sees no key.

@@ -246,6 +246,28 @@ fn time_small_kernels(device: &Device) -> anyhow::Result<()> {
         seconds,
         None,
     );
+
+    // RoPE, the cache writes and attention from the projection, the slot the last key.
+    let (key_cache, value_cache) = (k.clone() * 1.0, v.clone() * 1.0);
+    let slot = Tensor::<1>::from_data(TensorData::new(vec![(keys - 1) as f32], [1]), device);
+    let seconds = seconds_per_replayed_launch(device, 1, |_| {
+        gpt_oss_kernels::attention_rows::attention_step(
+            qkv.clone(),
+            (cos.clone(), sin.clone()),
+            (&key_cache, &value_cache),
+            slot.clone(),
+            sinks.clone(),
+            ranges.clone(),
+            0.125,
+        )
+        .reshape([1, Q_WIDTH])
+    })?;
+    report(
+        "attention_step",
+        json!({"rows": 1, "keys": keys}),
+        seconds,
+        None,
+    );
     Ok(())
 }
 
