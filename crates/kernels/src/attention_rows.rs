@@ -25,7 +25,7 @@ use burn::tensor::{Bool, DType, Int, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::{empty_f32, grid_over_rows};
+use crate::launch::{assert_caches_writable, empty_f32, grid_over_rows};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 
 /// Keys scored per pass (shared memory: 8 KiB).
@@ -303,18 +303,13 @@ impl AttentionRowsBackend for CubeBackend {
         ranges: CubeTensor,
         scale: f32,
     ) -> CubeTensor {
-        for (name, cache) in [("keys", &keys), ("values", &values)] {
-            assert!(
-                cache.is_contiguous() && cache.dtype == DType::F32,
-                "attention_step: {name} must be contiguous f32 (written in place)"
-            );
-        }
+        assert_caches_writable("attention_step", &keys, &values);
         let [qkv, cos, sin, slot, sinks, ranges] =
             [qkv, cos, sin, slot, sinks, ranges].map(into_contiguous);
         let [b, t, width, d] = [0, 1, 2, 3].map(|i| qkv.meta.shape()[i]);
         let kv_heads = keys.meta.shape()[1];
         assert!(
-            t == 1 && width > 2 * kv_heads && keys.meta.shape() == values.meta.shape(),
+            t == 1 && width > 2 * kv_heads,
             "attention_step: one position of heads + 2 kv_heads heads, caches of kv_heads heads"
         );
         assert_eq!(keys.meta.shape()[3], d, "attention_step: head widths");

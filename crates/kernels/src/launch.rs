@@ -34,3 +34,19 @@ pub fn grid_over_rows(rows: usize) -> CubeCount {
         1,
     )
 }
+
+/// Panics unless the KV caches `keys` and `values` can be written in place by `op`: contiguous
+/// f32 of one shape (a launch writes a step's key and value into the caller's own buffers).
+pub fn assert_caches_writable(op: &str, keys: &CubeTensor, values: &CubeTensor) {
+    for (name, cache) in [("keys", keys), ("values", values)] {
+        assert!(
+            cache.is_contiguous() && cache.dtype == DType::F32,
+            "{op}: {name} must be contiguous f32 (written in place)"
+        );
+    }
+    assert_eq!(
+        keys.meta.shape(),
+        values.meta.shape(),
+        "{op}: the caches' shapes"
+    );
+}

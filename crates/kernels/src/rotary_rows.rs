@@ -13,7 +13,7 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::{empty_f32, grid_over_rows};
+use crate::launch::{assert_caches_writable, empty_f32, grid_over_rows};
 use crate::workgroup_reduce::UNITS;
 
 #[cube(launch)]
@@ -203,12 +203,7 @@ impl RotaryBackend for CubeBackend {
         q_heads: usize,
         kv_heads: usize,
     ) -> CubeTensor {
-        for (name, cache) in [("keys", &keys), ("values", &values)] {
-            assert!(
-                cache.is_contiguous() && cache.dtype == DType::F32,
-                "rotary_qkv_into_cache: {name} must be contiguous f32 (written in place)"
-            );
-        }
+        assert_caches_writable("rotary_qkv_into_cache", &keys, &values);
         let [x, cos, sin, slot] = [x, cos, sin, slot].map(into_contiguous);
         let [b, t, heads, d] = [0, 1, 2, 3].map(|i| x.meta.shape()[i]);
         let [_, cache_heads, capacity, cache_d] = [0, 1, 2, 3].map(|i| keys.meta.shape()[i]);
@@ -216,11 +211,6 @@ impl RotaryBackend for CubeBackend {
             t == 1 && heads == q_heads + 2 * kv_heads && cache_heads == kv_heads && cache_d == d,
             "rotary_qkv_into_cache: one position of q_heads + 2 kv_heads heads, caches of \
              kv_heads heads of the same width"
-        );
-        assert_eq!(
-            keys.meta.shape(),
-            values.meta.shape(),
-            "rotary_qkv_into_cache: caches"
         );
         let pairs = b * heads * d / 2;
         let q = empty_f32(&x, vec![b * q_heads * d]);
