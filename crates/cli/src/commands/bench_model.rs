@@ -201,8 +201,10 @@ impl DecodeTiming {
 ///
 /// The warm-up is for the GPU's clocks: an H100 idles at 345 MHz and, under load, reaches its
 /// 1980 MHz only after 0.2 to 1.5 s (nvidia-smi every 100 ms, 2026-11-27; it falls back within
-/// a second of idling). A batch-1 generation of 64 tokens takes about 0.3 s, so one untimed
-/// generation before it left the timed one partly on the way up.
+/// a second of idling). A batch-1 generation of 64 tokens takes about 0.3 s. Decoding's own
+/// load raised the clock within 0.2-0.4 s, so the figures of one generation after one untimed
+/// did not move with the warm-up (docs/benchmarks.md, twelfth round); the warm-up and the
+/// medians make that so by construction, as transformers' baseline is timed.
 fn time_decode(
     model: &GptOss,
     prompts: &[Vec<u32>],
