@@ -172,7 +172,7 @@ fn check_fused_epilogues(
     let [rows, n] = product.dims();
     let experts = packed.words.dims()[0];
     let (weights, tiles) = (packed.kernel_weights(), groups.kernel_tiles(tiling));
-    let bias = Tensor::<2>::random([experts, n], Distribution::Normal(0.0, 1.0), &device);
+    let bias = standard_normal([experts, n], &device);
     let row_weights = Tensor::<1>::random([rows], Distribution::Default, &device);
     let biased = product.clone() + bias.clone().select(0, groups.expert_of_row.clone());
     let (limit, alpha) = (7.0, 1.702);
@@ -409,6 +409,11 @@ pub fn errors<const D: usize>(ours: Tensor<D>, reference: Tensor<D>) -> (f32, f3
     (relative, max_abs)
 }
 
+/// A tensor of `shape` drawn from the standard normal distribution on `device`.
+pub(super) fn standard_normal<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::<D>::random(shape, Distribution::Normal(0.0, 1.0), device)
+}
+
 /// The largest relative error over a kernel's cases, against its tolerance.
 pub(super) struct Worst {
     what: &'static str,
@@ -437,6 +442,19 @@ impl Worst {
         fields["max_abs_difference"] = json!(max_abs);
         println!("{fields}");
         self.worst = self.worst.max(relative);
+    }
+
+    /// [`Self::record`] for each named part of one case (`fields` plus `"part"`).
+    pub(super) fn record_parts<const D: usize, const N: usize>(
+        &mut self,
+        parts: [(&str, Tensor<D>, Tensor<D>); N],
+        fields: serde_json::Value,
+    ) {
+        for (part, ours, reference) in parts {
+            let mut fields = fields.clone();
+            fields["part"] = json!(part);
+            self.record(ours, reference, fields);
+        }
     }
 
     /// Fails when a case exceeded the tolerance.

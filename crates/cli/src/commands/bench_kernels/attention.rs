@@ -6,7 +6,7 @@ use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
-use super::{Worst, seconds_per_call};
+use super::{Worst, seconds_per_call, standard_normal};
 
 /// The few-query kernel (decoding) against burn's ops in f32 on random key ranges, one of
 /// which is empty, up to 5,000 keys.
@@ -21,13 +21,12 @@ pub(super) fn check_attention_rows(device: &Device) -> anyhow::Result<()> {
         [32, 64, 8, 1, 256, 64],
         [3, 4, 4, 2, 40, 32],
     ] {
-        let normal =
-            |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+        let normal = |shape: [usize; 4]| standard_normal(shape, device);
         let inputs = AttentionInputs {
             q: normal([b, heads, t, d]),
             k: normal([b, kv_heads, s, d]),
             v: normal([b, kv_heads, s, d]),
-            sinks: Tensor::<1>::random([heads], Distribution::Normal(0.0, 1.0), device),
+            sinks: standard_normal([heads], device),
             ranges: ranges_tensor(random_key_ranges(&mut rng, b * t, s), device),
             scale: (d as f32).powf(-0.5),
         };
@@ -59,8 +58,7 @@ pub(super) fn check_attention_step(device: &Device) -> anyhow::Result<()> {
         [3, 4, 2, 32, 40, 39, 0],
         [2, 4, 2, 32, 40, 40, 0],
     ] {
-        let normal =
-            |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+        let normal = |shape: [usize; 4]| standard_normal(shape, device);
         let angles = || Tensor::<4>::random([b, 1, 1, d / 2], Distribution::Default, device);
         let qkv = normal([b, 1, heads + 2 * kv_heads, d]);
         let (cos, sin) = (angles(), angles());
@@ -78,7 +76,7 @@ pub(super) fn check_attention_step(device: &Device) -> anyhow::Result<()> {
             random_key_ranges(&mut rng, b, capacity)
         };
         let ranges = ranges_tensor(ranges, device);
-        let sinks = Tensor::<1>::random([heads], Distribution::Normal(0.0, 1.0), device);
+        let sinks = standard_normal([heads], device);
         let at = Tensor::<1>::from_data(TensorData::new(vec![slot as f32], [1]), device);
         let scale = (d as f32).powf(-0.5);
         let q = rotary_qkv_into_cache(
@@ -98,19 +96,16 @@ pub(super) fn check_attention_step(device: &Device) -> anyhow::Result<()> {
             scale,
         );
         let ours = attention_step(qkv, (cos, sin), (&keys, &values), at, sinks, ranges, scale);
-        for (part, ours, reference) in [
-            ("out", ours, two_launches),
-            ("keys", keys, two_keys),
-            ("values", values, two_values),
-        ] {
-            worst.record(
-                ours,
-                reference,
-                json!({"kernel": "attention_step", "part": part, "rows": b, "heads": heads,
-                       "kv_heads": kv_heads, "head_dim": d, "capacity": capacity,
-                       "slot": slot}),
-            );
-        }
+        worst.record_parts(
+            [
+                ("out", ours, two_launches),
+                ("keys", keys, two_keys),
+                ("values", values, two_values),
+            ],
+            json!({"kernel": "attention_step", "rows": b, "heads": heads,
+                  "kv_heads": kv_heads, "head_dim": d, "capacity": capacity,
+                  "slot": slot}),
+        );
     }
     worst.finish()
 }
@@ -143,7 +138,7 @@ pub(super) fn check_attention_tiles(device: &Device) -> anyhow::Result<()> {
                 .collect()
         };
         let normal = |shape: [usize; 4]| {
-            Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device)
+            standard_normal(shape, device)
                 .cast(DType::BF16)
                 .cast(DType::F32)
         };
@@ -151,7 +146,7 @@ pub(super) fn check_attention_tiles(device: &Device) -> anyhow::Result<()> {
             q: normal([b, heads, t, 64]),
             k: normal([b, kv_heads, s, 64]),
             v: normal([b, kv_heads, s, 64]),
-            sinks: Tensor::<1>::random([heads], Distribution::Normal(0.0, 1.0), device),
+            sinks: standard_normal([heads], device),
             ranges: ranges_tensor(ranges, device),
             scale: 0.125,
         };

@@ -13,7 +13,7 @@ use serde_json::json;
 use gpt_oss_kernels::bf16_rows::RowsTiling;
 use gpt_oss_kernels::experts_pairs::PlaneShape;
 
-use super::{Worst, median_after_warm_up, packed_words, random_experts};
+use super::{Worst, median_after_warm_up, packed_words, random_experts, standard_normal};
 
 /// gpt-oss-20b's widths.
 const HIDDEN: usize = 2880;
@@ -140,8 +140,7 @@ pub(super) fn time_decode_kernels(
 /// q/k/v heads and attention over 128 cached keys, batch 1.
 fn time_small_kernels(device: &Device) -> anyhow::Result<()> {
     use gpt_oss_kernels::rms_norm_rows::{add_rms_norm_rows, rms_norm_rows};
-    let normal =
-        |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let normal = |shape: [usize; 2]| standard_normal(shape, device);
     for width in [64, HIDDEN] {
         let x = normal([1, width]);
         let weight = Tensor::<1>::random([width], Distribution::Default, device);
@@ -198,7 +197,7 @@ fn time_small_kernels(device: &Device) -> anyhow::Result<()> {
     );
 
     let heads = Q_WIDTH / 64 + 2 * KV_WIDTH / 64;
-    let qkv = Tensor::<4>::random([1, 1, heads, 64], Distribution::Normal(0.0, 1.0), device);
+    let qkv = standard_normal([1, 1, heads, 64], device);
     let cos = Tensor::<4>::random([1, 1, 1, 32], Distribution::Default, device);
     let sin = Tensor::<4>::random([1, 1, 1, 32], Distribution::Default, device);
     let seconds = seconds_per_replayed_launch(device, 1, |_| {
@@ -219,8 +218,7 @@ fn time_small_kernels(device: &Device) -> anyhow::Result<()> {
     );
 
     let keys = 128;
-    let normal4 =
-        |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let normal4 = |shape: [usize; 4]| standard_normal(shape, device);
     let (q, k, v) = (
         normal4([1, Q_WIDTH / 64, 1, 64]),
         normal4([1, KV_WIDTH / 64, keys, 64]),
@@ -345,9 +343,8 @@ fn time_pairs(device: &Device, shapes: &[PlaneShape]) -> anyhow::Result<()> {
         let routings: Vec<Tensor<2>> = (0..8)
             .map(|set| routing_table(&mut rng, tokens, set, device))
             .collect();
-        let x = Tensor::<2>::random([tokens, HIDDEN], Distribution::Normal(0.0, 1.0), device);
-        let residual =
-            Tensor::<2>::random([tokens, HIDDEN], Distribution::Normal(0.0, 1.0), device);
+        let x = standard_normal([tokens, HIDDEN], device);
+        let residual = standard_normal([tokens, HIDDEN], device);
         let ids = routings[0].clone().narrow(1, 0, TOP_K).int();
         let gates = routings[0]
             .clone()

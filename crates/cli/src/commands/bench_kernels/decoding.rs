@@ -6,7 +6,9 @@ use gpt_oss_model::transformer::moe_grouped::ExpertPath;
 use rand::{SeedableRng, rngs::StdRng};
 use serde_json::json;
 
-use super::{Worst, packed_words, random_experts, seconds_per_call, seconds_per_queued_call};
+use super::{
+    Worst, packed_words, random_experts, seconds_per_call, seconds_per_queued_call, standard_normal,
+};
 
 /// Normal tokens [tokens, hidden] and router weights [hidden, experts] scaled for logits of
 /// order one.
@@ -16,7 +18,7 @@ fn random_tokens_and_router(
     experts: usize,
     device: &Device,
 ) -> (Tensor<2>, Tensor<2>) {
-    let x = Tensor::<2>::random([tokens, hidden], Distribution::Normal(0.0, 1.0), device);
+    let x = standard_normal([tokens, hidden], device);
     let w = Tensor::<2>::random([hidden, experts], Distribution::Normal(0.0, 0.05), device);
     (x, w)
 }
@@ -50,13 +52,10 @@ pub(super) fn check_rms_norm(device: &Device) -> anyhow::Result<()> {
             weight,
             eps,
         );
-        for (part, ours, reference) in [("sum", sum, reference_sum), ("norm", normed, reference)] {
-            worst.record(
-                ours,
-                reference,
-                json!({"kernel": "add_rms_norm_rows", "part": part, "rows": rows, "width": width}),
-            );
-        }
+        worst.record_parts(
+            [("sum", sum, reference_sum), ("norm", normed, reference)],
+            json!({"kernel": "add_rms_norm_rows", "rows": rows, "width": width}),
+        );
     }
     worst.finish()
 }
@@ -92,7 +91,7 @@ pub(super) fn check_router(device: &Device) -> anyhow::Result<()> {
                    "experts": experts, "top_k": top_k}),
         );
         // With the residual add and the norm in front, in the same launch.
-        let delta = Tensor::<2>::random([tokens, hidden], Distribution::Normal(0.0, 1.0), device);
+        let delta = standard_normal([tokens, hidden], device);
         let norm_weight = Tensor::<1>::random([hidden], Distribution::Default, device);
         let (sum, normed, routing) = gpt_oss_kernels::router_top_k::add_norm_router(
             x.clone(),
@@ -110,18 +109,15 @@ pub(super) fn check_router(device: &Device) -> anyhow::Result<()> {
             1e-5,
         );
         let reference_routing = reference_router_top_k(reference_normed.clone(), w, bias, top_k);
-        for (part, ours, reference) in [
-            ("sum", sum, reference_sum),
-            ("norm", normed, reference_normed),
-            ("routing", routing, reference_routing),
-        ] {
-            worst.record(
-                ours,
-                reference,
-                json!({"kernel": "add_norm_router", "part": part, "tokens": tokens,
-                       "hidden": hidden, "experts": experts, "top_k": top_k}),
-            );
-        }
+        worst.record_parts(
+            [
+                ("sum", sum, reference_sum),
+                ("norm", normed, reference_normed),
+                ("routing", routing, reference_routing),
+            ],
+            json!({"kernel": "add_norm_router", "tokens": tokens,
+                  "hidden": hidden, "experts": experts, "top_k": top_k}),
+        );
     }
     worst.finish()
 }
@@ -155,8 +151,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
             bias = bias.slice_assign(0..experts / 2, masked);
         }
         // The decoder layer's residual stream, added by the down kernel.
-        let residual =
-            Tensor::<2>::random([tokens, hidden], Distribution::Normal(0.0, 1.0), device);
+        let residual = standard_normal([tokens, hidden], device);
         let by_pairs = || {
             let routing = router_top_k(x.clone(), w.clone(), bias.clone(), top_k);
             let act = pairs_gate_up(
@@ -209,7 +204,7 @@ pub(super) fn check_rotary(device: &Device) -> anyhow::Result<()> {
     let mut worst = Worst::new("RoPE kernel", 1e-6);
     // The last case has more than 65,535 workgroups (a second grid dimension).
     for [b, t, heads, d] in [[1, 1, 64, 64], [3, 5, 8, 32], [8, 2048, 64, 64]] {
-        let x = Tensor::<4>::random([b, t, heads, d], Distribution::Normal(0.0, 1.0), device);
+        let x = standard_normal([b, t, heads, d], device);
         let cos = Tensor::<4>::random([b, 1, t, d / 2], Distribution::Default, device);
         let sin = Tensor::<4>::random([b, 1, t, d / 2], Distribution::Default, device);
         let ours = rotary_rows(x.clone(), cos.clone(), sin.clone());
@@ -224,23 +219,20 @@ pub(super) fn check_rotary(device: &Device) -> anyhow::Result<()> {
     // The fused q | k | v heads: q and k rotated, v moved, three sections.
     for [b, t, q_heads, kv_heads, d] in [[1, 1, 64, 8, 64], [4, 3, 4, 2, 32]] {
         let heads = q_heads + 2 * kv_heads;
-        let x = Tensor::<4>::random([b, t, heads, d], Distribution::Normal(0.0, 1.0), device);
+        let x = standard_normal([b, t, heads, d], device);
         let cos = Tensor::<4>::random([b, 1, t, d / 2], Distribution::Default, device);
         let sin = Tensor::<4>::random([b, 1, t, d / 2], Distribution::Default, device);
         let ours = rotary_qkv_rows(x.clone(), cos.clone(), sin.clone(), q_heads, kv_heads);
         let reference = reference_rotary_qkv_rows(x, cos, sin, q_heads, kv_heads);
-        for (part, ours, reference) in [
-            ("q", ours.0, reference.0),
-            ("k", ours.1, reference.1),
-            ("v", ours.2, reference.2),
-        ] {
-            worst.record(
-                ours,
-                reference,
-                json!({"kernel": "rotary_qkv_rows", "part": part, "rows": b, "positions": t,
-                       "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": d}),
-            );
-        }
+        worst.record_parts(
+            [
+                ("q", ours.0, reference.0),
+                ("k", ours.1, reference.1),
+                ("v", ours.2, reference.2),
+            ],
+            json!({"kernel": "rotary_qkv_rows", "rows": b, "positions": t,
+                  "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": d}),
+        );
     }
     check_rotary_into_cache(&mut worst, device);
     worst.finish()
@@ -258,7 +250,7 @@ fn check_rotary_into_cache(worst: &mut Worst, device: &Device) {
         [2, 4, 2, 32, 40, 40],
     ] {
         let heads = q_heads + 2 * kv_heads;
-        let x = Tensor::<4>::random([b, 1, heads, d], Distribution::Normal(0.0, 1.0), device);
+        let x = standard_normal([b, 1, heads, d], device);
         let cos = Tensor::<4>::random([b, 1, 1, d / 2], Distribution::Default, device);
         let sin = Tensor::<4>::random([b, 1, 1, d / 2], Distribution::Default, device);
         let cache =
@@ -270,19 +262,16 @@ fn check_rotary_into_cache(worst: &mut Worst, device: &Device) {
         let expected_keys = reference_write_at_index(keys.clone() * 1.0, k, at.clone(), 2);
         let expected_values = reference_write_at_index(values.clone() * 1.0, v, at.clone(), 2);
         let ours = rotary_qkv_into_cache(x, (cos, sin), (&keys, &values), at, q_heads, kv_heads);
-        for (part, ours, reference) in [
-            ("q", ours, q),
-            ("keys", keys, expected_keys),
-            ("values", values, expected_values),
-        ] {
-            worst.record(
-                ours,
-                reference,
-                json!({"kernel": "rotary_qkv_into_cache", "part": part, "rows": b,
-                       "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": d,
-                       "capacity": capacity, "slot": slot}),
-            );
-        }
+        worst.record_parts(
+            [
+                ("q", ours, q),
+                ("keys", keys, expected_keys),
+                ("values", values, expected_values),
+            ],
+            json!({"kernel": "rotary_qkv_into_cache", "rows": b,
+                  "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": d,
+                  "capacity": capacity, "slot": slot}),
+        );
     }
 }
 
