@@ -119,9 +119,9 @@ impl Attention {
         let kernels = on_kernel_path(&self.q_proj.weight.val());
         let (sinks, scale) = (self.sinks.val(), self.score_scale() as f32);
         let one_launch = kernels && t == 1 && self.projects_in_one_launch(b);
-        if one_launch && attention_rows::supports(d) {
+        let out = if one_launch && attention_rows::supports(d) {
             // One launch rotates q and k, writes k and v into the caches and attends.
-            let out = attention_rows::attention_step(
+            attention_rows::attention_step(
                 self.qkv_in_one_launch(x, Some(norm)),
                 cos_sin.clone(),
                 (&kv.keys, &kv.values),
@@ -129,29 +129,29 @@ impl Attention {
                 sinks,
                 key_ranges,
                 scale,
-            );
-            return linear(&self.o_proj, out.reshape([b, t, nh * d]));
-        }
-        let q = if one_launch {
-            // One launch rotates q and k and writes k and v into the caches.
-            rotary_rows::rotary_qkv_into_cache(
-                self.qkv_in_one_launch(x, Some(norm)),
-                cos_sin.clone(),
-                (&kv.keys, &kv.values),
-                slot,
-                nh,
-                nkv,
             )
         } else {
-            let (q, k, v) = self.project_qkv(norm.forward(x), cos_sin);
-            kv.write(k, v, slot, kernels);
-            q
-        };
-        let (k, v) = (kv.keys.clone(), kv.values.clone());
-        let out = if kernels && attention_rows::supports(d) {
-            attention_rows::attention_rows(q, k, v, sinks, key_ranges, scale)
-        } else {
-            attention_rows::reference_attention_rows(q, k, v, sinks, key_ranges, scale)
+            let q = if one_launch {
+                // One launch rotates q and k and writes k and v into the caches.
+                rotary_rows::rotary_qkv_into_cache(
+                    self.qkv_in_one_launch(x, Some(norm)),
+                    cos_sin.clone(),
+                    (&kv.keys, &kv.values),
+                    slot,
+                    nh,
+                    nkv,
+                )
+            } else {
+                let (q, k, v) = self.project_qkv(norm.forward(x), cos_sin);
+                kv.write(k, v, slot, kernels);
+                q
+            };
+            let (k, v) = (kv.keys.clone(), kv.values.clone());
+            if kernels && attention_rows::supports(d) {
+                attention_rows::attention_rows(q, k, v, sinks, key_ranges, scale)
+            } else {
+                attention_rows::reference_attention_rows(q, k, v, sinks, key_ranges, scale)
+            }
         };
         linear(&self.o_proj, out.reshape([b, t, nh * d]))
     }
