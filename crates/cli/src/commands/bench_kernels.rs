@@ -58,6 +58,11 @@ pub struct KernelCheckArgs {
     /// model's choice), e.g. `0x0,4x16`.
     #[arg(long, value_delimiter = ',', default_value = "0x0")]
     pub rows_tilings: Vec<String>,
+    /// With `--decode-timings`: every launch of a weight-reading kernel reads the same weights
+    /// (one routing, one copy of each projection), so after the first launch they come from
+    /// the L2 cache: what the kernels cost when their weights are close.
+    #[arg(long)]
+    pub weights_in_l2: bool,
 }
 
 /// (experts, rows, n, k) per case.
@@ -102,6 +107,7 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
             &args.planes,
             &args.turns,
             &rows_tilings,
+            args.weights_in_l2,
         );
     }
     if args.decoding_only {

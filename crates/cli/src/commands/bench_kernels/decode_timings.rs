@@ -99,6 +99,29 @@ fn report(kernel: &str, case: serde_json::Value, time: LaunchTime, weight_bytes:
     println!("{line}");
 }
 
+/// Whether the launches of a weight-reading kernel cycle through more weights than the L2
+/// cache holds (as a decode step reads them) or read the same weights each time.
+#[derive(Clone, Copy)]
+struct WeightCycle {
+    weights_in_l2: bool,
+}
+
+impl WeightCycle {
+    /// Copies of a projection of `bytes` the launches cycle through.
+    fn copies(self, bytes: usize) -> usize {
+        if self.weights_in_l2 {
+            1
+        } else {
+            CYCLE_BYTES.div_ceil(bytes).max(1)
+        }
+    }
+
+    /// Routings (sets of experts) the per-pair launches cycle through.
+    fn routings(self) -> usize {
+        if self.weights_in_l2 { 1 } else { 8 }
+    }
+}
+
 /// Every timing, the per-pair kernels at each of `columns_per_plane`, `planes` and `turns`,
 /// the bf16 products at each of `rows_tilings`.
 pub(super) fn time_decode_kernels(
@@ -107,7 +130,13 @@ pub(super) fn time_decode_kernels(
     planes: &[u32],
     turns: &[u32],
     rows_tilings: &[RowsTiling],
+    weights_in_l2: bool,
 ) -> anyhow::Result<()> {
+    let cycle = WeightCycle { weights_in_l2 };
+    println!(
+        "{}",
+        json!({"decode_timings": {"weights_in_l2": weights_in_l2}})
+    );
     let mut shapes = vec![];
     for &columns_per_plane in columns_per_plane {
         for &planes in planes {
@@ -131,9 +160,9 @@ pub(super) fn time_decode_kernels(
     }
     time_small_kernels(device)?;
     for &tiling in rows_tilings {
-        time_projections(device, tiling)?;
+        time_projections(device, tiling, cycle)?;
     }
-    time_pairs(device, &shapes)
+    time_pairs(device, &shapes, cycle)
 }
 
 /// The norm (also on 64 values: what one launch costs at the least), the router, RoPE on the
@@ -271,14 +300,13 @@ fn time_small_kernels(device: &Device) -> anyhow::Result<()> {
 
 /// The bf16 projections with `tiling` at batch 1 (and 32, at the model's tiling): q/k/v in one
 /// launch (also with the input norm in it, at the model's tiling), o, and one lm_head piece.
-fn time_projections(device: &Device, tiling: RowsTiling) -> anyhow::Result<()> {
+fn time_projections(device: &Device, tiling: RowsTiling, cycle: WeightCycle) -> anyhow::Result<()> {
     use gpt_oss_kernels::bf16_rows::{
         DEFAULT_TILING, bf16_rows_matmul_tiled, bf16_rows_three_tiled, rms_norm_bf16_rows_three,
     };
     let bf16 = |shape: [usize; 2]| {
         Tensor::<2>::random(shape, Distribution::Default, device).cast(DType::BF16)
     };
-    let copies = |bytes: usize| CYCLE_BYTES.div_ceil(bytes).max(1);
     let batches: &[usize] = if tiling == DEFAULT_TILING {
         &[1, 32]
     } else {
@@ -287,7 +315,7 @@ fn time_projections(device: &Device, tiling: RowsTiling) -> anyhow::Result<()> {
     for &m in batches {
         let x = Tensor::<2>::random([m, HIDDEN], Distribution::Default, device);
         let bytes = 2 * HIDDEN * (Q_WIDTH + 2 * KV_WIDTH);
-        let sets: Vec<[Tensor<2>; 3]> = (0..copies(bytes))
+        let sets: Vec<[Tensor<2>; 3]> = (0..cycle.copies(bytes))
             .map(|_| [Q_WIDTH, KV_WIDTH, KV_WIDTH].map(|n| bf16([HIDDEN, n])))
             .collect();
         let seconds = seconds_per_replayed_launch(device, sets.len(), |i| {
@@ -310,7 +338,7 @@ fn time_projections(device: &Device, tiling: RowsTiling) -> anyhow::Result<()> {
         for [k, n] in [[Q_WIDTH, HIDDEN], [HIDDEN, LM_HEAD_PIECE]] {
             let x = Tensor::<2>::random([m, k], Distribution::Default, device);
             let bytes = 2 * k * n;
-            let sets: Vec<Tensor<2>> = (0..copies(bytes)).map(|_| bf16([k, n])).collect();
+            let sets: Vec<Tensor<2>> = (0..cycle.copies(bytes)).map(|_| bf16([k, n])).collect();
             let seconds = seconds_per_replayed_launch(device, sets.len(), |i| {
                 bf16_rows_matmul_tiled(x.clone(), sets[i].clone(), None, tiling)
             })?;
@@ -329,7 +357,7 @@ fn time_projections(device: &Device, tiling: RowsTiling) -> anyhow::Result<()> {
 /// The per-pair experts kernels at 1, 8 and 32 tokens with each workgroup of `shapes`, checked
 /// against the sorted grouped reference, then timed over routings that cycle through every
 /// expert (at one token, eight disjoint groups of four).
-fn time_pairs(device: &Device, shapes: &[PlaneShape]) -> anyhow::Result<()> {
+fn time_pairs(device: &Device, shapes: &[PlaneShape], cycle: WeightCycle) -> anyhow::Result<()> {
     use gpt_oss_kernels::experts_pairs::{pairs_down, pairs_gate_up};
     use gpt_oss_model::transformer::moe_grouped::{ExpertPath, grouped_experts};
     let mut rng = StdRng::seed_from_u64(13);
@@ -340,7 +368,7 @@ fn time_pairs(device: &Device, shapes: &[PlaneShape]) -> anyhow::Result<()> {
     let row_bytes = |k: usize| k / 2 + k / 32;
     let mut worst = Worst::new("per-pair experts kernels (decode timings)", 1e-2);
     for tokens in [1usize, 8, 32] {
-        let routings: Vec<Tensor<2>> = (0..8)
+        let routings: Vec<Tensor<2>> = (0..cycle.routings())
             .map(|set| routing_table(&mut rng, tokens, set, device))
             .collect();
         let x = standard_normal([tokens, HIDDEN], device);
