@@ -213,24 +213,15 @@ fn check_fused_epilogues(
 
 /// `GROUPSxUNROLL` (`4x16`) as a few-row product tiling.
 fn parse_rows_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::bf16_rows::RowsTiling> {
-    let numbers: Option<Vec<u32>> = text.split('x').map(|n| n.parse().ok()).collect();
-    let parsed = match numbers.as_deref() {
-        Some(&[groups, unroll]) => Some((groups, unroll, 0)),
-        Some(&[groups, unroll, splits]) => Some((groups, unroll, splits)),
-        _ => None,
-    }
-    .map(
-        |(groups, unroll, splits)| gpt_oss_kernels::bf16_rows::RowsTiling {
-            groups,
-            unroll,
-            splits,
-        },
-    );
+    let parsed = text
+        .split_once('x')
+        .and_then(|(g, u)| Some((g.parse().ok()?, u.parse().ok()?)))
+        .map(|(groups, unroll)| gpt_oss_kernels::bf16_rows::RowsTiling { groups, unroll });
     match parsed {
         Some(tiling) if tiling.is_supported() => Ok(tiling),
         _ => anyhow::bail!(
-            "--rows-tilings: {text:?} is not GROUPSxUNROLL[xSPLITS] (groups 0 or a power of two \
-             up to 32, unroll 0 to 32, splits 0 to 16)"
+            "--rows-tilings: {text:?} is not GROUPSxUNROLL (groups 0 or a power of two up to 32, \
+             unroll 0 to 32)"
         ),
     }
 }
@@ -587,74 +578,6 @@ fn check_bf16_rows(device: &Device) -> anyhow::Result<()> {
         );
     }
     unfused.finish()?;
-    worst.finish()?;
-    check_bf16_rows_split_k(device)
-}
-
-/// Products with K split over workgroups (`RowsTiling::splits`): the partial products, added
-/// over the splits, against the same product in one part (the bias in the first part only,
-/// the norm's inputs the same in every part). Only the order of the sums differs.
-fn check_bf16_rows_split_k(device: &Device) -> anyhow::Result<()> {
-    use gpt_oss_kernels::bf16_rows::{
-        DEFAULT_TILING, RowsTiling, bf16_rows_matmul_tiled, rms_norm_bf16_rows_three_tiled,
-    };
-    let mut worst = Worst::new("few-rows kernel, K split into partial products", 1e-5);
-    let split = |splits| RowsTiling {
-        splits,
-        ..DEFAULT_TILING
-    };
-    let summed = |partials: Tensor<2>, splits: usize| {
-        let [rows, n] = partials.dims();
-        partials
-            .reshape([splits, rows / splits, n])
-            .sum_dim(0)
-            .reshape([rows / splits, n])
-    };
-    // o at 20b's shape, K shorter than the splits' slices, a part past K, several rows.
-    for [m, k, n, splits] in [
-        [1, 4096, 2880, 8],
-        [3, 100, 24, 3],
-        [1, 40, 16, 16],
-        [5, 2880, 64, 4],
-    ] {
-        let x = Tensor::<2>::random([m, k], Distribution::Default, device);
-        let w = Tensor::<2>::random([k, n], Distribution::Default, device).cast(DType::BF16);
-        let bias = Some(Tensor::<1>::random([n], Distribution::Default, device));
-        let whole = bf16_rows_matmul_tiled(x.clone(), w.clone(), bias.clone(), split(1));
-        let parts = bf16_rows_matmul_tiled(x, w, bias, split(splits as u32));
-        worst.record(
-            summed(parts, splits),
-            whole,
-            json!({"kernel": "bf16_rows", "m": m, "k": k, "n": n, "splits": splits}),
-        );
-    }
-    for [m, k, splits] in [[1, 2880, 8], [2, 300, 4]] {
-        let [n0, n1, n2] = [4096, 512, 512];
-        let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 3.0), device);
-        let weights = [n0, n1, n2]
-            .map(|n| Tensor::<2>::random([k, n], Distribution::Default, device).cast(DType::BF16));
-        let biases =
-            Some([n0, n1, n2].map(|n| Tensor::<1>::random([n], Distribution::Default, device)));
-        let norm = (
-            Tensor::<1>::random([k], Distribution::Default, device),
-            1e-5,
-        );
-        let product = |splits| {
-            rms_norm_bf16_rows_three_tiled(
-                x.clone(),
-                norm.clone(),
-                weights.clone(),
-                biases.clone(),
-                split(splits),
-            )
-        };
-        worst.record(
-            summed(product(splits as u32), splits),
-            product(1),
-            json!({"kernel": "rms_norm_bf16_rows_three", "m": m, "k": k, "n": [n0, n1, n2],
-                   "splits": splits}),
-        );
-    }
     worst.finish()
 }
 
@@ -682,10 +605,8 @@ mod tests {
     #[test]
     fn rows_tilings_parse_only_supported_tilings() {
         let tiling = parse_rows_tiling("4x16").unwrap();
-        assert_eq!((tiling.groups, tiling.unroll, tiling.splits), (4, 16, 0));
-        let tiling = parse_rows_tiling("8x16x4").unwrap();
-        assert_eq!((tiling.groups, tiling.unroll, tiling.splits), (8, 16, 4));
-        for bad in ["3x8", "64x8", "4x33", "4", "ax8", "4x8x17", "4x8x2x1"] {
+        assert_eq!((tiling.groups, tiling.unroll), (4, 16));
+        for bad in ["3x8", "64x8", "4x33", "4", "ax8"] {
             let error = parse_rows_tiling(bad).unwrap_err().to_string();
             assert!(error.contains(bad), "{bad}: {error}");
         }

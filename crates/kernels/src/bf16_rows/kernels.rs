@@ -192,9 +192,7 @@ fn fill_inverse_rms(
 
 /// Workgroup `block_x`'s columns of `x` [m, k] (each row RMS-normed first when `has_norm`:
 /// times `work.inv_rms` and `norm_weight` [k]) times `w` [k, n] (+ `bias`), written to
-/// columns `out_offset..` of `out` [m, out_width]. With a grid of several parts of K (the
-/// grid's z, `RowsTiling::splits`), the workgroup multiplies its part only and writes that
-/// partial product to `out` [splits, m, out_width] at its part; the first part adds the bias.
+/// columns `out_offset..` of `out` [m, out_width].
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn rows_times_weight(
@@ -224,13 +222,9 @@ fn rows_times_weight(
     let vector = block_x * groups + group;
     let row_begin = CUBE_POS_Y * rows as u32;
     let row_count = min(m - row_begin, rows as u32);
-    let split = CUBE_POS_Z;
-    let per_split = k.div_ceil(CUBE_COUNT_Z);
-    let split_begin = min(k, split * per_split);
-    let split_end = min(k, split_begin + per_split);
-    let per_slice = (split_end - split_begin).div_ceil(slices);
-    let k_begin = min(split_end, split_begin + slice * per_slice);
-    let k_end = min(split_end, k_begin + per_slice);
+    let per_slice = k.div_ceil(slices);
+    let k_begin = min(k, slice * per_slice);
+    let k_end = min(k, k_begin + per_slice);
     let mut acc = Array::<f32>::new(rows * LANE_COLUMNS as usize);
     #[unroll]
     for i in 0..rows * LANE_COLUMNS as usize {
@@ -300,14 +294,14 @@ fn rows_times_weight(
                 bias,
                 out,
                 r,
-                split * m + row_begin + r as u32,
+                row_begin + r as u32,
                 n,
                 block_x * columns,
                 out_width,
                 out_offset,
                 columns,
                 slices,
-                has_bias && split == 0,
+                has_bias,
             );
         }
     }
@@ -332,7 +326,7 @@ fn sum_row_over_slices(
     out_offset: u32,
     columns: u32,
     slices: u32,
-    has_bias: bool,
+    #[comptime] has_bias: bool,
 ) {
     let unit = UNIT_POS;
     let parts = UNITS / columns;

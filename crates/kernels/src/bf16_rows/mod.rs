@@ -39,9 +39,7 @@ const LANE_COLUMNS: u32 = 8;
 pub trait RowsBackend: burn::backend::Backend {
     /// `x` [m, k] f32 (rounded to bf16) times `w` [k, n] bf16, accumulated in f32, plus `bias`
     /// [n] when `has_bias` (otherwise `bias` is any f32 tensor, unread) -> [m, n].
-    /// With `splits` above one, `splits` partial products over consecutive parts of K ->
-    /// [splits * m, n] (the bias in the first).
-    #[fusion(dtype = accumulator_dtype(x), shape = product_shape(x, w, splits))]
+    #[fusion(dtype = accumulator_dtype(x), shape = product_shape(x, w))]
     fn bf16_rows_matmul(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
@@ -49,15 +47,13 @@ pub trait RowsBackend: burn::backend::Backend {
         has_bias: bool,
         groups: u32,
         unroll: u32,
-        splits: u32,
     ) -> FloatTensor<Self>;
 
     /// `x` [m, k] (RMS-normed with `norm_weight` [k] and `eps` first when `has_norm`;
     /// otherwise `norm_weight` is any f32 tensor, unread) times `w0`, `w1`, `w2` [k, n_i] (+
     /// `b0`, `b1`, `b2` when `has_bias`) side by side -> [m, n0 + n1 + n2], in one launch
-    /// ([`supports_three`]); with `splits` above one, partial products as in
-    /// `bf16_rows_matmul` -> [splits * m, n0 + n1 + n2].
-    #[fusion(dtype = accumulator_dtype(x), shape = three_shape(x, [w0, w1, w2], splits))]
+    /// ([`supports_three`]).
+    #[fusion(dtype = accumulator_dtype(x), shape = Shape::from(vec![x[0], w0[1] + w1[1] + w2[1]]))]
     #[allow(clippy::too_many_arguments)]
     fn bf16_rows_three(
         x: FloatTensor<Self>,
@@ -73,7 +69,6 @@ pub trait RowsBackend: burn::backend::Backend {
         has_bias: bool,
         groups: u32,
         unroll: u32,
-        splits: u32,
     ) -> FloatTensor<Self>;
 }
 
@@ -81,15 +76,8 @@ fn accumulator_dtype(_input: DType) -> DType {
     DType::F32
 }
 
-/// [splits * m, n] for `x` [m, k] and `w` [k, n] (splits 0 counts as one).
-fn product_shape(x: &Shape, w: &Shape, splits: impl std::borrow::Borrow<u32>) -> Shape {
-    Shape::from(vec![x[0] * (*splits.borrow()).max(1) as usize, w[1]])
-}
-
-/// [splits * m, n0 + n1 + n2] for `x` [m, k] and the three weights [k, n_i].
-fn three_shape(x: &Shape, w: [&Shape; 3], splits: impl std::borrow::Borrow<u32>) -> Shape {
-    let n = w.iter().map(|w| w[1]).sum();
-    Shape::from(vec![x[0] * (*splits.borrow()).max(1) as usize, n])
+fn product_shape(x: &Shape, w: &Shape) -> Shape {
+    Shape::from(vec![x[0], w[1]])
 }
 
 impl RowsBackend for CubeBackend {
@@ -100,7 +88,6 @@ impl RowsBackend for CubeBackend {
         has_bias: bool,
         groups: u32,
         unroll: u32,
-        splits: u32,
     ) -> CubeTensor {
         let [x, w, bias] = [x, w, bias].map(into_contiguous);
         let [m, k] = [x.meta.shape()[0], x.meta.shape()[1]];
@@ -111,23 +98,10 @@ impl RowsBackend for CubeBackend {
             k,
             "bf16_rows: x is [{m}, {k}], w is not [{k}, n]"
         );
-        let RowsTiling {
-            groups,
-            unroll,
-            splits,
-        } = chosen_tiling(
-            RowsTiling {
-                groups,
-                unroll,
-                splits,
-            },
-            m,
-            n,
-            &[],
-        );
-        let (rows, cubes) = grid(m, column_blocks(n, groups), splits);
+        let RowsTiling { groups, unroll } = chosen_tiling(RowsTiling { groups, unroll }, m, n, &[]);
+        let (rows, cubes) = grid(m, column_blocks(n, groups));
         let client = x.client.clone();
-        let out = empty_f32(&x, vec![splits as usize * m, n]);
+        let out = empty_f32(&x, vec![m, n]);
         // Safety: reads are guarded by the row, K and column bounds checked above.
         unsafe {
             bf16_rows_kernel::launch_unchecked(
@@ -164,7 +138,6 @@ impl RowsBackend for CubeBackend {
         has_bias: bool,
         groups: u32,
         unroll: u32,
-        splits: u32,
     ) -> CubeTensor {
         let [x, norm_weight, w0, w1, w2, b0, b1, b2] =
             [x, norm_weight, w0, w1, w2, b0, b1, b2].map(into_contiguous);
@@ -181,23 +154,12 @@ impl RowsBackend for CubeBackend {
         for w in [&w0, &w1, &w2] {
             assert_eq!(w.meta.shape()[0], k, "bf16_rows_three: x is [{m}, {k}]");
         }
-        let RowsTiling {
-            groups,
-            unroll,
-            splits,
-        } = chosen_three_tiling(
-            RowsTiling {
-                groups,
-                unroll,
-                splits,
-            },
-            m,
-            [n0, n1, n2],
-        );
+        let RowsTiling { groups, unroll } =
+            chosen_three_tiling(RowsTiling { groups, unroll }, m, [n0, n1, n2]);
         let blocks = [n0, n1, n2].map(|n| column_blocks(n, groups));
-        let (rows, cubes) = grid(m, blocks.iter().sum(), splits);
+        let (rows, cubes) = grid(m, blocks.iter().sum());
         let client = x.client.clone();
-        let out = empty_f32(&x, vec![splits as usize * m, n0 + n1 + n2]);
+        let out = empty_f32(&x, vec![m, n0 + n1 + n2]);
         // Safety: as for `bf16_rows_matmul`; no workgroup straddles two segments
         // (`supports_three`).
         unsafe {
@@ -259,8 +221,7 @@ pub fn bf16_rows_matmul(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> 
 }
 
 /// [`bf16_rows_matmul`] with another [`RowsTiling`] (measuring; a non-zero `groups` must tile
-/// n). With `splits` above one the result is the partial products [splits * m, n], the bias
-/// in the first: their sum over the splits is the product.
+/// n).
 pub fn bf16_rows_matmul_tiled(
     x: Tensor<2>,
     w: Tensor<2>,
@@ -280,7 +241,6 @@ pub fn bf16_rows_matmul_tiled(
         has_bias,
         tiling.groups,
         tiling.unroll,
-        tiling.splits,
     ))
 }
 
@@ -296,8 +256,7 @@ pub fn bf16_rows_three(
 }
 
 /// [`bf16_rows_three`] with another [`RowsTiling`] (measuring; a non-zero `groups` must tile
-/// the first two widths); with `splits` above one, partial products as in
-/// [`bf16_rows_matmul_tiled`].
+/// the first two widths).
 pub fn bf16_rows_three_tiled(
     x: Tensor<2>,
     weights: [Tensor<2>; 3],
@@ -317,18 +276,6 @@ pub fn rms_norm_bf16_rows_three(
     biases: Option<[Tensor<1>; 3]>,
 ) -> Tensor<2> {
     launch_three(x, Some(norm), weights, biases, DEFAULT_TILING)
-}
-
-/// [`rms_norm_bf16_rows_three`] with another [`RowsTiling`] (measuring; as in
-/// [`bf16_rows_three_tiled`]).
-pub fn rms_norm_bf16_rows_three_tiled(
-    x: Tensor<2>,
-    norm: (Tensor<1>, f64),
-    weights: [Tensor<2>; 3],
-    biases: Option<[Tensor<1>; 3]>,
-    tiling: RowsTiling,
-) -> Tensor<2> {
-    launch_three(x, Some(norm), weights, biases, tiling)
 }
 
 /// The `bf16_rows_three` op, normed first when `norm` is given.
@@ -364,6 +311,5 @@ fn launch_three(
         has_bias,
         tiling.groups,
         tiling.unroll,
-        tiling.splits,
     ))
 }

@@ -5,25 +5,21 @@ use cubecl::prelude::*;
 
 use super::{LANE_COLUMNS, ROWS, UNITS};
 
-/// How a product splits its work: column groups of eight per workgroup, weight rows each
-/// invocation loads before using any, and parts of K taken by separate workgroups (each
-/// writing its own partial product; any of the three 0: [`default_tiling`]'s).
+/// How a product splits its work: column groups of eight per workgroup and weight rows each
+/// invocation loads before using any (either 0: [`default_tiling`]'s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowsTiling {
     pub groups: u32,
     pub unroll: u32,
-    pub splits: u32,
 }
 
 impl RowsTiling {
     /// Whether the kernels take this tiling: groups 0 or a power of two whose columns fit a
     /// workgroup (at most 32 groups of eight for its 256 invocations, which split K into
-    /// `256 / groups` slices), unroll 0 to 32 rows in flight (each a register array), splits
-    /// 0 to 16 parts of K.
+    /// `256 / groups` slices), unroll 0 to 32 rows in flight (each a register array).
     pub fn is_supported(self) -> bool {
         (self.groups == 0 || (self.groups.is_power_of_two() && self.groups <= MAX_GROUPS))
             && self.unroll <= MAX_UNROLL
-            && self.splits <= MAX_SPLITS
     }
 }
 
@@ -32,14 +28,11 @@ impl RowsTiling {
 const MAX_GROUPS: u32 = UNITS / LANE_COLUMNS;
 /// Most weight rows each invocation loads before using any.
 const MAX_UNROLL: u32 = 32;
-/// Most parts of K, each a workgroup's partial product.
-const MAX_SPLITS: u32 = 16;
 
 /// The tiling the model takes: both chosen by [`default_tiling`].
 pub const DEFAULT_TILING: RowsTiling = RowsTiling {
     groups: 0,
     unroll: 0,
-    splits: 0,
 };
 
 /// Workgroups below which the wider column groups leave the GPU short of work (two per H100
@@ -63,14 +56,10 @@ pub fn default_tiling(m: usize, n: usize) -> RowsTiling {
         _ if vectors.div_ceil(4) >= TARGET_WORKGROUPS => (4, 8),
         _ => (2, 8),
     };
-    RowsTiling {
-        groups,
-        unroll,
-        splits: 1,
-    }
+    RowsTiling { groups, unroll }
 }
 
-/// `tiling`'s groups, unroll and splits where given (non-zero; every width in `whole` a multiple of
+/// `tiling`'s groups and unroll where given (non-zero; every width in `whole` a multiple of
 /// the groups' columns), else [`default_tiling`]'s for an `m`-row product over `n` columns.
 pub(super) fn chosen_tiling(tiling: RowsTiling, m: usize, n: usize, whole: &[usize]) -> RowsTiling {
     assert!(tiling.is_supported(), "bf16_rows: {tiling:?} not supported");
@@ -78,17 +67,12 @@ pub(super) fn chosen_tiling(tiling: RowsTiling, m: usize, n: usize, whole: &[usi
     let given_or = |given: u32, default: u32| if given == 0 { default } else { given };
     let groups = given_or(tiling.groups, default.groups);
     let unroll = given_or(tiling.unroll, default.unroll);
-    let splits = given_or(tiling.splits, default.splits);
     let columns = (groups * LANE_COLUMNS) as usize;
     assert!(
         whole.iter().all(|w| w.is_multiple_of(columns)),
         "bf16_rows: {groups} column groups do not tile widths {whole:?}"
     );
-    RowsTiling {
-        groups,
-        unroll,
-        splits,
-    }
+    RowsTiling { groups, unroll }
 }
 
 /// Workgroups across `n` output columns, `groups` column groups of eight each.
@@ -97,11 +81,10 @@ pub(super) fn column_blocks(n: usize, groups: u32) -> usize {
 }
 
 /// Rows per workgroup for an `m`-row product (fewer rows compile to fewer registers: a batch-1
-/// step has one) and the grid of `column_blocks` workgroups across by row chunks down by
-/// `splits` parts of K.
-pub(super) fn grid(m: usize, column_blocks: usize, splits: u32) -> (usize, CubeCount) {
+/// step has one) and the grid of `column_blocks` workgroups across by row chunks down.
+pub(super) fn grid(m: usize, column_blocks: usize) -> (usize, CubeCount) {
     let rows = m.next_power_of_two().min(ROWS);
-    let cubes = CubeCount::Static(column_blocks as u32, m.div_ceil(rows) as u32, splits);
+    let cubes = CubeCount::Static(column_blocks as u32, m.div_ceil(rows) as u32, 1);
     (rows, cubes)
 }
 
@@ -117,7 +100,6 @@ pub(super) fn chosen_three_tiling(
         true => RowsTiling {
             groups: 4,
             unroll: 8,
-            splits: tiling.splits,
         },
         false => tiling,
     };
@@ -132,11 +114,7 @@ mod tests {
     /// an lm_head piece; more rows keep the width rule; explicit tilings win and must tile.
     #[test]
     fn default_tiling_follows_the_measured_choices() {
-        let tiling = |groups, unroll| RowsTiling {
-            groups,
-            unroll,
-            splits: 1,
-        };
+        let tiling = |groups, unroll| RowsTiling { groups, unroll };
         assert_eq!(default_tiling(1, 5120), tiling(4, 8));
         assert_eq!(default_tiling(1, 2880), tiling(4, 8));
         assert_eq!(default_tiling(1, 93_184), tiling(8, 16));
@@ -154,15 +132,10 @@ mod tests {
         assert!(refused.is_err());
     }
 
-    /// Power-of-two groups up to 32, up to 32 rows in flight and 16 splits; 0 leaves any to the
-    /// default.
+    /// Power-of-two groups up to 32 and up to 32 rows in flight; 0 leaves either to the default.
     #[test]
     fn supported_tilings_are_powers_of_two_up_to_a_workgroup() {
-        let tiling = |groups, unroll| RowsTiling {
-            groups,
-            unroll,
-            splits: 0,
-        };
+        let tiling = |groups, unroll| RowsTiling { groups, unroll };
         for ok in [
             DEFAULT_TILING,
             tiling(1, 1),
@@ -172,12 +145,7 @@ mod tests {
         ] {
             assert!(ok.is_supported(), "{ok:?}");
         }
-        let split = |splits| RowsTiling {
-            splits,
-            ..tiling(4, 8)
-        };
-        assert!(split(16).is_supported());
-        for refused in [tiling(3, 8), tiling(64, 8), tiling(4, 33), split(17)] {
+        for refused in [tiling(3, 8), tiling(64, 8), tiling(4, 33)] {
             assert!(!refused.is_supported(), "{refused:?}");
         }
     }
