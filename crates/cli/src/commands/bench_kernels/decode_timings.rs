@@ -32,6 +32,11 @@ const CYCLE_BYTES: usize = 150 << 20;
 /// A launch's time in a replayed graph, and how busy the host was meanwhile.
 struct LaunchTime {
     seconds: f64,
+    /// Seconds per launch with [`QUEUED_REPLAYS`] replays queued before one sync: the host
+    /// encodes the next replays while the device runs the first (a decode step's replays are
+    /// queued so), where `seconds` has the host's encoding and the device's run one after
+    /// the other within each replay.
+    queued_seconds: f64,
     /// The CPU time of the busiest host thread over the timed replays, as a share of their
     /// wall time: near one, the launches wait for the host's encoding, not for the device.
     busiest_host_thread: f64,
@@ -42,6 +47,8 @@ struct LaunchTime {
 /// for the per-pair gate_up at one token, 37 us at 1980 MHz, 2026-11-27), and the host work
 /// between two timings is such an idle spell.
 const WARM_UP_SECONDS: f64 = 1.0;
+/// Replays queued before one sync for [`LaunchTime::queued_seconds`].
+const QUEUED_REPLAYS: usize = 10;
 
 /// Seconds per launch of `run(i)` (`i` cycling over `sets` weight sets) with [`LAUNCHES`]
 /// launches captured as one graph and replayed: the median over five replays after
@@ -81,8 +88,16 @@ fn seconds_per_replayed_launch(
     let timed_wall: f64 = times[1..].iter().sum();
     let cpu = crate::host::cpu_seconds_between(&cpu_before, &crate::host::cpu_seconds_by_thread());
     let busiest = cpu.values().copied().fold(0.0, f64::max);
+    let queued = std::time::Instant::now();
+    for _ in 0..QUEUED_REPLAYS {
+        // Safety: as above.
+        unsafe { graph.replay() };
+    }
+    device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let queued_seconds = queued.elapsed().as_secs_f64() / (QUEUED_REPLAYS * LAUNCHES) as f64;
     Ok(LaunchTime {
         seconds: median_after_warm_up(times) / LAUNCHES as f64,
+        queued_seconds,
         busiest_host_thread: busiest / timed_wall,
     })
 }
@@ -91,6 +106,7 @@ fn seconds_per_replayed_launch(
 fn report(kernel: &str, case: serde_json::Value, time: LaunchTime, weight_bytes: Option<usize>) {
     let seconds = time.seconds;
     let mut line = json!({"timing": kernel, "case": case, "microseconds": seconds * 1e6,
+                          "queued_microseconds": time.queued_seconds * 1e6,
                           "busiest_host_thread": time.busiest_host_thread});
     if let Some(bytes) = weight_bytes {
         line["weight_bytes"] = json!(bytes);
