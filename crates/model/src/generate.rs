@@ -120,8 +120,9 @@ pub const CAPTURE_MIN_STEPS: usize = 8;
 /// nothing back ([`GptOss::steps_on_device_only`]), with no expert mask (its router bias is
 /// uploaded per layer) and at least [`CAPTURE_MIN_STEPS`] steps, the step is captured once
 /// and replayed (`burn::tensor::capture`), otherwise it runs as it is, step by step. The same
-/// tokens as [`generate_step_by_step`]; picks are read back once at the end, or after every
-/// step when there are stop tokens.
+/// tokens as [`generate_step_by_step`]; picks are read back once at the end and, with stop
+/// tokens, at the steps [`checks_for_stops`] names (the generation ends once every row has
+/// produced one).
 pub fn generate_captured(
     model: &GptOss,
     prompts: &[Vec<u32>],
@@ -156,14 +157,16 @@ pub fn generate_captured(
     drop(cache);
     let step = || model.decode_step(&mut state.borrow_mut(), &tables, mask);
     let slot_now = || state.borrow().slot.clone().into_scalar::<f32>() as usize;
-    let all_stopped = || {
-        let tokens = state.borrow().tokens.clone().try_into_vec_as::<f32>();
-        tokens
-            .expect("f32 tokens")
-            .iter()
-            .all(|&x| stops(&(x as u32)))
+    // After `done` steps: whether every row has produced a stop token (picks read back).
+    let all_stopped = |done: usize| {
+        if options.stop_tokens.is_empty() || !checks_for_stops(done) {
+            return false;
+        }
+        let produced = done + 1;
+        let picks = state.borrow().picks.clone().narrow(1, t, produced);
+        let picks = picks.try_into_vec_as::<f32>().expect("f32 picks");
+        every_row_has_a_stop(&picks, produced, &options.stop_tokens)
     };
-    let mut stopped = false;
     if model.steps_on_device_only(b) && mask.is_none() && steps >= CAPTURE_MIN_STEPS {
         let mut graph = burn::tensor::capture(&device, step);
         if !graph.is_hardware() {
@@ -171,19 +174,18 @@ pub fn generate_captured(
         }
         // The warm-up runs before the capture were real steps; the recorded one ran none.
         let mut done = slot_now() - t;
-        while done < steps && !stopped {
+        while done < steps && !all_stopped(done) {
             // Safety: every buffer the step touches is owned by `state`, `tables` and the model,
             // all alive until the graph is dropped; all work runs on this thread's stream.
             unsafe { graph.replay() };
             done += 1;
-            stopped = !options.stop_tokens.is_empty() && all_stopped();
         }
     } else {
-        for _ in 0..steps {
-            step();
-            if !options.stop_tokens.is_empty() && all_stopped() {
+        for done in 0..steps {
+            if all_stopped(done) {
                 break;
             }
+            step();
         }
     }
     let produced = (slot_now() - t + 1).min(options.max_new_tokens);
@@ -202,6 +204,26 @@ pub fn generate_captured(
             out
         })
         .collect()
+}
+
+/// Decode steps between two reads of the picks for stop tokens once that many have run (before,
+/// every step is checked, so short answers end at once): a read makes the host wait for the
+/// device, and the device then idles while the next step is encoded (about 0.9 ms of a
+/// 4.2 ms batch-1 step of the random 20b on an H100, docs/benchmarks.md, thirteenth round).
+/// At most this many steps run past the last row's stop token; their picks are cut.
+pub const STOP_CHECK_STEPS: usize = 8;
+
+/// Whether the picks are read for stop tokens after `done` decode steps: after each of the
+/// first [`STOP_CHECK_STEPS`], then after every [`STOP_CHECK_STEPS`]-th.
+pub fn checks_for_stops(done: usize) -> bool {
+    done < STOP_CHECK_STEPS || done.is_multiple_of(STOP_CHECK_STEPS)
+}
+
+/// Whether each row of `picks` (rows of `row_len` tokens held as f32) holds one of `stops`.
+fn every_row_has_a_stop(picks: &[f32], row_len: usize, stops: &[u32]) -> bool {
+    picks
+        .chunks_exact(row_len)
+        .all(|row| row.iter().any(|&x| stops.contains(&(x as u32))))
 }
 
 /// The logits [B, T, V] of each row's last position -> [B, V].
@@ -255,6 +277,23 @@ fn sample(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A row stops on any of its picks, not only its latest; every row must have stopped.
+    #[test]
+    fn generation_ends_when_every_row_has_produced_a_stop() {
+        let stops = [7, 9];
+        // Row 0 stopped at its second token and went on; row 1 stops at its last.
+        assert!(every_row_has_a_stop(&[1., 7., 3., 4., 5., 9.], 3, &stops));
+        assert!(!every_row_has_a_stop(&[1., 7., 3., 4., 5., 6.], 3, &stops));
+        assert!(!every_row_has_a_stop(&[1., 2.], 2, &stops));
+    }
+
+    /// Every step at first, then every eighth.
+    #[test]
+    fn stops_are_checked_often_at_first_then_every_few_steps() {
+        let checked: Vec<usize> = (0..40).filter(|&d| checks_for_stops(d)).collect();
+        assert_eq!(checked, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 16, 24, 32]);
+    }
 
     #[test]
     fn top_p_restricts_to_the_nucleus() {
