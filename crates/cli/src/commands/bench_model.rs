@@ -41,6 +41,12 @@ pub struct ModelBenchArgs {
     /// Timed generations per decoding; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub timed_generations: usize,
+    /// Token ids the decodings stop at, checked as `generate` checks the model's stop tokens
+    /// (the picks read back at the steps `generate::checks_for_stops` names): what the checks
+    /// cost. The tokens-per-second figures count every row's full length, so give ids the
+    /// model does not produce (a random model's: harmony's 200002,200012).
+    #[arg(long, value_delimiter = ',')]
+    pub stop_tokens: Vec<u32>,
 }
 
 /// Keeps what `trace` keeps of each layer: the selected experts and their gate weights.
@@ -134,6 +140,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
                 new_tokens: args.new_tokens,
                 warm_up_seconds: args.warm_up_seconds,
                 timed: args.timed_generations.max(1),
+                stop_tokens: args.stop_tokens.clone(),
             };
             let timing = time_decode(model, &prompts, &runs, generator);
             // Every decoding must give the first one's tokens (greedy, same kernels).
@@ -147,6 +154,8 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
                     "batch": batch,
                     "prompt": args.prompt,
                     "new_tokens": args.new_tokens,
+                    "stop_tokens": args.stop_tokens,
+                    "produced_tokens": timing.produced,
                     "seconds": timing.seconds,
                     "warm_up_seconds": timing.warm_up,
                     "timed_generations": runs.timed,
@@ -172,6 +181,7 @@ struct DecodeRuns {
     new_tokens: usize,
     warm_up_seconds: f64,
     timed: usize,
+    stop_tokens: Vec<u32>,
 }
 
 /// A decoding's timing: medians over the timed generations.
@@ -213,7 +223,7 @@ fn time_decode(
 ) -> DecodeTiming {
     let options = GenerateOptions {
         max_new_tokens: runs.new_tokens,
-        stop_tokens: vec![],
+        stop_tokens: runs.stop_tokens.clone(),
         sampling: None,
         use_cache: true,
     };
