@@ -117,9 +117,9 @@ pub const CAPTURE_MIN_STEPS: usize = 8;
 
 /// Greedy generation with the cache, each step after the prefill run by
 /// [`GptOss::decode_step`] on device state ([`crate::transformer::step`]): when the step reads
-/// nothing back ([`GptOss::steps_on_device_only`]), with no expert mask (its router bias is
-/// uploaded per layer) and at least [`CAPTURE_MIN_STEPS`] steps, the step is captured once
-/// and replayed (`burn::tensor::capture`), otherwise it runs as it is, step by step. The same
+/// nothing back ([`GptOss::steps_on_device_only`]; an expert mask's router biases are
+/// uploaded once, in [`StepTables`]) and at least [`CAPTURE_MIN_STEPS`] steps, the step is
+/// captured once and replayed (`burn::tensor::capture`), otherwise it runs as it is, step by step. The same
 /// tokens as [`generate_step_by_step`]; picks are read back once at the end and, with stop
 /// tokens, at the steps [`checks_for_stops`] names (the generation ends once every row has
 /// produced one).
@@ -150,12 +150,12 @@ pub fn generate_captured(
         return first.into_iter().map(|token| vec![token]).collect();
     }
     let capacity = (t + options.max_new_tokens).div_ceil(KEY_BLOCK) * KEY_BLOCK;
-    let tables = StepTables::new(model, &cache.pads, capacity, &device);
+    let tables = StepTables::new(model, &cache.pads, capacity, mask, &device);
     let state = RefCell::new(StepState::after_prefill(
         &cache, &first, t, capacity, &device,
     ));
     drop(cache);
-    let step = || model.decode_step(&mut state.borrow_mut(), &tables, mask);
+    let step = || model.decode_step(&mut state.borrow_mut(), &tables);
     let slot_now = || state.borrow().slot.clone().into_scalar::<f32>() as usize;
     // After `done` steps: whether every row has produced a stop token (picks read back).
     let all_stopped = |done: usize| {
@@ -167,7 +167,7 @@ pub fn generate_captured(
         let picks = picks.try_into_vec_as::<f32>().expect("f32 picks");
         every_row_has_a_stop(&picks, produced, &options.stop_tokens)
     };
-    if model.steps_on_device_only(b) && mask.is_none() && steps >= CAPTURE_MIN_STEPS {
+    if model.steps_on_device_only(b) && steps >= CAPTURE_MIN_STEPS {
         let mut graph = burn::tensor::capture(&device, step);
         if !graph.is_hardware() {
             tracing::warn!("the decode step could not be captured: each replay runs it again");

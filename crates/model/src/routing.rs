@@ -8,6 +8,8 @@
 //!
 //! With no observer and no mask the forward pass does no extra work.
 
+use burn::tensor::{Device, Tensor, TensorData};
+
 use crate::error::{ModelError, Result};
 
 /// Which optional quantities an observer wants (each costs a device read per layer).
@@ -121,6 +123,14 @@ impl ExpertMask {
             row.iter()
                 .map(|&f| if f { f32::NEG_INFINITY } else { 0.0 })
                 .collect()
+        })
+    }
+
+    /// [`Self::router_bias`] as a tensor on `device`.
+    pub fn router_bias_on(&self, layer: usize, device: &Device) -> Option<Tensor<1>> {
+        self.router_bias(layer).map(|bias| {
+            let n = bias.len();
+            Tensor::from_data(TensorData::new(bias, [n]), device)
         })
     }
 

@@ -10,7 +10,7 @@ use gpt_oss_model::generate::{
     GenerateOptions, generate, generate_captured, generate_step_by_step,
 };
 use gpt_oss_model::scoring::{full_logprobs, token_logprobs};
-use gpt_oss_model::{ExpertResidency, ForwardOptions, GptOss, LoadOptions, load_model};
+use gpt_oss_model::{ExpertMask, ExpertResidency, ForwardOptions, GptOss, LoadOptions, load_model};
 use serde::Deserialize;
 
 const TOLERANCE: f32 = 1e-4;
@@ -235,6 +235,34 @@ fn greedy_on_device_state_stops_where_step_by_step_does() {
     assert_eq!(step_by_step[0].len(), 3.min(step_by_step[0].len()));
     assert_eq!(
         generate_captured(&model, &prompts, &options, None),
+        step_by_step
+    );
+}
+
+/// Under an expert mask, decoding on device state (the mask's router biases in the step
+/// tables) gives the tokens of step-by-step decoding (the biases uploaded per layer per step),
+/// and the mask changes them.
+#[test]
+fn masked_greedy_on_device_state_matches_step_by_step() {
+    let model = load("tiny-mxfp4", ExpertResidency::Auto);
+    let exp = expected("tiny-mxfp4");
+    let prompts = greedy_prompts(&exp);
+    let (layers, experts) = (model.layers.len(), model.config.num_experts);
+    let top_k = model.config.experts_per_token;
+    // Keep the last top-k experts of every layer.
+    let kept: Vec<Vec<usize>> = vec![(experts - top_k..experts).collect(); layers];
+    let mask = ExpertMask::keep_only(&kept, layers, experts, top_k).unwrap();
+    let options = GenerateOptions {
+        max_new_tokens: 12,
+        stop_tokens: vec![],
+        sampling: None,
+        use_cache: true,
+    };
+    let step_by_step = generate_step_by_step(&model, &prompts, &options, Some(&mask));
+    let unmasked = generate_step_by_step(&model, &prompts, &options, None);
+    assert_ne!(step_by_step, unmasked, "the mask changes the greedy tokens");
+    assert_eq!(
+        generate_captured(&model, &prompts, &options, Some(&mask)),
         step_by_step
     );
 }

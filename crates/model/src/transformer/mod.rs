@@ -64,7 +64,7 @@ impl DecoderLayer {
                 weights,
                 &self.post_attention_layernorm,
                 (x.reshape([b * t, h]), attn_out.reshape([b * t, h])),
-                hooks.router_bias.as_deref(),
+                hooks.router_bias,
             );
             return moe::MoeOutput {
                 hidden: hidden.reshape([b, t, h]),
@@ -279,7 +279,7 @@ impl GptOss {
                 .forward(attn_in, &cos_sin, &key_mask, layer_cache);
             let hooks = RoutingHooks {
                 layer: i,
-                router_bias: mask.and_then(|m| m.router_bias(i)),
+                router_bias: mask.and_then(|m| m.router_bias_on(i, &device)),
                 observer: observer.as_deref_mut(),
                 balance_loss: balance_losses.is_some(),
                 residual: None,

@@ -27,7 +27,8 @@ pub struct Moe {
 /// Per-call routing inputs: an optional additive router bias (the expert mask) and observer.
 pub struct RoutingHooks<'a, 'o> {
     pub layer: usize,
-    pub router_bias: Option<Vec<f32>>,
+    /// Added to the router's logits [E] (an expert mask's 0 or -inf per expert).
+    pub router_bias: Option<Tensor<1>>,
     pub observer: Option<&'a mut (dyn RoutingObserver + 'o)>,
     /// Also return the load-balancing loss (training).
     pub balance_loss: bool,
@@ -60,22 +61,20 @@ impl Moe {
         let [b, t, h] = x.dims();
         let n = b * t;
         let k = self.top_k;
-        let device = x.device();
         let xs = x.reshape([n, h]);
         if hooks.observer.is_none()
             && !hooks.balance_loss
             && let Some(weights) = pair_weights(self, n)
         {
             let residual = hooks.residual.map(|r| r.reshape([n, h]));
-            let out = moe_by_pairs(self, weights, xs, hooks.router_bias.as_deref(), residual);
+            let out = moe_by_pairs(self, weights, xs, hooks.router_bias, residual);
             return MoeOutput {
                 hidden: out.reshape([b, t, h]),
                 balance_loss: None,
             };
         }
         let mut logits = self.router.forward(xs.clone());
-        if let Some(bias) = &hooks.router_bias {
-            let bias = Tensor::<1>::from_data(TensorData::new(bias.clone(), [bias.len()]), &device);
+        if let Some(bias) = hooks.router_bias {
             logits = logits + bias.unsqueeze::<2>();
         }
         let (top_logits, top_ids) = logits.clone().topk_with_indices(k, 1);

@@ -8,7 +8,7 @@
 //! layer ([`add_norm_moe_by_pairs`]) the router kernel also does the residual add and the
 //! post-attention norm before it (`router_top_k::add_norm_router`).
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use gpt_oss_kernels::{experts_pairs, router_top_k};
 
 use super::experts::{ExpertMatrix, PackedMxfp4};
@@ -45,7 +45,7 @@ pub fn moe_by_pairs(
     moe: &Moe,
     weights: (&PackedMxfp4, &PackedMxfp4),
     xs: Tensor<2>,
-    router_bias: Option<&[f32]>,
+    router_bias: Option<Tensor<1>>,
     residual: Option<Tensor<2>>,
 ) -> Tensor<2> {
     let bias = total_router_bias(moe, router_bias, &xs.device());
@@ -74,7 +74,7 @@ pub fn add_norm_moe_by_pairs(
     weights: (&PackedMxfp4, &PackedMxfp4),
     norm: &RmsNorm,
     (x, attn_out): (Tensor<2>, Tensor<2>),
-    router_bias: Option<&[f32]>,
+    router_bias: Option<Tensor<1>>,
 ) -> Tensor<2> {
     let bias = total_router_bias(moe, router_bias, &x.device());
     let (sum, normed, routing) = router_top_k::add_norm_router(
@@ -90,7 +90,11 @@ pub fn add_norm_moe_by_pairs(
 }
 
 /// The router's bias [E] (zeros when it has none) plus `extra` (the expert mask's) when given.
-fn total_router_bias(moe: &Moe, extra: Option<&[f32]>, device: &burn::tensor::Device) -> Tensor<1> {
+fn total_router_bias(
+    moe: &Moe,
+    extra: Option<Tensor<1>>,
+    device: &burn::tensor::Device,
+) -> Tensor<1> {
     let bias = moe
         .router
         .bias
@@ -98,9 +102,7 @@ fn total_router_bias(moe: &Moe, extra: Option<&[f32]>, device: &burn::tensor::De
         .map(|b| b.val())
         .unwrap_or_else(|| Tensor::zeros([moe.num_experts()], device));
     match extra {
-        Some(extra) => {
-            bias + Tensor::from_data(TensorData::new(extra.to_vec(), [extra.len()]), device)
-        }
+        Some(extra) => bias + extra,
         None => bias,
     }
 }

@@ -33,11 +33,22 @@ pub struct StepTables {
     key_ranges: HashMap<Option<usize>, Tensor<2, Int>>,
     /// [1] holding 0: the index of whole-tensor writes.
     zero: Tensor<1>,
+    /// Per layer, an expert mask's router bias [E] on the device (`None`: no mask, or none
+    /// forbidden in that layer): uploaded once per generation, so a masked step reads nothing
+    /// from the host and can be captured.
+    router_biases: Vec<Option<Tensor<1>>>,
 }
 
 impl StepTables {
-    /// Tables for `pads` (each row's left padding) and slots `0..capacity`.
-    pub fn new(model: &GptOss, pads: &[usize], capacity: usize, device: &Device) -> Self {
+    /// Tables for `pads` (each row's left padding) and slots `0..capacity`, routing under
+    /// `mask` when given.
+    pub fn new(
+        model: &GptOss,
+        pads: &[usize],
+        capacity: usize,
+        mask: Option<&ExpertMask>,
+        device: &Device,
+    ) -> Self {
         let b = pads.len();
         let positions: Vec<usize> = pads
             .iter()
@@ -70,11 +81,15 @@ impl StepTables {
                 (window, table)
             })
             .collect();
+        let router_biases = (0..model.layers.len())
+            .map(|layer| mask.and_then(|m| m.router_bias_on(layer, device)))
+            .collect();
         Self {
             cos,
             sin,
             key_ranges,
             zero: Tensor::zeros([1], device),
+            router_biases,
         }
     }
 }
@@ -141,13 +156,9 @@ impl GptOss {
 
     /// One greedy decode step on `state` (see the module docs): the tokens at `state.slot` go
     /// through the model, their greedy picks are written at the next slot and become the
-    /// tokens, and the slot advances. Reads nothing back to the host on the kernel path.
-    pub fn decode_step(
-        &self,
-        state: &mut StepState,
-        tables: &StepTables,
-        mask: Option<&ExpertMask>,
-    ) {
+    /// tokens, and the slot advances, routed under the mask `tables` were made with. Reads
+    /// nothing back to the host on the kernel path.
+    pub fn decode_step(&self, state: &mut StepState, tables: &StepTables) {
         let kernels = self.on_kernel_path();
         let b = state.tokens.dims()[1];
         let h = self.config.hidden_size;
@@ -180,7 +191,7 @@ impl GptOss {
             );
             let hooks = RoutingHooks {
                 layer: i,
-                router_bias: mask.and_then(|m| m.router_bias(i)),
+                router_bias: tables.router_biases[i].clone(),
                 observer: None,
                 balance_loss: false,
                 residual: None,
