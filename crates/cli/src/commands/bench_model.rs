@@ -7,9 +7,9 @@
 
 use std::time::Instant;
 
-use gpt_oss_model::generate::{GenerateOptions, generate, generate_step_by_step};
+use gpt_oss_model::generate::{GenerateOptions, generate_masked, generate_step_by_step};
 use gpt_oss_model::scoring::{DEFAULT_CHUNK, token_logprobs};
-use gpt_oss_model::{ForwardOptions, GptOss, LayerRouting, RoutingObserver};
+use gpt_oss_model::{ExpertMask, ForwardOptions, GptOss, LayerRouting, RoutingObserver};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
@@ -47,6 +47,10 @@ pub struct ModelBenchArgs {
     /// model does not produce (a random model's: harmony's 200002,200012).
     #[arg(long, value_delimiter = ',')]
     pub stop_tokens: Vec<u32>,
+    /// Decode under this selection's expert mask (selection.json), as `eval --selection`
+    /// generates.
+    #[arg(long)]
+    pub selection: Option<std::path::PathBuf>,
 }
 
 /// Keeps what `trace` keeps of each layer: the selected experts and their gate weights.
@@ -94,6 +98,10 @@ fn time_scoring(model: &GptOss, rows: &[Vec<u32>], iters: usize, record: bool) -
 pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     let loaded = args.model.load()?;
     let model = &loaded.model;
+    let mask = match &args.selection {
+        Some(path) => Some(super::eval::selection_mask(model, path)?),
+        None => None,
+    };
     let device = model.device();
     let after_load = device.memory_pool_usage();
     println!(
@@ -128,11 +136,9 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
         let prompts = random_rows(batch, args.prompt, vocab, 11);
         // On the GPU kernel path `generate` captures a decode step and replays it; the step by
         // step loop (one forward call per token) is timed too, as the comparison.
-        let mut decodings: Vec<(&str, Generator)> = vec![("default", generate)];
+        let mut decodings: Vec<(&str, Generator)> = vec![("default", generate_masked)];
         if model.on_kernel_path() {
-            decodings.push(("step_by_step", |model, prompts, options| {
-                generate_step_by_step(model, prompts, options, None)
-            }));
+            decodings.push(("step_by_step", generate_step_by_step));
         }
         let mut first_tokens: Option<Vec<Vec<u32>>> = None;
         for (decoding, generator) in decodings {
@@ -142,7 +148,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
                 timed: args.timed_generations.max(1),
                 stop_tokens: args.stop_tokens.clone(),
             };
-            let timing = time_decode(model, &prompts, &runs, generator);
+            let timing = time_decode(model, &prompts, &runs, mask.as_ref(), generator);
             // Every decoding must give the first one's tokens (greedy, same kernels).
             let same_tokens =
                 first_tokens.get_or_insert_with(|| timing.tokens.clone()) == &timing.tokens;
@@ -155,6 +161,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
                     "prompt": args.prompt,
                     "new_tokens": args.new_tokens,
                     "stop_tokens": args.stop_tokens,
+                    "selection": args.selection,
                     "produced_tokens": timing.produced,
                     "seconds": timing.seconds,
                     "warm_up_seconds": timing.warm_up,
@@ -172,8 +179,8 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A greedy generation function (prompts, options -> continuations).
-type Generator = fn(&GptOss, &[Vec<u32>], &GenerateOptions) -> Vec<Vec<u32>>;
+/// A greedy generation function (prompts, options, expert mask -> continuations).
+type Generator = fn(&GptOss, &[Vec<u32>], &GenerateOptions, Option<&ExpertMask>) -> Vec<Vec<u32>>;
 
 /// How a decoding is timed: generations of `new_tokens` per prompt, untimed ones for at least
 /// `warm_up_seconds`, then `timed` ones.
@@ -219,6 +226,7 @@ fn time_decode(
     model: &GptOss,
     prompts: &[Vec<u32>],
     runs: &DecodeRuns,
+    mask: Option<&ExpertMask>,
     generator: Generator,
 ) -> DecodeTiming {
     let options = GenerateOptions {
@@ -233,7 +241,7 @@ fn time_decode(
     };
     let warm_up = Instant::now();
     loop {
-        generator(model, prompts, &options);
+        generator(model, prompts, &options, mask);
         if warm_up.elapsed().as_secs_f64() >= runs.warm_up_seconds {
             break;
         }
@@ -244,7 +252,7 @@ fn time_decode(
     let mut out = vec![];
     for _ in 0..runs.timed {
         let start = Instant::now();
-        out = generator(model, prompts, &options);
+        out = generator(model, prompts, &options, mask);
         seconds.push(start.elapsed().as_secs_f64());
     }
     let host_cpu = cpu_seconds_between(&cpu_before, &cpu_seconds_by_thread())
@@ -254,7 +262,7 @@ fn time_decode(
     let prefill: Vec<f64> = (0..runs.timed)
         .map(|_| {
             let start = Instant::now();
-            generator(model, prompts, &first_token);
+            generator(model, prompts, &first_token, mask);
             start.elapsed().as_secs_f64()
         })
         .collect();
