@@ -208,9 +208,10 @@ pub fn generate_captured(
 
 /// Decode steps between two reads of the picks for stop tokens once that many have run (before,
 /// every step is checked, so short answers end at once): a read makes the host wait for the
-/// device, and the device then idles while the next step is encoded (about 0.9 ms of a
-/// 4.2 ms batch-1 step of the random 20b on an H100, docs/benchmarks.md, thirteenth round).
-/// At most this many steps run past the last row's stop token; their picks are cut.
+/// device, and the device then idles while the next step is encoded. Checked after every step,
+/// 64 tokens of the random 20b on an H100 decoded at 188-200 steps/s instead of 238 at batch 1;
+/// with this schedule at 219-222 (docs/benchmarks.md, thirteenth round). At most this many
+/// steps run past the last row's stop token; their picks are cut.
 pub const STOP_CHECK_STEPS: usize = 8;
 
 /// Whether the picks are read for stop tokens after `done` decode steps: after each of the
