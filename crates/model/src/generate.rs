@@ -157,9 +157,10 @@ pub fn generate_captured(
     drop(cache);
     let step = || model.decode_step(&mut state.borrow_mut(), &tables);
     let slot_now = || state.borrow().slot.clone().into_scalar::<f32>() as usize;
-    // After `done` steps: whether every row has produced a stop token (picks read back).
+    // After `done` steps: whether every row has produced a stop token (picks read back; the
+    // first token, before any step, was looked at above).
     let all_stopped = |done: usize| {
-        if options.stop_tokens.is_empty() || !checks_for_stops(done) {
+        if options.stop_tokens.is_empty() || done == 0 || !checks_for_stops(done) {
             return false;
         }
         let produced = done + 1;
