@@ -119,10 +119,10 @@ pub const CAPTURE_MIN_STEPS: usize = 8;
 /// [`GptOss::decode_step`] on device state ([`crate::transformer::step`]): when the step reads
 /// nothing back ([`GptOss::steps_on_device_only`]; an expert mask's router biases are
 /// uploaded once, in [`StepTables`]) and at least [`CAPTURE_MIN_STEPS`] steps, the step is
-/// captured once and replayed (`burn::tensor::capture`), otherwise it runs as it is, step by step. The same
-/// tokens as [`generate_step_by_step`]; picks are read back once at the end and, with stop
-/// tokens, at the steps [`checks_for_stops`] names (the generation ends once every row has
-/// produced one).
+/// captured once and replayed (`burn::tensor::capture`), otherwise it runs as it is, step by
+/// step. The same tokens as [`generate_step_by_step`]; picks are read back once at the end and,
+/// with stop tokens, at the steps [`checks_for_stops`] names (the generation ends once every row
+/// has produced one).
 pub fn generate_captured(
     model: &GptOss,
     prompts: &[Vec<u32>],
