@@ -554,7 +554,7 @@ fn time_layer_sequence(device: &Device) -> anyhow::Result<()> {
         )
     };
     let seconds = seconds_per_replayed_launch(device, 1, |_| {
-        (0..LAYERS).fold(x.clone(), &layer)
+        (0..LAYERS).fold(x.clone(), |x, i| layer(x, i))
     })?;
     // The timing divides by the launches it expects (LAUNCHES); per layer, that times six.
     let per_layer = LaunchTime {
