@@ -175,7 +175,6 @@ pub(super) fn time_decode_kernels(
         );
     }
     time_small_kernels(device)?;
-    time_layer_sequence(device)?;
     for &tiling in rows_tilings {
         time_projections(device, tiling, cycle)?;
     }
@@ -453,122 +452,6 @@ fn time_pairs(device: &Device, shapes: &[PlaneShape], cycle: WeightCycle) -> any
         }
     }
     worst.finish()
-}
-
-/// Decoding layers at batch 1 as a step chains their launches (the input norm with q/k/v, RoPE
-/// with the cache writes and attention, o, the residual add with the norm and the router, the
-/// experts' gate_up and down with the residual), each layer's output the next one's input:
-/// microseconds per layer, to set beside the sum of the six launches timed one kernel at a time
-/// (what changing kernels between launches costs). Eight layers per graph, each with its own
-/// attention weights; the experts (all 32, 420 MB) are shared and routed by the data.
-fn time_layer_sequence(device: &Device) -> anyhow::Result<()> {
-    use gpt_oss_kernels::attention_rows::attention_step;
-    use gpt_oss_kernels::bf16_rows::{bf16_rows_matmul, rms_norm_bf16_rows_three};
-    use gpt_oss_kernels::experts_pairs::{GATE_UP_SHAPE, down_shape, pairs_down, pairs_gate_up};
-    use gpt_oss_kernels::router_top_k::add_norm_router;
-    const LAYERS: usize = LAUNCHES / 6;
-    let keys = 128;
-    let bf16 = |shape: [usize; 2]| {
-        standard_normal(shape, device)
-            .mul_scalar(0.02)
-            .cast(DType::BF16)
-    };
-    let vector = |n: usize| Tensor::<1>::random([n], Distribution::Default, device);
-    let attention: Vec<_> = (0..LAYERS)
-        .map(|_| {
-            let qkv = [Q_WIDTH, KV_WIDTH, KV_WIDTH].map(|n| bf16([HIDDEN, n]));
-            let qkv_bias = [Q_WIDTH, KV_WIDTH, KV_WIDTH].map(vector);
-            let caches = [0, 1].map(|_| standard_normal([1, KV_WIDTH / 64, keys, 64], device));
-            (
-                qkv,
-                qkv_bias,
-                caches,
-                bf16([Q_WIDTH, HIDDEN]),
-                vector(HIDDEN),
-            )
-        })
-        .collect();
-    let mut rng = StdRng::seed_from_u64(17);
-    let experts = random_experts(&mut rng, [EXPERTS, HIDDEN, INTER], device);
-    let (gu_words, gu_scales) = packed_words(&experts.gate_up);
-    let (down_words, down_scales) = packed_words(&experts.down);
-    let router = standard_normal([HIDDEN, EXPERTS], device).mul_scalar(0.05);
-    let (router_bias, norm_weight, sinks) = (vector(EXPERTS), vector(HIDDEN), vector(Q_WIDTH / 64));
-    let cos_sin = [0, 1].map(|_| Tensor::<4>::random([1, 1, 1, 32], Distribution::Default, device));
-    let slot = Tensor::<1>::from_data(TensorData::new(vec![(keys - 1) as f32], [1]), device);
-    let ranges = Tensor::<1, Int>::from_data(TensorData::new(vec![0i32, keys as i32], [2]), device)
-        .cast(burn::tensor::IntDType::I32);
-    let x = standard_normal([1, HIDDEN], device);
-    let layer = |x: Tensor<2>, i: usize| {
-        let (qkv, qkv_bias, [key_cache, value_cache], o, o_bias) = &attention[i];
-        let projected = rms_norm_bf16_rows_three(
-            x.clone(),
-            (norm_weight.clone(), 1e-5),
-            qkv.clone(),
-            Some(qkv_bias.clone()),
-        );
-        let heads = projected.reshape([1, 1, (Q_WIDTH + 2 * KV_WIDTH) / 64, 64]);
-        let [cos, sin] = cos_sin.clone();
-        let attended = attention_step(
-            heads,
-            (cos, sin),
-            (key_cache, value_cache),
-            slot.clone(),
-            sinks.clone(),
-            ranges.clone(),
-            0.125,
-        );
-        let out = bf16_rows_matmul(
-            attended.reshape([1, Q_WIDTH]),
-            o.clone(),
-            Some(o_bias.clone()),
-        );
-        let (sum, normed, routing) = add_norm_router(
-            x,
-            out,
-            norm_weight.clone(),
-            1e-5,
-            router.clone(),
-            router_bias.clone(),
-            TOP_K,
-        );
-        let act = pairs_gate_up(
-            normed,
-            routing.clone(),
-            gu_words.clone(),
-            gu_scales.clone(),
-            experts.gate_up_bias.val(),
-            experts.swiglu_limit,
-            experts.swiglu_alpha,
-            GATE_UP_SHAPE,
-        );
-        // The residual grows by bounded amounts (every product's input is normed).
-        pairs_down(
-            act,
-            routing,
-            down_words.clone(),
-            down_scales.clone(),
-            experts.down_bias.val(),
-            Some(sum),
-            down_shape(1),
-        )
-    };
-    let seconds = seconds_per_replayed_launch(device, 1, |_| {
-        (0..LAYERS).fold(x.clone(), |x, i| layer(x, i))
-    })?;
-    // The timing divides by the launches it expects (LAUNCHES); per layer, that times six.
-    let per_layer = LaunchTime {
-        seconds: seconds.seconds * 6.0,
-        queued_seconds: seconds.queued_seconds * 6.0,
-        busiest_host_thread: seconds.busiest_host_thread,
-    };
-    report(
-        "decoding_layer",
-        json!({"rows": 1, "keys": keys, "launches": 6}),
-        per_layer,
-        None,
-    );
-    Ok(())
 }
 
 /// A routing table [tokens, 2k] as `router_top_k` writes it (expert ids as floats, then gates
