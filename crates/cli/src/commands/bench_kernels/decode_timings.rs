@@ -15,6 +15,8 @@ use gpt_oss_kernels::experts_pairs::PlaneShape;
 
 use super::{Worst, median_after_warm_up, packed_words, random_experts, standard_normal};
 
+mod layer_chain;
+
 /// gpt-oss-20b's widths.
 const HIDDEN: usize = 2880;
 const INTER: usize = 2880;
@@ -175,6 +177,7 @@ pub(super) fn time_decode_kernels(
         );
     }
     time_small_kernels(device)?;
+    layer_chain::time_layer_chain(device)?;
     for &tiling in rows_tilings {
         time_projections(device, tiling, cycle)?;
     }
