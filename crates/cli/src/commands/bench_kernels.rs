@@ -12,6 +12,7 @@
 mod attention;
 mod decode_timings;
 mod decoding;
+mod few_rows;
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use gpt_oss_kernels::grouped_mxfp4;
@@ -151,7 +152,7 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
 
 /// The checks of the kernels a decode step runs.
 fn check_decoding_kernels(device: &Device) -> anyhow::Result<()> {
-    check_bf16_rows(device)?;
+    few_rows::check_bf16_rows(device)?;
     decoding::check_rms_norm(device)?;
     decoding::check_router(device)?;
     decoding::check_moe_pairs(device)?;
@@ -474,111 +475,6 @@ impl Worst {
         );
         Ok(())
     }
-}
-
-fn check_bf16_rows(device: &Device) -> anyhow::Result<()> {
-    let mut worst = Worst::new("few-rows kernel", 1e-2);
-    // 20b's decoding shapes (q, k/v, o, half an lm_head: the f32 reference of a whole one
-    // is past wgpu's buffer size) and odd sizes (K shorter than the slices,
-    // rows past a tile, columns past a workgroup).
-    for [m, k, n] in [
-        [1, 32, 16],
-        [5, 64, 104],
-        [3, 100, 24],
-        [1, 2880, 4096],
-        [1, 2880, 512],
-        [1, 4096, 2880],
-        [1, 2880, 100008],
-        [32, 2880, 5760],
-        [9, 2880, 50008],
-    ] {
-        let x = Tensor::<2>::random([m, k], Distribution::Default, device);
-        let w = Tensor::<2>::random([k, n], Distribution::Default, device).cast(DType::BF16);
-        // Odd row counts also add a bias (in the same kernel).
-        let bias = (m % 2 == 1).then(|| Tensor::<1>::random([n], Distribution::Default, device));
-        let product =
-            || gpt_oss_kernels::bf16_rows::bf16_rows_matmul(x.clone(), w.clone(), bias.clone());
-        let ours = product();
-        let seconds = seconds_per_queued_call(device, product)?;
-        let product = gpt_oss_kernels::coopmat_gemm::reference_gemm(x, w.cast(DType::F32));
-        let reference = match bias {
-            Some(bias) => product + bias.unsqueeze::<2>(),
-            None => product,
-        };
-        worst.record(
-            ours,
-            reference,
-            json!({"kernel": "bf16_rows", "m": m, "k": k, "n": n, "bias": m % 2 == 1,
-                   "seconds_per_queued_call": seconds,
-                   "weight_bytes_per_second": (2 * k * n) as f64 / seconds}),
-        );
-    }
-    // Three products side by side (the attention's q, k and v in one launch), also with the
-    // input norm in the same launch.
-    use gpt_oss_kernels::bf16_rows::{bf16_rows_three, rms_norm_bf16_rows_three};
-    use gpt_oss_kernels::rms_norm_rows::{reference_rms_norm_rows, rms_norm_rows};
-    // The fused norm adds the squares in the norm kernel's order: its products see the same
-    // inputs, so it matches the two kernels it replaces to f32 rounding at most.
-    let mut unfused = Worst::new("input norm fused into the q/k/v product", 1e-6);
-    for ([m, k, n0, n1, n2], normed) in [
-        [1, 2880, 4096, 512, 512],
-        [5, 64, 32, 64, 24],
-        [32, 2880, 4096, 512, 512],
-        [3, 300, 64, 32, 8],
-    ]
-    .into_iter()
-    .flat_map(|shape| [(shape, false), (shape, true)])
-    {
-        let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 3.0), device);
-        let weights = [n0, n1, n2]
-            .map(|n| Tensor::<2>::random([k, n], Distribution::Default, device).cast(DType::BF16));
-        let biases = (m % 2 == 1)
-            .then(|| [n0, n1, n2].map(|n| Tensor::<1>::random([n], Distribution::Default, device)));
-        let norm = (
-            Tensor::<1>::random([k], Distribution::Default, device),
-            1e-5,
-        );
-        let product = || match normed {
-            true => {
-                rms_norm_bf16_rows_three(x.clone(), norm.clone(), weights.clone(), biases.clone())
-            }
-            false => bf16_rows_three(x.clone(), weights.clone(), biases.clone()),
-        };
-        let ours = product();
-        let seconds = seconds_per_queued_call(device, product)?;
-        if normed {
-            let two_kernels = bf16_rows_three(
-                rms_norm_rows(x.clone(), norm.0.clone(), norm.1),
-                weights.clone(),
-                biases.clone(),
-            );
-            unfused.record(
-                ours.clone(),
-                two_kernels,
-                json!({"kernel": "rms_norm_bf16_rows_three", "m": m, "k": k, "n": [n0, n1, n2]}),
-            );
-        }
-        let input = match normed {
-            true => reference_rms_norm_rows(x.clone(), norm.0.clone(), norm.1),
-            false => x.clone(),
-        };
-        let reference = gpt_oss_kernels::coopmat_gemm::reference_gemm(
-            input,
-            Tensor::cat(weights.to_vec(), 1).cast(DType::F32),
-        );
-        let reference = match &biases {
-            Some(b) => reference + Tensor::cat(b.to_vec(), 0).unsqueeze::<2>(),
-            None => reference,
-        };
-        worst.record(
-            ours,
-            reference,
-            json!({"kernel": "bf16_rows_three", "m": m, "k": k, "n": [n0, n1, n2],
-                   "bias": m % 2 == 1, "norm": normed, "seconds_per_queued_call": seconds}),
-        );
-    }
-    unfused.finish()?;
-    worst.finish()
 }
 
 fn check_logsumexp(device: &Device) -> anyhow::Result<()> {
