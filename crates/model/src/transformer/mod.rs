@@ -279,7 +279,9 @@ impl GptOss {
                 .forward(attn_in, &cos_sin, &key_mask, layer_cache);
             let hooks = RoutingHooks {
                 layer: i,
-                router_bias: mask.and_then(|m| m.router_bias_on(i, &device)),
+                router_bias: mask
+                    .and_then(|m| m.router_bias_on(i, &device))
+                    .map(|extra| layer.mlp.router_bias_plus(extra)),
                 observer: observer.as_deref_mut(),
                 balance_loss: balance_losses.is_some(),
                 residual: None,

@@ -24,10 +24,11 @@ pub struct Moe {
     pub path: ExpertPath,
 }
 
-/// Per-call routing inputs: an optional additive router bias (the expert mask) and observer.
+/// Per-call routing inputs: an optional router bias (under an expert mask) and observer.
 pub struct RoutingHooks<'a, 'o> {
     pub layer: usize,
-    /// Added to the router's logits [E] (an expert mask's 0 or -inf per expert).
+    /// The router's whole bias [E] in place of its own: its own plus an expert mask's 0 or -inf
+    /// per expert ([`Moe::router_bias_plus`], made once per pass or per generation).
     pub router_bias: Option<Tensor<1>>,
     pub observer: Option<&'a mut (dyn RoutingObserver + 'o)>,
     /// Also return the load-balancing loss (training).
@@ -52,6 +53,15 @@ pub struct MoeOutput {
 }
 
 impl Moe {
+    /// The router's bias [E] plus `extra` (an expert mask's): the whole bias routing under the
+    /// mask uses ([`RoutingHooks::router_bias`]).
+    pub fn router_bias_plus(&self, extra: Tensor<1>) -> Tensor<1> {
+        match &self.router.bias {
+            Some(bias) => bias.val() + extra,
+            None => extra,
+        }
+    }
+
     pub fn num_experts(&self) -> usize {
         self.experts.gate_up.num_experts()
     }
@@ -73,10 +83,10 @@ impl Moe {
                 balance_loss: None,
             };
         }
-        let mut logits = self.router.forward(xs.clone());
-        if let Some(bias) = hooks.router_bias {
-            logits = logits + bias.unsqueeze::<2>();
-        }
+        let logits = match hooks.router_bias {
+            Some(bias) => xs.clone().matmul(self.router.weight.val()) + bias.unsqueeze::<2>(),
+            None => self.router.forward(xs.clone()),
+        };
         let (top_logits, top_ids) = logits.clone().topk_with_indices(k, 1);
         let gates = softmax(top_logits, 1).reshape([n * k]);
         let needs = hooks

@@ -39,8 +39,9 @@ pub fn pair_weights(moe: &Moe, tokens: usize) -> Option<(&PackedMxfp4, &PackedMx
     runs.then_some((gate_up, down))
 }
 
-/// The MoE block on `xs` [n, H] (normalised) -> [n, H] with the [`pair_weights`] of `moe`, an
-/// optional additive router bias [E] (the expert mask), plus `residual` [n, H] when given.
+/// The MoE block on `xs` [n, H] (normalised) -> [n, H] with the [`pair_weights`] of `moe`, the
+/// router's whole bias [E] when given in place of its own (under an expert mask,
+/// [`Moe::router_bias_plus`]), plus `residual` [n, H] when given.
 pub fn moe_by_pairs(
     moe: &Moe,
     weights: (&PackedMxfp4, &PackedMxfp4),
@@ -48,7 +49,7 @@ pub fn moe_by_pairs(
     router_bias: Option<Tensor<1>>,
     residual: Option<Tensor<2>>,
 ) -> Tensor<2> {
-    let bias = total_router_bias(moe, router_bias, &xs.device());
+    let bias = router_bias_or_own(moe, router_bias, &xs.device());
     let routing = router_top_k::router_top_k(xs.clone(), moe.router.weight.val(), bias, moe.top_k);
     experts_by_pairs(moe, weights, xs, routing, residual)
 }
@@ -76,7 +77,7 @@ pub fn add_norm_moe_by_pairs(
     (x, attn_out): (Tensor<2>, Tensor<2>),
     router_bias: Option<Tensor<1>>,
 ) -> Tensor<2> {
-    let bias = total_router_bias(moe, router_bias, &x.device());
+    let bias = router_bias_or_own(moe, router_bias, &x.device());
     let (sum, normed, routing) = router_top_k::add_norm_router(
         x,
         attn_out,
@@ -89,22 +90,17 @@ pub fn add_norm_moe_by_pairs(
     experts_by_pairs(moe, weights, normed, routing, Some(sum))
 }
 
-/// The router's bias [E] (zeros when it has none) plus `extra` (the expert mask's) when given.
-fn total_router_bias(
+/// `whole` when given (the router's bias with an expert mask's), else the router's own bias
+/// [E] (zeros when it has none).
+fn router_bias_or_own(
     moe: &Moe,
-    extra: Option<Tensor<1>>,
+    whole: Option<Tensor<1>>,
     device: &burn::tensor::Device,
 ) -> Tensor<1> {
-    let bias = moe
-        .router
-        .bias
-        .as_ref()
-        .map(|b| b.val())
-        .unwrap_or_else(|| Tensor::zeros([moe.num_experts()], device));
-    match extra {
-        Some(extra) => bias + extra,
-        None => bias,
-    }
+    whole.unwrap_or_else(|| match &moe.router.bias {
+        Some(bias) => bias.val(),
+        None => Tensor::zeros([moe.num_experts()], device),
+    })
 }
 
 /// The experts kernels on `xs` [n, H] routed by `routing` [n, 2k] (`router_top_k`'s table),

@@ -33,9 +33,9 @@ pub struct StepTables {
     key_ranges: HashMap<Option<usize>, Tensor<2, Int>>,
     /// [1] holding 0: the index of whole-tensor writes.
     zero: Tensor<1>,
-    /// Per layer, an expert mask's router bias [E] on the device (`None`: no mask, or none
-    /// forbidden in that layer): uploaded once per generation, so a masked step reads nothing
-    /// from the host and can be captured.
+    /// Per layer, the router's bias plus an expert mask's [E] on the device (`None`: no mask,
+    /// or none forbidden in that layer): made once per generation, so a masked step reads
+    /// nothing from the host, can be captured, and adds nothing per step.
     router_biases: Vec<Option<Tensor<1>>>,
 }
 
@@ -81,8 +81,11 @@ impl StepTables {
                 (window, table)
             })
             .collect();
-        let router_biases = (0..model.layers.len())
-            .map(|layer| mask.and_then(|m| m.router_bias_on(layer, device)))
+        let router_biases = (model.layers.iter().enumerate())
+            .map(|(i, layer)| {
+                mask.and_then(|m| m.router_bias_on(i, device))
+                    .map(|extra| layer.mlp.router_bias_plus(extra))
+            })
             .collect();
         Self {
             cos,
