@@ -132,6 +132,12 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
             "gpu_bytes_reserved": pool(&device),
         })
     );
+    let runs = DecodeRuns {
+        new_tokens: args.new_tokens,
+        warm_up_seconds: args.warm_up_seconds,
+        timed: args.timed_generations.max(1),
+        stop_tokens: args.stop_tokens.clone(),
+    };
     for &batch in args.decode_batches.iter().filter(|&&b| b > 0) {
         let prompts = random_rows(batch, args.prompt, vocab, 11);
         // On the GPU kernel path `generate` captures a decode step and replays it; the step by
@@ -142,12 +148,6 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
         }
         let mut first_tokens: Option<Vec<Vec<u32>>> = None;
         for (decoding, generator) in decodings {
-            let runs = DecodeRuns {
-                new_tokens: args.new_tokens,
-                warm_up_seconds: args.warm_up_seconds,
-                timed: args.timed_generations.max(1),
-                stop_tokens: args.stop_tokens.clone(),
-            };
             let timing = time_decode(model, &prompts, &runs, mask.as_ref(), generator);
             // Every decoding must give the first one's tokens (greedy, same kernels).
             let same_tokens =
