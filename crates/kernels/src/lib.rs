@@ -15,7 +15,8 @@
 //!   tensor cores, flash-style, instead of f32 matmuls around passes over the scores.
 //!
 //! - `write_at_index`: an in-place write at an index held on the device (the state of a decode
-//!   step captured once and replayed).
+//!   step captured once and replayed); `greedy_picks`: a decode step's argmax written into that
+//!   state in two launches; `embedding_rows`: the step's embedding lookup in one launch.
 //!
 //! Every op here has a plain burn reference it is checked against (`reference_*`), which is
 //! also what the CPU path runs.
@@ -24,7 +25,9 @@ pub mod attention_rows;
 pub mod attention_tiles;
 pub mod bf16_rows;
 pub mod coopmat_gemm;
+pub mod embedding_rows;
 pub mod experts_pairs;
+pub mod greedy_picks;
 pub mod grouped_mxfp4;
 pub mod grouped_mxfp4_rows;
 pub mod launch;

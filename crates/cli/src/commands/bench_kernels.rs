@@ -159,7 +159,9 @@ fn check_decoding_kernels(device: &Device) -> anyhow::Result<()> {
     attention::check_attention_rows(device)?;
     attention::check_attention_step(device)?;
     decoding::check_rotary(device)?;
-    decoding::check_write_at_index(device)
+    decoding::check_write_at_index(device)?;
+    decoding::check_greedy_into_state(device)?;
+    decoding::check_embedding_rows(device)
 }
 
 /// The tensor-core kernel with its epilogues (gate_up: bias and clamped SwiGLU; down: bias and

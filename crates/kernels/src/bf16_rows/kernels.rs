@@ -9,11 +9,11 @@ use super::{LANE_COLUMNS, UNITS};
 use crate::rms_norm_rows::row_inverse_rms;
 
 /// Eight bf16 weights of one row: four little-endian u32 words.
-type EightBf16 = Vector<u32, Const<4>>;
+pub(crate) type EightBf16 = Vector<u32, Const<4>>;
 
 /// The two bf16 halves of a little-endian u32 as f32 (low half first).
 #[cube]
-fn bf16_pair(word: u32) -> (f32, f32) {
+pub(crate) fn bf16_pair(word: u32) -> (f32, f32) {
     (
         f32::reinterpret(word << 16),
         f32::reinterpret(word & 0xFFFF_0000),

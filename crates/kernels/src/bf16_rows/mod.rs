@@ -19,6 +19,7 @@ use cubecl::prelude::*;
 
 use crate::launch::empty_f32;
 use crate::workgroup_reduce;
+pub(crate) use kernels::{EightBf16, bf16_pair};
 use kernels::{bf16_rows_kernel, bf16_rows_three_kernel};
 pub use tiling::{DEFAULT_TILING, RowsTiling, default_tiling};
 use tiling::{chosen_three_tiling, chosen_tiling, column_blocks, grid};

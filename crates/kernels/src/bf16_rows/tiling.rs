@@ -88,15 +88,19 @@ pub(super) fn grid(m: usize, column_blocks: usize) -> (usize, CubeCount) {
     (rows, cubes)
 }
 
-/// [`chosen_tiling`] for the three-product kernel over widths `n0`, `n1`, `n2`: the default at
-/// most four groups (then eight rows in flight), since `supports_three` promises whole
-/// workgroups of 32 columns per segment, not more.
+/// [`chosen_tiling`] for the three-product kernel over widths `n0`, `n1`, `n2`: the default
+/// where its column groups tile the first two widths (an lm_head in three pieces at one row
+/// takes eight groups), else four groups with eight rows in flight (`supports_three` promises
+/// whole workgroups of 32 columns per segment, not more).
 pub(super) fn chosen_three_tiling(
     tiling: RowsTiling,
     m: usize,
     [n0, n1, n2]: [usize; 3],
 ) -> RowsTiling {
-    let capped = match default_tiling(m, n0 + n1 + n2).groups > 4 && tiling.groups == 0 {
+    let default = default_tiling(m, n0 + n1 + n2);
+    let columns = (default.groups * LANE_COLUMNS) as usize;
+    let default_tiles = n0.is_multiple_of(columns) && n1.is_multiple_of(columns);
+    let capped = match tiling.groups == 0 && !default_tiles {
         true => RowsTiling {
             groups: 4,
             unroll: 8,
@@ -126,6 +130,20 @@ mod tests {
         );
         assert_eq!(
             chosen_tiling(DEFAULT_TILING, 1, 5120, &[4096, 512]),
+            tiling(4, 8)
+        );
+        // Three products: the lm_head's pieces at one row take the wide tiling, widths it
+        // does not tile four groups.
+        assert_eq!(
+            chosen_three_tiling(DEFAULT_TILING, 1, [93_184, 93_184, 14_720]),
+            tiling(8, 16)
+        );
+        assert_eq!(
+            chosen_three_tiling(DEFAULT_TILING, 1, [93_184 + 32, 93_184, 14_720]),
+            tiling(4, 8)
+        );
+        assert_eq!(
+            chosen_three_tiling(DEFAULT_TILING, 1, [4096, 512, 512]),
             tiling(4, 8)
         );
         let refused = std::panic::catch_unwind(|| chosen_tiling(tiling(8, 8), 1, 96, &[32, 32]));

@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use burn::tensor::{Device, Int, IntDType, Tensor, TensorData};
 
 use super::GptOss;
-use super::cache::{FixedKv, KvCache, write_at};
+use gpt_oss_kernels::greedy_picks::{greedy_into_state, reference_greedy_into_state};
+
+use super::cache::{FixedKv, KvCache};
 use super::mask::{SlotRange, visible_ranges};
 use super::moe::RoutingHooks;
 use super::moe_pairs::pair_weights;
@@ -31,8 +33,6 @@ pub struct StepTables {
     /// Per attention window (`None`: full layers), [capacity, B * 2] 32-bit: the visible buffer
     /// indices of a query at each slot ([`visible_ranges`] over the whole buffer).
     key_ranges: HashMap<Option<usize>, Tensor<2, Int>>,
-    /// [1] holding 0: the index of whole-tensor writes.
-    zero: Tensor<1>,
     /// Per layer, the router's bias plus an expert mask's [E] on the device (`None`: no mask,
     /// or none forbidden in that layer): made once per generation, so a masked step reads
     /// nothing from the host, can be captured, and adds nothing per step.
@@ -91,7 +91,6 @@ impl StepTables {
             cos,
             sin,
             key_ranges,
-            zero: Tensor::zeros([1], device),
             router_biases,
         }
     }
@@ -180,8 +179,11 @@ impl GptOss {
                 (window, ranges)
             })
             .collect();
-        let ids = state.tokens.clone().reshape([b]).int();
-        let mut x = self.embed_tokens.forward_ids(ids).reshape([b, 1, h]);
+        let tokens = state.tokens.clone().reshape([b]);
+        let mut x = self
+            .embed_tokens
+            .forward_token_values(tokens)
+            .reshape([b, 1, h]);
         for (i, layer) in self.layers.iter().enumerate() {
             let ranges = key_ranges[&layer.sliding_window].clone();
             let attn_out = layer.self_attn.forward_step(
@@ -202,23 +204,14 @@ impl GptOss {
             };
             x = layer.moe_after_attention(x, attn_out, hooks).hidden;
         }
-        let logits = self.lm_head.forward(self.norm.forward(x));
-        let picks = logits.argmax(2).reshape([1, b]).float();
-        let next_slot = slot.add_scalar(1.0);
-        state.picks = write_at(
-            state.picks.clone(),
-            picks.clone().reshape([b, 1]),
-            next_slot.clone(),
-            1,
-            kernels,
-        );
-        state.tokens = write_at(state.tokens.clone(), picks, tables.zero.clone(), 0, kernels);
-        state.slot = write_at(
-            state.slot.clone(),
-            next_slot,
-            tables.zero.clone(),
-            0,
-            kernels,
-        );
+        let logits = self.lm_head.forward_normed(x, &self.norm);
+        let vocab = logits.dims()[2];
+        let logits = logits.reshape([b, vocab]);
+        let written = (state.picks.clone(), state.tokens.clone(), state.slot.clone());
+        (state.picks, state.tokens, state.slot) = if kernels {
+            greedy_into_state(logits, written)
+        } else {
+            reference_greedy_into_state(logits, written)
+        };
     }
 }

@@ -5,6 +5,9 @@
 use burn::module::{Module, Param};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use gpt_oss_kernels::{bf16_rows, embedding_rows};
+
+use super::norm::RmsNorm;
 
 /// Largest piece in bytes.
 pub const MAX_PIECE_BYTES: usize = 1 << 30;
@@ -69,6 +72,21 @@ impl Embedding {
             TensorData::new(ids, [n]),
             device,
         ))
+    }
+
+    /// Rows of a decode step's tokens `values` [n] (integers held as f32, as the step's state
+    /// keeps them) -> [n, H]: one launch on the kernel path (bf16 pieces, at most three, rows a
+    /// multiple of 8 wide), otherwise [`Self::forward_ids`].
+    pub fn forward_token_values(&self, values: Tensor<1>) -> Tensor<2> {
+        let pieces: Vec<Tensor<2>> = self.pieces.iter().map(|p| p.val()).collect();
+        let width = pieces[0].dims()[1];
+        if super::project::on_kernel_path(&pieces[0])
+            && pieces.len() <= embedding_rows::MAX_PIECES
+            && embedding_rows::supports(width)
+        {
+            return embedding_rows::embedding_rows(values, &pieces, self.rows_per_piece);
+        }
+        self.forward_ids(values.int())
     }
 
     /// Rows of the token ids held on the device, `ids` [n] -> [n, H]: each piece gives the rows
@@ -151,6 +169,33 @@ impl LmHead {
         } else {
             Tensor::cat(parts, 2)
         }
+    }
+
+    /// Logits [B, T, vocab] of the final norm of `x` [B, T, H]. On the kernel path, with the
+    /// vocabulary in three pieces (gpt-oss's: 93,184 + 93,184 + 14,720 rows) and a few rows
+    /// (decoding), the three pieces' products run side by side in one launch that writes the
+    /// logits in place of three launches and their concatenation, the norm in the same launch
+    /// at one row; otherwise the norm, then [`Self::forward`].
+    pub fn forward_normed(&self, x: Tensor<3>, norm: &RmsNorm) -> Tensor<3> {
+        let [b, t, h] = x.dims();
+        let weights: Vec<Tensor<2>> = self.pieces.iter().map(|p| p.val()).collect();
+        let widths: Vec<usize> = weights.iter().map(|w| w.dims()[1]).collect();
+        let one_launch = norm.on_kernel_path
+            && super::project::on_kernel_path(&weights[0])
+            && b * t <= super::project::FEW_ROWS
+            && matches!(widths[..], [n0, n1, n2] if bf16_rows::supports_three(n0, n1, n2));
+        if !one_launch {
+            return self.forward(norm.forward(x));
+        }
+        let weights: [Tensor<2>; 3] = weights.try_into().expect("three pieces");
+        let rows = x.reshape([b * t, h]);
+        let logits = if bf16_rows::fuses_input_norm(b * t) {
+            bf16_rows::rms_norm_bf16_rows_three(rows, (norm.weight.val(), norm.eps), weights, None)
+        } else {
+            bf16_rows::bf16_rows_three(norm.forward(rows), weights, None)
+        };
+        let vocab = logits.dims()[1];
+        logits.reshape([b, t, vocab])
     }
 
     /// log p(target) at each position of `x` [B, T, H] for `targets` [B, T] -> [B, T]. With

@@ -305,3 +305,106 @@ pub(super) fn check_write_at_index(device: &Device) -> anyhow::Result<()> {
     }
     worst.finish()
 }
+
+/// The greedy picks written into a decode step's state (two launches) against burn's argmax
+/// and in-place writes: picks, tokens and slot equal exactly. Rows hold a tie for their
+/// maximum (the first index must win), one of them across two segments; the last case's slot
+/// is the last, so its picks are left alone.
+pub(super) fn check_greedy_into_state(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::greedy_picks::{SEGMENT, greedy_into_state, reference_greedy_into_state};
+    let mut worst = Worst::new("greedy picks kernels", 1e-7);
+    let segment = SEGMENT as usize;
+    for (rows, vocab, capacity, slot) in [
+        (1, 201_088, 64, 10),
+        (32, 201_088, 128, 100),
+        (3, 5000, 8, 0),
+        (2, 7, 4, 3),
+    ] {
+        let mut values: Vec<f32> = standard_normal([rows, vocab], device)
+            .try_into_vec_as::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        for row in 0..rows {
+            // A tie for the row's maximum: at a later index of the same segment and, where
+            // the row is wide enough, in a later segment.
+            let base = row * vocab;
+            let first = (row * 37) % vocab.min(segment);
+            let later = [first + 1, first + segment].map(|i| i.min(vocab - 1));
+            for at in std::iter::once(first).chain(later) {
+                values[base + at] = 100.0;
+            }
+        }
+        let logits = Tensor::<2>::from_data(TensorData::new(values, [rows, vocab]), device);
+        let state = || {
+            (
+                Tensor::<2>::random([rows, capacity], Distribution::Default, device),
+                Tensor::<2>::random([1, rows], Distribution::Default, device),
+                Tensor::<1>::from_data(TensorData::new(vec![slot as f32], [1]), device),
+            )
+        };
+        let ours_in = state();
+        let reference_in = (
+            ours_in.0.clone() * 1.0,
+            ours_in.1.clone() * 1.0,
+            ours_in.2.clone() * 1.0,
+        );
+        let (picks, tokens, next) = greedy_into_state(logits.clone(), ours_in);
+        let (want_picks, want_tokens, want_next) =
+            reference_greedy_into_state(logits, reference_in);
+        let fields = json!({"kernel": "greedy_into_state", "rows": rows, "vocab": vocab,
+                            "capacity": capacity, "slot": slot});
+        worst.record_parts(
+            [("picks", picks, want_picks), ("tokens", tokens, want_tokens)],
+            fields.clone(),
+        );
+        let mut slot_fields = fields;
+        slot_fields["part"] = json!("slot");
+        worst.record(next, want_next, slot_fields);
+    }
+    worst.finish()
+}
+
+/// A decode step's embedding lookup in one launch against the model's lookup by burn ops
+/// (exact: both copy bf16 values): gpt-oss's table in three pieces with ids at every piece's
+/// edges, and tables of one and two pieces.
+pub(super) fn check_embedding_rows(device: &Device) -> anyhow::Result<()> {
+    use burn::module::Param;
+    use burn::tensor::{DType, Int};
+    use gpt_oss_model::transformer::vocab::Embedding;
+    let mut worst = Worst::new("embedding_rows kernel", 1e-7);
+    for (rows_per_piece, vocab, width, ids) in [
+        (
+            93_184,
+            201_088,
+            2880,
+            vec![0, 93_183, 93_184, 186_367, 186_368, 201_087, 5, 200_001],
+        ),
+        (100, 100, 64, vec![99, 0, 42]),
+        (40, 53, 24, vec![39, 40, 52, 0]),
+    ] {
+        let pieces = (0..vocab)
+            .step_by(rows_per_piece)
+            .map(|start| {
+                let rows = rows_per_piece.min(vocab - start);
+                let piece = Tensor::<2>::random([rows, width], Distribution::Default, device);
+                Param::from_tensor(piece.cast(DType::BF16))
+            })
+            .collect();
+        let embedding = Embedding {
+            pieces,
+            rows_per_piece,
+        };
+        let n = ids.len();
+        let values: Vec<f32> = ids.iter().map(|&id| id as f32).collect();
+        let values = Tensor::<1>::from_data(TensorData::new(values, [n]), device);
+        let ids: Tensor<1, Int> = values.clone().int();
+        let ours = embedding.forward_token_values(values);
+        let reference = embedding.forward_ids(ids);
+        worst.record(
+            ours,
+            reference,
+            json!({"kernel": "embedding_rows", "pieces": embedding.pieces.len(),
+                   "vocab": vocab, "width": width, "rows": n}),
+        );
+    }
+    worst.finish()
+}

@@ -110,5 +110,46 @@ pub(super) fn check_bf16_rows(device: &Device) -> anyhow::Result<()> {
         );
     }
     unfused.finish()?;
+    worst.finish()?;
+    check_lm_head_in_one_launch(device)
+}
+
+/// gpt-oss's lm_head in its three vocabulary pieces as one three-product launch (the decode
+/// step's, with the final norm in it at one row), against each piece's reference product (the
+/// f32 reference of the whole lm_head is past wgpu's buffer size).
+fn check_lm_head_in_one_launch(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::bf16_rows::{bf16_rows_three, rms_norm_bf16_rows_three};
+    use gpt_oss_kernels::rms_norm_rows::reference_rms_norm_rows;
+    let mut worst = Worst::new("lm_head pieces in one launch", 1e-2);
+    let (k, widths) = (2880, [93_184, 93_184, 14_720]);
+    let weights =
+        widths.map(|n| Tensor::<2>::random([k, n], Distribution::Default, device).cast(DType::BF16));
+    let norm = (Tensor::<1>::random([k], Distribution::Default, device), 1e-5);
+    for (m, normed) in [(1, true), (1, false), (32, false)] {
+        let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 3.0), device);
+        let product = || match normed {
+            true => rms_norm_bf16_rows_three(x.clone(), norm.clone(), weights.clone(), None),
+            false => bf16_rows_three(x.clone(), weights.clone(), None),
+        };
+        let ours = product();
+        let seconds = seconds_per_queued_call(device, product)?;
+        let input = match normed {
+            true => reference_rms_norm_rows(x.clone(), norm.0.clone(), norm.1),
+            false => x.clone(),
+        };
+        let pieces: Vec<Tensor<2>> = weights
+            .iter()
+            .map(|w| {
+                gpt_oss_kernels::coopmat_gemm::reference_gemm(input.clone(), w.clone().cast(DType::F32))
+            })
+            .collect();
+        worst.record(
+            ours,
+            Tensor::cat(pieces, 1),
+            json!({"kernel": "bf16_rows_three", "m": m, "k": k, "n": widths, "norm": normed,
+                   "seconds_per_queued_call": seconds,
+                   "weight_bytes_per_second": (2 * k * widths.iter().sum::<usize>()) as f64 / seconds}),
+        );
+    }
     worst.finish()
 }
