@@ -38,9 +38,11 @@ const VALUE_UNROLL: u32 = 8;
 pub const MAX_QUERIES: usize = 16;
 
 /// With `fresh`, `q` is the projection [B, 1, heads + 2 kv_heads, d] (unrotated), rotated
-/// with `cos` and `sin` [B, 1, 1, d / 2], and the new key and value are written into `k` and
-/// `v` at slot `slot[0]`; without, `q` is [B, heads, T, d] rotated, and `cos`, `sin` and `slot`
-/// are not read.
+/// with the slot's row of the tables `cos` and `sin` [B, 1, table_slots, d / 2], the new key
+/// and value are written into `k` and `v` at slot `slot[0]`, and the visible keys are the
+/// slot's row of the table `ranges` [table_slots, B * 2] (a slot past the tables reads their
+/// last row); without, `q` is [B, heads, T, d] rotated, `ranges` is [B * T * 2], and `cos`,
+/// `sin`, `slot` and `table_slots` are not read.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn attention_rows_kernel(
@@ -58,6 +60,7 @@ fn attention_rows_kernel(
     kv_heads: u32,
     queries: u32,
     keys: u32,
+    table_slots: u32,
     scale: f32,
     #[comptime] head_dim: u32,
     #[comptime] fresh: bool,
@@ -71,7 +74,16 @@ fn attention_rows_kernel(
     let head = (item / queries) % heads;
     let row = item / (queries * heads);
     let kv_head = head / (heads / kv_heads);
-    let range = (row * queries + query) * 2;
+    // With `fresh`: the slot, and the tables' row for it.
+    let mut at = keys;
+    let mut lookup = 0u32;
+    let mut range = (row * queries + query) * 2;
+    if fresh {
+        at = u32::cast_from(slot[0]);
+        lookup = min(at, table_slots - 1);
+        let rows = items / heads;
+        range = (lookup * rows + row) * 2;
+    }
     let lo = ranges[range as usize];
     let hi = ranges[(range + 1) as usize];
     let kv_base = (row * kv_heads + kv_head) * keys * head_dim;
@@ -79,14 +91,13 @@ fn attention_rows_kernel(
 
     // Unrolled (head_dim is known when compiling): the array stays in registers.
     let mut scaled_q = Array::<f32>::new(head_dim as usize);
-    // The step's own key and value (with `fresh`), and the buffer index they stand for (none
+    // The step's own key and value (with `fresh`), standing for buffer index `at` (none
     // without: `keys` is past every index).
     let mut new_key = Shared::<[f32]>::new_slice(head_dim as usize);
     let mut new_value = Shared::<[f32]>::new_slice(head_dim as usize);
-    let mut at = keys;
     if fresh {
         let width = heads + 2 * kv_heads;
-        let angles = row * (head_dim / 2);
+        let angles = (row * table_slots + lookup) * (head_dim / 2);
         let q_base = (row * width + head) * head_dim;
         #[unroll]
         for d in 0..head_dim {
@@ -99,7 +110,6 @@ fn attention_rows_kernel(
                 q[((row * width + heads + kv_heads + kv_head) * head_dim + unit) as usize];
         }
         sync_cube();
-        at = u32::cast_from(slot[0]);
         // Read by no workgroup of this launch (they take the slot's key and value from
         // `new_key` and `new_value`).
         let rank_in_group = head % (heads / kv_heads);
@@ -243,9 +253,10 @@ pub trait AttentionRowsBackend: burn::backend::Backend {
         scale: f32,
     ) -> FloatTensor<Self>;
 
-    /// `qkv` [B, 1, heads + 2 kv_heads, d] (unrotated), `cos` and `sin` [B, 1, 1, d / 2], the
-    /// caches `keys` and `values` [B, kv_heads, capacity, d] (f32, contiguous: written in
-    /// place at slot `slot[0]`), `sinks` [heads], `ranges` [B * 2] -> [B, 1, heads, d].
+    /// `qkv` [B, 1, heads + 2 kv_heads, d] (unrotated), the tables `cos` and `sin` [B, 1,
+    /// slots, d / 2], the caches `keys` and `values` [B, kv_heads, capacity, d] (f32,
+    /// contiguous: written in place at slot `slot[0]`), `sinks` [heads], the table `ranges`
+    /// [slots, B * 2] -> [B, 1, heads, d].
     #[fusion(dtype = same_dtype(qkv), shape = Shape::from(vec![qkv[0], 1, qkv[2] - 2 * keys[1], qkv[3]]))]
     #[allow(clippy::too_many_arguments)]
     fn attention_step(
@@ -285,7 +296,7 @@ impl AttentionRowsBackend for CubeBackend {
             v,
             sinks,
             ranges,
-            [cos, sin, slot],
+            ([cos, sin, slot], 1),
             [b, heads, t],
             scale,
             false,
@@ -314,13 +325,22 @@ impl AttentionRowsBackend for CubeBackend {
         );
         assert_eq!(keys.meta.shape()[3], d, "attention_step: head widths");
         let heads = width - 2 * kv_heads;
+        let slots = cos.meta.shape()[2];
+        assert!(
+            cos.meta.shape()[..] == [b, 1, slots, d / 2]
+                && sin.meta.shape()[..] == cos.meta.shape()[..]
+                && ranges.meta.shape()[..] == [slots, b * 2],
+            "attention_step: tables of cos and sin [{b}, 1, slots, {}] and ranges [slots, {}]",
+            d / 2,
+            b * 2
+        );
         launch_attention(
             qkv,
             keys,
             values,
             sinks,
             ranges,
-            [cos, sin, slot],
+            ([cos, sin, slot], slots),
             [b, heads, 1],
             scale,
             true,
@@ -337,7 +357,7 @@ fn launch_attention(
     v: CubeTensor,
     sinks: CubeTensor,
     ranges: CubeTensor,
-    [cos, sin, slot]: [CubeTensor; 3],
+    ([cos, sin, slot], table_slots): ([CubeTensor; 3], usize),
     [b, heads, queries]: [usize; 3],
     scale: f32,
     fresh: bool,
@@ -368,6 +388,7 @@ fn launch_attention(
         kv_heads as u32,
         queries as u32,
         keys as u32,
+        table_slots as u32,
         scale,
         d as u32,
         fresh,
@@ -406,10 +427,12 @@ pub fn attention_rows(
 
 /// A decode step's RoPE, cache writes and attention in one launch: `qkv` [B, 1, heads + 2
 /// kv_heads, d] as the q/k/v projection leaves it (unrotated); q and the new key rotated with
-/// `cos_sin` ([B, 1, 1, d / 2] each), the new key and value written into `keys` and `values`
-/// [B, kv_heads, capacity, d] (f32, contiguous, in place) at slot `slot[0]` (nothing past the
-/// end), then what [`attention_rows`] computes over `ranges` [B * 2], the slot's key and value
-/// taken from `qkv` -> [B, 1, heads, d]. GPU only.
+/// the row for slot `slot[0]` of the tables `cos_sin` ([B, 1, slots, d / 2] each), the new key
+/// and value written into `keys` and `values` [B, kv_heads, capacity, d] (f32, contiguous, in
+/// place) at that slot (nothing past the end), then what [`attention_rows`] computes over the
+/// slot's row of the table `ranges` [slots, B * 2], the slot's key and value taken from `qkv`
+/// -> [B, 1, heads, d]. The slot picks the tables' rows in the launch (a slot past them, their
+/// last). GPU only.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_step(
     qkv: Tensor<4>,
@@ -417,7 +440,7 @@ pub fn attention_step(
     (keys, values): (&Tensor<4>, &Tensor<4>),
     slot: Tensor<1>,
     sinks: Tensor<1>,
-    ranges: Tensor<1, Int>,
+    ranges: Tensor<2, Int>,
     scale: f32,
 ) -> Tensor<4> {
     let (cos, sin) = cos_sin;

@@ -95,7 +95,10 @@ impl EmbeddingRowsBackend for CubeBackend {
                 "embedding_rows: pieces must be bf16 of one width"
             );
         }
-        assert!(supports(width) && n <= MAX_GRID_X, "embedding_rows: {n} rows of {width}");
+        assert!(
+            supports(width) && n <= MAX_GRID_X,
+            "embedding_rows: {n} rows of {width}"
+        );
         let vocab: usize = all[..pieces].iter().map(|p| p.meta.shape()[0]).sum();
         let vectors = width / 8;
         let out = empty_f32(&ids, vec![n, width]);

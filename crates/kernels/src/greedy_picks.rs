@@ -41,12 +41,7 @@ fn workgroup_first_maximum(value: f32, index: f32) -> (f32, f32) {
 /// `partials` [rows, segments, 2]: each segment's maximum and the first index holding it.
 /// Grid: segments across, rows down.
 #[cube(launch)]
-fn segment_maxima_kernel(
-    logits: &[f32],
-    partials: &mut [f32],
-    width: u32,
-    segments: u32,
-) {
+fn segment_maxima_kernel(logits: &[f32], partials: &mut [f32], width: u32, segments: u32) {
     let (segment, row) = (CUBE_POS_X, CUBE_POS_Y);
     let start = segment * SEGMENT + UNIT_POS;
     let mut values = Array::<f32>::new(SEGMENT_UNROLL as usize);
@@ -247,9 +242,14 @@ pub fn reference_greedy_into_state(
     let chosen = logits.argmax(1).float().reshape([1, b]);
     let next_slot = slot.clone().add_scalar(1.0);
     let zero = Tensor::<1>::zeros([1], &slot.device());
-    let picks = reference_write_at_index(picks, chosen.clone().reshape([b, 1]), next_slot.clone(), 1);
+    let picks =
+        reference_write_at_index(picks, chosen.clone().reshape([b, 1]), next_slot.clone(), 1);
     let tokens = reference_write_at_index(tokens, chosen, zero.clone(), 0);
-    (picks, tokens, reference_write_at_index(slot, next_slot, zero, 0))
+    (
+        picks,
+        tokens,
+        reference_write_at_index(slot, next_slot, zero, 0),
+    )
 }
 
 #[cfg(test)]

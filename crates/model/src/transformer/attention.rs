@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Tensor};
 
 use gpt_oss_kernels::{AttentionKernel, attention_rows, attention_tiles, bf16_rows, rotary_rows};
 
@@ -12,6 +12,7 @@ use super::mask::KeyMask;
 use super::norm::RmsNorm;
 use super::project::{FEW_ROWS, linear, on_kernel_path};
 use super::rope::apply_rotary;
+use super::step::AtSlot;
 
 /// How attention splits its work: queries in chunks, each against only the keys it may see.
 #[derive(Debug, Clone, Copy)]
@@ -101,36 +102,37 @@ impl Attention {
     /// A decode step whose changing inputs all live on the device (a captured, replayed step):
     /// the residual stream `x` [B, T, H], normed by `norm` first (the layer's input norm; on
     /// the kernel path in the q/k/v product's launch); the step's keys and values are written
-    /// into `kv` at slot `slot[0]` (buffer index = slot); `key_ranges` are the visible buffer
-    /// indices of each (row, query) ([`KeyMask::key_ranges`]'s layout). On the kernel path at
-    /// one position RoPE, the cache writes and attention are one launch
-    /// (`attention_rows::attention_step`). Returns [B, T, H].
+    /// into `kv` at the step's slot (buffer index = slot); RoPE's angles and the visible buffer
+    /// indices of this layer's `window` come from `at`. On the kernel path at one position
+    /// RoPE, the cache writes and attention are one launch (`attention_rows::attention_step`),
+    /// which picks the slot's rows of the step's tables itself. Returns [B, T, H].
     pub fn forward_step(
         &self,
         x: Tensor<3>,
         norm: &RmsNorm,
-        cos_sin: &(Tensor<4>, Tensor<4>),
-        key_ranges: Tensor<1, Int>,
+        at: &AtSlot<'_>,
+        window: Option<usize>,
         kv: &mut FixedKv,
-        slot: Tensor<1>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, d) = self.head_counts();
         let kernels = on_kernel_path(&self.q_proj.weight.val());
         let (sinks, scale) = (self.sinks.val(), self.score_scale() as f32);
+        let slot = at.slot.clone();
         let one_launch = kernels && t == 1 && self.projects_in_one_launch(b);
         let out = if one_launch && attention_rows::supports(d) {
             // One launch rotates q and k, writes k and v into the caches and attends.
             attention_rows::attention_step(
                 self.qkv_in_one_launch(x, Some(norm)),
-                cos_sin.clone(),
+                at.rope_tables(),
                 (&kv.keys, &kv.values),
                 slot,
                 sinks,
-                key_ranges,
+                at.key_range_table(window),
                 scale,
             )
         } else {
+            let cos_sin = at.cos_sin();
             let q = if one_launch {
                 // One launch rotates q and k and writes k and v into the caches.
                 rotary_rows::rotary_qkv_into_cache(
@@ -147,6 +149,7 @@ impl Attention {
                 q
             };
             let (k, v) = (kv.keys.clone(), kv.values.clone());
+            let key_ranges = at.key_ranges(window);
             if kernels && attention_rows::supports(d) {
                 attention_rows::attention_rows(q, k, v, sinks, key_ranges, scale)
             } else {

@@ -10,6 +10,7 @@
 //! and picked by the step from the device slot. A step reads the slot and tokens, writes its keys
 //! and values at the slot, its greedy picks at the next slot, and advances the slot.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 
 use burn::tensor::{Device, Int, IntDType, Tensor, TensorData};
@@ -96,6 +97,76 @@ impl StepTables {
     }
 }
 
+/// What a decode step's attention reads at the step's slot: the step tables, whose rows for
+/// the slot the one-launch attention picks itself, and those rows picked by burn ops for the
+/// other paths (once per step, on first use: the tables hold every slot of the generation).
+pub struct AtSlot<'a> {
+    /// [1]: the step's slot (an integer held as f32).
+    pub slot: Tensor<1>,
+    tables: &'a StepTables,
+    picked: OnceCell<PickedAtSlot>,
+}
+
+/// The step tables' rows for one slot.
+struct PickedAtSlot {
+    /// cos and sin [B, 1, 1, head_dim / 2].
+    cos_sin: (Tensor<4>, Tensor<4>),
+    /// Per attention window, [B * 2].
+    key_ranges: HashMap<Option<usize>, Tensor<1, Int>>,
+}
+
+impl<'a> AtSlot<'a> {
+    pub fn new(tables: &'a StepTables, slot: Tensor<1>) -> Self {
+        Self {
+            slot,
+            tables,
+            picked: OnceCell::new(),
+        }
+    }
+
+    /// RoPE's cos and sin tables [B, 1, capacity, head_dim / 2].
+    pub fn rope_tables(&self) -> (Tensor<4>, Tensor<4>) {
+        (self.tables.cos.clone(), self.tables.sin.clone())
+    }
+
+    /// The visible buffer indices of a query at each slot for `window`'s layers [capacity,
+    /// B * 2].
+    pub fn key_range_table(&self, window: Option<usize>) -> Tensor<2, Int> {
+        self.tables.key_ranges[&window].clone()
+    }
+
+    /// cos and sin at the slot [B, 1, 1, head_dim / 2].
+    pub fn cos_sin(&self) -> &(Tensor<4>, Tensor<4>) {
+        &self.picked().cos_sin
+    }
+
+    /// The visible buffer indices at the slot for `window`'s layers [B * 2].
+    pub fn key_ranges(&self, window: Option<usize>) -> Tensor<1, Int> {
+        self.picked().key_ranges[&window].clone()
+    }
+
+    fn picked(&self) -> &PickedAtSlot {
+        self.picked.get_or_init(|| {
+            let index = self.slot.clone().int();
+            let cos_sin = (
+                self.tables.cos.clone().select(2, index.clone()),
+                self.tables.sin.clone().select(2, index.clone()),
+            );
+            let key_ranges = (self.tables.key_ranges.iter())
+                .map(|(&window, table)| {
+                    let width = table.dims()[1];
+                    let ranges = table.clone().select(0, index.clone()).reshape([width]);
+                    (window, ranges)
+                })
+                .collect();
+            PickedAtSlot {
+                cos_sin,
+                key_ranges,
+            }
+        })
+    }
+}
+
 /// The device state a step reads and writes.
 #[derive(Debug, Clone)]
 pub struct StepState {
@@ -164,35 +235,19 @@ impl GptOss {
         let kernels = self.on_kernel_path();
         let b = state.tokens.dims()[1];
         let h = self.config.hidden_size;
-        let slot = state.slot.clone();
-        let slot_index = slot.clone().int();
-        let cos_sin = (
-            tables.cos.clone().select(2, slot_index.clone()),
-            tables.sin.clone().select(2, slot_index.clone()),
-        );
-        // One lookup per attention window, shared by that window's layers.
-        let key_ranges: HashMap<Option<usize>, Tensor<1, Int>> = tables
-            .key_ranges
-            .iter()
-            .map(|(&window, table)| {
-                let ranges = table.clone().select(0, slot_index.clone()).reshape([b * 2]);
-                (window, ranges)
-            })
-            .collect();
+        let at = AtSlot::new(tables, state.slot.clone());
         let tokens = state.tokens.clone().reshape([b]);
         let mut x = self
             .embed_tokens
             .forward_token_values(tokens)
             .reshape([b, 1, h]);
         for (i, layer) in self.layers.iter().enumerate() {
-            let ranges = key_ranges[&layer.sliding_window].clone();
             let attn_out = layer.self_attn.forward_step(
                 x.clone(),
                 &layer.input_layernorm,
-                &cos_sin,
-                ranges,
+                &at,
+                layer.sliding_window,
                 &mut state.layers[i],
-                slot.clone(),
             );
             let hooks = RoutingHooks {
                 layer: i,
@@ -207,7 +262,11 @@ impl GptOss {
         let logits = self.lm_head.forward_normed(x, &self.norm);
         let vocab = logits.dims()[2];
         let logits = logits.reshape([b, vocab]);
-        let written = (state.picks.clone(), state.tokens.clone(), state.slot.clone());
+        let written = (
+            state.picks.clone(),
+            state.tokens.clone(),
+            state.slot.clone(),
+        );
         (state.picks, state.tokens, state.slot) = if kernels {
             greedy_into_state(logits, written)
         } else {

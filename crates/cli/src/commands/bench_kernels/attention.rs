@@ -41,11 +41,13 @@ pub(super) fn check_attention_rows(device: &Device) -> anyhow::Result<()> {
     worst.finish()
 }
 
-/// A decode step's RoPE, cache writes and attention in one launch (`attention_step`) against
-/// the two launches it replaces (`rotary_qkv_into_cache`, then `attention_rows`) on copies of
-/// the same caches: the output and both caches afterwards. Ranges end at the slot (a decode
-/// step's) or are random (the slot outside some, one range empty); one slot is past the end
-/// (nothing written).
+/// A decode step's RoPE, cache writes and attention in one launch (`attention_step`, which
+/// picks the slot's rows of the step tables itself) against the two launches it replaces
+/// (`rotary_qkv_into_cache`, then `attention_rows`, on the rows picked on the host) on copies of
+/// the same caches: the output and both caches afterwards. Every other row of the tables is
+/// random, so a wrong row shows. Ranges end at the slot (a decode step's) or are random (the
+/// slot outside some, one range empty); one slot is past the end (nothing written, the
+/// tables' last row read).
 pub(super) fn check_attention_step(device: &Device) -> anyhow::Result<()> {
     use gpt_oss_kernels::attention_rows::{attention_rows, attention_step};
     use gpt_oss_kernels::rotary_rows::rotary_qkv_into_cache;
@@ -59,9 +61,15 @@ pub(super) fn check_attention_step(device: &Device) -> anyhow::Result<()> {
         [2, 4, 2, 32, 40, 40, 0],
     ] {
         let normal = |shape: [usize; 4]| standard_normal(shape, device);
-        let angles = || Tensor::<4>::random([b, 1, 1, d / 2], Distribution::Default, device);
+        // The tables hold a row per slot of the caches; a slot past them reads the last.
+        let lookup = slot.min(capacity - 1);
+        let angles = || Tensor::<4>::random([b, 1, capacity, d / 2], Distribution::Default, device);
         let qkv = normal([b, 1, heads + 2 * kv_heads, d]);
-        let (cos, sin) = (angles(), angles());
+        let (cos_table, sin_table) = (angles(), angles());
+        let (cos, sin) = (
+            cos_table.clone().narrow(2, lookup, 1),
+            sin_table.clone().narrow(2, lookup, 1),
+        );
         let (keys, values) = (
             normal([b, kv_heads, capacity, d]),
             normal([b, kv_heads, capacity, d]),
@@ -75,6 +83,13 @@ pub(super) fn check_attention_step(device: &Device) -> anyhow::Result<()> {
         } else {
             random_key_ranges(&mut rng, b, capacity)
         };
+        let range_table: Vec<i32> = (0..capacity)
+            .flat_map(|s| match s == lookup {
+                true => ranges.clone(),
+                false => random_key_ranges(&mut rng, b, capacity),
+            })
+            .collect();
+        let range_table = ranges_tensor(range_table, device).reshape([capacity, b * 2]);
         let ranges = ranges_tensor(ranges, device);
         let sinks = standard_normal([heads], device);
         let at = Tensor::<1>::from_data(TensorData::new(vec![slot as f32], [1]), device);
@@ -95,7 +110,15 @@ pub(super) fn check_attention_step(device: &Device) -> anyhow::Result<()> {
             ranges.clone(),
             scale,
         );
-        let ours = attention_step(qkv, (cos, sin), (&keys, &values), at, sinks, ranges, scale);
+        let ours = attention_step(
+            qkv,
+            (cos_table, sin_table),
+            (&keys, &values),
+            at,
+            sinks,
+            range_table,
+            scale,
+        );
         worst.record_parts(
             [
                 ("out", ours, two_launches),

@@ -353,7 +353,10 @@ pub(super) fn check_greedy_into_state(device: &Device) -> anyhow::Result<()> {
         let fields = json!({"kernel": "greedy_into_state", "rows": rows, "vocab": vocab,
                             "capacity": capacity, "slot": slot});
         worst.record_parts(
-            [("picks", picks, want_picks), ("tokens", tokens, want_tokens)],
+            [
+                ("picks", picks, want_picks),
+                ("tokens", tokens, want_tokens),
+            ],
             fields.clone(),
         );
         let mut slot_fields = fields;

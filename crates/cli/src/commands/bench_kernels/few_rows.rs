@@ -122,9 +122,12 @@ fn check_lm_head_in_one_launch(device: &Device) -> anyhow::Result<()> {
     use gpt_oss_kernels::rms_norm_rows::reference_rms_norm_rows;
     let mut worst = Worst::new("lm_head pieces in one launch", 1e-2);
     let (k, widths) = (2880, [93_184, 93_184, 14_720]);
-    let weights =
-        widths.map(|n| Tensor::<2>::random([k, n], Distribution::Default, device).cast(DType::BF16));
-    let norm = (Tensor::<1>::random([k], Distribution::Default, device), 1e-5);
+    let weights = widths
+        .map(|n| Tensor::<2>::random([k, n], Distribution::Default, device).cast(DType::BF16));
+    let norm = (
+        Tensor::<1>::random([k], Distribution::Default, device),
+        1e-5,
+    );
     for (m, normed) in [(1, true), (1, false), (32, false)] {
         let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 3.0), device);
         let product = || match normed {
@@ -140,7 +143,10 @@ fn check_lm_head_in_one_launch(device: &Device) -> anyhow::Result<()> {
         let pieces: Vec<Tensor<2>> = weights
             .iter()
             .map(|w| {
-                gpt_oss_kernels::coopmat_gemm::reference_gemm(input.clone(), w.clone().cast(DType::F32))
+                gpt_oss_kernels::coopmat_gemm::reference_gemm(
+                    input.clone(),
+                    w.clone().cast(DType::F32),
+                )
             })
             .collect();
         worst.record(
