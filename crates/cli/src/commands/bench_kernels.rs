@@ -43,6 +43,11 @@ pub struct KernelCheckArgs {
     /// few-query attention, RoPE, in-place writes): minutes fewer than every check.
     #[arg(long)]
     pub decoding_only: bool,
+    /// Only these decoding checks (few_rows, lm_head, rms_norm, router, moe_pairs,
+    /// attention_rows, attention_step, rotary, write_at_index, greedy_into_state,
+    /// embedding_rows).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Output columns per plane of the per-pair experts kernels timed by `--decode-timings`.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub columns_per_plane: Vec<u32>,
@@ -111,8 +116,8 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
             args.weights_in_l2,
         );
     }
-    if args.decoding_only {
-        return check_decoding_kernels(&device);
+    if args.decoding_only || !args.only.is_empty() {
+        return check_decoding_kernels(&device, &args.only);
     }
     let mut worst = Worst::new("grouped kernel", 1e-2);
     for (experts, rows, n, k) in CASES {
@@ -147,21 +152,45 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
     worst.finish()?;
     check_logsumexp(&device)?;
     attention::check_attention_tiles(&device)?;
-    check_decoding_kernels(&device)
+    check_decoding_kernels(&device, &[])
 }
 
-/// The checks of the kernels a decode step runs.
-fn check_decoding_kernels(device: &Device) -> anyhow::Result<()> {
-    few_rows::check_bf16_rows(device)?;
-    decoding::check_rms_norm(device)?;
-    decoding::check_router(device)?;
-    decoding::check_moe_pairs(device)?;
-    attention::check_attention_rows(device)?;
-    attention::check_attention_step(device)?;
-    decoding::check_rotary(device)?;
-    decoding::check_write_at_index(device)?;
-    decoding::check_greedy_into_state(device)?;
-    decoding::check_embedding_rows(device)
+/// A kernel check on one device.
+type Check = fn(&Device) -> anyhow::Result<()>;
+
+/// The checks of the kernels a decode step runs, by name (`--only`), in the order
+/// `--decoding-only` runs them.
+const DECODING_CHECKS: [(&str, Check); 11] = [
+    ("few_rows", few_rows::check_bf16_rows),
+    ("lm_head", few_rows::check_lm_head_in_one_launch),
+    ("rms_norm", decoding::check_rms_norm),
+    ("router", decoding::check_router),
+    ("moe_pairs", decoding::check_moe_pairs),
+    ("attention_rows", attention::check_attention_rows),
+    ("attention_step", attention::check_attention_step),
+    ("rotary", decoding::check_rotary),
+    ("write_at_index", decoding::check_write_at_index),
+    ("greedy_into_state", decoding::check_greedy_into_state),
+    ("embedding_rows", decoding::check_embedding_rows),
+];
+
+/// The decoding checks named in `only` (every one when empty); an unknown name is an error
+/// that lists the known ones.
+fn check_decoding_kernels(device: &Device, only: &[String]) -> anyhow::Result<()> {
+    for name in only {
+        anyhow::ensure!(
+            DECODING_CHECKS.iter().any(|(known, _)| known == name),
+            "--only: no decoding check `{name}` (known: {})",
+            DECODING_CHECKS.map(|(known, _)| known).join(", ")
+        );
+    }
+    let chosen = DECODING_CHECKS
+        .iter()
+        .filter(|(name, _)| only.is_empty() || only.iter().any(|o| o == name));
+    for (_, check) in chosen {
+        check(device)?;
+    }
+    Ok(())
 }
 
 /// The tensor-core kernel with its epilogues (gate_up: bias and clamped SwiGLU; down: bias and
@@ -508,5 +537,15 @@ mod tests {
             let error = parse_rows_tiling(bad).unwrap_err().to_string();
             assert!(error.contains(bad), "{bad}: {error}");
         }
+    }
+
+    /// `--only` refuses a name no check has, before running any, and lists the known ones.
+    #[test]
+    fn only_refuses_unknown_checks() {
+        let error = check_decoding_kernels(&Device::flex(), &["lm_head".into(), "lm-head".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`lm-head`"), "{error}");
+        assert!(error.contains("embedding_rows"), "{error}");
     }
 }

@@ -110,14 +110,13 @@ pub(super) fn check_bf16_rows(device: &Device) -> anyhow::Result<()> {
         );
     }
     unfused.finish()?;
-    worst.finish()?;
-    check_lm_head_in_one_launch(device)
+    worst.finish()
 }
 
 /// gpt-oss's lm_head in its three vocabulary pieces as one three-product launch (the decode
 /// step's, with the final norm in it at one row), against each piece's reference product (the
 /// f32 reference of the whole lm_head is past wgpu's buffer size).
-fn check_lm_head_in_one_launch(device: &Device) -> anyhow::Result<()> {
+pub(super) fn check_lm_head_in_one_launch(device: &Device) -> anyhow::Result<()> {
     use gpt_oss_kernels::bf16_rows::{bf16_rows_three, rms_norm_bf16_rows_three};
     use gpt_oss_kernels::rms_norm_rows::reference_rms_norm_rows;
     let mut worst = Worst::new("lm_head pieces in one launch", 1e-2);
@@ -128,7 +127,32 @@ fn check_lm_head_in_one_launch(device: &Device) -> anyhow::Result<()> {
         Tensor::<1>::random([k], Distribution::Default, device),
         1e-5,
     );
-    for (m, normed) in [(1, true), (1, false), (32, false)] {
+    // At 32 rows the tensor-core GEMM (one launch per piece) as well: which path the step's
+    // lm_head should take there.
+    for m in [8, 32] {
+        let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 3.0), device);
+        let product = || {
+            let pieces = weights
+                .iter()
+                .map(|w| gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x.clone(), w.clone()));
+            Tensor::cat(pieces.collect(), 1)
+        };
+        let ours = product();
+        let seconds = seconds_per_queued_call(device, product)?;
+        let pieces: Vec<Tensor<2>> = weights
+            .iter()
+            .map(|w| {
+                gpt_oss_kernels::coopmat_gemm::reference_gemm(x.clone(), w.clone().cast(DType::F32))
+            })
+            .collect();
+        worst.record(
+            ours,
+            Tensor::cat(pieces, 1),
+            json!({"kernel": "coopmat_gemm per piece", "m": m, "k": k, "n": widths,
+                   "seconds_per_queued_call": seconds}),
+        );
+    }
+    for (m, normed) in [(1, true), (1, false), (8, false), (32, false)] {
         let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 3.0), device);
         let product = || match normed {
             true => rms_norm_bf16_rows_three(x.clone(), norm.clone(), weights.clone(), None),
