@@ -43,7 +43,7 @@ pub struct KernelCheckArgs {
     /// few-query attention, RoPE, in-place writes): minutes fewer than every check.
     #[arg(long)]
     pub decoding_only: bool,
-    /// Only these decoding checks (few_rows, lm_head, rms_norm, router, moe_pairs,
+    /// Only these decoding checks (few_rows, lm_head, projection_paths, rms_norm, router, moe_pairs,
     /// attention_rows, attention_step, rotary, write_at_index, greedy_into_state,
     /// embedding_rows).
     #[arg(long, value_delimiter = ',')]
@@ -160,9 +160,10 @@ type Check = fn(&Device) -> anyhow::Result<()>;
 
 /// The checks of the kernels a decode step runs, by name (`--only`), in the order
 /// `--decoding-only` runs them.
-const DECODING_CHECKS: [(&str, Check); 11] = [
+const DECODING_CHECKS: [(&str, Check); 12] = [
     ("few_rows", few_rows::check_bf16_rows),
     ("lm_head", few_rows::check_lm_head_in_one_launch),
+    ("projection_paths", few_rows::check_projection_paths),
     ("rms_norm", decoding::check_rms_norm),
     ("router", decoding::check_router),
     ("moe_pairs", decoding::check_moe_pairs),

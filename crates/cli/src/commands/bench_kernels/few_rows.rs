@@ -127,9 +127,9 @@ pub(super) fn check_lm_head_in_one_launch(device: &Device) -> anyhow::Result<()>
         Tensor::<1>::random([k], Distribution::Default, device),
         1e-5,
     );
-    // At 32 rows the tensor-core GEMM (one launch per piece) as well: which path the step's
-    // lm_head should take there.
-    for m in [8, 32] {
+    // From two rows the tensor-core GEMM (one launch per piece) as well: which path the step's
+    // lm_head should take at each batch.
+    for m in [2, 4, 8, 16, 32] {
         let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 3.0), device);
         let product = || {
             let pieces = weights
@@ -152,7 +152,15 @@ pub(super) fn check_lm_head_in_one_launch(device: &Device) -> anyhow::Result<()>
                    "seconds_per_queued_call": seconds}),
         );
     }
-    for (m, normed) in [(1, true), (1, false), (8, false), (32, false)] {
+    let rows = [
+        (1, true),
+        (1, false),
+        (2, false),
+        (4, false),
+        (8, false),
+        (16, false),
+    ];
+    for (m, normed) in rows.into_iter().chain([(32, false)]) {
         let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 3.0), device);
         let product = || match normed {
             true => rms_norm_bf16_rows_three(x.clone(), norm.clone(), weights.clone(), None),
@@ -180,6 +188,38 @@ pub(super) fn check_lm_head_in_one_launch(device: &Device) -> anyhow::Result<()>
                    "seconds_per_queued_call": seconds,
                    "weight_bytes_per_second": (2 * k * widths.iter().sum::<usize>()) as f64 / seconds}),
         );
+    }
+    worst.finish()
+}
+
+/// The attention's projections at 2 to 32 rows on both paths, the few-row kernel and the
+/// tensor-core GEMM, each against the reference: which one a decode step at that batch should
+/// take (the model switches at [`gpt_oss_model::transformer::project::FEW_ROWS`]).
+pub(super) fn check_projection_paths(device: &Device) -> anyhow::Result<()> {
+    use gpt_oss_kernels::bf16_rows::bf16_rows_matmul;
+    use gpt_oss_kernels::coopmat_gemm::{coopmat_gemm, reference_gemm};
+    let mut worst = Worst::new("projections on both paths", 1e-2);
+    // q/k/v side by side, o.
+    for [k, n] in [[2880, 5120], [4096, 2880]] {
+        let w = Tensor::<2>::random([k, n], Distribution::Default, device).cast(DType::BF16);
+        for m in [2, 4, 8, 16, 32] {
+            let x = Tensor::<2>::random([m, k], Distribution::Default, device);
+            let reference = reference_gemm(x.clone(), w.clone().cast(DType::F32));
+            for path in ["bf16_rows", "coopmat_gemm"] {
+                let product = || match path {
+                    "bf16_rows" => bf16_rows_matmul(x.clone(), w.clone(), None),
+                    _ => coopmat_gemm(x.clone(), w.clone()),
+                };
+                let ours = product();
+                let seconds = seconds_per_queued_call(device, product)?;
+                worst.record(
+                    ours,
+                    reference.clone(),
+                    json!({"kernel": path, "m": m, "k": k, "n": n,
+                           "seconds_per_queued_call": seconds}),
+                );
+            }
+        }
     }
     worst.finish()
 }
