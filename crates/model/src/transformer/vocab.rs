@@ -27,6 +27,23 @@ pub fn rows_per_piece(width: usize) -> usize {
     }
 }
 
+/// Rows up to which the lm_head's products take the few-row kernel on the kernel path, past
+/// which the tensor-core GEMM (`bench kernel-check --only lm_head`, H100, 2026-11-27, gpt-oss's
+/// three pieces, ms: few-row kernel / tensor cores at 2 rows 0.58 / 1.27, 4 rows 0.76 / 1.35,
+/// 8 rows 1.61 / 1.32, 32 rows 3.42 / 1.36). The attention's projections keep the few-row
+/// kernel up to 32 rows (`project::FEW_ROWS`; faster there at every count measured).
+pub const FEW_ROWS: usize = 4;
+
+/// `x` [m, H] times one lm_head piece [H, n] -> [m, n]: the few-row kernel up to [`FEW_ROWS`]
+/// rows on the kernel path, the tensor-core GEMM past them, burn's matmul off it.
+fn piece_logits(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    if super::project::on_kernel_path(&w) && x.dims()[0] > FEW_ROWS {
+        gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x, w)
+    } else {
+        super::project::times_weight(x, w)
+    }
+}
+
 /// Token embedding table [vocab, H], in row pieces.
 #[derive(Module, Debug)]
 pub struct Embedding {
@@ -159,7 +176,7 @@ impl LmHead {
             .iter()
             .map(|w| {
                 let [b, t, h] = x.dims();
-                let logits = super::project::times_weight(x.clone().reshape([b * t, h]), w.val());
+                let logits = piece_logits(x.clone().reshape([b * t, h]), w.val());
                 let width = logits.dims()[1];
                 logits.reshape([b, t, width])
             })
@@ -172,8 +189,8 @@ impl LmHead {
     }
 
     /// Logits [B, T, vocab] of the final norm of `x` [B, T, H]. On the kernel path, with the
-    /// vocabulary in three pieces (gpt-oss's: 93,184 + 93,184 + 14,720 rows) and a few rows
-    /// (decoding), the three pieces' products run side by side in one launch that writes the
+    /// vocabulary in three pieces (gpt-oss's: 93,184 + 93,184 + 14,720 rows) and up to
+    /// [`FEW_ROWS`] rows, the three pieces' products run side by side in one launch that writes the
     /// logits, in place of three launches and their concatenation; otherwise [`Self::forward`].
     /// The norm stays its own launch: fused into the product, each of the product's 3,142
     /// workgroups normed the row again (1,149 us against 484 for the product alone at one row,
@@ -183,7 +200,7 @@ impl LmHead {
         let weights: Vec<Tensor<2>> = self.pieces.iter().map(|p| p.val()).collect();
         let widths: Vec<usize> = weights.iter().map(|w| w.dims()[1]).collect();
         let one_launch = super::project::on_kernel_path(&weights[0])
-            && b * t <= super::project::FEW_ROWS
+            && b * t <= FEW_ROWS
             && matches!(widths[..], [n0, n1, n2] if bf16_rows::supports_three(n0, n1, n2));
         let normed = norm.forward(x);
         if !one_launch {
