@@ -169,6 +169,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
                     "tokens_per_second": timing.produced as f64 / timing.seconds,
                     "prefill_and_first_token_seconds": timing.prefill,
                     "decode_step_tokens_per_second": timing.step_tokens_per_second(batch, args.new_tokens),
+                    "steady_step_tokens_per_second": timing.steady_step_tokens_per_second(batch, args.new_tokens),
                     "gpu_bytes_reserved": pool(&device),
                     "host_cpu_seconds_by_thread": timing.host_cpu,
                     "same_tokens_as_first_decoding": same_tokens,
@@ -183,7 +184,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
 type Generator = fn(&GptOss, &[Vec<u32>], &GenerateOptions, Option<&ExpertMask>) -> Vec<Vec<u32>>;
 
 /// How a decoding is timed: generations of `new_tokens` per prompt, untimed ones for at least
-/// `warm_up_seconds`, then `timed` ones.
+/// `warm_up_seconds`, then `timed` ones (and `timed` of twice the tokens).
 struct DecodeRuns {
     new_tokens: usize,
     warm_up_seconds: f64,
@@ -194,6 +195,8 @@ struct DecodeRuns {
 /// A decoding's timing: medians over the timed generations.
 struct DecodeTiming {
     seconds: f64,
+    /// Generations of twice the tokens (see [`Self::steady_step_tokens_per_second`]).
+    twice_seconds: f64,
     /// The prompt's forward pass and the first token alone.
     prefill: f64,
     /// Seconds the untimed generations took.
@@ -210,11 +213,20 @@ impl DecodeTiming {
         let steps = new_tokens.saturating_sub(1) as f64;
         steps * batch as f64 / (self.seconds - self.prefill)
     }
+
+    /// Tokens per second of the steps a generation of twice the tokens adds: the decode steps'
+    /// steady rate, without the prefill and whatever a generation runs once (a captured step's
+    /// warm-up and recording, which run uncaptured: at batch 1 the first three steps take
+    /// several replays' time and weigh on [`Self::step_tokens_per_second`] over 64 tokens).
+    fn steady_step_tokens_per_second(&self, batch: usize, new_tokens: usize) -> f64 {
+        (new_tokens * batch) as f64 / (self.twice_seconds - self.seconds)
+    }
 }
 
 /// Times `generator` producing `runs.new_tokens` per prompt: untimed generations until
 /// `runs.warm_up_seconds` have passed (at least one: kernels compiled and tuned), then
-/// `runs.timed` generations and as many of the first token alone, each figure their median.
+/// `runs.timed` generations, as many of twice the tokens and as many of the first token alone,
+/// each figure their median.
 ///
 /// The warm-up is for the GPU's clocks: an H100 idles at 345 MHz and, under load, reaches its
 /// 1980 MHz only after 0.2 to 1.5 s (nvidia-smi every 100 ms, 2026-11-27; it falls back within
@@ -259,6 +271,17 @@ fn time_decode(
         .into_iter()
         .map(|(thread, cpu)| (thread, cpu / runs.timed as f64))
         .collect();
+    let twice = GenerateOptions {
+        max_new_tokens: 2 * runs.new_tokens,
+        ..options.clone()
+    };
+    let twice_seconds: Vec<f64> = (0..runs.timed)
+        .map(|_| {
+            let start = Instant::now();
+            generator(model, prompts, &twice, mask);
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
     let prefill: Vec<f64> = (0..runs.timed)
         .map(|_| {
             let start = Instant::now();
@@ -268,6 +291,7 @@ fn time_decode(
         .collect();
     DecodeTiming {
         seconds: median(seconds),
+        twice_seconds: median(twice_seconds),
         prefill: median(prefill),
         warm_up,
         produced: out.iter().map(Vec::len).sum(),
@@ -284,7 +308,24 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{DecodeTiming, median};
+
+    /// The steady rate counts only the steps the longer generation adds; the step rate counts
+    /// every step after the first token.
+    #[test]
+    fn steady_rate_divides_the_added_steps_by_the_added_time() {
+        let timing = DecodeTiming {
+            seconds: 1.0,
+            twice_seconds: 1.5,
+            prefill: 0.37,
+            warm_up: 2.0,
+            produced: 128,
+            tokens: vec![],
+            host_cpu: Default::default(),
+        };
+        assert_eq!(timing.steady_step_tokens_per_second(2, 64), 256.0);
+        assert_eq!(timing.step_tokens_per_second(2, 64), 200.0);
+    }
 
     /// The middle value of an odd count, the upper middle of an even one, whatever the order.
     #[test]
