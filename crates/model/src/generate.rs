@@ -156,7 +156,7 @@ pub fn generate_captured(
     ));
     drop(cache);
     let step = || model.decode_step(&mut state.borrow_mut(), &tables);
-    let slot_now = || state.borrow().slot.clone().into_scalar::<f32>() as usize;
+    let slot_now = || state.borrow().slot_value();
     // After `done` steps: whether every row has produced a stop token (picks read back; the
     // first token, before any step, was looked at above).
     let all_stopped = |done: usize| {
@@ -164,8 +164,7 @@ pub fn generate_captured(
             return false;
         }
         let produced = done + 1;
-        let picks = state.borrow().picks.clone().narrow(1, t, produced);
-        let picks = picks.try_into_vec_as::<f32>().expect("f32 picks");
+        let picks = state.borrow().picks_values(t, produced);
         every_row_has_a_stop(&picks, produced, &options.stop_tokens)
     };
     if model.steps_on_device_only(b) && steps >= CAPTURE_MIN_STEPS {
@@ -190,8 +189,7 @@ pub fn generate_captured(
         }
     }
     let produced = (slot_now() - t + 1).min(options.max_new_tokens);
-    let picks = state.borrow().picks.clone().narrow(1, t, produced);
-    let picks = picks.try_into_vec_as::<f32>().expect("f32 picks");
+    let picks = state.borrow().picks_values(t, produced);
     picks
         .chunks_exact(produced)
         .map(|row| {

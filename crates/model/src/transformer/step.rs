@@ -168,16 +168,22 @@ impl<'a> AtSlot<'a> {
 }
 
 /// The device state a step reads and writes.
+///
+/// On the GPU the step writes the picks and the slot in place, inside a kernel that burn's
+/// fusion does not see as their writer: fusion may still hold queued steps when the host reads
+/// them, and a plain read then comes back stale (seen on an H100: the last token of an
+/// uncaptured generation missing). Read them through [`Self::slot_value`] and
+/// [`Self::picks_values`], which wait for the device first.
 #[derive(Debug, Clone)]
 pub struct StepState {
     /// [1]: the slot of this step's tokens (an integer held as f32).
-    pub slot: Tensor<1>,
+    slot: Tensor<1>,
     /// [1, B]: this step's token of each row (integers held as f32, exact below 2^24).
-    pub tokens: Tensor<2>,
+    tokens: Tensor<2>,
     /// [B, capacity]: each row's greedy picks by slot (a step writes at slot + 1).
-    pub picks: Tensor<2>,
+    picks: Tensor<2>,
     /// One per layer.
-    pub layers: Vec<FixedKv>,
+    layers: Vec<FixedKv>,
 }
 
 impl StepState {
@@ -207,6 +213,29 @@ impl StepState {
                 .map(|layer| FixedKv::from_layer(layer, capacity))
                 .collect(),
         }
+    }
+
+    /// The slot the next step reads, once every queued step has run.
+    pub fn slot_value(&self) -> usize {
+        self.wait_for_steps();
+        self.slot.clone().into_scalar::<f32>() as usize
+    }
+
+    /// Each row's picks at slots `start..start + len` (row-major, [B * len]), once every queued
+    /// step has run.
+    pub fn picks_values(&self, start: usize, len: usize) -> Vec<f32> {
+        self.wait_for_steps();
+        (self.picks.clone().narrow(1, start, len))
+            .try_into_vec_as::<f32>()
+            .expect("f32 picks")
+    }
+
+    /// Runs whatever fusion still holds of the steps (their in-place writes are not tracked).
+    fn wait_for_steps(&self) {
+        self.slot
+            .device()
+            .sync()
+            .expect("the device runs the queued decode steps");
     }
 }
 
