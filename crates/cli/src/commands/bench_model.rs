@@ -271,28 +271,23 @@ fn time_decode(
         .into_iter()
         .map(|(thread, cpu)| (thread, cpu / runs.timed as f64))
         .collect();
+    // The median seconds of `runs.timed` generations with `options`.
+    let median_seconds = |options: &GenerateOptions| {
+        let seconds = (0..runs.timed).map(|_| {
+            let start = Instant::now();
+            generator(model, prompts, options, mask);
+            start.elapsed().as_secs_f64()
+        });
+        median(seconds.collect())
+    };
     let twice = GenerateOptions {
         max_new_tokens: 2 * runs.new_tokens,
         ..options.clone()
     };
-    let twice_seconds: Vec<f64> = (0..runs.timed)
-        .map(|_| {
-            let start = Instant::now();
-            generator(model, prompts, &twice, mask);
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    let prefill: Vec<f64> = (0..runs.timed)
-        .map(|_| {
-            let start = Instant::now();
-            generator(model, prompts, &first_token, mask);
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
     DecodeTiming {
         seconds: median(seconds),
-        twice_seconds: median(twice_seconds),
-        prefill: median(prefill),
+        twice_seconds: median_seconds(&twice),
+        prefill: median_seconds(&first_token),
         warm_up,
         produced: out.iter().map(Vec::len).sum(),
         tokens: out,
