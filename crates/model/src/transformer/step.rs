@@ -14,10 +14,9 @@ use std::cell::OnceCell;
 use std::collections::HashMap;
 
 use burn::tensor::{Device, Int, IntDType, Tensor, TensorData};
-
-use super::GptOss;
 use gpt_oss_kernels::greedy_picks::{greedy_into_state, reference_greedy_into_state};
 
+use super::GptOss;
 use super::cache::{FixedKv, KvCache};
 use super::mask::{SlotRange, visible_ranges};
 use super::moe::RoutingHooks;
