@@ -259,35 +259,31 @@ fn time_decode(
         }
     }
     let warm_up = warm_up.elapsed().as_secs_f64();
+    // The median seconds of `runs.timed` generations with `options`, and the last one's tokens.
+    let timed = |options: &GenerateOptions| {
+        let mut out = vec![];
+        let seconds = (0..runs.timed).map(|_| {
+            let start = Instant::now();
+            out = generator(model, prompts, options, mask);
+            start.elapsed().as_secs_f64()
+        });
+        let seconds = median(seconds.collect());
+        (seconds, out)
+    };
     let cpu_before = cpu_seconds_by_thread();
-    let mut seconds = vec![];
-    let mut out = vec![];
-    for _ in 0..runs.timed {
-        let start = Instant::now();
-        out = generator(model, prompts, &options, mask);
-        seconds.push(start.elapsed().as_secs_f64());
-    }
+    let (seconds, out) = timed(&options);
     let host_cpu = cpu_seconds_between(&cpu_before, &cpu_seconds_by_thread())
         .into_iter()
         .map(|(thread, cpu)| (thread, cpu / runs.timed as f64))
         .collect();
-    // The median seconds of `runs.timed` generations with `options`.
-    let median_seconds = |options: &GenerateOptions| {
-        let seconds = (0..runs.timed).map(|_| {
-            let start = Instant::now();
-            generator(model, prompts, options, mask);
-            start.elapsed().as_secs_f64()
-        });
-        median(seconds.collect())
-    };
     let twice = GenerateOptions {
         max_new_tokens: 2 * runs.new_tokens,
         ..options.clone()
     };
     DecodeTiming {
-        seconds: median(seconds),
-        twice_seconds: median_seconds(&twice),
-        prefill: median_seconds(&first_token),
+        seconds,
+        twice_seconds: timed(&twice).0,
+        prefill: timed(&first_token).0,
         warm_up,
         produced: out.iter().map(Vec::len).sum(),
         tokens: out,
