@@ -113,11 +113,14 @@ pub(super) fn check_bf16_rows(device: &Device) -> anyhow::Result<()> {
     worst.finish()
 }
 
-/// gpt-oss's lm_head in its three vocabulary pieces as one three-product launch (the decode
-/// step's, with the final norm in it at one row), against each piece's reference product (the
-/// f32 reference of the whole lm_head is past wgpu's buffer size).
+/// gpt-oss's lm_head in its three vocabulary pieces on both of the decode step's paths, each
+/// timed against each piece's reference product (the f32 reference of the whole lm_head is past
+/// wgpu's buffer size): one three-product launch (the step's up to `vocab::FEW_ROWS` rows; at
+/// one row also with the final norm fused, which the step does not take), and from two rows
+/// the tensor-core GEMM per piece (the step's past them).
 pub(super) fn check_lm_head_in_one_launch(device: &Device) -> anyhow::Result<()> {
     use gpt_oss_kernels::bf16_rows::{bf16_rows_three, rms_norm_bf16_rows_three};
+    use gpt_oss_kernels::coopmat_gemm::{coopmat_gemm, reference_gemm};
     use gpt_oss_kernels::rms_norm_rows::reference_rms_norm_rows;
     let mut worst = Worst::new("lm_head pieces in one launch", 1e-2);
     let (k, widths) = (2880, [93_184, 93_184, 14_720]);
@@ -127,67 +130,54 @@ pub(super) fn check_lm_head_in_one_launch(device: &Device) -> anyhow::Result<()>
         Tensor::<1>::random([k], Distribution::Default, device),
         1e-5,
     );
-    // From two rows the tensor-core GEMM (one launch per piece) as well: which path the step's
-    // lm_head should take at each batch.
-    for m in [2, 4, 8, 16, 32] {
-        let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 3.0), device);
-        let product = || {
-            let pieces = weights
-                .iter()
-                .map(|w| gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x.clone(), w.clone()));
-            Tensor::cat(pieces.collect(), 1)
-        };
-        let ours = product();
-        let seconds = seconds_per_queued_call(device, product)?;
-        let pieces: Vec<Tensor<2>> = weights
-            .iter()
-            .map(|w| {
-                gpt_oss_kernels::coopmat_gemm::reference_gemm(x.clone(), w.clone().cast(DType::F32))
-            })
-            .collect();
-        worst.record(
-            ours,
-            Tensor::cat(pieces, 1),
-            json!({"kernel": "coopmat_gemm per piece", "m": m, "k": k, "n": widths,
-                   "seconds_per_queued_call": seconds}),
-        );
-    }
-    let rows = [
+    for (m, normed) in [
         (1, true),
         (1, false),
         (2, false),
         (4, false),
         (8, false),
         (16, false),
-    ];
-    for (m, normed) in rows.into_iter().chain([(32, false)]) {
+        (32, false),
+    ] {
         let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 3.0), device);
-        let product = || match normed {
-            true => rms_norm_bf16_rows_three(x.clone(), norm.clone(), weights.clone(), None),
-            false => bf16_rows_three(x.clone(), weights.clone(), None),
-        };
-        let ours = product();
-        let seconds = seconds_per_queued_call(device, product)?;
         let input = match normed {
             true => reference_rms_norm_rows(x.clone(), norm.0.clone(), norm.1),
             false => x.clone(),
         };
         let pieces: Vec<Tensor<2>> = weights
             .iter()
-            .map(|w| {
-                gpt_oss_kernels::coopmat_gemm::reference_gemm(
-                    input.clone(),
-                    w.clone().cast(DType::F32),
-                )
-            })
+            .map(|w| reference_gemm(input.clone(), w.clone().cast(DType::F32)))
             .collect();
+        let reference = Tensor::cat(pieces, 1);
+        let product = || match normed {
+            true => rms_norm_bf16_rows_three(x.clone(), norm.clone(), weights.clone(), None),
+            false => bf16_rows_three(x.clone(), weights.clone(), None),
+        };
+        let ours = product();
+        let seconds = seconds_per_queued_call(device, product)?;
         worst.record(
             ours,
-            Tensor::cat(pieces, 1),
+            reference.clone(),
             json!({"kernel": "bf16_rows_three", "m": m, "k": k, "n": widths, "norm": normed,
                    "seconds_per_queued_call": seconds,
                    "weight_bytes_per_second": (2 * k * widths.iter().sum::<usize>()) as f64 / seconds}),
         );
+        // From two rows the tensor-core GEMM (one launch per piece) as well: which path the
+        // step's lm_head should take at each batch.
+        if m >= 2 {
+            let product = || {
+                let pieces = weights.iter().map(|w| coopmat_gemm(x.clone(), w.clone()));
+                Tensor::cat(pieces.collect(), 1)
+            };
+            let ours = product();
+            let seconds = seconds_per_queued_call(device, product)?;
+            worst.record(
+                ours,
+                reference,
+                json!({"kernel": "coopmat_gemm per piece", "m": m, "k": k, "n": widths,
+                       "seconds_per_queued_call": seconds}),
+            );
+        }
     }
     worst.finish()
 }
