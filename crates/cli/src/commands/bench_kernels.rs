@@ -39,8 +39,8 @@ pub struct KernelCheckArgs {
     /// each of `--columns-per-plane`.
     #[arg(long)]
     pub decode_timings: bool,
-    /// Only the decoding kernels' checks (few rows, norms, router, per-pair experts,
-    /// few-query attention, RoPE, in-place writes): minutes fewer than every check.
+    /// Only the decoding kernels' checks (every one `--only` names): minutes fewer than every
+    /// check.
     #[arg(long)]
     pub decoding_only: bool,
     /// Only these decoding checks (few_rows, lm_head, projection_paths, rms_norm, router, moe_pairs,

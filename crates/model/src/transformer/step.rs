@@ -287,7 +287,7 @@ impl GptOss {
             };
             x = layer.moe_after_attention(x, attn_out, hooks).hidden;
         }
-        let logits = self.lm_head.forward_normed(x, &self.norm);
+        let logits = self.lm_head.forward(self.norm.forward(x));
         let vocab = logits.dims()[2];
         let logits = logits.reshape([b, vocab]);
         let written = (

@@ -7,8 +7,6 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use gpt_oss_kernels::{bf16_rows, embedding_rows};
 
-use super::norm::RmsNorm;
-
 /// Largest piece in bytes.
 pub const MAX_PIECE_BYTES: usize = 1 << 30;
 
@@ -169,47 +167,39 @@ impl LmHead {
         Self { pieces }
     }
 
-    /// [B, T, H] -> logits [B, T, vocab].
+    /// [B, T, H] -> logits [B, T, vocab]. On the kernel path, with the vocabulary in three
+    /// pieces (gpt-oss's: 93,184 + 93,184 + 14,720 rows) and up to [`FEW_ROWS`] rows (decoding),
+    /// the three pieces' products run side by side in one launch that writes the logits, in
+    /// place of three launches and their concatenation. (The final norm fused into that launch
+    /// cost more than it saved: each of its 3,142 workgroups normed the row again, 1,149 us
+    /// against 484 for the product alone at one row, H100, 2026-11-27.)
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let parts: Vec<Tensor<3>> = self
-            .pieces
-            .iter()
-            .map(|w| {
-                let [b, t, h] = x.dims();
-                let logits = piece_logits(x.clone().reshape([b * t, h]), w.val());
-                let width = logits.dims()[1];
-                logits.reshape([b, t, width])
-            })
-            .collect();
-        if parts.len() == 1 {
-            parts.into_iter().next().expect("one piece")
-        } else {
-            Tensor::cat(parts, 2)
-        }
-    }
-
-    /// Logits [B, T, vocab] of the final norm of `x` [B, T, H]. On the kernel path, with the
-    /// vocabulary in three pieces (gpt-oss's: 93,184 + 93,184 + 14,720 rows) and up to
-    /// [`FEW_ROWS`] rows, the three pieces' products run side by side in one launch that writes the
-    /// logits, in place of three launches and their concatenation; otherwise [`Self::forward`].
-    /// The norm stays its own launch: fused into the product, each of the product's 3,142
-    /// workgroups normed the row again (1,149 us against 484 for the product alone at one row,
-    /// H100, 2026-11-27).
-    pub fn forward_normed(&self, x: Tensor<3>, norm: &RmsNorm) -> Tensor<3> {
         let [b, t, h] = x.dims();
+        let rows = x.reshape([b * t, h]);
         let weights: Vec<Tensor<2>> = self.pieces.iter().map(|p| p.val()).collect();
-        let widths: Vec<usize> = weights.iter().map(|w| w.dims()[1]).collect();
-        let one_launch = super::project::on_kernel_path(&weights[0])
-            && b * t <= FEW_ROWS
-            && matches!(widths[..], [n0, n1, n2] if bf16_rows::supports_three(n0, n1, n2));
-        let normed = norm.forward(x);
-        if !one_launch {
-            return self.forward(normed);
-        }
-        let weights: [Tensor<2>; 3] = weights.try_into().expect("three pieces");
-        let logits = bf16_rows::bf16_rows_three(normed.reshape([b * t, h]), weights, None);
+        let logits = if self.takes_one_launch(b * t) {
+            let three: [Tensor<2>; 3] = weights.try_into().expect("three pieces");
+            bf16_rows::bf16_rows_three(rows, three, None)
+        } else {
+            let mut parts: Vec<Tensor<2>> = (weights.into_iter())
+                .map(|w| piece_logits(rows.clone(), w))
+                .collect();
+            match parts.len() {
+                1 => parts.remove(0),
+                _ => Tensor::cat(parts, 1),
+            }
+        };
         let vocab = logits.dims()[1];
         logits.reshape([b, t, vocab])
+    }
+
+    /// Whether a product of `rows` rows runs as one three-product launch: on the kernel path,
+    /// up to [`FEW_ROWS`] rows, three pieces of widths the kernel takes.
+    fn takes_one_launch(&self, rows: usize) -> bool {
+        let widths: Vec<usize> = self.pieces.iter().map(|p| p.val().dims()[1]).collect();
+        rows <= FEW_ROWS
+            && super::project::on_kernel_path(&self.pieces[0].val())
+            && matches!(widths[..], [n0, n1, n2] if bf16_rows::supports_three(n0, n1, n2))
     }
 
     /// log p(target) at each position of `x` [B, T, H] for `targets` [B, T] -> [B, T]. With
