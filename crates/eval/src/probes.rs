@@ -4,7 +4,7 @@
 //! one teacher-forced pass over prompt + answer.
 
 use gpt_oss_model::dataset::Record;
-use gpt_oss_model::generate::{GenerateOptions, generate_masked};
+use gpt_oss_model::generate::{Decoder, GenerateOptions};
 use gpt_oss_model::tokenizer::TextTokenizer;
 use gpt_oss_model::{ExpertMask, ForwardOptions, GptOss, TokenBatch};
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,8 @@ pub fn evaluate_probes(
 ) -> Result<Vec<ProbeResult>> {
     let stop_tokens = tokenizer.stop_tokens(&model.config);
     let mut out = Vec::with_capacity(records.len());
+    // One decoder for every chunk: chunks of one shape reuse its captured decode step.
+    let mut decoder = Decoder::new(model);
     for chunk in records.chunks(batch.max(1)) {
         let prepared: Vec<Prepared<'_>> = chunk
             .iter()
@@ -79,7 +81,7 @@ pub fn evaluate_probes(
             sampling: None,
             use_cache: true,
         };
-        let continuations = generate_masked(model, &prompts, &options, mask);
+        let continuations = decoder.generate(&prompts, &options, mask);
         let scores = answer_scores(model, &prepared, mask);
         for ((p, continuation), (logprob, rank)) in prepared.iter().zip(continuations).zip(scores) {
             let text = tokenizer.decode(&continuation)?;

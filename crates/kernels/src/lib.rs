@@ -16,7 +16,9 @@
 //!
 //! - `write_at_index`: an in-place write at an index held on the device (the state of a decode
 //!   step captured once and replayed); `greedy_picks`: a decode step's argmax written into that
-//!   state in two launches; `embedding_rows`: the step's embedding lookup in one launch.
+//!   state in two launches; `embedding_rows`: the step's embedding lookup in one launch;
+//!   `write_in_place`: a host-offset write into a kept buffer (that state refilled for the next
+//!   generation, so the captured step is replayed again rather than captured anew).
 //!
 //! Every op here has a plain burn reference it is checked against (`reference_*`), which is
 //! also what the CPU path runs.
@@ -37,6 +39,7 @@ pub mod rotary_rows;
 pub mod router_top_k;
 pub mod workgroup_reduce;
 pub mod write_at_index;
+pub mod write_in_place;
 
 /// The signature both attention kernels share (`attention_rows::attention_rows`,
 /// `attention_tiles::attention_tiles`): q [B, heads, T, D], k and v [B, kv_heads, S, D], sinks

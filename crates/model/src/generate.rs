@@ -6,8 +6,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Graph, Tensor};
 
 use crate::routing::ExpertMask;
 use crate::transformer::cache::KEY_BLOCK;
@@ -36,21 +37,16 @@ pub fn generate(model: &GptOss, prompts: &[Vec<u32>], options: &GenerateOptions)
     generate_masked(model, prompts, options, None)
 }
 
-/// [`generate`] with experts forbidden by `mask` (a selection evaluated on the full model).
-/// Greedy decoding with the cache on the GPU kernel path runs [`generate_captured`]; everything
-/// else [`generate_step_by_step`]. Both give the same tokens.
+/// [`generate`] with experts forbidden by `mask` (a selection evaluated on the full model):
+/// [`Decoder::generate`] with a decoder of its own. Callers that generate again and again
+/// (probes, benchmarks) keep one [`Decoder`] instead, so that its captured step is reused.
 pub fn generate_masked(
     model: &GptOss,
     prompts: &[Vec<u32>],
     options: &GenerateOptions,
     mask: Option<&ExpertMask>,
 ) -> Vec<Vec<u32>> {
-    let greedy = options.sampling.is_none_or(|s| s.temperature <= 0.0);
-    if greedy && options.use_cache && model.on_kernel_path() {
-        generate_captured(model, prompts, options, mask)
-    } else {
-        generate_step_by_step(model, prompts, options, mask)
-    }
+    Decoder::new(model).generate(prompts, options, mask)
 }
 
 /// Generation one forward call per step, every step's inputs prepared on the host.
@@ -111,98 +107,211 @@ pub fn generate_step_by_step(
     out
 }
 
-/// Fewest decode steps for which [`generate_captured`] captures a step (capturing runs three
-/// steps to warm up, then records one).
+/// Fewest decode steps for which a [`Decoder`] captures a step (capturing runs three steps to
+/// warm up, then records one).
 pub const CAPTURE_MIN_STEPS: usize = 8;
 
-/// Greedy generation with the cache, each step after the prefill run by
-/// [`GptOss::decode_step`] on device state ([`crate::transformer::step`]): when the step reads
-/// nothing back ([`GptOss::steps_on_device_only`]; an expert mask's router biases are
-/// uploaded once, in [`StepTables`]) and at least [`CAPTURE_MIN_STEPS`] steps, the step is
-/// captured once and replayed (`burn::tensor::capture`), otherwise it runs as it is, step by
-/// step. The same tokens as [`generate_step_by_step`]; picks are read back once at the end and,
-/// with stop tokens, at the steps [`checks_for_stops`] names (the generation ends once every row
-/// has produced one).
+/// Greedy generation with the cache on device state ([`Decoder::generate_on_device_state`])
+/// with a decoder of its own: the step is captured (or not) for this generation alone.
 pub fn generate_captured(
     model: &GptOss,
     prompts: &[Vec<u32>],
     options: &GenerateOptions,
     mask: Option<&ExpertMask>,
 ) -> Vec<Vec<u32>> {
-    let b = prompts.len();
-    if b == 0 || options.max_new_tokens == 0 {
-        return vec![vec![]; b];
+    Decoder::new(model).generate_on_device_state(prompts, options, mask)
+}
+
+/// Generation that keeps its decode step between calls: the step's device state, its tables
+/// and, on the GPU, the captured graph stay for the next greedy generation with as many rows,
+/// the same mask and no more slots, which refills them in place
+/// ([`StepState::refill_after_prefill`], [`StepTables::refill_for`]) and replays the graph
+/// instead of capturing a new one (three uncaptured steps and a recording, several steps' time
+/// at batch 1). What it keeps holds GPU memory (the caches of its capacity, the graph's
+/// buffers) until the next generation of another shape or until the decoder is dropped.
+pub struct Decoder<'m> {
+    model: &'m GptOss,
+    kept: Option<KeptStep<'m>>,
+    /// Generations that made a new step rather than refilling the kept one.
+    steps_made: usize,
+}
+
+/// A decode step kept for the next generation of its shape.
+struct KeptStep<'m> {
+    /// The captured step (`None`: not captured yet, or the step reads back and cannot be).
+    /// Its closure holds the state and tables below, so their buffers live as long as it.
+    graph: Option<Graph<(), Box<dyn FnMut() + 'm>>>,
+    state: Rc<RefCell<StepState>>,
+    tables: Rc<RefCell<StepTables>>,
+    mask: Option<ExpertMask>,
+}
+
+impl KeptStep<'_> {
+    /// Whether a generation of `rows` rows needing `capacity` slots under `mask` can reuse it.
+    fn fits(&self, rows: usize, capacity: usize, mask: Option<&ExpertMask>) -> bool {
+        let state = self.state.borrow();
+        state.rows() == rows && state.capacity() >= capacity && self.mask.as_ref() == mask
     }
-    let device = model.device();
-    let pad = model.config.pad_token_id.unwrap_or(0);
-    let prompt = TokenBatch::left_padded(prompts, pad);
-    let mut cache = model.new_cache();
-    let options_prefill = ForwardOptions {
-        observer: None,
-        mask,
-    };
-    let logits = model.forward(&prompt, Some(&mut cache), options_prefill);
-    let t = logits.dims()[1];
-    let first = greedy_picks(last_position(logits));
-    let steps = options.max_new_tokens - 1;
-    let stops = |token: &u32| options.stop_tokens.contains(token);
-    if steps == 0 || first.iter().all(stops) {
-        return first.into_iter().map(|token| vec![token]).collect();
+}
+
+impl<'m> Decoder<'m> {
+    pub fn new(model: &'m GptOss) -> Self {
+        Self {
+            model,
+            kept: None,
+            steps_made: 0,
+        }
     }
-    let capacity = (t + options.max_new_tokens).div_ceil(KEY_BLOCK) * KEY_BLOCK;
-    let tables = StepTables::new(model, &cache.pads, capacity, mask, &device);
-    let state = RefCell::new(StepState::after_prefill(
-        &cache, &first, t, capacity, &device,
-    ));
-    drop(cache);
-    let step = || model.decode_step(&mut state.borrow_mut(), &tables);
-    let slot_now = || state.borrow().slot_value();
-    // After `done` steps: whether every row has produced a stop token (picks read back; the
-    // first token, before any step, was looked at above).
-    let all_stopped = |done: usize| {
-        if options.stop_tokens.is_empty() || done == 0 || !checks_for_stops(done) {
-            return false;
+
+    /// How many generations made a new decode step (state, tables and, when captured, a graph)
+    /// rather than refilling the kept one.
+    pub fn steps_made(&self) -> usize {
+        self.steps_made
+    }
+
+    /// The continuation of each prompt, as [`generate`] gives it, with experts forbidden by
+    /// `mask`. Greedy decoding with the cache on the GPU kernel path runs
+    /// [`Self::generate_on_device_state`]; everything else [`generate_step_by_step`]. Both
+    /// give the same tokens.
+    pub fn generate(
+        &mut self,
+        prompts: &[Vec<u32>],
+        options: &GenerateOptions,
+        mask: Option<&ExpertMask>,
+    ) -> Vec<Vec<u32>> {
+        let greedy = options.sampling.is_none_or(|s| s.temperature <= 0.0);
+        if greedy && options.use_cache && self.model.on_kernel_path() {
+            self.generate_on_device_state(prompts, options, mask)
+        } else {
+            generate_step_by_step(self.model, prompts, options, mask)
         }
-        let produced = done + 1;
-        let picks = state.borrow().picks_values(t, produced);
-        every_row_has_a_stop(&picks, produced, &options.stop_tokens)
-    };
-    if model.steps_on_device_only(b) && steps >= CAPTURE_MIN_STEPS {
-        let mut graph = burn::tensor::capture(&device, step);
-        if !graph.is_hardware() {
-            tracing::warn!("the decode step could not be captured: each replay runs it again");
+    }
+
+    /// Greedy generation with the cache, each step after the prefill run by
+    /// [`GptOss::decode_step`] on device state ([`crate::transformer::step`]), kept for the next
+    /// generation of the same shape (see [`Decoder`]). When the step reads nothing back
+    /// ([`GptOss::steps_on_device_only`]; an expert mask's router biases are uploaded once, in
+    /// [`StepTables`]), it is captured once, by the first generation of at least
+    /// [`CAPTURE_MIN_STEPS`] steps, and replayed (`burn::tensor::capture`); otherwise it runs
+    /// as it is, step by step. The same tokens as [`generate_step_by_step`]; picks are read back
+    /// once at the end and, with stop tokens, at the steps [`checks_for_stops`] names (the
+    /// generation ends once every row has produced one).
+    pub fn generate_on_device_state(
+        &mut self,
+        prompts: &[Vec<u32>],
+        options: &GenerateOptions,
+        mask: Option<&ExpertMask>,
+    ) -> Vec<Vec<u32>> {
+        let model = self.model;
+        let b = prompts.len();
+        if b == 0 || options.max_new_tokens == 0 {
+            return vec![vec![]; b];
         }
-        // The warm-up runs before the capture were real steps; the recorded one ran none.
-        let mut done = slot_now() - t;
-        while done < steps && !all_stopped(done) {
-            // Safety: every buffer the step touches is owned by `state`, `tables` and the model,
-            // all alive until the graph is dropped; all work runs on this thread's stream.
-            unsafe { graph.replay() };
-            done += 1;
+        let device = model.device();
+        let pad = model.config.pad_token_id.unwrap_or(0);
+        let prompt = TokenBatch::left_padded(prompts, pad);
+        let mut cache = model.new_cache();
+        let options_prefill = ForwardOptions {
+            observer: None,
+            mask,
+        };
+        let logits = model.forward(&prompt, Some(&mut cache), options_prefill);
+        let t = logits.dims()[1];
+        let first = greedy_picks(last_position(logits));
+        let steps = options.max_new_tokens - 1;
+        let stops = |token: &u32| options.stop_tokens.contains(token);
+        if steps == 0 || first.iter().all(stops) {
+            return first.into_iter().map(|token| vec![token]).collect();
         }
-    } else {
-        for done in 0..steps {
-            if all_stopped(done) {
-                break;
+        let capacity = (t + options.max_new_tokens).div_ceil(KEY_BLOCK) * KEY_BLOCK;
+        let kept = match self.kept.take() {
+            Some(kept) if kept.fits(b, capacity, mask) => {
+                let kernels = model.on_kernel_path();
+                (kept.state.borrow_mut()).refill_after_prefill(&cache, &first, t, kernels);
+                kept.tables.borrow_mut().refill_for(model, &cache.pads);
+                // The refills run before any replay reads them (a replay goes to the device
+                // stream past burn's fusion).
+                device.sync().expect("the device runs the refills");
+                kept
             }
-            step();
-        }
-    }
-    let produced = (slot_now() - t + 1).min(options.max_new_tokens);
-    let picks = state.borrow().picks_values(t, produced);
-    picks
-        .chunks_exact(produced)
-        .map(|row| {
-            let mut out = vec![];
-            for &x in row {
-                out.push(x as u32);
-                if stops(&(x as u32)) {
-                    break;
+            // Another shape: what was kept is dropped before the new state is made.
+            _ => {
+                self.steps_made += 1;
+                KeptStep {
+                    graph: None,
+                    tables: Rc::new(RefCell::new(StepTables::new(
+                        model,
+                        &cache.pads,
+                        capacity,
+                        mask,
+                        &device,
+                    ))),
+                    state: Rc::new(RefCell::new(StepState::after_prefill(
+                        &cache, &first, t, capacity, &device,
+                    ))),
+                    mask: mask.cloned(),
                 }
             }
-            out
-        })
-        .collect()
+        };
+        drop(cache);
+        let kept = self.kept.insert(kept);
+        let (state, tables) = (Rc::clone(&kept.state), Rc::clone(&kept.tables));
+        let slot_now = || state.borrow().slot_value();
+        // After `done` steps: whether every row has produced a stop token (picks read back; the
+        // first token, before any step, was looked at above).
+        let all_stopped = |done: usize| {
+            if options.stop_tokens.is_empty() || done == 0 || !checks_for_stops(done) {
+                return false;
+            }
+            let produced = done + 1;
+            let picks = state.borrow().picks_values(t, produced);
+            every_row_has_a_stop(&picks, produced, &options.stop_tokens)
+        };
+        let capturable = model.steps_on_device_only(b) && steps >= CAPTURE_MIN_STEPS;
+        if kept.graph.is_none() && capturable {
+            let (state, tables) = (Rc::clone(&state), Rc::clone(&tables));
+            let step: Box<dyn FnMut() + 'm> =
+                Box::new(move || model.decode_step(&mut state.borrow_mut(), &tables.borrow()));
+            let graph = burn::tensor::capture(&device, step);
+            if !graph.is_hardware() {
+                tracing::warn!("the decode step could not be captured: each replay runs it again");
+            }
+            kept.graph = Some(graph);
+        }
+        if let Some(graph) = kept.graph.as_mut() {
+            // A capture's warm-up runs were real steps; the recorded one ran none.
+            let mut done = slot_now() - t;
+            while done < steps && !all_stopped(done) {
+                // Safety: every buffer the step touches is owned by the kept state, tables
+                // (held by the graph's closure) and the model (borrowed for the decoder's life);
+                // all work runs on this thread's stream, and the refills were synced above.
+                unsafe { graph.replay() };
+                done += 1;
+            }
+        } else {
+            for done in 0..steps {
+                if all_stopped(done) {
+                    break;
+                }
+                model.decode_step(&mut state.borrow_mut(), &tables.borrow());
+            }
+        }
+        let produced = (slot_now() - t + 1).min(options.max_new_tokens);
+        let picks = state.borrow().picks_values(t, produced);
+        picks
+            .chunks_exact(produced)
+            .map(|row| {
+                let mut out = vec![];
+                for &x in row {
+                    out.push(x as u32);
+                    if stops(&(x as u32)) {
+                        break;
+                    }
+                }
+                out
+            })
+            .collect()
+    }
 }
 
 /// Decode steps between two reads of the picks for stop tokens once that many have run (before,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 use gpt_oss_model::generate::{
-    GenerateOptions, generate, generate_captured, generate_step_by_step,
+    Decoder, GenerateOptions, generate, generate_captured, generate_step_by_step,
 };
 use gpt_oss_model::scoring::{full_logprobs, token_logprobs};
 use gpt_oss_model::{ExpertMask, ExpertResidency, ForwardOptions, GptOss, LoadOptions, load_model};
@@ -265,4 +265,48 @@ fn masked_greedy_on_device_state_matches_step_by_step() {
         generate_captured(&model, &prompts, &options, Some(&mask)),
         step_by_step
     );
+}
+
+/// A decoder keeps its decode step between generations: refilled for other prompts (other
+/// lengths, so another slot and other padding in every row) it gives step-by-step decoding's
+/// tokens, and a generation needing more slots, or under a mask, makes a new step.
+#[test]
+fn a_kept_decode_step_refilled_for_other_prompts_matches_step_by_step() {
+    let model = load("tiny-mxfp4", ExpertResidency::Auto);
+    let exp = expected("tiny-mxfp4");
+    let prompts = greedy_prompts(&exp);
+    assert!(prompts.len() >= 2, "the fixture has several prompts");
+    // The same rows in reverse order, the first one cut short: every row's padding changes.
+    let mut others: Vec<Vec<u32>> = prompts.iter().rev().cloned().collect();
+    let half = others[0].len().div_ceil(2);
+    others[0].truncate(half);
+    let options = |n: usize| GenerateOptions {
+        max_new_tokens: n,
+        stop_tokens: vec![],
+        sampling: None,
+        use_cache: true,
+    };
+    let (layers, experts) = (model.layers.len(), model.config.num_experts);
+    let top_k = model.config.experts_per_token;
+    let kept: Vec<Vec<usize>> = vec![(0..top_k).collect(); layers];
+    let mask = ExpertMask::keep_only(&kept, layers, experts, top_k).unwrap();
+    let mut decoder = Decoder::new(&model);
+    // (prompts, new tokens, mask, steps made so far)
+    let runs = [
+        (&prompts, 12, None, 1),
+        (&others, 12, None, 1),
+        (&prompts, 9, None, 1),
+        (&others, 130, None, 2),
+        (&others, 12, Some(&mask), 3),
+    ];
+    for (i, (rows, n, mask, made)) in runs.into_iter().enumerate() {
+        let expected = generate_step_by_step(&model, rows, &options(n), mask);
+        let got = decoder.generate_on_device_state(rows, &options(n), mask);
+        assert_eq!(got, expected, "generation {i} of one decoder");
+        assert_eq!(
+            decoder.steps_made(),
+            made,
+            "steps made after generation {i}"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use gpt_oss_model::generate::{GenerateOptions, generate_masked};
+use gpt_oss_model::generate::{Decoder, GenerateOptions};
 use gpt_oss_model::tokenizer::TextTokenizer;
 use gpt_oss_model::{ExpertMask, GptOss};
 use serde::Serialize;
@@ -43,6 +43,8 @@ pub fn run_probes_masked(
     mask: Option<&ExpertMask>,
 ) -> Result<Vec<ProbeOutcome>> {
     let mut out = Vec::with_capacity(probes.len());
+    // One decoder for every chunk: chunks of one shape reuse its captured decode step.
+    let mut decoder = Decoder::new(model);
     for chunk in probes.chunks(batch.max(1)) {
         let prompts: Vec<Vec<u32>> = chunk
             .iter()
@@ -61,7 +63,7 @@ pub fn run_probes_masked(
             sampling: None,
             use_cache: true,
         };
-        let continuations = generate_masked(model, &prompts, &options, mask);
+        let continuations = decoder.generate(&prompts, &options, mask);
         for (p, c) in chunk.iter().zip(continuations) {
             let text = tokenizer.decode(&c)?;
             let got = text.lines().next().unwrap_or("").trim().to_string();

@@ -119,8 +119,10 @@ fn comparison_table(
     for line in lines_of(ours, "decode") {
         let batch = number(line, "batch")?;
         let (prompt, new) = (number(line, "prompt")?, number(line, "new_tokens")?);
-        // `bench model` also times step-by-step decoding next to the default (captured) one.
+        // `bench model` also times decoding that captures its step in every generation and
+        // step-by-step decoding next to the default (captured once) one.
         let how = match line["decoding"].as_str() {
+            Some("capture_per_generation") => ", captured per generation",
             Some("step_by_step") => ", step by step",
             _ => "",
         };

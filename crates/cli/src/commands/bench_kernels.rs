@@ -44,7 +44,7 @@ pub struct KernelCheckArgs {
     #[arg(long)]
     pub decoding_only: bool,
     /// Only these decoding checks (few_rows, lm_head, projection_paths, rms_norm, router, moe_pairs,
-    /// attention_rows, attention_step, rotary, write_at_index, greedy_into_state,
+    /// attention_rows, attention_step, rotary, write_at_index, write_in_place, greedy_into_state,
     /// embedding_rows).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -160,7 +160,7 @@ type Check = fn(&Device) -> anyhow::Result<()>;
 
 /// The checks of the kernels a decode step runs, by name (`--only`), in the order
 /// `--decoding-only` runs them.
-const DECODING_CHECKS: [(&str, Check); 12] = [
+const DECODING_CHECKS: [(&str, Check); 13] = [
     ("few_rows", few_rows::check_bf16_rows),
     ("lm_head", few_rows::check_lm_head_in_one_launch),
     ("projection_paths", few_rows::check_projection_paths),
@@ -171,6 +171,7 @@ const DECODING_CHECKS: [(&str, Check); 12] = [
     ("attention_step", attention::check_attention_step),
     ("rotary", decoding::check_rotary),
     ("write_at_index", decoding::check_write_at_index),
+    ("write_in_place", decoding::check_write_in_place),
     ("greedy_into_state", decoding::check_greedy_into_state),
     ("embedding_rows", decoding::check_embedding_rows),
 ];

@@ -7,9 +7,9 @@
 
 use std::time::Instant;
 
-use gpt_oss_model::generate::{GenerateOptions, generate_masked, generate_step_by_step};
+use gpt_oss_model::generate::{Decoder, GenerateOptions, generate_masked, generate_step_by_step};
 use gpt_oss_model::scoring::{DEFAULT_CHUNK, token_logprobs};
-use gpt_oss_model::{ExpertMask, ForwardOptions, GptOss, LayerRouting, RoutingObserver};
+use gpt_oss_model::{ForwardOptions, GptOss, LayerRouting, RoutingObserver};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
@@ -140,15 +140,42 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     };
     for &batch in args.decode_batches.iter().filter(|&&b| b > 0) {
         let prompts = random_rows(batch, args.prompt, vocab, 11);
-        // On the GPU kernel path `generate` captures a decode step and replays it; the step by
-        // step loop (one forward call per token) is timed too, as the comparison.
-        let mut decodings: Vec<(&str, Generator)> = vec![("default", generate_masked)];
+        // Rows of other lengths (so other padding), generated between the timed ones' warm-up
+        // generations: a kept decoder must refill its state and tables for them and back.
+        let other_prompts: Vec<Vec<u32>> = random_rows(batch, args.prompt, vocab, 13)
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| row[..args.prompt - ((i + 1) % 3) * args.prompt / 4].to_vec())
+            .collect();
+        let prompts = DecodePrompts {
+            timed: &prompts,
+            other: &other_prompts,
+        };
+        // On the GPU kernel path a decoder captures a decode step and replays it: "default"
+        // keeps one decoder for all its generations (as probes and eval do), so the step is
+        // captured once; "capture_per_generation" captures it in every generation (a decoder
+        // each); "step_by_step" runs one forward call per token.
+        let mut decoder = Decoder::new(model);
+        let mut decodings: Vec<(&str, Box<GenerateFn<'_>>)> = vec![(
+            "default",
+            Box::new(|rows, options| decoder.generate(rows, options, mask.as_ref())),
+        )];
         if model.on_kernel_path() {
-            decodings.push(("step_by_step", generate_step_by_step));
+            decodings.push((
+                "capture_per_generation",
+                Box::new(|rows, options| generate_masked(model, rows, options, mask.as_ref())),
+            ));
+            decodings.push((
+                "step_by_step",
+                Box::new(|rows, options| {
+                    generate_step_by_step(model, rows, options, mask.as_ref())
+                }),
+            ));
         }
         let mut first_tokens: Option<Vec<Vec<u32>>> = None;
-        for (decoding, generator) in decodings {
-            let timing = time_decode(model, &prompts, &runs, mask.as_ref(), generator);
+        for (decoding, mut generate) in decodings {
+            let timing = time_decode(&prompts, &runs, &mut generate);
+            drop(generate);
             // Every decoding must give the first one's tokens (greedy, same kernels).
             let same_tokens =
                 first_tokens.get_or_insert_with(|| timing.tokens.clone()) == &timing.tokens;
@@ -165,6 +192,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
                     "produced_tokens": timing.produced,
                     "seconds": timing.seconds,
                     "warm_up_seconds": timing.warm_up,
+                    "first_generation_seconds": timing.first_generation,
                     "timed_generations": runs.timed,
                     "tokens_per_second": timing.produced as f64 / timing.seconds,
                     "prefill_and_first_token_seconds": timing.prefill,
@@ -180,8 +208,17 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A greedy generation function (prompts, options, expert mask -> continuations).
-type Generator = fn(&GptOss, &[Vec<u32>], &GenerateOptions, Option<&ExpertMask>) -> Vec<Vec<u32>>;
+/// Continuations, one per prompt.
+type Tokens = Vec<Vec<u32>>;
+
+/// A decoding: prompts and options -> continuations.
+type GenerateFn<'a> = dyn FnMut(&[Vec<u32>], &GenerateOptions) -> Tokens + 'a;
+
+/// The prompts a decoding is timed on, and prompts of other lengths its warm-up generates too.
+struct DecodePrompts<'a> {
+    timed: &'a [Vec<u32>],
+    other: &'a [Vec<u32>],
+}
 
 /// How a decoding is timed: generations of `new_tokens` per prompt, untimed ones for at least
 /// `warm_up_seconds`, then `timed` ones (and `timed` of twice the tokens).
@@ -201,6 +238,9 @@ struct DecodeTiming {
     prefill: f64,
     /// Seconds the untimed generations took.
     warm_up: f64,
+    /// Seconds of the first untimed generation (of the other prompts): a decoder's first,
+    /// which captures its step.
+    first_generation: f64,
     produced: usize,
     tokens: Vec<Vec<u32>>,
     /// CPU seconds per thread per timed generation (see `host::cpu_seconds_by_thread`).
@@ -223,10 +263,11 @@ impl DecodeTiming {
     }
 }
 
-/// Times `generator` producing `runs.new_tokens` per prompt: untimed generations until
-/// `runs.warm_up_seconds` have passed (at least one: kernels compiled and tuned), then
-/// `runs.timed` generations, as many of twice the tokens and as many of the first token alone,
-/// each figure their median.
+/// Times `generate` producing `runs.new_tokens` per timed prompt: untimed generations until
+/// `runs.warm_up_seconds` have passed (at least one round: the other prompts, the timed ones,
+/// and the timed ones with twice the tokens; kernels compiled and tuned, a kept decoder's step
+/// captured for the longest), then `runs.timed` generations, as many of twice the tokens and
+/// as many of the first token alone, each figure their median.
 ///
 /// The warm-up is for the GPU's clocks: an H100 idles at 345 MHz and, under load, reaches its
 /// 1980 MHz only after 0.2 to 1.5 s (nvidia-smi every 100 ms, 2026-11-27; it falls back within
@@ -235,11 +276,9 @@ impl DecodeTiming {
 /// did not move with the warm-up (docs/benchmarks.md, twelfth round); the warm-up and the
 /// medians make that so by construction, as transformers' baseline is timed.
 fn time_decode(
-    model: &GptOss,
-    prompts: &[Vec<u32>],
+    prompts: &DecodePrompts<'_>,
     runs: &DecodeRuns,
-    mask: Option<&ExpertMask>,
-    generator: Generator,
+    generate: &mut GenerateFn<'_>,
 ) -> DecodeTiming {
     let options = GenerateOptions {
         max_new_tokens: runs.new_tokens,
@@ -247,24 +286,33 @@ fn time_decode(
         sampling: None,
         use_cache: true,
     };
+    let twice = GenerateOptions {
+        max_new_tokens: 2 * runs.new_tokens,
+        ..options.clone()
+    };
     let first_token = GenerateOptions {
         max_new_tokens: 1,
         ..options.clone()
     };
     let warm_up = Instant::now();
+    let mut first_generation = None;
     loop {
-        generator(model, prompts, &options, mask);
+        let start = Instant::now();
+        generate(prompts.other, &options);
+        first_generation.get_or_insert(start.elapsed().as_secs_f64());
+        generate(prompts.timed, &options);
+        generate(prompts.timed, &twice);
         if warm_up.elapsed().as_secs_f64() >= runs.warm_up_seconds {
             break;
         }
     }
     let warm_up = warm_up.elapsed().as_secs_f64();
     // The median seconds of `runs.timed` generations with `options`, and the last one's tokens.
-    let timed = |options: &GenerateOptions| {
+    let mut timed = |options: &GenerateOptions| {
         let mut out = vec![];
         let seconds = (0..runs.timed).map(|_| {
             let start = Instant::now();
-            out = generator(model, prompts, options, mask);
+            out = generate(prompts.timed, options);
             start.elapsed().as_secs_f64()
         });
         let seconds = median(seconds.collect());
@@ -276,15 +324,12 @@ fn time_decode(
         .into_iter()
         .map(|(thread, cpu)| (thread, cpu / runs.timed as f64))
         .collect();
-    let twice = GenerateOptions {
-        max_new_tokens: 2 * runs.new_tokens,
-        ..options.clone()
-    };
     DecodeTiming {
         seconds,
         twice_seconds: timed(&twice).0,
         prefill: timed(&first_token).0,
         warm_up,
+        first_generation: first_generation.expect("one warm-up round"),
         produced: out.iter().map(Vec::len).sum(),
         tokens: out,
         host_cpu,
@@ -310,6 +355,7 @@ mod tests {
             twice_seconds: 1.5,
             prefill: 0.37,
             warm_up: 2.0,
+            first_generation: 0.5,
             produced: 128,
             tokens: vec![],
             host_cpu: Default::default(),

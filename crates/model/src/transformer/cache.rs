@@ -49,6 +49,16 @@ impl LayerKv {
         }
     }
 
+    /// The written keys and values [B, kv_heads, filled, head_dim] (slots `start..start +
+    /// filled`); `None` before anything was appended.
+    pub fn written(&self) -> Option<(Tensor<4>, Tensor<4>)> {
+        let (keys, values) = (self.keys.as_ref()?, self.values.as_ref()?);
+        Some((
+            keys.clone().narrow(2, 0, self.filled),
+            values.clone().narrow(2, 0, self.filled),
+        ))
+    }
+
     fn capacity(&self) -> usize {
         self.keys.as_ref().map_or(0, |k| k.dims()[2])
     }
@@ -137,26 +147,23 @@ pub struct FixedKv {
 impl FixedKv {
     /// `layer`'s written slots (a prefill's) copied into buffers of `capacity` slots.
     pub fn from_layer(layer: &LayerKv, capacity: usize) -> Self {
-        let copy = |buffer: &Option<Tensor<4>>| {
-            let buffer = buffer
-                .as_ref()
-                .expect("a prefilled layer has keys and values");
-            let [b, h, _, d] = buffer.dims();
-            assert!(
-                layer.start + layer.filled <= capacity,
-                "a cache of {capacity} slots cannot hold slots up to {}",
-                layer.start + layer.filled
-            );
-            let fixed = Tensor::zeros([b, h, capacity, d], &buffer.device());
+        let (keys, values) = layer
+            .written()
+            .expect("a prefilled layer has keys and values");
+        assert!(
+            layer.start + layer.filled <= capacity,
+            "a cache of {capacity} slots cannot hold slots up to {}",
+            layer.start + layer.filled
+        );
+        let copy = |written: Tensor<4>| {
+            let [b, h, _, d] = written.dims();
             let slots = layer.start..layer.start + layer.filled;
-            fixed.slice_assign(
-                [0..b, 0..h, slots, 0..d],
-                buffer.clone().narrow(2, 0, layer.filled),
-            )
+            Tensor::zeros([b, h, capacity, d], &written.device())
+                .slice_assign([0..b, 0..h, slots, 0..d], written)
         };
         Self {
-            keys: copy(&layer.keys),
-            values: copy(&layer.values),
+            keys: copy(keys),
+            values: copy(values),
         }
     }
 

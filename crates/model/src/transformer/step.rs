@@ -15,6 +15,9 @@ use std::collections::HashMap;
 
 use burn::tensor::{Device, Int, IntDType, Tensor, TensorData};
 use gpt_oss_kernels::greedy_picks::{greedy_into_state, reference_greedy_into_state};
+use gpt_oss_kernels::write_in_place::{
+    reference_write_in_place, write_in_place, write_in_place_int,
+};
 
 use super::GptOss;
 use super::cache::{FixedKv, KvCache};
@@ -27,6 +30,8 @@ use crate::routing::ExpertMask;
 /// What one generation's steps look up by slot.
 #[derive(Debug, Clone)]
 pub struct StepTables {
+    /// Each row's left padding the tables were made for.
+    pads: Vec<usize>,
     /// cos and sin [B, 1, capacity, head_dim / 2]: row b at slot s is at position s - pad[b].
     cos: Tensor<4>,
     sin: Tensor<4>,
@@ -39,16 +44,16 @@ pub struct StepTables {
     router_biases: Vec<Option<Tensor<1>>>,
 }
 
-impl StepTables {
-    /// Tables for `pads` (each row's left padding) and slots `0..capacity`, routing under
-    /// `mask` when given.
-    pub fn new(
-        model: &GptOss,
-        pads: &[usize],
-        capacity: usize,
-        mask: Option<&ExpertMask>,
-        device: &Device,
-    ) -> Self {
+/// The tables that depend on each row's padding: RoPE's cos and sin, and the key ranges.
+struct PositionTables {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    key_ranges: HashMap<Option<usize>, Tensor<2, Int>>,
+}
+
+impl PositionTables {
+    /// The tables for `pads` (each row's left padding) and slots `0..capacity`.
+    fn new(model: &GptOss, pads: &[usize], capacity: usize, device: &Device) -> Self {
         let b = pads.len();
         let positions: Vec<usize> = pads
             .iter()
@@ -81,6 +86,29 @@ impl StepTables {
                 (window, table)
             })
             .collect();
+        Self {
+            cos,
+            sin,
+            key_ranges,
+        }
+    }
+}
+
+impl StepTables {
+    /// Tables for `pads` (each row's left padding) and slots `0..capacity`, routing under
+    /// `mask` when given.
+    pub fn new(
+        model: &GptOss,
+        pads: &[usize],
+        capacity: usize,
+        mask: Option<&ExpertMask>,
+        device: &Device,
+    ) -> Self {
+        let PositionTables {
+            cos,
+            sin,
+            key_ranges,
+        } = PositionTables::new(model, pads, capacity, device);
         let router_biases = (model.layers.iter().enumerate())
             .map(|(i, layer)| {
                 mask.and_then(|m| m.router_bias_on(i, device))
@@ -88,12 +116,61 @@ impl StepTables {
             })
             .collect();
         Self {
+            pads: pads.to_vec(),
             cos,
             sin,
             key_ranges,
             router_biases,
         }
     }
+
+    /// Slots the tables cover.
+    pub fn capacity(&self) -> usize {
+        self.cos.dims()[2]
+    }
+
+    /// The tables for another generation's `pads` (as many rows, the same capacity and mask),
+    /// written into these tables' own buffers (in place on the kernel path), so that a captured
+    /// step finds them where it was recorded. Nothing is written when the padding is the same.
+    pub fn refill_for(&mut self, model: &GptOss, pads: &[usize]) {
+        assert_eq!(
+            pads.len(),
+            self.pads.len(),
+            "refilled tables keep their rows"
+        );
+        if pads == self.pads {
+            return;
+        }
+        let kernels = model.on_kernel_path();
+        let fresh = PositionTables::new(model, pads, self.capacity(), &self.cos.device());
+        overwrite(&mut self.cos, fresh.cos, 0, 0, kernels);
+        overwrite(&mut self.sin, fresh.sin, 0, 0, kernels);
+        for (window, table) in fresh.key_ranges {
+            let kept = self.key_ranges.get_mut(&window).expect("the same layers");
+            *kept = if kernels {
+                write_in_place_int(kept.clone(), table, 0, 0)
+            } else {
+                reference_write_in_place(kept.clone(), table, 0, 0)
+            };
+        }
+        self.pads = pads.to_vec();
+    }
+}
+
+/// Writes `src` into `dst` from `start` along `axis`: in place on the kernel path (`dst` keeps
+/// its buffer), by slice assignment (a new tensor) elsewhere.
+fn overwrite<const D: usize>(
+    dst: &mut Tensor<D>,
+    src: Tensor<D>,
+    axis: usize,
+    start: usize,
+    kernels: bool,
+) {
+    *dst = if kernels {
+        write_in_place(dst.clone(), src, axis, start)
+    } else {
+        reference_write_in_place(dst.clone(), src, axis, start)
+    };
 }
 
 /// What a decode step's attention reads at the step's slot: the step tables, whose rows for
@@ -195,15 +272,9 @@ impl StepState {
         capacity: usize,
         device: &Device,
     ) -> Self {
-        let b = first.len();
-        let tokens: Vec<f32> = first.iter().map(|&t| t as f32).collect();
-        let tokens = Tensor::<2>::from_data(TensorData::new(tokens, [1, b]), device);
-        let picks = Tensor::<2>::zeros([b, capacity], device).slice_assign(
-            [0..b, prompt_slots..prompt_slots + 1],
-            tokens.clone().reshape([b, 1]),
-        );
+        let (slot, tokens, picks) = first_values(first, prompt_slots, capacity, device);
         Self {
-            slot: Tensor::from_data(TensorData::new(vec![prompt_slots as f32], [1]), device),
+            slot,
             tokens,
             picks,
             layers: cache
@@ -211,6 +282,42 @@ impl StepState {
                 .iter()
                 .map(|layer| FixedKv::from_layer(layer, capacity))
                 .collect(),
+        }
+    }
+
+    /// Slots the state's caches and picks hold.
+    pub fn capacity(&self) -> usize {
+        self.picks.dims()[1]
+    }
+
+    /// Rows the state decodes.
+    pub fn rows(&self) -> usize {
+        self.picks.dims()[0]
+    }
+
+    /// What [`Self::after_prefill`] makes of another prefill (as many rows, at most this
+    /// state's capacity), written into this state's own buffers: in place on the kernel path,
+    /// so that a captured step finds it where it was recorded. Cache slots past the prefill
+    /// keep old values; a step reads only slots up to its own, which it writes first.
+    pub fn refill_after_prefill(
+        &mut self,
+        cache: &KvCache,
+        first: &[u32],
+        prompt_slots: usize,
+        kernels: bool,
+    ) {
+        assert_eq!(first.len(), self.rows(), "a refilled state keeps its rows");
+        let device = self.slot.device();
+        let (slot, tokens, picks) = first_values(first, prompt_slots, self.capacity(), &device);
+        overwrite(&mut self.slot, slot, 0, 0, kernels);
+        overwrite(&mut self.tokens, tokens, 0, 0, kernels);
+        overwrite(&mut self.picks, picks, 0, 0, kernels);
+        for (fixed, layer) in self.layers.iter_mut().zip(&cache.layers) {
+            let (keys, values) = layer
+                .written()
+                .expect("a prefilled layer has keys and values");
+            overwrite(&mut fixed.keys, keys, 2, layer.start, kernels);
+            overwrite(&mut fixed.values, values, 2, layer.start, kernels);
         }
     }
 
@@ -236,6 +343,25 @@ impl StepState {
             .sync()
             .expect("the device runs the queued decode steps");
     }
+}
+
+/// A state's slot [1], tokens [1, B] and picks [B, capacity] after a prefill of
+/// `prompt_slots` slots whose greedy picks were `first`.
+fn first_values(
+    first: &[u32],
+    prompt_slots: usize,
+    capacity: usize,
+    device: &Device,
+) -> (Tensor<1>, Tensor<2>, Tensor<2>) {
+    let b = first.len();
+    let tokens: Vec<f32> = first.iter().map(|&t| t as f32).collect();
+    let tokens = Tensor::<2>::from_data(TensorData::new(tokens, [1, b]), device);
+    let picks = Tensor::<2>::zeros([b, capacity], device).slice_assign(
+        [0..b, prompt_slots..prompt_slots + 1],
+        tokens.clone().reshape([b, 1]),
+    );
+    let slot = Tensor::from_data(TensorData::new(vec![prompt_slots as f32], [1]), device);
+    (slot, tokens, picks)
 }
 
 impl GptOss {

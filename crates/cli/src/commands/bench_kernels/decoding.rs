@@ -306,6 +306,66 @@ pub(super) fn check_write_at_index(device: &Device) -> anyhow::Result<()> {
     worst.finish()
 }
 
+/// The host-offset in-place write (a kept decode step refilled for the next generation)
+/// against burn's slice assignment, read through the returned tensor and through the input's own
+/// handle (in place). Cases: a prefill's keys into a cache from slot 0 and, as a sliding layer's,
+/// from a later slot, a strided view as the source (`LayerKv::written` narrows the prefill's
+/// buffers), whole small tensors (slot, picks) and 32-bit integer tables (key ranges).
+pub(super) fn check_write_in_place(device: &Device) -> anyhow::Result<()> {
+    use burn::tensor::{Int, IntDType};
+    use gpt_oss_kernels::write_in_place::{
+        reference_write_in_place, write_in_place, write_in_place_int,
+    };
+    let mut worst = Worst::new("write_in_place kernel", 1e-7);
+    // (dst dims, axis, start, source length along the axis, source a strided view)
+    for (dims, axis, start, len, view) in [
+        ([1, 8, 256, 64], 2, 0, 17, false),
+        ([32, 8, 128, 64], 2, 28, 100, true),
+        ([2, 8, 128, 64], 2, 0, 16, true),
+        ([1, 1, 1, 1], 0, 0, 1, false),
+        ([1, 1, 3, 200], 2, 0, 3, false),
+    ] {
+        let mut src_dims = dims;
+        src_dims[axis] = len;
+        let src = if view {
+            let mut wider = src_dims;
+            wider[axis] += 5;
+            Tensor::<4>::random(wider, Distribution::Default, device).narrow(axis, 0, len)
+        } else {
+            Tensor::<4>::random(src_dims, Distribution::Default, device)
+        };
+        let dst = Tensor::<4>::random(dims, Distribution::Default, device);
+        let reference = reference_write_in_place(dst.clone() * 1.0, src.clone(), axis, start);
+        let alias = dst.clone();
+        let ours = write_in_place(dst, src, axis, start);
+        let fields = json!({"kernel": "write_in_place", "dims": dims, "axis": axis,
+                            "start": start, "len": len, "strided_source": view});
+        worst.record(ours, reference.clone(), fields.clone());
+        let mut in_place = fields;
+        in_place["read_through"] = json!("the input's handle");
+        worst.record(alias, reference, in_place);
+    }
+    for (dims, rows) in [([256, 2], 256), ([300, 64], 300), ([128, 64], 40)] {
+        let ints = |shape: [usize; 2]| {
+            (Tensor::<2>::random(shape, Distribution::Uniform(-1e6, 1e6), device))
+                .int()
+                .cast(IntDType::I32)
+        };
+        let src: Tensor<2, Int> = ints([rows, dims[1]]);
+        let dst = ints(dims);
+        let start = dims[0] - rows;
+        let reference = reference_write_in_place(dst.clone() + 0, src.clone(), 0, start);
+        let alias = dst.clone();
+        let ours = write_in_place_int(dst, src, 0, start);
+        let fields = json!({"kernel": "write_in_place_int", "dims": dims, "start": start});
+        worst.record(ours.float(), reference.clone().float(), fields.clone());
+        let mut in_place = fields;
+        in_place["read_through"] = json!("the input's handle");
+        worst.record(alias.float(), reference.float(), in_place);
+    }
+    worst.finish()
+}
+
 /// The greedy picks written into a decode step's state (two launches) against burn's argmax
 /// and in-place writes: picks, tokens and slot equal exactly. Rows hold a tie for their
 /// maximum (the first index must win), one of them across two segments; the last case's slot
