@@ -8,7 +8,7 @@
 //! for four consecutive experts over every (1024 / (E / 4))-th hidden unit, eight hidden units'
 //! weights loaded before any is used (consecutive invocations read consecutive weights of a
 //! row of W [H, E]); the slices are added in shared memory; the first plane then picks the k
-//! largest (lowest id first among equal logits) by each expert's rank, and their softmax. At
+//! largest (lowest id first among equal logits) with subgroup maxima and their softmax. At
 //! batch 1 the whole router is one workgroup, so the number of dependent loads is its latency:
 //! the first version (256 invocations, one product per step) took 250 us per layer, one expert
 //! per invocation with four products per step about 20 us. Most of what remains is the top-k
@@ -259,13 +259,8 @@ fn route_row(
 }
 
 /// The k largest of `logits[..experts]` (lowest id first among equal values) and their
-/// softmax, written at `out[out_base..]` (ids as floats, then gates); run by one whole plane,
-/// each lane taking every `PLANE_DIM`-th expert.
-///
-/// No rounds one after another: the lane holding an expert counts its rank (the experts with a
-/// larger logit, or an equal one and a lower id), and an expert of rank below k is chosen and
-/// written at its rank. Two plane reductions give the largest logit and the sum of the chosen
-/// experts' exponentials for the softmax.
+/// softmax, written at `out[out_base..]` (ids as floats, then gates) by lane 0; run by one
+/// whole plane, each lane scanning every `PLANE_DIM`-th expert.
 #[cube]
 fn top_k_softmax(
     logits: &[f32],
@@ -275,49 +270,49 @@ fn top_k_softmax(
     #[comptime] top_k: usize,
 ) {
     let lane = UNIT_POS_PLANE;
-    let k = top_k as u32;
-    let mut lane_max = f32::new(f32::NEG_INFINITY);
-    let mut e = lane;
-    while e < experts {
-        lane_max = f32::max(lane_max, logits[e as usize]);
-        e += PLANE_DIM;
-    }
-    // The largest logit (the first chosen): the softmax without overflow.
-    let largest = plane_max(lane_max);
-    let mut lane_sum = 0.0f32;
-    e = lane;
-    while e < experts {
-        let value = logits[e as usize];
-        if rank_of(logits, experts, e, value) < k {
-            lane_sum += (value - largest).exp();
+    let mut chosen = Array::<u32>::new(top_k);
+    let mut values = Array::<f32>::new(top_k);
+    #[unroll]
+    for j in 0..top_k {
+        // This lane's best expert not chosen yet (`experts` when it has none).
+        let mut best = experts;
+        let mut best_value = f32::new(f32::NEG_INFINITY);
+        let mut e = lane;
+        while e < experts {
+            let mut taken = false;
+            #[unroll]
+            for i in 0..j {
+                if chosen[i] == e {
+                    taken = true;
+                }
+            }
+            let value = logits[e as usize];
+            if !taken && (best == experts || value > best_value) {
+                best = e;
+                best_value = value;
+            }
+            e += PLANE_DIM;
         }
-        e += PLANE_DIM;
+        let top = plane_max(best_value);
+        let winner = plane_min(select(best < experts && best_value == top, best, experts));
+        chosen[j] = winner;
+        values[j] = top;
     }
-    let sum = plane_sum(lane_sum);
-    e = lane;
-    while e < experts {
-        let value = logits[e as usize];
-        let rank = rank_of(logits, experts, e, value);
-        if rank < k {
-            out[(out_base + rank) as usize] = f32::cast_from(e);
-            out[(out_base + k + rank) as usize] = (value - largest).exp() / sum;
+    if lane == 0 {
+        // values[0] is the largest: softmax without overflow.
+        let largest = values[0];
+        let mut sum = 0.0f32;
+        #[unroll]
+        for j in 0..top_k {
+            values[j] = (values[j] - largest).exp();
+            sum += values[j];
         }
-        e += PLANE_DIM;
-    }
-}
-
-/// Expert `e`'s place among `logits[..experts]` from the largest (0: the largest), equal
-/// values ordered by id; `value` is `logits[e]`.
-#[cube]
-fn rank_of(logits: &[f32], experts: u32, e: u32, value: f32) -> u32 {
-    let mut rank = 0u32;
-    for j in 0..experts {
-        let other = logits[j as usize];
-        if other > value || (other == value && j < e) {
-            rank += 1;
+        #[unroll]
+        for j in 0..top_k {
+            out[(out_base + j as u32) as usize] = f32::cast_from(chosen[j]);
+            out[(out_base + top_k as u32 + j as u32) as usize] = values[j] / sum;
         }
     }
-    rank
 }
 
 /// GPU extension op; only the CubeCL backend implements it.
