@@ -26,6 +26,7 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use crate::launch::{assert_caches_writable, empty_f32, grid_over_rows};
+use crate::rotary_rows::{rotated_first, rotated_second};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 
 /// Keys scored per pass (shared memory: 8 KiB).
@@ -231,9 +232,9 @@ fn rotated(
     let b = x[(base + half + j) as usize];
     let c = cos[(angles + j) as usize];
     let s = sin[(angles + j) as usize];
-    let mut value = b * c + a * s;
+    let mut value = rotated_second(a, b, c, s);
     if d < half {
-        value = a * c - b * s;
+        value = rotated_first(a, b, c, s);
     }
     value
 }

@@ -16,6 +16,19 @@ use cubecl::prelude::*;
 use crate::launch::{assert_caches_writable, empty_f32, grid_over_rows};
 use crate::workgroup_reduce::UNITS;
 
+/// RoPE's rotation (spec 4.3) of the pair (`a`, `b`) = (x[j], x[j + d/2]) by the angle whose
+/// cosine and sine are `c` and `s`: the new x[j]. [`rotated_second`] gives the new x[j + d/2].
+#[cube]
+pub(crate) fn rotated_first(a: f32, b: f32, c: f32, s: f32) -> f32 {
+    a * c - b * s
+}
+
+/// The new x[j + d/2] of the pair [`rotated_first`] rotates.
+#[cube]
+pub(crate) fn rotated_second(a: f32, b: f32, c: f32, s: f32) -> f32 {
+    b * c + a * s
+}
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn rotary_rows_kernel(
@@ -66,8 +79,8 @@ fn rotary_rows_kernel(
     let mut first = a;
     let mut second = b;
     if head < q_heads + kv_heads {
-        first = a * c - b * s;
-        second = b * c + a * s;
+        first = rotated_first(a, b, c, s);
+        second = rotated_second(a, b, c, s);
     }
     out[(out_base + j) as usize] = first;
     out[(out_base + half + j) as usize] = second;
@@ -111,13 +124,13 @@ fn rotary_qkv_into_cache_kernel(
     let at = u32::cast_from(slot[0]);
     if head < q_heads {
         let base = (row * q_heads + head) * width;
-        q_out[(base + j) as usize] = a * c - b * s;
-        q_out[(base + half + j) as usize] = b * c + a * s;
+        q_out[(base + j) as usize] = rotated_first(a, b, c, s);
+        q_out[(base + half + j) as usize] = rotated_second(a, b, c, s);
     } else if at < capacity {
         if head < q_heads + kv_heads {
             let base = ((row * kv_heads + head - q_heads) * capacity + at) * width;
-            keys[(base + j) as usize] = a * c - b * s;
-            keys[(base + half + j) as usize] = b * c + a * s;
+            keys[(base + j) as usize] = rotated_first(a, b, c, s);
+            keys[(base + half + j) as usize] = rotated_second(a, b, c, s);
         } else {
             let base = ((row * kv_heads + head - q_heads - kv_heads) * capacity + at) * width;
             values[(base + j) as usize] = a;

@@ -11,10 +11,11 @@
 //! largest (lowest id first among equal logits) with subgroup maxima and their softmax. At
 //! batch 1 the whole router is one workgroup, so the number of dependent loads is its latency:
 //! the first version (256 invocations, one product per step) took 250 us per layer, one expert
-//! per invocation with four products per step about 20 us. Most of what remains is the top-k
-//! step, not the loads: logits over eight workgroups without it took about 11 us less, and the
-//! choice cost as much again wherever it was put (in the experts kernels, or in the last
-//! workgroup to finish; docs/benchmarks.md, tenth round).
+//! per invocation with four products per step about 20 us. Logits over eight workgroups
+//! without the choice took about 11 us less, and the choice cost as much again wherever it was
+//! put (in the experts kernels, or in the last workgroup to finish; docs/benchmarks.md, tenth
+//! round). The choice's k rounds of plane reductions are not that cost: choosing by each
+//! expert's rank in one pass moved batch-1 decoding by under 2% (fifteenth round, reverted).
 //!
 //! [`add_norm_router`] runs the decoder layer's residual add and post-attention RMSNorm in the
 //! same workgroup first (the normed row kept in shared memory): one launch instead of two per
