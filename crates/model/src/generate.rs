@@ -11,7 +11,7 @@ use std::rc::Rc;
 use burn::tensor::{Graph, Tensor};
 
 use crate::routing::ExpertMask;
-use crate::transformer::cache::KEY_BLOCK;
+use crate::transformer::cache::{KEY_BLOCK, KvCache};
 use crate::transformer::step::{StepState, StepTables};
 use crate::transformer::{ForwardOptions, GptOss, TokenBatch};
 
@@ -146,11 +146,24 @@ struct KeptStep<'m> {
     mask: Option<ExpertMask>,
 }
 
-impl KeptStep<'_> {
+impl<'m> KeptStep<'m> {
     /// Whether a generation of `rows` rows needing `capacity` slots under `mask` can reuse it.
     fn fits(&self, rows: usize, capacity: usize, mask: Option<&ExpertMask>) -> bool {
         let state = self.state.borrow();
         state.rows() == rows && state.capacity() >= capacity && self.mask.as_ref() == mask
+    }
+
+    /// Captures the step on this state and tables (`burn::tensor::capture`: three real steps
+    /// to warm up, then a recording that runs none).
+    fn capture(&mut self, model: &'m GptOss) {
+        let (state, tables) = (Rc::clone(&self.state), Rc::clone(&self.tables));
+        let step: Box<dyn FnMut() + 'm> =
+            Box::new(move || model.decode_step(&mut state.borrow_mut(), &tables.borrow()));
+        let graph = burn::tensor::capture(&model.device(), step);
+        if !graph.is_hardware() {
+            tracing::warn!("the decode step could not be captured: each replay runs it again");
+        }
+        self.graph = Some(graph);
     }
 }
 
@@ -167,6 +180,45 @@ impl<'m> Decoder<'m> {
     /// rather than refilling the kept one.
     pub fn steps_made(&self) -> usize {
         self.steps_made
+    }
+
+    /// The kept step refilled after a prefill into `cache` (of `prompt_slots` slots, greedy
+    /// picks `first`) when it fits, else a new one for `capacity` slots under `mask` (what was
+    /// kept is dropped first).
+    fn step_after_prefill(
+        &mut self,
+        cache: &KvCache,
+        first: &[u32],
+        prompt_slots: usize,
+        capacity: usize,
+        mask: Option<&ExpertMask>,
+    ) -> &mut KeptStep<'m> {
+        let model = self.model;
+        let device = model.device();
+        match self.kept.take() {
+            Some(kept) if kept.fits(first.len(), capacity, mask) => {
+                let kernels = model.on_kernel_path();
+                let mut state = kept.state.borrow_mut();
+                state.refill_after_prefill(cache, first, prompt_slots, kernels);
+                kept.tables.borrow_mut().refill_for(model, &cache.pads);
+                // The refills run before any replay reads them (a replay goes to the device
+                // stream past burn's fusion).
+                device.sync().expect("the device runs the refills");
+                drop(state);
+                self.kept.insert(kept)
+            }
+            _ => {
+                self.steps_made += 1;
+                let tables = StepTables::new(model, &cache.pads, capacity, mask, &device);
+                let state = StepState::after_prefill(cache, first, prompt_slots, capacity, &device);
+                self.kept.insert(KeptStep {
+                    graph: None,
+                    state: Rc::new(RefCell::new(state)),
+                    tables: Rc::new(RefCell::new(tables)),
+                    mask: mask.cloned(),
+                })
+            }
+        }
     }
 
     /// The continuation of each prompt, as [`generate`] gives it, with experts forbidden by
@@ -207,7 +259,6 @@ impl<'m> Decoder<'m> {
         if b == 0 || options.max_new_tokens == 0 {
             return vec![vec![]; b];
         }
-        let device = model.device();
         let pad = model.config.pad_token_id.unwrap_or(0);
         let prompt = TokenBatch::left_padded(prompts, pad);
         let mut cache = model.new_cache();
@@ -224,37 +275,11 @@ impl<'m> Decoder<'m> {
             return first.into_iter().map(|token| vec![token]).collect();
         }
         let capacity = (t + options.max_new_tokens).div_ceil(KEY_BLOCK) * KEY_BLOCK;
-        let kept = match self.kept.take() {
-            Some(kept) if kept.fits(b, capacity, mask) => {
-                let kernels = model.on_kernel_path();
-                (kept.state.borrow_mut()).refill_after_prefill(&cache, &first, t, kernels);
-                kept.tables.borrow_mut().refill_for(model, &cache.pads);
-                // The refills run before any replay reads them (a replay goes to the device
-                // stream past burn's fusion).
-                device.sync().expect("the device runs the refills");
-                kept
-            }
-            // Another shape: what was kept is dropped before the new state is made.
-            _ => {
-                self.steps_made += 1;
-                KeptStep {
-                    graph: None,
-                    tables: Rc::new(RefCell::new(StepTables::new(
-                        model,
-                        &cache.pads,
-                        capacity,
-                        mask,
-                        &device,
-                    ))),
-                    state: Rc::new(RefCell::new(StepState::after_prefill(
-                        &cache, &first, t, capacity, &device,
-                    ))),
-                    mask: mask.cloned(),
-                }
-            }
-        };
+        let kept = self.step_after_prefill(&cache, &first, t, capacity, mask);
         drop(cache);
-        let kept = self.kept.insert(kept);
+        if kept.graph.is_none() && model.steps_on_device_only(b) && steps >= CAPTURE_MIN_STEPS {
+            kept.capture(model);
+        }
         let (state, tables) = (Rc::clone(&kept.state), Rc::clone(&kept.tables));
         let slot_now = || state.borrow().slot_value();
         // After `done` steps: whether every row has produced a stop token (picks read back; the
@@ -267,17 +292,6 @@ impl<'m> Decoder<'m> {
             let picks = state.borrow().picks_values(t, produced);
             every_row_has_a_stop(&picks, produced, &options.stop_tokens)
         };
-        let capturable = model.steps_on_device_only(b) && steps >= CAPTURE_MIN_STEPS;
-        if kept.graph.is_none() && capturable {
-            let (state, tables) = (Rc::clone(&state), Rc::clone(&tables));
-            let step: Box<dyn FnMut() + 'm> =
-                Box::new(move || model.decode_step(&mut state.borrow_mut(), &tables.borrow()));
-            let graph = burn::tensor::capture(&device, step);
-            if !graph.is_hardware() {
-                tracing::warn!("the decode step could not be captured: each replay runs it again");
-            }
-            kept.graph = Some(graph);
-        }
         if let Some(graph) = kept.graph.as_mut() {
             // A capture's warm-up runs were real steps; the recorded one ran none.
             let mut done = slot_now() - t;

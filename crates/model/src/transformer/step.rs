@@ -9,6 +9,11 @@
 //! generation by slot ([`StepTables`]: RoPE's cos and sin, each layer kind's visible key ranges)
 //! and picked by the step from the device slot. A step reads the slot and tokens, writes its keys
 //! and values at the slot, its greedy picks at the next slot, and advances the slot.
+//!
+//! A `generate::Decoder` keeps the state, the tables and the captured step for its next
+//! generation of the same shape: [`StepState::refill_after_prefill`] and
+//! [`StepTables::refill_for`] write the new prefill and padding into the same buffers (in place
+//! on the GPU), so the recorded launches find them.
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
