@@ -25,6 +25,7 @@ use burn::tensor::{Bool, DType, Int, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
+use crate::launch::same_dtype;
 use crate::launch::{assert_caches_writable, empty_f32, grid_over_rows};
 use crate::rotary_rows::{rotated_first, rotated_second};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
@@ -271,10 +272,6 @@ pub trait AttentionRowsBackend: burn::backend::Backend {
         ranges: IntTensor<Self>,
         scale: f32,
     ) -> FloatTensor<Self>;
-}
-
-fn same_dtype(input: DType) -> DType {
-    input
 }
 
 impl AttentionRowsBackend for CubeBackend {

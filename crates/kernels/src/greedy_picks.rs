@@ -15,6 +15,7 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use crate::launch::{MAX_GRID_X, empty_f32};
+use crate::launch::{same_dtype, same_shape};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 use crate::write_at_index::reference_write_at_index;
 
@@ -135,14 +136,6 @@ pub trait GreedyPicksBackend: burn::backend::Backend {
         tokens: FloatTensor<Self>,
         slot: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
-}
-
-fn same_dtype(input: DType) -> DType {
-    input
-}
-
-fn same_shape(x: &Shape) -> Shape {
-    x.clone()
 }
 
 fn partials_shape(logits: &Shape) -> Shape {

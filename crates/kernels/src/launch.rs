@@ -50,3 +50,13 @@ pub fn assert_caches_writable(op: &str, keys: &CubeTensor, values: &CubeTensor) 
         "{op}: the caches' shapes"
     );
 }
+
+/// A backend-extension op's output type when it is its input's (`#[fusion(dtype = ...)]`).
+pub fn same_dtype(input: DType) -> DType {
+    input
+}
+
+/// A backend-extension op's output shape when it is its input's (`#[fusion(shape = ...)]`).
+pub fn same_shape(x: &Shape) -> Shape {
+    x.clone()
+}

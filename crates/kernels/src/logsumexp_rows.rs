@@ -11,6 +11,7 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
+use crate::launch::same_dtype;
 use crate::launch::{empty_f32, grid_over_rows};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 
@@ -49,10 +50,6 @@ pub trait LogSumExpBackend: burn::backend::Backend {
     /// `x` [rows, width] f32 -> [rows] f32.
     #[fusion(dtype = same_dtype(x), shape = rows_shape(x))]
     fn logsumexp_rows(x: FloatTensor<Self>) -> FloatTensor<Self>;
-}
-
-fn same_dtype(input: DType) -> DType {
-    input
 }
 
 fn rows_shape(x: &Shape) -> Shape {

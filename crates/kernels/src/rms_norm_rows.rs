@@ -11,6 +11,7 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use crate::launch::{empty_f32, grid_over_rows};
+use crate::launch::{same_dtype, same_shape};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 
 /// Values of a row each invocation loads before adding their squares.
@@ -128,14 +129,6 @@ pub trait RmsNormBackend: burn::backend::Backend {
         weight: FloatTensor<Self>,
         eps: f32,
     ) -> FloatTensor<Self>;
-}
-
-fn same_dtype(input: DType) -> DType {
-    input
-}
-
-fn same_shape(x: &Shape) -> Shape {
-    x.clone()
 }
 
 impl RmsNormBackend for CubeBackend {

@@ -13,6 +13,7 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
+use crate::launch::same_dtype;
 use crate::launch::{assert_caches_writable, empty_f32, grid_over_rows};
 use crate::workgroup_reduce::UNITS;
 
@@ -169,10 +170,6 @@ pub trait RotaryBackend: burn::backend::Backend {
         q_heads: usize,
         kv_heads: usize,
     ) -> FloatTensor<Self>;
-}
-
-fn same_dtype(input: DType) -> DType {
-    input
 }
 
 impl RotaryBackend for CubeBackend {

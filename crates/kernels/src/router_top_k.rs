@@ -26,6 +26,7 @@ use burn::tensor::{DType, Int, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
+use crate::launch::same_dtype;
 use crate::launch::{empty_f32, grid_over_rows};
 use crate::rms_norm_rows::inverse_rms;
 
@@ -342,10 +343,6 @@ pub trait RouterBackend: burn::backend::Backend {
         eps: f32,
         top_k: usize,
     ) -> FloatTensor<Self>;
-}
-
-fn same_dtype(input: DType) -> DType {
-    input
 }
 
 impl RouterBackend for CubeBackend {

@@ -11,11 +11,12 @@
 //! written, no copy is made (the caller keeps using the returned tensor as the state).
 
 use burn::backend::{backend_extension, tensor::FloatTensor};
-use burn::tensor::{DType, Shape, Tensor};
+use burn::tensor::{DType, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use crate::launch::grid_over_rows;
+use crate::launch::{same_dtype, same_shape};
 
 /// Invocations per workgroup.
 const UNITS: u32 = 256;
@@ -50,14 +51,6 @@ pub trait WriteAtIndexBackend: burn::backend::Backend {
         index: FloatTensor<Self>,
         axis: usize,
     ) -> FloatTensor<Self>;
-}
-
-fn same_dtype(input: DType) -> DType {
-    input
-}
-
-fn same_shape(x: &Shape) -> Shape {
-    x.clone()
 }
 
 /// (outer, len, inner) of `dims` around `axis`.

@@ -15,11 +15,12 @@ use burn::backend::{
     backend_extension,
     tensor::{FloatTensor, IntTensor},
 };
-use burn::tensor::{DType, Int, Shape, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use crate::launch::grid_over_rows;
+use crate::launch::{same_dtype, same_shape};
 
 /// Invocations per workgroup.
 const UNITS: u32 = 256;
@@ -64,14 +65,6 @@ pub trait WriteInPlaceBackend: burn::backend::Backend {
         axis: usize,
         start: usize,
     ) -> IntTensor<Self>;
-}
-
-fn same_dtype(input: DType) -> DType {
-    input
-}
-
-fn same_shape(x: &Shape) -> Shape {
-    x.clone()
 }
 
 impl WriteInPlaceBackend for CubeBackend {

@@ -25,11 +25,12 @@ use burn::backend::{
     backend_extension,
     tensor::{FloatTensor, IntTensor},
 };
-use burn::tensor::{DType, Int, Shape, Tensor};
+use burn::tensor::{Int, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use crate::launch::empty_f32;
+use crate::launch::same_dtype;
 use kernels::{pairs_down_kernel, pairs_gate_up_kernel};
 
 mod kernels;
@@ -151,10 +152,6 @@ pub trait PairsBackend: burn::backend::Backend {
         planes: u32,
         turns: u32,
     ) -> FloatTensor<Self>;
-}
-
-fn same_dtype(input: DType) -> DType {
-    input
 }
 
 impl PairsBackend for CubeBackend {
