@@ -155,21 +155,22 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
         // keeps one decoder for all its generations (as probes and eval do), so the step is
         // captured once; "capture_per_generation" captures it in every generation (a decoder
         // each); "step_by_step" runs one forward call per token.
+        // The kept decoder moves into its decoding, so that what it keeps (caches, the graph)
+        // is freed before the next decoding is timed.
         let mut decoder = Decoder::new(model);
+        let mask = mask.as_ref();
         let mut decodings: Vec<(&str, Box<GenerateFn<'_>>)> = vec![(
             "default",
-            Box::new(|rows, options| decoder.generate(rows, options, mask.as_ref())),
+            Box::new(move |rows, options| decoder.generate(rows, options, mask)),
         )];
         if model.on_kernel_path() {
             decodings.push((
                 "capture_per_generation",
-                Box::new(|rows, options| generate_masked(model, rows, options, mask.as_ref())),
+                Box::new(move |rows, options| generate_masked(model, rows, options, mask)),
             ));
             decodings.push((
                 "step_by_step",
-                Box::new(|rows, options| {
-                    generate_step_by_step(model, rows, options, mask.as_ref())
-                }),
+                Box::new(move |rows, options| generate_step_by_step(model, rows, options, mask)),
             ));
         }
         let mut first_tokens: Option<Vec<Vec<u32>>> = None;
