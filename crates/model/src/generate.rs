@@ -64,7 +64,7 @@ pub fn generate_step_by_step(
     let mut cache = options.use_cache.then(|| model.new_cache());
     let mut step_batch = TokenBatch::left_padded(prompts, pad);
     for _ in 0..options.max_new_tokens {
-        let logits = model.forward(
+        let last = model.forward_last(
             &step_batch,
             cache.as_mut(),
             ForwardOptions {
@@ -72,7 +72,6 @@ pub fn generate_step_by_step(
                 mask,
             },
         );
-        let last = last_position(logits);
         let next: Vec<u32> = match (&options.sampling, rng.as_mut()) {
             (Some(s), Some(rng)) if s.temperature > 0.0 => {
                 let v = last.dims()[1];
@@ -266,9 +265,8 @@ impl<'m> Decoder<'m> {
             observer: None,
             mask,
         };
-        let logits = model.forward(&prompt, Some(&mut cache), options_prefill);
-        let t = logits.dims()[1];
-        let first = greedy_picks(last_position(logits));
+        let first = greedy_picks(model.forward_last(&prompt, Some(&mut cache), options_prefill));
+        let t = prompt.seq_len;
         let steps = options.max_new_tokens - 1;
         let stops = |token: &u32| options.stop_tokens.contains(token);
         if steps == 0 || first.iter().all(stops) {
@@ -347,12 +345,6 @@ fn every_row_has_a_stop(picks: &[f32], row_len: usize, stops: &[u32]) -> bool {
     picks
         .chunks_exact(row_len)
         .all(|row| row.iter().any(|&x| stops.contains(&(x as u32))))
-}
-
-/// The logits [B, T, V] of each row's last position -> [B, V].
-fn last_position(logits: Tensor<3>) -> Tensor<2> {
-    let [b, t, v] = logits.dims();
-    logits.narrow(1, t - 1, 1).reshape([b, v])
 }
 
 /// Each row's most likely token of `logits` [B, V] (read back to the host).

@@ -327,6 +327,22 @@ impl GptOss {
         self.lm_head.forward(hidden)
     }
 
+    /// Logits [B, vocab] of each row's last position: what generation reads. The lm_head runs
+    /// on those B rows only, and [B, T, vocab] is never made (at gpt-oss's 201,088 tokens a
+    /// 2,048-token prompt's logits alone would be 1.6 GB per row).
+    pub fn forward_last(
+        &self,
+        batch: &TokenBatch,
+        cache: Option<&mut KvCache>,
+        options: ForwardOptions<'_, '_>,
+    ) -> Tensor<2> {
+        let hidden = self.forward_hidden(batch, cache, options);
+        let [b, t, _] = hidden.dims();
+        let logits = self.lm_head.forward(hidden.narrow(1, t - 1, 1));
+        let vocab = logits.dims()[2];
+        logits.reshape([b, vocab])
+    }
+
     /// A fresh cache for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(&self.config, vec![], cache::KEY_BLOCK)
