@@ -27,9 +27,20 @@ pub fn times_weight(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
 /// `x` [m, in] times `w` [in, out], plus `bias` [out] when given -> [m, out] f32. The few-rows
 /// kernel adds the bias itself (decoding counts kernels).
 pub fn times_weight_plus_bias(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+    times_weight_few_rows_up_to(x, w, bias, FEW_ROWS)
+}
+
+/// [`times_weight_plus_bias`] with the few-rows kernel taken up to `few_rows` rows instead of
+/// [`FEW_ROWS`] (the lm_head's limit is lower: `vocab::FEW_ROWS`).
+pub fn times_weight_few_rows_up_to(
+    x: Tensor<2>,
+    w: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    few_rows: usize,
+) -> Tensor<2> {
     let product = if !on_kernel_path(&w) {
         x.matmul(w)
-    } else if x.dims()[0] <= FEW_ROWS && bf16_rows::supports(w.dims()[1]) {
+    } else if x.dims()[0] <= few_rows && bf16_rows::supports(w.dims()[1]) {
         return bf16_rows::bf16_rows_matmul(x, w, bias);
     } else {
         gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x, w)

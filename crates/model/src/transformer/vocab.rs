@@ -32,16 +32,6 @@ pub fn rows_per_piece(width: usize) -> usize {
 /// kernel up to 32 rows (`project::FEW_ROWS`; faster there at every count measured).
 pub const FEW_ROWS: usize = 4;
 
-/// `x` [m, H] times one lm_head piece [H, n] -> [m, n]: the few-row kernel up to [`FEW_ROWS`]
-/// rows on the kernel path, the tensor-core GEMM past them, burn's matmul off it.
-fn piece_logits(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    if super::project::on_kernel_path(&w) && x.dims()[0] > FEW_ROWS {
-        gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x, w)
-    } else {
-        super::project::times_weight(x, w)
-    }
-}
-
 /// Token embedding table [vocab, H], in row pieces.
 #[derive(Module, Debug)]
 pub struct Embedding {
@@ -182,7 +172,9 @@ impl LmHead {
             bf16_rows::bf16_rows_three(rows, three, None)
         } else {
             let mut parts: Vec<Tensor<2>> = (weights.into_iter())
-                .map(|w| piece_logits(rows.clone(), w))
+                .map(|w| {
+                    super::project::times_weight_few_rows_up_to(rows.clone(), w, None, FEW_ROWS)
+                })
                 .collect();
             match parts.len() {
                 1 => parts.remove(0),
