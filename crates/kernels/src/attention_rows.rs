@@ -25,8 +25,7 @@ use burn::tensor::{Bool, DType, Int, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::same_dtype;
-use crate::launch::{assert_caches_writable, empty_f32, grid_over_rows};
+use crate::launch::{assert_caches_writable, empty_f32, grid_over_rows, same_dtype};
 use crate::rotary_rows::{rotated_first, rotated_second};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 

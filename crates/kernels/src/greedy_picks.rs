@@ -14,8 +14,7 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::{MAX_GRID_X, empty_f32};
-use crate::launch::{same_dtype, same_shape};
+use crate::launch::{MAX_GRID_X, empty_f32, same_dtype, same_shape};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 use crate::write_at_index::reference_write_at_index;
 

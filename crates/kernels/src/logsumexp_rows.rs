@@ -11,8 +11,7 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::same_dtype;
-use crate::launch::{empty_f32, grid_over_rows};
+use crate::launch::{empty_f32, grid_over_rows, same_dtype};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 
 #[cube(launch)]

@@ -10,8 +10,7 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::{empty_f32, grid_over_rows};
-use crate::launch::{same_dtype, same_shape};
+use crate::launch::{empty_f32, grid_over_rows, same_dtype, same_shape};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 
 /// Values of a row each invocation loads before adding their squares.

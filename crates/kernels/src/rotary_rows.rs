@@ -13,8 +13,7 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::same_dtype;
-use crate::launch::{assert_caches_writable, empty_f32, grid_over_rows};
+use crate::launch::{assert_caches_writable, empty_f32, grid_over_rows, same_dtype};
 use crate::workgroup_reduce::UNITS;
 
 /// RoPE's rotation (spec 4.3) of the pair (`a`, `b`) = (x[j], x[j + d/2]) by the angle whose

@@ -26,8 +26,7 @@ use burn::tensor::{DType, Int, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::same_dtype;
-use crate::launch::{empty_f32, grid_over_rows};
+use crate::launch::{empty_f32, grid_over_rows, same_dtype};
 use crate::rms_norm_rows::inverse_rms;
 
 /// Invocations per workgroup (Vulkan's usual maximum).

@@ -15,8 +15,7 @@ use burn::tensor::{DType, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::grid_over_rows;
-use crate::launch::{same_dtype, same_shape};
+use crate::launch::{grid_over_rows, same_dtype, same_shape};
 
 /// Invocations per workgroup.
 const UNITS: u32 = 256;

@@ -19,8 +19,7 @@ use burn::tensor::{DType, Int, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::grid_over_rows;
-use crate::launch::{same_dtype, same_shape};
+use crate::launch::{grid_over_rows, same_dtype, same_shape};
 
 /// Invocations per workgroup.
 const UNITS: u32 = 256;

@@ -29,8 +29,7 @@ use burn::tensor::{Int, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::empty_f32;
-use crate::launch::same_dtype;
+use crate::launch::{empty_f32, same_dtype};
 use kernels::{pairs_down_kernel, pairs_gate_up_kernel};
 
 mod kernels;
