@@ -40,18 +40,17 @@ const EXPERTS_PER_UNIT: u32 = 4;
 /// Hidden units whose weights each invocation loads before using any.
 const ROUTER_UNROLL: u32 = 8;
 
-#[cube(launch_unchecked)]
+#[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn router_top_k_kernel(
     x: &[f32],
-    w: &[u32],
+    w: &[f32],
     bias: &[f32],
     out: &mut [f32],
     rows: u32,
     hidden: u32,
     experts: u32,
     #[comptime] top_k: usize,
-    #[comptime] bf16_weights: bool,
 ) {
     let row = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
     if row >= rows {
@@ -67,20 +66,19 @@ fn router_top_k_kernel(
         hidden,
         experts,
         top_k,
-        bf16_weights,
     );
 }
 
 /// The residual add, the post-attention RMSNorm and the router of one row in one workgroup:
 /// `out` holds the normed rows [rows, hidden], then the sums `x + delta` [rows, hidden], then
 /// the routing tables [rows, 2 top_k]. The normed row stays in shared memory for the router.
-#[cube(launch_unchecked)]
+#[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn add_norm_router_kernel(
     x: &[f32],
     delta: &[f32],
     norm_weight: &[f32],
-    w: &[u32],
+    w: &[f32],
     bias: &[f32],
     out: &mut [f32],
     rows: u32,
@@ -88,7 +86,6 @@ fn add_norm_router_kernel(
     eps: f32,
     #[comptime] hidden: usize,
     #[comptime] top_k: usize,
-    #[comptime] bf16_weights: bool,
 ) {
     let row = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
     if row >= rows {
@@ -154,7 +151,6 @@ fn add_norm_router_kernel(
         width,
         experts,
         top_k,
-        bf16_weights,
     );
 }
 
@@ -171,14 +167,13 @@ fn add_norm_router_kernel(
 fn route_row(
     x: &[f32],
     x_row: u32,
-    w: &[u32],
+    w: &[f32],
     bias: &[f32],
     out: &mut [f32],
     out_base: u32,
     hidden: u32,
     experts: u32,
     #[comptime] top_k: usize,
-    #[comptime] bf16_weights: bool,
 ) {
     let unit = UNIT_POS;
     let quads = experts.div_ceil(EXPERTS_PER_UNIT);
@@ -211,7 +206,7 @@ fn route_row(
                     let e = first + j as u32;
                     let mut wv = 0.0f32;
                     if row < hidden && e < experts {
-                        wv = router_weight(w, row * experts + e, bf16_weights);
+                        wv = w[(row * experts + e) as usize];
                     }
                     ws[r * EXPERTS_PER_UNIT as usize + j] = wv;
                 }
@@ -261,18 +256,6 @@ fn route_row(
     sync_cube();
     if unit < PLANE_DIM {
         top_k_softmax(&logits, out, out_base, experts, top_k);
-    }
-}
-
-/// Element `index` of the router's weights W [H, E] as f32: `w` holds them as f32 bits, or
-/// with `bf16` as bf16 pairs, two to a little-endian word (the lower index in the low half).
-#[cube]
-fn router_weight(w: &[u32], index: u32, #[comptime] bf16: bool) -> f32 {
-    if bf16 {
-        let word = w[(index / 2) as usize];
-        f32::reinterpret(select((index & 1) == 0, word << 16, word & 0xFFFF_0000))
-    } else {
-        f32::reinterpret(w[index as usize])
     }
 }
 
@@ -336,7 +319,7 @@ fn top_k_softmax(
 /// GPU extension op; only the CubeCL backend implements it.
 #[backend_extension(Cube, Fusion)]
 pub trait RouterBackend: burn::backend::Backend {
-    /// `x` [n, H], `w` [H, E] (f32 or bf16), `bias` [E] (f32) -> routing table [n, 2 * top_k].
+    /// `x` [n, H], `w` [H, E], `bias` [E] (all f32) -> routing table [n, 2 * top_k].
     #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![x[0], 2 * top_k]))]
     fn router_top_k(
         x: FloatTensor<Self>,
@@ -345,8 +328,8 @@ pub trait RouterBackend: burn::backend::Backend {
         top_k: usize,
     ) -> FloatTensor<Self>;
 
-    /// `x` and `delta` [n, H], the norm's `norm_weight` [H], router `w` [H, E] (f32 or bf16)
-    /// and `bias` [E] (the rest f32) -> flat: the norm of `x + delta` [n, H], `x + delta` [n, H], the routing
+    /// `x` and `delta` [n, H], the norm's `norm_weight` [H], router `w` [H, E] and `bias` [E]
+    /// (all f32) -> flat: the norm of `x + delta` [n, H], `x + delta` [n, H], the routing
     /// table of the norm [n, 2 * top_k].
     #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![x[0] * (2 * x[1] + 2 * top_k)]))]
     #[allow(clippy::too_many_arguments)]
@@ -370,27 +353,20 @@ impl RouterBackend for CubeBackend {
             supports(experts, top_k),
             "router_top_k: {experts} experts, top {top_k}"
         );
-        assert_eq!(w.meta.shape()[0], hidden, "router_top_k: x and w");
-        let bf16_weights = weights_are_bf16(&w, "router_top_k");
         let out = empty_f32(&x, vec![rows, 2 * top_k]);
-        // Safety: the kernel reads W [hidden, experts] at rows < hidden and experts < experts
-        // only (checked above), whatever its element type.
-        unsafe {
-            router_top_k_kernel::launch_unchecked(
-                &x.client.clone(),
-                grid_over_rows(rows),
-                CubeDim::new_1d(ROUTER_UNITS),
-                x.into_buffer_arg(),
-                w.into_buffer_arg(),
-                bias.into_buffer_arg(),
-                out.clone().into_buffer_arg(),
-                rows as u32,
-                hidden as u32,
-                experts as u32,
-                top_k,
-                bf16_weights,
-            )
-        };
+        router_top_k_kernel::launch(
+            &x.client.clone(),
+            grid_over_rows(rows),
+            CubeDim::new_1d(ROUTER_UNITS),
+            x.into_buffer_arg(),
+            w.into_buffer_arg(),
+            bias.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            rows as u32,
+            hidden as u32,
+            experts as u32,
+            top_k,
+        );
         out
     }
 
@@ -416,41 +392,24 @@ impl RouterBackend for CubeBackend {
             x.meta.shape(),
             "add_norm_router: shapes"
         );
-        assert_eq!(w.meta.shape()[0], hidden, "add_norm_router: x and w");
-        let bf16_weights = weights_are_bf16(&w, "add_norm_router");
         let out = empty_f32(&x, vec![rows * (2 * hidden + 2 * top_k)]);
-        // Safety: as in `router_top_k`; the row's values are read below `hidden`.
-        unsafe {
-            add_norm_router_kernel::launch_unchecked(
-                &x.client.clone(),
-                grid_over_rows(rows),
-                CubeDim::new_1d(ROUTER_UNITS),
-                x.into_buffer_arg(),
-                delta.into_buffer_arg(),
-                norm_weight.into_buffer_arg(),
-                w.into_buffer_arg(),
-                bias.into_buffer_arg(),
-                out.clone().into_buffer_arg(),
-                rows as u32,
-                experts as u32,
-                eps,
-                hidden,
-                top_k,
-                bf16_weights,
-            )
-        };
+        add_norm_router_kernel::launch(
+            &x.client.clone(),
+            grid_over_rows(rows),
+            CubeDim::new_1d(ROUTER_UNITS),
+            x.into_buffer_arg(),
+            delta.into_buffer_arg(),
+            norm_weight.into_buffer_arg(),
+            w.into_buffer_arg(),
+            bias.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            rows as u32,
+            experts as u32,
+            eps,
+            hidden,
+            top_k,
+        );
         out
-    }
-}
-
-/// Whether the router weights `w` are bf16 (else f32; `op` panics on any other type). A
-/// checkpoint's router is bf16, so reading it as bf16 is exact and halves the bytes that the
-/// one workgroup of a batch-1 router reads.
-fn weights_are_bf16(w: &CubeTensor, op: &str) -> bool {
-    match w.dtype {
-        DType::BF16 => true,
-        DType::F32 => false,
-        other => panic!("{op}: router weights must be f32 or bf16, not {other:?}"),
     }
 }
 
@@ -471,8 +430,8 @@ pub fn supports(experts: usize, top_k: usize) -> bool {
     (1..=MAX_EXPERTS).contains(&experts) && (1..=MAX_TOP_K.min(experts)).contains(&top_k)
 }
 
-/// The routing table [n, 2 * top_k] of tokens `x` [n, H] for router weights `w` [H, E] (f32
-/// or bf16) and `bias` [E]: the chosen ids (as floats, largest logit first) then their softmax gates. GPU
+/// The routing table [n, 2 * top_k] of tokens `x` [n, H] for router weights `w` [H, E] and
+/// `bias` [E]: the chosen ids (as floats, largest logit first) then their softmax gates. GPU
 /// only; see [`supports`].
 pub fn router_top_k(x: Tensor<2>, w: Tensor<2>, bias: Tensor<1>, top_k: usize) -> Tensor<2> {
     Tensor::from_dispatch(<burn::backend::Dispatch as RouterBackend>::router_top_k(
@@ -485,8 +444,8 @@ pub fn router_top_k(x: Tensor<2>, w: Tensor<2>, bias: Tensor<1>, top_k: usize) -
 
 /// The decoder layer's residual add, post-attention norm and router in one kernel: (`x +
 /// delta`, its RMSNorm with `norm_weight` and `eps`, the routing table of the norm [n, 2 *
-/// top_k] for router weights `w` [H, E] (f32 or bf16) and `bias` [E]), for `x`, `delta` [n, H]
-/// f32. GPU only; see [`supports`] and [`supports_fused_norm`].
+/// top_k] for router weights `w` [H, E] and `bias` [E]), for `x`, `delta` [n, H] f32. GPU only;
+/// see [`supports`] and [`supports_fused_norm`].
 #[allow(clippy::too_many_arguments)]
 pub fn add_norm_router(
     x: Tensor<2>,
@@ -518,14 +477,14 @@ pub fn add_norm_router(
     )
 }
 
-/// What `router_top_k` computes, with burn's ops (`w` f32 or bf16, widened to f32).
+/// What `router_top_k` computes, with burn's ops.
 pub fn reference_router_top_k(
     x: Tensor<2>,
     w: Tensor<2>,
     bias: Tensor<1>,
     top_k: usize,
 ) -> Tensor<2> {
-    let logits = x.matmul(w.cast(DType::F32)) + bias.unsqueeze::<2>();
+    let logits = x.matmul(w) + bias.unsqueeze::<2>();
     let (top, ids): (Tensor<2>, Tensor<2, Int>) = logits.topk_with_indices(top_k, 1);
     let gates = burn::tensor::activation::softmax(top, 1);
     Tensor::cat(vec![ids.float(), gates], 1)

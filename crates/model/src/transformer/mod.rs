@@ -151,13 +151,10 @@ impl TokenBatch {
 }
 
 impl GptOss {
-    /// Stores the attention projections, the embedding, lm_head and the routers' weights in
-    /// bf16 (norms, biases and sinks stay f32): products with them then run on the tensor cores
+    /// Stores the attention projections, the embedding and lm_head in bf16 (router, norms,
+    /// biases and sinks stay f32): products with them then run on the tensor cores
     /// ([`project`]), GPU only. Weights memory drops to about the checkpoint's bytes. The norms
-    /// switch to their GPU kernel too. A checkpoint stores all of these in bf16, so only values
-    /// a model was given in f32 (trained or random ones) are rounded. The router kernels read
-    /// the bf16 weights and compute in f32; the other paths widen them first
-    /// ([`moe::Moe::router_logits`]).
+    /// switch to their GPU kernel too.
     pub fn store_weights_bf16(self) -> Self {
         let to_bf16 =
             |p: burn::module::Param<Tensor<2>>| p.map(|t| t.cast(burn::tensor::DType::BF16));
@@ -177,7 +174,6 @@ impl GptOss {
             .map(|mut layer| {
                 layer.input_layernorm.on_kernel_path = true;
                 layer.post_attention_layernorm.on_kernel_path = true;
-                layer.mlp.router = project::to_bf16(layer.mlp.router);
                 let a = layer.self_attn;
                 layer.self_attn = attention::Attention {
                     q_proj: project::to_bf16(a.q_proj),

@@ -6,7 +6,7 @@
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
-use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::experts::Experts;
 use super::moe_grouped::{ExpertPath, grouped_experts};
@@ -62,17 +62,6 @@ impl Moe {
         }
     }
 
-    /// The router's logits [n, E] in f32 for `xs` [n, H], with `whole_bias` (see
-    /// [`RoutingHooks::router_bias`]) in place of its own bias when given. A router stored in
-    /// bf16 ([`super::GptOss::store_weights_bf16`]) is widened to f32 first.
-    pub fn router_logits(&self, xs: Tensor<2>, whole_bias: Option<Tensor<1>>) -> Tensor<2> {
-        let product = xs.matmul(self.router.weight.val().cast(DType::F32));
-        match whole_bias.or_else(|| self.router.bias.as_ref().map(|bias| bias.val())) {
-            Some(bias) => product + bias.unsqueeze::<2>(),
-            None => product,
-        }
-    }
-
     pub fn num_experts(&self) -> usize {
         self.experts.gate_up.num_experts()
     }
@@ -94,7 +83,10 @@ impl Moe {
                 balance_loss: None,
             };
         }
-        let logits = self.router_logits(xs.clone(), hooks.router_bias);
+        let logits = match hooks.router_bias {
+            Some(bias) => xs.clone().matmul(self.router.weight.val()) + bias.unsqueeze::<2>(),
+            None => self.router.forward(xs.clone()),
+        };
         let (top_logits, top_ids) = logits.clone().topk_with_indices(k, 1);
         let gates = softmax(top_logits, 1).reshape([n * k]);
         let needs = hooks

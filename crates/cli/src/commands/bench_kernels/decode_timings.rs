@@ -214,41 +214,35 @@ fn time_small_kernels(device: &Device) -> anyhow::Result<()> {
         None,
     );
 
-    // The model's routers are bf16 (a checkpoint's are); f32 weights timed beside them.
     let w = Tensor::<2>::random([HIDDEN, EXPERTS], Distribution::Normal(0.0, 0.05), device);
     let bias = Tensor::<1>::zeros([EXPERTS], device);
-    for (dtype, bytes) in [(DType::BF16, 2), (DType::F32, 4)] {
-        let w = w.clone().cast(dtype);
-        let seconds = seconds_per_replayed_launch(device, 1, |_| {
-            gpt_oss_kernels::router_top_k::router_top_k(x.clone(), w.clone(), bias.clone(), TOP_K)
-        })?;
-        let shape = json!({"rows": 1, "hidden": HIDDEN, "experts": EXPERTS,
-                           "weights": format!("{dtype:?}")});
-        report(
-            "router_top_k",
-            shape.clone(),
-            seconds,
-            Some(bytes * HIDDEN * EXPERTS),
-        );
-        let fused = seconds_per_replayed_launch(device, 1, |_| {
-            gpt_oss_kernels::router_top_k::add_norm_router(
-                x.clone(),
-                delta.clone(),
-                weight.clone(),
-                1e-5,
-                w.clone(),
-                bias.clone(),
-                TOP_K,
-            )
-            .2
-        })?;
-        report(
-            "add_norm_router",
-            shape,
-            fused,
-            Some(bytes * HIDDEN * EXPERTS),
-        );
-    }
+    let seconds = seconds_per_replayed_launch(device, 1, |_| {
+        gpt_oss_kernels::router_top_k::router_top_k(x.clone(), w.clone(), bias.clone(), TOP_K)
+    })?;
+    report(
+        "router_top_k",
+        json!({"rows": 1, "hidden": HIDDEN, "experts": EXPERTS}),
+        seconds,
+        Some(4 * HIDDEN * EXPERTS),
+    );
+    let fused = seconds_per_replayed_launch(device, 1, |_| {
+        gpt_oss_kernels::router_top_k::add_norm_router(
+            x.clone(),
+            delta.clone(),
+            weight.clone(),
+            1e-5,
+            w.clone(),
+            bias.clone(),
+            TOP_K,
+        )
+        .2
+    })?;
+    report(
+        "add_norm_router",
+        json!({"rows": 1, "hidden": HIDDEN, "experts": EXPERTS}),
+        fused,
+        Some(4 * HIDDEN * EXPERTS),
+    );
 
     let heads = Q_WIDTH / 64 + 2 * KV_WIDTH / 64;
     let qkv = standard_normal([1, 1, heads, 64], device);

@@ -53,9 +53,7 @@ pub(super) fn time_layer_chain(device: &Device) -> anyhow::Result<()> {
     let experts = random_experts(&mut rng, [EXPERTS, HIDDEN, INTER], device);
     let (gu_words, gu_scales) = packed_words(&experts.gate_up);
     let (down_words, down_scales) = packed_words(&experts.down);
-    let router = standard_normal([HIDDEN, EXPERTS], device)
-        .mul_scalar(0.05)
-        .cast(DType::BF16);
+    let router = standard_normal([HIDDEN, EXPERTS], device).mul_scalar(0.05);
     let (router_bias, norm_weight) = (vector(EXPERTS), vector(HIDDEN));
     let sinks = vector(Q_WIDTH / 64);
     let cos_sin = [0, 1].map(|_| Tensor::<4>::random([1, 1, 1, 32], Distribution::Default, device));
