@@ -8,6 +8,7 @@ use gpt_oss_model::generate::{Decoder, GenerateOptions};
 use gpt_oss_model::tokenizer::TextTokenizer;
 use gpt_oss_model::{ExpertMask, ForwardOptions, GptOss, TokenBatch};
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 
 use crate::answer::{answer_matches, answer_text};
 use crate::metrics::{log_softmax, rank_of};
@@ -57,6 +58,8 @@ fn prepare<'a>(record: &'a Record, tokenizer: &TextTokenizer) -> Result<Prepared
 }
 
 /// Every probe in `records`, `batch` at a time, on `model` with `mask` (None: all experts).
+/// Logs where the time went: generation, the answers' scoring pass, and how many generations
+/// needed a new decode step (see `Decoder::steps_made`).
 pub fn evaluate_probes(
     model: &GptOss,
     tokenizer: &TextTokenizer,
@@ -68,7 +71,10 @@ pub fn evaluate_probes(
     let mut out = Vec::with_capacity(records.len());
     // One decoder for every chunk: chunks of one shape reuse its captured decode step.
     let mut decoder = Decoder::new(model);
-    for chunk in records.chunks(batch.max(1)) {
+    let (mut generating, mut scoring) = (Duration::ZERO, Duration::ZERO);
+    let chunks = records.chunks(batch.max(1));
+    let chunk_count = chunks.len();
+    for chunk in chunks {
         let prepared: Vec<Prepared<'_>> = chunk
             .iter()
             .map(|r| prepare(r, tokenizer))
@@ -81,8 +87,12 @@ pub fn evaluate_probes(
             sampling: None,
             use_cache: true,
         };
+        let started = Instant::now();
         let continuations = decoder.generate(&prompts, &options, mask);
+        generating += started.elapsed();
+        let started = Instant::now();
         let scores = answer_scores(model, &prepared, mask);
+        scoring += started.elapsed();
         for ((p, continuation), (logprob, rank)) in prepared.iter().zip(continuations).zip(scores) {
             let text = tokenizer.decode(&continuation)?;
             let answer = p.record.answer.clone().unwrap_or_default();
@@ -98,6 +108,14 @@ pub fn evaluate_probes(
             });
         }
     }
+    tracing::info!(
+        "probes: {} in {chunk_count} chunks, generation {:.1} s ({} new decode steps), \
+         answer scores {:.1} s",
+        out.len(),
+        generating.as_secs_f64(),
+        decoder.steps_made(),
+        scoring.as_secs_f64()
+    );
     Ok(out)
 }
 
