@@ -4,7 +4,7 @@
 //! one teacher-forced pass over prompt + answer.
 
 use gpt_oss_model::dataset::Record;
-use gpt_oss_model::generate::{Decoder, GenerateOptions};
+use gpt_oss_model::generate::{Decoder, GenerateOptions, GenerationTimes};
 use gpt_oss_model::tokenizer::TextTokenizer;
 use gpt_oss_model::{ExpertMask, ForwardOptions, GptOss, TokenBatch};
 use serde::{Deserialize, Serialize};
@@ -71,7 +71,8 @@ pub fn evaluate_probes(
     let mut out = Vec::with_capacity(records.len());
     // One decoder for every chunk: chunks of one shape reuse its captured decode step.
     let mut decoder = Decoder::new(model);
-    let (mut generating, mut scoring) = (Duration::ZERO, Duration::ZERO);
+    let (mut generating, mut answer_passes, mut scoring) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let chunks = records.chunks(batch.max(1));
     let chunk_count = chunks.len();
     for chunk in chunks {
@@ -79,7 +80,7 @@ pub fn evaluate_probes(
             .iter()
             .map(|r| prepare(r, tokenizer))
             .collect::<Result<_>>()?;
-        let longest = prepared.iter().map(|p| p.answer.len()).max().unwrap_or(1);
+        let longest = longest_answer(&prepared);
         let prompts: Vec<Vec<u32>> = prepared.iter().map(|p| p.prompt.clone()).collect();
         let options = GenerateOptions {
             max_new_tokens: longest + 2,
@@ -91,7 +92,10 @@ pub fn evaluate_probes(
         let continuations = decoder.generate(&prompts, &options, mask);
         generating += started.elapsed();
         let started = Instant::now();
-        let scores = answer_scores(model, &prepared, mask);
+        let logits = answer_logits(model, &prepared, mask);
+        answer_passes += started.elapsed();
+        let started = Instant::now();
+        let scores = answer_scores(&prepared, &logits);
         scoring += started.elapsed();
         for ((p, continuation), (logprob, rank)) in prepared.iter().zip(continuations).zip(scores) {
             let text = tokenizer.decode(&continuation)?;
@@ -108,32 +112,41 @@ pub fn evaluate_probes(
             });
         }
     }
+    let times = decoder.times();
+    let parts = if times == GenerationTimes::default() {
+        "step by step".to_string()
+    } else {
+        format!(
+            "on device state: prefill {:.1} s, step set-up {:.1} s, steps {:.1} s; {} new decode \
+             steps",
+            times.prefill.as_secs_f64(),
+            times.step_setup.as_secs_f64(),
+            times.steps.as_secs_f64(),
+            decoder.steps_made()
+        )
+    };
     tracing::info!(
-        "probes: {} in {chunk_count} chunks, generation {:.1} s ({} new decode steps), \
-         answer scores {:.1} s",
+        "probes: {} in {chunk_count} chunks: generation {:.1} s ({parts}), the answers' pass \
+         {:.1} s, their scores on the host {:.1} s",
         out.len(),
         generating.as_secs_f64(),
-        decoder.steps_made(),
+        answer_passes.as_secs_f64(),
         scoring.as_secs_f64()
     );
     Ok(out)
 }
 
-/// (log p(answer | prompt), rank of the answer's first token) per probe, from one pass over the
-/// left-padded prompt + answer rows. Rows end with their answers, so the predicting positions are
-/// the last `longest` of every row, and only those go through the lm_head.
-fn answer_scores(
-    model: &GptOss,
-    prepared: &[Prepared<'_>],
-    mask: Option<&ExpertMask>,
-) -> Vec<(f64, usize)> {
+/// The logits at the answers' positions, from one pass over the left-padded prompt + answer rows:
+/// [probes, longest answer, vocab] flat. Rows end with their answers, so the predicting positions
+/// are the last `longest` of every row, and only those go through the lm_head.
+fn answer_logits(model: &GptOss, prepared: &[Prepared<'_>], mask: Option<&ExpertMask>) -> Vec<f32> {
     let rows: Vec<Vec<u32>> = prepared
         .iter()
         .map(|p| [p.prompt.as_slice(), p.answer.as_slice()].concat())
         .collect();
     let pad = model.config.pad_token_id.unwrap_or(0);
     let batch = TokenBatch::left_padded(&rows, pad);
-    let longest = prepared.iter().map(|p| p.answer.len()).max().unwrap_or(1);
+    let longest = longest_answer(prepared);
     let t = batch.seq_len;
     let hidden = model.forward_hidden(
         &batch,
@@ -143,11 +156,22 @@ fn answer_scores(
             mask,
         },
     );
-    let logits = model
+    model
         .lm_head
         .forward(hidden.narrow(1, t - 1 - longest, longest))
         .try_into_vec_as::<f32>()
-        .expect("f32 logits");
+        .expect("f32 logits")
+}
+
+/// The longest answer of `prepared`, in tokens (at least one).
+fn longest_answer(prepared: &[Prepared<'_>]) -> usize {
+    prepared.iter().map(|p| p.answer.len()).max().unwrap_or(1)
+}
+
+/// (log p(answer | prompt), rank of the answer's first token) per probe, from
+/// [`answer_logits`]'s `logits`.
+fn answer_scores(prepared: &[Prepared<'_>], logits: &[f32]) -> Vec<(f64, usize)> {
+    let longest = longest_answer(prepared);
     let vocab = logits.len() / (prepared.len() * longest);
     prepared
         .iter()

@@ -7,6 +7,7 @@ use rand::{Rng, SeedableRng};
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use burn::tensor::{Graph, Tensor};
 
@@ -133,6 +134,21 @@ pub struct Decoder<'m> {
     kept: Option<KeptStep<'m>>,
     /// Generations that made a new step rather than refilling the kept one.
     steps_made: usize,
+    times: GenerationTimes,
+}
+
+/// Wall time a [`Decoder`]'s generations on device state spent in each part, summed over its
+/// generations. Each part ends with a wait for the device (a read of the picks, or the refills'
+/// sync), so the device work it queued is counted in it; a new step's uploads are not waited
+/// for and show in the steps. Generations step by step (the CPU) are not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GenerationTimes {
+    /// The prompts' forward pass and the first picks.
+    pub prefill: Duration,
+    /// Refilling the kept step, or making a new one (and capturing it).
+    pub step_setup: Duration,
+    /// The decode steps and the reads of their picks.
+    pub steps: Duration,
 }
 
 /// A decode step kept for the next generation of its shape.
@@ -172,7 +188,13 @@ impl<'m> Decoder<'m> {
             model,
             kept: None,
             steps_made: 0,
+            times: GenerationTimes::default(),
         }
+    }
+
+    /// Where this decoder's generations on device state spent their time so far.
+    pub fn times(&self) -> GenerationTimes {
+        self.times
     }
 
     /// How many generations made a new decode step (state, tables and, when captured, a graph)
@@ -259,6 +281,7 @@ impl<'m> Decoder<'m> {
             return vec![vec![]; b];
         }
         let pad = model.config.pad_token_id.unwrap_or(0);
+        let started = Instant::now();
         let prompt = TokenBatch::left_padded(prompts, pad);
         let mut cache = model.new_cache();
         let options_prefill = ForwardOptions {
@@ -266,6 +289,7 @@ impl<'m> Decoder<'m> {
             mask,
         };
         let first = greedy_picks(model.forward_last(&prompt, Some(&mut cache), options_prefill));
+        self.times.prefill += started.elapsed();
         let t = prompt.seq_len;
         let steps = options.max_new_tokens - 1;
         let stops = |token: &u32| options.stop_tokens.contains(token);
@@ -273,11 +297,14 @@ impl<'m> Decoder<'m> {
             return first.into_iter().map(|token| vec![token]).collect();
         }
         let capacity = (t + options.max_new_tokens).div_ceil(KEY_BLOCK) * KEY_BLOCK;
+        let started = Instant::now();
         let kept = self.step_after_prefill(&cache, &first, t, capacity, mask);
         drop(cache);
         if kept.graph.is_none() && model.steps_on_device_only(b) && steps >= CAPTURE_MIN_STEPS {
             kept.capture(model);
         }
+        let set_up = started.elapsed();
+        let started = Instant::now();
         let (state, tables) = (Rc::clone(&kept.state), Rc::clone(&kept.tables));
         let slot_now = || state.borrow().slot_value();
         // After `done` steps: whether every row has produced a stop token (picks read back; the
@@ -310,6 +337,8 @@ impl<'m> Decoder<'m> {
         }
         let produced = (slot_now() - t + 1).min(options.max_new_tokens);
         let picks = state.borrow().picks_values(t, produced);
+        self.times.step_setup += set_up;
+        self.times.steps += started.elapsed();
         picks
             .chunks_exact(produced)
             .map(|row| {

@@ -301,12 +301,21 @@ fn a_kept_decode_step_refilled_for_other_prompts_matches_step_by_step() {
     ];
     for (i, (rows, n, mask, made)) in runs.into_iter().enumerate() {
         let expected = generate_step_by_step(&model, rows, &options(n), mask);
+        let before = decoder.times();
         let got = decoder.generate_on_device_state(rows, &options(n), mask);
         assert_eq!(got, expected, "generation {i} of one decoder");
         assert_eq!(
             decoder.steps_made(),
             made,
             "steps made after generation {i}"
+        );
+        // Every part of a generation adds to the decoder's times.
+        let after = decoder.times();
+        assert!(
+            after.prefill > before.prefill
+                && after.step_setup > before.step_setup
+                && after.steps > before.steps,
+            "generation {i}: times {before:?} -> {after:?}"
         );
     }
 }
