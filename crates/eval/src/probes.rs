@@ -71,8 +71,7 @@ pub fn evaluate_probes(
     let mut out = Vec::with_capacity(records.len());
     // One decoder for every chunk: chunks of one shape reuse its captured decode step.
     let mut decoder = Decoder::new(model);
-    let (mut generating, mut answer_passes, mut scoring) =
-        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut times = ProbeTimes::default();
     let chunks = records.chunks(batch.max(1));
     let chunk_count = chunks.len();
     for chunk in chunks {
@@ -88,15 +87,13 @@ pub fn evaluate_probes(
             sampling: None,
             use_cache: true,
         };
-        let started = Instant::now();
-        let continuations = decoder.generate(&prompts, &options, mask);
-        generating += started.elapsed();
-        let started = Instant::now();
-        let logits = answer_logits(model, &prepared, mask);
-        answer_passes += started.elapsed();
-        let started = Instant::now();
-        let scores = answer_scores(&prepared, &logits);
-        scoring += started.elapsed();
+        let continuations = timed(&mut times.generation, || {
+            decoder.generate(&prompts, &options, mask)
+        });
+        let logits = timed(&mut times.answer_passes, || {
+            answer_logits(model, &prepared, mask)
+        });
+        let scores = timed(&mut times.scoring, || answer_scores(&prepared, &logits));
         for ((p, continuation), (logprob, rank)) in prepared.iter().zip(continuations).zip(scores) {
             let text = tokenizer.decode(&continuation)?;
             let answer = p.record.answer.clone().unwrap_or_default();
@@ -112,28 +109,52 @@ pub fn evaluate_probes(
             });
         }
     }
-    let times = decoder.times();
-    let parts = if times == GenerationTimes::default() {
-        "step by step".to_string()
-    } else {
-        format!(
-            "on device state: prefill {:.1} s, step set-up {:.1} s, steps {:.1} s; {} new decode \
-             steps",
-            times.prefill.as_secs_f64(),
-            times.step_setup.as_secs_f64(),
-            times.steps.as_secs_f64(),
-            decoder.steps_made()
-        )
-    };
-    tracing::info!(
-        "probes: {} in {chunk_count} chunks: generation {:.1} s ({parts}), the answers' pass \
-         {:.1} s, their scores on the host {:.1} s",
-        out.len(),
-        generating.as_secs_f64(),
-        answer_passes.as_secs_f64(),
-        scoring.as_secs_f64()
-    );
+    times.log(out.len(), chunk_count, &decoder);
     Ok(out)
+}
+
+/// Wall time of [`evaluate_probes`]' parts, summed over its chunks.
+#[derive(Default)]
+struct ProbeTimes {
+    generation: Duration,
+    answer_passes: Duration,
+    /// The answers' log-probabilities and ranks, on the host.
+    scoring: Duration,
+}
+
+impl ProbeTimes {
+    /// Logs where the time of `probes` probes in `chunks` chunks went, with generation's parts
+    /// on device state from `decoder`.
+    fn log(&self, probes: usize, chunks: usize, decoder: &Decoder<'_>) {
+        let on_device = decoder.times();
+        let parts = if on_device == GenerationTimes::default() {
+            "step by step".to_string()
+        } else {
+            format!(
+                "on device state: prefill {:.1} s, step set-up {:.1} s, steps {:.1} s; {} new \
+                 decode steps",
+                on_device.prefill.as_secs_f64(),
+                on_device.step_setup.as_secs_f64(),
+                on_device.steps.as_secs_f64(),
+                decoder.steps_made()
+            )
+        };
+        tracing::info!(
+            "probes: {probes} in {chunks} chunks: generation {:.1} s ({parts}), the answers' \
+             pass {:.1} s, their scores on the host {:.1} s",
+            self.generation.as_secs_f64(),
+            self.answer_passes.as_secs_f64(),
+            self.scoring.as_secs_f64()
+        );
+    }
+}
+
+/// `work`'s result, its wall time added to `total`.
+fn timed<T>(total: &mut Duration, work: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let result = work();
+    *total += started.elapsed();
+    result
 }
 
 /// The logits at the answers' positions, from one pass over the left-padded prompt + answer rows:
