@@ -58,8 +58,8 @@ fn prepare<'a>(record: &'a Record, tokenizer: &TextTokenizer) -> Result<Prepared
 }
 
 /// Every probe in `records`, `batch` at a time, on `model` with `mask` (None: all experts).
-/// Logs where the time went: generation, the answers' scoring pass, and how many generations
-/// needed a new decode step (see `Decoder::steps_made`).
+/// Logs at debug level where the time went: generation (and its parts), the answers' pass and
+/// their scores on the host.
 pub fn evaluate_probes(
     model: &GptOss,
     tokenizer: &TextTokenizer,
@@ -123,8 +123,8 @@ struct ProbeTimes {
 }
 
 impl ProbeTimes {
-    /// Logs where the time of `probes` probes in `chunks` chunks went, with generation's parts
-    /// on device state from `decoder`.
+    /// Logs (at debug level: `RUST_LOG=gpt_oss_eval=debug`) where the time of `probes` probes
+    /// in `chunks` chunks went, with generation's parts on device state from `decoder`.
     fn log(&self, probes: usize, chunks: usize, decoder: &Decoder<'_>) {
         let on_device = decoder.times();
         let parts = if on_device == GenerationTimes::default() {
@@ -139,7 +139,7 @@ impl ProbeTimes {
                 decoder.steps_made()
             )
         };
-        tracing::info!(
+        tracing::debug!(
             "probes: {probes} in {chunks} chunks: generation {:.1} s ({parts}), the answers' \
              pass {:.1} s, their scores on the host {:.1} s",
             self.generation.as_secs_f64(),
