@@ -45,7 +45,8 @@ pub struct KernelCheckArgs {
     pub decoding_only: bool,
     /// Only these decoding checks (few_rows, lm_head, projection_paths, rms_norm, router, moe_pairs,
     /// attention_rows, attention_step, rotary, write_at_index, write_in_place, greedy_into_state,
-    /// embedding_rows).
+    /// embedding_rows); with `--decode-timings`, only these groups of timings (small: norms,
+    /// router, RoPE and attention; layer_chain; projections; pairs).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Output columns per plane of the per-pair experts kernels timed by `--decode-timings`.
@@ -114,6 +115,7 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
             &args.turns,
             &rows_tilings,
             args.weights_in_l2,
+            &args.only,
         );
     }
     if args.decoding_only || !args.only.is_empty() {
@@ -176,16 +178,27 @@ const DECODING_CHECKS: [(&str, Check); 13] = [
     ("embedding_rows", decoding::check_embedding_rows),
 ];
 
+/// Fails, listing the `known` names, when `only` names something else; `what` says what
+/// the names are of.
+fn ensure_known(only: &[String], known: &[&str], what: &str) -> anyhow::Result<()> {
+    for name in only {
+        anyhow::ensure!(
+            known.contains(&name.as_str()),
+            "--only: no {what} `{name}` (known: {})",
+            known.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// The decoding checks named in `only` (every one when empty); an unknown name is an error
 /// that lists the known ones.
 fn check_decoding_kernels(device: &Device, only: &[String]) -> anyhow::Result<()> {
-    for name in only {
-        anyhow::ensure!(
-            DECODING_CHECKS.iter().any(|(known, _)| known == name),
-            "--only: no decoding check `{name}` (known: {})",
-            DECODING_CHECKS.map(|(known, _)| known).join(", ")
-        );
-    }
+    ensure_known(
+        only,
+        &DECODING_CHECKS.map(|(known, _)| known),
+        "decoding check",
+    )?;
     let chosen = DECODING_CHECKS
         .iter()
         .filter(|(name, _)| only.is_empty() || only.iter().any(|o| o == name));
@@ -549,5 +562,24 @@ mod tests {
             .to_string();
         assert!(error.contains("`lm-head`"), "{error}");
         assert!(error.contains("embedding_rows"), "{error}");
+    }
+
+    /// `--only` with `--decode-timings` refuses a name no group of timings has, before timing
+    /// anything, and lists the groups.
+    #[test]
+    fn only_refuses_unknown_timing_groups() {
+        let error = decode_timings::time_decode_kernels(
+            &Device::flex(),
+            &[1],
+            &[8],
+            &[1],
+            &[],
+            false,
+            &["router".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("`router`"), "{error}");
+        assert!(error.contains("layer_chain"), "{error}");
     }
 }

@@ -140,8 +140,12 @@ impl WeightCycle {
     }
 }
 
-/// Every timing, the per-pair kernels at each of `columns_per_plane`, `planes` and `turns`,
-/// the bf16 products at each of `rows_tilings`.
+/// The groups of timings `--only` can name, in the order they run.
+const TIMING_GROUPS: [&str; 4] = ["small", "layer_chain", "projections", "pairs"];
+
+/// Every timing of the groups `only` names (all of them when empty; see [`TIMING_GROUPS`]),
+/// the per-pair kernels at each of `columns_per_plane`, `planes` and `turns`, the bf16
+/// products at each of `rows_tilings`.
 pub(super) fn time_decode_kernels(
     device: &Device,
     columns_per_plane: &[u32],
@@ -149,7 +153,10 @@ pub(super) fn time_decode_kernels(
     turns: &[u32],
     rows_tilings: &[RowsTiling],
     weights_in_l2: bool,
+    only: &[String],
 ) -> anyhow::Result<()> {
+    super::ensure_known(only, &TIMING_GROUPS, "group of timings")?;
+    let wanted = |group: &str| only.is_empty() || only.iter().any(|o| o == group);
     let cycle = WeightCycle { weights_in_l2 };
     println!(
         "{}",
@@ -176,12 +183,21 @@ pub(super) fn time_decode_kernels(
             shape.turns
         );
     }
-    time_small_kernels(device)?;
-    layer_chain::time_layer_chain(device)?;
-    for &tiling in rows_tilings {
-        time_projections(device, tiling, cycle)?;
+    if wanted("small") {
+        time_small_kernels(device)?;
     }
-    time_pairs(device, &shapes, cycle)
+    if wanted("layer_chain") {
+        layer_chain::time_layer_chain(device)?;
+    }
+    if wanted("projections") {
+        for &tiling in rows_tilings {
+            time_projections(device, tiling, cycle)?;
+        }
+    }
+    if wanted("pairs") {
+        time_pairs(device, &shapes, cycle)?;
+    }
+    Ok(())
 }
 
 /// The norm (also on 64 values: what one launch costs at the least), the router, RoPE on the
