@@ -35,6 +35,14 @@ pub fn grid_over_rows(rows: usize) -> CubeCount {
     )
 }
 
+/// (outer, len, inner) of `dims` around `axis`: the sizes before it multiplied, its own, and
+/// the sizes after it multiplied.
+pub fn around_axis(dims: &[usize], axis: usize) -> (usize, usize, usize) {
+    let outer = dims[..axis].iter().product();
+    let inner = dims[axis + 1..].iter().product();
+    (outer, dims[axis], inner)
+}
+
 /// Panics unless the KV caches `keys` and `values` can be written in place by `op`: contiguous
 /// f32 of one shape (a launch writes a step's key and value into the caller's own buffers).
 pub fn assert_caches_writable(op: &str, keys: &CubeTensor, values: &CubeTensor) {

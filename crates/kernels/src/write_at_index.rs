@@ -15,7 +15,7 @@ use burn::tensor::{DType, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::{grid_over_rows, same_dtype, same_shape};
+use crate::launch::{around_axis, grid_over_rows, same_dtype, same_shape};
 
 /// Invocations per workgroup.
 const UNITS: u32 = 256;
@@ -50,13 +50,6 @@ pub trait WriteAtIndexBackend: burn::backend::Backend {
         index: FloatTensor<Self>,
         axis: usize,
     ) -> FloatTensor<Self>;
-}
-
-/// (outer, len, inner) of `dims` around `axis`.
-fn around_axis(dims: &[usize], axis: usize) -> (usize, usize, usize) {
-    let outer = dims[..axis].iter().product();
-    let inner = dims[axis + 1..].iter().product();
-    (outer, dims[axis], inner)
 }
 
 impl WriteAtIndexBackend for CubeBackend {

@@ -19,7 +19,7 @@ use burn::tensor::{DType, Int, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::{grid_over_rows, same_dtype, same_shape};
+use crate::launch::{around_axis, grid_over_rows, same_dtype, same_shape};
 
 /// Invocations per workgroup.
 const UNITS: u32 = 256;
@@ -99,7 +99,7 @@ fn launch_write(dst: CubeTensor, src: CubeTensor, axis: usize, start: usize) -> 
         same_elsewhere && start + n <= dims[axis],
         "{op}: src {from:?} does not fit dst {dims:?} from {start} along axis {axis}"
     );
-    let inner: usize = dims[axis + 1..].iter().product();
+    let (_, dst_len, inner) = around_axis(&dims, axis);
     let elements: usize = from.iter().product();
     if elements == 0 {
         return dst;
@@ -112,7 +112,7 @@ fn launch_write(dst: CubeTensor, src: CubeTensor, axis: usize, start: usize) -> 
         src.into_buffer_arg(),
         elements as u32,
         n as u32,
-        dims[axis] as u32,
+        dst_len as u32,
         start as u32,
         inner as u32,
     );
