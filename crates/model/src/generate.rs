@@ -180,6 +180,52 @@ impl<'m> KeptStep<'m> {
         }
         self.graph = Some(graph);
     }
+
+    /// Runs the decode steps after a prefill of `prompt_slots` slots: `steps` of them, or
+    /// fewer once every row has produced one of `stop_tokens` (looked for at the steps
+    /// [`checks_for_stops`] names). Returns each row's picks from the prefill's slot on
+    /// (row-major) and how many each row has.
+    fn run_steps(
+        &mut self,
+        model: &GptOss,
+        prompt_slots: usize,
+        steps: usize,
+        stop_tokens: &[u32],
+    ) -> (Vec<f32>, usize) {
+        let t = prompt_slots;
+        let (state, tables) = (&self.state, &self.tables);
+        let slot_now = || state.borrow().slot_value();
+        // After `done` steps: whether every row has produced a stop token (picks read back; the
+        // first token, before any step, was looked at before).
+        let all_stopped = |done: usize| {
+            if stop_tokens.is_empty() || done == 0 || !checks_for_stops(done) {
+                return false;
+            }
+            let produced = done + 1;
+            let picks = state.borrow().picks_values(t, produced);
+            every_row_has_a_stop(&picks, produced, stop_tokens)
+        };
+        if let Some(graph) = self.graph.as_mut() {
+            // A capture's warm-up runs were real steps; the recorded one ran none.
+            let mut done = slot_now() - t;
+            while done < steps && !all_stopped(done) {
+                // Safety: every buffer the step touches is owned by the kept state, tables
+                // (held by the graph's closure) and the model (borrowed for the decoder's life);
+                // all work runs on this thread's stream, and the refills were synced before.
+                unsafe { graph.replay() };
+                done += 1;
+            }
+        } else {
+            for done in 0..steps {
+                if all_stopped(done) {
+                    break;
+                }
+                model.decode_step(&mut state.borrow_mut(), &tables.borrow());
+            }
+        }
+        let produced = (slot_now() - t + 1).min(steps + 1);
+        (state.borrow().picks_values(t, produced), produced)
+    }
 }
 
 impl<'m> Decoder<'m> {
@@ -203,17 +249,17 @@ impl<'m> Decoder<'m> {
         self.steps_made
     }
 
-    /// The kept step refilled after a prefill into `cache` (of `prompt_slots` slots, greedy
-    /// picks `first`) when it fits, else a new one for `capacity` slots under `mask` (what was
-    /// kept is dropped first).
-    fn step_after_prefill(
+    /// Keeps a step for the decoding after a prefill into `cache` (of `prompt_slots` slots,
+    /// greedy picks `first`): the kept one refilled when it fits, else a new one for `capacity`
+    /// slots under `mask` (what was kept is dropped first).
+    fn prepare_step(
         &mut self,
         cache: &KvCache,
         first: &[u32],
         prompt_slots: usize,
         capacity: usize,
         mask: Option<&ExpertMask>,
-    ) -> &mut KeptStep<'m> {
+    ) {
         let model = self.model;
         let device = model.device();
         match self.kept.take() {
@@ -226,18 +272,18 @@ impl<'m> Decoder<'m> {
                 // stream past burn's fusion).
                 device.sync().expect("the device runs the refills");
                 drop(state);
-                self.kept.insert(kept)
+                self.kept = Some(kept);
             }
             _ => {
                 self.steps_made += 1;
                 let tables = StepTables::new(model, &cache.pads, capacity, mask, &device);
                 let state = StepState::after_prefill(cache, first, prompt_slots, capacity, &device);
-                self.kept.insert(KeptStep {
+                self.kept = Some(KeptStep {
                     graph: None,
                     state: Rc::new(RefCell::new(state)),
                     tables: Rc::new(RefCell::new(tables)),
                     mask: mask.cloned(),
-                })
+                });
             }
         }
     }
@@ -298,46 +344,15 @@ impl<'m> Decoder<'m> {
         }
         let capacity = (t + options.max_new_tokens).div_ceil(KEY_BLOCK) * KEY_BLOCK;
         let started = Instant::now();
-        let kept = self.step_after_prefill(&cache, &first, t, capacity, mask);
+        self.prepare_step(&cache, &first, t, capacity, mask);
         drop(cache);
+        let kept = self.kept.as_mut().expect("a step was prepared above");
         if kept.graph.is_none() && model.steps_on_device_only(b) && steps >= CAPTURE_MIN_STEPS {
             kept.capture(model);
         }
-        let set_up = started.elapsed();
+        self.times.step_setup += started.elapsed();
         let started = Instant::now();
-        let (state, tables) = (Rc::clone(&kept.state), Rc::clone(&kept.tables));
-        let slot_now = || state.borrow().slot_value();
-        // After `done` steps: whether every row has produced a stop token (picks read back; the
-        // first token, before any step, was looked at above).
-        let all_stopped = |done: usize| {
-            if options.stop_tokens.is_empty() || done == 0 || !checks_for_stops(done) {
-                return false;
-            }
-            let produced = done + 1;
-            let picks = state.borrow().picks_values(t, produced);
-            every_row_has_a_stop(&picks, produced, &options.stop_tokens)
-        };
-        if let Some(graph) = kept.graph.as_mut() {
-            // A capture's warm-up runs were real steps; the recorded one ran none.
-            let mut done = slot_now() - t;
-            while done < steps && !all_stopped(done) {
-                // Safety: every buffer the step touches is owned by the kept state, tables
-                // (held by the graph's closure) and the model (borrowed for the decoder's life);
-                // all work runs on this thread's stream, and the refills were synced above.
-                unsafe { graph.replay() };
-                done += 1;
-            }
-        } else {
-            for done in 0..steps {
-                if all_stopped(done) {
-                    break;
-                }
-                model.decode_step(&mut state.borrow_mut(), &tables.borrow());
-            }
-        }
-        let produced = (slot_now() - t + 1).min(options.max_new_tokens);
-        let picks = state.borrow().picks_values(t, produced);
-        self.times.step_setup += set_up;
+        let (picks, produced) = kept.run_steps(model, t, steps, &options.stop_tokens);
         self.times.steps += started.elapsed();
         picks
             .chunks_exact(produced)
