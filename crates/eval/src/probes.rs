@@ -159,7 +159,7 @@ fn timed<T>(total: &mut Duration, work: impl FnOnce() -> T) -> T {
 
 /// The logits at the answers' positions, from one pass over the left-padded prompt + answer rows:
 /// [probes, longest answer, vocab] flat. Rows end with their answers, so the predicting positions
-/// are the last `longest` of every row, and only those go through the lm_head.
+/// are the `longest` before every row's last, and only those go through the lm_head.
 fn answer_logits(model: &GptOss, prepared: &[Prepared<'_>], mask: Option<&ExpertMask>) -> Vec<f32> {
     let rows: Vec<Vec<u32>> = prepared
         .iter()
@@ -169,17 +169,12 @@ fn answer_logits(model: &GptOss, prepared: &[Prepared<'_>], mask: Option<&Expert
     let batch = TokenBatch::left_padded(&rows, pad);
     let longest = longest_answer(prepared);
     let t = batch.seq_len;
-    let hidden = model.forward_hidden(
-        &batch,
-        None,
-        ForwardOptions {
-            observer: None,
-            mask,
-        },
-    );
+    let options = ForwardOptions {
+        observer: None,
+        mask,
+    };
     model
-        .lm_head
-        .forward(hidden.narrow(1, t - 1 - longest, longest))
+        .forward_positions(&batch, None, options, t - 1 - longest..t - 1)
         .try_into_vec_as::<f32>()
         .expect("f32 logits")
 }

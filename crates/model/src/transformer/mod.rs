@@ -327,19 +327,32 @@ impl GptOss {
         self.lm_head.forward(hidden)
     }
 
-    /// Logits [B, vocab] of each row's last position: what generation reads. The lm_head runs
-    /// on those B rows only, and [B, T, vocab] is never made (at gpt-oss's 201,088 tokens a
-    /// 2,048-token prompt's logits alone would be 1.6 GB per row).
+    /// Logits [B, positions.len(), vocab] at `positions` (of the batch's own tokens) of every
+    /// row. The lm_head runs on those positions only, and [B, T, vocab] is never made (at
+    /// gpt-oss's 201,088 tokens a 2,048-token prompt's logits alone would be 1.6 GB per row).
+    pub fn forward_positions(
+        &self,
+        batch: &TokenBatch,
+        cache: Option<&mut KvCache>,
+        options: ForwardOptions<'_, '_>,
+        positions: std::ops::Range<usize>,
+    ) -> Tensor<3> {
+        let hidden = self.forward_hidden(batch, cache, options);
+        self.lm_head
+            .forward(hidden.narrow(1, positions.start, positions.len()))
+    }
+
+    /// Logits [B, vocab] of each row's last position ([`Self::forward_positions`]): what
+    /// generation reads.
     pub fn forward_last(
         &self,
         batch: &TokenBatch,
         cache: Option<&mut KvCache>,
         options: ForwardOptions<'_, '_>,
     ) -> Tensor<2> {
-        let hidden = self.forward_hidden(batch, cache, options);
-        let [b, t, _] = hidden.dims();
-        let logits = self.lm_head.forward(hidden.narrow(1, t - 1, 1));
-        let vocab = logits.dims()[2];
+        let t = batch.seq_len;
+        let logits = self.forward_positions(batch, cache, options, t - 1..t);
+        let [b, _, vocab] = logits.dims();
         logits.reshape([b, vocab])
     }
 
