@@ -333,8 +333,9 @@ pub trait RouterBackend: burn::backend::Backend {
 
     /// `x` and `delta` [n, H], the norm's `norm_weight` [H], router `w` [H, E] and `bias` [E]
     /// (all f32) -> flat: the norm of `x + delta` [n, H], `x + delta` [n, H], the routing
-    /// table of the norm [n, 2 * top_k].
-    #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![x[0] * (2 * x[1] + 2 * top_k)]))]
+    /// table of the norm [m, 2 * top_k] with m = [`routing_rows`]`(n, top_k)` (rows past n
+    /// unwritten).
+    #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![2 * x[0] * x[1] + routing_rows(x[0], *top_k) * 2 * top_k]))]
     #[allow(clippy::too_many_arguments)]
     fn add_norm_router(
         x: FloatTensor<Self>,
@@ -395,7 +396,10 @@ impl RouterBackend for CubeBackend {
             x.meta.shape(),
             "add_norm_router: shapes"
         );
-        let out = empty_f32(&x, vec![rows * (2 * hidden + 2 * top_k)]);
+        let out = empty_f32(
+            &x,
+            vec![2 * rows * hidden + routing_rows(rows, top_k) * 2 * top_k],
+        );
         add_norm_router_kernel::launch(
             &x.client.clone(),
             grid_over_rows(rows),
@@ -414,6 +418,25 @@ impl RouterBackend for CubeBackend {
         );
         out
     }
+}
+
+/// Bytes every part of [`add_norm_router`]'s packed output is sized to a multiple of, where the
+/// row width allows: burn takes a part as a view of the buffer only when its start and the bytes
+/// after its end are multiples of the device's offset alignment (64 on NVIDIA's Vulkan driver,
+/// at most 256 under wgpu), and copies it in a launch of its own otherwise.
+pub const PART_ALIGN_BYTES: usize = 256;
+
+/// Rows of the routing table [`add_norm_router`] returns for `rows` tokens: `rows` rounded up so
+/// that the table's bytes are a multiple of [`PART_ALIGN_BYTES`] (8 rows for top 4). The rows
+/// past `rows` are never written; the experts kernels read the first `rows`.
+pub fn routing_rows(rows: usize, top_k: usize) -> usize {
+    let row_bytes = 2 * top_k * std::mem::size_of::<f32>();
+    let per_part = PART_ALIGN_BYTES / gcd(PART_ALIGN_BYTES, row_bytes);
+    rows.div_ceil(per_part) * per_part
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Most hidden units [`add_norm_router`] keeps in shared memory (16 KiB of f32, beside the
@@ -446,9 +469,13 @@ pub fn router_top_k(x: Tensor<2>, w: Tensor<2>, bias: Tensor<1>, top_k: usize) -
 }
 
 /// The decoder layer's residual add, post-attention norm and router in one kernel: (`x +
-/// delta`, its RMSNorm with `norm_weight` and `eps`, the routing table of the norm [n, 2 *
-/// top_k] for router weights `w` [H, E] and `bias` [E]), for `x`, `delta` [n, H] f32. GPU only;
-/// see [`supports`] and [`supports_fused_norm`].
+/// delta`, its RMSNorm with `norm_weight` and `eps`, the routing table of the norm [m, 2 *
+/// top_k] with m = [`routing_rows`]`(n, top_k)`, for router weights `w` [H, E] and `bias` [E]),
+/// for `x`, `delta` [n, H] f32. The table's rows past n are padding, never written. With them
+/// every part of the kernel's one output is a view when H is a multiple of 64 (see
+/// [`PART_ALIGN_BYTES`]). Without them, at an odd n, the norm's and the sum's ends fell 32
+/// bytes off a 64-byte alignment, and each was copied in a launch of its own. GPU only; see
+/// [`supports`] and [`supports_fused_norm`].
 #[allow(clippy::too_many_arguments)]
 pub fn add_norm_router(
     x: Tensor<2>,
@@ -473,10 +500,12 @@ pub fn add_norm_router(
     let part = |start: usize, len: usize, width: usize| {
         flat.clone().narrow(0, start, len).reshape([n, width])
     };
+    let table_rows = routing_rows(n, top_k);
     (
         part(n * h, n * h, h),
         part(0, n * h, h),
-        part(2 * n * h, n * 2 * top_k, 2 * top_k),
+        flat.narrow(0, 2 * n * h, table_rows * 2 * top_k)
+            .reshape([table_rows, 2 * top_k]),
     )
 }
 
@@ -491,4 +520,34 @@ pub fn reference_router_top_k(
     let (top, ids): (Tensor<2>, Tensor<2, Int>) = logits.topk_with_indices(top_k, 1);
     let gates = burn::tensor::activation::softmax(top, 1);
     Tensor::cat(vec![ids.float(), gates], 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The padded routing table covers every row and is the shortest that ends on a part
+    /// boundary.
+    #[test]
+    fn routing_rows_pad_the_table_to_whole_parts() {
+        for top_k in 1..=MAX_TOP_K {
+            let row_bytes = 2 * top_k * 4;
+            for rows in 1..40 {
+                let padded = routing_rows(rows, top_k);
+                assert!(padded >= rows, "top {top_k}, {rows} rows: {padded}");
+                assert_eq!(
+                    padded * row_bytes % PART_ALIGN_BYTES,
+                    0,
+                    "top {top_k}, {rows}"
+                );
+                assert!(
+                    (rows..padded).all(|fewer| fewer * row_bytes % PART_ALIGN_BYTES != 0),
+                    "top {top_k}, {rows} rows: {padded} is not the least"
+                );
+            }
+        }
+        assert_eq!(routing_rows(1, 4), 8);
+        assert_eq!(routing_rows(9, 4), 16);
+        assert_eq!(routing_rows(1, 2), 16);
+    }
 }

@@ -117,9 +117,10 @@ type Four = Vector<f32, Const<4>>;
 /// GPU extension ops; only the CubeCL backend implements them.
 #[backend_extension(Cube, Fusion)]
 pub trait PairsBackend: burn::backend::Backend {
-    /// `x` [n, H], `routing` [n, 2k] (`router_top_k`), gate_up `words` [E, 2I, H / 8] and
-    /// `scales`, `bias` [E, 2I] -> SwiGLU activations [n * k, I] (pair order: token-major).
-    #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![routing[0] * routing[1] / 2, words[1] / 2]))]
+    /// `x` [n, H], `routing` [m, 2k] with m >= n (`router_top_k`; rows past n unread), gate_up
+    /// `words` [E, 2I, H / 8] and `scales`, `bias` [E, 2I] -> SwiGLU activations [n * k, I]
+    /// (pair order: token-major).
+    #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![x[0] * routing[1] / 2, words[1] / 2]))]
     #[allow(clippy::too_many_arguments)]
     fn pairs_gate_up(
         x: FloatTensor<Self>,
@@ -134,10 +135,11 @@ pub trait PairsBackend: burn::backend::Backend {
         turns: u32,
     ) -> FloatTensor<Self>;
 
-    /// `act` [n * k, I], `routing` [n, 2k], down `words` [E, H, I / 8] and `scales`, `bias`
-    /// [E, H] -> the gate-weighted sum of each token's k expert outputs [n, H], plus
-    /// `residual` [n, H] when `has_residual` (otherwise `residual` is any f32 tensor, unread).
-    #[fusion(dtype = same_dtype(act), shape = Shape::from(vec![routing[0], words[1]]))]
+    /// `act` [n * k, I], `routing` [m, 2k] with m >= n, down `words` [E, H, I / 8] and
+    /// `scales`, `bias` [E, H] -> the gate-weighted sum of each token's k expert outputs [n,
+    /// H], plus `residual` [n, H] when `has_residual` (otherwise `residual` is any f32 tensor,
+    /// unread).
+    #[fusion(dtype = same_dtype(act), shape = Shape::from(vec![act[0] / (routing[1] / 2), words[1]]))]
     #[allow(clippy::too_many_arguments)]
     fn pairs_down(
         act: FloatTensor<Self>,
@@ -168,9 +170,12 @@ impl PairsBackend for CubeBackend {
     ) -> CubeTensor {
         let [x, routing, words, scales, bias] =
             [x, routing, words, scales, bias].map(into_contiguous);
-        let hidden = x.meta.shape()[1];
-        let [tokens, table] = [routing.meta.shape()[0], routing.meta.shape()[1]];
-        let top_k = table / 2;
+        let [tokens, hidden] = [x.meta.shape()[0], x.meta.shape()[1]];
+        let top_k = routing.meta.shape()[1] / 2;
+        assert!(
+            routing.meta.shape()[0] >= tokens,
+            "pairs_gate_up: a routing table for every token"
+        );
         let inter = words.meta.shape()[1] / 2;
         let scale_words = scales.meta.shape()[1];
         assert!(
@@ -234,8 +239,12 @@ impl PairsBackend for CubeBackend {
         let [act, routing, words, scales, bias, residual] =
             [act, routing, words, scales, bias, residual].map(into_contiguous);
         let inter = act.meta.shape()[1];
-        let [tokens, table] = [routing.meta.shape()[0], routing.meta.shape()[1]];
-        let top_k = table / 2;
+        let top_k = routing.meta.shape()[1] / 2;
+        let tokens = act.meta.shape()[0] / top_k;
+        assert!(
+            routing.meta.shape()[0] >= tokens,
+            "pairs_down: a routing table for every token"
+        );
         let hidden = words.meta.shape()[1];
         let scale_words = scales.meta.shape()[1];
         assert!(
@@ -277,10 +286,10 @@ impl PairsBackend for CubeBackend {
     }
 }
 
-/// SwiGLU activations [n * k, I] of every (token, rank) pair: `x` [n, H] f32, `routing` [n, 2k]
-/// from `router_top_k`, the gate_up MXFP4 `words` [E, 2I, H / 8] (int, 32-bit) and `scales`,
-/// `bias` [E, 2I], workgroups of `shape` ([`GATE_UP_SHAPE`] unless measuring another). GPU
-/// only.
+/// SwiGLU activations [n * k, I] of every (token, rank) pair: `x` [n, H] f32, `routing` [m, 2k]
+/// (m >= n) from `router_top_k` or `add_norm_router`, the gate_up MXFP4 `words` [E, 2I, H / 8]
+/// (int, 32-bit) and `scales`, `bias` [E, 2I], workgroups of `shape` ([`GATE_UP_SHAPE`] unless
+/// measuring another). GPU only.
 #[allow(clippy::too_many_arguments)]
 pub fn pairs_gate_up(
     x: Tensor<2>,
@@ -308,7 +317,7 @@ pub fn pairs_gate_up(
 
 /// Each token's gate-weighted sum of its k experts' down products [n, H], plus `residual`
 /// [n, H] when given (the decoder layer's residual stream, in the same launch): `act` [n * k,
-/// I] from [`pairs_gate_up`], `routing` [n, 2k], the down MXFP4 `words` [E, H, I / 8] and
+/// I] from [`pairs_gate_up`], `routing` [m, 2k] (m >= n), the down MXFP4 `words` [E, H, I / 8] and
 /// `scales`, `bias` [E, H], workgroups of `shape` ([`down_shape`] unless measuring another).
 /// GPU only.
 pub fn pairs_down(
