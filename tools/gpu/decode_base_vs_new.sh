@@ -3,7 +3,8 @@
 # binary ($BIN) and, when .bench/base.xz is carried, an earlier binary in the same call,
 # alternating base / new ROUNDS times (default 2) so that the spread between runs of one binary
 # shows beside the difference between them. Prints each run's decode lines (tokens/s with and
-# without prefill) and the host's busiest thread.
+# without prefill) and the host's busiest thread. BENCH_EXTRA adds arguments to every `bench model`
+# (e.g. "--timed-generations 9").
 set -uo pipefail
 out=${OUT:-/tmp/out}
 dir=/tmp/synth-20b
@@ -17,7 +18,7 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
   for entry in "${bins[@]}"; do
     name=${entry%%:*}; bin=${entry#*:}
     timeout 300 "$bin" bench model --model "$dir" --device wgpu --experts packed --batch 1 --seq 16 \
-      --iters 1 --decode-batches ${DECODE_BATCHES:-1,32} --new-tokens ${NEW_TOKENS:-64} \
+      --iters 1 --decode-batches ${DECODE_BATCHES:-1,32} --new-tokens ${NEW_TOKENS:-64} ${BENCH_EXTRA:-} \
       > "$out/decode-$name-$round.jsonl" 2> "$out/decode-$name-$round.log" \
       || { echo "$name failed:"; tail -3 "$out/decode-$name-$round.log" | cut -c1-300; continue; }
     python3 - "$out/decode-$name-$round.jsonl" "$name" "$round" <<'PY'
