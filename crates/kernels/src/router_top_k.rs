@@ -266,7 +266,7 @@ fn route_row(
 /// softmax, written at `out[out_base..]` (ids as floats, then gates) by lane 0; run by one
 /// whole plane, each lane scanning every `PLANE_DIM`-th expert.
 #[cube]
-fn top_k_softmax(
+pub(crate) fn top_k_softmax(
     logits: &[f32],
     out: &mut [f32],
     out_base: u32,

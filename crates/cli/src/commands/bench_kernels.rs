@@ -162,12 +162,13 @@ type Check = fn(&Device) -> anyhow::Result<()>;
 
 /// The checks of the kernels a decode step runs, by name (`--only`), in the order
 /// `--decoding-only` runs them.
-const DECODING_CHECKS: [(&str, Check); 13] = [
+const DECODING_CHECKS: [(&str, Check); 14] = [
     ("few_rows", few_rows::check_bf16_rows),
     ("lm_head", few_rows::check_lm_head_in_one_launch),
     ("projection_paths", few_rows::check_projection_paths),
     ("rms_norm", decoding::check_rms_norm),
     ("router", decoding::check_router),
+    ("o_router", decoding::check_o_add_norm_router),
     ("moe_pairs", decoding::check_moe_pairs),
     ("attention_rows", attention::check_attention_rows),
     ("attention_step", attention::check_attention_step),

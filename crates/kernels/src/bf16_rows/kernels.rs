@@ -146,7 +146,7 @@ pub(super) fn bf16_rows_three_kernel(
 /// K slices and each row's 1 / rms (for the fused norm). Made once per kernel, so that the
 /// three-product kernel's three inlined products share it.
 #[derive(CubeType)]
-struct RowsWorkspace {
+pub(super) struct RowsWorkspace {
     partial: Shared<[f32]>,
     part_sums: Shared<[f32]>,
     inv_rms: Array<f32>,
@@ -154,7 +154,7 @@ struct RowsWorkspace {
 
 #[cube]
 impl RowsWorkspace {
-    fn new(#[comptime] rows: usize) -> RowsWorkspace {
+    pub(super) fn new(#[comptime] rows: usize) -> RowsWorkspace {
         let mut inv_rms = Array::<f32>::new(rows);
         #[unroll]
         for r in 0..rows {
@@ -195,7 +195,7 @@ fn fill_inverse_rms(
 /// columns `out_offset..` of `out` [m, out_width].
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn rows_times_weight(
+pub(super) fn rows_times_weight(
     x: &[f32],
     norm_weight: &[f32],
     work: &mut RowsWorkspace,

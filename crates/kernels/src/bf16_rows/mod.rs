@@ -24,6 +24,7 @@ use kernels::{bf16_rows_kernel, bf16_rows_three_kernel};
 pub use tiling::{DEFAULT_TILING, RowsTiling, default_tiling};
 use tiling::{chosen_three_tiling, chosen_tiling, column_blocks, grid};
 
+pub mod add_norm_router;
 mod kernels;
 mod tiling;
 

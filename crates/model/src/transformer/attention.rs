@@ -105,8 +105,10 @@ impl Attention {
     /// into `kv` at the step's slot (buffer index = slot); RoPE's angles and the visible buffer
     /// indices of this layer's `window` come from `at`. On the kernel path at one position
     /// RoPE, the cache writes and attention are one launch (`attention_rows::attention_step`),
-    /// which picks the slot's rows of the step's tables itself. Returns [B, T, H].
-    pub fn forward_step(
+    /// which picks the slot's rows of the step's tables itself. Returns the heads' outputs
+    /// before the output projection, [B, T, heads * head_dim] ([`Self::project_out`] applies
+    /// it; a decoding layer may instead run it in the router's launch).
+    pub fn attend_step(
         &self,
         x: Tensor<3>,
         norm: &RmsNorm,
@@ -156,7 +158,13 @@ impl Attention {
                 attention_rows::reference_attention_rows(q, k, v, sinks, key_ranges, scale)
             }
         };
-        linear(&self.o_proj, out.reshape([b, t, nh * d]))
+        out.reshape([b, t, nh * d])
+    }
+
+    /// The output projection of the heads' outputs `attended` [B, T, heads * head_dim] ->
+    /// [B, T, H].
+    pub fn project_out(&self, attended: Tensor<3>) -> Tensor<3> {
+        linear(&self.o_proj, attended)
     }
 
     /// `x` [B, T, H] -> (q [B, heads, T, d], k and v [B, kv_heads, T, d]), q and k rotated.

@@ -80,6 +80,54 @@ impl DecoderLayer {
         };
         self.mlp.forward(moe_in, hooks)
     }
+
+    /// A decode step's layer after its heads' outputs `attended` [B, T, heads * head_dim]
+    /// (`Attention::attend_step`) on the residual stream `x` [B, T, H] -> the layer's output
+    /// [B, T, H]. On the per-pair path the output projection, the residual add, the norm and the
+    /// router are one launch, which counts its workgroups' arrivals in `arrivals` (zeroed, left
+    /// zero; see `moe_pairs::o_add_norm_moe_by_pairs`); elsewhere the projection, then
+    /// [`Self::moe_after_attention`].
+    pub fn moe_after_attended_step(
+        &self,
+        x: Tensor<3>,
+        attended: Tensor<3>,
+        router_bias: Option<Tensor<1>>,
+        (layer, arrivals): (usize, &Tensor<1, Int>),
+    ) -> Tensor<3> {
+        let [b, t, h] = x.dims();
+        let tokens = b * t;
+        let counts = arrivals.dims()[0];
+        if counts >= gpt_oss_kernels::bf16_rows::add_norm_router::arrival_counts(tokens)
+            && let Some(weights) = moe_pairs::o_fused_pair_weights(
+                &self.mlp,
+                &self.self_attn.o_proj,
+                &self.post_attention_layernorm,
+                tokens,
+            )
+        {
+            let width = attended.dims()[2];
+            let hidden = moe_pairs::o_add_norm_moe_by_pairs(
+                &self.mlp,
+                weights,
+                &self.self_attn.o_proj,
+                &self.post_attention_layernorm,
+                (x.reshape([tokens, h]), attended.reshape([tokens, width])),
+                router_bias,
+                arrivals.clone(),
+            );
+            return hidden.reshape([b, t, h]);
+        }
+        let attn_out = self.self_attn.project_out(attended);
+        let hooks = RoutingHooks {
+            layer,
+            router_bias,
+            observer: None,
+            balance_loss: false,
+            residual: None,
+            deferred: None,
+        };
+        self.moe_after_attention(x, attn_out, hooks).hidden
+    }
 }
 
 /// gpt-oss: embedding, decoder layers, final norm, untied lm_head.

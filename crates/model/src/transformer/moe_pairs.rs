@@ -6,15 +6,20 @@
 //! from it (`gpt_oss_kernels::experts_pairs`): an expert's weights are read once per pair rather
 //! than once per expert, which costs nothing while pairs rarely share an expert. In a decoder
 //! layer ([`add_norm_moe_by_pairs`]) the router kernel also does the residual add and the
-//! post-attention norm before it (`router_top_k::add_norm_router`).
+//! post-attention norm before it (`router_top_k::add_norm_router`); in a decode step
+//! ([`o_add_norm_moe_by_pairs`]) the attention's output projection runs in that launch too
+//! (`bf16_rows::add_norm_router`).
 
-use burn::tensor::Tensor;
+use burn::nn::Linear;
+use burn::tensor::{Int, Tensor};
+use gpt_oss_kernels::bf16_rows::add_norm_router as bf16_add_norm_router;
 use gpt_oss_kernels::{experts_pairs, router_top_k};
 
 use super::experts::{ExpertMatrix, PackedMxfp4};
 use super::moe::Moe;
 use super::moe_grouped::ExpertPath;
 use super::norm::RmsNorm;
+use super::project::{FEW_ROWS, on_kernel_path};
 
 /// Up to this many (token, rank) pairs the kernel path runs the experts per pair (batch-1
 /// decoding has 4, batch-32 decoding 128); above, the pairs are sorted by expert
@@ -86,6 +91,57 @@ pub fn add_norm_moe_by_pairs(
         moe.router.weight.val(),
         bias,
         moe.top_k,
+    );
+    experts_by_pairs(moe, weights, normed, routing, Some(sum))
+}
+
+/// Whether [`o_add_norm_moe_by_pairs`] runs `o_proj`, `norm` and `moe` for `tokens` tokens:
+/// [`fused_norm_pair_weights`], and an output projection with a bias on the kernel path
+/// (bf16) that the few-row launch takes with the router.
+pub fn o_fused_pair_weights<'m>(
+    moe: &'m Moe,
+    o_proj: &Linear,
+    norm: &RmsNorm,
+    tokens: usize,
+) -> Option<(&'m PackedMxfp4, &'m PackedMxfp4)> {
+    let weight = o_proj.weight.val();
+    let [hidden, experts] = moe.router.weight.dims();
+    let fits = on_kernel_path(&weight)
+        && o_proj.bias.is_some()
+        && tokens <= FEW_ROWS
+        && weight.dims()[1] == hidden
+        && bf16_add_norm_router::supports(hidden, experts, moe.top_k);
+    fused_norm_pair_weights(moe, norm, tokens).filter(|_| fits)
+}
+
+/// The decoder layer from the heads' outputs on the per-pair path: the output projection, the
+/// residual add, `norm` and the router in one launch (`bf16_rows::add_norm_router`), then the
+/// experts by pairs with the sum added back -> [n, H]. `x` [n, H], `attended` [n, heads *
+/// head_dim]; `weights` from [`o_fused_pair_weights`]; `arrivals` the launch's zeroed counts
+/// (at least `bf16_add_norm_router::arrival_counts(n)`, left zero).
+pub fn o_add_norm_moe_by_pairs(
+    moe: &Moe,
+    weights: (&PackedMxfp4, &PackedMxfp4),
+    o_proj: &Linear,
+    norm: &RmsNorm,
+    (x, attended): (Tensor<2>, Tensor<2>),
+    router_bias: Option<Tensor<1>>,
+    arrivals: Tensor<1, Int>,
+) -> Tensor<2> {
+    let bias = router_bias_or_own(moe, router_bias, &x.device());
+    let o_bias = o_proj
+        .bias
+        .as_ref()
+        .expect("o_fused_pair_weights: a bias")
+        .val();
+    let (sum, normed, routing) = bf16_add_norm_router::bf16_rows_add_norm_router(
+        attended,
+        (o_proj.weight.val(), o_bias),
+        x,
+        (norm.weight.val(), norm.eps),
+        (moe.router.weight.val(), bias),
+        moe.top_k,
+        arrivals,
     );
     experts_by_pairs(moe, weights, normed, routing, Some(sum))
 }

@@ -19,6 +19,7 @@ use std::cell::OnceCell;
 use std::collections::HashMap;
 
 use burn::tensor::{Device, Int, IntDType, Tensor, TensorData};
+use gpt_oss_kernels::bf16_rows::add_norm_router::arrival_counts;
 use gpt_oss_kernels::greedy_picks::{greedy_into_state, reference_greedy_into_state};
 use gpt_oss_kernels::write_in_place::{
     reference_write_in_place, write_in_place, write_in_place_int,
@@ -27,7 +28,6 @@ use gpt_oss_kernels::write_in_place::{
 use super::GptOss;
 use super::cache::{FixedKv, KvCache};
 use super::mask::{SlotRange, visible_ranges};
-use super::moe::RoutingHooks;
 use super::moe_pairs::pair_weights;
 use super::project::on_kernel_path;
 use crate::routing::ExpertMask;
@@ -265,6 +265,10 @@ pub struct StepState {
     picks: Tensor<2>,
     /// One per layer.
     layers: Vec<FixedKv>,
+    /// Zero counts a layer's launch of the output projection with the router takes (its
+    /// workgroups count their arrivals and the last sets them back to zero; the layers run one
+    /// after another, so they share them).
+    arrivals: Tensor<1, Int>,
 }
 
 impl StepState {
@@ -278,10 +282,15 @@ impl StepState {
         device: &Device,
     ) -> Self {
         let (slot, tokens, picks) = first_values(first, prompt_slots, capacity, device);
+        let counts = arrival_counts(first.len());
+        let arrivals =
+            Tensor::<1, Int>::from_data(TensorData::new(vec![0i32; counts], [counts]), device)
+                .cast(IntDType::I32);
         Self {
             slot,
             tokens,
             picks,
+            arrivals,
             layers: cache
                 .layers
                 .iter()
@@ -401,22 +410,19 @@ impl GptOss {
             .forward_token_values(tokens)
             .reshape([b, 1, h]);
         for (i, layer) in self.layers.iter().enumerate() {
-            let attn_out = layer.self_attn.forward_step(
+            let attended = layer.self_attn.attend_step(
                 x.clone(),
                 &layer.input_layernorm,
                 &at,
                 layer.sliding_window,
                 &mut state.layers[i],
             );
-            let hooks = RoutingHooks {
-                layer: i,
-                router_bias: tables.router_biases[i].clone(),
-                observer: None,
-                balance_loss: false,
-                residual: None,
-                deferred: None,
-            };
-            x = layer.moe_after_attention(x, attn_out, hooks).hidden;
+            x = layer.moe_after_attended_step(
+                x,
+                attended,
+                tables.router_biases[i].clone(),
+                (i, &state.arrivals),
+            );
         }
         let logits = self.lm_head.forward(self.norm.forward(x));
         let vocab = logits.dims()[2];

@@ -123,6 +123,88 @@ pub(super) fn check_router(device: &Device) -> anyhow::Result<()> {
     worst.finish()
 }
 
+/// The output projection with the residual add, the norm and the router in one launch
+/// (`bf16_rows::add_norm_router`) against burn's ops (inputs rounded to bf16 as the kernel
+/// rounds them). The cases run in sequence on one set of arrival counts, each twice, so that a
+/// count left off zero shows as a wrong or missing routing table in the next launch; nine
+/// tokens take two chunks of rows, and one case masks half the experts.
+pub(super) fn check_o_add_norm_router(device: &Device) -> anyhow::Result<()> {
+    use burn::tensor::{DType, Int, IntDType};
+    use gpt_oss_kernels::bf16_rows::add_norm_router::{arrival_counts, bf16_rows_add_norm_router};
+    use gpt_oss_kernels::router_top_k::reference_router_top_k;
+    let mut worst = Worst::new("output projection with the router", 1e-5);
+    let counts = arrival_counts(32);
+    let arrivals =
+        Tensor::<1, Int>::from_data(TensorData::new(vec![0i32; counts], [counts]), device)
+            .cast(IntDType::I32);
+    for [tokens, hidden, width, experts, top_k] in [
+        [1, 2880, 4096, 32, 4],
+        [9, 2880, 4096, 128, 4],
+        [3, 64, 96, 8, 2],
+        [5, 2880, 4096, 32, 4],
+        [32, 2880, 4096, 32, 4],
+    ] {
+        let (x, router) = random_tokens_and_router(tokens, hidden, experts, device);
+        let attended = standard_normal([tokens, width], device);
+        let o = Tensor::<2>::random([width, hidden], Distribution::Normal(0.0, 0.02), device)
+            .cast(DType::BF16);
+        let o_bias = Tensor::<1>::random([hidden], Distribution::Normal(0.0, 0.1), device);
+        let norm_weight = Tensor::<1>::random([hidden], Distribution::Default, device);
+        let mut bias = Tensor::<1>::random([experts], Distribution::Normal(0.0, 0.1), device);
+        if tokens == 5 {
+            let masked = Tensor::<1>::full([experts / 2], f32::NEG_INFINITY, device);
+            bias = bias.slice_assign(0..experts / 2, masked);
+        }
+        let rounded = attended.clone().cast(DType::BF16).cast(DType::F32);
+        let reference_sum = rounded.matmul(o.clone().cast(DType::F32))
+            + o_bias.clone().unsqueeze::<2>()
+            + x.clone();
+        let reference_normed = gpt_oss_kernels::rms_norm_rows::reference_rms_norm_rows(
+            reference_sum.clone(),
+            norm_weight.clone(),
+            1e-5,
+        );
+        let reference_routing = reference_router_top_k(
+            reference_normed.clone(),
+            router.clone(),
+            bias.clone(),
+            top_k,
+        );
+        for launch in 0..2 {
+            let (sum, normed, routing) = bf16_rows_add_norm_router(
+                attended.clone(),
+                (o.clone(), o_bias.clone()),
+                x.clone(),
+                (norm_weight.clone(), 1e-5),
+                (router.clone(), bias.clone()),
+                top_k,
+                arrivals.clone(),
+            );
+            worst.record_parts(
+                [
+                    ("sum", sum, reference_sum.clone()),
+                    ("norm", normed, reference_normed.clone()),
+                    // The table's rows past the tokens are padding.
+                    (
+                        "routing",
+                        routing.narrow(0, 0, tokens),
+                        reference_routing.clone(),
+                    ),
+                ],
+                json!({"kernel": "bf16_rows_add_norm_router", "tokens": tokens, "hidden": hidden,
+                       "width": width, "experts": experts, "top_k": top_k, "launch": launch}),
+            );
+        }
+    }
+    // Read after the last launch's outputs were (which runs every launch queued before).
+    let left: Vec<i64> = arrivals.try_into_vec_as::<i64>().unwrap_or_default();
+    anyhow::ensure!(
+        left.len() == counts && left.iter().all(|&c| c == 0),
+        "output projection with the router: arrival counts left at {left:?}"
+    );
+    worst.finish()
+}
+
 /// The per-pair experts kernels (router table in, weighted sum out) against the grouped
 /// reference (pairs sorted, MXFP4 decoded by burn ops, inputs rounded to bf16), and the time of
 /// the whole MoE block (routing included) by pairs and by the sorted grouped kernels.

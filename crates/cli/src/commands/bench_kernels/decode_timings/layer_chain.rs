@@ -9,6 +9,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use serde_json::json;
 
 use gpt_oss_kernels::attention_rows::attention_step;
+use gpt_oss_kernels::bf16_rows::add_norm_router::bf16_rows_add_norm_router;
 use gpt_oss_kernels::bf16_rows::{bf16_rows_matmul, rms_norm_bf16_rows_three};
 use gpt_oss_kernels::experts_pairs::{GATE_UP_SHAPE, down_shape, pairs_down, pairs_gate_up};
 use gpt_oss_kernels::router_top_k::add_norm_router;
@@ -26,8 +27,9 @@ const KEYS: usize = 128;
 /// Batch 1, 20b's shapes: per chained layer (the input norm with q/k/v, RoPE with the cache
 /// writes and attention, o, the residual add with the norm and the router, the experts' gate_up
 /// and down with the residual), and per chained half (the attention's three launches; the MoE's
-/// three, its residual delta fixed). The experts (all 32, 420 MB) are shared and routed by the
-/// data.
+/// three, its residual delta fixed), and per chained decode-step layer as the model runs it (o
+/// in the router's launch: five launches). The experts (all 32, 420 MB) are shared and routed
+/// by the data.
 pub(super) fn time_layer_chain(device: &Device) -> anyhow::Result<()> {
     let bf16 = |shape: [usize; 2]| {
         standard_normal(shape, device)
@@ -62,9 +64,9 @@ pub(super) fn time_layer_chain(device: &Device) -> anyhow::Result<()> {
         .cast(IntDType::I32);
     let delta = standard_normal([1, HIDDEN], device);
 
-    // q/k/v with the norm, attention, o: x -> the attention's output.
-    let attention_half = |x: Tensor<2>, set: usize| {
-        let (qkv, qkv_bias, [key_cache, value_cache], o, o_bias) = &attention[set];
+    // q/k/v with the norm, attention: x -> the heads' outputs.
+    let attention_heads = |x: Tensor<2>, set: usize| {
+        let (qkv, qkv_bias, [key_cache, value_cache], _, _) = &attention[set];
         let projected = rms_norm_bf16_rows_three(
             x,
             (norm_weight.clone(), 1e-5),
@@ -83,24 +85,15 @@ pub(super) fn time_layer_chain(device: &Device) -> anyhow::Result<()> {
             ranges.clone().reshape([1, 2]),
             0.125,
         );
-        bf16_rows_matmul(
-            attended.reshape([1, Q_WIDTH]),
-            o.clone(),
-            Some(o_bias.clone()),
-        )
+        attended.reshape([1, Q_WIDTH])
     };
-    // The residual add with the norm and the router, gate_up, down with the residual: the
-    // residual grows by bounded amounts (every product's input is normed).
-    let moe_half = |x: Tensor<2>, delta: Tensor<2>| {
-        let (sum, normed, routing) = add_norm_router(
-            x,
-            delta,
-            norm_weight.clone(),
-            1e-5,
-            router.clone(),
-            router_bias.clone(),
-            TOP_K,
-        );
+    // ... then o: x -> the attention's output.
+    let attention_half = |x: Tensor<2>, set: usize| {
+        let (_, _, _, o, o_bias) = &attention[set];
+        bf16_rows_matmul(attention_heads(x, set), o.clone(), Some(o_bias.clone()))
+    };
+    // The experts after the routing: gate_up, down with the residual.
+    let experts_half = |normed: Tensor<2>, routing: Tensor<2>, sum: Tensor<2>| {
         let act = pairs_gate_up(
             normed,
             routing.clone(),
@@ -121,8 +114,44 @@ pub(super) fn time_layer_chain(device: &Device) -> anyhow::Result<()> {
             down_shape(1),
         )
     };
+    // The residual add with the norm and the router, gate_up, down with the residual: the
+    // residual grows by bounded amounts (every product's input is normed).
+    let moe_half = |x: Tensor<2>, delta: Tensor<2>| {
+        let (sum, normed, routing) = add_norm_router(
+            x,
+            delta,
+            norm_weight.clone(),
+            1e-5,
+            router.clone(),
+            router_bias.clone(),
+            TOP_K,
+        );
+        experts_half(normed, routing, sum)
+    };
 
-    for (part, launches) in [("layer", 6), ("attention", 3), ("moe", 3)] {
+    // A decode step's layer: o with the residual add, the norm and the router in one launch.
+    let arrivals = Tensor::<1, Int>::from_data(TensorData::new(vec![0i32; 1], [1]), device)
+        .cast(IntDType::I32);
+    let fused_layer = |x: Tensor<2>, set: usize| {
+        let (_, _, _, o, o_bias) = &attention[set];
+        let (sum, normed, routing) = bf16_rows_add_norm_router(
+            attention_heads(x.clone(), set),
+            (o.clone(), o_bias.clone()),
+            x,
+            (norm_weight.clone(), 1e-5),
+            (router.clone(), router_bias.clone()),
+            TOP_K,
+            arrivals.clone(),
+        );
+        experts_half(normed, routing, sum)
+    };
+
+    for (part, launches) in [
+        ("layer", 6),
+        ("attention", 3),
+        ("moe", 3),
+        ("layer_o_with_router", 5),
+    ] {
         // Each call of the timed closure runs one part on the previous call's output, so the
         // graph's LAUNCHES calls are one chain and the time per call is the time per part.
         let current = RefCell::new(standard_normal([1, HIDDEN], device));
@@ -134,6 +163,7 @@ pub(super) fn time_layer_chain(device: &Device) -> anyhow::Result<()> {
                     moe_half(x, attended)
                 }
                 "attention" => attention_half(x, set),
+                "layer_o_with_router" => fused_layer(x, set),
                 _ => moe_half(x, delta.clone()),
             };
             *current.borrow_mut() = next.clone();
