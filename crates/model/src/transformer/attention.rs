@@ -73,6 +73,19 @@ impl Attention {
         mask: &KeyMask,
         cache: Option<&mut LayerKv>,
     ) -> Tensor<3> {
+        self.project_out(self.attend_heads(x, cos_sin, mask, cache))
+    }
+
+    /// [`Self::forward`] before the output projection: the heads' outputs [B, T, heads *
+    /// head_dim] ([`Self::project_out`] applies it; a decoder layer may run it in the
+    /// router's launch instead).
+    pub fn attend_heads(
+        &self,
+        x: Tensor<3>,
+        cos_sin: &(Tensor<4>, Tensor<4>),
+        mask: &KeyMask,
+        cache: Option<&mut LayerKv>,
+    ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, _, d) = self.head_counts();
         let kernels = on_kernel_path(&self.q_proj.weight.val());
@@ -90,13 +103,11 @@ impl Attention {
                 mask.key_ranges(),
                 self.score_scale() as f32,
             );
-            return linear(&self.o_proj, out.reshape([b, t, nh * d]));
+            return out.reshape([b, t, nh * d]);
         }
-        let out = self
-            .attend_in_chunks(q, k, v, mask, AttentionChunks::default())
+        self.attend_in_chunks(q, k, v, mask, AttentionChunks::default())
             .swap_dims(1, 2)
-            .reshape([b, t, nh * d]);
-        linear(&self.o_proj, out)
+            .reshape([b, t, nh * d])
     }
 
     /// A decode step whose changing inputs all live on the device (a captured, replayed step):

@@ -81,23 +81,27 @@ impl DecoderLayer {
         self.mlp.forward(moe_in, hooks)
     }
 
-    /// A decode step's layer after its heads' outputs `attended` [B, T, heads * head_dim]
-    /// (`Attention::attend_step`) on the residual stream `x` [B, T, H] -> the layer's output
-    /// [B, T, H]. On the per-pair path the output projection, the residual add, the norm and the
-    /// router are one launch, which counts its workgroups' arrivals in `arrivals` (zeroed, left
-    /// zero; see `moe_pairs::o_add_norm_moe_by_pairs`); elsewhere the projection, then
-    /// [`Self::moe_after_attention`].
-    pub fn moe_after_attended_step(
+    /// The layer after its heads' outputs `attended` [B, T, heads * head_dim]
+    /// (`Attention::attend_heads` or `attend_step`) on the residual stream `x` [B, T, H]. Without an
+    /// observer or a balance loss, on the per-pair path, the output projection, the residual add,
+    /// the norm and the router are one launch, which counts its workgroups' arrivals in
+    /// `arrivals` (zeroed, left zero; see `moe_pairs::o_add_norm_moe_by_pairs`); elsewhere the
+    /// projection, then [`Self::moe_after_attention`].
+    pub fn moe_after_attended(
         &self,
         x: Tensor<3>,
         attended: Tensor<3>,
-        router_bias: Option<Tensor<1>>,
-        (layer, arrivals): (usize, &Tensor<1, Int>),
-    ) -> Tensor<3> {
+        hooks: RoutingHooks<'_, '_>,
+        arrivals: Option<&Tensor<1, Int>>,
+    ) -> moe::MoeOutput {
         let [b, t, h] = x.dims();
         let tokens = b * t;
-        let counts = arrivals.dims()[0];
-        if counts >= gpt_oss_kernels::bf16_rows::add_norm_router::arrival_counts(tokens)
+        let counted = arrivals.filter(|a| {
+            a.dims()[0] >= gpt_oss_kernels::bf16_rows::add_norm_router::arrival_counts(tokens)
+        });
+        if hooks.observer.is_none()
+            && !hooks.balance_loss
+            && let Some(arrivals) = counted
             && let Some(weights) = moe_pairs::o_fused_pair_weights(
                 &self.mlp,
                 &self.self_attn.o_proj,
@@ -112,21 +116,16 @@ impl DecoderLayer {
                 &self.self_attn.o_proj,
                 &self.post_attention_layernorm,
                 (x.reshape([tokens, h]), attended.reshape([tokens, width])),
-                router_bias,
+                hooks.router_bias,
                 arrivals.clone(),
             );
-            return hidden.reshape([b, t, h]);
+            return moe::MoeOutput {
+                hidden: hidden.reshape([b, t, h]),
+                balance_loss: None,
+            };
         }
         let attn_out = self.self_attn.project_out(attended);
-        let hooks = RoutingHooks {
-            layer,
-            router_bias,
-            observer: None,
-            balance_loss: false,
-            residual: None,
-            deferred: None,
-        };
-        self.moe_after_attention(x, attn_out, hooks).hidden
+        self.moe_after_attention(x, attn_out, hooks)
     }
 }
 
@@ -309,6 +308,10 @@ impl GptOss {
         let mut masks: HashMap<(usize, usize, Option<usize>), KeyMask> = HashMap::new();
         let ForwardOptions { mut observer, mask } = options;
         let mut deferred_routing = Vec::new();
+        // The layers run one after another, so they share one set of arrival counts.
+        let arrivals = self
+            .on_kernel_path()
+            .then(|| step::zero_arrival_counts(b * t, &device));
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache: Option<&mut LayerKv> = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let keys = match &layer_cache {
@@ -322,9 +325,9 @@ impl GptOss {
                 .clone();
 
             let attn_in = layer.input_layernorm.forward(x.clone());
-            let attn_out = layer
+            let attended = layer
                 .self_attn
-                .forward(attn_in, &cos_sin, &key_mask, layer_cache);
+                .attend_heads(attn_in, &cos_sin, &key_mask, layer_cache);
             let hooks = RoutingHooks {
                 layer: i,
                 router_bias: mask
@@ -335,7 +338,7 @@ impl GptOss {
                 residual: None,
                 deferred: Some(&mut deferred_routing),
             };
-            let moe = layer.moe_after_attention(x, attn_out, hooks);
+            let moe = layer.moe_after_attended(x, attended, hooks, arrivals.as_ref());
             x = moe.hidden;
             if let Some(o) = observer.as_deref_mut()
                 && o.needs().residual_norms

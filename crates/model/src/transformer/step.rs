@@ -28,6 +28,7 @@ use gpt_oss_kernels::write_in_place::{
 use super::GptOss;
 use super::cache::{FixedKv, KvCache};
 use super::mask::{SlotRange, visible_ranges};
+use super::moe::RoutingHooks;
 use super::moe_pairs::pair_weights;
 use super::project::on_kernel_path;
 use crate::routing::ExpertMask;
@@ -47,6 +48,15 @@ pub struct StepTables {
     /// or none forbidden in that layer): made once per generation, so a masked step reads
     /// nothing from the host, can be captured, and adds nothing per step.
     router_biases: Vec<Option<Tensor<1>>>,
+}
+
+/// Zero counts for `rows` rows of the launch of a layer's output projection with its router
+/// (`bf16_rows::add_norm_router`: its workgroups count their arrivals and the last sets them
+/// back to zero, so one set serves every layer of a pass or a step).
+pub fn zero_arrival_counts(rows: usize, device: &Device) -> Tensor<1, Int> {
+    let counts = arrival_counts(rows);
+    Tensor::<1, Int>::from_data(TensorData::new(vec![0i32; counts], [counts]), device)
+        .cast(IntDType::I32)
 }
 
 /// The tables that depend on each row's padding: RoPE's cos and sin, and the key ranges.
@@ -282,10 +292,7 @@ impl StepState {
         device: &Device,
     ) -> Self {
         let (slot, tokens, picks) = first_values(first, prompt_slots, capacity, device);
-        let counts = arrival_counts(first.len());
-        let arrivals =
-            Tensor::<1, Int>::from_data(TensorData::new(vec![0i32; counts], [counts]), device)
-                .cast(IntDType::I32);
+        let arrivals = zero_arrival_counts(first.len(), device);
         Self {
             slot,
             tokens,
@@ -417,12 +424,17 @@ impl GptOss {
                 layer.sliding_window,
                 &mut state.layers[i],
             );
-            x = layer.moe_after_attended_step(
-                x,
-                attended,
-                tables.router_biases[i].clone(),
-                (i, &state.arrivals),
-            );
+            let hooks = RoutingHooks {
+                layer: i,
+                router_bias: tables.router_biases[i].clone(),
+                observer: None,
+                balance_loss: false,
+                residual: None,
+                deferred: None,
+            };
+            x = layer
+                .moe_after_attended(x, attended, hooks, Some(&state.arrivals))
+                .hidden;
         }
         let logits = self.lm_head.forward(self.norm.forward(x));
         let vocab = logits.dims()[2];
