@@ -19,7 +19,7 @@ use super::experts::{ExpertMatrix, PackedMxfp4};
 use super::moe::Moe;
 use super::moe_grouped::ExpertPath;
 use super::norm::RmsNorm;
-use super::project::{FEW_ROWS, on_kernel_path};
+use super::project::on_kernel_path;
 
 /// Up to this many (token, rank) pairs the kernel path runs the experts per pair (batch-1
 /// decoding has 4, batch-32 decoding 128); above, the pairs are sorted by expert
@@ -95,9 +95,17 @@ pub fn add_norm_moe_by_pairs(
     experts_by_pairs(moe, weights, normed, routing, Some(sum))
 }
 
+/// Most tokens for which [`o_add_norm_moe_by_pairs`] runs the output projection in the
+/// router's launch. Its last workgroup per chunk of rows picks the rows' experts one row after
+/// another, where `router_top_k::add_norm_router` runs a workgroup per row. Random 20b on an
+/// H100 (docs/benchmarks.md, seventeenth round): at one token decoding went from 287-290 to
+/// 301-308 steps/s, at 32 tokens from 955-957 to 904. Between them it was not measured.
+pub const MAX_O_WITH_ROUTER_TOKENS: usize = 1;
+
 /// Whether [`o_add_norm_moe_by_pairs`] runs `o_proj`, `norm` and `moe` for `tokens` tokens:
-/// [`fused_norm_pair_weights`], and an output projection with a bias on the kernel path
-/// (bf16) that the few-row launch takes with the router.
+/// [`fused_norm_pair_weights`], at most [`MAX_O_WITH_ROUTER_TOKENS`] tokens, and an output
+/// projection with a bias on the kernel path (bf16) that the few-row launch takes with the
+/// router.
 pub fn o_fused_pair_weights<'m>(
     moe: &'m Moe,
     o_proj: &Linear,
@@ -108,7 +116,7 @@ pub fn o_fused_pair_weights<'m>(
     let [hidden, experts] = moe.router.weight.dims();
     let fits = on_kernel_path(&weight)
         && o_proj.bias.is_some()
-        && tokens <= FEW_ROWS
+        && tokens <= MAX_O_WITH_ROUTER_TOKENS
         && weight.dims()[1] == hidden
         && bf16_add_norm_router::supports(hidden, experts, moe.top_k);
     fused_norm_pair_weights(moe, norm, tokens).filter(|_| fits)
@@ -263,6 +271,35 @@ mod tests {
             fused_norm_pair_weights(&layer.mlp, norm, 1).is_none(),
             "reference path"
         );
+    }
+
+    /// The output projection joins the router's launch only at one token, with the fused
+    /// norm's conditions, and only for a bf16 projection with a bias.
+    #[test]
+    fn the_output_projection_joins_the_router_at_one_token_only() {
+        let mut model = tiny_mxfp4();
+        model.set_expert_path(ExpertPath::GroupedKernel);
+        let layer = &mut model.layers[0];
+        layer.post_attention_layernorm.on_kernel_path = true;
+        let f32_o = layer.self_attn.o_proj.clone();
+        let o_fused = |layer: &crate::transformer::DecoderLayer, tokens| {
+            o_fused_pair_weights(
+                &layer.mlp,
+                &layer.self_attn.o_proj,
+                &layer.post_attention_layernorm,
+                tokens,
+            )
+            .is_some()
+        };
+        assert!(!o_fused(layer, 1), "f32 projection");
+        layer.self_attn.o_proj = crate::transformer::project::to_bf16(f32_o.clone());
+        assert!(o_fused(layer, 1));
+        assert!(!o_fused(layer, MAX_O_WITH_ROUTER_TOKENS + 1), "more tokens");
+        layer.post_attention_layernorm.on_kernel_path = false;
+        assert!(!o_fused(layer, 1), "norm off the kernel path");
+        layer.post_attention_layernorm.on_kernel_path = true;
+        layer.self_attn.o_proj.bias = None;
+        assert!(!o_fused(layer, 1), "no bias");
     }
 
     /// The router kernel's reference (burn ops) makes the model's choice: same ids in the same
