@@ -14,6 +14,7 @@ if [ -f .bench/base.xz ]; then
   xz -dc .bench/base.xz > /tmp/gpt-oss-lite-base && chmod +x /tmp/gpt-oss-lite-base
   bins=("base:/tmp/gpt-oss-lite-base" "new:$BIN")
 fi
+echo "binaries: ${bins[*]}"
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for entry in "${bins[@]}"; do
     name=${entry%%:*}; bin=${entry#*:}

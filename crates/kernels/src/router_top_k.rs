@@ -22,7 +22,12 @@
 //!
 //! [`add_norm_router`] runs the decoder layer's residual add and post-attention RMSNorm in the
 //! same workgroup first (the normed row kept in shared memory): one launch instead of two per
-//! decoding layer, where a launch costs 7-12 us of host encoding even when replayed.
+//! decoding layer, where a launch costs 7-12 us of host encoding even when replayed. Its
+//! packed output is padded so that every part is a view ([`routing_rows`]); unpadded, two of
+//! its parts were copied in launches of their own at an odd batch, the 7 us the fused kernel
+//! cost above the router alone (seventeenth round). At one token a decode step takes
+//! `bf16_rows::add_norm_router` instead, which also runs the attention's output projection and
+//! spreads the logits over that product's workgroups.
 
 use burn::backend::{backend_extension, tensor::FloatTensor};
 use burn::tensor::{DType, Int, Shape, Tensor};

@@ -28,7 +28,7 @@ use crate::rms_norm_rows::inverse_rms;
 use crate::router_top_k::{MAX_TOP_K, routing_rows, top_k_softmax};
 
 /// Most experts the kernel takes: the last workgroup adds each logit's and the squares' shares
-/// with at least one of its [`UNITS`] invocations per value.
+/// with at least one of its 256 invocations per value.
 pub const MAX_EXPERTS: usize = UNITS as usize - 1;
 /// Shares each invocation of the last workgroup loads before adding any.
 const SHARE_UNROLL: u32 = 4;

@@ -9,7 +9,8 @@
 //! tenth of the memory bandwidth). With a norm, the three-product kernel RMS-normalises its
 //! input rows first (the decode step's input norm, [`rms_norm_bf16_rows_three`]).
 //! The slices' sums are added in shared memory and the bias in the same kernel: no partial
-//! products and no second kernel. The tensor-core GEMM computes 128-row tiles: at one row it
+//! products and no second kernel. [`add_norm_router`] follows the product with a decoding
+//! layer's residual add, post-attention norm and MoE router in the same launch. The tensor-core GEMM computes 128-row tiles: at one row it
 //! leaves most of the GPU idle.
 
 use burn::backend::{backend_extension, tensor::FloatTensor};
