@@ -502,6 +502,17 @@ pub fn add_norm_router(
             eps as f32,
             top_k,
         ));
+    split_sum_norm_routing(flat, [n, h], top_k)
+}
+
+/// (the sum [n, h], its norm [n, h], the routing table [`routing_rows`]`(n, top_k)`, 2 top_k])
+/// of a packed output laid out as [`add_norm_router`]'s: the norm, the sum, the table. Each part
+/// is a view ([`PART_ALIGN_BYTES`]).
+pub(crate) fn split_sum_norm_routing(
+    flat: Tensor<1>,
+    [n, h]: [usize; 2],
+    top_k: usize,
+) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
     let part = |start: usize, len: usize, width: usize| {
         flat.clone().narrow(0, start, len).reshape([n, width])
     };

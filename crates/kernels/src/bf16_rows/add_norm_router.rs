@@ -25,7 +25,7 @@ use super::tiling::{DEFAULT_TILING, RowsTiling, chosen_tiling, column_blocks, gr
 use super::{LANE_COLUMNS, ROWS, UNITS};
 use crate::launch::{empty_f32, same_dtype};
 use crate::rms_norm_rows::inverse_rms;
-use crate::router_top_k::{MAX_TOP_K, routing_rows, top_k_softmax};
+use crate::router_top_k::{MAX_TOP_K, routing_rows, split_sum_norm_routing, top_k_softmax};
 
 /// Most experts the kernel takes: the last workgroup adds each logit's and the squares' shares
 /// with at least one of its 256 invocations per value.
@@ -371,16 +371,7 @@ pub fn bf16_rows_add_norm_router(
             top_k,
         ),
     );
-    let part = |start: usize, len: usize, width: usize| {
-        flat.clone().narrow(0, start, len).reshape([n, width])
-    };
-    let table_rows = routing_rows(n, top_k);
-    (
-        part(n * h, n * h, h),
-        part(0, n * h, h),
-        flat.narrow(0, 2 * n * h, table_rows * 2 * top_k)
-            .reshape([table_rows, 2 * top_k]),
-    )
+    split_sum_norm_routing(flat, [n, h], top_k)
 }
 
 #[cfg(test)]
