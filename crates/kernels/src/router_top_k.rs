@@ -566,4 +566,29 @@ mod tests {
         assert_eq!(routing_rows(9, 4), 16);
         assert_eq!(routing_rows(1, 2), 16);
     }
+
+    /// The packed output splits as the kernels write it: the norm first, then the sum, then
+    /// the padded table (each value here is its own index).
+    #[test]
+    fn split_sum_norm_routing_takes_norm_then_sum_then_table() {
+        let device = burn::tensor::Device::flex();
+        let [n, h, top_k] = [3, 4, 2];
+        let table_rows = routing_rows(n, top_k);
+        let len = 2 * n * h + table_rows * 2 * top_k;
+        let flat = Tensor::<1>::from_data(
+            burn::tensor::TensorData::new((0..len).map(|i| i as f32).collect::<Vec<_>>(), [len]),
+            &device,
+        );
+        let (sum, normed, table) = split_sum_norm_routing(flat, [n, h], top_k);
+        let values = |t: Tensor<2>| t.try_into_vec_as::<f32>().unwrap();
+        let from = |start: usize, count: usize| {
+            (start..start + count).map(|i| i as f32).collect::<Vec<_>>()
+        };
+        assert_eq!(normed.dims(), [n, h]);
+        assert_eq!(values(normed), from(0, n * h));
+        assert_eq!(sum.dims(), [n, h]);
+        assert_eq!(values(sum), from(n * h, n * h));
+        assert_eq!(table.dims(), [table_rows, 2 * top_k]);
+        assert_eq!(values(table), from(2 * n * h, table_rows * 2 * top_k));
+    }
 }
