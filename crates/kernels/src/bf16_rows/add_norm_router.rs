@@ -16,7 +16,7 @@ use burn::backend::{
     backend_extension,
     tensor::{FloatTensor, IntTensor},
 };
-use burn::tensor::{DType, Int, Shape, Tensor};
+use burn::tensor::{DType, Device, Int, IntDType, Shape, Tensor, TensorData};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
@@ -337,6 +337,15 @@ pub fn supports(n: usize, experts: usize, top_k: usize) -> bool {
 /// Arrival counts [`bf16_rows_add_norm_router`] needs for `m` rows (one per chunk of rows).
 pub fn arrival_counts(m: usize) -> usize {
     m.div_ceil(ROWS)
+}
+
+/// [`arrival_counts`]`(m)` zero counts on `device` (32-bit): the launch's workgroups count their
+/// arrivals and the last sets them back to zero, so one set serves every launch that runs after
+/// another (the layers of a pass or a decode step).
+pub fn zero_arrival_counts(m: usize, device: &Device) -> Tensor<1, Int> {
+    let counts = arrival_counts(m);
+    Tensor::<1, Int>::from_data(TensorData::new(vec![0i32; counts], [counts]), device)
+        .cast(IntDType::I32)
 }
 
 /// The decoder layer after attention up to the experts, in one launch: `attended` [n, k] times

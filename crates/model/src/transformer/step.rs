@@ -19,7 +19,7 @@ use std::cell::OnceCell;
 use std::collections::HashMap;
 
 use burn::tensor::{Device, Int, IntDType, Tensor, TensorData};
-use gpt_oss_kernels::bf16_rows::add_norm_router::arrival_counts;
+use gpt_oss_kernels::bf16_rows::add_norm_router::zero_arrival_counts;
 use gpt_oss_kernels::greedy_picks::{greedy_into_state, reference_greedy_into_state};
 use gpt_oss_kernels::write_in_place::{
     reference_write_in_place, write_in_place, write_in_place_int,
@@ -48,15 +48,6 @@ pub struct StepTables {
     /// or none forbidden in that layer): made once per generation, so a masked step reads
     /// nothing from the host, can be captured, and adds nothing per step.
     router_biases: Vec<Option<Tensor<1>>>,
-}
-
-/// Zero counts for `rows` rows of the launch of a layer's output projection with its router
-/// (`bf16_rows::add_norm_router`: its workgroups count their arrivals and the last sets them
-/// back to zero, so one set serves every layer of a pass or a step).
-pub fn zero_arrival_counts(rows: usize, device: &Device) -> Tensor<1, Int> {
-    let counts = arrival_counts(rows);
-    Tensor::<1, Int>::from_data(TensorData::new(vec![0i32; counts], [counts]), device)
-        .cast(IntDType::I32)
 }
 
 /// The tables that depend on each row's padding: RoPE's cos and sin, and the key ranges.

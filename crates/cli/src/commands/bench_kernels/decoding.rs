@@ -129,14 +129,14 @@ pub(super) fn check_router(device: &Device) -> anyhow::Result<()> {
 /// count left off zero shows as a wrong or missing routing table in the next launch; nine
 /// tokens take two chunks of rows, and one case masks half the experts.
 pub(super) fn check_o_add_norm_router(device: &Device) -> anyhow::Result<()> {
-    use burn::tensor::{DType, Int, IntDType};
-    use gpt_oss_kernels::bf16_rows::add_norm_router::{arrival_counts, bf16_rows_add_norm_router};
+    use burn::tensor::DType;
+    use gpt_oss_kernels::bf16_rows::add_norm_router::{
+        arrival_counts, bf16_rows_add_norm_router, zero_arrival_counts,
+    };
     use gpt_oss_kernels::router_top_k::reference_router_top_k;
     let mut worst = Worst::new("output projection with the router", 1e-5);
     let counts = arrival_counts(32);
-    let arrivals =
-        Tensor::<1, Int>::from_data(TensorData::new(vec![0i32; counts], [counts]), device)
-            .cast(IntDType::I32);
+    let arrivals = zero_arrival_counts(32, device);
     for [tokens, hidden, width, experts, top_k] in [
         [1, 2880, 4096, 32, 4],
         [9, 2880, 4096, 128, 4],

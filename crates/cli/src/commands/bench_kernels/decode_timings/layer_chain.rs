@@ -9,7 +9,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use serde_json::json;
 
 use gpt_oss_kernels::attention_rows::attention_step;
-use gpt_oss_kernels::bf16_rows::add_norm_router::bf16_rows_add_norm_router;
+use gpt_oss_kernels::bf16_rows::add_norm_router::{bf16_rows_add_norm_router, zero_arrival_counts};
 use gpt_oss_kernels::bf16_rows::{bf16_rows_matmul, rms_norm_bf16_rows_three};
 use gpt_oss_kernels::experts_pairs::{GATE_UP_SHAPE, down_shape, pairs_down, pairs_gate_up};
 use gpt_oss_kernels::router_top_k::add_norm_router;
@@ -130,8 +130,7 @@ pub(super) fn time_layer_chain(device: &Device) -> anyhow::Result<()> {
     };
 
     // A decode step's layer: o with the residual add, the norm and the router in one launch.
-    let arrivals = Tensor::<1, Int>::from_data(TensorData::new(vec![0i32; 1], [1]), device)
-        .cast(IntDType::I32);
+    let arrivals = zero_arrival_counts(1, device);
     let fused_layer = |x: Tensor<2>, set: usize| {
         let (_, _, _, o, o_bias) = &attention[set];
         let (sum, normed, routing) = bf16_rows_add_norm_router(
