@@ -85,8 +85,8 @@ impl DecoderLayer {
     /// (`Attention::attend_heads` or `attend_step`) on the residual stream `x` [B, T, H]. Without an
     /// observer or a balance loss, on the per-pair path, the output projection, the residual add,
     /// the norm and the router are one launch, which counts its workgroups' arrivals in
-    /// `arrivals` (zeroed, left zero; see `moe_pairs::o_add_norm_moe_by_pairs`); elsewhere the
-    /// projection, then [`Self::moe_after_attention`].
+    /// `arrivals` (`zero_arrival_counts` for at least these tokens, left zero; the launch
+    /// checks their number); elsewhere the projection, then [`Self::moe_after_attention`].
     pub fn moe_after_attended(
         &self,
         x: Tensor<3>,
@@ -96,12 +96,9 @@ impl DecoderLayer {
     ) -> moe::MoeOutput {
         let [b, t, h] = x.dims();
         let tokens = b * t;
-        let counted = arrivals.filter(|a| {
-            a.dims()[0] >= gpt_oss_kernels::bf16_rows::add_norm_router::arrival_counts(tokens)
-        });
         if hooks.observer.is_none()
             && !hooks.balance_loss
-            && let Some(arrivals) = counted
+            && let Some(arrivals) = arrivals
             && let Some(weights) = moe_pairs::o_fused_pair_weights(
                 &self.mlp,
                 &self.self_attn.o_proj,
