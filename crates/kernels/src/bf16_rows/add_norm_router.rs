@@ -74,10 +74,97 @@ fn bf16_rows_add_norm_router_kernel(
         true, false,
     );
 
-    // The residual added by the invocation that wrote each column (its own writes, in order),
-    // kept in shared memory times the norm's weight, with the squares of the sums.
+    // The sums' columns times the norm's weight, and their squares, kept in shared memory.
     let mut weighted = Shared::<[f32]>::new_slice(rows * columns as usize);
     let mut squares = Shared::<[f32]>::new_slice(rows * columns as usize);
+    add_residual_to_columns(
+        out,
+        x,
+        norm_weight,
+        &mut weighted,
+        &mut squares,
+        sums,
+        n,
+        first_col,
+        row_begin,
+        row_count,
+        rows,
+        columns,
+    );
+    sync_cube();
+    write_router_shares(
+        &weighted, &squares, router_w, shares, n, first_col, experts, row_begin, row_count, block,
+        blocks, rows, columns,
+    );
+
+    let mut arrived = Shared::<u32>::new();
+    // Release: the shares and sums this workgroup wrote are visible to whichever is last.
+    sync_storage();
+    if unit == 0 {
+        *arrived = arrivals[CUBE_POS_Y as usize].fetch_add(1u32);
+    }
+    // Acquire: what the workgroups that arrived before published is visible here.
+    sync_storage();
+    if *arrived != blocks - 1 {
+        terminate!();
+    }
+    if unit == 0 {
+        arrivals[CUBE_POS_Y as usize].store(0u32);
+    }
+
+    let mut parts_sums = Shared::<[f32]>::new_slice(UNITS as usize);
+    let mut totals = Shared::<[f32]>::new_slice(UNITS as usize);
+    let mut logits = Shared::<[f32]>::new_slice(UNITS as usize);
+    for r in 0..row_count {
+        let row = row_begin + r;
+        add_row_shares(shares, &mut parts_sums, &mut totals, row, blocks, values);
+        sync_cube();
+        let inv_rms = inverse_rms(totals[experts as usize], n, eps);
+        if unit < experts {
+            logits[unit as usize] = totals[unit as usize] * inv_rms + router_bias[unit as usize];
+        }
+        sync_cube();
+        if unit < PLANE_DIM {
+            top_k_softmax(
+                &logits,
+                out,
+                2 * sums + row * 2 * top_k as u32,
+                experts,
+                top_k,
+            );
+        }
+        // The normed row, as `add_norm_router` writes it.
+        let mut i = unit;
+        while i < n {
+            let at = row * n + i;
+            out[at as usize] = out[(sums + at) as usize] * inv_rms * norm_weight[i as usize];
+            i += UNITS;
+        }
+        sync_cube();
+    }
+}
+
+/// Adds the residual `x` to the workgroup's columns of the sums (at `out[sums..]`, written by
+/// the same invocations: their own writes, in order) and keeps each column's sum times the
+/// norm's weight in `weighted` and its square in `squares` ([rows, columns], shared; zeros past
+/// the rows and columns).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn add_residual_to_columns(
+    out: &mut [f32],
+    x: &[f32],
+    norm_weight: &[f32],
+    weighted: &mut [f32],
+    squares: &mut [f32],
+    sums: u32,
+    n: u32,
+    first_col: u32,
+    row_begin: u32,
+    row_count: u32,
+    #[comptime] rows: usize,
+    #[comptime] columns: u32,
+) {
+    let unit = UNIT_POS;
     let col = first_col + unit;
     #[unroll]
     for r in 0..rows {
@@ -95,10 +182,30 @@ fn bf16_rows_add_norm_router_kernel(
             squares[r * columns as usize + unit as usize] = square;
         }
     }
-    sync_cube();
+}
 
-    // This workgroup's shares: each logit over its columns (the router's weight rows of its
-    // columns, all loaded before any is used), and the squares.
+/// Writes the workgroup's shares for each of its rows at `shares[((row * blocks + block) *
+/// (experts + 1))..]`: each expert's logit over the workgroup's columns (the router's weight
+/// rows of those columns, all loaded before any is used), then the squares' sum.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn write_router_shares(
+    weighted: &[f32],
+    squares: &[f32],
+    router_w: &[f32],
+    shares: &mut [f32],
+    n: u32,
+    first_col: u32,
+    experts: u32,
+    row_begin: u32,
+    row_count: u32,
+    block: u32,
+    blocks: u32,
+    #[comptime] rows: usize,
+    #[comptime] columns: u32,
+) {
+    let unit = UNIT_POS;
+    let values = experts + 1;
     #[unroll]
     for r in 0..rows {
         if (r as u32) < row_count {
@@ -132,85 +239,54 @@ fn bf16_rows_add_norm_router_kernel(
             }
         }
     }
+}
 
-    let mut arrived = Shared::<u32>::new();
-    // Release: the shares and sums this workgroup wrote are visible to whichever is last.
-    sync_storage();
-    if unit == 0 {
-        *arrived = arrivals[CUBE_POS_Y as usize].fetch_add(1u32);
-    }
-    // Acquire: what the workgroups that arrived before published is visible here.
-    sync_storage();
-    if *arrived != blocks - 1 {
-        terminate!();
-    }
-    if unit == 0 {
-        arrivals[CUBE_POS_Y as usize].store(0u32);
-    }
-
-    let mut parts_sums = Shared::<[f32]>::new_slice(UNITS as usize);
-    let mut totals = Shared::<[f32]>::new_slice(UNITS as usize);
-    let mut logits = Shared::<[f32]>::new_slice(UNITS as usize);
-    // `parts` invocations per value add a share of the workgroups each, then one per value adds
-    // the parts.
+/// Row `row`'s `values` shares added over the `blocks` workgroups into `totals[..values]`
+/// (shared): `parts` invocations per value add a share of the workgroups each (several loads in
+/// flight) into `parts_sums`, then one invocation per value adds the parts. Synchronises the
+/// workgroup between the two. `shares` is only read (`&mut` as the kernel holds it).
+#[cube]
+fn add_row_shares(
+    shares: &mut [f32],
+    parts_sums: &mut [f32],
+    totals: &mut [f32],
+    row: u32,
+    blocks: u32,
+    values: u32,
+) {
+    let unit = UNIT_POS;
     let parts = UNITS / values;
     let value = unit % values;
     let part = unit / values;
-    for r in 0..row_count {
-        let row = row_begin + r;
-        if part < parts {
-            let mut acc = 0.0f32;
-            let mut b = part;
-            while b < blocks {
-                let mut loaded = Array::<f32>::new(SHARE_UNROLL as usize);
-                #[unroll]
-                for i in 0..SHARE_UNROLL as usize {
-                    let from = b + i as u32 * parts;
-                    let mut v = 0.0f32;
-                    if from < blocks {
-                        v = shares[((row * blocks + from) * values + value) as usize];
-                    }
-                    loaded[i] = v;
+    if part < parts {
+        let mut acc = 0.0f32;
+        let mut b = part;
+        while b < blocks {
+            let mut loaded = Array::<f32>::new(SHARE_UNROLL as usize);
+            #[unroll]
+            for i in 0..SHARE_UNROLL as usize {
+                let from = b + i as u32 * parts;
+                let mut v = 0.0f32;
+                if from < blocks {
+                    v = shares[((row * blocks + from) * values + value) as usize];
                 }
-                #[unroll]
-                for i in 0..SHARE_UNROLL as usize {
-                    acc += loaded[i];
-                }
-                b += SHARE_UNROLL * parts;
+                loaded[i] = v;
             }
-            parts_sums[(part * values + value) as usize] = acc;
-        }
-        sync_cube();
-        if unit < values {
-            let mut total = 0.0f32;
-            for p in 0..parts {
-                total += parts_sums[(p * values + unit) as usize];
+            #[unroll]
+            for i in 0..SHARE_UNROLL as usize {
+                acc += loaded[i];
             }
-            totals[unit as usize] = total;
+            b += SHARE_UNROLL * parts;
         }
-        sync_cube();
-        let inv_rms = inverse_rms(totals[experts as usize], n, eps);
-        if unit < experts {
-            logits[unit as usize] = totals[unit as usize] * inv_rms + router_bias[unit as usize];
+        parts_sums[(part * values + value) as usize] = acc;
+    }
+    sync_cube();
+    if unit < values {
+        let mut total = 0.0f32;
+        for p in 0..parts {
+            total += parts_sums[(p * values + unit) as usize];
         }
-        sync_cube();
-        if unit < PLANE_DIM {
-            top_k_softmax(
-                &logits,
-                out,
-                2 * sums + row * 2 * top_k as u32,
-                experts,
-                top_k,
-            );
-        }
-        // The normed row, as `add_norm_router` writes it.
-        let mut i = unit;
-        while i < n {
-            let at = row * n + i;
-            out[at as usize] = out[(sums + at) as usize] * inv_rms * norm_weight[i as usize];
-            i += UNITS;
-        }
-        sync_cube();
+        totals[unit as usize] = total;
     }
 }
 
