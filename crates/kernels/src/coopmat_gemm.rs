@@ -14,14 +14,28 @@ use half::bf16;
 
 use crate::launch::empty_f32;
 
-/// Output tile of one workgroup (m, n), the K step, and invocations per workgroup (one of the
-/// driver's `units_per_block` for bf16: 32, 64, 128, 256).
+/// Output tile of one workgroup (m, n), the K step, invocations per workgroup (one of the
+/// driver's `units_per_block` for bf16: 32, 64, 128, 256) and how the tiles reach the matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tiling {
     pub m: usize,
     pub n: usize,
     pub k: usize,
     pub units: u32,
+    pub scheme: Scheme,
+}
+
+/// How a K step's input tiles reach the cooperative matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Loaded from global memory by tensor addressing, then multiplied.
+    Direct,
+    /// As `Direct`, with the next step's tiles loaded into a second pair of matrices before
+    /// this step's product.
+    Prefetch,
+    /// Copied by the invocations into shared memory in 16-byte words (the next step's words
+    /// loaded into registers during this step's product), then loaded from there.
+    Staged,
 }
 
 /// 128 x 256: 128-145 TF/s on scoring's projection and lm_head shapes against 89-111 for
@@ -31,6 +45,7 @@ pub const DEFAULT_TILING: Tiling = Tiling {
     n: 256,
     k: 32,
     units: 256,
+    scheme: Scheme::Direct,
 };
 
 static TILING: std::sync::Mutex<Tiling> = std::sync::Mutex::new(DEFAULT_TILING);
@@ -98,6 +113,217 @@ fn coopmat_gemm_kernel(
     cmma::store_tensor(&mut out_tile, &c);
 }
 
+#[cube(launch)]
+fn coopmat_gemm_prefetch_kernel(
+    lhs: &[bf16],
+    rhs: &[bf16],
+    out: &mut [f32],
+    m: u32,
+    n: u32,
+    k: u32,
+    #[comptime] tile: (usize, usize, usize),
+) {
+    let (tm, tn, tk) = tile;
+    let lhs = TensorView::new(lhs, seq![m, k]).finish();
+    let rhs = TensorView::new(rhs, seq![k, n]).finish();
+    let out = TensorView::new(&*out, seq![m, n]).finish();
+    let row = CUBE_POS_X * tm as u32;
+    let col = CUBE_POS_Y * tn as u32;
+    let mut a0 = input_matrix(cmma::MatrixIdent::A, tile, cmma::MatrixLayout::Undefined);
+    let mut b0 = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::Undefined);
+    let mut a1 = input_matrix(cmma::MatrixIdent::A, tile, cmma::MatrixLayout::Undefined);
+    let mut b1 = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::Undefined);
+    let c = zero_accumulator(tile);
+    // Two steps per turn; loads past K read zeros (tensor addressing), which add nothing.
+    cmma::load_tensor(
+        &mut a0,
+        &lhs.slice(seq![row, 0], seq![tm as u32, tk as u32]),
+    );
+    cmma::load_tensor(
+        &mut b0,
+        &rhs.slice(seq![0, col], seq![tk as u32, tn as u32]),
+    );
+    for k_offs in range_stepped(0, k, 2 * tk as u32) {
+        let k1 = k_offs + tk as u32;
+        let k2 = k1 + tk as u32;
+        cmma::load_tensor(
+            &mut a1,
+            &lhs.slice(seq![row, k1], seq![tm as u32, tk as u32]),
+        );
+        cmma::load_tensor(
+            &mut b1,
+            &rhs.slice(seq![k1, col], seq![tk as u32, tn as u32]),
+        );
+        cmma::execute(&a0, &b0, &c, &c);
+        cmma::load_tensor(
+            &mut a0,
+            &lhs.slice(seq![row, k2], seq![tm as u32, tk as u32]),
+        );
+        cmma::load_tensor(
+            &mut b0,
+            &rhs.slice(seq![k2, col], seq![tk as u32, tn as u32]),
+        );
+        cmma::execute(&a1, &b1, &c, &c);
+    }
+    let mut out_tile = out.slice(seq![row, col], seq![tm as u32, tn as u32]);
+    cmma::store_tensor(&mut out_tile, &c);
+}
+
+/// Eight bf16 values: four little-endian u32 words (one 16-byte load).
+type EightBf16 = Vector<u32, Const<4>>;
+
+/// Padding of a staged row, in bf16 values (one 16-byte word): rows of the stage do not start
+/// on the same shared-memory banks.
+const STAGE_PAD: usize = 8;
+
+#[cube(launch_unchecked)]
+fn coopmat_gemm_staged_kernel(
+    lhs: &[EightBf16],
+    rhs: &[EightBf16],
+    out: &mut [f32],
+    m: u32,
+    n: u32,
+    k: u32,
+    #[comptime] tile: (usize, usize, usize),
+    #[comptime] units: u32,
+) {
+    let (tm, tn, tk) = tile;
+    let out = TensorView::new(&*out, seq![m, n]).finish();
+    let row = CUBE_POS_X * tm as u32;
+    let col = CUBE_POS_Y * tn as u32;
+    // Stage rows in 16-byte words: A [tm, tk + pad], B [tk, tn + pad], both row-major.
+    let a_row_words = (tk + STAGE_PAD) / 8;
+    let b_row_words = (tn + STAGE_PAD) / 8;
+    let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_row_words);
+    let mut stage_b = Shared::<[EightBf16]>::new_slice(tk * b_row_words);
+    let a_per_unit = tm * tk / 8 / units as usize;
+    let b_per_unit = tk * tn / 8 / units as usize;
+    let mut next_a = Array::<EightBf16>::new(a_per_unit);
+    let mut next_b = Array::<EightBf16>::new(b_per_unit);
+    let mut a = input_matrix(cmma::MatrixIdent::A, tile, cmma::MatrixLayout::RowMajor);
+    let mut b = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::RowMajor);
+    let c = zero_accumulator(tile);
+    let steps = k / tk as u32;
+    load_lhs_words(lhs, &mut next_a, row, 0, m, k, tm, tk, units);
+    load_rhs_words(rhs, &mut next_b, col, 0, n, tk, tn, units);
+    for step in 0..steps {
+        // The previous step's matrices have been loaded from the stage before it is rewritten.
+        sync_cube();
+        #[unroll]
+        for i in 0..a_per_unit {
+            let v = UNIT_POS + i as u32 * units;
+            let r = v / (tk / 8) as u32;
+            let c8 = v % (tk / 8) as u32;
+            stage_a[(r * a_row_words as u32 + c8) as usize] = next_a[i];
+        }
+        #[unroll]
+        for i in 0..b_per_unit {
+            let v = UNIT_POS + i as u32 * units;
+            let r = v / (tn / 8) as u32;
+            let c8 = v % (tn / 8) as u32;
+            stage_b[(r * b_row_words as u32 + c8) as usize] = next_b[i];
+        }
+        sync_cube();
+        if step + 1 < steps {
+            let k_next = (step + 1) * tk as u32;
+            load_lhs_words(lhs, &mut next_a, row, k_next, m, k, tm, tk, units);
+            load_rhs_words(rhs, &mut next_b, col, k_next, n, tk, tn, units);
+        }
+        // Strides in u32 words (the loads divide by the four words of an EightBf16).
+        cmma::load(
+            &mut a,
+            &stage_a[0..tm * a_row_words],
+            (a_row_words * 4) as u32,
+        );
+        cmma::load(
+            &mut b,
+            &stage_b[0..tk * b_row_words],
+            (b_row_words * 4) as u32,
+        );
+        cmma::execute(&a, &b, &c, &c);
+    }
+    let mut out_tile = out.slice(seq![row, col], seq![tm as u32, tn as u32]);
+    cmma::store_tensor(&mut out_tile, &c);
+}
+
+/// This invocation's words of the A tile at `row`, `k_begin` (zeros past row `m`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_lhs_words(
+    lhs: &[EightBf16],
+    words: &mut Array<EightBf16>,
+    row: u32,
+    k_begin: u32,
+    m: u32,
+    k: u32,
+    #[comptime] tm: usize,
+    #[comptime] tk: usize,
+    #[comptime] units: u32,
+) {
+    #[unroll]
+    for i in 0..tm * tk / 8 / units as usize {
+        let v = UNIT_POS + i as u32 * units;
+        let r = row + v / (tk / 8) as u32;
+        let c8 = v % (tk / 8) as u32;
+        let mut word = EightBf16::new(0u32);
+        if r < m {
+            word = lhs[(r * (k / 8) + k_begin / 8 + c8) as usize];
+        }
+        words[i] = word;
+    }
+}
+
+/// This invocation's words of the B tile at `k_begin`, `col` (zeros past column `n`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_rhs_words(
+    rhs: &[EightBf16],
+    words: &mut Array<EightBf16>,
+    col: u32,
+    k_begin: u32,
+    n: u32,
+    #[comptime] tk: usize,
+    #[comptime] tn: usize,
+    #[comptime] units: u32,
+) {
+    #[unroll]
+    for i in 0..tk * tn / 8 / units as usize {
+        let v = UNIT_POS + i as u32 * units;
+        let r = k_begin + v / (tn / 8) as u32;
+        let c = col + 8 * (v % (tn / 8) as u32);
+        let mut word = EightBf16::new(0u32);
+        if c < n {
+            word = rhs[(r * (n / 8) + c / 8) as usize];
+        }
+        words[i] = word;
+    }
+}
+
+/// An uninitialised workgroup-scope bf16 input matrix of the tile.
+#[cube]
+fn input_matrix(
+    #[comptime] ident: cmma::MatrixIdent,
+    #[comptime] tile: (usize, usize, usize),
+    #[comptime] layout: cmma::MatrixLayout,
+) -> cmma::Matrix<bf16, cmma::Cube> {
+    let (tm, tn, tk) = tile;
+    unsafe { cmma::Matrix::<bf16, cmma::Cube>::uninitialized(ident, tm, tn, tk, layout) }
+}
+
+/// The tile's f32 accumulator, zeroed.
+#[cube]
+fn zero_accumulator(#[comptime] tile: (usize, usize, usize)) -> cmma::Matrix<f32, cmma::Cube> {
+    let (tm, tn, tk) = tile;
+    cmma::Matrix::<f32, cmma::Cube>::from_value(
+        cmma::MatrixIdent::Accumulator,
+        tm,
+        tn,
+        tk,
+        cmma::MatrixLayout::Undefined,
+        0.0,
+    )
+}
+
 /// GPU extension ops; only the CubeCL backend (wgpu/Vulkan) implements them.
 #[backend_extension(Cube, Fusion)]
 pub trait KernelBackend: burn::backend::Backend {
@@ -126,19 +352,42 @@ impl KernelBackend for CubeBackend {
         let out = empty_f32(&lhs, vec![m, n]);
         let t = tiling();
         let cubes = CubeCount::Static(m.div_ceil(t.m) as u32, n.div_ceil(t.n) as u32, 1);
-        coopmat_gemm_kernel::launch(
-            &client,
-            cubes,
-            CubeDim::new_1d(t.units),
+        let dim = CubeDim::new_1d(t.units);
+        let tile = (t.m, t.n, t.k);
+        let (lhs, rhs, out_arg) = (
             lhs.into_buffer_arg(),
             rhs.into_buffer_arg(),
             out.clone().into_buffer_arg(),
-            m as u32,
-            n as u32,
-            k as u32,
-            (t.m, t.n, t.k),
         );
+        let (m, n, k) = (m as u32, n as u32, k as u32);
+        match staged_or_fallback(t, m, n, k) {
+            Scheme::Direct => {
+                coopmat_gemm_kernel::launch(&client, cubes, dim, lhs, rhs, out_arg, m, n, k, tile)
+            }
+            Scheme::Prefetch => coopmat_gemm_prefetch_kernel::launch(
+                &client, cubes, dim, lhs, rhs, out_arg, m, n, k, tile,
+            ),
+            // Safety: reads are guarded by the row and column bounds; K is whole steps and
+            // rows are whole 16-byte words (`staged_or_fallback`).
+            Scheme::Staged => unsafe {
+                coopmat_gemm_staged_kernel::launch_unchecked(
+                    &client, cubes, dim, lhs, rhs, out_arg, m, n, k, tile, t.units,
+                )
+            },
+        }
         out
+    }
+}
+
+/// The tiling's scheme, or `Direct` where `Staged` cannot take the shape: K must be whole
+/// steps, rows whole 16-byte words, and the tile whole words per invocation.
+fn staged_or_fallback(t: Tiling, _m: u32, n: u32, k: u32) -> Scheme {
+    let whole_words = |count: usize| count % (8 * t.units as usize) == 0;
+    let fits =
+        k as usize % t.k == 0 && n % 8 == 0 && whole_words(t.m * t.k) && whole_words(t.k * t.n);
+    match t.scheme {
+        Scheme::Staged if !fits => Scheme::Direct,
+        scheme => scheme,
     }
 }
 

@@ -27,7 +27,8 @@ pub struct MatmulArgs {
     /// f32 product of the same bf16 inputs.
     #[arg(long, value_enum, default_value_t = MatmulKernel::Burn)]
     pub kernel: MatmulKernel,
-    /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`).
+    /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`), optionally with a scheme:
+    /// `/direct` (the default), `/prefetch` or `/staged`.
     #[arg(long, value_delimiter = ',', default_value = "128x128x32/256")]
     pub tilings: Vec<String>,
 }
@@ -51,14 +52,31 @@ impl MatmulKernel {
 }
 
 fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Tiling> {
-    let (shape, units) = text
-        .split_once('/')
-        .ok_or_else(|| anyhow::anyhow!("tiling `{text}`: expected MxNxK/units"))?;
+    use gpt_oss_kernels::coopmat_gemm::Scheme;
+    let mut parts = text.split('/');
+    let (Some(shape), Some(units)) = (parts.next(), parts.next()) else {
+        anyhow::bail!("tiling `{text}`: expected MxNxK/units[/scheme]");
+    };
     let [m, n, k] = parse_shape(shape)?;
     let units = units
         .parse()
         .map_err(|e| anyhow::anyhow!("tiling `{text}`: units: {e}"))?;
-    Ok(gpt_oss_kernels::coopmat_gemm::Tiling { m, n, k, units })
+    let scheme = match parts.next() {
+        None | Some("direct") => Scheme::Direct,
+        Some("prefetch") => Scheme::Prefetch,
+        Some("staged") => Scheme::Staged,
+        Some(other) => {
+            anyhow::bail!("tiling `{text}`: scheme `{other}`: expected direct, prefetch or staged")
+        }
+    };
+    anyhow::ensure!(parts.next().is_none(), "tiling `{text}`: too many parts");
+    Ok(gpt_oss_kernels::coopmat_gemm::Tiling {
+        m,
+        n,
+        k,
+        units,
+        scheme,
+    })
 }
 
 /// `[m, k, n]` from `4096` or `16384x2880x5760`.
@@ -174,5 +192,23 @@ mod tests {
         assert!(parse_shape("8x16").is_err());
         assert!(parse_shape("a").is_err());
         assert!(parse_dtype("f64").is_err());
+    }
+
+    #[test]
+    fn tilings_parse_with_and_without_a_scheme() {
+        use gpt_oss_kernels::coopmat_gemm::Scheme;
+        let plain = parse_tiling("128x256x32/256").unwrap();
+        assert_eq!(
+            (plain.m, plain.n, plain.k, plain.units),
+            (128, 256, 32, 256)
+        );
+        assert_eq!(plain.scheme, Scheme::Direct);
+        assert_eq!(
+            parse_tiling("64x128x32/128/staged").unwrap().scheme,
+            Scheme::Staged
+        );
+        assert!(parse_tiling("128x256x32").is_err());
+        assert!(parse_tiling("128x256x32/256/fast").is_err());
+        assert!(parse_tiling("128x256x32/256/staged/x").is_err());
     }
 }
