@@ -382,9 +382,11 @@ impl KernelBackend for CubeBackend {
 /// The tiling's scheme, or `Direct` where `Staged` cannot take the shape: K must be whole
 /// steps, rows whole 16-byte words, and the tile whole words per invocation.
 fn staged_or_fallback(t: Tiling, _m: u32, n: u32, k: u32) -> Scheme {
-    let whole_words = |count: usize| count % (8 * t.units as usize) == 0;
-    let fits =
-        k as usize % t.k == 0 && n % 8 == 0 && whole_words(t.m * t.k) && whole_words(t.k * t.n);
+    let whole_words = |count: usize| count.is_multiple_of(8 * t.units as usize);
+    let fits = (k as usize).is_multiple_of(t.k)
+        && n.is_multiple_of(8)
+        && whole_words(t.m * t.k)
+        && whole_words(t.k * t.n);
     match t.scheme {
         Scheme::Staged if !fits => Scheme::Direct,
         scheme => scheme,
