@@ -12,7 +12,11 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 use half::bf16;
 
+use crate::bf16_rows::EightBf16;
 use crate::launch::empty_f32;
+use crate::staged_tiles::{
+    load_tile_words, staged_row_words, store_tile_words, whole_words_per_unit,
+};
 
 /// Output tile of one workgroup (m, n), the K step, invocations per workgroup (one of the
 /// driver's `units_per_block` for bf16: 32, 64, 128, 256) and how the tiles reach the matrices.
@@ -38,14 +42,14 @@ pub enum Scheme {
     Staged,
 }
 
-/// 128 x 256: 128-145 TF/s on scoring's projection and lm_head shapes against 89-111 for
-/// 128 x 128 (docs/benchmarks.md, sixth round).
+/// 128 x 256, staged: 208 TF/s on scoring's projection shapes against 128-134 loaded by
+/// tensor addressing (docs/benchmarks.md, eighteenth round).
 pub const DEFAULT_TILING: Tiling = Tiling {
     m: 128,
     n: 256,
     k: 32,
     units: 256,
-    scheme: Scheme::Direct,
+    scheme: Scheme::Staged,
 };
 
 static TILING: std::sync::Mutex<Tiling> = std::sync::Mutex::new(DEFAULT_TILING);
@@ -169,13 +173,6 @@ fn coopmat_gemm_prefetch_kernel(
     cmma::store_tensor(&mut out_tile, &c);
 }
 
-/// Eight bf16 values: four little-endian u32 words (one 16-byte load).
-type EightBf16 = Vector<u32, Const<4>>;
-
-/// Padding of a staged row, in bf16 values (one 16-byte word): rows of the stage do not start
-/// on the same shared-memory banks.
-const STAGE_PAD: usize = 8;
-
 #[cube(launch_unchecked)]
 fn coopmat_gemm_staged_kernel(
     lhs: &[EightBf16],
@@ -191,112 +188,36 @@ fn coopmat_gemm_staged_kernel(
     let out = TensorView::new(&*out, seq![m, n]).finish();
     let row = CUBE_POS_X * tm as u32;
     let col = CUBE_POS_Y * tn as u32;
-    // Stage rows in 16-byte words: A [tm, tk + pad], B [tk, tn + pad], both row-major.
-    let a_row_words = (tk + STAGE_PAD) / 8;
-    let b_row_words = (tn + STAGE_PAD) / 8;
-    let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_row_words);
-    let mut stage_b = Shared::<[EightBf16]>::new_slice(tk * b_row_words);
-    let a_per_unit = tm * tk / 8 / units as usize;
-    let b_per_unit = tk * tn / 8 / units as usize;
-    let mut next_a = Array::<EightBf16>::new(a_per_unit);
-    let mut next_b = Array::<EightBf16>::new(b_per_unit);
+    let a_stride = comptime![staged_row_words(tk)];
+    let b_stride = comptime![staged_row_words(tn)];
+    let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_stride);
+    let mut stage_b = Shared::<[EightBf16]>::new_slice(tk * b_stride);
+    let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / units as usize);
+    let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / units as usize);
     let mut a = input_matrix(cmma::MatrixIdent::A, tile, cmma::MatrixLayout::RowMajor);
     let mut b = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::RowMajor);
     let c = zero_accumulator(tile);
     let steps = k / tk as u32;
-    load_lhs_words(lhs, &mut next_a, row, 0, m, k, tm, tk, units);
-    load_rhs_words(rhs, &mut next_b, col, 0, n, tk, tn, units);
+    load_tile_words(lhs, &mut next_a, row, m, 0, k, k, tm, tk, units);
+    load_tile_words(rhs, &mut next_b, 0, k, col, n, n, tk, tn, units);
     for step in 0..steps {
         // The previous step's matrices have been loaded from the stage before it is rewritten.
         sync_cube();
-        #[unroll]
-        for i in 0..a_per_unit {
-            let v = UNIT_POS + i as u32 * units;
-            let r = v / (tk / 8) as u32;
-            let c8 = v % (tk / 8) as u32;
-            stage_a[(r * a_row_words as u32 + c8) as usize] = next_a[i];
-        }
-        #[unroll]
-        for i in 0..b_per_unit {
-            let v = UNIT_POS + i as u32 * units;
-            let r = v / (tn / 8) as u32;
-            let c8 = v % (tn / 8) as u32;
-            stage_b[(r * b_row_words as u32 + c8) as usize] = next_b[i];
-        }
+        store_tile_words(&next_a, &mut stage_a, tm, tk, units);
+        store_tile_words(&next_b, &mut stage_b, tk, tn, units);
         sync_cube();
         if step + 1 < steps {
             let k_next = (step + 1) * tk as u32;
-            load_lhs_words(lhs, &mut next_a, row, k_next, m, k, tm, tk, units);
-            load_rhs_words(rhs, &mut next_b, col, k_next, n, tk, tn, units);
+            load_tile_words(lhs, &mut next_a, row, m, k_next, k, k, tm, tk, units);
+            load_tile_words(rhs, &mut next_b, k_next, k, col, n, n, tk, tn, units);
         }
-        // Strides in u32 words (the loads divide by the four words of an EightBf16).
-        cmma::load(
-            &mut a,
-            &stage_a[0..tm * a_row_words],
-            (a_row_words * 4) as u32,
-        );
-        cmma::load(
-            &mut b,
-            &stage_b[0..tk * b_row_words],
-            (b_row_words * 4) as u32,
-        );
+        // Strides in u32 words (the loads divide them by an EightBf16's four words).
+        cmma::load(&mut a, &stage_a[0..tm * a_stride], (a_stride * 4) as u32);
+        cmma::load(&mut b, &stage_b[0..tk * b_stride], (b_stride * 4) as u32);
         cmma::execute(&a, &b, &c, &c);
     }
     let mut out_tile = out.slice(seq![row, col], seq![tm as u32, tn as u32]);
     cmma::store_tensor(&mut out_tile, &c);
-}
-
-/// This invocation's words of the A tile at `row`, `k_begin` (zeros past row `m`).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn load_lhs_words(
-    lhs: &[EightBf16],
-    words: &mut Array<EightBf16>,
-    row: u32,
-    k_begin: u32,
-    m: u32,
-    k: u32,
-    #[comptime] tm: usize,
-    #[comptime] tk: usize,
-    #[comptime] units: u32,
-) {
-    #[unroll]
-    for i in 0..tm * tk / 8 / units as usize {
-        let v = UNIT_POS + i as u32 * units;
-        let r = row + v / (tk / 8) as u32;
-        let c8 = v % (tk / 8) as u32;
-        let mut word = EightBf16::new(0u32);
-        if r < m {
-            word = lhs[(r * (k / 8) + k_begin / 8 + c8) as usize];
-        }
-        words[i] = word;
-    }
-}
-
-/// This invocation's words of the B tile at `k_begin`, `col` (zeros past column `n`).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn load_rhs_words(
-    rhs: &[EightBf16],
-    words: &mut Array<EightBf16>,
-    col: u32,
-    k_begin: u32,
-    n: u32,
-    #[comptime] tk: usize,
-    #[comptime] tn: usize,
-    #[comptime] units: u32,
-) {
-    #[unroll]
-    for i in 0..tk * tn / 8 / units as usize {
-        let v = UNIT_POS + i as u32 * units;
-        let r = k_begin + v / (tn / 8) as u32;
-        let c = col + 8 * (v % (tn / 8) as u32);
-        let mut word = EightBf16::new(0u32);
-        if c < n {
-            word = rhs[(r * (n / 8) + c / 8) as usize];
-        }
-        words[i] = word;
-    }
 }
 
 /// An uninitialised workgroup-scope bf16 input matrix of the tile.
@@ -382,11 +303,10 @@ impl KernelBackend for CubeBackend {
 /// The tiling's scheme, or `Direct` where `Staged` cannot take the shape: K must be whole
 /// steps, rows whole 16-byte words, and the tile whole words per invocation.
 fn staged_or_fallback(t: Tiling, _m: u32, n: u32, k: u32) -> Scheme {
-    let whole_words = |count: usize| count.is_multiple_of(8 * t.units as usize);
     let fits = (k as usize).is_multiple_of(t.k)
         && n.is_multiple_of(8)
-        && whole_words(t.m * t.k)
-        && whole_words(t.k * t.n);
+        && whole_words_per_unit(t.m, t.k, t.units)
+        && whole_words_per_unit(t.k, t.n, t.units);
     match t.scheme {
         Scheme::Staged if !fits => Scheme::Direct,
         scheme => scheme,

@@ -11,6 +11,7 @@ use cubecl::prelude::*;
 use super::kernel::{EPILOGUE_NONE, EPILOGUE_SCALED, EPILOGUE_SWIGLU, grouped_mxfp4_kernel};
 use super::{Tiling, UNITS};
 use crate::launch::{empty_f32, empty_of};
+use crate::staged_tiles::whole_words_per_unit;
 
 /// GPU extension ops for the grouped MoE; only the CubeCL backend implements them.
 #[backend_extension(Cube, Fusion)]
@@ -139,6 +140,13 @@ fn launch_grouped(
         // Every K is a multiple of one MXFP4 block; a longer step must divide it.
         t.k = 32;
     }
+    assert!(
+        k.is_multiple_of(8) && whole_words_per_unit(t.m, t.k, UNITS),
+        "grouped MXFP4 kernel: rows of {k} values in {} x {} tiles do not split into whole \
+         16-byte words per invocation",
+        t.m,
+        t.k
+    );
     assert!(
         (t.n * t.k / 8).is_multiple_of(UNITS as usize),
         "grouped MXFP4 kernel: a {} x {} stage must be a multiple of {} words",

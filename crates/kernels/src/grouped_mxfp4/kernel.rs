@@ -5,6 +5,8 @@ use half::bf16;
 
 use super::UNITS;
 use super::decode::{decode_stage_words, fp4_value, load_stage_words};
+use crate::bf16_rows::EightBf16;
+use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
 
 /// What the kernel does with a tile's products after storing them (comptime codes).
 pub(super) const EPILOGUE_NONE: u32 = 0;
@@ -27,7 +29,7 @@ pub(crate) fn expert_of_tile(tile_starts: &[u32], tile_id: u32, num_experts: u32
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn grouped_mxfp4_kernel(
-    a: &[bf16],
+    a: &[EightBf16],
     words: &[u32],
     scales: &[u32],
     offsets: &[u32],
@@ -55,11 +57,12 @@ pub(super) fn grouped_mxfp4_kernel(
     let row_begin = offsets[expert as usize] + (tile_id - tile_starts[expert as usize]) * tm as u32;
     let row_end = offsets[expert as usize + 1];
     let col_begin = CUBE_POS_Y * tn as u32;
-    let a_view = TensorView::new(a, seq![row_end, k]).finish();
     let out_view = TensorView::new(&*out, seq![row_end, n]).finish();
 
     let stage_size = tn * tk;
     let mut stage_b = Shared::<[bf16]>::new_aligned_slice(stage_size, 16usize);
+    let a_stride = comptime![staged_row_words(tk)];
+    let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_stride);
     let mut table = Shared::<[f32]>::new_slice(16usize);
     if UNIT_POS < 16 {
         table[UNIT_POS as usize] = fp4_value(UNIT_POS);
@@ -67,13 +70,14 @@ pub(super) fn grouped_mxfp4_kernel(
     let per_unit = tn * tk / 8 / UNITS as usize;
     let mut loaded = Array::<u32>::new(per_unit);
     let mut scale_codes = Array::<u32>::new(per_unit);
+    let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / UNITS as usize);
     let mut a_mat = unsafe {
         cmma::Matrix::<bf16, cmma::Cube>::uninitialized(
             cmma::MatrixIdent::A,
             tm,
             tn,
             tk,
-            cmma::MatrixLayout::Undefined,
+            cmma::MatrixLayout::RowMajor,
         )
     };
     let mut b_mat = unsafe {
@@ -96,22 +100,25 @@ pub(super) fn grouped_mxfp4_kernel(
     let expert_words = expert * n * (k / 8);
     let expert_scales = expert * scale_words_per_expert;
     let steps = k / tk as u32;
+    // Step 0's rows and words in registers; each step then stages them, and loads the next
+    // step's while the tensor cores multiply.
+    load_tile_words(a, &mut next_a, row_begin, row_end, 0, k, k, tm, tk, UNITS);
+    load_stage_words(
+        words,
+        scales,
+        &mut loaded,
+        &mut scale_codes,
+        expert_words,
+        expert_scales,
+        col_begin,
+        0,
+        n,
+        k,
+        tn,
+        tk,
+    );
     sync_cube();
     for step in 0..steps {
-        load_stage_words(
-            words,
-            scales,
-            &mut loaded,
-            &mut scale_codes,
-            expert_words,
-            expert_scales,
-            col_begin,
-            step * tk as u32,
-            n,
-            k,
-            tn,
-            tk,
-        );
         decode_stage_words(
             &loaded,
             &scale_codes,
@@ -121,12 +128,43 @@ pub(super) fn grouped_mxfp4_kernel(
             tk,
             use_table,
         );
+        store_tile_words(&next_a, &mut stage_a, tm, tk, UNITS);
         sync_cube();
-        let a_tile = a_view.slice(
-            seq![row_begin, step * tk as u32],
-            seq![tm as u32, tk as u32],
+        if step + 1 < steps {
+            let k_next = (step + 1) * tk as u32;
+            load_tile_words(
+                a,
+                &mut next_a,
+                row_begin,
+                row_end,
+                k_next,
+                k,
+                k,
+                tm,
+                tk,
+                UNITS,
+            );
+            load_stage_words(
+                words,
+                scales,
+                &mut loaded,
+                &mut scale_codes,
+                expert_words,
+                expert_scales,
+                col_begin,
+                k_next,
+                n,
+                k,
+                tn,
+                tk,
+            );
+        }
+        // The A stride in u32 words (the load divides it by an EightBf16's four words).
+        cmma::load(
+            &mut a_mat,
+            &stage_a[0..tm * a_stride],
+            (a_stride * 4) as u32,
         );
-        cmma::load_tensor(&mut a_mat, &a_tile);
         cmma::load(&mut b_mat, &stage_b[0..stage_size], tk as u32);
         cmma::execute(&a_mat, &b_mat, &acc, &acc);
         sync_cube();

@@ -1,0 +1,75 @@
+//! Input tiles staged through shared memory for the tensor-core kernels: each invocation loads
+//! its share of a bf16 tile from global memory in 16-byte words (into registers, so the next K
+//! step's loads overlap this step's products), then stores them into a shared stage whose rows
+//! are padded by one word, from where the cooperative matrices are loaded.
+//!
+//! Loading the matrices from shared memory instead of from global memory by tensor addressing
+//! took the dense GEMM from 152 to 260 TF/s at 8192^3 on an H100 (docs/benchmarks.md,
+//! eighteenth round).
+
+use cubecl::prelude::*;
+
+use crate::bf16_rows::EightBf16;
+
+/// Padding of a staged row, in bf16 values (one 16-byte word): consecutive rows of the stage
+/// do not start on the same shared-memory banks.
+pub const STAGE_PAD: usize = 8;
+
+/// 16-byte words in one staged row of `cols` bf16 values (with the padding).
+pub const fn staged_row_words(cols: usize) -> usize {
+    (cols + STAGE_PAD) / 8
+}
+
+/// This invocation's words of the `rows x cols` tile at (`row_begin`, `col_begin`) of a
+/// row-major bf16 matrix with `row_len` values per row: zeros at rows from `row_end` and at
+/// columns from `col_end` (`col_begin` and `col_end` multiples of 8).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn load_tile_words(
+    src: &[EightBf16],
+    words: &mut Array<EightBf16>,
+    row_begin: u32,
+    row_end: u32,
+    col_begin: u32,
+    col_end: u32,
+    row_len: u32,
+    #[comptime] rows: usize,
+    #[comptime] cols: usize,
+    #[comptime] units: u32,
+) {
+    let words_per_row = (cols / 8) as u32;
+    #[unroll]
+    for i in 0..rows * cols / 8 / units as usize {
+        let v = UNIT_POS + i as u32 * units;
+        let row = row_begin + v / words_per_row;
+        let col = col_begin + 8 * (v % words_per_row);
+        let mut word = EightBf16::new(0u32);
+        if row < row_end && col < col_end {
+            word = src[((row * row_len + col) / 8) as usize];
+        }
+        words[i] = word;
+    }
+}
+
+/// Stores this invocation's words (as `load_tile_words` loaded them) into the padded stage.
+#[cube]
+pub fn store_tile_words(
+    words: &Array<EightBf16>,
+    stage: &mut [EightBf16],
+    #[comptime] rows: usize,
+    #[comptime] cols: usize,
+    #[comptime] units: u32,
+) {
+    let words_per_row = (cols / 8) as u32;
+    let stride = comptime![staged_row_words(cols)] as u32;
+    #[unroll]
+    for i in 0..rows * cols / 8 / units as usize {
+        let v = UNIT_POS + i as u32 * units;
+        stage[((v / words_per_row) * stride + v % words_per_row) as usize] = words[i];
+    }
+}
+
+/// Whether a `rows x cols` tile splits into whole 16-byte words per invocation.
+pub fn whole_words_per_unit(rows: usize, cols: usize, units: u32) -> bool {
+    (rows * cols).is_multiple_of(8 * units as usize)
+}
