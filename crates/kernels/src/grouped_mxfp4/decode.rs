@@ -5,6 +5,8 @@ use cubecl::prelude::*;
 use half::bf16;
 
 use super::UNITS;
+use crate::bf16_rows::EightBf16;
+use crate::staged_tiles::staged_row_words;
 
 /// The E2M1 value of a 4-bit code (sign in bit 3).
 #[cube]
@@ -97,5 +99,43 @@ pub(super) fn decode_stage_words(
             };
             stage[base + q as usize] = bf16::cast_from(value * scale);
         }
+    }
+}
+
+/// Decodes loaded words into `stage` as 16-byte words: weight row `col` of the step at
+/// `col * staged_row_words(tk)` (column-major B with rows padded by one word). The decoded
+/// values have at most two significant bits, so the top half of their f32 bits is their bf16.
+#[cube]
+pub(super) fn decode_stage_packed(
+    loaded: &Array<u32>,
+    scale_codes: &Array<u32>,
+    table: &[f32],
+    stage: &mut [EightBf16],
+    #[comptime] tn: usize,
+    #[comptime] tk: usize,
+    #[comptime] use_table: bool,
+) {
+    let per_unit = tn * tk / 8 / UNITS as usize;
+    let stride = comptime![staged_row_words(tk)] as u32;
+    #[unroll]
+    for i in 0..per_unit {
+        let (local_row, part) = stage_word_position(i as u32, tk);
+        let scale = scale_value(scale_codes[i]);
+        let word = loaded[i];
+        let mut eight = EightBf16::new(0u32);
+        #[unroll]
+        for q in 0..4usize {
+            let low = (word >> (q as u32 * 8)) & 0xF;
+            let high = (word >> (q as u32 * 8 + 4)) & 0xF;
+            let (low, high) = if comptime![use_table] {
+                (table[low as usize], table[high as usize])
+            } else {
+                (fp4_value(low), fp4_value(high))
+            };
+            let low_bits = u32::reinterpret(low * scale) >> 16;
+            let high_bits = u32::reinterpret(high * scale) & 0xFFFF_0000;
+            eight.insert(q, low_bits | high_bits);
+        }
+        stage[(local_row * stride + part) as usize] = eight;
     }
 }

@@ -176,6 +176,7 @@ fn launch_grouped(
         epilogue.alpha,
         (t.m, t.n, t.k),
         t.table,
+        t.packed,
         epilogue.code,
     );
     (out, activation)

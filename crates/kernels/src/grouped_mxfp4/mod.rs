@@ -44,12 +44,19 @@ pub struct Tiling {
     pub k: usize,
     /// FP4 values from a 16-entry table in shared memory instead of arithmetic.
     pub table: bool,
+    /// Decoded weights stored in 16-byte words into a stage whose rows are padded by one word
+    /// (instead of one bf16 value at a time into an unpadded stage).
+    pub packed: bool,
 }
 
 impl Tiling {
     /// One number per tiling (how burn-fusion tells launches apart).
     pub fn code(&self) -> u64 {
-        self.m as u64 | (self.n as u64) << 16 | (self.k as u64) << 32 | (self.table as u64) << 48
+        self.m as u64
+            | (self.n as u64) << 16
+            | (self.k as u64) << 32
+            | (self.table as u64) << 48
+            | (self.packed as u64) << 49
     }
 }
 
@@ -59,6 +66,7 @@ pub const SMALL_TILES: Tiling = Tiling {
     n: 128,
     k: 32,
     table: true,
+    packed: false,
 };
 
 /// Tiles of 256 rows: each decoded weight tile serves four times the rows (scoring's
@@ -69,6 +77,7 @@ pub const LARGE_TILES: Tiling = Tiling {
     n: 128,
     k: 32,
     table: true,
+    packed: false,
 };
 
 /// Invocations per workgroup.
