@@ -77,7 +77,7 @@ pub const LARGE_TILES: Tiling = Tiling {
     n: 128,
     k: 32,
     table: true,
-    packed: false,
+    packed: true,
 };
 
 /// Invocations per workgroup.
