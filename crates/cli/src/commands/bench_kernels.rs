@@ -274,12 +274,12 @@ fn parse_rows_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::bf16_rows::R
     }
 }
 
-/// `MxNxK` with optional `/flags`: `t` FP4 table, `w` decoded weights stored in 16-byte words.
+/// `MxNxK` with optional `/flags`: `t` FP4 table.
 fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
     let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
     let [m, n, k] = super::bench_matmul::parse_shape(shape)?;
-    if let Some(bad) = flags.chars().find(|&c| c != 't' && c != 'w') {
-        anyhow::bail!("grouped tiling `{text}`: unknown flag `{bad}` (t: table, w: packed words)");
+    if let Some(bad) = flags.chars().find(|&c| c != 't') {
+        anyhow::bail!("grouped tiling `{text}`: unknown flag `{bad}` (t: table)");
     }
     anyhow::ensure!(
         k % 32 == 0 && m % 16 == 0 && n % 16 == 0,
@@ -290,7 +290,6 @@ fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
         n,
         k,
         table: flags.contains('t'),
-        packed: flags.contains('w'),
     })
 }
 

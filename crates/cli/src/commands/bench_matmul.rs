@@ -28,7 +28,7 @@ pub struct MatmulArgs {
     #[arg(long, value_enum, default_value_t = MatmulKernel::Burn)]
     pub kernel: MatmulKernel,
     /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`), optionally with a scheme:
-    /// `/direct` (the default), `/prefetch` or `/staged`.
+    /// `/direct` (the default) or `/staged`.
     #[arg(long, value_delimiter = ',', default_value = "128x128x32/256")]
     pub tilings: Vec<String>,
 }
@@ -63,10 +63,9 @@ fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Til
         .map_err(|e| anyhow::anyhow!("tiling `{text}`: units: {e}"))?;
     let scheme = match parts.next() {
         None | Some("direct") => Scheme::Direct,
-        Some("prefetch") => Scheme::Prefetch,
         Some("staged") => Scheme::Staged,
         Some(other) => {
-            anyhow::bail!("tiling `{text}`: scheme `{other}`: expected direct, prefetch or staged")
+            anyhow::bail!("tiling `{text}`: scheme `{other}`: expected direct or staged")
         }
     };
     anyhow::ensure!(parts.next().is_none(), "tiling `{text}`: too many parts");

@@ -1,8 +1,8 @@
 //! MXFP4 decoding: E2M1 codes and UE8M0 scales to values, and one K step of an expert's
-//! weight rows from packed words into a shared-memory stage (bf16, column-major B).
+//! weight rows from packed words into a shared-memory stage (bf16 in 16-byte words, rows padded
+//! as `staged_tiles` pads them: column-major B).
 
 use cubecl::prelude::*;
-use half::bf16;
 
 use super::UNITS;
 use crate::bf16_rows::EightBf16;
@@ -70,43 +70,11 @@ pub(super) fn load_stage_words(
     }
 }
 
-/// Decodes loaded words into `stage` ([tn][tk] bf16: element (kk, col) of B = W^T at
-/// col * tk + kk, column-major B).
-#[cube]
-pub(super) fn decode_stage_words(
-    loaded: &Array<u32>,
-    scale_codes: &Array<u32>,
-    table: &[f32],
-    stage: &mut [bf16],
-    #[comptime] tn: usize,
-    #[comptime] tk: usize,
-    #[comptime] use_table: bool,
-) {
-    let per_unit = tn * tk / 8 / UNITS as usize;
-    #[unroll]
-    for i in 0..per_unit {
-        let (local_row, part) = stage_word_position(i as u32, tk);
-        let base = (local_row * tk as u32 + part * 8) as usize;
-        let scale = scale_value(scale_codes[i]);
-        let word = loaded[i];
-        #[unroll]
-        for q in 0..8u32 {
-            let code = (word >> (q * 4)) & 0xF;
-            let value = if comptime![use_table] {
-                table[code as usize]
-            } else {
-                fp4_value(code)
-            };
-            stage[base + q as usize] = bf16::cast_from(value * scale);
-        }
-    }
-}
-
 /// Decodes loaded words into `stage` as 16-byte words: weight row `col` of the step at
 /// `col * staged_row_words(tk)` (column-major B with rows padded by one word). The decoded
 /// values have at most two significant bits, so the top half of their f32 bits is their bf16.
 #[cube]
-pub(super) fn decode_stage_packed(
+pub(super) fn decode_stage_words(
     loaded: &Array<u32>,
     scale_codes: &Array<u32>,
     table: &[f32],

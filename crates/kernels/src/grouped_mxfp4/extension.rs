@@ -176,7 +176,6 @@ fn launch_grouped(
         epilogue.alpha,
         (t.m, t.n, t.k),
         t.table,
-        t.packed,
         epilogue.code,
     );
     (out, activation)

@@ -4,7 +4,7 @@ use cubecl::prelude::*;
 use half::bf16;
 
 use super::UNITS;
-use super::decode::{decode_stage_packed, decode_stage_words, fp4_value, load_stage_words};
+use super::decode::{decode_stage_words, fp4_value, load_stage_words};
 use crate::bf16_rows::EightBf16;
 use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
 
@@ -46,7 +46,6 @@ pub(super) fn grouped_mxfp4_kernel(
     alpha: f32,
     #[comptime] tile: (usize, usize, usize),
     #[comptime] use_table: bool,
-    #[comptime] packed: bool,
     #[comptime] epilogue: u32,
 ) {
     let (tm, tn, tk) = tile;
@@ -60,16 +59,10 @@ pub(super) fn grouped_mxfp4_kernel(
     let col_begin = CUBE_POS_Y * tn as u32;
     let out_view = TensorView::new(&*out, seq![row_end, n]).finish();
 
-    let stage_size = tn * tk;
-    let mut stage_b = Shared::<[bf16]>::new_aligned_slice(
-        comptime![if packed { 1usize } else { stage_size }],
-        16usize,
-    );
-    let b_stride = comptime![staged_row_words(tk)];
-    let mut packed_b =
-        Shared::<[EightBf16]>::new_slice(comptime![if packed { tn * b_stride } else { 1usize }]);
-    let a_stride = comptime![staged_row_words(tk)];
-    let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_stride);
+    // Both stages hold rows of one K step (A: input rows, B: weight rows), padded.
+    let stride = comptime![staged_row_words(tk)];
+    let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * stride);
+    let mut stage_b = Shared::<[EightBf16]>::new_slice(tn * stride);
     let mut table = Shared::<[f32]>::new_slice(16usize);
     if UNIT_POS < 16 {
         table[UNIT_POS as usize] = fp4_value(UNIT_POS);
@@ -126,27 +119,15 @@ pub(super) fn grouped_mxfp4_kernel(
     );
     sync_cube();
     for step in 0..steps {
-        if comptime![packed] {
-            decode_stage_packed(
-                &loaded,
-                &scale_codes,
-                &table,
-                &mut packed_b,
-                tn,
-                tk,
-                use_table,
-            );
-        } else {
-            decode_stage_words(
-                &loaded,
-                &scale_codes,
-                &table,
-                &mut stage_b,
-                tn,
-                tk,
-                use_table,
-            );
-        }
+        decode_stage_words(
+            &loaded,
+            &scale_codes,
+            &table,
+            &mut stage_b,
+            tn,
+            tk,
+            use_table,
+        );
         store_tile_words(&next_a, &mut stage_a, tm, tk, UNITS);
         sync_cube();
         if step + 1 < steps {
@@ -178,21 +159,9 @@ pub(super) fn grouped_mxfp4_kernel(
                 tk,
             );
         }
-        // The A stride in u32 words (the load divides it by an EightBf16's four words).
-        cmma::load(
-            &mut a_mat,
-            &stage_a[0..tm * a_stride],
-            (a_stride * 4) as u32,
-        );
-        if comptime![packed] {
-            cmma::load(
-                &mut b_mat,
-                &packed_b[0..tn * b_stride],
-                (b_stride * 4) as u32,
-            );
-        } else {
-            cmma::load(&mut b_mat, &stage_b[0..stage_size], tk as u32);
-        }
+        // Strides in u32 words (the loads divide them by an EightBf16's four words).
+        cmma::load(&mut a_mat, &stage_a[0..tm * stride], (stride * 4) as u32);
+        cmma::load(&mut b_mat, &stage_b[0..tn * stride], (stride * 4) as u32);
         cmma::execute(&a_mat, &b_mat, &acc, &acc);
         sync_cube();
     }

@@ -5,9 +5,11 @@
 //! [N, K] read from the checkpoint's MXFP4 words (8 nibbles per u32, low nibble first) and
 //! scale bytes (packed four to a u32) and decoded to bf16 in shared memory one K step (whole
 //! 32-wide blocks) at a time; the products run on the tensor cores (workgroup-scope cooperative
-//! matrices). Each step loads and decodes its words, then multiplies, with a barrier after
-//! each (a second shared stage, the next step's words decoded behind this step's products,
-//! was measured and removed: 90-92 against 97-98 TF/s at scoring's size, docs/benchmarks.md).
+//! matrices). The rows of `a` are staged in shared memory too (`staged_tiles`). Each step
+//! decodes its words and stores its rows, then loads the next step's words and rows into
+//! registers while the tensor cores multiply (staging the rows took the kernel from 96 to 124
+//! TF/s at scoring's size, and storing the decoded weights in 16-byte words into padded rows
+//! to 141; a second shared stage was measured earlier and removed: docs/benchmarks.md).
 //! Which expert and row tile a workgroup takes comes from `tile_starts` (prefix sums of
 //! ceil(count / tm)), computed on the device: no host round trip. The grid is sized for the
 //! worst case (ceil(P / tm) + E tiles); workgroups past the last tile exit at once.
@@ -44,19 +46,12 @@ pub struct Tiling {
     pub k: usize,
     /// FP4 values from a 16-entry table in shared memory instead of arithmetic.
     pub table: bool,
-    /// Decoded weights stored in 16-byte words into a stage whose rows are padded by one word
-    /// (instead of one bf16 value at a time into an unpadded stage).
-    pub packed: bool,
 }
 
 impl Tiling {
     /// One number per tiling (how burn-fusion tells launches apart).
     pub fn code(&self) -> u64 {
-        self.m as u64
-            | (self.n as u64) << 16
-            | (self.k as u64) << 32
-            | (self.table as u64) << 48
-            | (self.packed as u64) << 49
+        self.m as u64 | (self.n as u64) << 16 | (self.k as u64) << 32 | (self.table as u64) << 48
     }
 }
 
@@ -66,18 +61,16 @@ pub const SMALL_TILES: Tiling = Tiling {
     n: 128,
     k: 32,
     table: true,
-    packed: false,
 };
 
 /// Tiles of 256 rows: each decoded weight tile serves four times the rows (scoring's
-/// thousands of rows per expert: 97-98 against 64 TF/s, and against 90-92 with the second
-/// stage, docs/benchmarks.md).
+/// thousands of rows per expert: 141 against 110 TF/s for tiles of 64 and 131 for 128 x 256,
+/// docs/benchmarks.md, eighteenth round).
 pub const LARGE_TILES: Tiling = Tiling {
     m: 256,
     n: 128,
     k: 32,
     table: true,
-    packed: true,
 };
 
 /// Invocations per workgroup.
