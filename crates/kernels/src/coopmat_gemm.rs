@@ -227,7 +227,7 @@ impl KernelBackend for CubeBackend {
             out.clone().into_buffer_arg(),
         );
         let (m, n, k) = (m as u32, n as u32, k as u32);
-        match staged_or_fallback(t, m, n, k) {
+        match staged_or_fallback(t, n, k) {
             Scheme::Direct => {
                 coopmat_gemm_kernel::launch(&client, cubes, dim, lhs, rhs, out_arg, m, n, k, tile)
             }
@@ -245,7 +245,7 @@ impl KernelBackend for CubeBackend {
 
 /// The tiling's scheme, or `Direct` where `Staged` cannot take the shape: K must be whole
 /// steps, rows whole 16-byte words, and the tile whole words per invocation.
-fn staged_or_fallback(t: Tiling, _m: u32, n: u32, k: u32) -> Scheme {
+fn staged_or_fallback(t: Tiling, n: u32, k: u32) -> Scheme {
     let fits = (k as usize).is_multiple_of(t.k)
         && n.is_multiple_of(8)
         && whole_words_per_unit(t.m, t.k, t.units)
