@@ -273,3 +273,38 @@ pub fn reference_gemm(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
     let rhs = rhs.cast(DType::BF16).cast(DType::F32);
     lhs.matmul(rhs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_gemm_takes_whole_steps_and_words_and_falls_back_otherwise() {
+        // Scoring's projection and lm_head shapes are staged.
+        for (n, k) in [(5120, 2880), (2880, 4096), (93184, 2880)] {
+            assert_eq!(staged_or_fallback(DEFAULT_TILING, n, k), Scheme::Staged);
+        }
+        // K not whole steps of 32, or rows not whole 16-byte words: loaded directly.
+        assert_eq!(
+            staged_or_fallback(DEFAULT_TILING, 5120, 2888),
+            Scheme::Direct
+        );
+        assert_eq!(
+            staged_or_fallback(DEFAULT_TILING, 5124, 2880),
+            Scheme::Direct
+        );
+        // A tile that does not split into whole words per invocation.
+        let uneven = Tiling {
+            m: 16,
+            units: 256,
+            ..DEFAULT_TILING
+        };
+        assert_eq!(staged_or_fallback(uneven, 5120, 2880), Scheme::Direct);
+        // The direct scheme stays direct.
+        let direct = Tiling {
+            scheme: Scheme::Direct,
+            ..DEFAULT_TILING
+        };
+        assert_eq!(staged_or_fallback(direct, 5120, 2880), Scheme::Direct);
+    }
+}
