@@ -43,8 +43,9 @@ pub struct KernelCheckArgs {
     /// check.
     #[arg(long)]
     pub decoding_only: bool,
-    /// Only these decoding checks (few_rows, lm_head, projection_paths, rms_norm, router, moe_pairs,
-    /// attention_rows, attention_step, rotary, write_at_index, write_in_place, greedy_into_state,
+    /// Only these checks (scoring's grouped, logsumexp, attention_tiles; decoding's few_rows,
+    /// lm_head, projection_paths, rms_norm, router, o_router, moe_pairs, attention_rows,
+    /// attention_step, rotary, write_at_index, write_in_place, greedy_into_state,
     /// embedding_rows); with `--decode-timings`, only these groups of timings (small: norms,
     /// router, RoPE and attention; layer_chain; projections; pairs).
     #[arg(long, value_delimiter = ',')]
@@ -93,14 +94,13 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
         selected.description
     );
     let device = selected.device;
-    let mut rng = StdRng::seed_from_u64(3);
     if !args.grouped_tilings.is_empty() {
         let tilings: Vec<_> = args
             .grouped_tilings
             .iter()
             .map(|t| parse_grouped_tiling(t))
             .collect::<anyhow::Result<_>>()?;
-        return time_grouped_tilings(&tilings, &mut rng, &device);
+        return time_grouped_tilings(&tilings, &mut StdRng::seed_from_u64(3), &device);
     }
     if args.decode_timings {
         let rows_tilings: Vec<_> = args
@@ -118,13 +118,25 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
             &args.only,
         );
     }
-    if args.decoding_only || !args.only.is_empty() {
-        return check_decoding_kernels(&device, &args.only);
+    if args.decoding_only {
+        return run_checks(&device, &DECODING_CHECKS, &args.only);
     }
+    let all: Vec<(&str, Check)> = SCORING_CHECKS
+        .iter()
+        .chain(DECODING_CHECKS.iter())
+        .copied()
+        .collect();
+    run_checks(&device, &all, &args.only)
+}
+
+/// The grouped tensor-core kernels (tiles of 64 and 256 rows, with their epilogues) and the
+/// few-rows grouped kernel on every case, against the reference grouped matmul.
+fn check_grouped_kernels(device: &Device) -> anyhow::Result<()> {
+    let mut rng = StdRng::seed_from_u64(3);
     let mut worst = Worst::new("grouped kernel", 1e-2);
     for (experts, rows, n, k) in CASES {
-        let matrix = random_mxfp4(&mut rng, [experts, n, k], 122..=130, &device);
-        let (ids, a) = random_routed_rows(&mut rng, experts, [rows, k], &device);
+        let matrix = random_mxfp4(&mut rng, [experts, n, k], 122..=130, device);
+        let (ids, a) = random_routed_rows(&mut rng, experts, [rows, k], device);
         let kernels = [
             ("tiles", TILE_ROWS),
             ("large tiles", LARGE_TILE_ROWS),
@@ -137,7 +149,7 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
             let groups = group_by_expert(ids.clone(), experts, tile_rows);
             let run = || grouped_matmul(a.clone(), &matrix, &groups, ExpertPath::GroupedKernel);
             let ours = run();
-            let seconds = seconds_per_call(&device, run)?;
+            let seconds = seconds_per_call(device, run)?;
             let reference = grouped_matmul_reference(a.clone(), &matrix, &groups);
             if let Some(tiling) = tensor_core_tiling(tile_rows) {
                 check_fused_epilogues(&mut worst, &a, &matrix, &groups, tiling, &reference)?;
@@ -151,14 +163,19 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
             );
         }
     }
-    worst.finish()?;
-    check_logsumexp(&device)?;
-    attention::check_attention_tiles(&device)?;
-    check_decoding_kernels(&device, &[])
+    worst.finish()
 }
 
 /// A kernel check on one device.
 type Check = fn(&Device) -> anyhow::Result<()>;
+
+/// The checks of the kernels scoring and prefill run, by name (`--only`), in the order a
+/// full check runs them (before the decoding checks).
+const SCORING_CHECKS: [(&str, Check); 3] = [
+    ("grouped", check_grouped_kernels),
+    ("logsumexp", check_logsumexp),
+    ("attention_tiles", attention::check_attention_tiles),
+];
 
 /// The checks of the kernels a decode step runs, by name (`--only`), in the order
 /// `--decoding-only` runs them.
@@ -192,15 +209,12 @@ fn ensure_known(only: &[String], known: &[&str], what: &str) -> anyhow::Result<(
     Ok(())
 }
 
-/// The decoding checks named in `only` (every one when empty); an unknown name is an error
-/// that lists the known ones.
-fn check_decoding_kernels(device: &Device, only: &[String]) -> anyhow::Result<()> {
-    ensure_known(
-        only,
-        &DECODING_CHECKS.map(|(known, _)| known),
-        "decoding check",
-    )?;
-    let chosen = DECODING_CHECKS
+/// The checks of `checks` named in `only` (every one when empty), in their order; an unknown
+/// name is an error that lists the known ones, before any check runs.
+fn run_checks(device: &Device, checks: &[(&str, Check)], only: &[String]) -> anyhow::Result<()> {
+    let known: Vec<&str> = checks.iter().map(|(name, _)| *name).collect();
+    ensure_known(only, &known, "check")?;
+    let chosen = checks
         .iter()
         .filter(|(name, _)| only.is_empty() || only.iter().any(|o| o == name));
     for (_, check) in chosen {
@@ -558,11 +572,34 @@ mod tests {
     /// `--only` refuses a name no check has, before running any, and lists the known ones.
     #[test]
     fn only_refuses_unknown_checks() {
-        let error = check_decoding_kernels(&Device::flex(), &["lm_head".into(), "lm-head".into()])
-            .unwrap_err()
-            .to_string();
+        let error = run_checks(
+            &Device::flex(),
+            &DECODING_CHECKS,
+            &["lm_head".into(), "lm-head".into()],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("`lm-head`"), "{error}");
         assert!(error.contains("embedding_rows"), "{error}");
+        // The scoring checks are not decoding checks.
+        let error = run_checks(&Device::flex(), &DECODING_CHECKS, &["grouped".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`grouped`"), "{error}");
+    }
+
+    /// Every check has its own name, so `--only` picks exactly one.
+    #[test]
+    fn check_names_are_unique() {
+        let mut names: Vec<&str> = SCORING_CHECKS
+            .iter()
+            .chain(DECODING_CHECKS.iter())
+            .map(|(name, _)| *name)
+            .collect();
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count);
     }
 
     /// `--only` with `--decode-timings` refuses a name no group of timings has, before timing
