@@ -13,17 +13,15 @@ mod attention;
 mod decode_timings;
 mod decoding;
 mod few_rows;
+mod grouped;
 
-use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
-use gpt_oss_kernels::grouped_mxfp4;
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use gpt_oss_model::device::{DeviceChoice, select_device};
 use gpt_oss_model::transformer::experts::{ExpertMatrix, Experts, PackedMxfp4};
-use gpt_oss_model::transformer::moe_grouped::{
-    ExpertGroups, ExpertPath, FEW_ROWS, LARGE_TILE_ROWS, TILE_ROWS, group_by_expert,
-    grouped_matmul, grouped_matmul_reference, tensor_core_tiling,
-};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
+
+use grouped::{check_grouped_kernels, parse_grouped_tiling, time_grouped_tilings};
 
 #[derive(clap::Args, Debug)]
 pub struct KernelCheckArgs {
@@ -73,18 +71,6 @@ pub struct KernelCheckArgs {
     pub weights_in_l2: bool,
 }
 
-/// (experts, rows, n, k) per case.
-const CASES: [(usize, usize, usize, usize); 8] = [
-    (1, 1, 128, 32),
-    (1, 64, 128, 32),
-    (2, 100, 200, 64),
-    (4, 300, 256, 128),
-    (32, 4, 5760, 2880),
-    (32, 128, 2880, 2880),
-    (32, 2048, 5760, 2880),
-    (32, 65536, 5760, 2880),
-];
-
 pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
@@ -127,43 +113,6 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
         .copied()
         .collect();
     run_checks(&device, &all, &args.only)
-}
-
-/// The grouped tensor-core kernels (tiles of 64 and 256 rows, with their epilogues) and the
-/// few-rows grouped kernel on every case, against the reference grouped matmul.
-fn check_grouped_kernels(device: &Device) -> anyhow::Result<()> {
-    let mut rng = StdRng::seed_from_u64(3);
-    let mut worst = Worst::new("grouped kernel", 1e-2);
-    for (experts, rows, n, k) in CASES {
-        let matrix = random_mxfp4(&mut rng, [experts, n, k], 122..=130, device);
-        let (ids, a) = random_routed_rows(&mut rng, experts, [rows, k], device);
-        let kernels = [
-            ("tiles", TILE_ROWS),
-            ("large tiles", LARGE_TILE_ROWS),
-            ("rows", FEW_ROWS),
-        ];
-        for (kernel, tile_rows) in kernels {
-            if kernel == "rows" && rows > 4096 {
-                continue; // weights re-read every 8 rows: minutes at this size
-            }
-            let groups = group_by_expert(ids.clone(), experts, tile_rows);
-            let run = || grouped_matmul(a.clone(), &matrix, &groups, ExpertPath::GroupedKernel);
-            let ours = run();
-            let seconds = seconds_per_call(device, run)?;
-            let reference = grouped_matmul_reference(a.clone(), &matrix, &groups);
-            if let Some(tiling) = tensor_core_tiling(tile_rows) {
-                check_fused_epilogues(&mut worst, &a, &matrix, &groups, tiling, &reference)?;
-            }
-            worst.record(
-                ours,
-                reference,
-                json!({"kernel": kernel, "tile_rows": tile_rows, "experts": experts,
-                       "rows": rows, "n": n, "k": k, "seconds": seconds,
-                       "tflops": 2.0 * (rows * n * k) as f64 / seconds / 1e12}),
-            );
-        }
-    }
-    worst.finish()
 }
 
 /// A kernel check on one device.
@@ -223,56 +172,6 @@ fn run_checks(device: &Device, checks: &[(&str, Check)], only: &[String]) -> any
     Ok(())
 }
 
-/// The tensor-core kernel with its epilogues (gate_up: bias and clamped SwiGLU; down: bias and
-/// row weights) against burn's ops on the reference product `product` of `a`.
-fn check_fused_epilogues(
-    worst: &mut Worst,
-    a: &Tensor<2>,
-    matrix: &ExpertMatrix,
-    groups: &ExpertGroups,
-    tiling: grouped_mxfp4::Tiling,
-    product: &Tensor<2>,
-) -> anyhow::Result<()> {
-    let ExpertMatrix::Mxfp4(packed) = matrix else {
-        unreachable!("random_mxfp4 packs MXFP4")
-    };
-    let device = a.device();
-    let [rows, n] = product.dims();
-    let experts = packed.words.dims()[0];
-    let (weights, tiles) = (packed.kernel_weights(), groups.kernel_tiles(tiling));
-    let bias = standard_normal([experts, n], &device);
-    let row_weights = Tensor::<1>::random([rows], Distribution::Default, &device);
-    let biased = product.clone() + bias.clone().select(0, groups.expert_of_row.clone());
-    let (limit, alpha) = (7.0, 1.702);
-    let swiglu = grouped_mxfp4::grouped_mxfp4_swiglu(
-        a.clone(),
-        weights.clone(),
-        tiles.clone(),
-        bias.clone(),
-        limit,
-        alpha,
-    )
-    .cast(DType::F32);
-    // The kernel writes bf16 activations: the reference is rounded the same way.
-    worst.record(
-        swiglu,
-        gpt_oss_model::transformer::experts::swiglu(biased.clone(), limit, alpha)
-            .cast(DType::BF16)
-            .cast(DType::F32),
-        json!({"kernel": "tiles + bias + SwiGLU", "tile_rows": tiling.m, "experts": experts,
-               "rows": rows, "n": n}),
-    );
-    let scaled =
-        grouped_mxfp4::grouped_mxfp4_scaled(a.clone(), weights, tiles, bias, row_weights.clone());
-    worst.record(
-        scaled,
-        biased * row_weights.unsqueeze_dim(1),
-        json!({"kernel": "tiles + bias x row weight", "tile_rows": tiling.m,
-               "experts": experts, "rows": rows, "n": n}),
-    );
-    Ok(())
-}
-
 /// `GROUPSxUNROLL` (`4x16`) as a few-row product tiling.
 fn parse_rows_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::bf16_rows::RowsTiling> {
     let parsed = text
@@ -286,78 +185,6 @@ fn parse_rows_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::bf16_rows::R
              unroll 0 to 32)"
         ),
     }
-}
-
-/// `MxNxK` with optional `/flags`: `t` FP4 table.
-fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
-    let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
-    let [m, n, k] = super::bench_matmul::parse_shape(shape)?;
-    if let Some(bad) = flags.chars().find(|&c| c != 't') {
-        anyhow::bail!("grouped tiling `{text}`: unknown flag `{bad}` (t: table)");
-    }
-    anyhow::ensure!(
-        k % 32 == 0 && m % 16 == 0 && n % 16 == 0,
-        "grouped tiling `{text}`: K must be a multiple of 32, M and N of 16"
-    );
-    Ok(grouped_mxfp4::Tiling {
-        m,
-        n,
-        k,
-        table: flags.contains('t'),
-    })
-}
-
-/// Times the tensor-core grouped kernel with each tiling on scoring's experts (65,536 rows
-/// routed at random over 32 experts, 5760 x 2880), checked against the reference.
-fn time_grouped_tilings(
-    tilings: &[grouped_mxfp4::Tiling],
-    rng: &mut StdRng,
-    device: &Device,
-) -> anyhow::Result<()> {
-    let (experts, rows, n, k) = (32, 65536, 5760, 2880);
-    let matrix = random_mxfp4(rng, [experts, n, k], 122..=130, device);
-    let ExpertMatrix::Mxfp4(packed) = &matrix else {
-        unreachable!("random_mxfp4 packs MXFP4")
-    };
-    let (ids, a) = random_routed_rows(rng, experts, [rows, k], device);
-    let mut worst = Worst::new("grouped kernel", 1e-2);
-    let mut reference = None;
-    for &tiling in tilings {
-        let groups = group_by_expert(ids.clone(), experts, tiling.m);
-        let reference = reference
-            .get_or_insert_with(|| grouped_matmul_reference(a.clone(), &matrix, &groups))
-            .clone();
-        let (weights, tiles) = (packed.kernel_weights(), groups.kernel_tiles(tiling));
-        let run = || grouped_mxfp4::grouped_mxfp4_matmul(a.clone(), weights.clone(), tiles.clone());
-        let ours = run();
-        let seconds = seconds_per_call(device, run)?;
-        worst.record(
-            ours,
-            reference,
-            json!({"kernel": "grouped tiles", "tiling": format!("{tiling:?}"),
-                   "rows": rows, "n": n, "k": k, "seconds": seconds,
-                   "tflops": 2.0 * (rows * n * k) as f64 / seconds / 1e12}),
-        );
-    }
-    worst.finish()
-}
-
-/// Expert ids [rows] drawn at random from `experts`, and rows [rows, k] of bf16-representable
-/// values (the kernels round their inputs to bf16; the reference then sees the same values).
-fn random_routed_rows(
-    rng: &mut StdRng,
-    experts: usize,
-    [rows, k]: [usize; 2],
-    device: &Device,
-) -> (Tensor<1, Int>, Tensor<2>) {
-    let ids: Vec<i64> = (0..rows)
-        .map(|_| rng.random_range(0..experts as i64))
-        .collect();
-    let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows]), device);
-    let a = Tensor::<2>::random([rows, k], Distribution::Default, device)
-        .cast(DType::BF16)
-        .cast(DType::F32);
-    (ids, a)
 }
 
 /// A random MoE layer's experts of 20b's SwiGLU constants: `experts` gate_up [2 inter, hidden]
