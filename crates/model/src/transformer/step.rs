@@ -29,7 +29,7 @@ use super::GptOss;
 use super::cache::{FixedKv, KvCache};
 use super::mask::{SlotRange, visible_ranges};
 use super::moe::RoutingHooks;
-use super::moe_pairs::pair_weights;
+use super::moe_pairs::{MAX_O_WITH_ROUTER_TOKENS, pair_weights};
 use super::project::on_kernel_path;
 use crate::routing::ExpertMask;
 
@@ -268,8 +268,8 @@ pub struct StepState {
     layers: Vec<FixedKv>,
     /// Zero counts a layer's launch of the output projection with the router takes (its
     /// workgroups count their arrivals and the last sets them back to zero; the layers run one
-    /// after another, so they share them).
-    arrivals: Tensor<1, Int>,
+    /// after another, so they share them). Made only for batches that launch can take.
+    arrivals: Option<Tensor<1, Int>>,
 }
 
 impl StepState {
@@ -283,7 +283,8 @@ impl StepState {
         device: &Device,
     ) -> Self {
         let (slot, tokens, picks) = first_values(first, prompt_slots, capacity, device);
-        let arrivals = zero_arrival_counts(first.len(), device);
+        let arrivals = (first.len() <= MAX_O_WITH_ROUTER_TOKENS)
+            .then(|| zero_arrival_counts(first.len(), device));
         Self {
             slot,
             tokens,
@@ -424,7 +425,7 @@ impl GptOss {
                 deferred: None,
             };
             x = layer
-                .moe_after_attended(x, attended, hooks, Some(&state.arrivals))
+                .moe_after_attended(x, attended, hooks, state.arrivals.as_ref())
                 .hidden;
         }
         let logits = self.lm_head.forward(self.norm.forward(x));
