@@ -82,32 +82,9 @@ fn coopmat_gemm_kernel(
     let row = CUBE_POS_X * tm as u32;
     let col = CUBE_POS_Y * tn as u32;
 
-    let mut a = unsafe {
-        cmma::Matrix::<bf16, cmma::Cube>::uninitialized(
-            cmma::MatrixIdent::A,
-            tm,
-            tn,
-            tk,
-            cmma::MatrixLayout::Undefined,
-        )
-    };
-    let mut b = unsafe {
-        cmma::Matrix::<bf16, cmma::Cube>::uninitialized(
-            cmma::MatrixIdent::B,
-            tm,
-            tn,
-            tk,
-            cmma::MatrixLayout::Undefined,
-        )
-    };
-    let c = cmma::Matrix::<f32, cmma::Cube>::from_value(
-        cmma::MatrixIdent::Accumulator,
-        tm,
-        tn,
-        tk,
-        cmma::MatrixLayout::Undefined,
-        0.0,
-    );
+    let mut a = input_matrix(cmma::MatrixIdent::A, tile, cmma::MatrixLayout::Undefined);
+    let mut b = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::Undefined);
+    let c = zero_accumulator(tile);
     for k_offs in range_stepped(0, k, tk as u32) {
         let a_tile = lhs.slice(seq![row, k_offs], seq![tm as u32, tk as u32]);
         let b_tile = rhs.slice(seq![k_offs, col], seq![tk as u32, tn as u32]);
@@ -168,7 +145,7 @@ fn coopmat_gemm_staged_kernel(
 
 /// An uninitialised workgroup-scope bf16 input matrix of the tile.
 #[cube]
-fn input_matrix(
+pub(crate) fn input_matrix(
     #[comptime] ident: cmma::MatrixIdent,
     #[comptime] tile: (usize, usize, usize),
     #[comptime] layout: cmma::MatrixLayout,
@@ -179,7 +156,9 @@ fn input_matrix(
 
 /// The tile's f32 accumulator, zeroed.
 #[cube]
-fn zero_accumulator(#[comptime] tile: (usize, usize, usize)) -> cmma::Matrix<f32, cmma::Cube> {
+pub(crate) fn zero_accumulator(
+    #[comptime] tile: (usize, usize, usize),
+) -> cmma::Matrix<f32, cmma::Cube> {
     let (tm, tn, tk) = tile;
     cmma::Matrix::<f32, cmma::Cube>::from_value(
         cmma::MatrixIdent::Accumulator,

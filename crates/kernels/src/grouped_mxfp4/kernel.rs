@@ -6,6 +6,7 @@ use half::bf16;
 use super::UNITS;
 use super::decode::{decode_stage_words, fp4_value, load_stage_words};
 use crate::bf16_rows::EightBf16;
+use crate::coopmat_gemm::{input_matrix, zero_accumulator};
 use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
 
 /// What the kernel does with a tile's products after storing them (comptime codes).
@@ -71,32 +72,9 @@ pub(super) fn grouped_mxfp4_kernel(
     let mut loaded = Array::<u32>::new(per_unit);
     let mut scale_codes = Array::<u32>::new(per_unit);
     let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / UNITS as usize);
-    let mut a_mat = unsafe {
-        cmma::Matrix::<bf16, cmma::Cube>::uninitialized(
-            cmma::MatrixIdent::A,
-            tm,
-            tn,
-            tk,
-            cmma::MatrixLayout::RowMajor,
-        )
-    };
-    let mut b_mat = unsafe {
-        cmma::Matrix::<bf16, cmma::Cube>::uninitialized(
-            cmma::MatrixIdent::B,
-            tm,
-            tn,
-            tk,
-            cmma::MatrixLayout::ColMajor,
-        )
-    };
-    let acc = cmma::Matrix::<f32, cmma::Cube>::from_value(
-        cmma::MatrixIdent::Accumulator,
-        tm,
-        tn,
-        tk,
-        cmma::MatrixLayout::Undefined,
-        0.0,
-    );
+    let mut a_mat = input_matrix(cmma::MatrixIdent::A, tile, cmma::MatrixLayout::RowMajor);
+    let mut b_mat = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::ColMajor);
+    let acc = zero_accumulator(tile);
     let expert_words = expert * n * (k / 8);
     let expert_scales = expert * scale_words_per_expert;
     let steps = k / tk as u32;
