@@ -22,9 +22,11 @@ use crate::launch::empty_f32;
 use crate::staged_tiles::{
     load_tile_words, staged_row_words, store_tile_words, whole_words_per_unit,
 };
+use crate::tile_order::{TileOrder, tile_position};
 
 /// Output tile of one workgroup (m, n), the K step, invocations per workgroup (one of the
-/// driver's `units_per_block` for bf16: 32, 64, 128, 256) and how the tiles reach the matrices.
+/// driver's `units_per_block` for bf16: 32, 64, 128, 256), how the tiles reach the matrices and
+/// in which order the workgroups take the tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tiling {
     pub m: usize,
@@ -32,6 +34,8 @@ pub struct Tiling {
     pub k: usize,
     pub units: u32,
     pub scheme: Scheme,
+    /// `None`: chosen by the weights' size ([`TileOrder::for_weights`]).
+    pub order: Option<TileOrder>,
 }
 
 /// How a K step's input tiles reach the cooperative matrices.
@@ -52,6 +56,7 @@ pub const DEFAULT_TILING: Tiling = Tiling {
     k: 32,
     units: 256,
     scheme: Scheme::Staged,
+    order: None,
 };
 
 static TILING: std::sync::Mutex<Tiling> = std::sync::Mutex::new(DEFAULT_TILING);
@@ -74,13 +79,15 @@ fn coopmat_gemm_kernel(
     n: u32,
     k: u32,
     #[comptime] tile: (usize, usize, usize),
+    #[comptime] columns_first: bool,
 ) {
     let (tm, tn, tk) = tile;
     let lhs = TensorView::new(lhs, seq![m, k]).finish();
     let rhs = TensorView::new(rhs, seq![k, n]).finish();
     let out = TensorView::new(&*out, seq![m, n]).finish();
-    let row = CUBE_POS_X * tm as u32;
-    let col = CUBE_POS_Y * tn as u32;
+    let (row_tile, column_tile) = tile_position(columns_first);
+    let row = row_tile * tm as u32;
+    let col = column_tile * tn as u32;
 
     let mut a = input_matrix(cmma::MatrixIdent::A, tile, cmma::MatrixLayout::Undefined);
     let mut b = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::Undefined);
@@ -106,11 +113,13 @@ fn coopmat_gemm_staged_kernel(
     k: u32,
     #[comptime] tile: (usize, usize, usize),
     #[comptime] units: u32,
+    #[comptime] columns_first: bool,
 ) {
     let (tm, tn, tk) = tile;
     let out = TensorView::new(&*out, seq![m, n]).finish();
-    let row = CUBE_POS_X * tm as u32;
-    let col = CUBE_POS_Y * tn as u32;
+    let (row_tile, column_tile) = tile_position(columns_first);
+    let row = row_tile * tm as u32;
+    let col = column_tile * tn as u32;
     let a_stride = comptime![staged_row_words(tk)];
     let b_stride = comptime![staged_row_words(tn)];
     let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_stride);
@@ -197,7 +206,11 @@ impl KernelBackend for CubeBackend {
         let client = lhs.client.clone();
         let out = empty_f32(&lhs, vec![m, n]);
         let t = tiling();
-        let cubes = CubeCount::Static(m.div_ceil(t.m) as u32, n.div_ceil(t.n) as u32, 1);
+        let order = t
+            .order
+            .unwrap_or_else(|| TileOrder::for_weights(k * n * DType::BF16.size()));
+        let cubes = order.cube_count(m.div_ceil(t.m), n.div_ceil(t.n));
+        let columns_first = order.columns_first();
         let dim = CubeDim::new_1d(t.units);
         let tile = (t.m, t.n, t.k);
         let (lhs, rhs, out_arg) = (
@@ -207,14 +220,35 @@ impl KernelBackend for CubeBackend {
         );
         let (m, n, k) = (m as u32, n as u32, k as u32);
         match staged_or_fallback(t, n, k) {
-            Scheme::Direct => {
-                coopmat_gemm_kernel::launch(&client, cubes, dim, lhs, rhs, out_arg, m, n, k, tile)
-            }
+            Scheme::Direct => coopmat_gemm_kernel::launch(
+                &client,
+                cubes,
+                dim,
+                lhs,
+                rhs,
+                out_arg,
+                m,
+                n,
+                k,
+                tile,
+                columns_first,
+            ),
             // Safety: reads are guarded by the row and column bounds; K is whole steps and
             // rows are whole 16-byte words (`staged_or_fallback`).
             Scheme::Staged => unsafe {
                 coopmat_gemm_staged_kernel::launch_unchecked(
-                    &client, cubes, dim, lhs, rhs, out_arg, m, n, k, tile, t.units,
+                    &client,
+                    cubes,
+                    dim,
+                    lhs,
+                    rhs,
+                    out_arg,
+                    m,
+                    n,
+                    k,
+                    tile,
+                    t.units,
+                    columns_first,
                 )
             },
         }

@@ -2,7 +2,8 @@
 //!
 //! - `coopmat_gemm`: bf16 x bf16 -> f32 matmul on the tensor cores through workgroup-scope
 //!   cooperative matrices (Vulkan `VK_NV_cooperative_matrix2`, cubecl's `cmma::Matrix<_, Cube>`);
-//!   `staged_tiles`: its input tiles (and the grouped kernel's rows) staged in shared memory.
+//!   `staged_tiles`: its input tiles (and the grouped kernel's rows) staged in shared memory;
+//!   `tile_order`: which tiles the first grid dimension walks (which input the L2 cache keeps).
 //! - `grouped_mxfp4`: the MoE experts' grouped matmul with MXFP4 weights decoded in the kernel.
 //! - `bf16_rows`, `grouped_mxfp4_rows`: the same two products for a few rows (decoding), without
 //!   tensor cores, streaming the weights once per few rows (`bf16_rows_three`: q, k and v side
@@ -39,6 +40,7 @@ pub mod rms_norm_rows;
 pub mod rotary_rows;
 pub mod router_top_k;
 pub mod staged_tiles;
+pub mod tile_order;
 pub mod workgroup_reduce;
 pub mod write_at_index;
 pub mod write_in_place;

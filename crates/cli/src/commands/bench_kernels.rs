@@ -28,8 +28,9 @@ pub struct KernelCheckArgs {
     #[arg(long, default_value = "wgpu")]
     pub device: DeviceChoice,
     /// Instead of every check: time the tensor-core grouped kernel at scoring's size (8 x 2048
-    /// tokens x 4 experts, 5760 x 2880) with each tiling, `MxNxK` plus the flag `t` (FP4
-    /// values from a table) after a slash (`64x128x64/t`), checked against the reference.
+    /// tokens x 4 experts, 5760 x 2880) with each tiling, `MxNxK` plus flags after a slash,
+    /// `t` (FP4 values from a table) and `c` (column tiles first, `tile_order`): `64x128x64/tc`;
+    /// checked against the reference.
     #[arg(long, value_delimiter = ',')]
     pub grouped_tilings: Vec<String>,
     /// Instead of every check: the device time of each decoding kernel at gpt-oss-20b's

@@ -27,8 +27,10 @@ pub struct MatmulArgs {
     /// f32 product of the same bf16 inputs.
     #[arg(long, value_enum, default_value_t = MatmulKernel::Burn)]
     pub kernel: MatmulKernel,
-    /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`), optionally with a scheme:
-    /// `/direct` (the default) or `/staged`.
+    /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`), optionally with a scheme,
+    /// `/direct` (the default) or `/staged`, and then an order of the tiles, `/rows` (row
+    /// tiles first) or `/columns` (`128x256x32/256/staged/columns`); without one, column tiles
+    /// first when the weights fit in half the L2 cache.
     #[arg(long, value_delimiter = ',', default_value = "128x128x32/256")]
     pub tilings: Vec<String>,
 }
@@ -52,10 +54,10 @@ impl MatmulKernel {
 }
 
 fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Tiling> {
-    use gpt_oss_kernels::coopmat_gemm::Scheme;
+    use gpt_oss_kernels::{coopmat_gemm::Scheme, tile_order::TileOrder};
     let mut parts = text.split('/');
     let (Some(shape), Some(units)) = (parts.next(), parts.next()) else {
-        anyhow::bail!("tiling `{text}`: expected MxNxK/units[/scheme]");
+        anyhow::bail!("tiling `{text}`: expected MxNxK/units[/scheme[/order]]");
     };
     let [m, n, k] = parse_shape(shape)?;
     let units = units
@@ -68,6 +70,16 @@ fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Til
             anyhow::bail!("tiling `{text}`: scheme `{other}`: expected direct or staged")
         }
     };
+    let order = match parts.next() {
+        None => None,
+        Some("rows") => Some(TileOrder::RowsFirst),
+        Some("columns") => Some(TileOrder::ColumnsFirst),
+        Some(other) => {
+            anyhow::bail!(
+                "tiling `{text}`: order `{other}`: expected rows or columns (none: by the weights' size)"
+            )
+        }
+    };
     anyhow::ensure!(parts.next().is_none(), "tiling `{text}`: too many parts");
     Ok(gpt_oss_kernels::coopmat_gemm::Tiling {
         m,
@@ -75,6 +87,7 @@ fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Til
         k,
         units,
         scheme,
+        order,
     })
 }
 
@@ -194,14 +207,20 @@ mod tests {
     }
 
     #[test]
-    fn tilings_parse_with_and_without_a_scheme() {
-        use gpt_oss_kernels::coopmat_gemm::Scheme;
+    fn tilings_parse_with_and_without_a_scheme_and_an_order() {
+        use gpt_oss_kernels::{coopmat_gemm::Scheme, tile_order::TileOrder};
         let plain = parse_tiling("128x256x32/256").unwrap();
         assert_eq!(
             (plain.m, plain.n, plain.k, plain.units),
             (128, 256, 32, 256)
         );
         assert_eq!(plain.scheme, Scheme::Direct);
+        assert_eq!(plain.order, None);
+        let columns = parse_tiling("128x256x32/256/staged/columns").unwrap();
+        assert_eq!(
+            (columns.scheme, columns.order),
+            (Scheme::Staged, Some(TileOrder::ColumnsFirst))
+        );
         assert_eq!(
             parse_tiling("64x128x32/128/staged").unwrap().scheme,
             Scheme::Staged
@@ -209,5 +228,6 @@ mod tests {
         assert!(parse_tiling("128x256x32").is_err());
         assert!(parse_tiling("128x256x32/256/fast").is_err());
         assert!(parse_tiling("128x256x32/256/staged/x").is_err());
+        assert!(parse_tiling("128x256x32/256/staged/rows/x").is_err());
     }
 }

@@ -157,7 +157,7 @@ fn launch_grouped(
     let tiles = p.div_ceil(t.m) + experts;
     grouped_mxfp4_kernel::launch(
         &client,
-        CubeCount::Static(tiles as u32, n.div_ceil(t.n) as u32, 1),
+        t.order.cube_count(tiles, n.div_ceil(t.n)),
         CubeDim::new_1d(UNITS),
         a.into_buffer_arg(),
         words.into_buffer_arg(),
@@ -176,6 +176,7 @@ fn launch_grouped(
         epilogue.alpha,
         (t.m, t.n, t.k),
         t.table,
+        t.order.columns_first(),
         epilogue.code,
     );
     (out, activation)

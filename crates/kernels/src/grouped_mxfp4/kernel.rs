@@ -8,6 +8,7 @@ use super::decode::{decode_stage_words, fp4_value, load_stage_words};
 use crate::bf16_rows::EightBf16;
 use crate::coopmat_gemm::{input_matrix, zero_accumulator};
 use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
+use crate::tile_order::tile_position;
 
 /// What the kernel does with a tile's products after storing them (comptime codes).
 pub(super) const EPILOGUE_NONE: u32 = 0;
@@ -47,17 +48,18 @@ pub(super) fn grouped_mxfp4_kernel(
     alpha: f32,
     #[comptime] tile: (usize, usize, usize),
     #[comptime] use_table: bool,
+    #[comptime] columns_first: bool,
     #[comptime] epilogue: u32,
 ) {
     let (tm, tn, tk) = tile;
-    let tile_id = CUBE_POS_X;
+    let (tile_id, column_tile) = tile_position(columns_first);
     let expert = expert_of_tile(tile_starts, tile_id, num_experts);
     if expert == num_experts {
         terminate!();
     }
     let row_begin = offsets[expert as usize] + (tile_id - tile_starts[expert as usize]) * tm as u32;
     let row_end = offsets[expert as usize + 1];
-    let col_begin = CUBE_POS_Y * tn as u32;
+    let col_begin = column_tile * tn as u32;
     let out_view = TensorView::new(&*out, seq![row_end, n]).finish();
 
     // Both stages hold rows of one K step (A: input rows, B: weight rows), padded.

@@ -35,6 +35,8 @@ pub(crate) use kernel::expert_of_tile;
 
 use burn::tensor::{DType, Int, Tensor};
 
+use crate::tile_order::TileOrder;
+
 /// Tile shape and decoding scheme of one launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tiling {
@@ -46,12 +48,18 @@ pub struct Tiling {
     pub k: usize,
     /// FP4 values from a 16-entry table in shared memory instead of arithmetic.
     pub table: bool,
+    /// Which tiles the workgroups take first (`tile_order`).
+    pub order: TileOrder,
 }
 
 impl Tiling {
     /// One number per tiling (how burn-fusion tells launches apart).
     pub fn code(&self) -> u64 {
-        self.m as u64 | (self.n as u64) << 16 | (self.k as u64) << 32 | (self.table as u64) << 48
+        self.m as u64
+            | (self.n as u64) << 16
+            | (self.k as u64) << 32
+            | (self.table as u64) << 48
+            | (self.order.columns_first() as u64) << 49
     }
 }
 
@@ -61,6 +69,7 @@ pub const SMALL_TILES: Tiling = Tiling {
     n: 128,
     k: 32,
     table: true,
+    order: TileOrder::ColumnsFirst,
 };
 
 /// Tiles of 256 rows: each decoded weight tile serves four times the rows (scoring's
@@ -71,6 +80,7 @@ pub const LARGE_TILES: Tiling = Tiling {
     n: 128,
     k: 32,
     table: true,
+    order: TileOrder::ColumnsFirst,
 };
 
 /// Invocations per workgroup.

@@ -3,7 +3,7 @@
 //! the tensor-core kernel at scoring's size with other tilings (`--grouped-tilings`).
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
-use gpt_oss_kernels::grouped_mxfp4;
+use gpt_oss_kernels::{grouped_mxfp4, tile_order::TileOrder};
 use gpt_oss_model::transformer::experts::ExpertMatrix;
 use gpt_oss_model::transformer::moe_grouped::{
     ExpertGroups, ExpertPath, FEW_ROWS, LARGE_TILE_ROWS, TILE_ROWS, group_by_expert,
@@ -113,12 +113,14 @@ fn check_fused_epilogues(
     Ok(())
 }
 
-/// `MxNxK` with optional `/flags`: `t` FP4 table.
+/// `MxNxK` with optional `/flags`: `t` FP4 table, `c` column tiles first.
 pub(super) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
     let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
     let [m, n, k] = super::super::bench_matmul::parse_shape(shape)?;
-    if let Some(bad) = flags.chars().find(|&c| c != 't') {
-        anyhow::bail!("grouped tiling `{text}`: unknown flag `{bad}` (t: table)");
+    if let Some(bad) = flags.chars().find(|&c| c != 't' && c != 'c') {
+        anyhow::bail!(
+            "grouped tiling `{text}`: unknown flag `{bad}` (t: table, c: column tiles first)"
+        );
     }
     anyhow::ensure!(
         k % 32 == 0 && m % 16 == 0 && n % 16 == 0,
@@ -129,6 +131,10 @@ pub(super) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
         n,
         k,
         table: flags.contains('t'),
+        order: match flags.contains('c') {
+            true => TileOrder::ColumnsFirst,
+            false => TileOrder::RowsFirst,
+        },
     })
 }
 
@@ -183,4 +189,22 @@ fn random_routed_rows(
         .cast(DType::BF16)
         .cast(DType::F32);
     (ids, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouped_tilings_parse_their_flags_and_reject_others() {
+        let plain = parse_grouped_tiling("256x128x32").unwrap();
+        assert_eq!((plain.m, plain.n, plain.k), (256, 128, 32));
+        assert!(!plain.table);
+        assert_eq!(plain.order, TileOrder::RowsFirst);
+        let flagged = parse_grouped_tiling("64x128x64/tc").unwrap();
+        assert!(flagged.table);
+        assert_eq!(flagged.order, TileOrder::ColumnsFirst);
+        assert!(parse_grouped_tiling("256x128x32/x").is_err());
+        assert!(parse_grouped_tiling("256x128x40/t").is_err());
+    }
 }
