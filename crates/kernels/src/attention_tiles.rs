@@ -5,8 +5,10 @@
 //! elementwise passes over [B, heads, T, S] scores. A workgroup of [`UNITS`] invocations takes
 //! [`QUERIES`] queries of one (row, head) and walks the union of their visible keys
 //! (`ranges`, as [`crate::attention_rows`] reads them) in blocks of [`KEYS`]:
-//! 1. the block's keys are staged in shared memory and the scores `q k^T` come from the tensor
-//!    cores (bf16 inputs, f32 products; workgroup-scope cooperative matrices);
+//! 1. the block's keys and values are staged in shared memory (`staged_tiles`: 16-byte words,
+//!    the next block's loaded into registers while this one is computed) and the scores `q k^T`
+//!    come from the tensor cores (bf16 inputs, f32 products; workgroup-scope cooperative
+//!    matrices);
 //! 2. four invocations per query mask the scores by the query's range and update a running
 //!    softmax started from the sink's logit (maximum shared through shared memory, each
 //!    invocation keeping its own partial sum and its quarter of the output row);
@@ -24,7 +26,9 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 use half::bf16;
 
+use crate::bf16_rows::EightBf16;
 use crate::launch::empty_f32;
+use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
 
 /// Queries per workgroup.
 pub const QUERIES: usize = 64;
@@ -56,8 +60,8 @@ fn tile_matrix<E: Scalar>(
 #[allow(clippy::too_many_arguments)]
 fn attention_tiles_kernel(
     q: &[bf16],
-    k: &[bf16],
-    v: &[bf16],
+    k: &[EightBf16],
+    v: &[EightBf16],
     sinks: &[f32],
     ranges: &[u32],
     out: &mut [f32],
@@ -80,7 +84,12 @@ fn attention_tiles_kernel(
     let mut lows = Shared::<[u32]>::new_slice(QUERIES);
     let mut highs = Shared::<[u32]>::new_slice(QUERIES);
     let mut span = Shared::<[u32]>::new_slice(2usize);
-    let mut key_stage = Shared::<[bf16]>::new_aligned_slice(KEYS * HEAD_DIM, 16usize);
+    // A block's keys and values, rows padded as `staged_tiles` pads them.
+    let stride = comptime![staged_row_words(HEAD_DIM)];
+    let mut key_stage = Shared::<[EightBf16]>::new_slice(KEYS * stride);
+    let mut value_stage = Shared::<[EightBf16]>::new_slice(KEYS * stride);
+    let mut next_keys = Array::<EightBf16>::new(KEYS * HEAD_DIM / 8 / UNITS as usize);
+    let mut next_values = Array::<EightBf16>::new(KEYS * HEAD_DIM / 8 / UNITS as usize);
     let mut products = Shared::<[f32]>::new_aligned_slice(QUERIES * KEYS, 16usize);
     let mut probs = Shared::<[bf16]>::new_aligned_slice(QUERIES * KEYS, 16usize);
     let mut partial = Shared::<[f32]>::new_slice(UNITS as usize);
@@ -116,9 +125,8 @@ fn attention_tiles_kernel(
     let my_lo = lows[local as usize];
     let my_hi = highs[local as usize];
 
-    // The views end at this head's last query and key: rows past them read zeros.
+    // The view ends at this head's last query: rows past it read zeros.
     let q_view = TensorView::new(q, seq![(row * heads + head + 1) * queries, d]).finish();
-    let v_view = TensorView::new(v, seq![(row * kv_heads + kv_head + 1) * keys, d]).finish();
     let q_rows = (row * heads + head) * queries + first_query;
     let kv_rows = (row * kv_heads + kv_head) * keys;
     let mut q_mat = tile_matrix::<bf16>(cmma::MatrixIdent::A, cmma::MatrixLayout::Undefined);
@@ -128,7 +136,7 @@ fn attention_tiles_kernel(
     );
     let mut k_mat = tile_matrix::<bf16>(cmma::MatrixIdent::B, cmma::MatrixLayout::ColMajor);
     let mut p_mat = tile_matrix::<bf16>(cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor);
-    let mut v_mat = tile_matrix::<bf16>(cmma::MatrixIdent::B, cmma::MatrixLayout::Undefined);
+    let mut v_mat = tile_matrix::<bf16>(cmma::MatrixIdent::B, cmma::MatrixLayout::RowMajor);
     let mut acc = tile_matrix::<f32>(
         cmma::MatrixIdent::Accumulator,
         cmma::MatrixLayout::Undefined,
@@ -144,22 +152,74 @@ fn attention_tiles_kernel(
         output[j] = 0.0;
     }
     let column0 = quarter * COLUMNS;
+    let kv_end = kv_rows + keys;
     let mut start = span_lo;
+    // The first block's keys and values in registers; each block then stages them and loads
+    // the next block's while this one is computed. Keys past the head's last read zeros.
+    load_tile_words(
+        k,
+        &mut next_keys,
+        kv_rows + start,
+        kv_end,
+        0,
+        d,
+        d,
+        KEYS,
+        HEAD_DIM,
+        UNITS,
+    );
+    load_tile_words(
+        v,
+        &mut next_values,
+        kv_rows + start,
+        kv_end,
+        0,
+        d,
+        d,
+        KEYS,
+        HEAD_DIM,
+        UNITS,
+    );
     while start < span_hi {
-        // Keys start.. of the block as column-major B = K^T: (dim, key) at key * d + dim.
-        let mut e = unit;
-        while e < (KEYS * HEAD_DIM) as u32 {
-            let key = start + e / d;
-            let mut value = bf16::cast_from(0.0f32);
-            if key < keys {
-                value = k[((kv_rows + key) * d + e % d) as usize];
-            }
-            key_stage[e as usize] = value;
-            e += UNITS;
-        }
+        // The previous block's matrices and products have been read (its last barrier).
+        store_tile_words(&next_keys, &mut key_stage, KEYS, HEAD_DIM, UNITS);
+        store_tile_words(&next_values, &mut value_stage, KEYS, HEAD_DIM, UNITS);
         sync_cube();
+        let next = kv_rows + start + KEYS as u32;
+        if start + (KEYS as u32) < span_hi {
+            load_tile_words(
+                k,
+                &mut next_keys,
+                next,
+                kv_end,
+                0,
+                d,
+                d,
+                KEYS,
+                HEAD_DIM,
+                UNITS,
+            );
+            load_tile_words(
+                v,
+                &mut next_values,
+                next,
+                kv_end,
+                0,
+                d,
+                d,
+                KEYS,
+                HEAD_DIM,
+                UNITS,
+            );
+        }
+        // Staged key rows are column-major B = K^T: (dim, key) at key * stride + dim; strides
+        // in u32 words (the loads divide them by an EightBf16's four words).
         cmma::fill(&mut acc, 0.0f32);
-        cmma::load(&mut k_mat, &key_stage[0..KEYS * HEAD_DIM], d);
+        cmma::load(
+            &mut k_mat,
+            &key_stage[0..KEYS * stride],
+            (stride * 4) as u32,
+        );
         cmma::execute(&q_mat, &k_mat, &acc, &acc);
         cmma::store(
             &mut products[0..QUERIES * KEYS],
@@ -204,9 +264,10 @@ fn attention_tiles_kernel(
 
         cmma::fill(&mut acc, 0.0f32);
         cmma::load(&mut p_mat, &probs[0..QUERIES * KEYS], KEYS as u32);
-        cmma::load_tensor(
+        cmma::load(
             &mut v_mat,
-            &v_view.slice(seq![kv_rows + start, 0], seq![KEYS as u32, d]),
+            &value_stage[0..KEYS * stride],
+            (stride * 4) as u32,
         );
         cmma::execute(&p_mat, &v_mat, &acc, &acc);
         cmma::store(
