@@ -56,6 +56,22 @@ fn tile_matrix<E: Scalar>(
     unsafe { cmma::Matrix::<E, cmma::Cube>::uninitialized(ident, QUERIES, KEYS, HEAD_DIM, layout) }
 }
 
+/// This invocation's words of the [`KEYS`] key and value rows from `first` (rows of one kv
+/// head; zeros from row `end`, past the head's last key).
+#[cube]
+fn load_block_words(
+    k: &[EightBf16],
+    v: &[EightBf16],
+    keys: &mut Array<EightBf16>,
+    values: &mut Array<EightBf16>,
+    first: u32,
+    end: u32,
+) {
+    let d = HEAD_DIM as u32;
+    load_tile_words(k, keys, first, end, 0, d, d, KEYS, HEAD_DIM, UNITS);
+    load_tile_words(v, values, first, end, 0, d, d, KEYS, HEAD_DIM, UNITS);
+}
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn attention_tiles_kernel(
@@ -155,62 +171,23 @@ fn attention_tiles_kernel(
     let kv_end = kv_rows + keys;
     let mut start = span_lo;
     // The first block's keys and values in registers; each block then stages them and loads
-    // the next block's while this one is computed. Keys past the head's last read zeros.
-    load_tile_words(
+    // the next block's while this one is computed.
+    load_block_words(
         k,
-        &mut next_keys,
-        kv_rows + start,
-        kv_end,
-        0,
-        d,
-        d,
-        KEYS,
-        HEAD_DIM,
-        UNITS,
-    );
-    load_tile_words(
         v,
+        &mut next_keys,
         &mut next_values,
         kv_rows + start,
         kv_end,
-        0,
-        d,
-        d,
-        KEYS,
-        HEAD_DIM,
-        UNITS,
     );
     while start < span_hi {
         // The previous block's matrices and products have been read (its last barrier).
         store_tile_words(&next_keys, &mut key_stage, KEYS, HEAD_DIM, UNITS);
         store_tile_words(&next_values, &mut value_stage, KEYS, HEAD_DIM, UNITS);
         sync_cube();
-        let next = kv_rows + start + KEYS as u32;
         if start + (KEYS as u32) < span_hi {
-            load_tile_words(
-                k,
-                &mut next_keys,
-                next,
-                kv_end,
-                0,
-                d,
-                d,
-                KEYS,
-                HEAD_DIM,
-                UNITS,
-            );
-            load_tile_words(
-                v,
-                &mut next_values,
-                next,
-                kv_end,
-                0,
-                d,
-                d,
-                KEYS,
-                HEAD_DIM,
-                UNITS,
-            );
+            let next = kv_rows + start + KEYS as u32;
+            load_block_words(k, v, &mut next_keys, &mut next_values, next, kv_end);
         }
         // Staged key rows are column-major B = K^T: (dim, key) at key * stride + dim; strides
         // in u32 words (the loads divide them by an EightBf16's four words).
