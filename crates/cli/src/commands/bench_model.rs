@@ -78,8 +78,16 @@ fn random_rows(rows: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>
         .collect()
 }
 
-/// Seconds per scoring pass (median of `iters`), recording or not.
-fn time_scoring(model: &GptOss, rows: &[Vec<u32>], iters: usize, record: bool) -> f64 {
+/// A scoring pass's median seconds and the host's CPU seconds per pass by thread.
+struct ScoringTiming {
+    seconds: f64,
+    /// CPU seconds per thread per timed pass (see `host::cpu_seconds_by_thread`): a busiest
+    /// thread near `seconds` means the pass waits on the host's launch work.
+    host_cpu: std::collections::BTreeMap<String, f64>,
+}
+
+/// Times scoring passes (median of `iters`, after one untimed pass), recording or not.
+fn time_scoring(model: &GptOss, rows: &[Vec<u32>], iters: usize, record: bool) -> ScoringTiming {
     let pass = || {
         let mut recorder = RoutingRecorder::default();
         let options = ForwardOptions {
@@ -92,7 +100,14 @@ fn time_scoring(model: &GptOss, rows: &[Vec<u32>], iters: usize, record: bool) -
         start.elapsed().as_secs_f64()
     };
     pass();
-    median((0..iters.max(1)).map(|_| pass()).collect())
+    let iters = iters.max(1);
+    let cpu_before = cpu_seconds_by_thread();
+    let seconds = median((0..iters).map(|_| pass()).collect());
+    let host_cpu = cpu_seconds_between(&cpu_before, &cpu_seconds_by_thread())
+        .into_iter()
+        .map(|(thread, cpu)| (thread, cpu / iters as f64))
+        .collect();
+    ScoringTiming { seconds, host_cpu }
 }
 
 pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
@@ -115,8 +130,11 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     let vocab = model.config.vocab_size;
     let rows = random_rows(args.batch, args.seq, vocab, 7);
     let tokens = (args.batch * args.seq) as f64;
-    let plain = time_scoring(model, &rows, args.iters, false);
-    let recorded = time_scoring(model, &rows, args.iters, true);
+    let plain_timing = time_scoring(model, &rows, args.iters, false);
+    let (plain, recorded) = (
+        plain_timing.seconds,
+        time_scoring(model, &rows, args.iters, true).seconds,
+    );
     let pool = |d: &burn::tensor::Device| d.memory_pool_usage().map(|u| u.bytes_reserved);
     println!(
         "{}",
@@ -129,6 +147,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
             "recording_seconds": recorded,
             "recording_tokens_per_second": tokens / recorded,
             "recording_overhead": recorded / plain - 1.0,
+            "host_cpu_seconds_by_thread": plain_timing.host_cpu,
             "gpu_bytes_reserved": pool(&device),
         })
     );
