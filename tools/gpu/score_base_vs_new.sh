@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# On the GPU machine, after tools/gpu/setup.sh: scoring a random 20b (8 x 2048 tokens, routing
+# recorded and not) with the carried binary ($BIN) and, when .bench/base.xz is carried, an
+# earlier binary in the same call, alternating base / new ROUNDS times (default 2): two runs of
+# one binary differ by 2-3%, so a smaller difference between the binaries is noise. Prints each
+# run's tokens/s, recording overhead and the host's busiest thread per pass. With TORCH=1, then
+# transformers eager on the same card (tools/gpu/torch_baseline.py) for the multiple.
+set -uo pipefail
+out=${OUT:-/tmp/out}
+dir=/tmp/synth-20b
+[ -f "$dir/config.json" ] || timeout 150 "$BIN" synth --preset 20b --out "$dir" --force > /dev/null 2> "$out/synth.log" || { tail -5 "$out/synth.log"; exit 1; }
+bins=("new:$BIN")
+if [ -f .bench/base.xz ]; then
+  xz -dc .bench/base.xz > /tmp/gpt-oss-lite-base && chmod +x /tmp/gpt-oss-lite-base
+  bins=("base:/tmp/gpt-oss-lite-base" "new:$BIN")
+fi
+echo "binaries: ${bins[*]}"
+for round in $(seq 1 "${ROUNDS:-2}"); do
+  for entry in "${bins[@]}"; do
+    name=${entry%%:*}; bin=${entry#*:}
+    timeout 150 "$bin" bench model --model "$dir" --device wgpu --experts packed --batch 8 --seq 2048 \
+      --iters 2 --decode-batches 0 > "$out/score-$name-$round.jsonl" 2> "$out/score-$name-$round.log" \
+      || { echo "$name failed:"; tail -3 "$out/score-$name-$round.log" | cut -c1-300; continue; }
+    python3 - "$out/score-$name-$round.jsonl" "$name" "$round" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r.get("bench") != "score":
+        continue
+    host = r.get("host_cpu_seconds_by_thread") or {}
+    busiest = max(host.items(), key=lambda kv: kv[1]) if host else ("-", 0)
+    print(f"{sys.argv[2]} {sys.argv[3]}: {r['tokens_per_second']:.0f} tok/s, {r['seconds']:.3f} s per pass, "
+          f"recording {100 * r['recording_overhead']:+.1f}%, busiest host thread {busiest[0]} "
+          f"{busiest[1]:.3f} s per pass")
+PY
+  done
+done
+if [ "${TORCH:-0}" = 1 ]; then
+  timeout 200 python3 tools/gpu/torch_baseline.py model --config crates/model/src/presets/gpt-oss-20b.json \
+    --batch 8 --seq 2048 --iters 2 --new-tokens 2 2>&1 | grep torch_score | cut -c1-200
+fi
