@@ -3,7 +3,8 @@
 # recorded and not) with the carried binary ($BIN) and, when .bench/base.xz is carried, an
 # earlier binary in the same call, alternating base / new ROUNDS times (default 2): two runs of
 # one binary differ by 2-3%, so a smaller difference between the binaries is noise. Prints each
-# run's tokens/s, recording overhead and the host's busiest thread per pass. With TORCH=1, then
+# run's tokens/s, the seconds until the pass was queued (before the read that waits for the
+# device), recording overhead and the host's busiest thread per pass. With TORCH=1, then
 # transformers eager on the same card (tools/gpu/torch_baseline.py) for the multiple.
 set -uo pipefail
 out=${OUT:-/tmp/out}
@@ -29,9 +30,9 @@ for line in open(sys.argv[1]):
         continue
     host = r.get("host_cpu_seconds_by_thread") or {}
     busiest = max(host.items(), key=lambda kv: kv[1]) if host else ("-", 0)
-    print(f"{sys.argv[2]} {sys.argv[3]}: {r['tokens_per_second']:.0f} tok/s, {r['seconds']:.3f} s per pass, "
-          f"recording {100 * r['recording_overhead']:+.1f}%, busiest host thread {busiest[0]} "
-          f"{busiest[1]:.3f} s per pass")
+    print(f"{sys.argv[2]} {sys.argv[3]}: {r['tokens_per_second']:.0f} tok/s, {r['seconds']:.3f} s per pass "
+          f"({r.get('queued_seconds', float('nan')):.3f} s until queued), recording "
+          f"{100 * r['recording_overhead']:+.1f}%, busiest host thread {busiest[0]} {busiest[1]:.3f} s per pass")
 PY
   done
 done

@@ -19,11 +19,49 @@ pub fn token_logprobs(
     options: ForwardOptions<'_, '_>,
     chunk_tokens: usize,
 ) -> Vec<Vec<f32>> {
+    queue_token_logprobs(model, rows, options, chunk_tokens).read()
+}
+
+/// The log-probabilities of [`token_logprobs`] while still on the device: every operation has
+/// been handed to the backend, nothing has been read back (what the host spends before the
+/// read is its own launch work).
+pub struct QueuedLogprobs {
+    /// [B, T - 1] (padding positions included); `None` for rows shorter than two tokens.
+    all: Option<Tensor<2>>,
+    /// Left-padding of each row.
+    pads: Vec<usize>,
+}
+
+impl QueuedLogprobs {
+    /// Reads the values back (waiting for the device) and drops each row's padding.
+    pub fn read(self) -> Vec<Vec<f32>> {
+        let Some(all) = self.all else {
+            return vec![vec![]; self.pads.len()];
+        };
+        let [b, len] = all.dims();
+        let all: Vec<f32> = all.try_into_vec_as::<f32>().expect("f32 log-probabilities");
+        (0..b)
+            .map(|row| all[row * len + self.pads[row]..(row + 1) * len].to_vec())
+            .collect()
+    }
+}
+
+/// [`token_logprobs`] up to the read: the forward pass, the lm_head chunks and the gathered
+/// targets, queued on the model's device.
+pub fn queue_token_logprobs(
+    model: &GptOss,
+    rows: &[Vec<u32>],
+    options: ForwardOptions<'_, '_>,
+    chunk_tokens: usize,
+) -> QueuedLogprobs {
     let pad = model.config.pad_token_id.unwrap_or(0);
     let batch = TokenBatch::left_padded(rows, pad);
     let (b, t) = (batch.batch, batch.seq_len);
     if t < 2 {
-        return vec![vec![]; b];
+        return QueuedLogprobs {
+            all: None,
+            pads: vec![0; b],
+        };
     }
     let device = model.device();
     let hidden = model.forward_hidden(&batch, None, options);
@@ -45,16 +83,10 @@ pub fn token_logprobs(
         pieces.push(chosen);
         start += len;
     }
-    let all: Vec<f32> = Tensor::cat(pieces, 1)
-        .try_into_vec_as::<f32>()
-        .expect("f32 log-probabilities");
-    (0..b)
-        .map(|row| {
-            let first = batch.pads[row];
-            let from = row * (t - 1) + first;
-            all[from..(row + 1) * (t - 1)].to_vec()
-        })
-        .collect()
+    QueuedLogprobs {
+        all: Some(Tensor::cat(pieces, 1)),
+        pads: batch.pads.clone(),
+    }
 }
 
 /// Full log-softmax rows [T, vocab] for one unpadded sequence (tests and small inspections).

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use gpt_oss_model::generate::{Decoder, GenerateOptions, generate_masked, generate_step_by_step};
-use gpt_oss_model::scoring::{DEFAULT_CHUNK, token_logprobs};
+use gpt_oss_model::scoring::{DEFAULT_CHUNK, queue_token_logprobs};
 use gpt_oss_model::{ForwardOptions, GptOss, LayerRouting, RoutingObserver};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
@@ -78,9 +78,13 @@ fn random_rows(rows: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>
         .collect()
 }
 
-/// A scoring pass's median seconds and the host's CPU seconds per pass by thread.
+/// A scoring pass's median seconds, the median seconds until its last operation was handed to
+/// the backend (before the read that waits for the device), and the host's CPU seconds per pass
+/// by thread.
 struct ScoringTiming {
     seconds: f64,
+    /// Near `seconds`: the pass waits on the host's launch work, not on the device.
+    queued_seconds: f64,
     /// CPU seconds per thread per timed pass (see `host::cpu_seconds_by_thread`): a busiest
     /// thread near `seconds` means the pass waits on the host's launch work.
     host_cpu: std::collections::BTreeMap<String, f64>,
@@ -95,19 +99,25 @@ fn time_scoring(model: &GptOss, rows: &[Vec<u32>], iters: usize, record: bool) -
             mask: None,
         };
         let start = Instant::now();
-        let logprobs = token_logprobs(model, rows, options, DEFAULT_CHUNK);
+        let queued = queue_token_logprobs(model, rows, options, DEFAULT_CHUNK);
+        let queued_seconds = start.elapsed().as_secs_f64();
+        let logprobs = queued.read();
         assert_eq!(logprobs.len(), rows.len());
-        start.elapsed().as_secs_f64()
+        (start.elapsed().as_secs_f64(), queued_seconds)
     };
     pass();
     let iters = iters.max(1);
     let cpu_before = cpu_seconds_by_thread();
-    let seconds = median((0..iters).map(|_| pass()).collect());
+    let (seconds, queued): (Vec<f64>, Vec<f64>) = (0..iters).map(|_| pass()).unzip();
     let host_cpu = cpu_seconds_between(&cpu_before, &cpu_seconds_by_thread())
         .into_iter()
         .map(|(thread, cpu)| (thread, cpu / iters as f64))
         .collect();
-    ScoringTiming { seconds, host_cpu }
+    ScoringTiming {
+        seconds: median(seconds),
+        queued_seconds: median(queued),
+        host_cpu,
+    }
 }
 
 pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
@@ -148,6 +158,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
             "recording_tokens_per_second": tokens / recorded,
             "recording_overhead": recorded / plain - 1.0,
             "host_cpu_seconds_by_thread": plain_timing.host_cpu,
+            "queued_seconds": plain_timing.queued_seconds,
             "gpu_bytes_reserved": pool(&device),
         })
     );
