@@ -7,15 +7,7 @@
 # device), recording overhead and the host's busiest thread per pass. With TORCH=1, then
 # transformers eager on the same card (tools/gpu/torch_baseline.py) for the multiple.
 set -uo pipefail
-out=${OUT:-/tmp/out}
-dir=/tmp/synth-20b
-[ -f "$dir/config.json" ] || timeout 150 "$BIN" synth --preset 20b --out "$dir" --force > /dev/null 2> "$out/synth.log" || { tail -5 "$out/synth.log"; exit 1; }
-bins=("new:$BIN")
-if [ -f .bench/base.xz ]; then
-  xz -dc .bench/base.xz > /tmp/gpt-oss-lite-base && chmod +x /tmp/gpt-oss-lite-base
-  bins=("base:/tmp/gpt-oss-lite-base" "new:$BIN")
-fi
-echo "binaries: ${bins[*]}"
+source "$(dirname "$0")/base_and_new.sh"
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for entry in "${bins[@]}"; do
     name=${entry%%:*}; bin=${entry#*:}
