@@ -36,37 +36,60 @@ fn stage_word_position(i: u32, #[comptime] tk: usize) -> (u32, u32) {
     (w / words_per_step, w % words_per_step)
 }
 
-/// Loads this invocation's words and scale bytes of step `k_begin` (zeros past row `n`).
+/// Where a workgroup's weights lie: its expert's first word and scale word, its first output
+/// column (weight row), and the sizes N and K.
+#[derive(CubeType)]
+pub(super) struct WeightsPlace {
+    pub expert_words: u32,
+    pub expert_scales: u32,
+    pub col_begin: u32,
+    pub n: u32,
+    pub k: u32,
+}
+
+/// One K step's MXFP4 words and scale codes, in this invocation's registers.
+#[derive(CubeType)]
+pub(super) struct StepWeights {
+    pub words: Array<u32>,
+    pub scale_codes: Array<u32>,
+}
+
+/// Registers for this invocation's share of a `tn x tk` step.
 #[cube]
-#[allow(clippy::too_many_arguments)]
+pub(super) fn step_weights(#[comptime] tn: usize, #[comptime] tk: usize) -> StepWeights {
+    let per_unit = tn * tk / 8 / UNITS as usize;
+    StepWeights {
+        words: Array::<u32>::new(per_unit),
+        scale_codes: Array::<u32>::new(per_unit),
+    }
+}
+
+/// Loads this invocation's words and scale bytes of step `k_begin` (zeros past row N).
+#[cube]
 pub(super) fn load_stage_words(
     words: &[u32],
     scales: &[u32],
-    loaded: &mut Array<u32>,
-    scale_codes: &mut Array<u32>,
-    expert_words: u32,
-    expert_scales: u32,
-    col_begin: u32,
+    loaded: &mut StepWeights,
+    place: &WeightsPlace,
     k_begin: u32,
-    n: u32,
-    k: u32,
     #[comptime] tn: usize,
     #[comptime] tk: usize,
 ) {
     let per_unit = tn * tk / 8 / UNITS as usize;
+    let k = place.k;
     #[unroll]
     for i in 0..per_unit {
         let (local_row, part) = stage_word_position(i as u32, tk);
-        let row = col_begin + local_row;
+        let row = place.col_begin + local_row;
         let mut word = 0u32;
         let mut code = 0u32;
-        if row < n {
-            word = words[(expert_words + row * (k / 8) + k_begin / 8 + part) as usize];
+        if row < place.n {
+            word = words[(place.expert_words + row * (k / 8) + k_begin / 8 + part) as usize];
             let block = row * (k / 32) + (k_begin + part * 8) / 32;
-            code = (scales[(expert_scales + block / 4) as usize] >> ((block % 4) * 8)) & 0xFF;
+            code = (scales[(place.expert_scales + block / 4) as usize] >> ((block % 4) * 8)) & 0xFF;
         }
-        loaded[i] = word;
-        scale_codes[i] = code;
+        loaded.words[i] = word;
+        loaded.scale_codes[i] = code;
     }
 }
 
@@ -75,8 +98,7 @@ pub(super) fn load_stage_words(
 /// values have at most two significant bits, so the top half of their f32 bits is their bf16.
 #[cube]
 pub(super) fn decode_stage_words(
-    loaded: &Array<u32>,
-    scale_codes: &Array<u32>,
+    loaded: &StepWeights,
     table: &[f32],
     stage: &mut [EightBf16],
     #[comptime] tn: usize,
@@ -88,8 +110,8 @@ pub(super) fn decode_stage_words(
     #[unroll]
     for i in 0..per_unit {
         let (local_row, part) = stage_word_position(i as u32, tk);
-        let scale = scale_value(scale_codes[i]);
-        let word = loaded[i];
+        let scale = scale_value(loaded.scale_codes[i]);
+        let word = loaded.words[i];
         let mut eight = EightBf16::new(0u32);
         #[unroll]
         for q in 0..4usize {

@@ -4,7 +4,7 @@ use cubecl::prelude::*;
 use half::bf16;
 
 use super::UNITS;
-use super::decode::{decode_stage_words, fp4_value, load_stage_words};
+use super::decode::{WeightsPlace, decode_stage_words, fp4_value, load_stage_words, step_weights};
 use crate::bf16_rows::EightBf16;
 use crate::coopmat_gemm::{input_matrix, zero_accumulator};
 use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
@@ -70,44 +70,26 @@ pub(super) fn grouped_mxfp4_kernel(
     if UNIT_POS < 16 {
         table[UNIT_POS as usize] = fp4_value(UNIT_POS);
     }
-    let per_unit = tn * tk / 8 / UNITS as usize;
-    let mut loaded = Array::<u32>::new(per_unit);
-    let mut scale_codes = Array::<u32>::new(per_unit);
+    let mut loaded = step_weights(tn, tk);
     let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / UNITS as usize);
     let mut a_mat = input_matrix(cmma::MatrixIdent::A, tile, cmma::MatrixLayout::RowMajor);
     let mut b_mat = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::ColMajor);
     let acc = zero_accumulator(tile);
-    let expert_words = expert * n * (k / 8);
-    let expert_scales = expert * scale_words_per_expert;
+    let weights_at = WeightsPlace {
+        expert_words: expert * n * (k / 8),
+        expert_scales: expert * scale_words_per_expert,
+        col_begin,
+        n,
+        k,
+    };
     let steps = k / tk as u32;
     // Step 0's rows and words in registers; each step then stages them, and loads the next
     // step's while the tensor cores multiply.
     load_tile_words(a, &mut next_a, row_begin, row_end, 0, k, k, tm, tk, UNITS);
-    load_stage_words(
-        words,
-        scales,
-        &mut loaded,
-        &mut scale_codes,
-        expert_words,
-        expert_scales,
-        col_begin,
-        0,
-        n,
-        k,
-        tn,
-        tk,
-    );
+    load_stage_words(words, scales, &mut loaded, &weights_at, 0, tn, tk);
     sync_cube();
     for step in 0..steps {
-        decode_stage_words(
-            &loaded,
-            &scale_codes,
-            &table,
-            &mut stage_b,
-            tn,
-            tk,
-            use_table,
-        );
+        decode_stage_words(&loaded, &table, &mut stage_b, tn, tk, use_table);
         store_tile_words(&next_a, &mut stage_a, tm, tk, UNITS);
         sync_cube();
         if step + 1 < steps {
@@ -124,20 +106,7 @@ pub(super) fn grouped_mxfp4_kernel(
                 tk,
                 UNITS,
             );
-            load_stage_words(
-                words,
-                scales,
-                &mut loaded,
-                &mut scale_codes,
-                expert_words,
-                expert_scales,
-                col_begin,
-                k_next,
-                n,
-                k,
-                tn,
-                tk,
-            );
+            load_stage_words(words, scales, &mut loaded, &weights_at, k_next, tn, tk);
         }
         // Strides in u32 words (the loads divide them by an EightBf16's four words).
         cmma::load(&mut a_mat, &stage_a[0..tm * stride], (stride * 4) as u32);
