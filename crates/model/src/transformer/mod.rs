@@ -307,10 +307,10 @@ impl GptOss {
         let mut deferred_routing = Vec::new();
         // The layers run one after another, so they share one set of arrival counts (made only
         // where the launch that counts can run).
-        let arrivals = (self.on_kernel_path() && b * t <= moe_pairs::MAX_O_WITH_ROUTER_TOKENS)
-            .then(|| {
-                gpt_oss_kernels::bf16_rows::add_norm_router::zero_arrival_counts(b * t, &device)
-            });
+        let arrivals = self
+            .on_kernel_path()
+            .then(|| moe_pairs::arrival_counts_for(b * t, &device))
+            .flatten();
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache: Option<&mut LayerKv> = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let keys = match &layer_cache {

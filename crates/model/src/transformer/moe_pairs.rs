@@ -11,7 +11,7 @@
 //! (`bf16_rows::add_norm_router`).
 
 use burn::nn::Linear;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use gpt_oss_kernels::bf16_rows::add_norm_router as bf16_add_norm_router;
 use gpt_oss_kernels::{experts_pairs, router_top_k};
 
@@ -101,6 +101,14 @@ pub fn add_norm_moe_by_pairs(
 /// H100 (docs/benchmarks.md, seventeenth round): at one token decoding went from 287-290 to
 /// 301-308 steps/s, at 32 tokens from 955-957 to 904. Between them it was not measured.
 pub const MAX_O_WITH_ROUTER_TOKENS: usize = 1;
+
+/// The zero arrival counts [`o_add_norm_moe_by_pairs`] takes for `tokens` tokens (one set
+/// serves every layer of a pass or a decode step), or `None` past [`MAX_O_WITH_ROUTER_TOKENS`],
+/// where that launch never runs.
+pub fn arrival_counts_for(tokens: usize, device: &Device) -> Option<Tensor<1, Int>> {
+    (tokens <= MAX_O_WITH_ROUTER_TOKENS)
+        .then(|| bf16_add_norm_router::zero_arrival_counts(tokens, device))
+}
 
 /// Whether [`o_add_norm_moe_by_pairs`] runs `o_proj`, `norm` and `moe` for `tokens` tokens:
 /// [`fused_norm_pair_weights`], at most [`MAX_O_WITH_ROUTER_TOKENS`] tokens, and an output
@@ -300,6 +308,17 @@ mod tests {
         layer.post_attention_layernorm.on_kernel_path = true;
         layer.self_attn.o_proj.bias = None;
         assert!(!o_fused(layer, 1), "no bias");
+    }
+
+    /// Arrival counts exist exactly where the fused launch can run: up to
+    /// MAX_O_WITH_ROUTER_TOKENS tokens, zeroed.
+    #[test]
+    fn arrival_counts_are_made_only_where_the_fused_launch_runs() {
+        let device = Device::flex();
+        let counts = arrival_counts_for(MAX_O_WITH_ROUTER_TOKENS, &device).expect("counts");
+        let values = counts.try_into_vec_as::<i64>().unwrap();
+        assert!(!values.is_empty() && values.iter().all(|&v| v == 0));
+        assert!(arrival_counts_for(MAX_O_WITH_ROUTER_TOKENS + 1, &device).is_none());
     }
 
     /// The router kernel's reference (burn ops) makes the model's choice: same ids in the same

@@ -19,7 +19,6 @@ use std::cell::OnceCell;
 use std::collections::HashMap;
 
 use burn::tensor::{Device, Int, IntDType, Tensor, TensorData};
-use gpt_oss_kernels::bf16_rows::add_norm_router::zero_arrival_counts;
 use gpt_oss_kernels::greedy_picks::{greedy_into_state, reference_greedy_into_state};
 use gpt_oss_kernels::write_in_place::{
     reference_write_in_place, write_in_place, write_in_place_int,
@@ -29,7 +28,7 @@ use super::GptOss;
 use super::cache::{FixedKv, KvCache};
 use super::mask::{SlotRange, visible_ranges};
 use super::moe::RoutingHooks;
-use super::moe_pairs::{MAX_O_WITH_ROUTER_TOKENS, pair_weights};
+use super::moe_pairs::{arrival_counts_for, pair_weights};
 use super::project::on_kernel_path;
 use crate::routing::ExpertMask;
 
@@ -283,8 +282,7 @@ impl StepState {
         device: &Device,
     ) -> Self {
         let (slot, tokens, picks) = first_values(first, prompt_slots, capacity, device);
-        let arrivals = (first.len() <= MAX_O_WITH_ROUTER_TOKENS)
-            .then(|| zero_arrival_counts(first.len(), device));
+        let arrivals = arrival_counts_for(first.len(), device);
         Self {
             slot,
             tokens,
