@@ -42,6 +42,18 @@ pub fn cpu_seconds_by_thread() -> std::collections::BTreeMap<String, f64> {
     by_name
 }
 
+/// CPU seconds per thread name since the reading `before`, divided by the `runs` the time
+/// covers ([`cpu_seconds_between`] now and `before`, per run).
+pub fn cpu_seconds_per_run_since(
+    before: &std::collections::BTreeMap<String, f64>,
+    runs: usize,
+) -> std::collections::BTreeMap<String, f64> {
+    cpu_seconds_between(before, &cpu_seconds_by_thread())
+        .into_iter()
+        .map(|(thread, cpu)| (thread, cpu / runs as f64))
+        .collect()
+}
+
 /// `after - before` per thread name, dropping threads that ran for under a millisecond.
 pub fn cpu_seconds_between(
     before: &std::collections::BTreeMap<String, f64>,
@@ -52,4 +64,24 @@ pub fn cpu_seconds_between(
         .map(|(name, &t)| (name.clone(), t - before.get(name).copied().unwrap_or(0.0)))
         .filter(|(_, t)| *t >= 1e-3)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reading half a second earlier for every thread gives each about 0.5 s over the runs.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn cpu_seconds_per_run_divides_the_time_since_the_reading() {
+        let earlier: std::collections::BTreeMap<String, f64> = cpu_seconds_by_thread()
+            .into_iter()
+            .map(|(thread, t)| (thread, t - 0.5))
+            .collect();
+        let per_run = cpu_seconds_per_run_since(&earlier, 5);
+        assert!(!per_run.is_empty());
+        for (thread, seconds) in per_run {
+            assert!((0.1..0.15).contains(&seconds), "{thread}: {seconds}");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use gpt_oss_model::{ForwardOptions, GptOss, LayerRouting, RoutingObserver};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
-use crate::host::{cpu_seconds_between, cpu_seconds_by_thread};
+use crate::host::{cpu_seconds_by_thread, cpu_seconds_per_run_since};
 use crate::model_args::ModelArgs;
 
 #[derive(clap::Args, Debug)]
@@ -109,10 +109,7 @@ fn time_scoring(model: &GptOss, rows: &[Vec<u32>], iters: usize, record: bool) -
     let iters = iters.max(1);
     let cpu_before = cpu_seconds_by_thread();
     let (seconds, queued): (Vec<f64>, Vec<f64>) = (0..iters).map(|_| pass()).unzip();
-    let host_cpu = cpu_seconds_between(&cpu_before, &cpu_seconds_by_thread())
-        .into_iter()
-        .map(|(thread, cpu)| (thread, cpu / iters as f64))
-        .collect();
+    let host_cpu = cpu_seconds_per_run_since(&cpu_before, iters);
     ScoringTiming {
         seconds: median(seconds),
         queued_seconds: median(queued),
@@ -141,10 +138,8 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     let rows = random_rows(args.batch, args.seq, vocab, 7);
     let tokens = (args.batch * args.seq) as f64;
     let plain_timing = time_scoring(model, &rows, args.iters, false);
-    let (plain, recorded) = (
-        plain_timing.seconds,
-        time_scoring(model, &rows, args.iters, true).seconds,
-    );
+    let plain = plain_timing.seconds;
+    let recorded = time_scoring(model, &rows, args.iters, true).seconds;
     let pool = |d: &burn::tensor::Device| d.memory_pool_usage().map(|u| u.bytes_reserved);
     println!(
         "{}",
@@ -351,10 +346,7 @@ fn time_decode(
     };
     let cpu_before = cpu_seconds_by_thread();
     let (seconds, out) = timed(&options);
-    let host_cpu = cpu_seconds_between(&cpu_before, &cpu_seconds_by_thread())
-        .into_iter()
-        .map(|(thread, cpu)| (thread, cpu / runs.timed as f64))
-        .collect();
+    let host_cpu = cpu_seconds_per_run_since(&cpu_before, runs.timed);
     DecodeTiming {
         seconds,
         twice_seconds: timed(&twice).0,
