@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, DType, Tensor};
 
 use gpt_oss_kernels::{AttentionKernel, attention_rows, attention_tiles, bf16_rows, rotary_rows};
 
@@ -207,6 +207,12 @@ impl Attention {
                 nkv,
             )
         } else {
+            // The tensor-core products take bf16 rows: round them once for all three (each
+            // product would cast its own copy; a cast to the dtype a tensor has is free).
+            let x = match kernels && b * t > FEW_ROWS {
+                true => x.cast(DType::BF16),
+                false => x,
+            };
             (
                 rotated(linear(&self.q_proj, x.clone()), nh),
                 rotated(linear(&self.k_proj, x.clone()), nkv),
