@@ -46,7 +46,8 @@ pub trait GroupedBackend: burn::backend::Backend {
     ) -> FloatTensor<Self>;
 
     /// As `grouped_mxfp4_matmul` for down, with each expert's `bias` [E, N] added and each row
-    /// multiplied by its weight `row_weights` [P] in the same launch -> [P, N] f32.
+    /// multiplied by its weight `row_weights` [P] in the same launch, each sorted row written to
+    /// its pair's row `pair_of_row` [P] (32-bit) -> [P, N] f32 in pair order.
     #[fusion(dtype = accumulator_dtype(a), shape = product_shape(a, words))]
     #[allow(clippy::too_many_arguments)]
     fn grouped_mxfp4_scaled(
@@ -57,6 +58,7 @@ pub trait GroupedBackend: burn::backend::Backend {
         tile_starts: IntTensor<Self>,
         bias: FloatTensor<Self>,
         row_weights: FloatTensor<Self>,
+        pair_of_row: IntTensor<Self>,
         #[fusion(scalar = tiling.code())] tiling: Tiling,
     ) -> FloatTensor<Self>;
 }
@@ -86,11 +88,13 @@ struct GroupedInputs {
     tile_starts: CubeTensor,
 }
 
-/// The epilogue's inputs: each expert's bias, row weights (scaled), SwiGLU's limit and alpha.
+/// The epilogue's inputs: each expert's bias, row weights and pair of each row (scaled),
+/// SwiGLU's limit and alpha.
 struct EpilogueInputs {
     code: u32,
     bias: Option<CubeTensor>,
     row_weights: Option<CubeTensor>,
+    pair_of_row: Option<CubeTensor>,
     limit: f32,
     alpha: f32,
 }
@@ -99,17 +103,25 @@ const NO_EPILOGUE: EpilogueInputs = EpilogueInputs {
     code: EPILOGUE_NONE,
     bias: None,
     row_weights: None,
+    pair_of_row: None,
     limit: 0.0,
     alpha: 0.0,
 };
 
-/// Launches the kernel; returns the products [P, N] (after the epilogue when scaled) and,
-/// with SwiGLU, the activations [P, N / 2].
+/// What a launch returns: the products [P, N] in sorted rows, and the epilogue's output (the
+/// activations [P, N / 2] bf16 with SwiGLU, the scaled products [P, N] in pair order when
+/// scaled; a placeholder otherwise).
+struct GroupedOutputs {
+    products: CubeTensor,
+    epilogue: CubeTensor,
+}
+
+/// Launches the kernel.
 fn launch_grouped(
     inputs: GroupedInputs,
     tiling: Tiling,
     epilogue: EpilogueInputs,
-) -> (CubeTensor, CubeTensor) {
+) -> GroupedOutputs {
     let GroupedInputs {
         a,
         words,
@@ -129,12 +141,21 @@ fn launch_grouped(
     } else {
         empty_of(&a, vec![1], DType::BF16)
     };
+    let in_pair_order = if epilogue.code == EPILOGUE_SCALED {
+        empty_f32(&a, vec![p, n])
+    } else {
+        empty_f32(&a, vec![1])
+    };
     let unused = || empty_f32(&out, vec![1]);
     let bias = epilogue.bias.map(into_contiguous).unwrap_or_else(unused);
     let row_weights = epilogue
         .row_weights
         .map(into_contiguous)
         .unwrap_or_else(unused);
+    let pair_of_row = epilogue
+        .pair_of_row
+        .map(into_contiguous)
+        .unwrap_or_else(|| empty_of(&out, vec![1], DType::I32));
     let mut t = tiling;
     if !k.is_multiple_of(t.k) {
         // Every K is a multiple of one MXFP4 block; a longer step must divide it.
@@ -168,6 +189,8 @@ fn launch_grouped(
         bias.into_buffer_arg(),
         row_weights.into_buffer_arg(),
         activation.clone().into_buffer_arg(),
+        pair_of_row.into_buffer_arg(),
+        in_pair_order.clone().into_buffer_arg(),
         n as u32,
         k as u32,
         scale_words as u32,
@@ -179,7 +202,14 @@ fn launch_grouped(
         t.order.columns_first(),
         epilogue.code,
     );
-    (out, activation)
+    let epilogue = match epilogue.code {
+        EPILOGUE_SCALED => in_pair_order,
+        _ => activation,
+    };
+    GroupedOutputs {
+        products: out,
+        epilogue,
+    }
 }
 
 impl GroupedBackend for CubeBackend {
@@ -198,7 +228,7 @@ impl GroupedBackend for CubeBackend {
             offsets,
             tile_starts,
         };
-        launch_grouped(inputs, tiling, NO_EPILOGUE).0
+        launch_grouped(inputs, tiling, NO_EPILOGUE).products
     }
 
     fn grouped_mxfp4_swiglu(
@@ -226,7 +256,7 @@ impl GroupedBackend for CubeBackend {
             alpha,
             ..NO_EPILOGUE
         };
-        launch_grouped(inputs, tiling, epilogue).1
+        launch_grouped(inputs, tiling, epilogue).epilogue
     }
 
     fn grouped_mxfp4_scaled(
@@ -237,6 +267,7 @@ impl GroupedBackend for CubeBackend {
         tile_starts: CubeTensor,
         bias: CubeTensor,
         row_weights: CubeTensor,
+        pair_of_row: CubeTensor,
         tiling: Tiling,
     ) -> CubeTensor {
         let inputs = GroupedInputs {
@@ -250,8 +281,9 @@ impl GroupedBackend for CubeBackend {
             code: EPILOGUE_SCALED,
             bias: Some(bias),
             row_weights: Some(row_weights),
+            pair_of_row: Some(pair_of_row),
             ..NO_EPILOGUE
         };
-        launch_grouped(inputs, tiling, epilogue).0
+        launch_grouped(inputs, tiling, epilogue).epilogue
     }
 }

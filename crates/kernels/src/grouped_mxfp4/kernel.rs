@@ -40,6 +40,8 @@ pub(super) fn grouped_mxfp4_kernel(
     bias: &[f32],
     row_weights: &[f32],
     activation: &mut [bf16],
+    pair_of_row: &[u32],
+    in_pair_order: &mut [f32],
     n: u32,
     k: u32,
     scale_words_per_expert: u32,
@@ -130,6 +132,8 @@ pub(super) fn grouped_mxfp4_kernel(
                 out,
                 bias,
                 row_weights,
+                pair_of_row,
+                in_pair_order,
                 expert,
                 row_begin,
                 rows,
@@ -183,13 +187,17 @@ fn swiglu_epilogue(
     }
 }
 
-/// The product [P, N] plus the expert's bias, times each row's weight (its gate), in place.
+/// The product [P, N] plus the expert's bias, times each row's weight (its gate), written in
+/// pair order: row r of the tile to row `pair_of_row[r]` of `in_pair_order` [P, N], so the
+/// token's sum over its pairs needs no gather.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn scaled_epilogue(
     product: &mut [f32],
     bias: &[f32],
     row_weights: &[f32],
+    pair_of_row: &[u32],
+    in_pair_order: &mut [f32],
     expert: u32,
     row_begin: u32,
     rows: u32,
@@ -203,9 +211,11 @@ fn scaled_epilogue(
         let r = e / tn as u32;
         let col = col_begin + e % tn as u32;
         if r < rows && col < n {
-            let at = ((row_begin + r) * n + col) as usize;
-            product[at] = (product[at] + bias[(expert * n + col) as usize])
-                * row_weights[(row_begin + r) as usize];
+            let row = row_begin + r;
+            let at = (row * n + col) as usize;
+            let pair_at = (pair_of_row[row as usize] * n + col) as usize;
+            in_pair_order[pair_at] =
+                (product[at] + bias[(expert * n + col) as usize]) * row_weights[row as usize];
         }
         e += UNITS;
     }

@@ -19,7 +19,8 @@
 //! does not fit in shared memory, so the tile is stored to the output, a storage barrier makes
 //! it visible to the whole workgroup, and the invocations read it back (from cache) to add the
 //! expert's bias and write either the clamped SwiGLU [P, N / 2] (in bf16: the down product's
-//! input) or the product times each row's gate weight, in the same launch.
+//! input) or the product times each row's gate weight, written to the row of its (token,
+//! rank) pair (so a token's sum over its pairs reads them without a gather), in the same launch.
 //!
 //! Files: `decode` (MXFP4 codes to values, a K step of weights into shared memory),
 //! `kernel` (the tiled product and its epilogues), `extension` (the burn backend ops and the
@@ -33,7 +34,7 @@ pub(crate) use decode::{fp4_value, scale_value};
 pub use extension::GroupedBackend;
 pub(crate) use kernel::expert_of_tile;
 
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::{DType, Int, IntDType, Tensor};
 
 use crate::tile_order::TileOrder;
 
@@ -144,13 +145,15 @@ pub fn grouped_mxfp4_swiglu(
     )
 }
 
-/// down with `bias` [E, N] and each row's weight `row_weights` [P] fused: `a` [P, K] -> [P, N].
+/// down with `bias` [E, N] and each row's weight `row_weights` [P] fused, each sorted row
+/// written to its pair's row `pair_of_row` [P]: `a` [P, K] -> [P, N] in pair order.
 pub fn grouped_mxfp4_scaled(
     a: Tensor<2>,
     weights: PackedWeights,
     tiles: ExpertTiles,
     bias: Tensor<2>,
     row_weights: Tensor<1>,
+    pair_of_row: Tensor<1, Int>,
 ) -> Tensor<2> {
     let a = a.cast(DType::BF16);
     Tensor::from_dispatch(
@@ -162,6 +165,7 @@ pub fn grouped_mxfp4_scaled(
             tiles.tile_starts.into_dispatch(),
             bias.into_dispatch(),
             row_weights.into_dispatch(),
+            pair_of_row.cast(IntDType::I32).into_dispatch(),
             tiles.tiling,
         ),
     )

@@ -275,7 +275,8 @@ pub fn grouped_experts(
     let groups = group_by_expert(top_ids.reshape([n * k]), num_experts, tile_rows_for(n * k));
     let token_of_row = groups.pair_of_row.clone().div_scalar(k as i64);
     let row_weights = gates.select(0, groups.pair_of_row.clone());
-    let weighted = match fused_epilogue_kernels(experts, &groups, path) {
+    // Each pair's weighted expert output, in pair order (token * k + rank).
+    let in_pair_order = match fused_epilogue_kernels(experts, &groups, path) {
         Some((gate_up, down, tiles)) => {
             // The kernels read bf16 rows: cast the tokens once, then gather half the bytes.
             let rows = xs.cast(DType::BF16).select(0, token_of_row);
@@ -293,6 +294,7 @@ pub fn grouped_experts(
                 tiles,
                 experts.down_bias.val(),
                 row_weights,
+                groups.pair_of_row,
             )
         }
         None => {
@@ -308,14 +310,10 @@ pub fn grouped_experts(
                     .down_bias
                     .val()
                     .select(0, groups.expert_of_row.clone());
-            down * row_weights.unsqueeze_dim(1)
+            (down * row_weights.unsqueeze_dim(1)).select(0, groups.row_of_pair)
         }
     };
-    weighted
-        .select(0, groups.row_of_pair)
-        .reshape([n, k, h])
-        .sum_dim(1)
-        .reshape([n, h])
+    in_pair_order.reshape([n, k, h]).sum_dim(1).reshape([n, h])
 }
 
 /// Softmax over the k largest router logits: (gates [n * k], ids [n, k]).

@@ -102,11 +102,18 @@ fn check_fused_epilogues(
         json!({"kernel": "tiles + bias + SwiGLU", "tile_rows": tiling.m, "experts": experts,
                "rows": rows, "n": n}),
     );
-    let scaled =
-        grouped_mxfp4::grouped_mxfp4_scaled(a.clone(), weights, tiles, bias, row_weights.clone());
+    let scaled = grouped_mxfp4::grouped_mxfp4_scaled(
+        a.clone(),
+        weights,
+        tiles,
+        bias,
+        row_weights.clone(),
+        groups.pair_of_row.clone(),
+    );
+    // The kernel writes each sorted row to its pair's row.
     worst.record(
         scaled,
-        biased * row_weights.unsqueeze_dim(1),
+        (biased * row_weights.unsqueeze_dim(1)).select(0, groups.row_of_pair.clone()),
         json!({"kernel": "tiles + bias x row weight", "tile_rows": tiling.m,
                "experts": experts, "rows": rows, "n": n}),
     );
