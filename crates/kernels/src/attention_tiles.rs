@@ -10,7 +10,7 @@
 //!    come from the tensor cores (bf16 inputs, f32 products; workgroup-scope cooperative
 //!    matrices);
 //! 2. four invocations per query mask the scores by the query's range and update a running
-//!    softmax started from the sink's logit (maximum shared through shared memory, each
+//!    softmax started from the sink's logit (maximum shared by plane shuffles, each
 //!    invocation keeping its own partial sum and its quarter of the output row);
 //! 3. the probabilities, rounded to bf16, times the block's values on the tensor cores, added
 //!    to the output after rescaling.
@@ -97,8 +97,7 @@ fn attention_tiles_kernel(
     let quarter = unit % PER_QUERY;
     let query = first_query + local;
 
-    let mut lows = Shared::<[u32]>::new_slice(QUERIES);
-    let mut highs = Shared::<[u32]>::new_slice(QUERIES);
+    let mut plane_spans = Shared::<[u32]>::new_slice(2 * UNITS as usize);
     let mut span = Shared::<[u32]>::new_slice(2usize);
     // A block's keys and values, rows padded as `staged_tiles` pads them.
     let stride = comptime![staged_row_words(HEAD_DIM)];
@@ -108,29 +107,32 @@ fn attention_tiles_kernel(
     let mut next_values = Array::<EightBf16>::new(KEYS * HEAD_DIM / 8 / UNITS as usize);
     let mut products = Shared::<[f32]>::new_aligned_slice(QUERIES * KEYS, 16usize);
     let mut probs = Shared::<[bf16]>::new_aligned_slice(QUERIES * KEYS, 16usize);
-    let mut partial = Shared::<[f32]>::new_slice(UNITS as usize);
 
-    // Each query's visible keys; the block walks their union.
-    if unit < QUERIES as u32 {
-        let mut lo = 0u32;
-        let mut hi = 0u32;
-        if first_query + unit < queries {
-            let at = (row * queries + first_query + unit) * 2;
-            lo = ranges[at as usize];
-            hi = ranges[at as usize + 1];
-        }
-        lows[unit as usize] = lo;
-        highs[unit as usize] = hi;
+    // Each query's visible keys (read by its four invocations); the block walks their union,
+    // taken per plane and then over the planes.
+    let mut my_lo = 0u32;
+    let mut my_hi = 0u32;
+    if query < queries {
+        let at = (row * queries + query) * 2;
+        my_lo = ranges[at as usize];
+        my_hi = ranges[at as usize + 1];
+    }
+    let visible = my_lo < my_hi;
+    let plane_lo = plane_min(select(visible, my_lo, keys));
+    let plane_hi = plane_max(select(visible, my_hi, 0u32));
+    let planes = UNITS / PLANE_DIM;
+    if UNIT_POS_PLANE == 0 {
+        let plane = unit / PLANE_DIM;
+        plane_spans[(2 * plane) as usize] = plane_lo;
+        plane_spans[(2 * plane + 1) as usize] = plane_hi;
     }
     sync_cube();
     if unit == 0 {
         let mut lo = keys;
         let mut hi = 0u32;
-        for i in 0..QUERIES {
-            if lows[i] < highs[i] {
-                lo = min(lo, lows[i]);
-                hi = max(hi, highs[i]);
-            }
+        for plane in 0..planes {
+            lo = min(lo, plane_spans[(2 * plane) as usize]);
+            hi = max(hi, plane_spans[(2 * plane + 1) as usize]);
         }
         span[0] = lo;
         span[1] = hi;
@@ -138,8 +140,6 @@ fn attention_tiles_kernel(
     sync_cube();
     let span_lo = span[0];
     let span_hi = span[1];
-    let my_lo = lows[local as usize];
-    let my_hi = highs[local as usize];
 
     // The view ends at this head's last query: rows past it read zeros.
     let q_view = TensorView::new(q, seq![(row * heads + head + 1) * queries, d]).finish();
@@ -215,13 +215,9 @@ fn attention_tiles_kernel(
             scores[j] = select(visible, score, MASKED);
             local_max = max(local_max, scores[j]);
         }
-        partial[unit as usize] = local_max;
-        sync_cube();
-        let base = (local * PER_QUERY) as usize;
-        let block_max = max(
-            max(partial[base], partial[base + 1]),
-            max(partial[base + 2], partial[base + 3]),
-        );
+        // A query's four invocations are neighbouring lanes of one plane.
+        let pair_max = max(local_max, plane_shuffle_xor(local_max, 1));
+        let block_max = max(pair_max, plane_shuffle_xor(pair_max, 2));
         let new_max = max(running_max, block_max);
         let rescale = (running_max - new_max).exp();
         let mut block_sum = 0.0f32;
@@ -260,10 +256,8 @@ fn attention_tiles_kernel(
         }
         start += KEYS as u32;
     }
-    partial[unit as usize] = running_sum;
-    sync_cube();
-    let base = (local * PER_QUERY) as usize;
-    let total = partial[base] + partial[base + 1] + partial[base + 2] + partial[base + 3];
+    let pair_sum = running_sum + plane_shuffle_xor(running_sum, 1);
+    let total = pair_sum + plane_shuffle_xor(pair_sum, 2);
     if query < queries {
         let out_base = ((row * queries + query) * heads + head) * d + column0;
         #[unroll]
