@@ -1,13 +1,16 @@
 //! `bench kernel-check`: every GPU kernel against its burn-ops reference on random inputs, on
-//! one device: the grouped MXFP4 kernels (tensor-core tiles and few rows) against the reference
-//! grouped matmul (MXFP4 decoded by the tensor path) on a random routing, the few-rows bf16
-//! product against burn's f32 product of the same bf16 inputs, the row logsumexp, the RMSNorm,
-//! the router and the per-pair experts kernels (against routing by burn ops and the sorted
-//! grouped reference; also timed against the sorted grouped kernels) and the few-query attention
-//! (random key ranges, some empty, some over several chunks), the tensor-core attention for
-//! many queries (causal, sliding and random ranges) and the RoPE kernel. Prints the relative error per
-//! case; fails when one exceeds bf16 rounding (1e-2), or 1e-5 for the kernels that stay in f32
-//! (logsumexp, RMSNorm, router, attention, RoPE).
+//! one device. Each check prints the relative error per case and fails when one exceeds bf16
+//! rounding (1e-2), or 1e-5 for the kernels that stay in f32 (logsumexp, RMSNorm, router,
+//! attention, RoPE). The kernels:
+//! - the grouped MXFP4 kernels (tensor-core tiles and few rows) against the reference grouped
+//!   matmul (MXFP4 decoded by the tensor path) on a random routing;
+//! - the few-rows bf16 product against burn's f32 product of the same bf16 inputs;
+//! - the row logsumexp and the RMSNorm;
+//! - the router and the per-pair experts kernels, against routing by burn ops and the sorted
+//!   grouped reference (also timed against the sorted grouped kernels);
+//! - the few-query attention (random key ranges, some empty, some over several chunks) and the
+//!   tensor-core attention for many queries (causal, sliding and random ranges);
+//! - the RoPE kernel.
 
 mod attention;
 mod decode_timings;
@@ -42,10 +45,8 @@ pub struct KernelCheckArgs {
     /// check.
     #[arg(long)]
     pub decoding_only: bool,
-    /// Only these checks (scoring's grouped, logsumexp, attention_tiles; decoding's few_rows,
-    /// lm_head, projection_paths, rms_norm, router, o_router, moe_pairs, attention_rows,
-    /// attention_step, rotary, write_at_index, write_in_place, greedy_into_state,
-    /// embedding_rows); with `--decode-timings`, only these groups of timings (small: norms,
+    /// Only these checks, by name (an unknown name lists them all; scoring's checks run
+    /// before decoding's); with `--decode-timings`, only these groups of timings (small: norms,
     /// router, RoPE and attention; layer_chain; projections; pairs).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
