@@ -114,8 +114,8 @@ fn coopmat_gemm_staged_kernel(
     n: u32,
     k: u32,
     #[comptime] tile: (usize, usize, usize),
-    #[comptime] units: u32,
     #[comptime] columns_first: bool,
+    #[comptime] units: u32,
 ) {
     let (tm, tn, tk) = tile;
     let out = TensorView::new(&*out, seq![m, n]).finish();
@@ -221,37 +221,22 @@ impl KernelBackend for CubeBackend {
             out.clone().into_buffer_arg(),
         );
         let (m, n, k) = (m as u32, n as u32, k as u32);
+        // Both kernels take these arguments, the staged one its invocations too (the generated
+        // launch functions take each argument separately).
+        macro_rules! launch_gemm {
+            ($launch:path $(, $more:expr)*) => {
+                $launch(
+                    &client, cubes, dim, lhs, rhs, out_arg, m, n, k, tile, columns_first
+                    $(, $more)*
+                )
+            };
+        }
         match staged_or_fallback(t, n, k) {
-            Scheme::Direct => coopmat_gemm_kernel::launch(
-                &client,
-                cubes,
-                dim,
-                lhs,
-                rhs,
-                out_arg,
-                m,
-                n,
-                k,
-                tile,
-                columns_first,
-            ),
+            Scheme::Direct => launch_gemm!(coopmat_gemm_kernel::launch),
             // Safety: reads are guarded by the row and column bounds; K is whole steps and
             // rows are whole 16-byte words (`staged_or_fallback`).
             Scheme::Staged => unsafe {
-                coopmat_gemm_staged_kernel::launch_unchecked(
-                    &client,
-                    cubes,
-                    dim,
-                    lhs,
-                    rhs,
-                    out_arg,
-                    m,
-                    n,
-                    k,
-                    tile,
-                    t.units,
-                    columns_first,
-                )
+                launch_gemm!(coopmat_gemm_staged_kernel::launch_unchecked, t.units)
             },
         }
         out
