@@ -7,14 +7,13 @@
 # (e.g. "--timed-generations 9").
 set -uo pipefail
 source "$(dirname "$0")/base_and_new.sh"
-for round in $(seq 1 "${ROUNDS:-2}"); do
-  for entry in "${bins[@]}"; do
-    name=${entry%%:*}; bin=${entry#*:}
-    timeout 300 "$bin" bench model --model "$dir" --device wgpu --experts packed --batch 1 --seq 16 \
-      --iters 1 --decode-batches ${DECODE_BATCHES:-1,32} --new-tokens ${NEW_TOKENS:-64} ${BENCH_EXTRA:-} \
-      > "$out/decode-$name-$round.jsonl" 2> "$out/decode-$name-$round.log" \
-      || { echo "$name failed:"; tail -3 "$out/decode-$name-$round.log" | cut -c1-300; continue; }
-    python3 - "$out/decode-$name-$round.jsonl" "$name" "$round" <<'PY'
+decode_run() { # decode_run NAME BINARY ROUND
+  local name=$1 bin=$2 round=$3
+  timeout 300 "$bin" bench model --model "$dir" --device wgpu --experts packed --batch 1 --seq 16 \
+    --iters 1 --decode-batches ${DECODE_BATCHES:-1,32} --new-tokens ${NEW_TOKENS:-64} ${BENCH_EXTRA:-} \
+    > "$out/decode-$name-$round.jsonl" 2> "$out/decode-$name-$round.log" \
+    || { echo "$name failed:"; tail -3 "$out/decode-$name-$round.log" | cut -c1-300; return; }
+  python3 - "$out/decode-$name-$round.jsonl" "$name" "$round" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
@@ -25,5 +24,5 @@ for line in open(sys.argv[1]):
     fields = {k: v for k, v in r.items() if k != "host_cpu_seconds_by_thread"}
     print(sys.argv[2], sys.argv[3], json.dumps(fields), "busiest host thread:", busiest)
 PY
-  done
-done
+}
+alternate_runs decode_run

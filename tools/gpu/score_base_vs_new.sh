@@ -8,13 +8,12 @@
 # transformers eager on the same card (tools/gpu/torch_baseline.py) for the multiple.
 set -uo pipefail
 source "$(dirname "$0")/base_and_new.sh"
-for round in $(seq 1 "${ROUNDS:-2}"); do
-  for entry in "${bins[@]}"; do
-    name=${entry%%:*}; bin=${entry#*:}
-    timeout 150 "$bin" bench model --model "$dir" --device wgpu --experts packed --batch 8 --seq 2048 \
-      --iters 2 --decode-batches 0 > "$out/score-$name-$round.jsonl" 2> "$out/score-$name-$round.log" \
-      || { echo "$name failed:"; tail -3 "$out/score-$name-$round.log" | cut -c1-300; continue; }
-    python3 - "$out/score-$name-$round.jsonl" "$name" "$round" <<'PY'
+score_run() { # score_run NAME BINARY ROUND
+  local name=$1 bin=$2 round=$3
+  timeout 150 "$bin" bench model --model "$dir" --device wgpu --experts packed --batch 8 --seq 2048 \
+    --iters 2 --decode-batches 0 > "$out/score-$name-$round.jsonl" 2> "$out/score-$name-$round.log" \
+    || { echo "$name failed:"; tail -3 "$out/score-$name-$round.log" | cut -c1-300; return; }
+  python3 - "$out/score-$name-$round.jsonl" "$name" "$round" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
@@ -26,8 +25,8 @@ for line in open(sys.argv[1]):
           f"({r.get('queued_seconds', float('nan')):.3f} s until queued), recording "
           f"{100 * r['recording_overhead']:+.1f}%, busiest host thread {busiest[0]} {busiest[1]:.3f} s per pass")
 PY
-  done
-done
+}
+alternate_runs score_run
 if [ "${TORCH:-0}" = 1 ]; then
   timeout 200 python3 tools/gpu/torch_baseline.py model --config crates/model/src/presets/gpt-oss-20b.json \
     --batch 8 --seq 2048 --iters 2 --new-tokens 2 2>&1 | grep torch_score | cut -c1-200
