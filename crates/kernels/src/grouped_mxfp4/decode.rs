@@ -1,6 +1,7 @@
-//! MXFP4 decoding: E2M1 codes and UE8M0 scales to values, and one K step of an expert's
-//! weight rows from packed words into a shared-memory stage (bf16 in 16-byte words, rows padded
-//! as `staged_tiles` pads them: column-major B).
+//! MXFP4 decoding: E2M1 codes and UE8M0 scales to values, one K step of an expert's weight
+//! rows from packed words into a shared-memory stage (bf16 in 16-byte words, rows padded as
+//! `staged_tiles` pads them: column-major B), and every expert's weights to bf16 in global
+//! memory at once (`decode_experts_kernel`, for `Tiling::decoded`).
 
 use cubecl::prelude::*;
 
@@ -94,8 +95,7 @@ pub(super) fn load_stage_words(
 }
 
 /// Decodes loaded words into `stage` as 16-byte words: weight row `col` of the step at
-/// `col * staged_row_words(tk)` (column-major B with rows padded by one word). The decoded
-/// values have at most two significant bits, so the top half of their f32 bits is their bf16.
+/// `col * staged_row_words(tk)` (column-major B with rows padded by one word).
 #[cube]
 pub(super) fn decode_stage_words(
     loaded: &StepWeights,
@@ -110,22 +110,63 @@ pub(super) fn decode_stage_words(
     #[unroll]
     for i in 0..per_unit {
         let (local_row, part) = stage_word_position(i as u32, tk);
-        let scale = scale_value(loaded.scale_codes[i]);
-        let word = loaded.words[i];
-        let mut eight = EightBf16::new(0u32);
-        #[unroll]
-        for q in 0..4usize {
-            let low = (word >> (q as u32 * 8)) & 0xF;
-            let high = (word >> (q as u32 * 8 + 4)) & 0xF;
-            let (low, high) = if comptime![use_table] {
-                (table[low as usize], table[high as usize])
-            } else {
-                (fp4_value(low), fp4_value(high))
-            };
-            let low_bits = u32::reinterpret(low * scale) >> 16;
-            let high_bits = u32::reinterpret(high * scale) & 0xFFFF_0000;
-            eight.insert(q, low_bits | high_bits);
-        }
-        stage[(local_row * stride + part) as usize] = eight;
+        stage[(local_row * stride + part) as usize] =
+            decoded_word(loaded.words[i], loaded.scale_codes[i], table, use_table);
     }
+}
+
+/// The eight bf16 values of one MXFP4 word (eight codes, low nibble first) under the scale
+/// byte `scale_code`, in memory order. The decoded values have at most two significant bits,
+/// so the top half of their f32 bits is their bf16 (exact).
+#[cube]
+fn decoded_word(
+    word: u32,
+    scale_code: u32,
+    table: &[f32],
+    #[comptime] use_table: bool,
+) -> EightBf16 {
+    let scale = scale_value(scale_code);
+    let mut eight = EightBf16::new(0u32);
+    #[unroll]
+    for q in 0..4usize {
+        let low = (word >> (q as u32 * 8)) & 0xF;
+        let high = (word >> (q as u32 * 8 + 4)) & 0xF;
+        let (low, high) = if comptime![use_table] {
+            (table[low as usize], table[high as usize])
+        } else {
+            (fp4_value(low), fp4_value(high))
+        };
+        let low_bits = u32::reinterpret(low * scale) >> 16;
+        let high_bits = u32::reinterpret(high * scale) & 0xFFFF_0000;
+        eight.insert(q, low_bits | high_bits);
+    }
+    eight
+}
+
+/// Decodes every expert's MXFP4 weights, `words` [E, N, K / 8] and `scales` [E, S], to bf16
+/// `decoded` [E, N, K] (as 16-byte words, one per MXFP4 word): the grouped kernel's weights
+/// when it takes them decoded (`Tiling::decoded`). One invocation per word, `count` words in
+/// all, over a grid of `grid_over_rows` workgroups.
+#[cube(launch)]
+pub(super) fn decode_experts_kernel(
+    words: &[u32],
+    scales: &[u32],
+    decoded: &mut [EightBf16],
+    n: u32,
+    k: u32,
+    scale_words_per_expert: u32,
+    count: u32,
+) {
+    let w = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_X + UNIT_POS_X;
+    if w >= count {
+        terminate!();
+    }
+    let words_per_row = k / 8;
+    let expert = w / (n * words_per_row);
+    let row = (w / words_per_row) % n;
+    let block = row * (k / 32) + (w % words_per_row) / 4;
+    let scale_word = scales[(expert * scale_words_per_expert + block / 4) as usize];
+    let code = (scale_word >> ((block % 4) * 8)) & 0xFF;
+    let no_table = Shared::<[f32]>::new_slice(1usize);
+    decoded[w as usize] = decoded_word(words[w as usize], code, &no_table, false);
 }

@@ -8,9 +8,10 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
+use super::decode::decode_experts_kernel;
 use super::kernel::{EPILOGUE_NONE, EPILOGUE_SCALED, EPILOGUE_SWIGLU, grouped_mxfp4_kernel};
 use super::{Tiling, UNITS};
-use crate::launch::{empty_f32, empty_of};
+use crate::launch::{empty_f32, empty_of, grid_over_rows};
 use crate::staged_tiles::whole_words_per_unit;
 
 /// GPU extension ops for the grouped MoE; only the CubeCL backend implements them.
@@ -175,6 +176,14 @@ fn launch_grouped(
         t.k,
         UNITS * 8
     );
+    // With `decoded`, the kernel reads the weights decoded to bf16 and not the words.
+    let (words, decoded) = match t.decoded {
+        true => (
+            empty_of(&a, vec![1], DType::I32),
+            decoded_experts(&words, &scales, k),
+        ),
+        false => (words, empty_of(&a, vec![1], DType::BF16)),
+    };
     let tiles = p.div_ceil(t.m) + experts;
     grouped_mxfp4_kernel::launch(
         &client,
@@ -183,6 +192,7 @@ fn launch_grouped(
         a.into_buffer_arg(),
         words.into_buffer_arg(),
         scales.into_buffer_arg(),
+        decoded.into_buffer_arg(),
         offsets.into_buffer_arg(),
         tile_starts.into_buffer_arg(),
         out.clone().into_buffer_arg(),
@@ -199,6 +209,7 @@ fn launch_grouped(
         epilogue.alpha,
         (t.m, t.n, t.k),
         t.table,
+        t.decoded,
         t.order.columns_first(),
         epilogue.code,
     );
@@ -210,6 +221,28 @@ fn launch_grouped(
         products: out,
         epilogue,
     }
+}
+
+/// Every expert's weights, `words` [E, N, K / 8] and `scales` [E, S], decoded to bf16 [E, N, K]
+/// in one launch (`decode_experts_kernel`).
+fn decoded_experts(words: &CubeTensor, scales: &CubeTensor, k: usize) -> CubeTensor {
+    let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
+    let decoded = empty_of(words, vec![experts, n, k], DType::BF16);
+    let count = experts * n * k / 8;
+    let units = 256;
+    decode_experts_kernel::launch(
+        &words.client,
+        grid_over_rows(count.div_ceil(units)),
+        CubeDim::new_1d(units as u32),
+        words.clone().into_buffer_arg(),
+        scales.clone().into_buffer_arg(),
+        decoded.clone().into_buffer_arg(),
+        n as u32,
+        k as u32,
+        scales.meta.shape()[1] as u32,
+        count as u32,
+    );
+    decoded
 }
 
 impl GroupedBackend for CubeBackend {

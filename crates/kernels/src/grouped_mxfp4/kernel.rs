@@ -34,6 +34,7 @@ pub(super) fn grouped_mxfp4_kernel(
     a: &[EightBf16],
     words: &[u32],
     scales: &[u32],
+    decoded_weights: &[EightBf16],
     offsets: &[u32],
     tile_starts: &[u32],
     out: &mut [f32],
@@ -50,6 +51,7 @@ pub(super) fn grouped_mxfp4_kernel(
     alpha: f32,
     #[comptime] tile: (usize, usize, usize),
     #[comptime] use_table: bool,
+    #[comptime] decoded: bool,
     #[comptime] columns_first: bool,
     #[comptime] epilogue: u32,
 ) {
@@ -73,6 +75,13 @@ pub(super) fn grouped_mxfp4_kernel(
         table[UNIT_POS as usize] = fp4_value(UNIT_POS);
     }
     let mut loaded = step_weights(tn, tk);
+    // With `decoded`, the step's weight rows come as bf16 words like the input rows.
+    let b_words = comptime![if decoded {
+        tn * tk / 8 / UNITS as usize
+    } else {
+        1
+    }];
+    let mut next_b = Array::<EightBf16>::new(b_words);
     let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / UNITS as usize);
     let mut a_mat = input_matrix(cmma::MatrixIdent::A, tile, cmma::MatrixLayout::RowMajor);
     let mut b_mat = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::ColMajor);
@@ -84,14 +93,36 @@ pub(super) fn grouped_mxfp4_kernel(
         n,
         k,
     };
+    // The expert's weight rows in `decoded_weights` viewed as [E * N, K].
+    let weight_row = expert * n + col_begin;
+    let weight_rows_end = expert * n + n;
     let steps = k / tk as u32;
     // Step 0's rows and words in registers; each step then stages them, and loads the next
     // step's while the tensor cores multiply.
     load_tile_words(a, &mut next_a, row_begin, row_end, 0, k, k, tm, tk, UNITS);
-    load_stage_words(words, scales, &mut loaded, &weights_at, 0, tn, tk);
+    if comptime![decoded] {
+        load_tile_words(
+            decoded_weights,
+            &mut next_b,
+            weight_row,
+            weight_rows_end,
+            0,
+            k,
+            k,
+            tn,
+            tk,
+            UNITS,
+        );
+    } else {
+        load_stage_words(words, scales, &mut loaded, &weights_at, 0, tn, tk);
+    }
     sync_cube();
     for step in 0..steps {
-        decode_stage_words(&loaded, &table, &mut stage_b, tn, tk, use_table);
+        if comptime![decoded] {
+            store_tile_words(&next_b, &mut stage_b, tn, tk, UNITS);
+        } else {
+            decode_stage_words(&loaded, &table, &mut stage_b, tn, tk, use_table);
+        }
         store_tile_words(&next_a, &mut stage_a, tm, tk, UNITS);
         sync_cube();
         if step + 1 < steps {
@@ -108,7 +139,22 @@ pub(super) fn grouped_mxfp4_kernel(
                 tk,
                 UNITS,
             );
-            load_stage_words(words, scales, &mut loaded, &weights_at, k_next, tn, tk);
+            if comptime![decoded] {
+                load_tile_words(
+                    decoded_weights,
+                    &mut next_b,
+                    weight_row,
+                    weight_rows_end,
+                    k_next,
+                    k,
+                    k,
+                    tn,
+                    tk,
+                    UNITS,
+                );
+            } else {
+                load_stage_words(words, scales, &mut loaded, &weights_at, k_next, tn, tk);
+            }
         }
         // Strides in u32 words (the loads divide them by an EightBf16's four words).
         cmma::load(&mut a_mat, &stage_a[0..tm * stride], (stride * 4) as u32);

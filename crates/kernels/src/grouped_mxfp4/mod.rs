@@ -10,6 +10,11 @@
 //! registers while the tensor cores multiply (staging the rows took the kernel from 96 to 124
 //! TF/s at scoring's size, and storing the decoded weights in 16-byte words into padded rows
 //! to 141; a second shared stage was measured earlier and removed: docs/benchmarks.md).
+//! With `Tiling::decoded` (scoring's tiles of 256 rows) the launch first decodes every
+//! expert's weights to bf16 in global memory (`decode_experts_kernel`), and the product stages
+//! each step's weight rows from there exactly as it stages its input rows: each weight tile is
+//! otherwise decoded again by every row tile of its expert (eight at scoring's 2,048 rows per
+//! expert), and the decoding sits between the step's loads and its product.
 //! Which expert and row tile a workgroup takes comes from `tile_starts` (prefix sums of
 //! ceil(count / tm)), computed on the device: no host round trip. The grid is sized for the
 //! worst case (ceil(P / tm) + E tiles); workgroups past the last tile exit at once.
@@ -22,7 +27,8 @@
 //! input) or the product times each row's gate weight, written to the row of its (token,
 //! rank) pair (so a token's sum over its pairs reads them without a gather), in the same launch.
 //!
-//! Files: `decode` (MXFP4 codes to values, a K step of weights into shared memory),
+//! Files: `decode` (MXFP4 codes to values, a K step of weights into shared memory, all
+//! experts to bf16),
 //! `kernel` (the tiled product and its epilogues), `extension` (the burn backend ops and the
 //! launch); the tilings and the functions on burn tensors are here.
 
@@ -49,6 +55,12 @@ pub struct Tiling {
     pub k: usize,
     /// FP4 values from a 16-entry table in shared memory instead of arithmetic.
     pub table: bool,
+    /// The launch first decodes every expert's weights to bf16 in global memory (one extra
+    /// launch, a scratch buffer of E x N x K bf16, freed with the launch), and the product
+    /// stages them like its input rows instead of decoding each step's words in the workgroup.
+    /// Pays where each weight tile serves many row tiles (scoring); the weights at rest stay
+    /// MXFP4.
+    pub decoded: bool,
     /// Which tiles the workgroups take first (`tile_order`).
     pub order: TileOrder,
 }
@@ -61,6 +73,7 @@ impl Tiling {
             | (self.k as u64) << 32
             | (self.table as u64) << 48
             | (self.order.columns_first() as u64) << 49
+            | (self.decoded as u64) << 50
     }
 }
 
@@ -70,6 +83,7 @@ pub const SMALL_TILES: Tiling = Tiling {
     n: 128,
     k: 32,
     table: true,
+    decoded: false,
     order: TileOrder::ColumnsFirst,
 };
 
@@ -82,6 +96,7 @@ pub const LARGE_TILES: Tiling = Tiling {
     n: 128,
     k: 32,
     table: true,
+    decoded: true,
     order: TileOrder::ColumnsFirst,
 };
 

@@ -26,8 +26,9 @@ const CASES: [(usize, usize, usize, usize); 8] = [
     (32, 65536, 5760, 2880),
 ];
 
-/// The grouped tensor-core kernels (tiles of 64 and 256 rows, with their epilogues) and the
-/// few-rows grouped kernel on every case, against the reference grouped matmul.
+/// The grouped tensor-core kernels (tiles of 64 rows decoding in the workgroup, tiles of 256
+/// rows from weights decoded first, both with their epilogues) and the few-rows grouped kernel
+/// on every case, against the reference grouped matmul.
 pub(super) fn check_grouped_kernels(device: &Device) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(3);
     let mut worst = Worst::new("grouped kernel", 1e-2);
@@ -120,13 +121,15 @@ fn check_fused_epilogues(
     Ok(())
 }
 
-/// `MxNxK` with optional `/flags`: `t` FP4 table, `c` column tiles first.
+/// `MxNxK` with optional `/flags`: `t` FP4 table, `c` column tiles first, `d` weights decoded
+/// to bf16 before the product (`Tiling::decoded`).
 pub(super) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
     let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
     let [m, n, k] = super::super::bench_matmul::parse_shape(shape)?;
-    if let Some(bad) = flags.chars().find(|&c| c != 't' && c != 'c') {
+    if let Some(bad) = flags.chars().find(|c| !"tcd".contains(*c)) {
         anyhow::bail!(
-            "grouped tiling `{text}`: unknown flag `{bad}` (t: table, c: column tiles first)"
+            "grouped tiling `{text}`: unknown flag `{bad}` (t: table, c: column tiles first, \
+             d: weights decoded first)"
         );
     }
     anyhow::ensure!(
@@ -138,6 +141,7 @@ pub(super) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
         n,
         k,
         table: flags.contains('t'),
+        decoded: flags.contains('d'),
         order: match flags.contains('c') {
             true => TileOrder::ColumnsFirst,
             false => TileOrder::RowsFirst,
@@ -206,11 +210,12 @@ mod tests {
     fn grouped_tilings_parse_their_flags_and_reject_others() {
         let plain = parse_grouped_tiling("256x128x32").unwrap();
         assert_eq!((plain.m, plain.n, plain.k), (256, 128, 32));
-        assert!(!plain.table);
+        assert!(!plain.table && !plain.decoded);
         assert_eq!(plain.order, TileOrder::RowsFirst);
         let flagged = parse_grouped_tiling("64x128x64/tc").unwrap();
-        assert!(flagged.table);
+        assert!(flagged.table && !flagged.decoded);
         assert_eq!(flagged.order, TileOrder::ColumnsFirst);
+        assert!(parse_grouped_tiling("256x128x32/tcd").unwrap().decoded);
         assert!(parse_grouped_tiling("256x128x32/x").is_err());
         assert!(parse_grouped_tiling("256x128x40/t").is_err());
     }
