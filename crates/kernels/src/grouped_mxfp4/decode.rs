@@ -7,7 +7,7 @@ use cubecl::prelude::*;
 
 use super::UNITS;
 use crate::bf16_rows::EightBf16;
-use crate::staged_tiles::staged_row_words;
+use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
 
 /// The E2M1 value of a 4-bit code (sign in bit 3).
 #[cube]
@@ -37,10 +37,11 @@ fn stage_word_position(i: u32, #[comptime] tk: usize) -> (u32, u32) {
     (w / words_per_step, w % words_per_step)
 }
 
-/// Where a workgroup's weights lie: its expert's first word and scale word, its first output
-/// column (weight row), and the sizes N and K.
+/// Where a workgroup's weights lie: its expert's first weight row (of all experts' rows),
+/// first word and scale word, its first output column (weight row), and the sizes N and K.
 #[derive(CubeType)]
 pub(super) struct WeightsPlace {
+    pub expert_rows: u32,
     pub expert_words: u32,
     pub expert_scales: u32,
     pub col_begin: u32,
@@ -48,26 +49,109 @@ pub(super) struct WeightsPlace {
     pub k: u32,
 }
 
-/// One K step's MXFP4 words and scale codes, in this invocation's registers.
+/// The weights a grouped launch reads: the experts' MXFP4 words and scale words, or (with
+/// `Tiling::decoded`) all experts' rows decoded to bf16 first, [E * N, K].
+#[derive(CubeType)]
+pub(super) struct WeightSources<'a> {
+    pub words: &'a [u32],
+    pub scales: &'a [u32],
+    pub bf16_rows: &'a [EightBf16],
+}
+
+#[cube]
+impl<'a> WeightSources<'a> {
+    pub fn new(
+        words: &'a [u32],
+        scales: &'a [u32],
+        bf16_rows: &'a [EightBf16],
+    ) -> WeightSources<'a> {
+        WeightSources::<'a> {
+            words,
+            scales,
+            bf16_rows,
+        }
+    }
+}
+
+/// One K step's weights in this invocation's registers: MXFP4 words and scale codes, or with
+/// weights decoded first (`Tiling::decoded`), 16-byte words of bf16 values.
 #[derive(CubeType)]
 pub(super) struct StepWeights {
     pub words: Array<u32>,
     pub scale_codes: Array<u32>,
+    pub bf16_words: Array<EightBf16>,
 }
 
-/// Registers for this invocation's share of a `tn x tk` step.
+/// Registers for this invocation's share of a `tn x tk` step (`decoded`: bf16 words only).
 #[cube]
-pub(super) fn step_weights(#[comptime] tn: usize, #[comptime] tk: usize) -> StepWeights {
+pub(super) fn step_weights(
+    #[comptime] tn: usize,
+    #[comptime] tk: usize,
+    #[comptime] decoded: bool,
+) -> StepWeights {
     let per_unit = tn * tk / 8 / UNITS as usize;
+    let (packed, bf16) = comptime![if decoded {
+        (1, per_unit)
+    } else {
+        (per_unit, 1)
+    }];
     StepWeights {
-        words: Array::<u32>::new(per_unit),
-        scale_codes: Array::<u32>::new(per_unit),
+        words: Array::<u32>::new(packed),
+        scale_codes: Array::<u32>::new(packed),
+        bf16_words: Array::<EightBf16>::new(bf16),
+    }
+}
+
+/// Loads this invocation's share of step `k_begin`'s weights (zeros past row N): bf16 words
+/// of the expert's decoded rows when `decoded`, MXFP4 words and scale codes otherwise.
+#[cube]
+pub(super) fn load_step_weights(
+    sources: &WeightSources<'_>,
+    loaded: &mut StepWeights,
+    place: &WeightsPlace,
+    k_begin: u32,
+    #[comptime] tile: (usize, usize, usize),
+    #[comptime] decoded: bool,
+) {
+    let (_, tn, tk) = tile;
+    if comptime![decoded] {
+        let (first_row, rows_end) = (
+            place.expert_rows + place.col_begin,
+            place.expert_rows + place.n,
+        );
+        let (rows, k) = (sources.bf16_rows, place.k);
+        let into = &mut loaded.bf16_words;
+        load_tile_words(
+            rows, into, first_row, rows_end, k_begin, k, k, tn, tk, UNITS,
+        );
+    } else {
+        let (words, scales) = (sources.words, sources.scales);
+        load_stage_words(words, scales, loaded, place, k_begin, tn, tk);
+    }
+}
+
+/// Stores the loaded step's weights into `stage` as bf16 rows (column-major B): decoded here
+/// from MXFP4, or copied when they were decoded first.
+#[cube]
+pub(super) fn stage_step_weights(
+    loaded: &StepWeights,
+    table: &[f32],
+    stage: &mut [EightBf16],
+    #[comptime] tile: (usize, usize, usize),
+    #[comptime] use_table: bool,
+    #[comptime] decoded: bool,
+) {
+    let (_, tn, tk) = tile;
+    if comptime![decoded] {
+        store_tile_words(&loaded.bf16_words, stage, tn, tk, UNITS);
+    } else {
+        decode_stage_words(loaded, table, stage, tn, tk, use_table);
     }
 }
 
 /// Loads this invocation's words and scale bytes of step `k_begin` (zeros past row N).
 #[cube]
-pub(super) fn load_stage_words(
+fn load_stage_words(
     words: &[u32],
     scales: &[u32],
     loaded: &mut StepWeights,
@@ -97,7 +181,7 @@ pub(super) fn load_stage_words(
 /// Decodes loaded words into `stage` as 16-byte words: weight row `col` of the step at
 /// `col * staged_row_words(tk)` (column-major B with rows padded by one word).
 #[cube]
-pub(super) fn decode_stage_words(
+fn decode_stage_words(
     loaded: &StepWeights,
     table: &[f32],
     stage: &mut [EightBf16],

@@ -4,7 +4,9 @@ use cubecl::prelude::*;
 use half::bf16;
 
 use super::UNITS;
-use super::decode::{WeightsPlace, decode_stage_words, fp4_value, load_stage_words, step_weights};
+use super::decode::{
+    WeightSources, WeightsPlace, fp4_value, load_step_weights, stage_step_weights, step_weights,
+};
 use crate::bf16_rows::EightBf16;
 use crate::coopmat_gemm::{input_matrix, zero_accumulator};
 use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
@@ -34,7 +36,7 @@ pub(super) fn grouped_mxfp4_kernel(
     a: &[EightBf16],
     words: &[u32],
     scales: &[u32],
-    decoded_weights: &[EightBf16],
+    bf16_weights: &[EightBf16],
     offsets: &[u32],
     tile_starts: &[u32],
     out: &mut [f32],
@@ -74,55 +76,28 @@ pub(super) fn grouped_mxfp4_kernel(
     if UNIT_POS < 16 {
         table[UNIT_POS as usize] = fp4_value(UNIT_POS);
     }
-    let mut loaded = step_weights(tn, tk);
-    // With `decoded`, the step's weight rows come as bf16 words like the input rows.
-    let b_words = comptime![if decoded {
-        tn * tk / 8 / UNITS as usize
-    } else {
-        1
-    }];
-    let mut next_b = Array::<EightBf16>::new(b_words);
+    let mut loaded = step_weights(tn, tk, decoded);
     let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / UNITS as usize);
     let mut a_mat = input_matrix(cmma::MatrixIdent::A, tile, cmma::MatrixLayout::RowMajor);
     let mut b_mat = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::ColMajor);
     let acc = zero_accumulator(tile);
-    let weights_at = WeightsPlace {
+    let place = WeightsPlace {
+        expert_rows: expert * n,
         expert_words: expert * n * (k / 8),
         expert_scales: expert * scale_words_per_expert,
         col_begin,
         n,
         k,
     };
-    // The expert's weight rows in `decoded_weights` viewed as [E * N, K].
-    let weight_row = expert * n + col_begin;
-    let weight_rows_end = expert * n + n;
+    let sources = WeightSources::new(words, scales, bf16_weights);
     let steps = k / tk as u32;
     // Step 0's rows and words in registers; each step then stages them, and loads the next
     // step's while the tensor cores multiply.
     load_tile_words(a, &mut next_a, row_begin, row_end, 0, k, k, tm, tk, UNITS);
-    if comptime![decoded] {
-        load_tile_words(
-            decoded_weights,
-            &mut next_b,
-            weight_row,
-            weight_rows_end,
-            0,
-            k,
-            k,
-            tn,
-            tk,
-            UNITS,
-        );
-    } else {
-        load_stage_words(words, scales, &mut loaded, &weights_at, 0, tn, tk);
-    }
+    load_step_weights(&sources, &mut loaded, &place, 0, tile, decoded);
     sync_cube();
     for step in 0..steps {
-        if comptime![decoded] {
-            store_tile_words(&next_b, &mut stage_b, tn, tk, UNITS);
-        } else {
-            decode_stage_words(&loaded, &table, &mut stage_b, tn, tk, use_table);
-        }
+        stage_step_weights(&loaded, &table, &mut stage_b, tile, use_table, decoded);
         store_tile_words(&next_a, &mut stage_a, tm, tk, UNITS);
         sync_cube();
         if step + 1 < steps {
@@ -139,22 +114,7 @@ pub(super) fn grouped_mxfp4_kernel(
                 tk,
                 UNITS,
             );
-            if comptime![decoded] {
-                load_tile_words(
-                    decoded_weights,
-                    &mut next_b,
-                    weight_row,
-                    weight_rows_end,
-                    k_next,
-                    k,
-                    k,
-                    tn,
-                    tk,
-                    UNITS,
-                );
-            } else {
-                load_stage_words(words, scales, &mut loaded, &weights_at, k_next, tn, tk);
-            }
+            load_step_weights(&sources, &mut loaded, &place, k_next, tile, decoded);
         }
         // Strides in u32 words (the loads divide them by an EightBf16's four words).
         cmma::load(&mut a_mat, &stage_a[0..tm * stride], (stride * 4) as u32);
