@@ -31,24 +31,25 @@ pub const MAX_EXPERTS: usize = BLOCK as usize - 1;
 /// Rounds of the running sums over a block (2^8 = [`BLOCK`]).
 const SCAN_ROUNDS: u32 = 8;
 const _: () = assert!(1 << SCAN_ROUNDS == BLOCK);
-/// Each part of the flat output starts at a multiple of this many values (256 bytes), so a
-/// view of it can be bound where storage buffers must start aligned.
+/// Each part of the flat output starts at a multiple of this many values (256 bytes).
+/// burn-cubecl's `narrow` gives a view (no copy) only where the part's first byte and the
+/// bytes after its end are multiples of the device's offset alignment: the experts' parts come
+/// first, so with a multiple of 64 pairs (scoring's 65,536) the three parts of P values are
+/// views; the others are copied by a launch of their own.
 const PART_ALIGN: usize = 64;
 
-/// Where the parts of the flat output start, for `pairs` pairs and `experts` experts: (pair of
-/// each row, expert of each row, first rows, first tiles, total length); the sorted row of each
-/// pair starts at 0.
+/// Where the parts of the flat output start, for `pairs` pairs and `experts` experts: (first
+/// tile of each expert, sorted row of each pair, pair of each sorted row, expert of each
+/// sorted row, total length); each expert's first row starts at 0.
 pub fn flat_parts(pairs: usize, experts: usize) -> [usize; 5] {
-    let (pair_part, expert_part) = (
-        pairs.next_multiple_of(PART_ALIGN),
-        (experts + 1).next_multiple_of(PART_ALIGN),
-    );
+    let expert_part = (experts + 1).next_multiple_of(PART_ALIGN);
+    let rows_at = 2 * expert_part;
     [
-        pair_part,
-        2 * pair_part,
-        3 * pair_part,
-        3 * pair_part + expert_part,
-        3 * pair_part + 2 * expert_part,
+        expert_part,
+        rows_at,
+        rows_at + pairs,
+        rows_at + 2 * pairs,
+        rows_at + 3 * pairs,
     ]
 }
 
@@ -146,7 +147,6 @@ fn block_starts_kernel(
 fn expert_offsets_kernel(
     totals: &[u32],
     out: &mut [u32],
-    offsets_at: u32,
     tiles_at: u32,
     experts: u32,
     tile_rows: u32,
@@ -167,7 +167,7 @@ fn expert_offsets_kernel(
             first_row += c;
             first_tile += c.div_ceil(tile_rows);
         }
-        out[(offsets_at + e) as usize] = first_row;
+        out[e as usize] = first_row;
         out[(tiles_at + e) as usize] = first_tile;
     }
 }
@@ -180,9 +180,9 @@ fn sorted_rows_kernel(
     out: &mut [u32],
     pairs: u32,
     experts: u32,
+    rows_at: u32,
     pair_at: u32,
     expert_at: u32,
-    offsets_at: u32,
 ) {
     let pair = workgroup_index() * BLOCK + UNIT_POS;
     if pair >= pairs {
@@ -190,10 +190,10 @@ fn sorted_rows_kernel(
     }
     let expert = ids[pair as usize];
     let block = pair / BLOCK;
-    let row = out[(offsets_at + expert) as usize]
+    let row = out[expert as usize]
         + block_starts[(block * experts + expert) as usize]
         + rank_in_block[pair as usize];
-    out[pair as usize] = row;
+    out[(rows_at + pair) as usize] = row;
     out[(pair_at + row) as usize] = pair;
     out[(expert_at + row) as usize] = expert;
 }
@@ -202,9 +202,9 @@ fn sorted_rows_kernel(
 #[backend_extension(Cube, Fusion)]
 pub trait ExpertGroupsBackend: burn::backend::Backend {
     /// `expert_ids` [P] (32-bit, pair order, each below `experts`) -> flat 32-bit, each part
-    /// where [`flat_parts`] puts it: the sorted row of each pair [P], the pair of each sorted
-    /// row [P], the expert of each sorted row [P], each expert's first row [E + 1] and first
-    /// tile of `tile_rows` rows [E + 1].
+    /// where [`flat_parts`] puts it: each expert's first row [E + 1] and first tile of
+    /// `tile_rows` rows [E + 1], the sorted row of each pair [P], the pair of each sorted row
+    /// [P], the expert of each sorted row [P].
     #[fusion(dtype = same_dtype(expert_ids), shape = Shape::from(vec![flat_parts(expert_ids[0], *experts)[4]]))]
     fn expert_groups(
         expert_ids: IntTensor<Self>,
@@ -223,7 +223,7 @@ impl ExpertGroupsBackend for CubeBackend {
         );
         let pairs = ids.meta.shape()[0];
         let blocks = pairs.div_ceil(BLOCK as usize).max(1);
-        let [pair_at, expert_at, offsets_at, tiles_at, len] =
+        let [tiles_at, rows_at, pair_at, expert_at, len] =
             flat_parts(pairs, experts).map(|at| at as u32);
         let out = empty_of(&ids, vec![len as usize], ids.dtype);
         let u32s = |len: usize| empty_of(&ids, vec![len], ids.dtype);
@@ -258,7 +258,6 @@ impl ExpertGroupsBackend for CubeBackend {
             dim,
             totals.into_buffer_arg(),
             out.clone().into_buffer_arg(),
-            offsets_at,
             tiles_at,
             e,
             tile_rows as u32,
@@ -273,9 +272,9 @@ impl ExpertGroupsBackend for CubeBackend {
             out.clone().into_buffer_arg(),
             p,
             e,
+            rows_at,
             pair_at,
             expert_at,
-            offsets_at,
         );
         out
     }
@@ -305,13 +304,13 @@ pub fn expert_groups(
             tile_rows,
         ),
     );
-    let [pair_at, expert_at, offsets_at, tiles_at, _] = flat_parts(p, experts);
+    let [tiles_at, rows_at, pair_at, expert_at, _] = flat_parts(p, experts);
     let part = |start: usize, len: usize| flat.clone().narrow(0, start, len);
     SortedByExpert {
-        row_of_pair: part(0, p),
+        row_of_pair: part(rows_at, p),
         pair_of_row: part(pair_at, p),
         expert_of_row: part(expert_at, p),
-        offsets: part(offsets_at, experts + 1),
+        offsets: part(0, experts + 1),
         tile_starts: part(tiles_at, experts + 1),
     }
 }
@@ -321,16 +320,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flat_parts_start_aligned_and_hold_their_values() {
+    fn flat_parts_hold_their_values_and_whole_blocks_of_pairs_stay_aligned() {
         for (pairs, experts) in [(1, 1), (4, 32), (300, 4), (65536, 32), (70001, 128)] {
-            let [pair_at, expert_at, offsets_at, tiles_at, len] = flat_parts(pairs, experts);
-            for at in [pair_at, expert_at, offsets_at, tiles_at] {
-                assert_eq!(at % PART_ALIGN, 0, "{pairs} pairs, {experts} experts");
+            let [tiles_at, rows_at, pair_at, expert_at, len] = flat_parts(pairs, experts);
+            // Each part holds its values before the next begins, and the last ends the output.
+            assert!(experts < tiles_at && tiles_at + experts < rows_at);
+            assert!(rows_at + pairs <= pair_at && pair_at + pairs <= expert_at);
+            assert_eq!(expert_at + pairs, len);
+            // The parts of P values start aligned, and with whole 256-byte blocks of pairs they
+            // end aligned too (burn-cubecl then narrows them to views).
+            assert_eq!(rows_at % PART_ALIGN, 0);
+            if pairs % PART_ALIGN == 0 {
+                for at in [pair_at, expert_at, len] {
+                    assert_eq!(at % PART_ALIGN, 0, "{pairs} pairs, {experts} experts");
+                }
             }
-            // Each part holds its values before the next begins.
-            assert!(pairs <= pair_at && pair_at + pairs <= expert_at);
-            assert!(expert_at + pairs <= offsets_at);
-            assert!(offsets_at + experts < tiles_at && tiles_at + experts < len);
         }
     }
 }
