@@ -222,12 +222,14 @@ impl ExpertGroupsBackend for CubeBackend {
             "expert_groups: {experts} experts (1 to {MAX_EXPERTS}), tiles of {tile_rows} rows"
         );
         let pairs = ids.meta.shape()[0];
-        let blocks = pairs.div_ceil(BLOCK as usize).max(1);
+        // No pairs: no blocks, so every expert's total is 0 (the grids still take one
+        // workgroup, which exits at once).
+        let blocks = pairs.div_ceil(BLOCK as usize);
         let [tiles_at, rows_at, pair_at, expert_at, len] =
             flat_parts(pairs, experts).map(|at| at as u32);
         let out = empty_of(&ids, vec![len as usize], ids.dtype);
-        let u32s = |len: usize| empty_of(&ids, vec![len], ids.dtype);
-        let (rank_in_block, block_counts) = (u32s(pairs.max(1)), u32s(blocks * experts));
+        let u32s = |len: usize| empty_of(&ids, vec![len.max(1)], ids.dtype);
+        let (rank_in_block, block_counts) = (u32s(pairs), u32s(blocks * experts));
         let (block_starts, totals) = (u32s(blocks * experts), u32s(experts));
         let client = ids.client.clone();
         let dim = CubeDim::new_1d(BLOCK);
