@@ -30,6 +30,7 @@ pub mod attention_tiles;
 pub mod bf16_rows;
 pub mod coopmat_gemm;
 pub mod embedding_rows;
+pub mod expert_groups;
 pub mod experts_pairs;
 pub mod greedy_picks;
 pub mod grouped_mxfp4;

@@ -2,6 +2,7 @@
 //! one device. Each check prints the relative error per case and fails when one exceeds bf16
 //! rounding (1e-2), or 1e-5 for the kernels that stay in f32 (logsumexp, RMSNorm, router,
 //! attention, RoPE). The kernels:
+//! - the sorting of pairs by expert, against burn's ops (exactly);
 //! - the grouped MXFP4 kernels (tensor-core tiles and few rows) against the reference grouped
 //!   matmul (MXFP4 decoded by the tensor path) on a random routing;
 //! - the few-rows bf16 product against burn's f32 product of the same bf16 inputs;
@@ -15,6 +16,7 @@
 mod attention;
 mod decode_timings;
 mod decoding;
+mod expert_groups;
 mod few_rows;
 mod grouped;
 
@@ -122,7 +124,8 @@ type Check = fn(&Device) -> anyhow::Result<()>;
 
 /// The checks of the kernels scoring and prefill run, by name (`--only`), in the order a
 /// full check runs them (before the decoding checks).
-const SCORING_CHECKS: [(&str, Check); 3] = [
+const SCORING_CHECKS: [(&str, Check); 4] = [
+    ("expert_groups", expert_groups::check_expert_groups),
     ("grouped", check_grouped_kernels),
     ("logsumexp", check_logsumexp),
     ("attention_tiles", attention::check_attention_tiles),

@@ -9,6 +9,7 @@
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Device, Int, IntDType, Tensor};
+use gpt_oss_kernels::expert_groups::{self, MAX_EXPERTS};
 use gpt_oss_kernels::grouped_mxfp4::{
     self, ExpertTiles, LARGE_TILES, PackedWeights, SMALL_TILES, Tiling,
 };
@@ -146,6 +147,35 @@ pub fn group_by_expert(
     }
 }
 
+/// As [`group_by_expert`], in four launches of `gpt_oss_kernels::expert_groups` instead of about
+/// 34 (GPU only; the same rows). Up to [`MAX_EXPERTS`] experts.
+pub fn group_by_expert_kernel(
+    expert_ids: Tensor<1, Int>,
+    num_experts: usize,
+    tile_rows: usize,
+) -> ExpertGroups {
+    let sorted =
+        expert_groups::expert_groups(expert_ids.cast(IntDType::I32), num_experts, tile_rows);
+    ExpertGroups {
+        pair_of_row: sorted.pair_of_row,
+        row_of_pair: sorted.row_of_pair,
+        expert_of_row: sorted.expert_of_row,
+        offsets: sorted.offsets,
+        tile_starts: sorted.tile_starts,
+        tile_rows,
+    }
+}
+
+/// Whether the experts' pairs are sorted by the kernels of [`group_by_expert_kernel`]: on the
+/// GPU kernel path with MXFP4 experts (where the grouped kernels run anyway).
+fn sorts_on_kernels(experts: &Experts, path: ExpertPath) -> bool {
+    let mxfp4 = matches!(
+        (&experts.gate_up, &experts.down),
+        (ExpertMatrix::Mxfp4(_), ExpertMatrix::Mxfp4(_))
+    );
+    path == ExpertPath::GroupedKernel && mxfp4 && experts.gate_up.num_experts() <= MAX_EXPERTS
+}
+
 /// `rows` [P, K] sorted by expert times each row's expert matrix -> [P, N].
 pub fn grouped_matmul(
     rows: Tensor<2>,
@@ -272,7 +302,11 @@ pub fn grouped_experts(
     let [n, h] = xs.dims();
     let [_, k] = top_ids.dims();
     let num_experts = experts.gate_up.num_experts();
-    let groups = group_by_expert(top_ids.reshape([n * k]), num_experts, tile_rows_for(n * k));
+    let (ids, tile_rows) = (top_ids.reshape([n * k]), tile_rows_for(n * k));
+    let groups = match sorts_on_kernels(experts, path) {
+        true => group_by_expert_kernel(ids, num_experts, tile_rows),
+        false => group_by_expert(ids, num_experts, tile_rows),
+    };
     let token_of_row = groups.pair_of_row.clone().div_scalar(k as i64);
     let row_weights = gates.select(0, groups.pair_of_row.clone());
     // Each pair's weighted expert output, in pair order (token * k + rank).
