@@ -34,30 +34,43 @@ pub fn supports(experts: usize) -> bool {
     experts <= MAX_EXPERTS && experts.is_multiple_of(UNITS_PER_ROW as usize)
 }
 
-/// This invocation's share of chunk `k_begin`: `ROWS x CHUNK` values of `x` (rows from
-/// `first_row`) and `CHUNK x experts` of `w`, zeros past the last row and past H.
+/// A workgroup's tokens: rows `first..end` of `x`, each `hidden` values long.
+#[derive(CubeType)]
+struct TokenRows {
+    first: u32,
+    end: u32,
+    hidden: u32,
+}
+
+/// This invocation's share of one chunk in registers: of `x`'s [`ROWS`] x [`CHUNK`] values and
+/// of `W`'s [`CHUNK`] x experts.
+#[derive(CubeType)]
+struct ChunkShare {
+    x: Array<f32>,
+    w: Array<f32>,
+}
+
+/// Loads this invocation's share of chunk `k_begin` into `share`: zeros past the last token
+/// and past H.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 fn load_chunk(
     x: &[f32],
     w: &[f32],
-    next_x: &mut Array<f32>,
-    next_w: &mut Array<f32>,
-    first_row: u32,
-    rows: u32,
-    hidden: u32,
+    share: &mut ChunkShare,
+    tokens: &TokenRows,
     k_begin: u32,
     #[comptime] experts: usize,
 ) {
+    let hidden = tokens.hidden;
     #[unroll]
     for i in 0..(ROWS * CHUNK / UNITS) as usize {
         let v = UNIT_POS + i as u32 * UNITS;
-        let (row, k) = (first_row + v / CHUNK, k_begin + v % CHUNK);
+        let (row, k) = (tokens.first + v / CHUNK, k_begin + v % CHUNK);
         let mut value = 0.0f32;
-        if row < rows && k < hidden {
+        if row < tokens.end && k < hidden {
             value = x[(row * hidden + k) as usize];
         }
-        next_x[i] = value;
+        share.x[i] = value;
     }
     let e = experts as u32;
     #[unroll]
@@ -68,7 +81,7 @@ fn load_chunk(
         if k < hidden {
             value = w[(k * e + v % e) as usize];
         }
-        next_w[i] = value;
+        share.w[i] = value;
     }
 }
 
@@ -92,8 +105,15 @@ fn router_logits_kernel(
     let x_stride = CHUNK + 1;
     let mut xs = Shared::<[f32]>::new_slice(comptime![(ROWS * (CHUNK + 1)) as usize]);
     let mut ws = Shared::<[f32]>::new_slice(comptime![CHUNK as usize * experts]);
-    let mut next_x = Array::<f32>::new((ROWS * CHUNK / UNITS) as usize);
-    let mut next_w = Array::<f32>::new(comptime![CHUNK as usize * experts / UNITS as usize]);
+    let mut next = ChunkShare {
+        x: Array::<f32>::new((ROWS * CHUNK / UNITS) as usize),
+        w: Array::<f32>::new(comptime![CHUNK as usize * experts / UNITS as usize]),
+    };
+    let tokens = TokenRows {
+        first: first_row,
+        end: rows,
+        hidden,
+    };
     let mut sums = Array::<f32>::new(per_unit);
     #[unroll]
     for j in 0..per_unit {
@@ -104,43 +124,23 @@ fn router_logits_kernel(
         (UNIT_POS % UNITS_PER_ROW) * per_unit as u32,
     );
     let chunks = hidden.div_ceil(CHUNK);
-    load_chunk(
-        x,
-        w,
-        &mut next_x,
-        &mut next_w,
-        first_row,
-        rows,
-        hidden,
-        0,
-        experts,
-    );
+    load_chunk(x, w, &mut next, &tokens, 0, experts);
     for chunk in 0..chunks {
         // Every invocation has read the previous chunk before it is overwritten.
         sync_cube();
         #[unroll]
         for i in 0..(ROWS * CHUNK / UNITS) as usize {
             let v = UNIT_POS + i as u32 * UNITS;
-            xs[((v / CHUNK) * x_stride + v % CHUNK) as usize] = next_x[i];
+            xs[((v / CHUNK) * x_stride + v % CHUNK) as usize] = next.x[i];
         }
         #[unroll]
         for i in 0..comptime![CHUNK as usize * experts / UNITS as usize] {
-            ws[(UNIT_POS + i as u32 * UNITS) as usize] = next_w[i];
+            ws[(UNIT_POS + i as u32 * UNITS) as usize] = next.w[i];
         }
         sync_cube();
         if chunk + 1 < chunks {
             let k_next = (chunk + 1) * CHUNK;
-            load_chunk(
-                x,
-                w,
-                &mut next_x,
-                &mut next_w,
-                first_row,
-                rows,
-                hidden,
-                k_next,
-                experts,
-            );
+            load_chunk(x, w, &mut next, &tokens, k_next, experts);
         }
         for kk in 0..CHUNK {
             let value = xs[(row_here * x_stride + kk) as usize];
