@@ -39,6 +39,7 @@ pub mod launch;
 pub mod logsumexp_rows;
 pub mod rms_norm_rows;
 pub mod rotary_rows;
+pub mod router_logits;
 pub mod router_top_k;
 pub mod staged_tiles;
 pub mod tile_order;

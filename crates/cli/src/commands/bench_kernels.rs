@@ -1,6 +1,6 @@
 //! `bench kernel-check`: every GPU kernel against its burn-ops reference on random inputs, on
 //! one device. Each check prints the relative error per case and fails when one exceeds bf16
-//! rounding (1e-2), or 1e-5 for the kernels that stay in f32 (logsumexp, RMSNorm, router,
+//! rounding (1e-2), or 1e-5 for the kernels that stay in f32 (logsumexp, RMSNorm, routers,
 //! attention, RoPE). The kernels:
 //! - the sorting of pairs by expert, against burn's ops (exactly);
 //! - the grouped MXFP4 kernels (tensor-core tiles and few rows) against the reference grouped
@@ -9,6 +9,7 @@
 //! - the row logsumexp and the RMSNorm;
 //! - the router and the per-pair experts kernels, against routing by burn ops and the sorted
 //!   grouped reference (also timed against the sorted grouped kernels);
+//! - the router's logits for many tokens, against burn's f32 matmul (also timed against it);
 //! - the few-query attention (random key ranges, some empty, some over several chunks) and the
 //!   tensor-core attention for many queries (causal, sliding and random ranges);
 //! - the RoPE kernel.
@@ -124,9 +125,10 @@ type Check = fn(&Device) -> anyhow::Result<()>;
 
 /// The checks of the kernels scoring and prefill run, by name (`--only`), in the order a
 /// full check runs them (before the decoding checks).
-const SCORING_CHECKS: [(&str, Check); 4] = [
+const SCORING_CHECKS: [(&str, Check); 5] = [
     ("expert_groups", expert_groups::check_expert_groups),
     ("grouped", check_grouped_kernels),
+    ("router_logits", decoding::check_router_logits),
     ("logsumexp", check_logsumexp),
     ("attention_tiles", attention::check_attention_tiles),
 ];

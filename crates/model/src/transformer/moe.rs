@@ -7,6 +7,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use gpt_oss_kernels::router_logits;
 
 use super::experts::Experts;
 use super::moe_grouped::{ExpertPath, grouped_experts};
@@ -66,6 +67,23 @@ impl Moe {
         self.experts.gate_up.num_experts()
     }
 
+    /// The router's logits [n, E] of `xs` [n, H], with `bias` [E] in place of the router's own
+    /// when given. On the GPU kernel path one launch (`gpt_oss_kernels::router_logits`) instead
+    /// of burn's f32 matmul and the bias add.
+    fn router_logits(&self, xs: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+        let weight = self.router.weight.val();
+        let [_, experts] = weight.dims();
+        let bias = bias.or_else(|| self.router.bias.as_ref().map(|b| b.val()));
+        if self.path == ExpertPath::GroupedKernel && router_logits::supports(experts) {
+            let bias = bias.unwrap_or_else(|| Tensor::zeros([experts], &weight.device()));
+            return router_logits::router_logits(xs, weight, bias);
+        }
+        match bias {
+            Some(bias) => xs.matmul(weight) + bias.unsqueeze::<2>(),
+            None => xs.matmul(weight),
+        }
+    }
+
     /// `x` [B, T, H] (already normalised).
     pub fn forward(&self, x: Tensor<3>, hooks: RoutingHooks<'_, '_>) -> MoeOutput {
         let [b, t, h] = x.dims();
@@ -83,10 +101,7 @@ impl Moe {
                 balance_loss: None,
             };
         }
-        let logits = match hooks.router_bias {
-            Some(bias) => xs.clone().matmul(self.router.weight.val()) + bias.unsqueeze::<2>(),
-            None => self.router.forward(xs.clone()),
-        };
+        let logits = self.router_logits(xs.clone(), hooks.router_bias);
         let (top_logits, top_ids) = logits.clone().topk_with_indices(k, 1);
         let gates = softmax(top_logits, 1).reshape([n * k]);
         let needs = hooks
