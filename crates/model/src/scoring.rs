@@ -5,7 +5,7 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::transformer::{ForwardOptions, GptOss, TokenBatch};
+use crate::transformer::{ForwardOptions, GptOss, PendingRouting, TokenBatch};
 
 /// Tokens (batch rows x positions) per lm_head chunk.
 pub const DEFAULT_CHUNK: usize = 2048;
@@ -24,17 +24,23 @@ pub fn token_logprobs(
 
 /// The log-probabilities of [`token_logprobs`] while still on the device: every operation has
 /// been handed to the backend, nothing has been read back (what the host spends before the
-/// read is its own launch work).
-pub struct QueuedLogprobs {
+/// read is its own launch work), not even the routing an observer waits for.
+pub struct QueuedLogprobs<'a, 'o> {
     /// [B, T - 1] (padding positions included); `None` for rows shorter than two tokens.
     all: Option<Tensor<2>>,
     /// Left-padding of each row.
     pads: Vec<usize>,
+    /// The observer's routing, read by [`Self::read`] first.
+    routing: Option<PendingRouting<'a, 'o>>,
 }
 
-impl QueuedLogprobs {
-    /// Reads the values back (waiting for the device) and drops each row's padding.
+impl QueuedLogprobs<'_, '_> {
+    /// Hands the routing to the observer, then reads the values back (both wait for the
+    /// device, the routing's read for the whole pass) and drops each row's padding.
     pub fn read(self) -> Vec<Vec<f32>> {
+        if let Some(routing) = self.routing {
+            routing.send();
+        }
         let Some(all) = self.all else {
             return vec![vec![]; self.pads.len()];
         };
@@ -48,12 +54,12 @@ impl QueuedLogprobs {
 
 /// [`token_logprobs`] up to the read: the forward pass, the lm_head chunks and the gathered
 /// targets, queued on the model's device.
-pub fn queue_token_logprobs(
+pub fn queue_token_logprobs<'a, 'o>(
     model: &GptOss,
     rows: &[Vec<u32>],
-    options: ForwardOptions<'_, '_>,
+    options: ForwardOptions<'a, 'o>,
     chunk_tokens: usize,
-) -> QueuedLogprobs {
+) -> QueuedLogprobs<'a, 'o> {
     let pad = model.config.pad_token_id.unwrap_or(0);
     let batch = TokenBatch::left_padded(rows, pad);
     let (b, t) = (batch.batch, batch.seq_len);
@@ -61,10 +67,11 @@ pub fn queue_token_logprobs(
         return QueuedLogprobs {
             all: None,
             pads: vec![0; b],
+            routing: None,
         };
     }
     let device = model.device();
-    let hidden = model.forward_hidden(&batch, None, options);
+    let (hidden, routing) = model.forward_hidden_routing_later(&batch, None, options);
     // Target of position s is the token at s + 1.
     let targets: Vec<i64> = (0..b)
         .flat_map(|row| (0..t - 1).map(move |s| (row, s)))
@@ -86,6 +93,7 @@ pub fn queue_token_logprobs(
     QueuedLogprobs {
         all: Some(Tensor::cat(pieces, 1)),
         pads: batch.pads.clone(),
+        routing: Some(routing),
     }
 }
 

@@ -8,6 +8,7 @@ use gpt_oss_model::{
     ExpertMask, ForwardOptions, LayerRouting, LoadOptions, ObserverNeeds, RoutingObserver,
     TokenBatch, load_model,
 };
+use gpt_oss_model::scoring::{queue_token_logprobs, token_logprobs};
 
 fn model() -> gpt_oss_model::GptOss {
     let dir =
@@ -245,4 +246,53 @@ fn routing_read_after_the_pass_equals_routing_read_per_layer() {
         after.inputs.iter().all(|&len| len == 0),
         "MoE inputs only when asked for"
     );
+}
+
+/// Scoring queues the lm_head before the routing is read, and hands the routing over when the
+/// log-probabilities are read (the queued scores hold the observer until then): every layer's
+/// routing, all kinds read in one transaction, equal to a plain forward's; the
+/// log-probabilities equal unobserved ones.
+#[test]
+fn scoring_hands_over_the_routing_at_the_read() {
+    let m = model();
+    let rows = vec![vec![5, 17, 30, 2, 99, 100, 7], vec![1, 2, 3]];
+    let needs = ObserverNeeds {
+        router_logits: true,
+        expert_output_norms: true,
+        ..Default::default()
+    };
+    let mut scored = Recorder {
+        needs,
+        ..Default::default()
+    };
+    let queued = queue_token_logprobs(
+        &m,
+        &rows,
+        ForwardOptions {
+            observer: Some(&mut scored),
+            mask: None,
+        },
+        4,
+    );
+    let logprobs = queued.read();
+    assert_eq!(logprobs, token_logprobs(&m, &rows, ForwardOptions::default(), 4));
+
+    let mut forward = Recorder {
+        needs,
+        ..Default::default()
+    };
+    m.forward(
+        &batch(),
+        None,
+        ForwardOptions {
+            observer: Some(&mut forward),
+            mask: None,
+        },
+    );
+    assert_eq!(scored.layers, vec![0, 1, 2, 3]);
+    assert_eq!(scored.ids, forward.ids);
+    assert_eq!(scored.gates, forward.gates);
+    assert_eq!(scored.logits, forward.logits);
+    assert_eq!(scored.norms, forward.norms);
+    assert!(scored.norms.iter().all(|n| n.len() == 2 * 7 * 4));
 }

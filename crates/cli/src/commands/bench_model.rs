@@ -5,6 +5,7 @@
 //! batch size. Compare with `tools/gpu/torch_baseline.py model` run in the same call
 //! (`bench compare` prints both with the roofline).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use gpt_oss_model::generate::{Decoder, GenerateOptions, generate_masked, generate_step_by_step};
@@ -24,7 +25,8 @@ pub struct ModelBenchArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 2048)]
     pub seq: usize,
-    /// Timed scoring passes (after one untimed pass of the same shape).
+    /// Timed scoring passes of each kind, without and with routing recorded, alternating (after
+    /// one untimed pass of each).
     #[arg(long, default_value_t = 2)]
     pub iters: usize,
     /// Decode batch sizes (0: no decode).
@@ -87,12 +89,14 @@ struct ScoringTiming {
     queued_seconds: f64,
     /// CPU seconds per thread per timed pass (see `host::cpu_seconds_by_thread`): a busiest
     /// thread near `seconds` means the pass waits on the host's launch work.
-    host_cpu: std::collections::BTreeMap<String, f64>,
+    host_cpu: BTreeMap<String, f64>,
 }
 
-/// Times scoring passes (median of `iters`, after one untimed pass), recording or not.
-fn time_scoring(model: &GptOss, rows: &[Vec<u32>], iters: usize, record: bool) -> ScoringTiming {
-    let pass = || {
+/// Times scoring passes without and with routing recorded, alternating (after one untimed
+/// pass of each), so that a drift of the card's speed over the run falls on both alike: the
+/// plain passes' timing and the recorded passes' median seconds.
+fn time_scoring(model: &GptOss, rows: &[Vec<u32>], iters: usize) -> (ScoringTiming, f64) {
+    let pass = |record: bool| {
         let mut recorder = RoutingRecorder::default();
         let options = ForwardOptions {
             observer: record.then_some(&mut recorder as &mut dyn RoutingObserver),
@@ -103,18 +107,32 @@ fn time_scoring(model: &GptOss, rows: &[Vec<u32>], iters: usize, record: bool) -
         let queued_seconds = start.elapsed().as_secs_f64();
         let logprobs = queued.read();
         assert_eq!(logprobs.len(), rows.len());
+        if record {
+            assert!(!recorder.ids.is_empty(), "the recorded pass saw no routing");
+        }
         (start.elapsed().as_secs_f64(), queued_seconds)
     };
-    pass();
+    pass(false);
+    pass(true);
     let iters = iters.max(1);
-    let cpu_before = cpu_seconds_by_thread();
-    let (seconds, queued): (Vec<f64>, Vec<f64>) = (0..iters).map(|_| pass()).unzip();
-    let host_cpu = cpu_seconds_per_run_since(&cpu_before, iters);
-    ScoringTiming {
+    let (mut seconds, mut queued, mut recorded) = (vec![], vec![], vec![]);
+    let mut host_cpu = BTreeMap::new();
+    for _ in 0..iters {
+        let cpu_before = cpu_seconds_by_thread();
+        let (plain, plain_queued) = pass(false);
+        for (thread, cpu) in cpu_seconds_per_run_since(&cpu_before, iters) {
+            *host_cpu.entry(thread).or_insert(0.0) += cpu;
+        }
+        seconds.push(plain);
+        queued.push(plain_queued);
+        recorded.push(pass(true).0);
+    }
+    let plain = ScoringTiming {
         seconds: median(seconds),
         queued_seconds: median(queued),
         host_cpu,
-    }
+    };
+    (plain, median(recorded))
 }
 
 pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
@@ -137,9 +155,8 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
     let vocab = model.config.vocab_size;
     let rows = random_rows(args.batch, args.seq, vocab, 7);
     let tokens = (args.batch * args.seq) as f64;
-    let plain_timing = time_scoring(model, &rows, args.iters, false);
+    let (plain_timing, recorded) = time_scoring(model, &rows, args.iters);
     let plain = plain_timing.seconds;
-    let recorded = time_scoring(model, &rows, args.iters, true).seconds;
     let pool = |d: &burn::tensor::Device| d.memory_pool_usage().map(|u| u.bytes_reserved);
     println!(
         "{}",
@@ -270,7 +287,7 @@ struct DecodeTiming {
     produced: usize,
     tokens: Vec<Vec<u32>>,
     /// CPU seconds per thread per timed generation (see `host::cpu_seconds_by_thread`).
-    host_cpu: std::collections::BTreeMap<String, f64>,
+    host_cpu: BTreeMap<String, f64>,
 }
 
 impl DecodeTiming {

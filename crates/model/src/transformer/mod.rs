@@ -26,7 +26,7 @@ use crate::routing::{ExpertMask, RoutingObserver};
 use attention::Attention;
 use cache::{KvCache, LayerKv};
 use mask::{KeyMask, SlotRange};
-use moe::{Moe, RoutingHooks};
+use moe::{Moe, RoutingHooks, RoutingReport, send_reports};
 use norm::RmsNorm;
 use rope::RotaryTable;
 use vocab::{Embedding, LmHead};
@@ -147,6 +147,22 @@ pub struct ForwardOptions<'a, 'o> {
     pub mask: Option<&'a ExpertMask>,
 }
 
+/// Layers' routing still on the device, for the observer of the forward call that made it.
+#[must_use = "the observer gets the routing only when it is sent"]
+pub struct PendingRouting<'a, 'o> {
+    observer: Option<&'a mut (dyn RoutingObserver + 'o)>,
+    reports: Vec<RoutingReport>,
+}
+
+impl PendingRouting<'_, '_> {
+    /// Reads the routing (one wait for the device) and hands it to the observer.
+    pub fn send(self) {
+        if let Some(observer) = self.observer {
+            send_reports(self.reports, observer);
+        }
+    }
+}
+
 /// A batch of token rows, left-padded to one length.
 #[derive(Debug, Clone)]
 pub struct TokenBatch {
@@ -258,23 +274,38 @@ impl GptOss {
         cache: Option<&mut KvCache>,
         options: ForwardOptions<'_, '_>,
     ) -> Tensor<3> {
+        let (hidden, routing) = self.forward_hidden_routing_later(batch, cache, options);
+        routing.send();
+        hidden
+    }
+
+    /// [`Self::forward_hidden`] with the routing the observer may wait for
+    /// ([`crate::routing::ObserverNeeds::can_wait`]) not yet read: queue more work on the hidden
+    /// states first (the lm_head), then [`PendingRouting::send`], so that the device does not
+    /// idle while the host reads the routing.
+    pub fn forward_hidden_routing_later<'a, 'o>(
+        &self,
+        batch: &TokenBatch,
+        cache: Option<&mut KvCache>,
+        options: ForwardOptions<'a, 'o>,
+    ) -> (Tensor<3>, PendingRouting<'a, 'o>) {
         self.run(batch, cache, options, None)
     }
 
     /// Logits [B, T, vocab] and the load-balancing loss averaged over layers, for training.
     pub fn forward_train(&self, batch: &TokenBatch) -> (Tensor<3>, Tensor<1>) {
         let mut losses = vec![];
-        let hidden = self.run(batch, None, ForwardOptions::default(), Some(&mut losses));
+        let (hidden, _) = self.run(batch, None, ForwardOptions::default(), Some(&mut losses));
         (self.lm_head.forward(hidden), Tensor::cat(losses, 0).mean())
     }
 
-    fn run(
+    fn run<'a, 'o>(
         &self,
         batch: &TokenBatch,
         mut cache: Option<&mut KvCache>,
-        options: ForwardOptions<'_, '_>,
+        options: ForwardOptions<'a, 'o>,
         mut balance_losses: Option<&mut Vec<Tensor<1>>>,
-    ) -> Tensor<3> {
+    ) -> (Tensor<3>, PendingRouting<'a, 'o>) {
         let device = self.device();
         let (b, t) = (batch.batch, batch.seq_len);
         let (q_start, pads) = match cache.as_deref() {
@@ -355,15 +386,14 @@ impl GptOss {
                 losses.push(loss);
             }
         }
-        if let Some(o) = observer {
-            for routing in deferred_routing {
-                routing.send(o);
-            }
-        }
         if let Some(c) = cache {
             c.next_slot = q_start + t;
         }
-        self.norm.forward(x)
+        let routing = PendingRouting {
+            observer,
+            reports: deferred_routing,
+        };
+        (self.norm.forward(x), routing)
     }
 
     /// Logits [B, T, vocab] (use [`crate::scoring`] for long inputs: it never holds them all).

@@ -6,7 +6,7 @@
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData, Transaction};
 use gpt_oss_kernels::router_logits;
 
 use super::experts::Experts;
@@ -149,7 +149,7 @@ impl Moe {
             };
             match hooks.deferred {
                 Some(pending) if needs.can_wait() => pending.push(report),
-                _ => report.send(observer),
+                _ => send_reports(vec![report], observer),
             }
         }
         let out = out.reshape([b, t, h]);
@@ -247,7 +247,7 @@ struct ExpertsRun {
 }
 
 /// One layer's routing for its observer, still on the device where possible: what the
-/// observer asked for, read when [`Self::send`] hands it over.
+/// observer asked for, read when [`send_reports`] hands it over.
 pub struct RoutingReport {
     layer: usize,
     batch: usize,
@@ -269,37 +269,47 @@ pub struct RoutingReport {
     output_stats: Option<Tensor<2>>,
 }
 
-impl RoutingReport {
-    /// Reads what the observer asked for and hands it over.
-    pub fn send(self, observer: &mut (dyn RoutingObserver + '_)) {
-        let ids = self.read_ids.unwrap_or_else(|| {
-            self.top_ids
-                .try_into_vec_as::<i64>()
-                .expect("expert ids are integers")
-        });
+/// Hands `reports` to the observer in order, after reading what each holds on the device in
+/// one transaction: one wait for the device for all of them (a deferred pass's 24 layers read
+/// one by one waited 48 times, with the device idle between the reads).
+pub fn send_reports(reports: Vec<RoutingReport>, observer: &mut (dyn RoutingObserver + '_)) {
+    let mut transaction = Transaction::default();
+    for report in &reports {
+        if report.read_ids.is_none() {
+            transaction = transaction.register(report.top_ids.clone());
+        }
+        transaction = transaction.register(report.gates.clone());
+        for tensor in [&report.logits, &report.moe_input, &report.output_stats]
+            .into_iter()
+            .flatten()
+        {
+            transaction = transaction.register(tensor.clone());
+        }
+    }
+    let mut reads = transaction.execute().into_iter();
+    for report in reports {
+        let ids = report
+            .read_ids
+            .unwrap_or_else(|| read_as::<i64>(&mut reads));
         let expert_ids: Vec<u32> = ids.iter().map(|&e| e as u32).collect();
-        let (output_norms, output_max_abs) = match self.output_stats {
-            Some(stats) => {
-                let both = stats.try_into_vec_as::<f32>().expect("f32 norms");
+        let gate_weights: Vec<f32> = read_as(&mut reads);
+        let router_logits: Option<Vec<f32>> = report.logits.map(|_| read_as(&mut reads));
+        let moe_input: Option<Vec<f32>> = report.moe_input.map(|_| read_as(&mut reads));
+        let (output_norms, output_max_abs) = match report.output_stats {
+            Some(_) => {
+                let both: Vec<f32> = read_as(&mut reads);
                 let norms: Vec<f32> = both.iter().step_by(2).copied().collect();
                 let max_abs: Vec<f32> = both.iter().skip(1).step_by(2).copied().collect();
                 (Some(norms), Some(max_abs))
             }
             None => (None, None),
         };
-        let gate_weights: Vec<f32> = self.gates.try_into_vec_as::<f32>().expect("f32");
-        let router_logits: Option<Vec<f32>> = self
-            .logits
-            .map(|l| l.try_into_vec_as::<f32>().expect("f32"));
-        let moe_input: Option<Vec<f32>> = self
-            .moe_input
-            .map(|x| x.try_into_vec_as::<f32>().expect("f32"));
         observer.observe(&LayerRouting {
-            layer: self.layer,
-            batch: self.batch,
-            seq_len: self.seq_len,
-            top_k: self.top_k,
-            num_experts: self.num_experts,
+            layer: report.layer,
+            batch: report.batch,
+            seq_len: report.seq_len,
+            top_k: report.top_k,
+            num_experts: report.num_experts,
             expert_ids: &expert_ids,
             gate_weights: &gate_weights,
             router_logits: router_logits.as_deref(),
@@ -308,4 +318,14 @@ impl RoutingReport {
             moe_input: moe_input.as_deref(),
         });
     }
+}
+
+/// The next read of a transaction, as `E`s (registered and read in the same order).
+fn read_as<E: burn::tensor::Element>(reads: &mut impl Iterator<Item = TensorData>) -> Vec<E> {
+    reads
+        .next()
+        .expect("one read per registered tensor")
+        .convert::<E>()
+        .try_into_vec::<E>()
+        .expect("converted to E")
 }
