@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
+use gpt_oss_model::scoring::{queue_token_logprobs, token_logprobs};
 use gpt_oss_model::{
     ExpertMask, ForwardOptions, LayerRouting, LoadOptions, ObserverNeeds, RoutingObserver,
     TokenBatch, load_model,
 };
-use gpt_oss_model::scoring::{queue_token_logprobs, token_logprobs};
 
 fn model() -> gpt_oss_model::GptOss {
     let dir =
@@ -275,7 +275,10 @@ fn scoring_hands_over_the_routing_at_the_read() {
         4,
     );
     let logprobs = queued.read();
-    assert_eq!(logprobs, token_logprobs(&m, &rows, ForwardOptions::default(), 4));
+    assert_eq!(
+        logprobs,
+        token_logprobs(&m, &rows, ForwardOptions::default(), 4)
+    );
 
     let mut forward = Recorder {
         needs,
