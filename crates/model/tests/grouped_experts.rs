@@ -35,8 +35,8 @@ fn pairs_are_sorted_by_expert_stably_with_offsets_and_tiles() {
 }
 
 /// Each tile height has its kernel: few rows up to 256 pairs (decoding), tensor-core tiles of
-/// 64 rows, tiles of 256 rows from 16,384 pairs on (scoring); the kernel inputs carry the
-/// tiling whose rows the tile starts were counted in.
+/// 64 rows, the large tiles from 16,384 pairs on (scoring); the kernel inputs carry the tiling
+/// whose rows the tile starts were counted in.
 #[test]
 fn pair_counts_pick_tile_heights_that_have_a_kernel() {
     assert_eq!(tile_rows_for(4), FEW_ROWS);
@@ -55,15 +55,25 @@ fn pair_counts_pick_tile_heights_that_have_a_kernel() {
     let ids: Vec<i64> = (0..600).map(|i| (i % 3) as i64).collect();
     let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [600]), &device);
     let groups = group_by_expert(ids, 4, LARGE_TILE_ROWS);
-    // 200 rows per expert of three: one tile of 256 each.
-    assert_eq!(ints(groups.tile_starts.clone()), vec![0, 1, 2, 3, 3]);
+    // 200 rows per expert of three, whole tiles each.
+    let per_expert = 200usize.div_ceil(LARGE_TILE_ROWS) as i64;
+    assert_eq!(
+        ints(groups.tile_starts.clone()),
+        vec![
+            0,
+            per_expert,
+            2 * per_expert,
+            3 * per_expert,
+            3 * per_expert
+        ]
+    );
     let tiles = groups.kernel_tiles(tensor_core_tiling(LARGE_TILE_ROWS).unwrap());
     assert_eq!(tiles.tiling.m, LARGE_TILE_ROWS);
     let wrong =
         std::panic::catch_unwind(|| groups.kernel_tiles(tensor_core_tiling(TILE_ROWS).unwrap()));
     assert!(
         wrong.is_err(),
-        "tiles counted in 256 rows must not launch tiles of 64"
+        "tiles counted in the large tiles' rows must not launch tiles of 64"
     );
 }
 

@@ -10,7 +10,7 @@
 //! registers while the tensor cores multiply (staging the rows took the kernel from 96 to 124
 //! TF/s at scoring's size, and storing the decoded weights in 16-byte words into padded rows
 //! to 141; a second shared stage was measured earlier and removed: docs/benchmarks.md).
-//! With `Tiling::decoded` (scoring's tiles of 256 rows) the launch first decodes every
+//! With `Tiling::decoded` (scoring's large tiles) the launch first decodes every
 //! expert's weights to bf16 in global memory (`decode_experts_kernel`), and the product stages
 //! each step's weight rows from there exactly as it stages its input rows: each weight tile is
 //! otherwise decoded again by every row tile of its expert (eight at scoring's 2,048 rows per
@@ -87,10 +87,12 @@ pub const SMALL_TILES: Tiling = Tiling {
     order: TileOrder::ColumnsFirst,
 };
 
-/// Tiles of 256 rows: each decoded weight tile serves four times the rows (scoring's
-/// thousands of rows per expert: 141 against 110 TF/s for tiles of 64 and 131 for 128 x 256,
-/// docs/benchmarks.md, eighteenth round). Both tilings take the column tiles first: 164 against
-/// 138 TF/s here, 121 against 85 for tiles of 64 (nineteenth round).
+/// Tiles of 128 x 256 with the weights decoded before the product (scoring's thousands of rows
+/// per expert): 182 TF/s at scoring's gate_up against 170 for 256 x 128 decoded and 166 for
+/// 256 x 128 decoding in the loop, the best before (docs/benchmarks.md, twenty-first round).
+/// Decoding in the loop, 128 x 256 ran at 88: its wider weight tile is decoded by every row
+/// tile. Both tilings take the column tiles first: 164 against 138 TF/s at 256 x 128, 121
+/// against 85 for tiles of 64 (nineteenth round).
 pub const LARGE_TILES: Tiling = Tiling {
     m: 128,
     n: 256,

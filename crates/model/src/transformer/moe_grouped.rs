@@ -249,7 +249,8 @@ pub const FEW_ROWS: usize = gpt_oss_kernels::grouped_mxfp4_rows::ROWS;
 pub const FEW_PAIRS: usize = 256;
 /// From this many pairs on, tiles of [`LARGE_TILE_ROWS`] (scoring's 8 x 2048 tokens make
 /// 65,536 pairs, about 2,048 rows per expert of 32; below, padding the last tile of each expert
-/// to 256 rows would cost more than the larger tiles save).
+/// to the larger tiles' rows, and decoding every expert's weights first, would cost more than
+/// the larger tiles save).
 pub const LARGE_TILE_PAIRS: usize = 16384;
 
 /// The tile height for `pairs` (token, rank) pairs.

@@ -1,4 +1,4 @@
-//! The grouped MXFP4 kernels' checks (tensor-core tiles of 64 and 256 rows with their
+//! The grouped MXFP4 kernels' checks (tensor-core tiles of 64 rows and the large tiles with their
 //! epilogues, and the few-rows kernel) against the reference grouped matmul, and the timing of
 //! the tensor-core kernel at scoring's size with other tilings (`--grouped-tilings`).
 
