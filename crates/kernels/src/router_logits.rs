@@ -34,6 +34,18 @@ pub fn supports(experts: usize) -> bool {
     experts <= MAX_EXPERTS && experts.is_multiple_of(UNITS_PER_ROW as usize)
 }
 
+/// Most experts for which the kernel was measured faster than burn's matmul plus the bias
+/// (`bench kernel-check --only router_logits`, H100, docs/benchmarks.md twenty-first round):
+/// at 32 experts 0.55 against 4.17 ms for 16,384 tokens; at 128 (120b's router) 5.2 against
+/// 3.5 ms for 4,096 tokens, each token's eight invocations summing 16 experts over H.
+pub const FASTER_UP_TO_EXPERTS: usize = 32;
+
+/// Whether to take the kernel for a router over `experts` experts: it takes them and was
+/// measured faster than burn's ops there.
+pub fn pays_for(experts: usize) -> bool {
+    supports(experts) && experts <= FASTER_UP_TO_EXPERTS
+}
+
 /// A workgroup's tokens: rows `first..end` of `x`, each `hidden` values long.
 #[derive(CubeType)]
 struct TokenRows {
@@ -221,5 +233,13 @@ mod tests {
         for experts in [4, 12, 136, 1000] {
             assert!(!supports(experts), "{experts}");
         }
+    }
+
+    #[test]
+    fn the_model_takes_the_kernel_only_where_it_was_measured_faster() {
+        assert!(pays_for(32), "20b's router");
+        assert!(pays_for(8));
+        assert!(!pays_for(128), "120b's router: burn's matmul was faster");
+        assert!(!pays_for(12), "not supported");
     }
 }

@@ -69,12 +69,13 @@ impl Moe {
 
     /// The router's logits [n, E] of `xs` [n, H], with `bias` [E] in place of the router's own
     /// when given. On the GPU kernel path one launch (`gpt_oss_kernels::router_logits`) instead
-    /// of burn's f32 matmul and the bias add.
+    /// of burn's f32 matmul and the bias add, for routers where it was measured faster (up to
+    /// 32 experts: 20b's, not 120b's).
     fn router_logits(&self, xs: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
         let weight = self.router.weight.val();
         let [_, experts] = weight.dims();
         let bias = bias.or_else(|| self.router.bias.as_ref().map(|b| b.val()));
-        if self.path == ExpertPath::GroupedKernel && router_logits::supports(experts) {
+        if self.path == ExpertPath::GroupedKernel && router_logits::pays_for(experts) {
             let bias = bias.unwrap_or_else(|| Tensor::zeros([experts], &weight.device()));
             return router_logits::router_logits(xs, weight, bias);
         }
