@@ -62,6 +62,23 @@ fn batch() -> TokenBatch {
     TokenBatch::left_padded(&[vec![5, 17, 30, 2, 99, 100, 7], vec![1, 2, 3]], 0)
 }
 
+/// What an observer with `needs` receives from a forward pass over [`batch`].
+fn observe_forward(m: &gpt_oss_model::GptOss, needs: ObserverNeeds) -> Recorder {
+    let mut rec = Recorder {
+        needs,
+        ..Default::default()
+    };
+    m.forward(
+        &batch(),
+        None,
+        ForwardOptions {
+            observer: Some(&mut rec),
+            mask: None,
+        },
+    );
+    rec
+}
+
 #[test]
 fn observer_sees_top_k_ids_and_gates_consistent_with_router_logits() {
     let m = model();
@@ -210,21 +227,7 @@ fn expert_mask_keeps_routing_inside_the_kept_experts() {
 #[test]
 fn routing_read_after_the_pass_equals_routing_read_per_layer() {
     let m = model();
-    let observe = |needs: ObserverNeeds| {
-        let mut rec = Recorder {
-            needs,
-            ..Default::default()
-        };
-        m.forward(
-            &batch(),
-            None,
-            ForwardOptions {
-                observer: Some(&mut rec),
-                mask: None,
-            },
-        );
-        rec
-    };
+    let observe = |needs: ObserverNeeds| observe_forward(&m, needs);
     let waiting = ObserverNeeds {
         router_logits: true,
         ..Default::default()
@@ -280,18 +283,7 @@ fn scoring_hands_over_the_routing_at_the_read() {
         token_logprobs(&m, &rows, ForwardOptions::default(), 4)
     );
 
-    let mut forward = Recorder {
-        needs,
-        ..Default::default()
-    };
-    m.forward(
-        &batch(),
-        None,
-        ForwardOptions {
-            observer: Some(&mut forward),
-            mask: None,
-        },
-    );
+    let forward = observe_forward(&m, needs);
     assert_eq!(scored.layers, vec![0, 1, 2, 3]);
     assert_eq!(scored.ids, forward.ids);
     assert_eq!(scored.gates, forward.gates);
