@@ -4,7 +4,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use gpt_oss_model::transformer::moe_grouped::{
-    ExpertGroups, group_by_expert, group_by_expert_kernel,
+    ExpertGroups, LARGE_TILE_ROWS, group_by_expert, group_by_expert_kernel,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
@@ -20,7 +20,7 @@ const CASES: [(usize, usize, usize, usize); 8] = [
     (4, 300, 64, 3),
     (32, 128, 8, 32),
     (32, 8192, 64, 32),
-    (32, 65536, 256, 32),
+    (32, 65536, LARGE_TILE_ROWS, 32),
     (32, 70001, 256, 31),
     (128, 32768, 64, 128),
 ];

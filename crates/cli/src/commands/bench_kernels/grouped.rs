@@ -26,8 +26,8 @@ const CASES: [(usize, usize, usize, usize); 8] = [
     (32, 65536, 5760, 2880),
 ];
 
-/// The grouped tensor-core kernels (tiles of 64 rows decoding in the workgroup, tiles of 256
-/// rows from weights decoded first, both with their epilogues) and the few-rows grouped kernel
+/// The grouped tensor-core kernels (tiles of 64 rows decoding in the workgroup, the large
+/// tiles from weights decoded first, both with their epilogues) and the few-rows grouped kernel
 /// on every case, against the reference grouped matmul.
 pub(super) fn check_grouped_kernels(device: &Device) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(3);
