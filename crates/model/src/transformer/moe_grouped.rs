@@ -14,7 +14,7 @@ use gpt_oss_kernels::grouped_mxfp4::{
     self, ExpertTiles, LARGE_TILES, PackedWeights, SMALL_TILES, Tiling,
 };
 
-use super::experts::{ExpertMatrix, Experts, swiglu};
+use super::experts::{ExpertMatrix, Experts, PackedMxfp4, swiglu};
 
 /// How the MoE block runs its experts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -169,11 +169,17 @@ pub fn group_by_expert_kernel(
 /// Whether the experts' pairs are sorted by the kernels of [`group_by_expert_kernel`]: on the
 /// GPU kernel path with MXFP4 experts (where the grouped kernels run anyway).
 fn sorts_on_kernels(experts: &Experts, path: ExpertPath) -> bool {
-    let mxfp4 = matches!(
-        (&experts.gate_up, &experts.down),
-        (ExpertMatrix::Mxfp4(_), ExpertMatrix::Mxfp4(_))
-    );
-    path == ExpertPath::GroupedKernel && mxfp4 && experts.gate_up.num_experts() <= MAX_EXPERTS
+    path == ExpertPath::GroupedKernel
+        && mxfp4_pair(experts).is_some()
+        && experts.gate_up.num_experts() <= MAX_EXPERTS
+}
+
+/// The packed gate_up and down weights, when both are MXFP4.
+fn mxfp4_pair(experts: &Experts) -> Option<(&PackedMxfp4, &PackedMxfp4)> {
+    match (&experts.gate_up, &experts.down) {
+        (ExpertMatrix::Mxfp4(gate_up), ExpertMatrix::Mxfp4(down)) => Some((gate_up, down)),
+        _ => None,
+    }
 }
 
 /// `rows` [P, K] sorted by expert times each row's expert matrix -> [P, N].
@@ -272,11 +278,7 @@ fn fused_epilogue_kernels(
     groups: &ExpertGroups,
     path: ExpertPath,
 ) -> Option<(PackedWeights, PackedWeights, ExpertTiles)> {
-    let (ExpertMatrix::Mxfp4(gate_up), ExpertMatrix::Mxfp4(down)) =
-        (&experts.gate_up, &experts.down)
-    else {
-        return None;
-    };
+    let (gate_up, down) = mxfp4_pair(experts)?;
     let tiling = tensor_core_tiling(groups.tile_rows)?;
     (path == ExpertPath::GroupedKernel).then(|| {
         (
