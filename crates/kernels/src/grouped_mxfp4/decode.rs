@@ -28,6 +28,13 @@ pub(crate) fn scale_value(code: u32) -> f32 {
     f32::reinterpret(bits)
 }
 
+/// The scale byte of MXFP4 block `block` (of the expert's row-major blocks, K / 32 per row),
+/// from `scales` packed four bytes to a word, the expert's first word at `expert_scales`.
+#[cube]
+fn scale_code(scales: &[u32], expert_scales: u32, block: u32) -> u32 {
+    (scales[(expert_scales + block / 4) as usize] >> ((block % 4) * 8)) & 0xFF
+}
+
 /// Where this invocation's `i`-th word of a `tn x tk` stage comes from: (local weight row,
 /// word within the row's `tk / 8` words of the step).
 #[cube]
@@ -171,7 +178,7 @@ fn load_stage_words(
         if row < place.n {
             word = words[(place.expert_words + row * (k / 8) + k_begin / 8 + part) as usize];
             let block = row * (k / 32) + (k_begin + part * 8) / 32;
-            code = (scales[(place.expert_scales + block / 4) as usize] >> ((block % 4) * 8)) & 0xFF;
+            code = scale_code(scales, place.expert_scales, block);
         }
         loaded.words[i] = word;
         loaded.scale_codes[i] = code;
@@ -249,8 +256,7 @@ pub(super) fn decode_experts_kernel(
     let expert = w / (n * words_per_row);
     let row = (w / words_per_row) % n;
     let block = row * (k / 32) + (w % words_per_row) / 4;
-    let scale_word = scales[(expert * scale_words_per_expert + block / 4) as usize];
-    let code = (scale_word >> ((block % 4) * 8)) & 0xFF;
+    let code = scale_code(scales, expert * scale_words_per_expert, block);
     let no_table = Shared::<[f32]>::new_slice(1usize);
     decoded[w as usize] = decoded_word(words[w as usize], code, &no_table, false);
 }

@@ -229,11 +229,10 @@ fn decoded_experts(words: &CubeTensor, scales: &CubeTensor, k: usize) -> CubeTen
     let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
     let decoded = empty_of(words, vec![experts, n, k], DType::BF16);
     let count = experts * n * k / 8;
-    let units = 256;
     decode_experts_kernel::launch(
         &words.client,
-        grid_over_rows(count.div_ceil(units)),
-        CubeDim::new_1d(units as u32),
+        grid_over_rows(count.div_ceil(UNITS as usize)),
+        CubeDim::new_1d(UNITS),
         words.clone().into_buffer_arg(),
         scales.clone().into_buffer_arg(),
         decoded.clone().into_buffer_arg(),
