@@ -20,6 +20,7 @@ mod decoding;
 mod expert_groups;
 mod few_rows;
 mod grouped;
+mod router_logits;
 
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use gpt_oss_model::device::{DeviceChoice, select_device};
@@ -128,7 +129,7 @@ type Check = fn(&Device) -> anyhow::Result<()>;
 const SCORING_CHECKS: [(&str, Check); 5] = [
     ("expert_groups", expert_groups::check_expert_groups),
     ("grouped", check_grouped_kernels),
-    ("router_logits", decoding::check_router_logits),
+    ("router_logits", router_logits::check_router_logits),
     ("logsumexp", check_logsumexp),
     ("attention_tiles", attention::check_attention_tiles),
 ];
