@@ -18,6 +18,7 @@ use cubecl::prelude::*;
 use half::bf16;
 
 use crate::bf16_rows::EightBf16;
+use crate::coopmat_warps;
 use crate::launch::empty_f32;
 use crate::staged_tiles::{
     load_tile_words, staged_row_words, store_tile_words, whole_words_per_unit,
@@ -46,6 +47,9 @@ pub enum Scheme {
     /// Copied by the invocations into shared memory in 16-byte words (the next step's words
     /// loaded into registers during this step's product), then loaded from there.
     Staged,
+    /// Staged as `Staged`, then multiplied by each subgroup on its own block of the tile in
+    /// subgroup-scope 16 x 16 x 16 fragments (`crate::coopmat_warps`).
+    Warps,
 }
 
 /// 128 x 256, staged: 208 TF/s on scoring's projection shapes against 128-134 loaded by
@@ -231,15 +235,56 @@ impl KernelBackend for CubeBackend {
                 )
             };
         }
-        match staged_or_fallback(t, n, k) {
+        match scheme_for(t, m as usize, n, k) {
             Scheme::Direct => launch_gemm!(coopmat_gemm_kernel::launch),
             // Safety: reads are guarded by the row and column bounds; K is whole steps and
             // rows are whole 16-byte words (`staged_or_fallback`).
             Scheme::Staged => unsafe {
                 launch_gemm!(coopmat_gemm_staged_kernel::launch_unchecked, t.units)
             },
+            // Safety: as staged, and every fragment lies inside the output or outside it
+            // (`coopmat_warps::takes`).
+            Scheme::Warps => unsafe {
+                let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
+                coopmat_warps::coopmat_gemm_warps_kernel::launch_unchecked(
+                    &client,
+                    cubes,
+                    dim,
+                    lhs,
+                    rhs,
+                    out_arg,
+                    m,
+                    n,
+                    k,
+                    tile,
+                    warp,
+                    columns_first,
+                    t.units,
+                )
+            },
         }
         out
+    }
+}
+
+/// The scheme a launch with tiling `t` runs for an `m x k` by `k x n` product: `Warps` where
+/// its kernel takes the shape, else `Staged` where that one does, else `Direct`.
+pub fn scheme_for(t: Tiling, m: usize, n: u32, k: u32) -> Scheme {
+    match t.scheme {
+        Scheme::Warps
+            if coopmat_warps::takes(m, n as usize, k as usize, (t.m, t.n, t.k), t.units) =>
+        {
+            Scheme::Warps
+        }
+        Scheme::Warps => staged_or_fallback(
+            Tiling {
+                scheme: Scheme::Staged,
+                ..t
+            },
+            n,
+            k,
+        ),
+        _ => staged_or_fallback(t, n, k),
     }
 }
 
@@ -306,5 +351,21 @@ mod tests {
             ..DEFAULT_TILING
         };
         assert_eq!(staged_or_fallback(direct, 5120, 2880), Scheme::Direct);
+    }
+
+    #[test]
+    fn warps_run_where_their_kernel_takes_the_shape_and_fall_back_to_staged() {
+        let warps = Tiling {
+            scheme: Scheme::Warps,
+            ..DEFAULT_TILING
+        };
+        assert_eq!(scheme_for(warps, 8192, 8192, 8192), Scheme::Warps);
+        assert_eq!(scheme_for(warps, 16384, 2880, 4096), Scheme::Warps);
+        // Rows not whole fragments: the staged kernel (it bounds every row).
+        assert_eq!(scheme_for(warps, 16383, 2880, 4096), Scheme::Staged);
+        // Nor whole K steps: loaded directly.
+        assert_eq!(scheme_for(warps, 16384, 2880, 4100), Scheme::Direct);
+        // The other schemes are unchanged.
+        assert_eq!(scheme_for(DEFAULT_TILING, 17, 5120, 2880), Scheme::Staged);
     }
 }

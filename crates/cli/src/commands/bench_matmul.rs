@@ -28,7 +28,8 @@ pub struct MatmulArgs {
     #[arg(long, value_enum, default_value_t = MatmulKernel::Burn)]
     pub kernel: MatmulKernel,
     /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`), optionally with a scheme,
-    /// `/direct` (the default) or `/staged`, and then an order of the tiles, `/rows` (row
+    /// `/direct` (the default), `/staged` or `/warps` (subgroup-scope fragments; the line's
+    /// `scheme` says which ran), and then an order of the tiles, `/rows` (row
     /// tiles first) or `/columns` (`128x256x32/256/staged/columns`); without one, column tiles
     /// first when the weights fit in half the L2 cache.
     #[arg(long, value_delimiter = ',', default_value = "128x128x32/256")]
@@ -66,8 +67,9 @@ fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Til
     let scheme = match parts.next() {
         None | Some("direct") => Scheme::Direct,
         Some("staged") => Scheme::Staged,
+        Some("warps") => Scheme::Warps,
         Some(other) => {
-            anyhow::bail!("tiling `{text}`: scheme `{other}`: expected direct or staged")
+            anyhow::bail!("tiling `{text}`: scheme `{other}`: expected direct, staged or warps")
         }
     };
     let order = match parts.next() {
@@ -177,6 +179,10 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
                         "bench": "matmul",
                         "kernel": args.kernel.name(),
                         "tiling": format!("{tiling:?}"),
+                        "scheme": (args.kernel == MatmulKernel::Coopmat).then(|| format!(
+                            "{:?}",
+                            gpt_oss_kernels::coopmat_gemm::scheme_for(tiling, m, n as u32, k as u32)
+                        )),
                         "relative_error_vs_burn_f32": relative_error,
                         "dtype": dtype_name,
                         "m": m, "k": k, "n": n,
@@ -220,6 +226,10 @@ mod tests {
         assert_eq!(
             (columns.scheme, columns.order),
             (Scheme::Staged, Some(TileOrder::ColumnsFirst))
+        );
+        assert_eq!(
+            parse_tiling("128x256x32/256/warps").unwrap().scheme,
+            Scheme::Warps
         );
         assert_eq!(
             parse_tiling("64x128x32/128/staged").unwrap().scheme,

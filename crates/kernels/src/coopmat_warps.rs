@@ -1,0 +1,230 @@
+//! The dense bf16 GEMM with subgroup-scope cooperative matrices (`Scheme::Warps` of
+//! [`crate::coopmat_gemm`]): the same output tiles and the same input tiles staged in shared
+//! memory as `Scheme::Staged`, but instead of one workgroup-scope matrix per tile, which the
+//! driver splits among the subgroups as it sees fit, each subgroup of [`PLANE`] invocations owns a
+//! `warp_m x warp_n` block of the tile ([`warp_tile`]) and multiplies it as 16 x 16 x 16
+//! fragments, the shape the NVIDIA driver offers at subgroup scope. This is the layout CUDA's
+//! GEMMs use on `mma.sync`; whether the driver's own split of a workgroup-scope matrix does as
+//! well is what `bench matmul --tilings M x N x K/units/warps` against `/staged` measures.
+
+use cubecl::prelude::*;
+use half::bf16;
+
+use crate::bf16_rows::EightBf16;
+use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
+use crate::tile_order::tile_position;
+
+/// Invocations per subgroup the kernel assumes (NVIDIA's warp).
+pub const PLANE: u32 = 32;
+/// Side of a subgroup-scope fragment.
+pub const FRAGMENT: usize = 16;
+
+/// The block (rows, columns) each subgroup owns in an `m x n` tile with `units` invocations:
+/// the subgroups split the tile into a grid of equal blocks of whole fragments, the most
+/// nearly square one (fewest fragments loaded per product). `None` when no grid fits.
+pub fn warp_tile(m: usize, n: usize, units: u32) -> Option<(usize, usize)> {
+    let planes = (units / PLANE) as usize;
+    if planes == 0 || !units.is_multiple_of(PLANE) {
+        return None;
+    }
+    (1..=planes)
+        .filter(|rows| planes.is_multiple_of(*rows))
+        .map(|rows| (rows, planes / rows))
+        .filter(|&(rows, cols)| {
+            m.is_multiple_of(rows * FRAGMENT) && n.is_multiple_of(cols * FRAGMENT)
+        })
+        .map(|(rows, cols)| (m / rows, n / cols))
+        .min_by_key(|&(wm, wn)| wm / FRAGMENT + wn / FRAGMENT)
+}
+
+/// Whether the kernel takes an `m x k` by `k x n` product with `tile` (m, n, k): whole K steps
+/// of whole fragments, rows of whole 16-byte words, and rows and columns of whole fragments
+/// (a fragment is stored whole, so it must lie inside the output or outside it).
+pub fn takes(m: usize, n: usize, k: usize, tile: (usize, usize, usize), units: u32) -> bool {
+    let (tm, tn, tk) = tile;
+    k.is_multiple_of(tk)
+        && tk.is_multiple_of(FRAGMENT)
+        && n.is_multiple_of(8)
+        && m.is_multiple_of(FRAGMENT)
+        && n.is_multiple_of(FRAGMENT)
+        && crate::staged_tiles::whole_words_per_unit(tm, tk, units)
+        && crate::staged_tiles::whole_words_per_unit(tk, tn, units)
+        && warp_tile(tm, tn, units).is_some()
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn coopmat_gemm_warps_kernel(
+    lhs: &[EightBf16],
+    rhs: &[EightBf16],
+    out: &mut [f32],
+    m: u32,
+    n: u32,
+    k: u32,
+    #[comptime] tile: (usize, usize, usize),
+    #[comptime] warp: (usize, usize),
+    #[comptime] columns_first: bool,
+    #[comptime] units: u32,
+) {
+    let (tm, tn, tk) = tile;
+    let (wm, wn) = warp;
+    let (fm, fn_) = comptime![(wm / FRAGMENT, wn / FRAGMENT)];
+    let (row_tile, column_tile) = tile_position(columns_first);
+    let row = row_tile * tm as u32;
+    let col = column_tile * tn as u32;
+    let plane = UNIT_POS / PLANE;
+    let warps_across = comptime![(tn / wn) as u32];
+    let warp_row = (plane / warps_across) * wm as u32;
+    let warp_col = (plane % warps_across) * wn as u32;
+
+    let a_stride = comptime![staged_row_words(tk)];
+    let b_stride = comptime![staged_row_words(tn)];
+    let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_stride);
+    let mut stage_b = Shared::<[EightBf16]>::new_slice(tk * b_stride);
+    let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / units as usize);
+    let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / units as usize);
+
+    let mut a_frags = Sequence::<cmma::Matrix<bf16>>::new();
+    #[unroll]
+    for _ in 0..fm {
+        a_frags.push(fragment(cmma::MatrixIdent::A));
+    }
+    let mut b_frags = Sequence::<cmma::Matrix<bf16>>::new();
+    #[unroll]
+    for _ in 0..fn_ {
+        b_frags.push(fragment(cmma::MatrixIdent::B));
+    }
+    let mut acc = Sequence::<cmma::Matrix<f32>>::new();
+    #[unroll]
+    for _ in 0..fm * fn_ {
+        acc.push(cmma::Matrix::<f32>::from_value(
+            cmma::MatrixIdent::Accumulator,
+            FRAGMENT,
+            FRAGMENT,
+            FRAGMENT,
+            cmma::MatrixLayout::Undefined,
+            0.0,
+        ));
+    }
+
+    // A fragment's 16 rows span 15 strides and one fragment row (two 16-byte words).
+    let a_span = comptime![15 * a_stride + FRAGMENT / 8];
+    let b_span = comptime![15 * b_stride + FRAGMENT / 8];
+    let steps = k / tk as u32;
+    load_tile_words(lhs, &mut next_a, row, m, 0, k, k, tm, tk, units);
+    load_tile_words(rhs, &mut next_b, 0, k, col, n, n, tk, tn, units);
+    for step in 0..steps {
+        // Every subgroup has loaded its fragments of the previous step before the stage is
+        // rewritten.
+        sync_cube();
+        store_tile_words(&next_a, &mut stage_a, tm, tk, units);
+        store_tile_words(&next_b, &mut stage_b, tk, tn, units);
+        sync_cube();
+        if step + 1 < steps {
+            let k_next = (step + 1) * tk as u32;
+            load_tile_words(lhs, &mut next_a, row, m, k_next, k, k, tm, tk, units);
+            load_tile_words(rhs, &mut next_b, k_next, k, col, n, n, tk, tn, units);
+        }
+        #[unroll]
+        for kk in 0..tk / FRAGMENT {
+            #[unroll]
+            for i in 0..fm {
+                // Rows warp_row + 16 i.., columns 16 kk.. of the A stage (in 16-byte words).
+                let first = (warp_row as usize + i * FRAGMENT) * a_stride + kk * FRAGMENT / 8;
+                // Strides in u32 words (the loads divide them by an EightBf16's four words).
+                cmma::load(
+                    a_frags.index_mut(i),
+                    &stage_a[first..first + a_span],
+                    (a_stride * 4) as u32,
+                );
+            }
+            #[unroll]
+            for j in 0..fn_ {
+                // Rows 16 kk.., columns warp_col + 16 j.. of the B stage.
+                let first = kk * FRAGMENT * b_stride + (warp_col as usize + j * FRAGMENT) / 8;
+                cmma::load(
+                    b_frags.index_mut(j),
+                    &stage_b[first..first + b_span],
+                    (b_stride * 4) as u32,
+                );
+            }
+            #[unroll]
+            for i in 0..fm {
+                #[unroll]
+                for j in 0..fn_ {
+                    let c = acc.index(i * fn_ + j);
+                    cmma::execute(a_frags.index(i), b_frags.index(j), c, c);
+                }
+            }
+        }
+    }
+    #[unroll]
+    for i in 0..fm {
+        #[unroll]
+        for j in 0..fn_ {
+            let out_row = row + warp_row + (i * FRAGMENT) as u32;
+            let out_col = col + warp_col + (j * FRAGMENT) as u32;
+            // Rows and columns are whole fragments (`takes`): a fragment is inside or outside.
+            if out_row < m && out_col < n {
+                let first = (out_row * n + out_col) as usize;
+                let span = 15 * n as usize + FRAGMENT;
+                cmma::store(
+                    &mut out[first..first + span],
+                    acc.index(i * fn_ + j),
+                    n,
+                    cmma::MatrixLayout::RowMajor,
+                );
+            }
+        }
+    }
+}
+
+/// An uninitialised subgroup-scope 16 x 16 x 16 bf16 input fragment, row-major.
+#[cube]
+fn fragment(#[comptime] ident: cmma::MatrixIdent) -> cmma::Matrix<bf16> {
+    unsafe {
+        cmma::Matrix::<bf16>::uninitialized(
+            ident,
+            FRAGMENT,
+            FRAGMENT,
+            FRAGMENT,
+            cmma::MatrixLayout::RowMajor,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subgroups_split_the_tile_into_the_squarest_grid_of_whole_fragments() {
+        // Eight subgroups on 128 x 256: 2 x 4 blocks of 64 x 64.
+        assert_eq!(warp_tile(128, 256, 256), Some((64, 64)));
+        // Four subgroups on 128 x 128: 2 x 2 blocks of 64 x 64.
+        assert_eq!(warp_tile(128, 128, 128), Some((64, 64)));
+        // Eight on 64 x 128: 64 x 16 would load 5 fragments per product; 32 x 32 loads 4.
+        assert_eq!(warp_tile(64, 128, 256), Some((32, 32)));
+        // One subgroup takes the whole tile.
+        assert_eq!(warp_tile(32, 64, 32), Some((32, 64)));
+        // No grid of whole fragments: 8 subgroups on 16 x 16; invocations not whole subgroups.
+        assert_eq!(warp_tile(16, 16, 256), None);
+        assert_eq!(warp_tile(128, 256, 48), None);
+        assert_eq!(warp_tile(128, 256, 0), None);
+    }
+
+    #[test]
+    fn the_kernel_takes_whole_fragments_and_steps_only() {
+        let tile = (128, 256, 32);
+        // Scoring's projections and 8192^3.
+        for (m, n, k) in [(16384, 5120, 2880), (16384, 2880, 4096), (8192, 8192, 8192)] {
+            assert!(takes(m, n, k, tile, 256), "{m} {n} {k}");
+        }
+        // Rows or columns not whole fragments, K not whole steps.
+        assert!(!takes(16385, 5120, 2880, tile, 256));
+        assert!(!takes(16384, 5128, 2880, tile, 256));
+        assert!(!takes(16384, 5120, 2888, tile, 256));
+        // A K step that is not whole fragments.
+        assert!(!takes(16384, 5120, 2880, (128, 256, 8), 256));
+    }
+}
