@@ -4,12 +4,14 @@
 //! about 18% of torch's bf16 rate on an H100 (docs/benchmarks.md). The NVIDIA driver also offers
 //! workgroup-scope matrices up to 1024 on a side (`VK_NV_cooperative_matrix2`); the driver then
 //! plans the tile itself. This kernel gives each workgroup one `TILE_M x TILE_N` output tile and
-//! walks K in steps of `TILE_K`. By default (`Scheme::Staged`) the invocations copy each step's
-//! input tiles into shared memory (`staged_tiles`), loading the next step's into registers
-//! while the tensor cores multiply, and the matrices are loaded from there: 208-260 TF/s on an
-//! H100 against 128-152 when the matrices are loaded straight from global memory by tensor
+//! walks K in steps of `TILE_K`. With `Scheme::Staged` the invocations copy each step's input
+//! tiles into shared memory (`staged_tiles`), loading the next step's into registers while the
+//! tensor cores multiply, and the matrices are loaded from there: 208-260 TF/s on an H100
+//! against 128-152 when the matrices are loaded straight from global memory by tensor
 //! addressing (`Scheme::Direct`, bounds handled by the driver; the fallback for shapes the
-//! staged scheme cannot take).
+//! staged scheme cannot take). The default, `Scheme::Warps`, stages the same way and then has
+//! each subgroup multiply its own block of the tile (`crate::coopmat_warps`): 5-10% over
+//! `Staged`.
 
 use burn::backend::{backend_extension, tensor::FloatTensor};
 use burn::tensor::{DType, Shape, Tensor};
@@ -52,16 +54,20 @@ pub enum Scheme {
     Warps,
 }
 
-/// 128 x 256, staged: 208 TF/s on scoring's projection shapes against 128-134 loaded by
-/// tensor addressing (docs/benchmarks.md, eighteenth round); column tiles first where the
-/// weights fit in the L2 cache: 220 against 203-209 TF/s on the q and o projections, while an
-/// lm_head piece keeps row tiles first (238 against 210; nineteenth round).
+/// 128 x 256 in subgroup-scope fragments (`Scheme::Warps`), falling back to staged and then
+/// direct loads where the shape asks for it ([`scheme_for`]). Staged, 208 TF/s on scoring's
+/// projection shapes against 128-134 loaded by tensor addressing (docs/benchmarks.md,
+/// eighteenth round); column tiles first where the weights fit in the L2 cache: 220 against
+/// 203-209 TF/s on the q and o projections, while an lm_head piece keeps row tiles first (238
+/// against 210; nineteenth round). Warps over staged, same tiles, on an H100 in two calls
+/// (twenty-second round): 263-267 against 243-252 TF/s at 8192^3, 228-235 against 213-221 on
+/// the projection shapes.
 pub const DEFAULT_TILING: Tiling = Tiling {
     m: 128,
     n: 256,
     k: 32,
     units: 256,
-    scheme: Scheme::Staged,
+    scheme: Scheme::Warps,
     order: None,
 };
 
@@ -323,42 +329,44 @@ pub fn reference_gemm(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
 mod tests {
     use super::*;
 
+    const STAGED: Tiling = Tiling {
+        scheme: Scheme::Staged,
+        ..DEFAULT_TILING
+    };
+
     #[test]
     fn staged_gemm_takes_whole_steps_and_words_and_falls_back_otherwise() {
         // Scoring's projection and lm_head shapes are staged.
         for (n, k) in [(5120, 2880), (2880, 4096), (93184, 2880)] {
-            assert_eq!(staged_or_fallback(DEFAULT_TILING, n, k), Scheme::Staged);
+            assert_eq!(staged_or_fallback(STAGED, n, k), Scheme::Staged);
         }
         // K not whole steps of 32, or rows not whole 16-byte words: loaded directly.
         assert_eq!(
-            staged_or_fallback(DEFAULT_TILING, 5120, 2888),
+            staged_or_fallback(STAGED, 5120, 2888),
             Scheme::Direct
         );
         assert_eq!(
-            staged_or_fallback(DEFAULT_TILING, 5124, 2880),
+            staged_or_fallback(STAGED, 5124, 2880),
             Scheme::Direct
         );
         // A tile that does not split into whole words per invocation.
         let uneven = Tiling {
             m: 16,
             units: 256,
-            ..DEFAULT_TILING
+            ..STAGED
         };
         assert_eq!(staged_or_fallback(uneven, 5120, 2880), Scheme::Direct);
         // The direct scheme stays direct.
         let direct = Tiling {
             scheme: Scheme::Direct,
-            ..DEFAULT_TILING
+            ..STAGED
         };
         assert_eq!(staged_or_fallback(direct, 5120, 2880), Scheme::Direct);
     }
 
     #[test]
     fn warps_run_where_their_kernel_takes_the_shape_and_fall_back_to_staged() {
-        let warps = Tiling {
-            scheme: Scheme::Warps,
-            ..DEFAULT_TILING
-        };
+        let warps = DEFAULT_TILING;
         assert_eq!(scheme_for(warps, 8192, 8192, 8192), Scheme::Warps);
         assert_eq!(scheme_for(warps, 16384, 2880, 4096), Scheme::Warps);
         // Rows not whole fragments: the staged kernel (it bounds every row).
@@ -366,6 +374,6 @@ mod tests {
         // Nor whole K steps: loaded directly.
         assert_eq!(scheme_for(warps, 16384, 2880, 4100), Scheme::Direct);
         // The other schemes are unchanged.
-        assert_eq!(scheme_for(DEFAULT_TILING, 17, 5120, 2880), Scheme::Staged);
+        assert_eq!(scheme_for(STAGED, 17, 5120, 2880), Scheme::Staged);
     }
 }
