@@ -341,14 +341,8 @@ mod tests {
             assert_eq!(staged_or_fallback(STAGED, n, k), Scheme::Staged);
         }
         // K not whole steps of 32, or rows not whole 16-byte words: loaded directly.
-        assert_eq!(
-            staged_or_fallback(STAGED, 5120, 2888),
-            Scheme::Direct
-        );
-        assert_eq!(
-            staged_or_fallback(STAGED, 5124, 2880),
-            Scheme::Direct
-        );
+        assert_eq!(staged_or_fallback(STAGED, 5120, 2888), Scheme::Direct);
+        assert_eq!(staged_or_fallback(STAGED, 5124, 2880), Scheme::Direct);
         // A tile that does not split into whole words per invocation.
         let uneven = Tiling {
             m: 16,
