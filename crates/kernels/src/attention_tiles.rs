@@ -355,3 +355,30 @@ pub fn attention_tiles(
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_expansion::{buffer, expand, h100_properties, settings, target};
+
+    #[test]
+    fn the_kernel_expands() {
+        let kernel = attention_tiles_kernel::AttentionTilesKernel::new(
+            settings(UNITS),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+            (),
+            (),
+            (),
+        );
+        assert_eq!(expand(kernel), Ok(()));
+    }
+}

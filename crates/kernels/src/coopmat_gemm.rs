@@ -328,6 +328,44 @@ pub fn reference_gemm(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel_expansion::{buffer, expand, h100_properties, settings, target};
+
+    #[test]
+    fn the_direct_and_staged_kernels_expand_for_the_default_tile() {
+        let t = DEFAULT_TILING;
+        let tile = (t.m, t.n, t.k);
+        for columns_first in [false, true] {
+            let direct = coopmat_gemm_kernel::CoopmatGemmKernel::new(
+                settings(t.units),
+                h100_properties(),
+                target(),
+                buffer(),
+                buffer(),
+                buffer(),
+                (),
+                (),
+                (),
+                tile,
+                columns_first,
+            );
+            assert_eq!(expand(direct), Ok(()));
+            let staged = coopmat_gemm_staged_kernel::CoopmatGemmStagedKernel::new(
+                settings(t.units),
+                h100_properties(),
+                target(),
+                buffer(),
+                buffer(),
+                buffer(),
+                (),
+                (),
+                (),
+                tile,
+                columns_first,
+                t.units,
+            );
+            assert_eq!(expand(staged), Ok(()));
+        }
+    }
 
     const STAGED: Tiling = Tiling {
         scheme: Scheme::Staged,

@@ -67,15 +67,9 @@ pub(crate) fn coopmat_gemm_warps_kernel(
     #[comptime] units: u32,
 ) {
     let (tm, tn, tk) = tile;
-    let (wm, wn) = warp;
-    let (fm, fn_) = comptime![(wm / FRAGMENT, wn / FRAGMENT)];
     let (row_tile, column_tile) = tile_position(columns_first);
     let row = row_tile * tm as u32;
     let col = column_tile * tn as u32;
-    let plane = UNIT_POS / PLANE;
-    let warps_across = comptime![(tn / wn) as u32];
-    let warp_row = (plane / warps_across) * wm as u32;
-    let warp_col = (plane % warps_across) * wn as u32;
 
     let a_stride = comptime![staged_row_words(tk)];
     let b_stride = comptime![staged_row_words(tn)];
@@ -84,32 +78,8 @@ pub(crate) fn coopmat_gemm_warps_kernel(
     let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / units as usize);
     let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / units as usize);
 
-    let mut a_frags = Sequence::<cmma::Matrix<bf16>>::new();
-    #[unroll]
-    for _ in 0..fm {
-        a_frags.push(fragment(cmma::MatrixIdent::A));
-    }
-    let mut b_frags = Sequence::<cmma::Matrix<bf16>>::new();
-    #[unroll]
-    for _ in 0..fn_ {
-        b_frags.push(fragment(cmma::MatrixIdent::B));
-    }
-    let mut acc = Sequence::<cmma::Matrix<f32>>::new();
-    #[unroll]
-    for _ in 0..fm * fn_ {
-        acc.push(cmma::Matrix::<f32>::from_value(
-            cmma::MatrixIdent::Accumulator,
-            FRAGMENT,
-            FRAGMENT,
-            FRAGMENT,
-            cmma::MatrixLayout::Undefined,
-            0.0,
-        ));
-    }
+    let mut warp_tile = WarpTile::new(warp, tn, false);
 
-    // A fragment's 16 rows span 15 strides and one fragment row (two 16-byte words).
-    let a_span = comptime![15 * a_stride + FRAGMENT / 8];
-    let b_span = comptime![15 * b_stride + FRAGMENT / 8];
     let steps = k / tk as u32;
     load_tile_words(lhs, &mut next_a, row, m, 0, k, k, tm, tk, units);
     load_tile_words(rhs, &mut next_b, 0, k, col, n, n, tk, tn, units);
@@ -125,25 +95,121 @@ pub(crate) fn coopmat_gemm_warps_kernel(
             load_tile_words(lhs, &mut next_a, row, m, k_next, k, k, tm, tk, units);
             load_tile_words(rhs, &mut next_b, k_next, k, col, n, n, tk, tn, units);
         }
+        warp_tile.multiply_step(&stage_a, a_stride, &stage_b, b_stride, tk);
+    }
+    // Rows and columns are whole fragments (`takes`): a fragment is inside or outside.
+    warp_tile.store_whole(out, row, col, m, n);
+}
+
+/// A subgroup's block of the tile: where it lies, its input fragments for one 16-wide slice
+/// of K, and its `fm x fn` accumulators.
+#[derive(CubeType)]
+pub(crate) struct WarpTile {
+    a: Sequence<cmma::Matrix<bf16>>,
+    b: Sequence<cmma::Matrix<bf16>>,
+    acc: Sequence<cmma::Matrix<f32>>,
+    /// The block's first row and column in the tile.
+    pub row: u32,
+    pub col: u32,
+    #[cube(comptime)]
+    fragments: (usize, usize),
+    /// The B stage holds the tile's columns as rows (K contiguous, as weights [N, K] are
+    /// stored) instead of K rows of columns.
+    #[cube(comptime)]
+    b_columns_as_rows: bool,
+}
+
+#[cube]
+impl WarpTile {
+    /// This subgroup's block of a tile `tn` wide split into `warp` (rows, columns) blocks,
+    /// accumulators zeroed.
+    pub fn new(
+        #[comptime] warp: (usize, usize),
+        #[comptime] tn: usize,
+        #[comptime] b_columns_as_rows: bool,
+    ) -> WarpTile {
+        let (wm, wn) = warp;
+        let (fm, fn_) = comptime![(wm / FRAGMENT, wn / FRAGMENT)];
+        let plane = UNIT_POS / PLANE;
+        let across = comptime![(tn / wn) as u32];
+        let b_layout = if comptime![b_columns_as_rows] {
+            cmma::MatrixLayout::ColMajor
+        } else {
+            cmma::MatrixLayout::RowMajor
+        };
+        let mut a = Sequence::<cmma::Matrix<bf16>>::new();
+        #[unroll]
+        for _ in 0..fm {
+            a.push(fragment(cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor));
+        }
+        let mut b = Sequence::<cmma::Matrix<bf16>>::new();
+        #[unroll]
+        for _ in 0..fn_ {
+            b.push(fragment(cmma::MatrixIdent::B, b_layout));
+        }
+        let mut acc = Sequence::<cmma::Matrix<f32>>::new();
+        #[unroll]
+        for _ in 0..fm * fn_ {
+            acc.push(cmma::Matrix::<f32>::from_value(
+                cmma::MatrixIdent::Accumulator,
+                FRAGMENT,
+                FRAGMENT,
+                FRAGMENT,
+                cmma::MatrixLayout::Undefined,
+                0.0,
+            ));
+        }
+        WarpTile {
+            a,
+            b,
+            acc,
+            row: (plane / across) * wm as u32,
+            col: (plane % across) * wn as u32,
+            fragments: (fm, fn_),
+            b_columns_as_rows,
+        }
+    }
+
+    /// Adds one staged K step of `tk` to the accumulators: the A stage holds the tile's rows
+    /// (`a_stride` 16-byte words apart), the B stage K rows of the tile's columns or (with
+    /// `b_columns_as_rows`) the columns as rows, `b_stride` words apart.
+    pub fn multiply_step(
+        &mut self,
+        stage_a: &[EightBf16],
+        #[comptime] a_stride: usize,
+        stage_b: &[EightBf16],
+        #[comptime] b_stride: usize,
+        #[comptime] tk: usize,
+    ) {
+        let (fm, fn_) = self.fragments;
+        // A fragment's 16 rows span 15 strides and one fragment row (two 16-byte words).
+        let a_span = comptime![15 * a_stride + FRAGMENT / 8];
+        let b_span = comptime![15 * b_stride + FRAGMENT / 8];
         #[unroll]
         for kk in 0..tk / FRAGMENT {
             #[unroll]
             for i in 0..fm {
-                // Rows warp_row + 16 i.., columns 16 kk.. of the A stage (in 16-byte words).
-                let first = (warp_row as usize + i * FRAGMENT) * a_stride + kk * FRAGMENT / 8;
+                // Rows row + 16 i.., columns 16 kk.. of the A stage.
+                let first = (self.row as usize + i * FRAGMENT) * a_stride + kk * FRAGMENT / 8;
                 // Strides in u32 words (the loads divide them by an EightBf16's four words).
                 cmma::load(
-                    a_frags.index_mut(i),
+                    self.a.index_mut(i),
                     &stage_a[first..first + a_span],
                     (a_stride * 4) as u32,
                 );
             }
             #[unroll]
             for j in 0..fn_ {
-                // Rows 16 kk.., columns warp_col + 16 j.. of the B stage.
-                let first = kk * FRAGMENT * b_stride + (warp_col as usize + j * FRAGMENT) / 8;
+                let column = self.col as usize + j * FRAGMENT;
+                let first = if comptime![self.b_columns_as_rows] {
+                    // Rows col + 16 j.. (the tile's columns), 16 kk.. along K.
+                    column * b_stride + kk * FRAGMENT / 8
+                } else {
+                    // Rows 16 kk.. (K), columns col + 16 j...
+                    kk * FRAGMENT * b_stride + column / 8
+                };
                 cmma::load(
-                    b_frags.index_mut(j),
+                    self.b.index_mut(j),
                     &stage_b[first..first + b_span],
                     (b_stride * 4) as u32,
                 );
@@ -152,50 +218,80 @@ pub(crate) fn coopmat_gemm_warps_kernel(
             for i in 0..fm {
                 #[unroll]
                 for j in 0..fn_ {
-                    let c = acc.index(i * fn_ + j);
-                    cmma::execute(a_frags.index(i), b_frags.index(j), c, c);
+                    let c = self.acc.index(comptime![i * fn_ + j]);
+                    cmma::execute(self.a.index(i), self.b.index(j), c, c);
                 }
             }
         }
     }
-    #[unroll]
-    for i in 0..fm {
+
+    /// Stores the block into `out` [rows, n] row-major, the tile at (`tile_row`, `tile_col`):
+    /// each fragment whose first row is under `rows` and first column under `n`, whole (the
+    /// caller makes fragments lie wholly inside or outside).
+    pub fn store_whole(&self, out: &mut [f32], tile_row: u32, tile_col: u32, rows: u32, n: u32) {
+        let (fm, fn_) = self.fragments;
         #[unroll]
-        for j in 0..fn_ {
-            let out_row = row + warp_row + (i * FRAGMENT) as u32;
-            let out_col = col + warp_col + (j * FRAGMENT) as u32;
-            // Rows and columns are whole fragments (`takes`): a fragment is inside or outside.
-            if out_row < m && out_col < n {
-                let first = (out_row * n + out_col) as usize;
-                let span = 15 * n as usize + FRAGMENT;
-                cmma::store(
-                    &mut out[first..first + span],
-                    acc.index(i * fn_ + j),
-                    n,
-                    cmma::MatrixLayout::RowMajor,
-                );
+        for i in 0..fm {
+            #[unroll]
+            for j in 0..fn_ {
+                let out_row = tile_row + self.row + (i * FRAGMENT) as u32;
+                let out_col = tile_col + self.col + (j * FRAGMENT) as u32;
+                if out_row < rows && out_col < n {
+                    let first = (out_row * n + out_col) as usize;
+                    let span = 15 * n as usize + FRAGMENT;
+                    cmma::store(
+                        &mut out[first..first + span],
+                        self.acc.index(comptime![i * fn_ + j]),
+                        n,
+                        cmma::MatrixLayout::RowMajor,
+                    );
+                }
             }
         }
     }
 }
 
-/// An uninitialised subgroup-scope 16 x 16 x 16 bf16 input fragment, row-major.
+/// An uninitialised subgroup-scope 16 x 16 x 16 bf16 input fragment.
 #[cube]
-fn fragment(#[comptime] ident: cmma::MatrixIdent) -> cmma::Matrix<bf16> {
-    unsafe {
-        cmma::Matrix::<bf16>::uninitialized(
-            ident,
-            FRAGMENT,
-            FRAGMENT,
-            FRAGMENT,
-            cmma::MatrixLayout::RowMajor,
-        )
-    }
+fn fragment(
+    #[comptime] ident: cmma::MatrixIdent,
+    #[comptime] layout: cmma::MatrixLayout,
+) -> cmma::Matrix<bf16> {
+    unsafe { cmma::Matrix::<bf16>::uninitialized(ident, FRAGMENT, FRAGMENT, FRAGMENT, layout) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel_expansion::{buffer, expand, h100_properties, settings, target};
+
+    #[test]
+    fn the_kernel_expands_for_its_tilings() {
+        use coopmat_gemm_warps_kernel::CoopmatGemmWarpsKernel;
+        for (tile, units) in [
+            ((128, 256, 32), 256),
+            ((128, 128, 32), 128),
+            ((256, 128, 32), 256),
+        ] {
+            let warp = warp_tile(tile.0, tile.1, units).unwrap();
+            let kernel = CoopmatGemmWarpsKernel::new(
+                settings(units),
+                h100_properties(),
+                target(),
+                buffer(),
+                buffer(),
+                buffer(),
+                (),
+                (),
+                (),
+                tile,
+                warp,
+                true,
+                units,
+            );
+            assert_eq!(expand(kernel), Ok(()), "tile {tile:?}");
+        }
+    }
 
     #[test]
     fn subgroups_split_the_tile_into_the_squarest_grid_of_whole_fragments() {

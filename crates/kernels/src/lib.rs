@@ -38,6 +38,8 @@ pub mod experts_pairs;
 pub mod greedy_picks;
 pub mod grouped_mxfp4;
 pub mod grouped_mxfp4_rows;
+#[cfg(test)]
+mod kernel_expansion;
 pub mod launch;
 pub mod logsumexp_rows;
 pub mod rms_norm_rows;

@@ -260,3 +260,26 @@ pub(super) fn decode_experts_kernel(
     let no_table = Shared::<[f32]>::new_slice(1usize);
     decoded[w as usize] = decoded_word(words[w as usize], code, &no_table, false);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_expansion::{buffer, expand, h100_properties, settings, target};
+
+    #[test]
+    fn the_decoding_kernel_expands() {
+        let kernel = decode_experts_kernel::DecodeExpertsKernel::new(
+            settings(UNITS),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+            (),
+            (),
+        );
+        assert_eq!(expand(kernel), Ok(()));
+    }
+}

@@ -226,3 +226,47 @@ fn scaled_epilogue(
         e += UNITS;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grouped_mxfp4::{LARGE_TILES, SMALL_TILES};
+    use crate::kernel_expansion::{buffer, expand, h100_properties, settings, target};
+
+    #[test]
+    fn the_kernel_expands_for_the_model_tilings_and_every_epilogue() {
+        for t in [SMALL_TILES, LARGE_TILES] {
+            for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
+                let kernel = grouped_mxfp4_kernel::GroupedMxfp4Kernel::new(
+                    settings(UNITS),
+                    h100_properties(),
+                    target(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    (),
+                    (),
+                    (),
+                    (),
+                    (),
+                    (),
+                    (t.m, t.n, t.k),
+                    t.table,
+                    t.decoded,
+                    t.order.columns_first(),
+                    epilogue,
+                );
+                assert_eq!(expand(kernel), Ok(()), "{t:?}, epilogue {epilogue}");
+            }
+        }
+    }
+}
