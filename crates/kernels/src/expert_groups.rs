@@ -320,6 +320,59 @@ pub fn expert_groups(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel_expansion::{buffer, expand, h100_properties, settings, target};
+
+    #[test]
+    fn the_four_kernels_expand() {
+        let ranks = block_ranks_kernel::BlockRanksKernel::new(
+            settings(BLOCK),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+        );
+        assert_eq!(expand(ranks), Ok(()));
+        let starts = block_starts_kernel::BlockStartsKernel::new(
+            settings(BLOCK),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+        );
+        assert_eq!(expand(starts), Ok(()));
+        let offsets = expert_offsets_kernel::ExpertOffsetsKernel::new(
+            settings(BLOCK),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+            (),
+        );
+        assert_eq!(expand(offsets), Ok(()));
+        let sorted = sorted_rows_kernel::SortedRowsKernel::new(
+            settings(BLOCK),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+            (),
+            (),
+            (),
+        );
+        assert_eq!(expand(sorted), Ok(()));
+    }
 
     #[test]
     fn flat_parts_hold_their_values_and_whole_blocks_of_pairs_stay_aligned() {
