@@ -328,10 +328,10 @@ pub fn reference_gemm(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, expand, h100_properties, settings, target};
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
 
     #[test]
-    fn the_direct_and_staged_kernels_expand_for_the_default_tile() {
+    fn the_direct_and_staged_kernels_compile_for_the_default_tile() {
         let t = DEFAULT_TILING;
         let tile = (t.m, t.n, t.k);
         for columns_first in [false, true] {
@@ -348,7 +348,7 @@ mod tests {
                 tile,
                 columns_first,
             );
-            assert_eq!(expand(direct), Ok(()));
+            assert_eq!(compile(direct), Ok(()));
             let staged = coopmat_gemm_staged_kernel::CoopmatGemmStagedKernel::new(
                 settings(t.units),
                 h100_properties(),
@@ -363,7 +363,7 @@ mod tests {
                 columns_first,
                 t.units,
             );
-            assert_eq!(expand(staged), Ok(()));
+            assert_eq!(compile(staged), Ok(()));
         }
     }
 

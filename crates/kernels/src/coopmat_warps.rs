@@ -263,10 +263,10 @@ fn fragment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, expand, h100_properties, settings, target};
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
 
     #[test]
-    fn the_kernel_expands_for_its_tilings() {
+    fn the_kernel_compiles_for_its_tilings() {
         use coopmat_gemm_warps_kernel::CoopmatGemmWarpsKernel;
         for (tile, units) in [
             ((128, 256, 32), 256),
@@ -289,8 +289,30 @@ mod tests {
                 true,
                 units,
             );
-            assert_eq!(expand(kernel), Ok(()), "tile {tile:?}");
+            assert_eq!(compile(kernel), Ok(()), "tile {tile:?}");
         }
+    }
+
+    #[test]
+    fn a_tile_past_the_drivers_workgroup_memory_fails_to_compile() {
+        let (tile, units) = ((128, 256, 64), 256);
+        let kernel = coopmat_gemm_warps_kernel::CoopmatGemmWarpsKernel::new(
+            settings(units),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+            (),
+            tile,
+            warp_tile(tile.0, tile.1, units).unwrap(),
+            true,
+            units,
+        );
+        let error = compile(kernel).unwrap_err();
+        assert!(error.contains("52224 bytes"), "{error}");
     }
 
     #[test]

@@ -320,10 +320,10 @@ pub fn expert_groups(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, expand, h100_properties, settings, target};
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
 
     #[test]
-    fn the_four_kernels_expand() {
+    fn the_four_kernels_compile() {
         let ranks = block_ranks_kernel::BlockRanksKernel::new(
             settings(BLOCK),
             h100_properties(),
@@ -334,7 +334,7 @@ mod tests {
             (),
             (),
         );
-        assert_eq!(expand(ranks), Ok(()));
+        assert_eq!(compile(ranks), Ok(()));
         let starts = block_starts_kernel::BlockStartsKernel::new(
             settings(BLOCK),
             h100_properties(),
@@ -345,7 +345,7 @@ mod tests {
             (),
             (),
         );
-        assert_eq!(expand(starts), Ok(()));
+        assert_eq!(compile(starts), Ok(()));
         let offsets = expert_offsets_kernel::ExpertOffsetsKernel::new(
             settings(BLOCK),
             h100_properties(),
@@ -356,7 +356,7 @@ mod tests {
             (),
             (),
         );
-        assert_eq!(expand(offsets), Ok(()));
+        assert_eq!(compile(offsets), Ok(()));
         let sorted = sorted_rows_kernel::SortedRowsKernel::new(
             settings(BLOCK),
             h100_properties(),
@@ -371,7 +371,7 @@ mod tests {
             (),
             (),
         );
-        assert_eq!(expand(sorted), Ok(()));
+        assert_eq!(compile(sorted), Ok(()));
     }
 
     #[test]

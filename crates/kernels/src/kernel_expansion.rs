@@ -1,9 +1,10 @@
-//! For CPU tests that expand the GPU kernels into cubecl's IR, as a launch does before it
-//! compiles them: a kernel that cannot be expanded (a `Sequence` indexed by a value computed in
-//! the kernel, a comptime assertion) fails its module's test instead of a call on the lent GPU.
-//! No device is needed. The properties are an H100's, as the NVIDIA Vulkan driver reports them.
-//! Expansion does not compile to SPIR-V: what only the driver rejects (too much shared memory,
-//! an unsupported matrix shape) still shows only on the GPU.
+//! For CPU tests that expand the GPU kernels into cubecl's IR and compile them to SPIR-V, as the
+//! wgpu runtime does on Vulkan before it hands them to the driver. A kernel that cannot be
+//! expanded (a `Sequence` indexed by a value computed in the kernel, a comptime assertion), that
+//! the SPIR-V compiler refuses (a cooperative matrix the device does not offer), or that asks
+//! for more workgroup memory than the driver grants fails its module's test instead of a call
+//! on the lent GPU. No device is needed. The properties are an H100's, as the NVIDIA Vulkan
+//! driver reports them. The driver's own compilation still runs only on the GPU.
 
 use std::sync::Arc;
 
@@ -33,12 +34,51 @@ pub(crate) fn h100_properties() -> Arc<DeviceProperties> {
         cube_mma_reserved_shared_memory: 0,
     };
     Arc::new(DeviceProperties::new(
-        Features::default(),
+        tensor_core_features(),
         MemoryDeviceProperties::new(u64::MAX, 256),
         hardware,
         TimingMethod::System,
         DeviceIdentity::default(),
     ))
+}
+
+/// The cooperative matrices the NVIDIA driver offers for bf16 products into f32: 16 x 16 x 16
+/// at subgroup scope (`VK_KHR_cooperative_matrix`), and at workgroup scope
+/// (`VK_NV_cooperative_matrix2`) any multiple of 16 up to 1024 on a side for 32 to 256
+/// invocations. The driver's granularity is 16 to 32 by dimension, so a shape that passes
+/// here may still be refused on the GPU.
+fn tensor_core_features() -> Features {
+    use cubecl::ir::features::{CubeMmaConfig, MmaConfig};
+    use cubecl::ir::{ElemType, FloatKind};
+    let (bf16, f32) = (
+        ElemType::Float(FloatKind::BF16),
+        ElemType::Float(FloatKind::F32),
+    );
+    let mut features = Features::default();
+    features.matmul.cmma.insert(MmaConfig {
+        a_type: bf16,
+        b_type: bf16,
+        cd_type: f32,
+        m: 16,
+        n: 16,
+        k: 16,
+    });
+    for units in [32, 64, 128, 256] {
+        features.matmul.cube_mma.insert(CubeMmaConfig {
+            a_type: bf16,
+            b_type: bf16,
+            cd_type: f32,
+            m_granularity: 16,
+            m_max: 1024,
+            n_granularity: 16,
+            n_max: 1024,
+            k_granularity: 16,
+            k_max: 1024,
+            units_per_block: Some(units),
+        });
+    }
+    features.matmul.cmma_tensor_addressing = true;
+    features
 }
 
 /// Settings of a launch with `units` invocations per workgroup.
@@ -50,11 +90,31 @@ pub(crate) fn settings(units: u32) -> KernelSettings {
     )
 }
 
-/// Expands `kernel` as a launch does, or says why it cannot be.
-pub(crate) fn expand(kernel: impl CubeKernel) -> Result<(), String> {
-    cubecl::define_kernel(&kernel)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+/// Workgroup memory the NVIDIA Vulkan driver grants (also on an H100).
+pub(crate) const DRIVER_SHARED_MEMORY: usize = 49_152;
+
+/// Expands `kernel` and compiles it to SPIR-V as the wgpu runtime does on Vulkan, and checks
+/// its workgroup memory against the driver's; or says why it fails.
+pub(crate) fn compile(kernel: impl CubeKernel) -> Result<(), String> {
+    use cubecl::Compiler;
+    let definition = cubecl::define_kernel(&kernel).map_err(|e| e.to_string())?;
+    let mut options = cubecl::WgpuCompilationOptions {
+        supports_vulkan_compiler: true,
+        supports_u64: true,
+        ..Default::default()
+    };
+    options.vulkan.max_spirv_version = (1, 6);
+    options.vulkan.max_vector_size = 4;
+    options.vulkan.push_constant_size = 256;
+    let spirv = cubecl::wgpu::vulkan::VkSpirvCompiler::default()
+        .compile(definition, &options)
+        .map_err(|e| e.to_string())?;
+    match spirv.shared_size {
+        bytes if bytes > DRIVER_SHARED_MEMORY => Err(format!(
+            "{bytes} bytes of workgroup memory, the driver grants {DRIVER_SHARED_MEMORY}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A buffer argument (not aliased).

@@ -231,10 +231,10 @@ fn scaled_epilogue(
 mod tests {
     use super::*;
     use crate::grouped_mxfp4::{LARGE_TILES, SMALL_TILES};
-    use crate::kernel_expansion::{buffer, expand, h100_properties, settings, target};
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
 
     #[test]
-    fn the_kernel_expands_for_the_model_tilings_and_every_epilogue() {
+    fn the_kernel_compiles_for_the_model_tilings_and_every_epilogue() {
         for t in [SMALL_TILES, LARGE_TILES] {
             for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
                 let kernel = grouped_mxfp4_kernel::GroupedMxfp4Kernel::new(
@@ -265,7 +265,7 @@ mod tests {
                     t.order.columns_first(),
                     epilogue,
                 );
-                assert_eq!(expand(kernel), Ok(()), "{t:?}, epilogue {epilogue}");
+                assert_eq!(compile(kernel), Ok(()), "{t:?}, epilogue {epilogue}");
             }
         }
     }
