@@ -495,3 +495,39 @@ pub fn reference_attention_rows(
         .reshape([b, heads, t, d])
         .swap_dims(1, 2)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+
+    #[test]
+    fn the_kernel_compiles_for_heads_of_64_fresh_or_cached() {
+        for fresh in [false, true] {
+            let kernel = attention_rows_kernel::AttentionRowsKernel::new(
+                settings(UNITS),
+                h100_properties(),
+                target(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                64,
+                fresh,
+            );
+            assert_eq!(compile(kernel), Ok(()), "fresh {fresh}");
+        }
+    }
+}

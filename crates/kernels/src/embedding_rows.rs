@@ -147,3 +147,27 @@ pub fn embedding_rows(ids: Tensor<1>, pieces: &[Tensor<2>], rows_per_piece: usiz
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+
+    #[test]
+    fn the_kernel_compiles() {
+        let kernel = embedding_rows_kernel::EmbeddingRowsKernel::new(
+            settings(UNITS),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+            (),
+        );
+        assert_eq!(compile(kernel), Ok(()));
+    }
+}

@@ -249,6 +249,34 @@ mod tests {
     use burn::tensor::{Device, TensorData};
 
     use super::*;
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+
+    #[test]
+    fn both_kernels_compile() {
+        let maxima = segment_maxima_kernel::SegmentMaximaKernel::new(
+            settings(UNITS),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+        );
+        assert_eq!(compile(maxima), Ok(()));
+        let into_state = greedy_into_state_kernel::GreedyIntoStateKernel::new(
+            settings(UNITS),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+            (),
+        );
+        assert_eq!(compile(into_state), Ok(()));
+    }
 
     /// The reference writes each row's first maximum as its token and at slot + 1, and
     /// advances the slot; at the last slot the picks are left alone.

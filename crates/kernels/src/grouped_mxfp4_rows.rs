@@ -190,3 +190,30 @@ pub fn grouped_mxfp4_rows_matmul(
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings_of, target};
+
+    #[test]
+    fn the_kernel_compiles() {
+        let kernel = grouped_mxfp4_rows_kernel::GroupedMxfp4RowsKernel::new(
+            settings_of(CubeDim::new_2d(LANES, PLANES)),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+            (),
+            (),
+            ROWS,
+        );
+        assert_eq!(compile(kernel), Ok(()));
+    }
+}

@@ -34,7 +34,7 @@ pub(crate) fn h100_properties() -> Arc<DeviceProperties> {
         cube_mma_reserved_shared_memory: 0,
     };
     Arc::new(DeviceProperties::new(
-        tensor_core_features(),
+        h100_features(),
         MemoryDeviceProperties::new(u64::MAX, 256),
         hardware,
         TimingMethod::System,
@@ -42,19 +42,23 @@ pub(crate) fn h100_properties() -> Arc<DeviceProperties> {
     ))
 }
 
-/// The cooperative matrices the NVIDIA driver offers for bf16 products into f32: 16 x 16 x 16
-/// at subgroup scope (`VK_KHR_cooperative_matrix`), and at workgroup scope
-/// (`VK_NV_cooperative_matrix2`) any multiple of 16 up to 1024 on a side for 32 to 256
-/// invocations. The driver's granularity is 16 to 32 by dimension, so a shape that passes
-/// here may still be refused on the GPU.
-fn tensor_core_features() -> Features {
-    use cubecl::ir::features::{CubeMmaConfig, MmaConfig};
+/// What the wgpu runtime registers for an H100 on Vulkan and the kernels use: subgroup
+/// operations and barriers, device-scope barriers, and the cooperative matrices the NVIDIA
+/// driver offers for bf16 products into f32, 16 x 16 x 16 at subgroup scope
+/// (`VK_KHR_cooperative_matrix`) and at workgroup scope (`VK_NV_cooperative_matrix2`) any
+/// multiple of 16 up to 1024 on a side for 32 to 256 invocations. The driver's granularity is
+/// 16 to 32 by dimension, so a shape that passes here may still be refused on the GPU.
+fn h100_features() -> Features {
+    use cubecl::ir::features::{CubeMmaConfig, MmaConfig, Plane};
     use cubecl::ir::{ElemType, FloatKind};
     let (bf16, f32) = (
         ElemType::Float(FloatKind::BF16),
         ElemType::Float(FloatKind::F32),
     );
     let mut features = Features::default();
+    features.plane.insert(Plane::Ops);
+    features.plane.insert(Plane::Sync);
+    features.device_memory_scope = true;
     features.matmul.cmma.insert(MmaConfig {
         a_type: bf16,
         b_type: bf16,
@@ -83,11 +87,12 @@ fn tensor_core_features() -> Features {
 
 /// Settings of a launch with `units` invocations per workgroup.
 pub(crate) fn settings(units: u32) -> KernelSettings {
-    KernelSettings::new(
-        CubeDim::new_1d(units).into(),
-        ExecutionMode::Unchecked,
-        AddressType::U32,
-    )
+    settings_of(CubeDim::new_1d(units))
+}
+
+/// Settings of a launch with workgroups of `dim`.
+pub(crate) fn settings_of(dim: CubeDim) -> KernelSettings {
+    KernelSettings::new(dim.into(), ExecutionMode::Unchecked, AddressType::U32)
 }
 
 /// Workgroup memory the NVIDIA Vulkan driver grants (also on an H100).

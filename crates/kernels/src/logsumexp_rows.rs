@@ -88,3 +88,23 @@ pub fn reference_logsumexp_rows(x: Tensor<2>) -> Tensor<1> {
     let max = x.clone().max_dim(1);
     ((x - max.clone()).exp().sum_dim(1).log() + max).reshape([rows])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+
+    #[test]
+    fn the_kernel_compiles() {
+        let kernel = logsumexp_rows_kernel::LogsumexpRowsKernel::new(
+            settings(UNITS),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+        );
+        assert_eq!(compile(kernel), Ok(()));
+    }
+}

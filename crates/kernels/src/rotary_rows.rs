@@ -345,3 +345,47 @@ pub fn reference_rotary_rows(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Te
     let second = b * cos + a * sin;
     Tensor::cat(vec![first, second], 3)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+
+    #[test]
+    fn both_kernels_compile() {
+        let rows = rotary_rows_kernel::RotaryRowsKernel::new(
+            settings(UNITS),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+            (),
+            (),
+            (),
+            (),
+        );
+        assert_eq!(compile(rows), Ok(()));
+        let into_cache = rotary_qkv_into_cache_kernel::RotaryQkvIntoCacheKernel::new(
+            settings(UNITS),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+            (),
+            (),
+            (),
+        );
+        assert_eq!(compile(into_cache), Ok(()));
+    }
+}

@@ -127,3 +127,25 @@ pub fn reference_write_at_index<const D: usize>(
     });
     dst.slice_assign(ranges, src)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+
+    #[test]
+    fn the_kernel_compiles() {
+        let kernel = write_at_index_kernel::WriteAtIndexKernel::new(
+            settings(UNITS),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+            (),
+        );
+        assert_eq!(compile(kernel), Ok(()));
+    }
+}

@@ -174,3 +174,26 @@ where
     });
     dst.slice_assign(ranges, src)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+
+    #[test]
+    fn the_kernel_compiles() {
+        let kernel = write_in_place_kernel::WriteInPlaceKernel::new(
+            settings(UNITS),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+            (),
+            (),
+            (),
+        );
+        assert_eq!(compile(kernel), Ok(()));
+    }
+}

@@ -462,6 +462,40 @@ pub fn bf16_rows_add_norm_router(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+
+    #[test]
+    fn the_kernel_compiles_for_one_row_and_many() {
+        for m in [1, 32] {
+            let RowsTiling { groups, unroll } = chosen_tiling(DEFAULT_TILING, m, 2880, &[]);
+            let (rows, _) = grid(m, column_blocks(2880, groups));
+            let kernel = bf16_rows_add_norm_router_kernel::Bf16RowsAddNormRouterKernel::new(
+                settings(UNITS),
+                h100_properties(),
+                target(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                (),
+                (),
+                (),
+                (),
+                (),
+                rows,
+                groups,
+                unroll,
+                4,
+            );
+            assert_eq!(compile(kernel), Ok(()), "{m} rows");
+        }
+    }
 
     /// gpt-oss's widths and expert counts (32 and 128, top 4) are taken; more experts than the
     /// last workgroup's invocations, a top-k past the router's or a width off eight are not.

@@ -113,9 +113,74 @@ pub(super) fn chosen_three_tiling(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bf16_rows::kernels::{bf16_rows_kernel, bf16_rows_three_kernel};
+    use crate::bf16_rows::{ROWS, UNITS};
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
 
-    /// One row: four groups for the attention's widths, eight with sixteen rows in flight for
-    /// an lm_head piece; more rows keep the width rule; explicit tilings win and must tile.
+    /// The (rows, groups, unroll) the model launches: `default_tiling` at one row and at
+    /// many.
+    const MODEL_TILINGS: [(usize, u32, u32); 4] =
+        [(1, 4, 8), (1, 8, 16), (ROWS, 2, 8), (ROWS, 4, 8)];
+
+    #[test]
+    fn the_row_kernels_compile_for_the_model_tilings() {
+        for ((rows, groups, unroll), has_bias) in MODEL_TILINGS
+            .into_iter()
+            .flat_map(|t| [(t, false), (t, true)])
+        {
+            let case = format!("{rows} rows, {groups} groups, unroll {unroll}, bias {has_bias}");
+            let one = bf16_rows_kernel::Bf16RowsKernel::new(
+                settings(UNITS),
+                h100_properties(),
+                target(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                (),
+                (),
+                (),
+                rows,
+                groups,
+                unroll,
+                has_bias,
+            );
+            assert_eq!(compile(one), Ok(()), "{case}");
+            for has_norm in [false, true] {
+                let three = bf16_rows_three_kernel::Bf16RowsThreeKernel::new(
+                    settings(UNITS),
+                    h100_properties(),
+                    target(),
+                    buffer(),
+                    buffer(),
+                    (),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    (),
+                    (),
+                    (),
+                    (),
+                    (),
+                    rows,
+                    groups,
+                    unroll,
+                    has_bias,
+                    has_norm,
+                );
+                assert_eq!(
+                    compile(three),
+                    Ok(()),
+                    "three products, {case}, norm {has_norm}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn default_tiling_follows_the_measured_choices() {
         let tiling = |groups, unroll| RowsTiling { groups, unroll };

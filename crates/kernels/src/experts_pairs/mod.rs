@@ -367,6 +367,63 @@ pub fn supports(hidden: usize, inter: usize, top_k: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel_expansion::{buffer, compile, h100_properties, settings_of, target};
+
+    #[test]
+    fn the_kernels_compile_for_the_model_shapes() {
+        // 20b's 2880-wide rows: 90 blocks of 32 inputs.
+        let blocks = blocks_per_lane(2880 / BLOCK as usize);
+        let shape = GATE_UP_SHAPE;
+        let gate_up = pairs_gate_up_kernel::PairsGateUpKernel::new(
+            settings_of(CubeDim::new_2d(LANES, shape.planes)),
+            h100_properties(),
+            target(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            buffer(),
+            (),
+            (),
+            (),
+            (),
+            (),
+            (),
+            blocks,
+            shape.columns_per_plane as usize,
+            shape.turns as usize,
+        );
+        assert_eq!(compile(gate_up), Ok(()));
+        for (tokens, has_residual) in [(1, true), (MANY_TOKENS, true), (1, false)] {
+            let shape = down_shape(tokens);
+            let down = pairs_down_kernel::PairsDownKernel::new(
+                settings_of(CubeDim::new_2d(LANES, shape.planes)),
+                h100_properties(),
+                target(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                (),
+                (),
+                (),
+                4,
+                blocks,
+                shape.columns_per_plane as usize,
+                shape.turns as usize,
+                has_residual,
+            );
+            assert_eq!(
+                compile(down),
+                Ok(()),
+                "{tokens} tokens, residual {has_residual}"
+            );
+        }
+    }
 
     /// gpt-oss-20b and -120b (2880 wide, four experts per token) fit; a row of 16,384 inputs
     /// per expert at k = 4 does not, nor widths off the 32-input blocks.
