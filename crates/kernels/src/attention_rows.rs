@@ -499,35 +499,19 @@ pub fn reference_attention_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles_for_heads_of_64_fresh_or_cached() {
         for fresh in [false, true] {
-            let kernel = attention_rows_kernel::AttentionRowsKernel::new(
-                settings(UNITS),
-                h100_properties(),
-                target(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                (),
-                (),
-                (),
-                (),
-                (),
-                (),
-                (),
+            let compiled = compile_kernel!(
+                attention_rows_kernel::AttentionRowsKernel,
+                CubeDim::new_1d(UNITS),
+                [b b b b b b b b b s s s s s s s],
                 64,
                 fresh,
             );
-            assert_eq!(compile(kernel), Ok(()), "fresh {fresh}");
+            assert_eq!(compiled, Ok(()), "fresh {fresh}");
         }
     }
 }

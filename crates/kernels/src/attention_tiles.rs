@@ -359,26 +359,15 @@ pub fn attention_tiles(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles() {
-        let kernel = attention_tiles_kernel::AttentionTilesKernel::new(
-            settings(UNITS),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
-            (),
-            (),
+        let compiled = compile_kernel!(
+            attention_tiles_kernel::AttentionTilesKernel,
+            CubeDim::new_1d(UNITS),
+            [b b b b b b s s s s s],
         );
-        assert_eq!(compile(kernel), Ok(()));
+        assert_eq!(compiled, Ok(()));
     }
 }

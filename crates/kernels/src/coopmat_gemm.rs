@@ -328,42 +328,30 @@ pub fn reference_gemm(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_direct_and_staged_kernels_compile_for_the_default_tile() {
         let t = DEFAULT_TILING;
         let tile = (t.m, t.n, t.k);
         for columns_first in [false, true] {
-            let direct = coopmat_gemm_kernel::CoopmatGemmKernel::new(
-                settings(t.units),
-                h100_properties(),
-                target(),
-                buffer(),
-                buffer(),
-                buffer(),
-                (),
-                (),
-                (),
+            let direct = compile_kernel!(
+                coopmat_gemm_kernel::CoopmatGemmKernel,
+                CubeDim::new_1d(t.units),
+                [b b b s s s],
                 tile,
                 columns_first,
             );
-            assert_eq!(compile(direct), Ok(()));
-            let staged = coopmat_gemm_staged_kernel::CoopmatGemmStagedKernel::new(
-                settings(t.units),
-                h100_properties(),
-                target(),
-                buffer(),
-                buffer(),
-                buffer(),
-                (),
-                (),
-                (),
+            assert_eq!(direct, Ok(()));
+            let staged = compile_kernel!(
+                coopmat_gemm_staged_kernel::CoopmatGemmStagedKernel,
+                CubeDim::new_1d(t.units),
+                [b b b s s s],
                 tile,
                 columns_first,
                 t.units,
             );
-            assert_eq!(compile(staged), Ok(()));
+            assert_eq!(staged, Ok(()));
         }
     }
 

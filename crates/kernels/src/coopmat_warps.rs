@@ -263,7 +263,7 @@ fn fragment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles_for_its_tilings() {
@@ -274,44 +274,32 @@ mod tests {
             ((256, 128, 32), 256),
         ] {
             let warp = warp_tile(tile.0, tile.1, units).unwrap();
-            let kernel = CoopmatGemmWarpsKernel::new(
-                settings(units),
-                h100_properties(),
-                target(),
-                buffer(),
-                buffer(),
-                buffer(),
-                (),
-                (),
-                (),
+            let compiled = compile_kernel!(
+                CoopmatGemmWarpsKernel,
+                CubeDim::new_1d(units),
+                [b b b s s s],
                 tile,
                 warp,
                 true,
                 units,
             );
-            assert_eq!(compile(kernel), Ok(()), "tile {tile:?}");
+            assert_eq!(compiled, Ok(()), "tile {tile:?}");
         }
     }
 
     #[test]
     fn a_tile_past_the_drivers_workgroup_memory_fails_to_compile() {
         let (tile, units) = ((128, 256, 64), 256);
-        let kernel = coopmat_gemm_warps_kernel::CoopmatGemmWarpsKernel::new(
-            settings(units),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
+        let compiled = compile_kernel!(
+            coopmat_gemm_warps_kernel::CoopmatGemmWarpsKernel,
+            CubeDim::new_1d(units),
+            [b b b s s s],
             tile,
             warp_tile(tile.0, tile.1, units).unwrap(),
             true,
             units,
         );
-        let error = compile(kernel).unwrap_err();
+        let error = compiled.unwrap_err();
         assert!(error.contains("52224 bytes"), "{error}");
     }
 

@@ -151,23 +151,15 @@ pub fn embedding_rows(ids: Tensor<1>, pieces: &[Tensor<2>], rows_per_piece: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles() {
-        let kernel = embedding_rows_kernel::EmbeddingRowsKernel::new(
-            settings(UNITS),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
+        let compiled = compile_kernel!(
+            embedding_rows_kernel::EmbeddingRowsKernel,
+            CubeDim::new_1d(UNITS),
+            [b b b b b s s s],
         );
-        assert_eq!(compile(kernel), Ok(()));
+        assert_eq!(compiled, Ok(()));
     }
 }

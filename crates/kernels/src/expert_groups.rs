@@ -320,58 +320,34 @@ pub fn expert_groups(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_four_kernels_compile() {
-        let ranks = block_ranks_kernel::BlockRanksKernel::new(
-            settings(BLOCK),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
+        let ranks = compile_kernel!(
+            block_ranks_kernel::BlockRanksKernel,
+            CubeDim::new_1d(BLOCK),
+            [b b b s s],
         );
-        assert_eq!(compile(ranks), Ok(()));
-        let starts = block_starts_kernel::BlockStartsKernel::new(
-            settings(BLOCK),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
+        assert_eq!(ranks, Ok(()));
+        let starts = compile_kernel!(
+            block_starts_kernel::BlockStartsKernel,
+            CubeDim::new_1d(BLOCK),
+            [b b b s s],
         );
-        assert_eq!(compile(starts), Ok(()));
-        let offsets = expert_offsets_kernel::ExpertOffsetsKernel::new(
-            settings(BLOCK),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
+        assert_eq!(starts, Ok(()));
+        let offsets = compile_kernel!(
+            expert_offsets_kernel::ExpertOffsetsKernel,
+            CubeDim::new_1d(BLOCK),
+            [b b s s s],
         );
-        assert_eq!(compile(offsets), Ok(()));
-        let sorted = sorted_rows_kernel::SortedRowsKernel::new(
-            settings(BLOCK),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
-            (),
-            (),
+        assert_eq!(offsets, Ok(()));
+        let sorted = compile_kernel!(
+            sorted_rows_kernel::SortedRowsKernel,
+            CubeDim::new_1d(BLOCK),
+            [b b b b s s s s s],
         );
-        assert_eq!(compile(sorted), Ok(()));
+        assert_eq!(sorted, Ok(()));
     }
 
     #[test]

@@ -249,33 +249,22 @@ mod tests {
     use burn::tensor::{Device, TensorData};
 
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn both_kernels_compile() {
-        let maxima = segment_maxima_kernel::SegmentMaximaKernel::new(
-            settings(UNITS),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            (),
-            (),
+        let maxima = compile_kernel!(
+            segment_maxima_kernel::SegmentMaximaKernel,
+            CubeDim::new_1d(UNITS),
+            [b b s s],
         );
-        assert_eq!(compile(maxima), Ok(()));
-        let into_state = greedy_into_state_kernel::GreedyIntoStateKernel::new(
-            settings(UNITS),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
+        assert_eq!(maxima, Ok(()));
+        let into_state = compile_kernel!(
+            greedy_into_state_kernel::GreedyIntoStateKernel,
+            CubeDim::new_1d(UNITS),
+            [b b b b s s s],
         );
-        assert_eq!(compile(into_state), Ok(()));
+        assert_eq!(into_state, Ok(()));
     }
 
     /// The reference writes each row's first maximum as its token and at slot + 1, and

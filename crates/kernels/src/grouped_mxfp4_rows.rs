@@ -194,26 +194,16 @@ pub fn grouped_mxfp4_rows_matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings_of, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles() {
-        let kernel = grouped_mxfp4_rows_kernel::GroupedMxfp4RowsKernel::new(
-            settings_of(CubeDim::new_2d(LANES, PLANES)),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
-            (),
+        let compiled = compile_kernel!(
+            grouped_mxfp4_rows_kernel::GroupedMxfp4RowsKernel,
+            CubeDim::new_2d(LANES, PLANES),
+            [b b b b b b s s s s],
             ROWS,
         );
-        assert_eq!(compile(kernel), Ok(()));
+        assert_eq!(compiled, Ok(()));
     }
 }

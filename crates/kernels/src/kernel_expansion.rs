@@ -85,11 +85,6 @@ fn h100_features() -> Features {
     features
 }
 
-/// Settings of a launch with `units` invocations per workgroup.
-pub(crate) fn settings(units: u32) -> KernelSettings {
-    settings_of(CubeDim::new_1d(units))
-}
-
 /// Settings of a launch with workgroups of `dim`.
 pub(crate) fn settings_of(dim: CubeDim) -> KernelSettings {
     KernelSettings::new(dim.into(), ExecutionMode::Unchecked, AddressType::U32)
@@ -122,10 +117,38 @@ pub(crate) fn compile(kernel: impl CubeKernel) -> Result<(), String> {
     }
 }
 
-/// A buffer argument (not aliased).
+/// A buffer parameter's compilation argument (not aliased).
 pub(crate) fn buffer() -> BufferCompilationArg {
     BufferCompilationArg { inplace: None }
 }
+
+/// [`compile`]s a `#[cube(launch)]` kernel's struct for workgroups of `dim` (a `CubeDim`): its
+/// runtime parameters listed in order as `b` (a buffer) or `s` (a scalar), then the values of
+/// its comptime parameters:
+/// `compile_kernel!(rms_norm_rows_kernel::RmsNormRowsKernel, dim, [b b b b s s s], true)`.
+macro_rules! compile_kernel {
+    ($($kernel:ident)::+, $dim:expr, [$($param:ident)*] $(, $comptime:expr)* $(,)?) => {
+        $crate::kernel_expansion::compile($($kernel)::+::new(
+            $crate::kernel_expansion::settings_of($dim),
+            $crate::kernel_expansion::h100_properties(),
+            $crate::kernel_expansion::target(),
+            $($crate::kernel_expansion::compilation_arg!($param),)*
+            $($comptime,)*
+        ))
+    };
+}
+pub(crate) use compile_kernel;
+
+/// The compilation argument of a runtime parameter: `b` a buffer's, `s` a scalar's.
+macro_rules! compilation_arg {
+    (b) => {
+        $crate::kernel_expansion::buffer()
+    };
+    (s) => {
+        ()
+    };
+}
+pub(crate) use compilation_arg;
 
 /// No target-specific properties (cubecl's defaults).
 pub(crate) fn target() -> Arc<TargetProperties> {

@@ -92,19 +92,15 @@ pub fn reference_logsumexp_rows(x: Tensor<2>) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles() {
-        let kernel = logsumexp_rows_kernel::LogsumexpRowsKernel::new(
-            settings(UNITS),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            (),
-            (),
+        let compiled = compile_kernel!(
+            logsumexp_rows_kernel::LogsumexpRowsKernel,
+            CubeDim::new_1d(UNITS),
+            [b b s s],
         );
-        assert_eq!(compile(kernel), Ok(()));
+        assert_eq!(compiled, Ok(()));
     }
 }

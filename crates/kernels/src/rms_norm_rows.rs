@@ -224,25 +224,18 @@ pub fn reference_rms_norm_rows(x: Tensor<2>, weight: Tensor<1>, eps: f64) -> Ten
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles_with_and_without_a_delta() {
         for has_delta in [false, true] {
-            let kernel = rms_norm_rows_kernel::RmsNormRowsKernel::new(
-                settings(UNITS),
-                h100_properties(),
-                target(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                (),
-                (),
-                (),
+            let compiled = compile_kernel!(
+                rms_norm_rows_kernel::RmsNormRowsKernel,
+                CubeDim::new_1d(UNITS),
+                [b b b b s s s],
                 has_delta,
             );
-            assert_eq!(compile(kernel), Ok(()));
+            assert_eq!(compiled, Ok(()));
         }
     }
 }

@@ -349,43 +349,21 @@ pub fn reference_rotary_rows(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Te
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn both_kernels_compile() {
-        let rows = rotary_rows_kernel::RotaryRowsKernel::new(
-            settings(UNITS),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
-            (),
-            (),
-            (),
+        let rows = compile_kernel!(
+            rotary_rows_kernel::RotaryRowsKernel,
+            CubeDim::new_1d(UNITS),
+            [b b b b s s s s s s],
         );
-        assert_eq!(compile(rows), Ok(()));
-        let into_cache = rotary_qkv_into_cache_kernel::RotaryQkvIntoCacheKernel::new(
-            settings(UNITS),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
-            (),
-            (),
+        assert_eq!(rows, Ok(()));
+        let into_cache = compile_kernel!(
+            rotary_qkv_into_cache_kernel::RotaryQkvIntoCacheKernel,
+            CubeDim::new_1d(UNITS),
+            [b b b b b b b s s s s s],
         );
-        assert_eq!(compile(into_cache), Ok(()));
+        assert_eq!(into_cache, Ok(()));
     }
 }

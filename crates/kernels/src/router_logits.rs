@@ -224,24 +224,18 @@ pub fn router_logits(x: Tensor<2>, w: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles_for_routers_of_8_to_128_experts() {
         for experts in [8, 32, 128] {
-            let kernel = router_logits_kernel::RouterLogitsKernel::new(
-                settings(UNITS),
-                h100_properties(),
-                target(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                (),
-                (),
+            let compiled = compile_kernel!(
+                router_logits_kernel::RouterLogitsKernel,
+                CubeDim::new_1d(UNITS),
+                [b b b b s s],
                 experts,
             );
-            assert_eq!(compile(kernel), Ok(()), "{experts} experts");
+            assert_eq!(compiled, Ok(()), "{experts} experts");
         }
     }
 

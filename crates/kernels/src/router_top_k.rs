@@ -541,41 +541,25 @@ pub fn reference_router_top_k(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn both_router_kernels_compile_for_top_4() {
-        let top_k = router_top_k_kernel::RouterTopKKernel::new(
-            settings(ROUTER_UNITS),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
+        let top_k = compile_kernel!(
+            router_top_k_kernel::RouterTopKKernel,
+            CubeDim::new_1d(ROUTER_UNITS),
+            [b b b b s s s],
             4,
         );
-        assert_eq!(compile(top_k), Ok(()));
-        let add_norm = add_norm_router_kernel::AddNormRouterKernel::new(
-            settings(ROUTER_UNITS),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
+        assert_eq!(top_k, Ok(()));
+        let add_norm = compile_kernel!(
+            add_norm_router_kernel::AddNormRouterKernel,
+            CubeDim::new_1d(ROUTER_UNITS),
+            [b b b b b b s s s],
             2880,
             4,
         );
-        assert_eq!(compile(add_norm), Ok(()));
+        assert_eq!(add_norm, Ok(()));
     }
 
     /// The padded routing table covers every row and is the shortest that ends on a part

@@ -131,21 +131,15 @@ pub fn reference_write_at_index<const D: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles() {
-        let kernel = write_at_index_kernel::WriteAtIndexKernel::new(
-            settings(UNITS),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
+        let compiled = compile_kernel!(
+            write_at_index_kernel::WriteAtIndexKernel,
+            CubeDim::new_1d(UNITS),
+            [b b b s s s],
         );
-        assert_eq!(compile(kernel), Ok(()));
+        assert_eq!(compiled, Ok(()));
     }
 }

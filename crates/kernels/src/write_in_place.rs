@@ -178,22 +178,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles() {
-        let kernel = write_in_place_kernel::WriteInPlaceKernel::new(
-            settings(UNITS),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
-            (),
-            (),
+        let compiled = compile_kernel!(
+            write_in_place_kernel::WriteInPlaceKernel,
+            CubeDim::new_1d(UNITS),
+            [b b s s s s s],
         );
-        assert_eq!(compile(kernel), Ok(()));
+        assert_eq!(compiled, Ok(()));
     }
 }

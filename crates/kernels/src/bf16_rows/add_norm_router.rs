@@ -462,38 +462,23 @@ pub fn bf16_rows_add_norm_router(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles_for_one_row_and_many() {
         for m in [1, 32] {
             let RowsTiling { groups, unroll } = chosen_tiling(DEFAULT_TILING, m, 2880, &[]);
             let (rows, _) = grid(m, column_blocks(2880, groups));
-            let kernel = bf16_rows_add_norm_router_kernel::Bf16RowsAddNormRouterKernel::new(
-                settings(UNITS),
-                h100_properties(),
-                target(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                (),
-                (),
-                (),
-                (),
-                (),
+            let compiled = compile_kernel!(
+                bf16_rows_add_norm_router_kernel::Bf16RowsAddNormRouterKernel,
+                CubeDim::new_1d(UNITS),
+                [b b b b b b b b b b s s s s s],
                 rows,
                 groups,
                 unroll,
                 4,
             );
-            assert_eq!(compile(kernel), Ok(()), "{m} rows");
+            assert_eq!(compiled, Ok(()), "{m} rows");
         }
     }
 

@@ -115,7 +115,7 @@ mod tests {
     use super::*;
     use crate::bf16_rows::kernels::{bf16_rows_kernel, bf16_rows_three_kernel};
     use crate::bf16_rows::{ROWS, UNITS};
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     /// The (rows, groups, unroll) the model launches: `default_tiling` at one row and at
     /// many.
@@ -129,54 +129,28 @@ mod tests {
             .flat_map(|t| [(t, false), (t, true)])
         {
             let case = format!("{rows} rows, {groups} groups, unroll {unroll}, bias {has_bias}");
-            let one = bf16_rows_kernel::Bf16RowsKernel::new(
-                settings(UNITS),
-                h100_properties(),
-                target(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                (),
-                (),
-                (),
+            let one = compile_kernel!(
+                bf16_rows_kernel::Bf16RowsKernel,
+                CubeDim::new_1d(UNITS),
+                [b b b b s s s],
                 rows,
                 groups,
                 unroll,
                 has_bias,
             );
-            assert_eq!(compile(one), Ok(()), "{case}");
+            assert_eq!(one, Ok(()), "{case}");
             for has_norm in [false, true] {
-                let three = bf16_rows_three_kernel::Bf16RowsThreeKernel::new(
-                    settings(UNITS),
-                    h100_properties(),
-                    target(),
-                    buffer(),
-                    buffer(),
-                    (),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    (),
-                    (),
-                    (),
-                    (),
-                    (),
+                let three = compile_kernel!(
+                    bf16_rows_three_kernel::Bf16RowsThreeKernel,
+                    CubeDim::new_1d(UNITS),
+                    [b b s b b b b b b b s s s s s],
                     rows,
                     groups,
                     unroll,
                     has_bias,
                     has_norm,
                 );
-                assert_eq!(
-                    compile(three),
-                    Ok(()),
-                    "three products, {case}, norm {has_norm}"
-                );
+                assert_eq!(three, Ok(()), "three products, {case}, norm {has_norm}");
             }
         }
     }

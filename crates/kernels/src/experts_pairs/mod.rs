@@ -367,61 +367,35 @@ pub fn supports(hidden: usize, inter: usize, top_k: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings_of, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernels_compile_for_the_model_shapes() {
         // 20b's 2880-wide rows: 90 blocks of 32 inputs.
         let blocks = blocks_per_lane(2880 / BLOCK as usize);
         let shape = GATE_UP_SHAPE;
-        let gate_up = pairs_gate_up_kernel::PairsGateUpKernel::new(
-            settings_of(CubeDim::new_2d(LANES, shape.planes)),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
-            (),
-            (),
-            (),
+        let gate_up = compile_kernel!(
+            pairs_gate_up_kernel::PairsGateUpKernel,
+            CubeDim::new_2d(LANES, shape.planes),
+            [b b b b b b s s s s s s],
             blocks,
             shape.columns_per_plane as usize,
             shape.turns as usize,
         );
-        assert_eq!(compile(gate_up), Ok(()));
+        assert_eq!(gate_up, Ok(()));
         for (tokens, has_residual) in [(1, true), (MANY_TOKENS, true), (1, false)] {
             let shape = down_shape(tokens);
-            let down = pairs_down_kernel::PairsDownKernel::new(
-                settings_of(CubeDim::new_2d(LANES, shape.planes)),
-                h100_properties(),
-                target(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                (),
-                (),
-                (),
+            let down = compile_kernel!(
+                pairs_down_kernel::PairsDownKernel,
+                CubeDim::new_2d(LANES, shape.planes),
+                [b b b b b b b s s s],
                 4,
                 blocks,
                 shape.columns_per_plane as usize,
                 shape.turns as usize,
                 has_residual,
             );
-            assert_eq!(
-                compile(down),
-                Ok(()),
-                "{tokens} tokens, residual {has_residual}"
-            );
+            assert_eq!(down, Ok(()), "{tokens} tokens, residual {has_residual}");
         }
     }
 

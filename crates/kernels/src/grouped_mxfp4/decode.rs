@@ -264,22 +264,15 @@ pub(super) fn decode_experts_kernel(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_decoding_kernel_compiles() {
-        let kernel = decode_experts_kernel::DecodeExpertsKernel::new(
-            settings(UNITS),
-            h100_properties(),
-            target(),
-            buffer(),
-            buffer(),
-            buffer(),
-            (),
-            (),
-            (),
-            (),
+        let compiled = compile_kernel!(
+            decode_experts_kernel::DecodeExpertsKernel,
+            CubeDim::new_1d(UNITS),
+            [b b b s s s s],
         );
-        assert_eq!(compile(kernel), Ok(()));
+        assert_eq!(compiled, Ok(()));
     }
 }

@@ -231,41 +231,23 @@ fn scaled_epilogue(
 mod tests {
     use super::*;
     use crate::grouped_mxfp4::{LARGE_TILES, SMALL_TILES};
-    use crate::kernel_expansion::{buffer, compile, h100_properties, settings, target};
+    use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles_for_the_model_tilings_and_every_epilogue() {
         for t in [SMALL_TILES, LARGE_TILES] {
             for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
-                let kernel = grouped_mxfp4_kernel::GroupedMxfp4Kernel::new(
-                    settings(UNITS),
-                    h100_properties(),
-                    target(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    buffer(),
-                    (),
-                    (),
-                    (),
-                    (),
-                    (),
-                    (),
+                let compiled = compile_kernel!(
+                    grouped_mxfp4_kernel::GroupedMxfp4Kernel,
+                    CubeDim::new_1d(UNITS),
+                    [b b b b b b b b b b b b s s s s s s],
                     (t.m, t.n, t.k),
                     t.table,
                     t.decoded,
                     t.order.columns_first(),
                     epilogue,
                 );
-                assert_eq!(compile(kernel), Ok(()), "{t:?}, epilogue {epilogue}");
+                assert_eq!(compiled, Ok(()), "{t:?}, epilogue {epilogue}");
             }
         }
     }
