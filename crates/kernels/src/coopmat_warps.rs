@@ -78,7 +78,7 @@ pub(crate) fn coopmat_gemm_warps_kernel(
     let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / units as usize);
     let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / units as usize);
 
-    let mut warp_tile = WarpTile::new(warp, tn, false);
+    let mut warp_tile = WarpTile::new(warp, tn);
 
     let steps = k / tk as u32;
     load_tile_words(lhs, &mut next_a, row, m, 0, k, k, tm, tk, units);
@@ -104,7 +104,7 @@ pub(crate) fn coopmat_gemm_warps_kernel(
 /// A subgroup's block of the tile: where it lies, its input fragments for one 16-wide slice
 /// of K, and its `fm x fn` accumulators.
 #[derive(CubeType)]
-pub(crate) struct WarpTile {
+struct WarpTile {
     a: Sequence<cmma::Matrix<bf16>>,
     b: Sequence<cmma::Matrix<bf16>>,
     acc: Sequence<cmma::Matrix<f32>>,
@@ -113,30 +113,17 @@ pub(crate) struct WarpTile {
     pub col: u32,
     #[cube(comptime)]
     fragments: (usize, usize),
-    /// The B stage holds the tile's columns as rows (K contiguous, as weights [N, K] are
-    /// stored) instead of K rows of columns.
-    #[cube(comptime)]
-    b_columns_as_rows: bool,
 }
 
 #[cube]
 impl WarpTile {
     /// This subgroup's block of a tile `tn` wide split into `warp` (rows, columns) blocks,
     /// accumulators zeroed.
-    pub fn new(
-        #[comptime] warp: (usize, usize),
-        #[comptime] tn: usize,
-        #[comptime] b_columns_as_rows: bool,
-    ) -> WarpTile {
+    pub fn new(#[comptime] warp: (usize, usize), #[comptime] tn: usize) -> WarpTile {
         let (wm, wn) = warp;
         let (fm, fn_) = comptime![(wm / FRAGMENT, wn / FRAGMENT)];
         let plane = UNIT_POS / PLANE;
         let across = comptime![(tn / wn) as u32];
-        let b_layout = if comptime![b_columns_as_rows] {
-            cmma::MatrixLayout::ColMajor
-        } else {
-            cmma::MatrixLayout::RowMajor
-        };
         let mut a = Sequence::<cmma::Matrix<bf16>>::new();
         #[unroll]
         for _ in 0..fm {
@@ -145,7 +132,7 @@ impl WarpTile {
         let mut b = Sequence::<cmma::Matrix<bf16>>::new();
         #[unroll]
         for _ in 0..fn_ {
-            b.push(fragment(cmma::MatrixIdent::B, b_layout));
+            b.push(fragment(cmma::MatrixIdent::B, cmma::MatrixLayout::RowMajor));
         }
         let mut acc = Sequence::<cmma::Matrix<f32>>::new();
         #[unroll]
@@ -166,13 +153,12 @@ impl WarpTile {
             row: (plane / across) * wm as u32,
             col: (plane % across) * wn as u32,
             fragments: (fm, fn_),
-            b_columns_as_rows,
         }
     }
 
     /// Adds one staged K step of `tk` to the accumulators: the A stage holds the tile's rows
-    /// (`a_stride` 16-byte words apart), the B stage K rows of the tile's columns or (with
-    /// `b_columns_as_rows`) the columns as rows, `b_stride` words apart.
+    /// (`a_stride` 16-byte words apart), the B stage K rows of the tile's columns (`b_stride`
+    /// words apart).
     pub fn multiply_step(
         &mut self,
         stage_a: &[EightBf16],
@@ -200,14 +186,9 @@ impl WarpTile {
             }
             #[unroll]
             for j in 0..fn_ {
+                // Rows 16 kk.. (K), columns col + 16 j...
                 let column = self.col as usize + j * FRAGMENT;
-                let first = if comptime![self.b_columns_as_rows] {
-                    // Rows col + 16 j.. (the tile's columns), 16 kk.. along K.
-                    column * b_stride + kk * FRAGMENT / 8
-                } else {
-                    // Rows 16 kk.. (K), columns col + 16 j...
-                    kk * FRAGMENT * b_stride + column / 8
-                };
+                let first = kk * FRAGMENT * b_stride + column / 8;
                 cmma::load(
                     self.b.index_mut(j),
                     &stage_b[first..first + b_span],
