@@ -102,9 +102,9 @@ pub(crate) fn coopmat_gemm_warps_kernel(
 }
 
 /// A subgroup's block of the tile: where it lies, its input fragments for one 16-wide slice
-/// of K, and its `fm x fn` accumulators.
+/// of K, and its `fm x fn` accumulators (also the grouped kernel's `Tiling::warps`).
 #[derive(CubeType)]
-struct WarpTile {
+pub(crate) struct WarpTile {
     a: Sequence<cmma::Matrix<bf16>>,
     b: Sequence<cmma::Matrix<bf16>>,
     acc: Sequence<cmma::Matrix<f32>>,
@@ -230,7 +230,66 @@ impl WarpTile {
             }
         }
     }
+
+    /// Stores the block into `out` [.., n] row-major, the tile at (`tile_row`, `tile_col`), only
+    /// rows under `rows_end` (columns under `n`, whole fragments): a fragment that `rows_end`
+    /// cuts is stored into this subgroup's [`THROUGH_WORDS`] of `through` (shared memory), and
+    /// its rows under `rows_end` copied from there. The grouped kernel's tiles end where their
+    /// expert's rows end, and the rows after are another workgroup's.
+    pub fn store_rows_below(
+        &self,
+        out: &mut [f32],
+        tile_row: u32,
+        tile_col: u32,
+        rows_end: u32,
+        n: u32,
+        through: &mut [f32],
+    ) {
+        let (fm, fn_) = self.fragments;
+        let lane = UNIT_POS % PLANE;
+        let own = (UNIT_POS / PLANE) as usize * THROUGH_WORDS;
+        #[unroll]
+        for i in 0..fm {
+            #[unroll]
+            for j in 0..fn_ {
+                let out_row = tile_row + self.row + (i * FRAGMENT) as u32;
+                let out_col = tile_col + self.col + (j * FRAGMENT) as u32;
+                let acc = self.acc.index(comptime![i * fn_ + j]);
+                if out_row + FRAGMENT as u32 <= rows_end && out_col < n {
+                    let first = (out_row * n + out_col) as usize;
+                    let span = 15 * n as usize + FRAGMENT;
+                    cmma::store(
+                        &mut out[first..first + span],
+                        acc,
+                        n,
+                        cmma::MatrixLayout::RowMajor,
+                    );
+                } else if out_row < rows_end && out_col < n {
+                    cmma::store(
+                        &mut through[own..own + THROUGH_WORDS],
+                        acc,
+                        FRAGMENT as u32,
+                        cmma::MatrixLayout::RowMajor,
+                    );
+                    sync_plane();
+                    let mut e = lane;
+                    while e < THROUGH_WORDS as u32 {
+                        let row = out_row + e / FRAGMENT as u32;
+                        if row < rows_end {
+                            let col = out_col + e % FRAGMENT as u32;
+                            out[(row * n + col) as usize] = through[own + e as usize];
+                        }
+                        e += PLANE;
+                    }
+                    sync_plane();
+                }
+            }
+        }
+    }
 }
+
+/// f32 values of one fragment, the share of `store_rows_below`'s shared memory per subgroup.
+pub const THROUGH_WORDS: usize = FRAGMENT * FRAGMENT;
 
 /// An uninitialised subgroup-scope 16 x 16 x 16 bf16 input fragment.
 #[cube]

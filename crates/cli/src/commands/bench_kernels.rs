@@ -28,7 +28,8 @@ use gpt_oss_model::transformer::experts::{ExpertMatrix, Experts, PackedMxfp4};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
-use grouped::{check_grouped_kernels, parse_grouped_tiling, time_grouped_tilings};
+pub(crate) use grouped::parse_grouped_tiling;
+use grouped::{check_grouped_kernels, time_grouped_tilings};
 
 #[derive(clap::Args, Debug)]
 pub struct KernelCheckArgs {

@@ -53,6 +53,10 @@ pub struct ModelBenchArgs {
     /// generates.
     #[arg(long)]
     pub selection: Option<std::path::PathBuf>,
+    /// The grouped kernel's tiling for large tiles (scoring), as `bench kernel-check
+    /// --grouped-tilings` writes it (`128x256x32/tcdk`); its rows must be the default's.
+    #[arg(long)]
+    pub grouped_tiling: Option<String>,
 }
 
 /// Keeps what `trace` keeps of each layer: the selected experts and their gate weights.
@@ -136,6 +140,15 @@ fn time_scoring(model: &GptOss, rows: &[Vec<u32>], iters: usize) -> (ScoringTimi
 }
 
 pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
+    if let Some(text) = &args.grouped_tiling {
+        let tiling = super::bench_kernels::parse_grouped_tiling(text)?;
+        let rows = gpt_oss_kernels::grouped_mxfp4::LARGE_TILES.m;
+        anyhow::ensure!(
+            tiling.m == rows,
+            "--grouped-tiling `{text}`: large tiles have {rows} rows"
+        );
+        gpt_oss_kernels::grouped_mxfp4::set_large_tiles(tiling);
+    }
     let loaded = args.model.load()?;
     let model = &loaded.model;
     let mask = match &args.selection {

@@ -8,8 +8,9 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::decode::decode_experts_kernel;
+use super::decode::{TURN_BLOCK, decode_experts_k_major_kernel, decode_experts_kernel};
 use super::kernel::{EPILOGUE_NONE, EPILOGUE_SCALED, EPILOGUE_SWIGLU, grouped_mxfp4_kernel};
+use super::warps::grouped_mxfp4_warps_kernel;
 use super::{Tiling, UNITS};
 use crate::launch::{empty_f32, empty_of, grid_over_rows};
 use crate::staged_tiles::whole_words_per_unit;
@@ -180,39 +181,71 @@ fn launch_grouped(
     let (words, decoded) = match t.decoded {
         true => (
             empty_of(&a, vec![1], DType::I32),
-            decoded_experts(&words, &scales, k),
+            match t.weights_k_major() {
+                true => decoded_experts_k_major(&words, &scales, k),
+                false => decoded_experts(&words, &scales, k),
+            },
         ),
         false => (words, empty_of(&a, vec![1], DType::BF16)),
     };
     let tiles = p.div_ceil(t.m) + experts;
-    grouped_mxfp4_kernel::launch(
-        &client,
-        t.order.cube_count(tiles, n.div_ceil(t.n)),
-        CubeDim::new_1d(UNITS),
-        a.into_buffer_arg(),
-        words.into_buffer_arg(),
-        scales.into_buffer_arg(),
-        decoded.into_buffer_arg(),
-        offsets.into_buffer_arg(),
-        tile_starts.into_buffer_arg(),
-        out.clone().into_buffer_arg(),
-        bias.into_buffer_arg(),
-        row_weights.into_buffer_arg(),
-        activation.clone().into_buffer_arg(),
-        pair_of_row.into_buffer_arg(),
-        in_pair_order.clone().into_buffer_arg(),
-        n as u32,
-        k as u32,
-        scale_words as u32,
-        experts as u32,
-        epilogue.limit,
-        epilogue.alpha,
-        (t.m, t.n, t.k),
-        t.table,
-        t.decoded,
-        t.order.columns_first(),
-        epilogue.code,
-    );
+    let cube_count = t.order.cube_count(tiles, n.div_ceil(t.n));
+    if let Some(warp) = t.warp_block(n) {
+        grouped_mxfp4_warps_kernel::launch(
+            &client,
+            cube_count,
+            CubeDim::new_1d(UNITS),
+            a.into_buffer_arg(),
+            decoded.into_buffer_arg(),
+            offsets.into_buffer_arg(),
+            tile_starts.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            bias.into_buffer_arg(),
+            row_weights.into_buffer_arg(),
+            activation.clone().into_buffer_arg(),
+            pair_of_row.into_buffer_arg(),
+            in_pair_order.clone().into_buffer_arg(),
+            n as u32,
+            k as u32,
+            experts as u32,
+            epilogue.limit,
+            epilogue.alpha,
+            (t.m, t.n, t.k),
+            warp,
+            t.order.columns_first(),
+            epilogue.code,
+        );
+    } else {
+        grouped_mxfp4_kernel::launch(
+            &client,
+            cube_count,
+            CubeDim::new_1d(UNITS),
+            a.into_buffer_arg(),
+            words.into_buffer_arg(),
+            scales.into_buffer_arg(),
+            decoded.into_buffer_arg(),
+            offsets.into_buffer_arg(),
+            tile_starts.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            bias.into_buffer_arg(),
+            row_weights.into_buffer_arg(),
+            activation.clone().into_buffer_arg(),
+            pair_of_row.into_buffer_arg(),
+            in_pair_order.clone().into_buffer_arg(),
+            n as u32,
+            k as u32,
+            scale_words as u32,
+            experts as u32,
+            epilogue.limit,
+            epilogue.alpha,
+            (t.m, t.n, t.k),
+            t.table,
+            t.decoded,
+            t.k_major,
+            t.order.columns_first(),
+            epilogue.code,
+        );
+    }
     let epilogue = match epilogue.code {
         EPILOGUE_SCALED => in_pair_order,
         _ => activation,
@@ -240,6 +273,33 @@ fn decoded_experts(words: &CubeTensor, scales: &CubeTensor, k: usize) -> CubeTen
         k as u32,
         scales.meta.shape()[1] as u32,
         count as u32,
+    );
+    decoded
+}
+
+/// Every expert's weights, `words` [E, N, K / 8] and `scales` [E, S], decoded to bf16 K-major,
+/// [E, K, N], in one launch (`decode_experts_k_major_kernel`).
+fn decoded_experts_k_major(words: &CubeTensor, scales: &CubeTensor, k: usize) -> CubeTensor {
+    let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
+    assert!(
+        n.is_multiple_of(8),
+        "grouped MXFP4 kernel: K-major weights need N a multiple of 8, got {n}"
+    );
+    let decoded = empty_of(words, vec![experts, k, n], DType::BF16);
+    let blocks_n = n.div_ceil(TURN_BLOCK);
+    let blocks = experts * blocks_n * k.div_ceil(TURN_BLOCK);
+    decode_experts_k_major_kernel::launch(
+        &words.client,
+        grid_over_rows(blocks),
+        CubeDim::new_1d(UNITS),
+        words.clone().into_buffer_arg(),
+        scales.clone().into_buffer_arg(),
+        decoded.clone().into_buffer_arg(),
+        n as u32,
+        k as u32,
+        scales.meta.shape()[1] as u32,
+        blocks_n as u32,
+        blocks as u32,
     );
     decoded
 }

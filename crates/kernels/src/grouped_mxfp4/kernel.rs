@@ -54,6 +54,7 @@ pub(super) fn grouped_mxfp4_kernel(
     #[comptime] tile: (usize, usize, usize),
     #[comptime] use_table: bool,
     #[comptime] decoded: bool,
+    #[comptime] k_major: bool,
     #[comptime] columns_first: bool,
     #[comptime] epilogue: u32,
 ) {
@@ -68,10 +69,16 @@ pub(super) fn grouped_mxfp4_kernel(
     let col_begin = column_tile * tn as u32;
     let out_view = TensorView::new(&*out, seq![row_end, n]).finish();
 
-    // Both stages hold rows of one K step (A: input rows, B: weight rows), padded.
+    // The stages hold one K step, rows padded: A the input rows, B the weight rows or, K-major,
+    // the step's K rows of the tile's columns.
+    let k_major = comptime![decoded && k_major];
     let stride = comptime![staged_row_words(tk)];
+    let (b_rows, b_stride, b_layout) = comptime![match k_major {
+        true => (tk, staged_row_words(tn), cmma::MatrixLayout::RowMajor),
+        false => (tn, stride, cmma::MatrixLayout::ColMajor),
+    }];
     let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * stride);
-    let mut stage_b = Shared::<[EightBf16]>::new_slice(tn * stride);
+    let mut stage_b = Shared::<[EightBf16]>::new_slice(b_rows * b_stride);
     let mut table = Shared::<[f32]>::new_slice(16usize);
     if UNIT_POS < 16 {
         table[UNIT_POS as usize] = fp4_value(UNIT_POS);
@@ -79,10 +86,11 @@ pub(super) fn grouped_mxfp4_kernel(
     let mut loaded = step_weights(tn, tk, decoded);
     let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / UNITS as usize);
     let mut a_mat = input_matrix(cmma::MatrixIdent::A, tile, cmma::MatrixLayout::RowMajor);
-    let mut b_mat = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::ColMajor);
+    let mut b_mat = input_matrix(cmma::MatrixIdent::B, tile, b_layout);
     let acc = zero_accumulator(tile);
     let place = WeightsPlace {
         expert_rows: expert * n,
+        expert_k_rows: expert * k,
         expert_words: expert * n * (k / 8),
         expert_scales: expert * scale_words_per_expert,
         col_begin,
@@ -94,10 +102,18 @@ pub(super) fn grouped_mxfp4_kernel(
     // Step 0's rows and words in registers; each step then stages them, and loads the next
     // step's while the tensor cores multiply.
     load_tile_words(a, &mut next_a, row_begin, row_end, 0, k, k, tm, tk, UNITS);
-    load_step_weights(&sources, &mut loaded, &place, 0, tile, decoded);
+    load_step_weights(&sources, &mut loaded, &place, 0, tile, decoded, k_major);
     sync_cube();
     for step in 0..steps {
-        stage_step_weights(&loaded, &table, &mut stage_b, tile, use_table, decoded);
+        stage_step_weights(
+            &loaded,
+            &table,
+            &mut stage_b,
+            tile,
+            use_table,
+            decoded,
+            k_major,
+        );
         store_tile_words(&next_a, &mut stage_a, tm, tk, UNITS);
         sync_cube();
         if step + 1 < steps {
@@ -114,16 +130,70 @@ pub(super) fn grouped_mxfp4_kernel(
                 tk,
                 UNITS,
             );
-            load_step_weights(&sources, &mut loaded, &place, k_next, tile, decoded);
+            load_step_weights(
+                &sources,
+                &mut loaded,
+                &place,
+                k_next,
+                tile,
+                decoded,
+                k_major,
+            );
         }
         // Strides in u32 words (the loads divide them by an EightBf16's four words).
         cmma::load(&mut a_mat, &stage_a[0..tm * stride], (stride * 4) as u32);
-        cmma::load(&mut b_mat, &stage_b[0..tn * stride], (stride * 4) as u32);
+        cmma::load(
+            &mut b_mat,
+            &stage_b[0..b_rows * b_stride],
+            (b_stride * 4) as u32,
+        );
         cmma::execute(&a_mat, &b_mat, &acc, &acc);
         sync_cube();
     }
     let mut out_tile = out_view.slice(seq![row_begin, col_begin], seq![tm as u32, tn as u32]);
     cmma::store_tensor(&mut out_tile, &acc);
+    fused_epilogue(
+        out,
+        bias,
+        row_weights,
+        activation,
+        pair_of_row,
+        in_pair_order,
+        expert,
+        row_begin,
+        row_end,
+        col_begin,
+        n,
+        limit,
+        alpha,
+        tm,
+        tn,
+        epilogue,
+    );
+}
+
+/// After the tile's products are stored to `out`: the tile's epilogue (`EPILOGUE_SWIGLU` into
+/// `activation`, `EPILOGUE_SCALED` into `in_pair_order`), for its rows under `row_end`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fused_epilogue(
+    out: &mut [f32],
+    bias: &[f32],
+    row_weights: &[f32],
+    activation: &mut [bf16],
+    pair_of_row: &[u32],
+    in_pair_order: &mut [f32],
+    expert: u32,
+    row_begin: u32,
+    row_end: u32,
+    col_begin: u32,
+    n: u32,
+    limit: f32,
+    alpha: f32,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+    #[comptime] epilogue: u32,
+) {
     if comptime![epilogue != EPILOGUE_NONE] {
         // The tile's products are read back by other invocations than the ones that stored
         // them: a barrier over storage memory.
@@ -230,12 +300,17 @@ fn scaled_epilogue(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grouped_mxfp4::{LARGE_TILES, SMALL_TILES};
+    use crate::grouped_mxfp4::{LARGE_TILES, SMALL_TILES, Tiling};
     use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles_for_the_model_tilings_and_every_epilogue() {
-        for t in [SMALL_TILES, LARGE_TILES] {
+        let k_major = Tiling {
+            k_major: true,
+            ..LARGE_TILES
+        };
+        assert_eq!(k_major.warp_block(5760), None);
+        for t in [SMALL_TILES, LARGE_TILES, k_major] {
             for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
                 let compiled = compile_kernel!(
                     grouped_mxfp4_kernel::GroupedMxfp4Kernel,
@@ -244,6 +319,7 @@ mod tests {
                     (t.m, t.n, t.k),
                     t.table,
                     t.decoded,
+                    t.k_major,
                     t.order.columns_first(),
                     epilogue,
                 );

@@ -29,12 +29,14 @@
 //!
 //! Files: `decode` (MXFP4 codes to values, a K step of weights into shared memory, all
 //! experts to bf16),
-//! `kernel` (the tiled product and its epilogues), `extension` (the burn backend ops and the
-//! launch); the tilings and the functions on burn tensors are here.
+//! `kernel` (the tiled product and its epilogues), `warps` (the same product with subgroup-scope
+//! fragments, `Tiling::warps`), `extension` (the burn backend ops and the launch); the tilings
+//! and the functions on burn tensors are here.
 
 mod decode;
 mod extension;
 mod kernel;
+mod warps;
 
 pub(crate) use decode::{fp4_value, scale_value};
 pub use extension::GroupedBackend;
@@ -61,6 +63,15 @@ pub struct Tiling {
     /// Pays where each weight tile serves many row tiles (scoring); the weights at rest stay
     /// MXFP4.
     pub decoded: bool,
+    /// With `decoded`: the experts are decoded K-major, [E, K, N] (`decode_experts_k_major_kernel`
+    /// turns each 64 x 64 block in shared memory), so the product stages K rows of the tile's
+    /// columns (row-major B), as the dense GEMM stages its rhs. The dense kernel ran 8-10% slower
+    /// given its rhs as [N, K], the layout in which the grouped kernel otherwise reads its
+    /// weights (docs/benchmarks.md, twenty-second round).
+    pub k_major: bool,
+    /// With `k_major`: each subgroup multiplies its own block of the tile as 16 x 16 x 16
+    /// fragments (`warps`), instead of one workgroup-scope matrix per tile.
+    pub warps: bool,
     /// Which tiles the workgroups take first (`tile_order`).
     pub order: TileOrder,
 }
@@ -74,6 +85,25 @@ impl Tiling {
             | (self.table as u64) << 48
             | (self.order.columns_first() as u64) << 49
             | (self.decoded as u64) << 50
+            | (self.k_major as u64) << 51
+            | (self.warps as u64) << 52
+    }
+
+    /// Whether the product stages its weights as K rows of the tile's columns (row-major B).
+    pub fn weights_k_major(&self) -> bool {
+        self.decoded && self.k_major
+    }
+
+    /// Each subgroup's block (rows, columns) when the subgroup-scope kernel takes an N-wide
+    /// product with this tiling (`warps` with K-major weights, N and the tile in whole
+    /// fragments), else `None` (the workgroup-scope kernel).
+    pub fn warp_block(&self, n: usize) -> Option<(usize, usize)> {
+        use crate::coopmat_warps::{FRAGMENT, warp_tile};
+        let whole = n.is_multiple_of(FRAGMENT) && self.k.is_multiple_of(FRAGMENT);
+        match self.warps && self.weights_k_major() && whole {
+            true => warp_tile(self.m, self.n, UNITS),
+            false => None,
+        }
     }
 }
 
@@ -84,6 +114,8 @@ pub const SMALL_TILES: Tiling = Tiling {
     k: 32,
     table: true,
     decoded: false,
+    k_major: false,
+    warps: false,
     order: TileOrder::ColumnsFirst,
 };
 
@@ -99,8 +131,28 @@ pub const LARGE_TILES: Tiling = Tiling {
     k: 32,
     table: true,
     decoded: true,
+    k_major: false,
+    warps: false,
     order: TileOrder::ColumnsFirst,
 };
+
+static LARGE: std::sync::Mutex<Tiling> = std::sync::Mutex::new(LARGE_TILES);
+
+/// Sets the tiling later launches take for large tiles (benchmarks compare several). Panics
+/// unless it has [`LARGE_TILES`]' rows: the routing counts its tiles in those.
+pub fn set_large_tiles(tiling: Tiling) {
+    assert_eq!(
+        tiling.m, LARGE_TILES.m,
+        "large grouped tiles must have {} rows",
+        LARGE_TILES.m
+    );
+    *LARGE.lock().expect("large tiles lock") = tiling;
+}
+
+/// The tiling of large tiles: [`LARGE_TILES`] unless [`set_large_tiles`] chose another.
+pub fn large_tiles() -> Tiling {
+    *LARGE.lock().expect("large tiles lock")
+}
 
 /// Invocations per workgroup.
 pub const UNITS: u32 = 256;

@@ -291,7 +291,9 @@ fn fused_epilogue_kernels(
 
 /// The tensor-core kernel's tiling with tiles of `rows` rows.
 pub fn tensor_core_tiling(rows: usize) -> Option<Tiling> {
-    [SMALL_TILES, LARGE_TILES].into_iter().find(|t| t.m == rows)
+    [SMALL_TILES, grouped_mxfp4::large_tiles()]
+        .into_iter()
+        .find(|t| t.m == rows)
 }
 
 /// The experts on `xs` [n, H] for `top_ids` [n, k] with softmax `gates` [n * k] -> [n, H].

@@ -122,16 +122,25 @@ fn check_fused_epilogues(
 }
 
 /// `MxNxK` with optional `/flags`: `t` FP4 table, `c` column tiles first, `d` weights decoded
-/// to bf16 before the product (`Tiling::decoded`).
-pub(super) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
+/// to bf16 before the product (`Tiling::decoded`), `k` with `d`: decoded K-major
+/// (`Tiling::k_major`), `w` with `k`: subgroup-scope fragments (`Tiling::warps`).
+pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
     let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
     let [m, n, k] = super::super::bench_matmul::parse_shape(shape)?;
-    if let Some(bad) = flags.chars().find(|c| !"tcd".contains(*c)) {
+    if let Some(bad) = flags.chars().find(|c| !"tcdkw".contains(*c)) {
         anyhow::bail!(
             "grouped tiling `{text}`: unknown flag `{bad}` (t: table, c: column tiles first, \
-             d: weights decoded first)"
+             d: weights decoded first, k: decoded K-major, w: subgroup-scope fragments)"
         );
     }
+    anyhow::ensure!(
+        !flags.contains('k') || flags.contains('d'),
+        "grouped tiling `{text}`: `k` (decoded K-major) needs `d` (weights decoded first)"
+    );
+    anyhow::ensure!(
+        !flags.contains('w') || flags.contains('k'),
+        "grouped tiling `{text}`: `w` (subgroup-scope fragments) needs `k` (decoded K-major)"
+    );
     anyhow::ensure!(
         k % 32 == 0 && m % 16 == 0 && n % 16 == 0,
         "grouped tiling `{text}`: K must be a multiple of 32, M and N of 16"
@@ -142,6 +151,8 @@ pub(super) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
         k,
         table: flags.contains('t'),
         decoded: flags.contains('d'),
+        k_major: flags.contains('k'),
+        warps: flags.contains('w'),
         order: match flags.contains('c') {
             true => TileOrder::ColumnsFirst,
             false => TileOrder::RowsFirst,
@@ -150,7 +161,8 @@ pub(super) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
 }
 
 /// Times the tensor-core grouped kernel with each tiling on scoring's experts (65,536 rows
-/// routed at random over 32 experts, 5760 x 2880), checked against the reference.
+/// routed at random over 32 experts, 5760 x 2880), checked against the reference with and
+/// without its fused epilogues.
 pub(super) fn time_grouped_tilings(
     tilings: &[grouped_mxfp4::Tiling],
     rng: &mut StdRng,
@@ -173,6 +185,7 @@ pub(super) fn time_grouped_tilings(
         let run = || grouped_mxfp4::grouped_mxfp4_matmul(a.clone(), weights.clone(), tiles.clone());
         let ours = run();
         let seconds = seconds_per_call(device, run)?;
+        check_fused_epilogues(&mut worst, &a, &matrix, &groups, tiling, &reference)?;
         worst.record(
             ours,
             reference,
@@ -216,6 +229,24 @@ mod tests {
         assert!(flagged.table && !flagged.decoded);
         assert_eq!(flagged.order, TileOrder::ColumnsFirst);
         assert!(parse_grouped_tiling("256x128x32/tcd").unwrap().decoded);
+        assert!(!parse_grouped_tiling("256x128x32/tcd").unwrap().k_major);
+        assert!(
+            parse_grouped_tiling("128x256x32/tcdk")
+                .unwrap()
+                .weights_k_major()
+        );
+        assert!(parse_grouped_tiling("128x256x32/tck").is_err());
+        let warps = parse_grouped_tiling("128x256x32/tcdkw").unwrap();
+        assert_eq!(warps.warp_block(5760), Some((64, 64)));
+        // N not whole fragments: the workgroup-scope kernel.
+        assert_eq!(warps.warp_block(5768), None);
+        assert_eq!(
+            parse_grouped_tiling("128x256x32/tcdk")
+                .unwrap()
+                .warp_block(5760),
+            None
+        );
+        assert!(parse_grouped_tiling("128x256x32/tcdw").is_err());
         assert!(parse_grouped_tiling("256x128x32/x").is_err());
         assert!(parse_grouped_tiling("256x128x40/t").is_err());
     }
