@@ -1,13 +1,12 @@
 //! MXFP4 decoding: E2M1 codes and UE8M0 scales to values, one K step of an expert's weight
 //! rows from packed words into a shared-memory stage (bf16 in 16-byte words, rows padded as
 //! `staged_tiles` pads them: column-major B), and every expert's weights to bf16 in global
-//! memory at once (`decode_experts_kernel`, for `Tiling::decoded`; K-major through
-//! `decode_experts_k_major_kernel`).
+//! memory at once (`decode_experts_kernel`, for `Tiling::decoded`; K-major in `decode_k_major`).
 
 use cubecl::prelude::*;
 
 use super::UNITS;
-use crate::bf16_rows::{EightBf16, bf16_pair};
+use crate::bf16_rows::EightBf16;
 use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
 
 /// The E2M1 value of a 4-bit code (sign in bit 3).
@@ -32,7 +31,7 @@ pub(crate) fn scale_value(code: u32) -> f32 {
 /// The scale byte of MXFP4 block `block` (of the expert's row-major blocks, K / 32 per row),
 /// from `scales` packed four bytes to a word, the expert's first word at `expert_scales`.
 #[cube]
-fn scale_code(scales: &[u32], expert_scales: u32, block: u32) -> u32 {
+pub(super) fn scale_code(scales: &[u32], expert_scales: u32, block: u32) -> u32 {
     (scales[(expert_scales + block / 4) as usize] >> ((block % 4) * 8)) & 0xFF
 }
 
@@ -236,7 +235,7 @@ fn decode_stage_words(
 /// byte `scale_code`, in memory order. The decoded values have at most two significant bits,
 /// so the top half of their f32 bits is their bf16 (exact).
 #[cube]
-fn decoded_word(
+pub(super) fn decoded_word(
     word: u32,
     scale_code: u32,
     table: &[f32],
@@ -287,85 +286,6 @@ pub(super) fn decode_experts_kernel(
     decoded[w as usize] = decoded_word(words[w as usize], code, &no_table, false);
 }
 
-/// Side of the square block of one expert's weights that a workgroup of
-/// `decode_experts_k_major_kernel` turns.
-pub(super) const TURN_BLOCK: usize = 64;
-
-/// Decodes every expert's MXFP4 weights, `words` [E, N, K / 8] and `scales` [E, S], to bf16
-/// `decoded` [E, K, N] (K-major; 16-byte words of eight columns): the grouped kernel's weights
-/// with `Tiling::k_major`. Each workgroup takes one [`TURN_BLOCK`]-square block of one expert
-/// (block `b` of `blocks_n x blocks_k` per expert, over a grid of `grid_over_rows`
-/// workgroups): it reads and decodes the block's words along N's rows into shared memory, then
-/// writes it along K's rows, so both the reads and the writes are whole consecutive words.
-/// N must be a multiple of 8.
-#[cube(launch)]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn decode_experts_k_major_kernel(
-    words: &[u32],
-    scales: &[u32],
-    decoded: &mut [EightBf16],
-    n: u32,
-    k: u32,
-    scale_words_per_expert: u32,
-    blocks_n: u32,
-    blocks: u32,
-) {
-    let side = comptime![TURN_BLOCK as u32];
-    // One padding column: the writes along K and the reads along N fall on different banks.
-    let stride = side + 1;
-    let mut turned = Shared::<[f32]>::new_slice(TURN_BLOCK * (TURN_BLOCK + 1));
-    let b = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
-    if b >= blocks {
-        terminate!();
-    }
-    let blocks_k = (k + side - 1) / side;
-    let per_expert = blocks_n * blocks_k;
-    let expert = b / per_expert;
-    let row0 = ((b % per_expert) / blocks_k) * side;
-    let k0 = (b % blocks_k) * side;
-    let words_per_row = k / 8;
-    let no_table = Shared::<[f32]>::new_slice(1usize);
-    // Read: each weight row of the block is eight MXFP4 words (64 values).
-    let words_per_block_row = comptime![TURN_BLOCK as u32 / 8];
-    #[unroll]
-    for i in 0..TURN_BLOCK * TURN_BLOCK / 8 / UNITS as usize {
-        let w = UNIT_POS + i as u32 * UNITS;
-        let (r, part) = (w / words_per_block_row, w % words_per_block_row);
-        let (row, col) = (row0 + r, k0 + 8 * part);
-        if row < n && col < k {
-            let word = words[(expert * n * words_per_row + row * words_per_row + col / 8) as usize];
-            let block = row * (k / 32) + col / 32;
-            let code = scale_code(scales, expert * scale_words_per_expert, block);
-            let eight = decoded_word(word, code, &no_table, false);
-            #[unroll]
-            for q in 0..4usize {
-                let (low, high) = bf16_pair(eight.extract(q));
-                turned[((8 * part + 2 * q as u32) * stride + r) as usize] = low;
-                turned[((8 * part + 2 * q as u32 + 1) * stride + r) as usize] = high;
-            }
-        }
-    }
-    sync_cube();
-    // Write: each K row of the block is eight 16-byte words of eight columns.
-    #[unroll]
-    for i in 0..TURN_BLOCK * TURN_BLOCK / 8 / UNITS as usize {
-        let w = UNIT_POS + i as u32 * UNITS;
-        let (kk, part) = (w / words_per_block_row, w % words_per_block_row);
-        let (row, col) = (row0 + 8 * part, k0 + kk);
-        if row < n && col < k {
-            let mut eight = EightBf16::new(0u32);
-            #[unroll]
-            for q in 0..4usize {
-                let at = kk * stride + 8 * part + 2 * q as u32;
-                let low = u32::reinterpret(turned[at as usize]) >> 16;
-                let high = u32::reinterpret(turned[at as usize + 1]) & 0xFFFF_0000;
-                eight.insert(q, low | high);
-            }
-            decoded[((expert * k + col) * n / 8 + row / 8) as usize] = eight;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,16 +297,6 @@ mod tests {
             decode_experts_kernel::DecodeExpertsKernel,
             CubeDim::new_1d(UNITS),
             [b b b s s s s],
-        );
-        assert_eq!(compiled, Ok(()));
-    }
-
-    #[test]
-    fn the_k_major_decoding_kernel_compiles_within_the_drivers_workgroup_memory() {
-        let compiled = compile_kernel!(
-            decode_experts_k_major_kernel::DecodeExpertsKMajorKernel,
-            CubeDim::new_1d(UNITS),
-            [b b b s s s s s],
         );
         assert_eq!(compiled, Ok(()));
     }

@@ -305,12 +305,19 @@ mod tests {
 
     #[test]
     fn the_kernel_compiles_for_the_model_tilings_and_every_epilogue() {
+        // The large tiles take the warps kernel where N is whole fragments, this one elsewhere
+        // (N = 200 in kernel-check), and with K-major weights alone.
         let k_major = Tiling {
-            k_major: true,
+            warps: false,
             ..LARGE_TILES
         };
         assert_eq!(k_major.warp_block(5760), None);
-        for t in [SMALL_TILES, LARGE_TILES, k_major] {
+        let rows_of_weights = Tiling {
+            k_major: false,
+            warps: false,
+            ..LARGE_TILES
+        };
+        for t in [SMALL_TILES, LARGE_TILES, k_major, rows_of_weights] {
             for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
                 let compiled = compile_kernel!(
                     grouped_mxfp4_kernel::GroupedMxfp4Kernel,

@@ -28,12 +28,13 @@
 //! rank) pair (so a token's sum over its pairs reads them without a gather), in the same launch.
 //!
 //! Files: `decode` (MXFP4 codes to values, a K step of weights into shared memory, all
-//! experts to bf16),
+//! experts to bf16), `decode_k_major` (all experts to bf16 K-major),
 //! `kernel` (the tiled product and its epilogues), `warps` (the same product with subgroup-scope
 //! fragments, `Tiling::warps`), `extension` (the burn backend ops and the launch); the tilings
 //! and the functions on burn tensors are here.
 
 mod decode;
+mod decode_k_major;
 mod extension;
 mod kernel;
 mod warps;
@@ -63,8 +64,8 @@ pub struct Tiling {
     /// Pays where each weight tile serves many row tiles (scoring); the weights at rest stay
     /// MXFP4.
     pub decoded: bool,
-    /// With `decoded`: the experts are decoded K-major, [E, K, N] (`decode_experts_k_major_kernel`
-    /// turns each 64 x 64 block in shared memory), so the product stages K rows of the tile's
+    /// With `decoded`: the experts are decoded K-major, [E, K, N] (`decode_k_major` turns them
+    /// block by block in shared memory), so the product stages K rows of the tile's
     /// columns (row-major B), as the dense GEMM stages its rhs. The dense kernel ran 8-10% slower
     /// given its rhs as [N, K], the layout in which the grouped kernel otherwise reads its
     /// weights (docs/benchmarks.md, twenty-second round).
@@ -124,15 +125,18 @@ pub const SMALL_TILES: Tiling = Tiling {
 /// 256 x 128 decoding in the loop, the best before (docs/benchmarks.md, twenty-first round).
 /// Decoding in the loop, 128 x 256 ran at 88: its wider weight tile is decoded by every row
 /// tile. Both tilings take the column tiles first: 164 against 138 TF/s at 256 x 128, 121
-/// against 85 for tiles of 64 (nineteenth round).
+/// against 85 for tiles of 64 (nineteenth round). The weights decoded K-major and multiplied in
+/// subgroup-scope fragments: 190 against 179-183 TF/s (decoding included), and scoring 19,693
+/// and 19,755 tok/s against 19,394 and 19,332 on an H200 (twenty-third round); K-major alone,
+/// one workgroup-scope matrix per tile, ran at 173.
 pub const LARGE_TILES: Tiling = Tiling {
     m: 128,
     n: 256,
     k: 32,
     table: true,
     decoded: true,
-    k_major: false,
-    warps: false,
+    k_major: true,
+    warps: true,
     order: TileOrder::ColumnsFirst,
 };
 
@@ -238,4 +242,20 @@ pub fn grouped_mxfp4_scaled(
             tiles.tiling,
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_tiles_take_subgroup_fragments_on_gpt_oss_experts_and_fall_back_elsewhere() {
+        // gpt-oss's gate_up (N = 5760) and down (N = 2880): 64 x 64 blocks per subgroup.
+        assert_eq!(LARGE_TILES.warp_block(5760), Some((64, 64)));
+        assert_eq!(LARGE_TILES.warp_block(2880), Some((64, 64)));
+        // N not whole fragments: the workgroup-scope kernel.
+        assert_eq!(LARGE_TILES.warp_block(200), None);
+        assert_eq!(SMALL_TILES.warp_block(5760), None);
+        assert!(LARGE_TILES.weights_k_major() && !SMALL_TILES.weights_k_major());
+    }
 }
