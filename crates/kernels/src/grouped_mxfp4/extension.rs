@@ -9,7 +9,7 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use super::decode::decode_experts_kernel;
-use super::decode_k_major::{TURN_COLUMNS, TURN_ROWS, decode_experts_k_major_kernel};
+use super::decode_k_major::{TURN_BLOCK, decode_experts_k_major_kernel};
 use super::kernel::{EPILOGUE_NONE, EPILOGUE_SCALED, EPILOGUE_SWIGLU, grouped_mxfp4_kernel};
 use super::warps::grouped_mxfp4_warps_kernel;
 use super::{Tiling, UNITS};
@@ -287,8 +287,8 @@ fn decoded_experts_k_major(words: &CubeTensor, scales: &CubeTensor, k: usize) ->
         "grouped MXFP4 kernel: K-major weights need N a multiple of 8, got {n}"
     );
     let decoded = empty_of(words, vec![experts, k, n], DType::BF16);
-    let blocks_n = n.div_ceil(TURN_ROWS);
-    let blocks = experts * blocks_n * k.div_ceil(TURN_COLUMNS);
+    let blocks_n = n.div_ceil(TURN_BLOCK);
+    let blocks = experts * blocks_n * k.div_ceil(TURN_BLOCK);
     decode_experts_k_major_kernel::launch(
         &words.client,
         grid_over_rows(blocks),
