@@ -20,11 +20,12 @@ pub(super) const TURN_BLOCK: usize = 64;
 
 /// Decodes every expert's MXFP4 weights, `words` [E, N, K / 8] and `scales` [E, S], to bf16
 /// `decoded` [E, K, N] (K-major; 16-byte words of eight columns): the grouped kernel's weights
-/// with `Tiling::k_major`. Each workgroup takes one [`TURN_BLOCK`]-square block of one expert
-/// (block `b` of `blocks_n x blocks_k` per expert, over a grid of `grid_over_rows`
-/// workgroups): it reads and decodes the block's words along N's rows into shared memory, then
-/// writes it along K's rows, so both the reads and the writes are whole consecutive words.
-/// N must be a multiple of 8.
+/// with `Tiling::k_major`. Each workgroup takes one [`TURN_BLOCK`]-square block of one expert:
+/// workgroup `b` (of `blocks`, over a grid of `grid_over_rows`) takes block
+/// `b % (blocks_n * blocks_k)` of expert `b / (blocks_n * blocks_k)`, K's blocks fastest. It
+/// reads and decodes the block's words along N's rows into shared memory, then writes it along
+/// K's rows, so both the reads and the writes are whole consecutive words. N must be a
+/// multiple of 8.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn decode_experts_k_major_kernel(
@@ -35,6 +36,7 @@ pub(super) fn decode_experts_k_major_kernel(
     k: u32,
     scale_words_per_expert: u32,
     blocks_n: u32,
+    blocks_k: u32,
     blocks: u32,
 ) {
     let side = comptime![TURN_BLOCK as u32];
@@ -45,7 +47,6 @@ pub(super) fn decode_experts_k_major_kernel(
     if b >= blocks {
         terminate!();
     }
-    let blocks_k = (k + side - 1) / side;
     let per_expert = blocks_n * blocks_k;
     let expert = b / per_expert;
     let row0 = ((b % per_expert) / blocks_k) * side;
@@ -103,7 +104,7 @@ mod tests {
         let compiled = compile_kernel!(
             decode_experts_k_major_kernel::DecodeExpertsKMajorKernel,
             CubeDim::new_1d(UNITS),
-            [b b b s s s s s],
+            [b b b s s s s s s],
         );
         assert_eq!(compiled, Ok(()));
     }

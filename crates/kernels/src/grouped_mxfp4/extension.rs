@@ -287,8 +287,8 @@ fn decoded_experts_k_major(words: &CubeTensor, scales: &CubeTensor, k: usize) ->
         "grouped MXFP4 kernel: K-major weights need N a multiple of 8, got {n}"
     );
     let decoded = empty_of(words, vec![experts, k, n], DType::BF16);
-    let blocks_n = n.div_ceil(TURN_BLOCK);
-    let blocks = experts * blocks_n * k.div_ceil(TURN_BLOCK);
+    let (blocks_n, blocks_k) = (n.div_ceil(TURN_BLOCK), k.div_ceil(TURN_BLOCK));
+    let blocks = experts * blocks_n * blocks_k;
     decode_experts_k_major_kernel::launch(
         &words.client,
         grid_over_rows(blocks),
@@ -300,6 +300,7 @@ fn decoded_experts_k_major(words: &CubeTensor, scales: &CubeTensor, k: usize) ->
         k as u32,
         scales.meta.shape()[1] as u32,
         blocks_n as u32,
+        blocks_k as u32,
         blocks as u32,
     );
     decoded
