@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
 pub(crate) use grouped::parse_grouped_tiling;
-use grouped::{check_grouped_kernels, time_grouped_tilings};
+use grouped::{check_decoded_experts, check_grouped_kernels, time_grouped_tilings};
 
 #[derive(clap::Args, Debug)]
 pub struct KernelCheckArgs {
@@ -127,8 +127,9 @@ type Check = fn(&Device) -> anyhow::Result<()>;
 
 /// The checks of the kernels scoring and prefill run, by name (`--only`), in the order a
 /// full check runs them (before the decoding checks).
-const SCORING_CHECKS: [(&str, Check); 5] = [
+const SCORING_CHECKS: [(&str, Check); 6] = [
     ("expert_groups", expert_groups::check_expert_groups),
+    ("decoded_experts", check_decoded_experts),
     ("grouped", check_grouped_kernels),
     ("router_logits", router_logits::check_router_logits),
     ("logsumexp", check_logsumexp),

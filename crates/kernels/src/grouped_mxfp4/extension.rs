@@ -64,6 +64,28 @@ pub trait GroupedBackend: burn::backend::Backend {
         pair_of_row: IntTensor<Self>,
         #[fusion(scalar = tiling.code())] tiling: Tiling,
     ) -> FloatTensor<Self>;
+
+    /// `words` [E, N, K / 8] and `scales` [E, S] decoded to bf16 [E, N, K]: the scratch a
+    /// launch with `Tiling::decoded` reads.
+    #[fusion(dtype = bf16_dtype(words), shape = decoded_shape(words))]
+    fn decoded_mxfp4_experts(words: IntTensor<Self>, scales: IntTensor<Self>) -> FloatTensor<Self>;
+
+    /// `words` [E, N, K / 8] and `scales` [E, S] decoded to bf16 K-major, [E, K, N]: the
+    /// scratch a launch with `Tiling::k_major` reads.
+    #[fusion(dtype = bf16_dtype(words), shape = decoded_k_major_shape(words))]
+    fn k_major_mxfp4_experts(words: IntTensor<Self>, scales: IntTensor<Self>) -> FloatTensor<Self>;
+}
+
+fn bf16_dtype(_input: DType) -> DType {
+    DType::BF16
+}
+
+fn decoded_shape(words: &Shape) -> Shape {
+    Shape::from(vec![words[0], words[1], words[2] * 8])
+}
+
+fn decoded_k_major_shape(words: &Shape) -> Shape {
+    Shape::from(vec![words[0], words[2] * 8, words[1]])
 }
 
 fn accumulator_dtype(_input: DType) -> DType {
@@ -307,6 +329,18 @@ fn decoded_experts_k_major(words: &CubeTensor, scales: &CubeTensor, k: usize) ->
 }
 
 impl GroupedBackend for CubeBackend {
+    fn decoded_mxfp4_experts(words: CubeTensor, scales: CubeTensor) -> CubeTensor {
+        let [words, scales] = [words, scales].map(into_contiguous);
+        let k = words.meta.shape()[2] * 8;
+        decoded_experts(&words, &scales, k)
+    }
+
+    fn k_major_mxfp4_experts(words: CubeTensor, scales: CubeTensor) -> CubeTensor {
+        let [words, scales] = [words, scales].map(into_contiguous);
+        let k = words.meta.shape()[2] * 8;
+        decoded_experts_k_major(&words, &scales, k)
+    }
+
     fn grouped_mxfp4_matmul(
         a: CubeTensor,
         words: CubeTensor,

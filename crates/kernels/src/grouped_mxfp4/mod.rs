@@ -193,6 +193,28 @@ pub fn grouped_mxfp4_matmul(a: Tensor<2>, weights: PackedWeights, tiles: ExpertT
     )
 }
 
+/// Every expert of `weights` decoded to bf16, [E, N, K]: what a launch with `Tiling::decoded`
+/// reads (checked and timed by `bench kernel-check`).
+pub fn decoded_expert_weights(weights: PackedWeights) -> Tensor<3> {
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as GroupedBackend>::decoded_mxfp4_experts(
+            weights.words.into_dispatch(),
+            weights.scales.into_dispatch(),
+        ),
+    )
+}
+
+/// Every expert of `weights` decoded to bf16 K-major, [E, K, N]: what a launch with
+/// `Tiling::k_major` reads.
+pub fn k_major_expert_weights(weights: PackedWeights) -> Tensor<3> {
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as GroupedBackend>::k_major_mxfp4_experts(
+            weights.words.into_dispatch(),
+            weights.scales.into_dispatch(),
+        ),
+    )
+}
+
 /// gate_up with `bias` [E, N] and the clamped SwiGLU fused: `a` [P, K] -> [P, N / 2] bf16.
 pub fn grouped_mxfp4_swiglu(
     a: Tensor<2>,

@@ -64,6 +64,56 @@ pub(super) fn check_grouped_kernels(device: &Device) -> anyhow::Result<()> {
     worst.finish()
 }
 
+/// (experts, n, k) per case of the decoding checks: rows and K not whole 64-blocks, then
+/// gpt-oss's gate_up and down.
+const DECODING_CASES: [(usize, usize, usize); 4] = [
+    (2, 200, 64),
+    (3, 136, 96),
+    (32, 5760, 2880),
+    (32, 2880, 2880),
+];
+
+/// Every expert decoded to bf16 before the grouped product, as rows of K ([E, N, K],
+/// `Tiling::decoded`) and K-major ([E, K, N], `Tiling::k_major`, turned in shared memory),
+/// against burn's ops decoding each expert (the values are exact in bf16, so the tolerance is
+/// one part in ten million), each timed.
+pub(super) fn check_decoded_experts(device: &Device) -> anyhow::Result<()> {
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut worst = Worst::new("decoded experts", 1e-7);
+    for (experts, n, k) in DECODING_CASES {
+        let matrix = random_mxfp4(&mut rng, [experts, n, k], 100..=154, device);
+        let ExpertMatrix::Mxfp4(packed) = &matrix else {
+            unreachable!("random_mxfp4 packs MXFP4")
+        };
+        // Expert e as [K, N].
+        let k_major = Tensor::stack::<3>((0..experts).map(|e| matrix.expert(e)).collect(), 0);
+        let layouts = [
+            ("rows of K", false, k_major.clone().swap_dims(1, 2)),
+            ("K-major", true, k_major),
+        ];
+        for (layout, turned, reference) in layouts {
+            // The decoded bf16 values as a matrix (what `seconds_per_call` times).
+            let run = || {
+                let weights = packed.kernel_weights();
+                let decoded = match turned {
+                    true => grouped_mxfp4::k_major_expert_weights(weights),
+                    false => grouped_mxfp4::decoded_expert_weights(weights),
+                };
+                decoded.reshape([experts * n, k])
+            };
+            let seconds = seconds_per_call(device, run)?;
+            let shape = reference.dims();
+            worst.record(
+                run().cast(DType::F32).reshape(shape),
+                reference,
+                json!({"kernel": "decoded experts", "layout": layout, "experts": experts,
+                       "n": n, "k": k, "seconds": seconds}),
+            );
+        }
+    }
+    worst.finish()
+}
+
 /// The tensor-core kernel with its epilogues (gate_up: bias and clamped SwiGLU; down: bias and
 /// row weights) against burn's ops on the reference product `product` of `a`.
 fn check_fused_epilogues(
