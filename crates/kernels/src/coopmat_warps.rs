@@ -231,6 +231,32 @@ impl WarpTile {
         }
     }
 
+    /// Stores fragment (`i`, `j`) of the block, row-major 16 x 16, into this subgroup's
+    /// [`THROUGH_WORDS`] of `through` (shared memory), where the whole subgroup may read it, and
+    /// returns its first row and column in the tile. The subgroup's reads of the fragment staged
+    /// before must be done: the call waits for them first.
+    pub fn stage_fragment(
+        &self,
+        #[comptime] i: usize,
+        #[comptime] j: usize,
+        through: &mut [f32],
+    ) -> (u32, u32) {
+        let (_, fn_) = self.fragments;
+        let own = (UNIT_POS / PLANE) as usize * THROUGH_WORDS;
+        sync_plane();
+        cmma::store(
+            &mut through[own..own + THROUGH_WORDS],
+            self.acc.index(comptime![i * fn_ + j]),
+            FRAGMENT as u32,
+            cmma::MatrixLayout::RowMajor,
+        );
+        sync_plane();
+        (
+            self.row + (i * FRAGMENT) as u32,
+            self.col + (j * FRAGMENT) as u32,
+        )
+    }
+
     /// Stores the block into `out` [.., n] row-major, the tile at (`tile_row`, `tile_col`), only
     /// rows under `rows_end` (columns under `n`, whole fragments): a fragment that `rows_end`
     /// cuts is stored into this subgroup's [`THROUGH_WORDS`] of `through` (shared memory), and
@@ -288,7 +314,8 @@ impl WarpTile {
     }
 }
 
-/// f32 values of one fragment, the share of `store_rows_below`'s shared memory per subgroup.
+/// f32 values of one fragment, the share of `store_rows_below`'s (and `stage_fragment`'s) shared
+/// memory per subgroup.
 pub const THROUGH_WORDS: usize = FRAGMENT * FRAGMENT;
 
 /// An uninitialised subgroup-scope 16 x 16 x 16 bf16 input fragment.

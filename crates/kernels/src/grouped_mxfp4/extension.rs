@@ -160,7 +160,19 @@ fn launch_grouped(
     let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
     let scale_words = scales.meta.shape()[1];
     let client = a.client.clone();
-    let out = empty_f32(&a, vec![p, n]);
+    let mut t = tiling;
+    if !k.is_multiple_of(t.k) {
+        // Every K is a multiple of one MXFP4 block; a longer step must divide it.
+        t.k = 32;
+    }
+    let warp = t.warp_block(n);
+    // Epilogues from the fragments store no products.
+    let from_fragments = warp.is_some() && t.fragment_epilogues && epilogue.code != EPILOGUE_NONE;
+    let products_rows = match from_fragments {
+        true => 1,
+        false => p,
+    };
+    let out = empty_f32(&a, vec![products_rows, n]);
     let activation = if epilogue.code == EPILOGUE_SWIGLU {
         empty_of(&a, vec![p, n / 2], DType::BF16)
     } else {
@@ -181,11 +193,6 @@ fn launch_grouped(
         .pair_of_row
         .map(into_contiguous)
         .unwrap_or_else(|| empty_of(&out, vec![1], DType::I32));
-    let mut t = tiling;
-    if !k.is_multiple_of(t.k) {
-        // Every K is a multiple of one MXFP4 block; a longer step must divide it.
-        t.k = 32;
-    }
     assert!(
         k.is_multiple_of(8) && whole_words_per_unit(t.m, t.k, UNITS),
         "grouped MXFP4 kernel: rows of {k} values in {} x {} tiles do not split into whole \
@@ -213,7 +220,7 @@ fn launch_grouped(
     };
     let tiles = p.div_ceil(t.m) + experts;
     let cube_count = t.order.cube_count(tiles, n.div_ceil(t.n));
-    if let Some(warp) = t.warp_block(n) {
+    if let Some(warp) = warp {
         grouped_mxfp4_warps_kernel::launch(
             &client,
             cube_count,
@@ -237,6 +244,7 @@ fn launch_grouped(
             warp,
             t.order.columns_first(),
             epilogue.code,
+            t.fragment_epilogues,
         );
     } else {
         grouped_mxfp4_kernel::launch(

@@ -222,10 +222,18 @@ pub(super) fn fused_epilogue(
     }
 }
 
+/// gpt-oss's clamped SwiGLU of one unit's `gate` and `up` (bias added; spec 3.4):
+/// min(gate, limit) * sigmoid(alpha * min(gate, limit)) * (clamp(up, -limit, limit) + 1).
+#[cube]
+pub(super) fn clamped_swiglu(gate: f32, up: f32, limit: f32, alpha: f32) -> f32 {
+    let gate = min(gate, limit);
+    let up = clamp(up, -limit, limit);
+    gate / (1.0 + (-(gate * alpha)).exp()) * (up + 1.0)
+}
+
 /// The product [P, N] of gate (even columns) and up (odd columns) units plus the expert's
-/// bias, to the clamped SwiGLU [P, N / 2] in bf16, the down product's input (spec 3.4):
-/// min(gate, limit) * sigmoid(alpha * min(gate, limit)) * (clamp(up, -limit, limit) + 1), for
-/// this tile's rows and columns.
+/// bias, to the clamped SwiGLU [P, N / 2] in bf16 ([`clamped_swiglu`]), the down product's
+/// input, for this tile's rows and columns.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn swiglu_epilogue(
@@ -249,15 +257,10 @@ fn swiglu_epilogue(
         let col = col_begin + 2 * (e % units);
         if r < rows && col < n {
             let at = (row_begin + r) * n + col;
-            let gate = min(
-                product[at as usize] + bias[(expert * n + col) as usize],
-                limit,
-            );
+            let gate = product[at as usize] + bias[(expert * n + col) as usize];
             let up = product[at as usize + 1] + bias[(expert * n + col + 1) as usize];
-            let up = clamp(up, -limit, limit);
-            let glu = gate / (1.0 + (-(gate * alpha)).exp());
             activation[((row_begin + r) * (n / 2) + col / 2) as usize] =
-                bf16::cast_from(glu * (up + 1.0));
+                bf16::cast_from(clamped_swiglu(gate, up, limit, alpha));
         }
         e += UNITS;
     }

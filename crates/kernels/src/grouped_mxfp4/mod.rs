@@ -73,6 +73,11 @@ pub struct Tiling {
     /// With `k_major`: each subgroup multiplies its own block of the tile as 16 x 16 x 16
     /// fragments (`warps`), instead of one workgroup-scope matrix per tile.
     pub warps: bool,
+    /// With `warps`: the fused epilogues (SwiGLU, scaled) read each subgroup's fragments
+    /// through shared memory, instead of the products stored to global memory and read back
+    /// (which for scoring's gate_up is 1.5 GB written and read per layer). The launch then
+    /// allocates no [P, N] f32 products.
+    pub fragment_epilogues: bool,
     /// Which tiles the workgroups take first (`tile_order`).
     pub order: TileOrder,
 }
@@ -88,6 +93,7 @@ impl Tiling {
             | (self.decoded as u64) << 50
             | (self.k_major as u64) << 51
             | (self.warps as u64) << 52
+            | (self.fragment_epilogues as u64) << 53
     }
 
     /// Whether the product stages its weights as K rows of the tile's columns (row-major B).
@@ -117,6 +123,7 @@ pub const SMALL_TILES: Tiling = Tiling {
     decoded: false,
     k_major: false,
     warps: false,
+    fragment_epilogues: false,
     order: TileOrder::ColumnsFirst,
 };
 
@@ -137,6 +144,7 @@ pub const LARGE_TILES: Tiling = Tiling {
     decoded: true,
     k_major: true,
     warps: true,
+    fragment_epilogues: false,
     order: TileOrder::ColumnsFirst,
 };
 

@@ -4,15 +4,19 @@
 //! (`coopmat_warps::WarpTile`), the layout with which the dense kernel gained 5-8% over one
 //! workgroup-scope matrix (docs/benchmarks.md, twenty-second round). A tile's last rows may be
 //! the next expert's: a fragment that the expert's end cuts is stored through shared memory,
-//! row by row (`WarpTile::store_rows_below`). The epilogues are the tiled kernel's.
+//! row by row (`WarpTile::store_rows_below`). The epilogues are the tiled kernel's, after the
+//! products are stored to global memory; with `Tiling::fragment_epilogues` they run instead on
+//! each fragment staged in shared memory, and the products are never stored.
 
 use cubecl::prelude::*;
 use half::bf16;
 
 use super::UNITS;
-use super::kernel::{expert_of_tile, fused_epilogue};
+use super::kernel::{
+    EPILOGUE_NONE, EPILOGUE_SWIGLU, clamped_swiglu, expert_of_tile, fused_epilogue,
+};
 use crate::bf16_rows::EightBf16;
-use crate::coopmat_warps::{PLANE, THROUGH_WORDS, WarpTile};
+use crate::coopmat_warps::{FRAGMENT, PLANE, THROUGH_WORDS, WarpTile};
 use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
 use crate::tile_order::tile_position;
 
@@ -41,6 +45,7 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     #[comptime] warp: (usize, usize),
     #[comptime] columns_first: bool,
     #[comptime] epilogue: u32,
+    #[comptime] fragment_epilogues: bool,
 ) {
     let (tm, tn, tk) = tile;
     let (tile_id, column_tile) = tile_position(columns_first);
@@ -114,48 +119,142 @@ pub(super) fn grouped_mxfp4_warps_kernel(
         }
         warp_tile.multiply_step(&stage_a, a_stride, &stage_b, b_stride, tk);
     }
-    warp_tile.store_rows_below(out, row_begin, col_begin, row_end, n, &mut through);
-    fused_epilogue(
-        out,
-        bias,
-        row_weights,
-        activation,
-        pair_of_row,
-        in_pair_order,
-        expert,
-        row_begin,
-        row_end,
-        col_begin,
-        n,
-        limit,
-        alpha,
-        tm,
-        tn,
-        epilogue,
-    );
+    if comptime![fragment_epilogues && epilogue != EPILOGUE_NONE] {
+        epilogues_from_fragments(
+            &warp_tile,
+            &mut through,
+            bias,
+            row_weights,
+            activation,
+            pair_of_row,
+            in_pair_order,
+            expert,
+            row_begin,
+            row_end,
+            col_begin,
+            n,
+            limit,
+            alpha,
+            warp,
+            epilogue,
+        );
+    } else {
+        warp_tile.store_rows_below(out, row_begin, col_begin, row_end, n, &mut through);
+        fused_epilogue(
+            out,
+            bias,
+            row_weights,
+            activation,
+            pair_of_row,
+            in_pair_order,
+            expert,
+            row_begin,
+            row_end,
+            col_begin,
+            n,
+            limit,
+            alpha,
+            tm,
+            tn,
+            epilogue,
+        );
+    }
+}
+
+/// The tile's epilogue (`EPILOGUE_SWIGLU` into `activation`, `EPILOGUE_SCALED` into
+/// `in_pair_order`, as `fused_epilogue` writes them) straight from each subgroup's fragments,
+/// each staged through the subgroup's 1 KB of `through`: the products never go to global
+/// memory (`Tiling::fragment_epilogues`). Rows from `row_end` are the next expert's and are
+/// left alone.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn epilogues_from_fragments(
+    warp_tile: &WarpTile,
+    through: &mut [f32],
+    bias: &[f32],
+    row_weights: &[f32],
+    activation: &mut [bf16],
+    pair_of_row: &[u32],
+    in_pair_order: &mut [f32],
+    expert: u32,
+    row_begin: u32,
+    row_end: u32,
+    col_begin: u32,
+    n: u32,
+    limit: f32,
+    alpha: f32,
+    #[comptime] warp: (usize, usize),
+    #[comptime] epilogue: u32,
+) {
+    let (fm, fn_) = comptime![(warp.0 / FRAGMENT, warp.1 / FRAGMENT)];
+    let side = comptime![FRAGMENT as u32];
+    let lane = UNIT_POS % PLANE;
+    let own = (UNIT_POS / PLANE) * THROUGH_WORDS as u32;
+    #[unroll]
+    for i in 0..fm {
+        #[unroll]
+        for j in 0..fn_ {
+            let (tile_row, tile_col) = warp_tile.stage_fragment(i, j, through);
+            let (first_row, first_col) = (row_begin + tile_row, col_begin + tile_col);
+            if comptime![epilogue == EPILOGUE_SWIGLU] {
+                // Lane e takes unit (gate, up) e % 8 of fragment row e / 8.
+                let mut e = lane;
+                while e < THROUGH_WORDS as u32 / 2 {
+                    let (r, unit) = (e / (side / 2), e % (side / 2));
+                    let (row, col) = (first_row + r, first_col + 2 * unit);
+                    if row < row_end && col < n {
+                        let at = (own + r * side + 2 * unit) as usize;
+                        let gate = through[at] + bias[(expert * n + col) as usize];
+                        let up = through[at + 1] + bias[(expert * n + col + 1) as usize];
+                        activation[(row * (n / 2) + col / 2) as usize] =
+                            bf16::cast_from(clamped_swiglu(gate, up, limit, alpha));
+                    }
+                    e += PLANE;
+                }
+            } else {
+                let mut e = lane;
+                while e < THROUGH_WORDS as u32 {
+                    let (row, col) = (first_row + e / side, first_col + e % side);
+                    if row < row_end && col < n {
+                        let value = through[(own + e) as usize] + bias[(expert * n + col) as usize];
+                        in_pair_order[(pair_of_row[row as usize] * n + col) as usize] =
+                            value * row_weights[row as usize];
+                    }
+                    e += PLANE;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::coopmat_warps::warp_tile;
-    use crate::grouped_mxfp4::kernel::{EPILOGUE_NONE, EPILOGUE_SCALED, EPILOGUE_SWIGLU};
+    use crate::grouped_mxfp4::kernel::EPILOGUE_SCALED;
     use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles_with_every_epilogue_within_the_drivers_workgroup_memory() {
         let tile = (128, 256, 32);
         for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
-            let compiled = compile_kernel!(
-                grouped_mxfp4_warps_kernel::GroupedMxfp4WarpsKernel,
-                CubeDim::new_1d(UNITS),
-                [b b b b b b b b b b s s s s s],
-                tile,
-                warp_tile(tile.0, tile.1, UNITS).unwrap(),
-                true,
-                epilogue,
-            );
-            assert_eq!(compiled, Ok(()), "epilogue {epilogue}");
+            for fragment_epilogues in [false, true] {
+                let compiled = compile_kernel!(
+                    grouped_mxfp4_warps_kernel::GroupedMxfp4WarpsKernel,
+                    CubeDim::new_1d(UNITS),
+                    [b b b b b b b b b b s s s s s],
+                    tile,
+                    warp_tile(tile.0, tile.1, UNITS).unwrap(),
+                    true,
+                    epilogue,
+                    fragment_epilogues,
+                );
+                assert_eq!(
+                    compiled,
+                    Ok(()),
+                    "epilogue {epilogue}, from fragments {fragment_epilogues}"
+                );
+            }
         }
     }
 }

@@ -173,14 +173,16 @@ fn check_fused_epilogues(
 
 /// `MxNxK` with optional `/flags`: `t` FP4 table, `c` column tiles first, `d` weights decoded
 /// to bf16 before the product (`Tiling::decoded`), `k` with `d`: decoded K-major
-/// (`Tiling::k_major`), `w` with `k`: subgroup-scope fragments (`Tiling::warps`).
+/// (`Tiling::k_major`), `w` with `k`: subgroup-scope fragments (`Tiling::warps`), `e` with `w`:
+/// the epilogues from the fragments (`Tiling::fragment_epilogues`).
 pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
     let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
     let [m, n, k] = super::super::bench_matmul::parse_shape(shape)?;
-    if let Some(bad) = flags.chars().find(|c| !"tcdkw".contains(*c)) {
+    if let Some(bad) = flags.chars().find(|c| !"tcdkwe".contains(*c)) {
         anyhow::bail!(
             "grouped tiling `{text}`: unknown flag `{bad}` (t: table, c: column tiles first, \
-             d: weights decoded first, k: decoded K-major, w: subgroup-scope fragments)"
+             d: weights decoded first, k: decoded K-major, w: subgroup-scope fragments, \
+             e: epilogues from the fragments)"
         );
     }
     anyhow::ensure!(
@@ -190,6 +192,10 @@ pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
     anyhow::ensure!(
         !flags.contains('w') || flags.contains('k'),
         "grouped tiling `{text}`: `w` (subgroup-scope fragments) needs `k` (decoded K-major)"
+    );
+    anyhow::ensure!(
+        !flags.contains('e') || flags.contains('w'),
+        "grouped tiling `{text}`: `e` (epilogues from the fragments) needs `w` (fragments)"
     );
     anyhow::ensure!(
         k % 32 == 0 && m % 16 == 0 && n % 16 == 0,
@@ -203,6 +209,7 @@ pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
         decoded: flags.contains('d'),
         k_major: flags.contains('k'),
         warps: flags.contains('w'),
+        fragment_epilogues: flags.contains('e'),
         order: match flags.contains('c') {
             true => TileOrder::ColumnsFirst,
             false => TileOrder::RowsFirst,
@@ -297,6 +304,12 @@ mod tests {
             None
         );
         assert!(parse_grouped_tiling("128x256x32/tcdw").is_err());
+        assert!(
+            parse_grouped_tiling("128x256x32/tcdkwe")
+                .unwrap()
+                .fragment_epilogues
+        );
+        assert!(parse_grouped_tiling("128x256x32/tcdke").is_err());
         assert!(parse_grouped_tiling("256x128x32/x").is_err());
         assert!(parse_grouped_tiling("256x128x40/t").is_err());
     }
