@@ -160,11 +160,7 @@ fn launch_grouped(
     let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
     let scale_words = scales.meta.shape()[1];
     let client = a.client.clone();
-    let mut t = tiling;
-    if !k.is_multiple_of(t.k) {
-        // Every K is a multiple of one MXFP4 block; a longer step must divide it.
-        t.k = 32;
-    }
+    let t = tiling.for_product(n, k);
     let warp = t.warp_block(n);
     // Epilogues from the fragments store no products.
     let from_fragments = warp.is_some() && t.fragment_epilogues && epilogue.code != EPILOGUE_NONE;

@@ -96,6 +96,20 @@ impl Tiling {
             | (self.fragment_epilogues as u64) << 53
     }
 
+    /// This tiling as a launch of an N x K product takes it: a K step that divides K (else 32,
+    /// one MXFP4 block: every K is whole blocks), and K-major weights only where N is whole
+    /// 16-byte words of bf16 (else rows of K, and so no subgroup-scope fragments).
+    pub fn for_product(self, n: usize, k: usize) -> Tiling {
+        let mut t = self;
+        if !k.is_multiple_of(t.k) {
+            t.k = 32;
+        }
+        if !n.is_multiple_of(8) {
+            t.k_major = false;
+        }
+        t
+    }
+
     /// Whether the product stages its weights as K rows of the tile's columns (row-major B).
     pub fn weights_k_major(&self) -> bool {
         self.decoded && self.k_major
@@ -287,5 +301,23 @@ mod tests {
         assert_eq!(LARGE_TILES.warp_block(200), None);
         assert_eq!(SMALL_TILES.warp_block(5760), None);
         assert!(LARGE_TILES.weights_k_major() && !SMALL_TILES.weights_k_major());
+    }
+
+    #[test]
+    fn a_launch_falls_back_where_the_product_does_not_fit_the_tiling() {
+        // gpt-oss's shapes keep the tiling.
+        assert_eq!(LARGE_TILES.for_product(5760, 2880), LARGE_TILES);
+        // A K step of 64 on K = 2880 + 32: one MXFP4 block per step.
+        let step_64 = Tiling {
+            k: 64,
+            ..LARGE_TILES
+        };
+        assert_eq!(step_64.for_product(5760, 2912).k, 32);
+        assert_eq!(step_64.for_product(5760, 2944).k, 64);
+        // N not whole 16-byte words: weights as rows of K, no fragments.
+        let odd = LARGE_TILES.for_product(5764, 2880);
+        assert!(!odd.weights_k_major());
+        assert_eq!(odd.warp_block(5764), None);
+        assert!(odd.decoded);
     }
 }
