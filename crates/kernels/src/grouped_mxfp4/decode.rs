@@ -44,13 +44,11 @@ fn stage_word_position(i: u32, #[comptime] tk: usize) -> (u32, u32) {
     (w / words_per_step, w % words_per_step)
 }
 
-/// Where a workgroup's weights lie: its expert's first weight row (of all experts' rows), first
-/// K row (of all experts' K-major rows), first word and scale word, its first output column
-/// (weight row), and the sizes N and K.
+/// Where a workgroup's weights lie: its expert's first weight row (of all experts' rows),
+/// first word and scale word, its first output column (weight row), and the sizes N and K.
 #[derive(CubeType)]
 pub(super) struct WeightsPlace {
     pub expert_rows: u32,
-    pub expert_k_rows: u32,
     pub expert_words: u32,
     pub expert_scales: u32,
     pub col_begin: u32,
@@ -111,11 +109,9 @@ pub(super) fn step_weights(
     }
 }
 
-/// Loads this invocation's share of step `k_begin`'s weights (zeros past row or column N):
-/// bf16 words of the expert's decoded rows when `decoded` (K rows of the tile's columns when
-/// `k_major`), MXFP4 words and scale codes otherwise.
+/// Loads this invocation's share of step `k_begin`'s weights (zeros past row N): bf16 words
+/// of the expert's decoded rows when `decoded`, MXFP4 words and scale codes otherwise.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(super) fn load_step_weights(
     sources: &WeightSources<'_>,
     loaded: &mut StepWeights,
@@ -123,26 +119,9 @@ pub(super) fn load_step_weights(
     k_begin: u32,
     #[comptime] tile: (usize, usize, usize),
     #[comptime] decoded: bool,
-    #[comptime] k_major: bool,
 ) {
     let (_, tn, tk) = tile;
-    if comptime![decoded && k_major] {
-        let (first_row, rows_end) = (place.expert_k_rows + k_begin, place.expert_k_rows + place.k);
-        let (rows, n) = (sources.bf16_rows, place.n);
-        let into = &mut loaded.bf16_words;
-        load_tile_words(
-            rows,
-            into,
-            first_row,
-            rows_end,
-            place.col_begin,
-            n,
-            n,
-            tk,
-            tn,
-            UNITS,
-        );
-    } else if comptime![decoded] {
+    if comptime![decoded] {
         let (first_row, rows_end) = (
             place.expert_rows + place.col_begin,
             place.expert_rows + place.n,
@@ -158,9 +137,8 @@ pub(super) fn load_step_weights(
     }
 }
 
-/// Stores the loaded step's weights into `stage` as bf16 rows: weight rows (column-major B)
-/// decoded here from MXFP4 or copied when they were decoded first, or with `k_major` K rows of
-/// the tile's columns (row-major B).
+/// Stores the loaded step's weights into `stage` as bf16 rows (column-major B): decoded here
+/// from MXFP4, or copied when they were decoded first.
 #[cube]
 pub(super) fn stage_step_weights(
     loaded: &StepWeights,
@@ -169,12 +147,9 @@ pub(super) fn stage_step_weights(
     #[comptime] tile: (usize, usize, usize),
     #[comptime] use_table: bool,
     #[comptime] decoded: bool,
-    #[comptime] k_major: bool,
 ) {
     let (_, tn, tk) = tile;
-    if comptime![decoded && k_major] {
-        store_tile_words(&loaded.bf16_words, stage, tk, tn, UNITS);
-    } else if comptime![decoded] {
+    if comptime![decoded] {
         store_tile_words(&loaded.bf16_words, stage, tn, tk, UNITS);
     } else {
         decode_stage_words(loaded, table, stage, tn, tk, use_table);

@@ -1,4 +1,4 @@
-//! Every expert's MXFP4 weights decoded to bf16 K-major, [E, K, N], for `Tiling::k_major`: the
+//! Every expert's MXFP4 weights decoded to bf16 K-major, [E, K, N], for `Tiling::warps`: the
 //! checkpoint stores each expert's weights as N rows of K, so the decoding turns them, block by
 //! block, through shared memory, and both its reads (along N's rows) and its writes (along K's
 //! rows) are whole consecutive words.
@@ -20,7 +20,7 @@ pub(super) const TURN_BLOCK: usize = 64;
 
 /// Decodes every expert's MXFP4 weights, `words` [E, N, K / 8] and `scales` [E, S], to bf16
 /// `decoded` [E, K, N] (K-major; 16-byte words of eight columns): the grouped kernel's weights
-/// with `Tiling::k_major`. Each workgroup takes one [`TURN_BLOCK`]-square block of one expert:
+/// with `Tiling::warps`. Each workgroup takes one [`TURN_BLOCK`]-square block of one expert:
 /// workgroup `b` (of `blocks`, over a grid of `grid_over_rows`) takes block
 /// `b % (blocks_n * blocks_k)` of expert `b / (blocks_n * blocks_k)`, K's blocks fastest. It
 /// reads and decodes the block's words along N's rows into shared memory, then writes it along

@@ -71,7 +71,7 @@ pub trait GroupedBackend: burn::backend::Backend {
     fn decoded_mxfp4_experts(words: IntTensor<Self>, scales: IntTensor<Self>) -> FloatTensor<Self>;
 
     /// `words` [E, N, K / 8] and `scales` [E, S] decoded to bf16 K-major, [E, K, N]: the
-    /// scratch a launch with `Tiling::k_major` reads.
+    /// scratch a launch with `Tiling::warps` reads.
     #[fusion(dtype = bf16_dtype(words), shape = decoded_k_major_shape(words))]
     fn k_major_mxfp4_experts(words: IntTensor<Self>, scales: IntTensor<Self>) -> FloatTensor<Self>;
 }
@@ -160,7 +160,7 @@ fn launch_grouped(
     let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
     let scale_words = scales.meta.shape()[1];
     let client = a.client.clone();
-    let t = tiling.for_product(n, k);
+    let t = tiling.for_product(k);
     let warp = t.warp_block(n);
     // Epilogues from the fragments store no products.
     let from_fragments = warp.is_some() && t.fragment_epilogues && epilogue.code != EPILOGUE_NONE;
@@ -207,7 +207,7 @@ fn launch_grouped(
     let (words, decoded) = match t.decoded {
         true => (
             empty_of(&a, vec![1], DType::I32),
-            match t.weights_k_major() {
+            match warp.is_some() {
                 true => decoded_experts_k_major(&words, &scales, k),
                 false => decoded_experts(&words, &scales, k),
             },
@@ -268,7 +268,6 @@ fn launch_grouped(
             (t.m, t.n, t.k),
             t.table,
             t.decoded,
-            t.k_major,
             t.order.columns_first(),
             epilogue.code,
         );

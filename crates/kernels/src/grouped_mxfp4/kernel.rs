@@ -54,7 +54,6 @@ pub(super) fn grouped_mxfp4_kernel(
     #[comptime] tile: (usize, usize, usize),
     #[comptime] use_table: bool,
     #[comptime] decoded: bool,
-    #[comptime] k_major: bool,
     #[comptime] columns_first: bool,
     #[comptime] epilogue: u32,
 ) {
@@ -69,16 +68,10 @@ pub(super) fn grouped_mxfp4_kernel(
     let col_begin = column_tile * tn as u32;
     let out_view = TensorView::new(&*out, seq![row_end, n]).finish();
 
-    // The stages hold one K step, rows padded: A the input rows, B the weight rows or, K-major,
-    // the step's K rows of the tile's columns.
-    let k_major = comptime![decoded && k_major];
+    // Both stages hold rows of one K step (A: input rows, B: weight rows), padded.
     let stride = comptime![staged_row_words(tk)];
-    let (b_rows, b_stride, b_layout) = comptime![match k_major {
-        true => (tk, staged_row_words(tn), cmma::MatrixLayout::RowMajor),
-        false => (tn, stride, cmma::MatrixLayout::ColMajor),
-    }];
     let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * stride);
-    let mut stage_b = Shared::<[EightBf16]>::new_slice(b_rows * b_stride);
+    let mut stage_b = Shared::<[EightBf16]>::new_slice(tn * stride);
     let mut table = Shared::<[f32]>::new_slice(16usize);
     if UNIT_POS < 16 {
         table[UNIT_POS as usize] = fp4_value(UNIT_POS);
@@ -86,11 +79,10 @@ pub(super) fn grouped_mxfp4_kernel(
     let mut loaded = step_weights(tn, tk, decoded);
     let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / UNITS as usize);
     let mut a_mat = input_matrix(cmma::MatrixIdent::A, tile, cmma::MatrixLayout::RowMajor);
-    let mut b_mat = input_matrix(cmma::MatrixIdent::B, tile, b_layout);
+    let mut b_mat = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::ColMajor);
     let acc = zero_accumulator(tile);
     let place = WeightsPlace {
         expert_rows: expert * n,
-        expert_k_rows: expert * k,
         expert_words: expert * n * (k / 8),
         expert_scales: expert * scale_words_per_expert,
         col_begin,
@@ -102,18 +94,10 @@ pub(super) fn grouped_mxfp4_kernel(
     // Step 0's rows and words in registers; each step then stages them, and loads the next
     // step's while the tensor cores multiply.
     load_tile_words(a, &mut next_a, row_begin, row_end, 0, k, k, tm, tk, UNITS);
-    load_step_weights(&sources, &mut loaded, &place, 0, tile, decoded, k_major);
+    load_step_weights(&sources, &mut loaded, &place, 0, tile, decoded);
     sync_cube();
     for step in 0..steps {
-        stage_step_weights(
-            &loaded,
-            &table,
-            &mut stage_b,
-            tile,
-            use_table,
-            decoded,
-            k_major,
-        );
+        stage_step_weights(&loaded, &table, &mut stage_b, tile, use_table, decoded);
         store_tile_words(&next_a, &mut stage_a, tm, tk, UNITS);
         sync_cube();
         if step + 1 < steps {
@@ -130,23 +114,11 @@ pub(super) fn grouped_mxfp4_kernel(
                 tk,
                 UNITS,
             );
-            load_step_weights(
-                &sources,
-                &mut loaded,
-                &place,
-                k_next,
-                tile,
-                decoded,
-                k_major,
-            );
+            load_step_weights(&sources, &mut loaded, &place, k_next, tile, decoded);
         }
         // Strides in u32 words (the loads divide them by an EightBf16's four words).
         cmma::load(&mut a_mat, &stage_a[0..tm * stride], (stride * 4) as u32);
-        cmma::load(
-            &mut b_mat,
-            &stage_b[0..b_rows * b_stride],
-            (b_stride * 4) as u32,
-        );
+        cmma::load(&mut b_mat, &stage_b[0..tn * stride], (stride * 4) as u32);
         cmma::execute(&a_mat, &b_mat, &acc, &acc);
         sync_cube();
     }
@@ -303,24 +275,15 @@ fn scaled_epilogue(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grouped_mxfp4::{LARGE_TILES, SMALL_TILES, Tiling};
+    use crate::grouped_mxfp4::{LARGE_TILES, SMALL_TILES};
     use crate::kernel_expansion::compile_kernel;
 
     #[test]
     fn the_kernel_compiles_for_the_model_tilings_and_every_epilogue() {
         // The large tiles take the warps kernel where N is whole fragments, this one elsewhere
-        // (N = 200 in kernel-check), and with K-major weights alone.
-        let k_major = Tiling {
-            warps: false,
-            ..LARGE_TILES
-        };
-        assert_eq!(k_major.warp_block(5760), None);
-        let rows_of_weights = Tiling {
-            k_major: false,
-            warps: false,
-            ..LARGE_TILES
-        };
-        for t in [SMALL_TILES, LARGE_TILES, k_major, rows_of_weights] {
+        // (N = 200 in kernel-check).
+        assert_eq!(LARGE_TILES.warp_block(200), None);
+        for t in [SMALL_TILES, LARGE_TILES] {
             for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
                 let compiled = compile_kernel!(
                     grouped_mxfp4_kernel::GroupedMxfp4Kernel,
@@ -329,7 +292,6 @@ mod tests {
                     (t.m, t.n, t.k),
                     t.table,
                     t.decoded,
-                    t.k_major,
                     t.order.columns_first(),
                     epilogue,
                 );

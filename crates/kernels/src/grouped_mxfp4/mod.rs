@@ -65,13 +65,13 @@ pub struct Tiling {
     /// MXFP4.
     pub decoded: bool,
     /// With `decoded`: the experts are decoded K-major, [E, K, N] (`decode_k_major` turns them
-    /// block by block in shared memory), so the product stages K rows of the tile's
-    /// columns (row-major B), as the dense GEMM stages its rhs. The dense kernel ran 8-10% slower
-    /// given its rhs as [N, K], the layout in which the grouped kernel otherwise reads its
-    /// weights (docs/benchmarks.md, twenty-second round).
-    pub k_major: bool,
-    /// With `k_major`: each subgroup multiplies its own block of the tile as 16 x 16 x 16
-    /// fragments (`warps`), instead of one workgroup-scope matrix per tile.
+    /// block by block in shared memory), the product stages K rows of the tile's columns
+    /// (row-major B) as the dense GEMM stages its rhs, and each subgroup multiplies its own
+    /// block of the tile as 16 x 16 x 16 fragments (`warps.rs`) instead of one workgroup-scope
+    /// matrix per tile. Where N is not whole fragments the launch keeps the weights as rows of
+    /// K and the workgroup-scope kernel ([`Tiling::warp_block`]). K-major weights with the
+    /// workgroup-scope kernel ran slower than rows of K (173 against 179-183 TF/s;
+    /// docs/benchmarks.md, twenty-third round), so the two go together.
     pub warps: bool,
     /// With `warps`: the fused epilogues (SwiGLU, scaled) read each subgroup's fragments
     /// through shared memory, instead of the products stored to global memory and read back
@@ -91,37 +91,26 @@ impl Tiling {
             | (self.table as u64) << 48
             | (self.order.columns_first() as u64) << 49
             | (self.decoded as u64) << 50
-            | (self.k_major as u64) << 51
-            | (self.warps as u64) << 52
-            | (self.fragment_epilogues as u64) << 53
+            | (self.warps as u64) << 51
+            | (self.fragment_epilogues as u64) << 52
     }
 
-    /// This tiling as a launch of an N x K product takes it: a K step that divides K (else 32,
-    /// one MXFP4 block: every K is whole blocks), and K-major weights only where N is whole
-    /// 16-byte words of bf16 (else rows of K, and so no subgroup-scope fragments).
-    pub fn for_product(self, n: usize, k: usize) -> Tiling {
-        let mut t = self;
-        if !k.is_multiple_of(t.k) {
-            t.k = 32;
+    /// This tiling as a launch of a product with K columns takes it: a K step that divides K
+    /// (else 32, one MXFP4 block: every K is whole blocks).
+    pub fn for_product(self, k: usize) -> Tiling {
+        match k.is_multiple_of(self.k) {
+            true => self,
+            false => Tiling { k: 32, ..self },
         }
-        if !n.is_multiple_of(8) {
-            t.k_major = false;
-        }
-        t
-    }
-
-    /// Whether the product stages its weights as K rows of the tile's columns (row-major B).
-    pub fn weights_k_major(&self) -> bool {
-        self.decoded && self.k_major
     }
 
     /// Each subgroup's block (rows, columns) when the subgroup-scope kernel takes an N-wide
-    /// product with this tiling (`warps` with K-major weights, N and the tile in whole
-    /// fragments), else `None` (the workgroup-scope kernel).
+    /// product with this tiling (`warps` with the weights decoded first, N and the tile in
+    /// whole fragments), else `None` (the workgroup-scope kernel, weights as rows of K).
     pub fn warp_block(&self, n: usize) -> Option<(usize, usize)> {
         use crate::coopmat_warps::{FRAGMENT, warp_tile};
         let whole = n.is_multiple_of(FRAGMENT) && self.k.is_multiple_of(FRAGMENT);
-        match self.warps && self.weights_k_major() && whole {
+        match self.warps && self.decoded && whole {
             true => warp_tile(self.m, self.n, UNITS),
             false => None,
         }
@@ -135,7 +124,6 @@ pub const SMALL_TILES: Tiling = Tiling {
     k: 32,
     table: true,
     decoded: false,
-    k_major: false,
     warps: false,
     fragment_epilogues: false,
     order: TileOrder::ColumnsFirst,
@@ -156,7 +144,6 @@ pub const LARGE_TILES: Tiling = Tiling {
     k: 32,
     table: true,
     decoded: true,
-    k_major: true,
     warps: true,
     fragment_epilogues: false,
     order: TileOrder::ColumnsFirst,
@@ -227,7 +214,7 @@ pub fn decoded_expert_weights(weights: PackedWeights) -> Tensor<3> {
 }
 
 /// Every expert of `weights` decoded to bf16 K-major, [E, K, N]: what a launch with
-/// `Tiling::k_major` reads.
+/// `Tiling::warps` reads.
 pub fn k_major_expert_weights(weights: PackedWeights) -> Tensor<3> {
     Tensor::from_dispatch(
         <burn::backend::Dispatch as GroupedBackend>::k_major_mxfp4_experts(
@@ -300,24 +287,24 @@ mod tests {
         // N not whole fragments: the workgroup-scope kernel.
         assert_eq!(LARGE_TILES.warp_block(200), None);
         assert_eq!(SMALL_TILES.warp_block(5760), None);
-        assert!(LARGE_TILES.weights_k_major() && !SMALL_TILES.weights_k_major());
+        // Nor without the weights decoded first (the fragments read them decoded K-major).
+        let packed = Tiling {
+            decoded: false,
+            ..LARGE_TILES
+        };
+        assert_eq!(packed.warp_block(5760), None);
     }
 
     #[test]
-    fn a_launch_falls_back_where_the_product_does_not_fit_the_tiling() {
-        // gpt-oss's shapes keep the tiling.
-        assert_eq!(LARGE_TILES.for_product(5760, 2880), LARGE_TILES);
+    fn a_launch_takes_a_k_step_that_divides_k() {
+        // gpt-oss's K keeps the tiling.
+        assert_eq!(LARGE_TILES.for_product(2880), LARGE_TILES);
         // A K step of 64 on K = 2880 + 32: one MXFP4 block per step.
         let step_64 = Tiling {
             k: 64,
             ..LARGE_TILES
         };
-        assert_eq!(step_64.for_product(5760, 2912).k, 32);
-        assert_eq!(step_64.for_product(5760, 2944).k, 64);
-        // N not whole 16-byte words: weights as rows of K, no fragments.
-        let odd = LARGE_TILES.for_product(5764, 2880);
-        assert!(!odd.weights_k_major());
-        assert_eq!(odd.warp_block(5764), None);
-        assert!(odd.decoded);
+        assert_eq!(step_64.for_product(2912).k, 32);
+        assert_eq!(step_64.for_product(2944).k, 64);
     }
 }

@@ -74,7 +74,7 @@ const DECODING_CASES: [(usize, usize, usize); 4] = [
 ];
 
 /// Every expert decoded to bf16 before the grouped product, as rows of K ([E, N, K],
-/// `Tiling::decoded`) and K-major ([E, K, N], `Tiling::k_major`, turned in shared memory),
+/// `Tiling::decoded`) and K-major ([E, K, N], `Tiling::warps`, turned in shared memory),
 /// against burn's ops decoding each expert (the values are exact in bf16, so the tolerance is
 /// one part in ten million), each timed.
 pub(super) fn check_decoded_experts(device: &Device) -> anyhow::Result<()> {
@@ -172,26 +172,22 @@ fn check_fused_epilogues(
 }
 
 /// `MxNxK` with optional `/flags`: `t` FP4 table, `c` column tiles first, `d` weights decoded
-/// to bf16 before the product (`Tiling::decoded`), `k` with `d`: decoded K-major
-/// (`Tiling::k_major`), `w` with `k`: subgroup-scope fragments (`Tiling::warps`), `e` with `w`:
-/// the epilogues from the fragments (`Tiling::fragment_epilogues`).
+/// to bf16 before the product (`Tiling::decoded`), `w` with `d`: decoded K-major and multiplied
+/// in subgroup-scope fragments (`Tiling::warps`), `e` with `w`: the epilogues from the
+/// fragments (`Tiling::fragment_epilogues`).
 pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
     let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
     let [m, n, k] = super::super::bench_matmul::parse_shape(shape)?;
-    if let Some(bad) = flags.chars().find(|c| !"tcdkwe".contains(*c)) {
+    if let Some(bad) = flags.chars().find(|c| !"tcdwe".contains(*c)) {
         anyhow::bail!(
             "grouped tiling `{text}`: unknown flag `{bad}` (t: table, c: column tiles first, \
-             d: weights decoded first, k: decoded K-major, w: subgroup-scope fragments, \
+             d: weights decoded first, w: decoded K-major in subgroup-scope fragments, \
              e: epilogues from the fragments)"
         );
     }
     anyhow::ensure!(
-        !flags.contains('k') || flags.contains('d'),
-        "grouped tiling `{text}`: `k` (decoded K-major) needs `d` (weights decoded first)"
-    );
-    anyhow::ensure!(
-        !flags.contains('w') || flags.contains('k'),
-        "grouped tiling `{text}`: `w` (subgroup-scope fragments) needs `k` (decoded K-major)"
+        !flags.contains('w') || flags.contains('d'),
+        "grouped tiling `{text}`: `w` (subgroup-scope fragments) needs `d` (weights decoded first)"
     );
     anyhow::ensure!(
         !flags.contains('e') || flags.contains('w'),
@@ -207,7 +203,6 @@ pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
         k,
         table: flags.contains('t'),
         decoded: flags.contains('d'),
-        k_major: flags.contains('k'),
         warps: flags.contains('w'),
         fragment_epilogues: flags.contains('e'),
         order: match flags.contains('c') {
@@ -286,30 +281,23 @@ mod tests {
         assert!(flagged.table && !flagged.decoded);
         assert_eq!(flagged.order, TileOrder::ColumnsFirst);
         assert!(parse_grouped_tiling("256x128x32/tcd").unwrap().decoded);
-        assert!(!parse_grouped_tiling("256x128x32/tcd").unwrap().k_major);
-        assert!(
-            parse_grouped_tiling("128x256x32/tcdk")
-                .unwrap()
-                .weights_k_major()
-        );
-        assert!(parse_grouped_tiling("128x256x32/tck").is_err());
-        let warps = parse_grouped_tiling("128x256x32/tcdkw").unwrap();
+        let warps = parse_grouped_tiling("128x256x32/tcdw").unwrap();
         assert_eq!(warps.warp_block(5760), Some((64, 64)));
         // N not whole fragments: the workgroup-scope kernel.
         assert_eq!(warps.warp_block(5768), None);
         assert_eq!(
-            parse_grouped_tiling("128x256x32/tcdk")
+            parse_grouped_tiling("128x256x32/tcd")
                 .unwrap()
                 .warp_block(5760),
             None
         );
-        assert!(parse_grouped_tiling("128x256x32/tcdw").is_err());
+        assert!(parse_grouped_tiling("128x256x32/tcw").is_err());
         assert!(
-            parse_grouped_tiling("128x256x32/tcdkwe")
+            parse_grouped_tiling("128x256x32/tcdwe")
                 .unwrap()
                 .fragment_epilogues
         );
-        assert!(parse_grouped_tiling("128x256x32/tcdke").is_err());
+        assert!(parse_grouped_tiling("128x256x32/tcde").is_err());
         assert!(parse_grouped_tiling("256x128x32/x").is_err());
         assert!(parse_grouped_tiling("256x128x40/t").is_err());
     }
