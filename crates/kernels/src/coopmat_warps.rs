@@ -66,43 +66,19 @@ pub(crate) fn coopmat_gemm_warps_kernel(
     #[comptime] columns_first: bool,
     #[comptime] units: u32,
 ) {
-    let (tm, tn, tk) = tile;
+    let (tm, tn, _) = tile;
     let (row_tile, column_tile) = tile_position(columns_first);
     let row = row_tile * tm as u32;
     let col = column_tile * tn as u32;
 
-    let a_stride = comptime![staged_row_words(tk)];
-    let b_stride = comptime![staged_row_words(tn)];
-    let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_stride);
-    let mut stage_b = Shared::<[EightBf16]>::new_slice(tk * b_stride);
-    let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / units as usize);
-    let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / units as usize);
-
     let mut warp_tile = WarpTile::new(warp, tn);
-
-    let steps = k / tk as u32;
-    load_tile_words(lhs, &mut next_a, row, m, 0, k, k, tm, tk, units);
-    load_tile_words(rhs, &mut next_b, 0, k, col, n, n, tk, tn, units);
-    for step in 0..steps {
-        // Every subgroup has loaded its fragments of the previous step before the stage is
-        // rewritten.
-        sync_cube();
-        store_tile_words(&next_a, &mut stage_a, tm, tk, units);
-        store_tile_words(&next_b, &mut stage_b, tk, tn, units);
-        sync_cube();
-        if step + 1 < steps {
-            let k_next = (step + 1) * tk as u32;
-            load_tile_words(lhs, &mut next_a, row, m, k_next, k, k, tm, tk, units);
-            load_tile_words(rhs, &mut next_b, k_next, k, col, n, n, tk, tn, units);
-        }
-        warp_tile.multiply_step(&stage_a, a_stride, &stage_b, b_stride, tk);
-    }
+    warp_tile.accumulate_staged(lhs, rhs, row, m, 0, col, n, k, tile, units);
     // Rows and columns are whole fragments (`takes`): a fragment is inside or outside.
     warp_tile.store_whole(out, row, col, m, n);
 }
 
 /// A subgroup's block of the tile: where it lies, its input fragments for one 16-wide slice
-/// of K, and its `fm x fn` accumulators (also the grouped kernel's `Tiling::warps`).
+/// of K, and its `fm x fn` accumulators (also the grouped kernel's, `Tiling::warps`).
 #[derive(CubeType)]
 pub(crate) struct WarpTile {
     a: Sequence<cmma::Matrix<bf16>>,
@@ -153,6 +129,54 @@ impl WarpTile {
             row: (plane / across) * wm as u32,
             col: (plane % across) * wn as u32,
             fragments: (fm, fn_),
+        }
+    }
+
+    /// Adds every K step of `tk` of the tile's product to the accumulators: rows `row..row_end`
+    /// of `lhs` [.., k] (row-major), times rows `rhs_row..rhs_row + k` of `rhs` [.., n]
+    /// (row-major), columns from `col` (zeros past `row_end` and `n`). The invocations copy each
+    /// step's input tiles into padded shared stages, the next step's loaded into registers while
+    /// the subgroups multiply this one (`multiply_step`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn accumulate_staged(
+        &mut self,
+        lhs: &[EightBf16],
+        rhs: &[EightBf16],
+        row: u32,
+        row_end: u32,
+        rhs_row: u32,
+        col: u32,
+        n: u32,
+        k: u32,
+        #[comptime] tile: (usize, usize, usize),
+        #[comptime] units: u32,
+    ) {
+        let (tm, tn, tk) = tile;
+        let a_stride = comptime![staged_row_words(tk)];
+        let b_stride = comptime![staged_row_words(tn)];
+        let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_stride);
+        let mut stage_b = Shared::<[EightBf16]>::new_slice(tk * b_stride);
+        let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / units as usize);
+        let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / units as usize);
+        let rhs_end = rhs_row + k;
+
+        let steps = k / tk as u32;
+        load_tile_words(lhs, &mut next_a, row, row_end, 0, k, k, tm, tk, units);
+        load_tile_words(rhs, &mut next_b, rhs_row, rhs_end, col, n, n, tk, tn, units);
+        for step in 0..steps {
+            // Every subgroup has loaded its fragments of the previous step before the stages
+            // are rewritten.
+            sync_cube();
+            store_tile_words(&next_a, &mut stage_a, tm, tk, units);
+            store_tile_words(&next_b, &mut stage_b, tk, tn, units);
+            sync_cube();
+            if step + 1 < steps {
+                let k_next = (step + 1) * tk as u32;
+                let b_row = rhs_row + k_next;
+                load_tile_words(lhs, &mut next_a, row, row_end, k_next, k, k, tm, tk, units);
+                load_tile_words(rhs, &mut next_b, b_row, rhs_end, col, n, n, tk, tn, units);
+            }
+            self.multiply_step(&stage_a, a_stride, &stage_b, b_stride, tk);
         }
     }
 

@@ -3,7 +3,7 @@
 //! - `coopmat_gemm`: bf16 x bf16 -> f32 matmul on the tensor cores through workgroup-scope
 //!   cooperative matrices (Vulkan `VK_NV_cooperative_matrix2`, cubecl's `cmma::Matrix<_, Cube>`);
 //!   `coopmat_warps`: the same product with each subgroup on its own block of the tile in
-//!   subgroup-scope fragments (`Scheme::Warps`, to compare with the driver's split);
+//!   subgroup-scope fragments (`Scheme::Warps`, the default; also the grouped kernel's loop);
 //!   `staged_tiles`: its input tiles (and the grouped kernel's rows) staged in shared memory;
 //!   `tile_order`: which tiles the first grid dimension walks (which input the L2 cache keeps).
 //! - `grouped_mxfp4`: the MoE experts' grouped matmul with MXFP4 weights decoded in the kernel.

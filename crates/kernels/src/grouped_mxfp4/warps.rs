@@ -17,7 +17,6 @@ use super::kernel::{
 };
 use crate::bf16_rows::EightBf16;
 use crate::coopmat_warps::{FRAGMENT, PLANE, THROUGH_WORDS, WarpTile};
-use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
 use crate::tile_order::tile_position;
 
 /// The tiled kernel's arguments (`grouped_mxfp4_kernel`) without the MXFP4 words and scales:
@@ -47,7 +46,7 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     #[comptime] epilogue: u32,
     #[comptime] fragment_epilogues: bool,
 ) {
-    let (tm, tn, tk) = tile;
+    let (tm, tn, _) = tile;
     let (tile_id, column_tile) = tile_position(columns_first);
     let expert = expert_of_tile(tile_starts, tile_id, num_experts);
     if expert == num_experts {
@@ -56,69 +55,22 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     let row_begin = offsets[expert as usize] + (tile_id - tile_starts[expert as usize]) * tm as u32;
     let row_end = offsets[expert as usize + 1];
     let col_begin = column_tile * tn as u32;
-    // The expert's K rows of N weights.
-    let (k_rows, k_rows_end) = (expert * k, expert * k + k);
-
-    let a_stride = comptime![staged_row_words(tk)];
-    let b_stride = comptime![staged_row_words(tn)];
-    let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_stride);
-    let mut stage_b = Shared::<[EightBf16]>::new_slice(tk * b_stride);
     let mut through =
         Shared::<[f32]>::new_slice(comptime![(UNITS / PLANE) as usize * THROUGH_WORDS]);
-    let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / UNITS as usize);
-    let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / UNITS as usize);
     let mut warp_tile = WarpTile::new(warp, tn);
-
-    let steps = k / tk as u32;
-    load_tile_words(a, &mut next_a, row_begin, row_end, 0, k, k, tm, tk, UNITS);
-    load_tile_words(
+    // The expert's K rows of N weights are rows expert * k.. of the decoded weights.
+    warp_tile.accumulate_staged(
+        a,
         bf16_weights,
-        &mut next_b,
-        k_rows,
-        k_rows_end,
+        row_begin,
+        row_end,
+        expert * k,
         col_begin,
         n,
-        n,
-        tk,
-        tn,
+        k,
+        tile,
         UNITS,
     );
-    for step in 0..steps {
-        // Every subgroup has loaded its fragments of the previous step before the stages are
-        // rewritten.
-        sync_cube();
-        store_tile_words(&next_a, &mut stage_a, tm, tk, UNITS);
-        store_tile_words(&next_b, &mut stage_b, tk, tn, UNITS);
-        sync_cube();
-        if step + 1 < steps {
-            let k_next = (step + 1) * tk as u32;
-            load_tile_words(
-                a,
-                &mut next_a,
-                row_begin,
-                row_end,
-                k_next,
-                k,
-                k,
-                tm,
-                tk,
-                UNITS,
-            );
-            load_tile_words(
-                bf16_weights,
-                &mut next_b,
-                k_rows + k_next,
-                k_rows_end,
-                col_begin,
-                n,
-                n,
-                tk,
-                tn,
-                UNITS,
-            );
-        }
-        warp_tile.multiply_step(&stage_a, a_stride, &stage_b, b_stride, tk);
-    }
     if comptime![fragment_epilogues && epilogue != EPILOGUE_NONE] {
         epilogues_from_fragments(
             &warp_tile,
