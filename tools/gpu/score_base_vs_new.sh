@@ -6,20 +6,20 @@
 # run's tokens/s, the seconds until the pass was queued (before the read that waits for the
 # device), recording overhead and the host's busiest thread per pass. With TORCH=1, then
 # transformers eager on the same card (tools/gpu/torch_baseline.py) for the multiple. With
-# TILINGS="128x256x32/tcd 128x256x32/tcdk ...", the carried binary alone runs once per grouped
-# tiling (`bench model --grouped-tiling`) in each round instead.
+# VARIANTS="--grouped-tiling=128x256x32/tcdw --attention-kernel=warps ...", the carried binary
+# alone runs once per variant (its one extra `bench model` argument) in each round instead.
 set -uo pipefail
 source "$(dirname "$0")/base_and_new.sh"
-if [ -n "${TILINGS:-}" ]; then
+if [ -n "${VARIANTS:-}" ]; then
   bins=()
-  for tiling in $TILINGS; do bins+=("$tiling:$BIN"); done
+  for variant in $VARIANTS; do bins+=("$variant:$BIN"); done
 fi
 score_run() { # score_run NAME BINARY ROUND
-  local name=$1 bin=$2 round=$3 tiling=()
-  local file="$out/score-${name//\//-}-$round"
-  [ -n "${TILINGS:-}" ] && tiling=(--grouped-tiling "$name")
+  local name=$1 bin=$2 round=$3 variant=()
+  local file="$out/score-${name//[\/=]/-}-$round"
+  [ -n "${VARIANTS:-}" ] && variant=("$name")
   timeout 150 "$bin" bench model --model "$dir" --device wgpu --experts packed --batch 8 --seq 2048 \
-    --iters 2 --decode-batches 0 "${tiling[@]}" > "$file.jsonl" 2> "$file.log" \
+    --iters 2 --decode-batches 0 "${variant[@]}" > "$file.jsonl" 2> "$file.log" \
     || { echo "$name failed:"; tail -3 "$file.log" | cut -c1-300; return; }
   python3 - "$file.jsonl" "$name" "$round" <<'PY'
 import json, sys

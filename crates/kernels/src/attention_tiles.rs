@@ -59,17 +59,49 @@ fn tile_matrix<E: Scalar>(
 /// This invocation's words of the [`KEYS`] key and value rows from `first` (rows of one kv
 /// head; zeros from row `end`, past the head's last key).
 #[cube]
-fn load_block_words(
+pub(crate) fn load_block_words(
     k: &[EightBf16],
     v: &[EightBf16],
     keys: &mut Array<EightBf16>,
     values: &mut Array<EightBf16>,
     first: u32,
     end: u32,
+    #[comptime] units: u32,
 ) {
     let d = HEAD_DIM as u32;
-    load_tile_words(k, keys, first, end, 0, d, d, KEYS, HEAD_DIM, UNITS);
-    load_tile_words(v, values, first, end, 0, d, d, KEYS, HEAD_DIM, UNITS);
+    load_tile_words(k, keys, first, end, 0, d, d, KEYS, HEAD_DIM, units);
+    load_tile_words(v, values, first, end, 0, d, d, KEYS, HEAD_DIM, units);
+}
+
+/// The union `lo..hi` of the key spans of the workgroup's subgroups (`plane_lo..plane_hi` each,
+/// `keys..0` for a subgroup that sees no key): the blocks the workgroup walks.
+#[cube]
+pub(crate) fn workgroup_key_span(
+    plane_lo: u32,
+    plane_hi: u32,
+    keys: u32,
+    #[comptime] units: u32,
+) -> (u32, u32) {
+    let mut plane_spans = Shared::<[u32]>::new_slice(2 * units as usize);
+    let mut span = Shared::<[u32]>::new_slice(2usize);
+    if UNIT_POS_PLANE == 0 {
+        let plane = UNIT_POS / PLANE_DIM;
+        plane_spans[(2 * plane) as usize] = plane_lo;
+        plane_spans[(2 * plane + 1) as usize] = plane_hi;
+    }
+    sync_cube();
+    if UNIT_POS == 0 {
+        let mut lo = keys;
+        let mut hi = 0u32;
+        for plane in 0..units / PLANE_DIM {
+            lo = min(lo, plane_spans[(2 * plane) as usize]);
+            hi = max(hi, plane_spans[(2 * plane + 1) as usize]);
+        }
+        span[0] = lo;
+        span[1] = hi;
+    }
+    sync_cube();
+    (span[0], span[1])
 }
 
 #[cube(launch)]
@@ -97,8 +129,6 @@ fn attention_tiles_kernel(
     let quarter = unit % PER_QUERY;
     let query = first_query + local;
 
-    let mut plane_spans = Shared::<[u32]>::new_slice(2 * UNITS as usize);
-    let mut span = Shared::<[u32]>::new_slice(2usize);
     // A block's keys and values, rows padded as `staged_tiles` pads them.
     let stride = comptime![staged_row_words(HEAD_DIM)];
     let mut key_stage = Shared::<[EightBf16]>::new_slice(KEYS * stride);
@@ -120,26 +150,7 @@ fn attention_tiles_kernel(
     let visible = my_lo < my_hi;
     let plane_lo = plane_min(select(visible, my_lo, keys));
     let plane_hi = plane_max(select(visible, my_hi, 0u32));
-    let planes = UNITS / PLANE_DIM;
-    if UNIT_POS_PLANE == 0 {
-        let plane = unit / PLANE_DIM;
-        plane_spans[(2 * plane) as usize] = plane_lo;
-        plane_spans[(2 * plane + 1) as usize] = plane_hi;
-    }
-    sync_cube();
-    if unit == 0 {
-        let mut lo = keys;
-        let mut hi = 0u32;
-        for plane in 0..planes {
-            lo = min(lo, plane_spans[(2 * plane) as usize]);
-            hi = max(hi, plane_spans[(2 * plane + 1) as usize]);
-        }
-        span[0] = lo;
-        span[1] = hi;
-    }
-    sync_cube();
-    let span_lo = span[0];
-    let span_hi = span[1];
+    let (span_lo, span_hi) = workgroup_key_span(plane_lo, plane_hi, keys, UNITS);
 
     // The view ends at this head's last query: rows past it read zeros.
     let q_view = TensorView::new(q, seq![(row * heads + head + 1) * queries, d]).finish();
@@ -179,6 +190,7 @@ fn attention_tiles_kernel(
         &mut next_values,
         kv_rows + start,
         kv_end,
+        UNITS,
     );
     while start < span_hi {
         // The previous block's matrices and products have been read (its last barrier).
@@ -187,7 +199,7 @@ fn attention_tiles_kernel(
         sync_cube();
         if start + (KEYS as u32) < span_hi {
             let next = kv_rows + start + KEYS as u32;
-            load_block_words(k, v, &mut next_keys, &mut next_values, next, kv_end);
+            load_block_words(k, v, &mut next_keys, &mut next_values, next, kv_end, UNITS);
         }
         // Staged key rows are column-major B = K^T: (dim, key) at key * stride + dim; strides
         // in u32 words (the loads divide them by an EightBf16's four words).
@@ -282,6 +294,17 @@ pub trait AttentionTilesBackend: burn::backend::Backend {
         ranges: IntTensor<Self>,
         scale: f32,
     ) -> FloatTensor<Self>;
+
+    /// As `attention_tiles`, each subgroup on its own 16 queries (`attention_warps`).
+    #[fusion(dtype = output_dtype(q), shape = Shape::from(vec![q[0], q[2], q[1], q[3]]))]
+    fn attention_warps(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        sinks: FloatTensor<Self>,
+        ranges: IntTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
 }
 
 fn output_dtype(_q: DType) -> DType {
@@ -297,16 +320,45 @@ impl AttentionTilesBackend for CubeBackend {
         ranges: CubeTensor,
         scale: f32,
     ) -> CubeTensor {
-        let [q, k, v, sinks, ranges] = [q, k, v, sinks, ranges].map(into_contiguous);
-        let [b, heads, t, d] = [0, 1, 2, 3].map(|i| q.meta.shape()[i]);
-        let [kv_heads, keys] = [k.meta.shape()[1], k.meta.shape()[2]];
-        assert!(
-            supports(d),
-            "attention_tiles: head_dim {d} (only {HEAD_DIM})"
-        );
-        let out = empty_f32(&q, vec![b, t, heads, d]);
-        attention_tiles_kernel::launch(
-            &q.client.clone(),
+        launch_attention(q, k, v, sinks, ranges, scale, false)
+    }
+
+    fn attention_warps(
+        q: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        sinks: CubeTensor,
+        ranges: CubeTensor,
+        scale: f32,
+    ) -> CubeTensor {
+        launch_attention(q, k, v, sinks, ranges, scale, true)
+    }
+}
+
+/// Launches `attention_tiles_kernel`, or with `warps` `attention_warps_kernel`, on contiguous
+/// inputs -> [B, T, heads, 64] f32.
+fn launch_attention(
+    q: CubeTensor,
+    k: CubeTensor,
+    v: CubeTensor,
+    sinks: CubeTensor,
+    ranges: CubeTensor,
+    scale: f32,
+    warps: bool,
+) -> CubeTensor {
+    let [q, k, v, sinks, ranges] = [q, k, v, sinks, ranges].map(into_contiguous);
+    let [b, heads, t, d] = [0, 1, 2, 3].map(|i| q.meta.shape()[i]);
+    let [kv_heads, keys] = [k.meta.shape()[1], k.meta.shape()[2]];
+    assert!(
+        supports(d),
+        "attention_tiles: head_dim {d} (only {HEAD_DIM})"
+    );
+    let out = empty_f32(&q, vec![b, t, heads, d]);
+    let client = q.client.clone();
+    if warps {
+        use crate::attention_warps::{QUERIES, UNITS, attention_warps_kernel};
+        attention_warps_kernel::launch(
+            &client,
             CubeCount::Static(t.div_ceil(QUERIES) as u32, heads as u32, b as u32),
             CubeDim::new_1d(UNITS),
             q.into_buffer_arg(),
@@ -321,8 +373,25 @@ impl AttentionTilesBackend for CubeBackend {
             keys as u32,
             scale,
         );
-        out
+        return out;
     }
+    attention_tiles_kernel::launch(
+        &client,
+        CubeCount::Static(t.div_ceil(QUERIES) as u32, heads as u32, b as u32),
+        CubeDim::new_1d(UNITS),
+        q.into_buffer_arg(),
+        k.into_buffer_arg(),
+        v.into_buffer_arg(),
+        sinks.into_buffer_arg(),
+        ranges.into_buffer_arg(),
+        out.clone().into_buffer_arg(),
+        heads as u32,
+        kv_heads as u32,
+        t as u32,
+        keys as u32,
+        scale,
+    );
+    out
 }
 
 /// Whether the kernel takes heads of `head_dim`.
@@ -343,12 +412,35 @@ pub fn attention_tiles(
     ranges: Tensor<1, Int>,
     scale: f32,
 ) -> Tensor<4> {
-    let [q, k, v] = [q, k, v].map(|x| x.cast(DType::BF16));
+    let [q, k, v] = [q, k, v].map(|x| x.cast(DType::BF16).into_dispatch());
     Tensor::from_dispatch(
         <burn::backend::Dispatch as AttentionTilesBackend>::attention_tiles(
-            q.into_dispatch(),
-            k.into_dispatch(),
-            v.into_dispatch(),
+            q,
+            k,
+            v,
+            sinks.into_dispatch(),
+            ranges.into_dispatch(),
+            scale,
+        ),
+    )
+}
+
+/// As [`attention_tiles`], each subgroup of the kernel on its own 16 queries
+/// ([`crate::attention_warps`]); GPU only.
+pub fn attention_warps(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    sinks: Tensor<1>,
+    ranges: Tensor<1, Int>,
+    scale: f32,
+) -> Tensor<4> {
+    let [q, k, v] = [q, k, v].map(|x| x.cast(DType::BF16).into_dispatch());
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as AttentionTilesBackend>::attention_warps(
+            q,
+            k,
+            v,
             sinks.into_dispatch(),
             ranges.into_dispatch(),
             scale,

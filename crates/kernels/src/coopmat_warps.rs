@@ -344,7 +344,7 @@ pub const THROUGH_WORDS: usize = FRAGMENT * FRAGMENT;
 
 /// An uninitialised subgroup-scope 16 x 16 x 16 bf16 input fragment.
 #[cube]
-fn fragment(
+pub(crate) fn fragment(
     #[comptime] ident: cmma::MatrixIdent,
     #[comptime] layout: cmma::MatrixLayout,
 ) -> cmma::Matrix<bf16> {

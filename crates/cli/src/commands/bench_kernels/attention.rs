@@ -133,16 +133,19 @@ pub(super) fn check_attention_step(device: &Device) -> anyhow::Result<()> {
     worst.finish()
 }
 
-/// The tensor-core attention against burn's ops on the same bf16-rounded inputs: causal ranges
-/// (scoring's shape, a sliding window with left padding, queries after cached keys) and random
-/// ranges with one query that sees no key.
+/// The tensor-core attention kernels (`attention_tiles`, `attention_warps`) against burn's ops on
+/// the same bf16-rounded inputs: causal ranges (scoring's shape, full and in a sliding window;
+/// a sliding window with left padding; queries after cached keys) and random ranges with one
+/// query that sees no key.
 pub(super) fn check_attention_tiles(device: &Device) -> anyhow::Result<()> {
-    use gpt_oss_kernels::attention_tiles::attention_tiles;
+    use gpt_oss_kernels::AttentionKernel;
+    use gpt_oss_kernels::attention_tiles::{attention_tiles, attention_warps};
     let mut rng = StdRng::seed_from_u64(11);
     let mut worst = Worst::new("attention tiles kernel", 1e-2);
     // (rows, heads, kv heads, queries, keys, window, left padding of row 1); window 0: random.
     for [b, heads, kv_heads, t, s, window, pad] in [
         [1usize, 64, 8, 2048, 2048, 2048, 0],
+        [1, 64, 8, 2048, 2048, 128, 0],
         [2, 8, 2, 300, 300, 128, 37],
         [2, 16, 8, 100, 612, 612, 0],
         [2, 4, 4, 70, 500, 0, 0],
@@ -173,14 +176,19 @@ pub(super) fn check_attention_tiles(device: &Device) -> anyhow::Result<()> {
             ranges: ranges_tensor(ranges, device),
             scale: 0.125,
         };
-        let (ours, reference, seconds) = attention_against_reference(attention_tiles, inputs)?;
-        worst.record(
-            ours,
-            reference,
-            json!({"kernel": "attention_tiles", "rows": b, "heads": heads,
-                   "kv_heads": kv_heads, "queries": t, "keys": s, "window": window,
-                   "seconds": seconds}),
-        );
+        for (name, kernel) in [
+            ("attention_tiles", attention_tiles as AttentionKernel),
+            ("attention_warps", attention_warps),
+        ] {
+            let (ours, reference, seconds) = attention_against_reference(kernel, inputs.clone())?;
+            worst.record(
+                ours,
+                reference,
+                json!({"kernel": name, "rows": b, "heads": heads,
+                       "kv_heads": kv_heads, "queries": t, "keys": s, "window": window,
+                       "seconds": seconds}),
+            );
+        }
     }
     worst.finish()
 }
@@ -210,6 +218,7 @@ fn ranges_tensor(ranges: Vec<i32>, device: &Device) -> Tensor<1, Int> {
 
 /// One attention case: q [B, heads, T, d], k and v [B, kv_heads, S, d], sinks [heads], key
 /// ranges, score scale.
+#[derive(Clone)]
 struct AttentionInputs {
     q: Tensor<4>,
     k: Tensor<4>,

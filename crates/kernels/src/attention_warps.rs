@@ -1,0 +1,309 @@
+//! Attention for many queries (scoring, prefill) with each subgroup on its own 16 queries in
+//! subgroup-scope fragments: the same product as [`crate::attention_tiles`] (spec 4.4,
+//! flash-style, bf16 inputs and probabilities, f32 products), the same launch signature, but
+//! instead of one workgroup-scope matrix per product, whose every load, product and store the
+//! workgroup waits for together (four workgroup barriers per key block), the workgroup shares
+//! only the staged keys and values, and each subgroup of [`PLANE`] invocations goes through a
+//! block on its own:
+//! 1. its [`FRAGMENT`] queries' scores `q k^T` as four 16 x 16 fragments (q's fragments loaded
+//!    once, before the blocks), stored into its own rows of shared memory;
+//! 2. two invocations per query mask the scores by the query's range and update a running
+//!    softmax started from the sink's logit (each keeping its own partial sum and half of the
+//!    output row: columns `2 c + half`), writing the probabilities, rounded to bf16, into the
+//!    subgroup's own rows;
+//! 3. the probabilities times the block's values as four fragments, stored into the same rows
+//!    and added to the output after rescaling.
+//!
+//! A subgroup skips the blocks none of its queries sees (sliding windows, the causal diagonal).
+//! Heads of 64 dimensions only ([`crate::attention_tiles::supports`]).
+
+use cubecl::prelude::*;
+use half::bf16;
+
+use crate::attention_tiles::{HEAD_DIM, KEYS, load_block_words, workgroup_key_span};
+use crate::bf16_rows::EightBf16;
+use crate::coopmat_warps::{FRAGMENT, PLANE, fragment};
+use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
+
+/// Subgroups per workgroup.
+const PLANES: u32 = 4;
+/// Invocations per workgroup.
+pub(crate) const UNITS: u32 = PLANES * PLANE;
+/// Queries per workgroup: one fragment's rows per subgroup.
+pub const QUERIES: usize = PLANES as usize * FRAGMENT;
+/// Fragments across a block's keys (the scores) or across a head's dimensions (the output).
+const ACROSS: usize = KEYS / FRAGMENT;
+const _: () = assert!(KEYS == HEAD_DIM);
+/// Invocations per query, and the score columns (or output dimensions) each one owns.
+const PER_QUERY: u32 = PLANE / FRAGMENT as u32;
+const COLUMNS: usize = KEYS / PER_QUERY as usize;
+/// f32 values per row of a subgroup's staged scores and products: whole 16-byte words, padded
+/// so that the rows 8 apart are the only ones on the same banks.
+const SCORE_STRIDE: usize = KEYS + 4;
+/// bf16 values per row of a subgroup's staged probabilities (whole 16-byte words, padded).
+const PROB_STRIDE: usize = KEYS + 8;
+/// Below every score: marks a masked key.
+const MASKED: f32 = -3.0e38;
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_warps_kernel(
+    q: &[EightBf16],
+    k: &[EightBf16],
+    v: &[EightBf16],
+    sinks: &[f32],
+    ranges: &[u32],
+    out: &mut [f32],
+    heads: u32,
+    kv_heads: u32,
+    queries: u32,
+    keys: u32,
+    scale: f32,
+) {
+    let d = HEAD_DIM as u32;
+    let first_query = CUBE_POS_X * QUERIES as u32;
+    let head = CUBE_POS_Y;
+    let row = CUBE_POS_Z;
+    let kv_head = head / (heads / kv_heads);
+    let plane = UNIT_POS / PLANE;
+    let lane = UNIT_POS % PLANE;
+    // The subgroup's query of this invocation (its fragment row) and which columns it owns.
+    let local = lane % FRAGMENT as u32;
+    let half = lane / FRAGMENT as u32;
+    let query = first_query + plane * FRAGMENT as u32 + local;
+
+    let mut my_lo = 0u32;
+    let mut my_hi = 0u32;
+    if query < queries {
+        let at = (row * queries + query) * 2;
+        my_lo = ranges[at as usize];
+        my_hi = ranges[at as usize + 1];
+    }
+    let visible = my_lo < my_hi;
+    let plane_lo = plane_min(select(visible, my_lo, keys));
+    let plane_hi = plane_max(select(visible, my_hi, 0u32));
+    let (span_lo, span_hi) = workgroup_key_span(plane_lo, plane_hi, keys, UNITS);
+
+    let stride = comptime![staged_row_words(HEAD_DIM)];
+    let mut key_stage = Shared::<[EightBf16]>::new_slice(KEYS * stride);
+    let mut value_stage = Shared::<[EightBf16]>::new_slice(KEYS * stride);
+    let mut next_keys = Array::<EightBf16>::new(KEYS * HEAD_DIM / 8 / UNITS as usize);
+    let mut next_values = Array::<EightBf16>::new(KEYS * HEAD_DIM / 8 / UNITS as usize);
+    let mut staged = Shared::<[f32]>::new_aligned_slice(QUERIES * SCORE_STRIDE, 16usize);
+    let mut probs = Shared::<[bf16]>::new_aligned_slice(QUERIES * PROB_STRIDE, 16usize);
+    let own_scores = (plane * FRAGMENT as u32) as usize * SCORE_STRIDE;
+    let own_probs = (plane * FRAGMENT as u32) as usize * PROB_STRIDE;
+
+    // The workgroup's queries go through the key stage once; each subgroup keeps its rows as
+    // four A fragments (16 queries x 16 dimensions each).
+    let q_rows = (row * heads + head) * queries;
+    let mut q_words = Array::<EightBf16>::new(QUERIES * HEAD_DIM / 8 / UNITS as usize);
+    load_tile_words(
+        q,
+        &mut q_words,
+        q_rows + first_query,
+        q_rows + queries,
+        0,
+        d,
+        d,
+        QUERIES,
+        HEAD_DIM,
+        UNITS,
+    );
+    store_tile_words(&q_words, &mut key_stage, QUERIES, HEAD_DIM, UNITS);
+    sync_cube();
+    let span = comptime![15 * stride + FRAGMENT / 8];
+    let mut q_fragments = Sequence::<cmma::Matrix<bf16>>::new();
+    #[unroll]
+    for dd in 0..ACROSS {
+        let mut fragment = fragment(cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor);
+        let first = (plane * FRAGMENT as u32) as usize * stride + dd * FRAGMENT / 8;
+        cmma::load(
+            &mut fragment,
+            &key_stage[first..first + span],
+            (stride * 4) as u32,
+        );
+        q_fragments.push(fragment);
+    }
+    let mut keys_t = Sequence::<cmma::Matrix<bf16>>::new();
+    let mut values = Sequence::<cmma::Matrix<bf16>>::new();
+    let mut products = Sequence::<cmma::Matrix<f32>>::new();
+    #[unroll]
+    for _ in 0..ACROSS {
+        keys_t.push(fragment(cmma::MatrixIdent::B, cmma::MatrixLayout::ColMajor));
+        values.push(fragment(cmma::MatrixIdent::B, cmma::MatrixLayout::RowMajor));
+        products.push(cmma::Matrix::<f32>::from_value(
+            cmma::MatrixIdent::Accumulator,
+            FRAGMENT,
+            FRAGMENT,
+            FRAGMENT,
+            cmma::MatrixLayout::Undefined,
+            0.0,
+        ));
+    }
+    let mut p_fragment = fragment(cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor);
+
+    // The sink is one more logit: start from it (its exp(0) = 1 counted once, by half 0).
+    let mut running_max = sinks[head as usize];
+    let mut running_sum = select(half == 0, 1.0f32, 0.0f32);
+    let mut output = Array::<f32>::new(COLUMNS);
+    let mut scores = Array::<f32>::new(COLUMNS);
+    #[unroll]
+    for c in 0..COLUMNS {
+        output[c] = 0.0;
+    }
+    let my_row = own_scores + local as usize * SCORE_STRIDE + half as usize;
+    let my_probs = own_probs + local as usize * PROB_STRIDE + half as usize;
+    let kv_rows = (row * kv_heads + kv_head) * keys;
+    let kv_end = kv_rows + keys;
+    let mut start = span_lo;
+    load_block_words(
+        k,
+        v,
+        &mut next_keys,
+        &mut next_values,
+        kv_rows + start,
+        kv_end,
+        UNITS,
+    );
+    while start < span_hi {
+        // Every subgroup has loaded its fragments of the previous block (and of the queries).
+        sync_cube();
+        store_tile_words(&next_keys, &mut key_stage, KEYS, HEAD_DIM, UNITS);
+        store_tile_words(&next_values, &mut value_stage, KEYS, HEAD_DIM, UNITS);
+        sync_cube();
+        if start + (KEYS as u32) < span_hi {
+            let next = kv_rows + start + KEYS as u32;
+            load_block_words(k, v, &mut next_keys, &mut next_values, next, kv_end, UNITS);
+        }
+        if start < plane_hi && start + (KEYS as u32) > plane_lo {
+            // Scores: staged key rows are column-major B = K^T, (dim, key) at key * stride + dim.
+            #[unroll]
+            for j in 0..ACROSS {
+                cmma::fill(products.index_mut(j), 0.0f32);
+            }
+            #[unroll]
+            for dd in 0..ACROSS {
+                #[unroll]
+                for j in 0..ACROSS {
+                    let first = j * FRAGMENT * stride + dd * FRAGMENT / 8;
+                    cmma::load(
+                        keys_t.index_mut(j),
+                        &key_stage[first..first + span],
+                        (stride * 4) as u32,
+                    );
+                }
+                #[unroll]
+                for j in 0..ACROSS {
+                    let c = products.index(j);
+                    cmma::execute(q_fragments.index(dd), keys_t.index(j), c, c);
+                }
+            }
+            stage_products(&products, &mut staged, own_scores);
+
+            let mut local_max = f32::new(MASKED);
+            #[unroll]
+            for c in 0..COLUMNS {
+                let key = start + (2 * c) as u32 + half;
+                let score = staged[my_row + 2 * c] * scale;
+                let seen = key >= my_lo && key < my_hi;
+                scores[c] = select(seen, score, MASKED);
+                local_max = max(local_max, scores[c]);
+            }
+            // A query's two invocations are lanes `local` and `local + 16` of one subgroup.
+            let block_max = max(local_max, plane_shuffle_xor(local_max, FRAGMENT as u32));
+            let new_max = max(running_max, block_max);
+            let rescale = (running_max - new_max).exp();
+            let mut block_sum = 0.0f32;
+            #[unroll]
+            for c in 0..COLUMNS {
+                let p = select(scores[c] > MASKED, (scores[c] - new_max).exp(), 0.0f32);
+                block_sum += p;
+                probs[my_probs + 2 * c] = bf16::cast_from(p);
+                output[c] *= rescale;
+            }
+            running_sum = running_sum * rescale + block_sum;
+            running_max = new_max;
+            sync_plane();
+
+            // Probabilities (A, 16 queries x 16 keys at a time) times values (row-major B).
+            #[unroll]
+            for j in 0..ACROSS {
+                cmma::fill(products.index_mut(j), 0.0f32);
+            }
+            #[unroll]
+            for kk in 0..ACROSS {
+                let first_p = own_probs + kk * FRAGMENT;
+                cmma::load(
+                    &mut p_fragment,
+                    &probs[first_p..first_p + 15 * PROB_STRIDE + FRAGMENT],
+                    PROB_STRIDE as u32,
+                );
+                #[unroll]
+                for j in 0..ACROSS {
+                    let first = kk * FRAGMENT * stride + j * FRAGMENT / 8;
+                    cmma::load(
+                        values.index_mut(j),
+                        &value_stage[first..first + span],
+                        (stride * 4) as u32,
+                    );
+                }
+                #[unroll]
+                for j in 0..ACROSS {
+                    let c = products.index(j);
+                    cmma::execute(&p_fragment, values.index(j), c, c);
+                }
+            }
+            stage_products(&products, &mut staged, own_scores);
+            #[unroll]
+            for c in 0..COLUMNS {
+                output[c] += staged[my_row + 2 * c];
+            }
+        }
+        start += KEYS as u32;
+    }
+    let total = running_sum + plane_shuffle_xor(running_sum, FRAGMENT as u32);
+    if query < queries {
+        let out_base = ((row * queries + query) * heads + head) * d + half;
+        #[unroll]
+        for c in 0..COLUMNS {
+            out[(out_base + 2 * c as u32) as usize] = output[c] / total;
+        }
+    }
+}
+
+/// Stores the subgroup's four 16 x 16 products side by side into its rows of `staged` (from
+/// `own`, [`SCORE_STRIDE`] apart), where its invocations may read them: waits for the
+/// subgroup's reads of what it staged before, and makes the stores visible.
+#[cube]
+fn stage_products(products: &Sequence<cmma::Matrix<f32>>, staged: &mut [f32], own: usize) {
+    let span = comptime![15 * SCORE_STRIDE + FRAGMENT];
+    sync_plane();
+    #[unroll]
+    for j in 0..ACROSS {
+        let first = own + j * FRAGMENT;
+        cmma::store(
+            &mut staged[first..first + span],
+            products.index(j),
+            SCORE_STRIDE as u32,
+            cmma::MatrixLayout::RowMajor,
+        );
+    }
+    sync_plane();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_expansion::compile_kernel;
+
+    #[test]
+    fn the_kernel_compiles() {
+        let compiled = compile_kernel!(
+            attention_warps_kernel::AttentionWarpsKernel,
+            CubeDim::new_1d(UNITS),
+            [b b b b b b s s s s s],
+        );
+        assert_eq!(compiled, Ok(()));
+    }
+}
