@@ -71,14 +71,16 @@ pub(crate) fn coopmat_gemm_warps_kernel(
     let row = row_tile * tm as u32;
     let col = column_tile * tn as u32;
 
-    let mut warp_tile = WarpTile::new(warp, tn);
+    let mut warp_tile = WarpTile::new(warp, tn, false);
     warp_tile.accumulate_staged(lhs, rhs, row, m, 0, col, n, k, tile, units);
     // Rows and columns are whole fragments (`takes`): a fragment is inside or outside.
     warp_tile.store_whole(out, row, col, m, n);
 }
 
 /// A subgroup's block of the tile: where it lies, its input fragments for one 16-wide slice
-/// of K, and its `fm x fn` accumulators (also the grouped kernel's, `Tiling::warps`).
+/// of K, and its `fm x fn` accumulators (also the grouped kernel's, `Tiling::warps`). The rhs
+/// is row-major B (K rows of N), or with `rhs_rows_of_k` N rows of K (column-major B, as the
+/// checkpoint stores expert weights).
 #[derive(CubeType)]
 pub(crate) struct WarpTile {
     a: Sequence<cmma::Matrix<bf16>>,
@@ -89,13 +91,19 @@ pub(crate) struct WarpTile {
     pub col: u32,
     #[cube(comptime)]
     fragments: (usize, usize),
+    #[cube(comptime)]
+    rhs_rows_of_k: bool,
 }
 
 #[cube]
 impl WarpTile {
     /// This subgroup's block of a tile `tn` wide split into `warp` (rows, columns) blocks,
-    /// accumulators zeroed.
-    pub fn new(#[comptime] warp: (usize, usize), #[comptime] tn: usize) -> WarpTile {
+    /// accumulators zeroed, for a rhs of K rows or (`rhs_rows_of_k`) of N rows.
+    pub fn new(
+        #[comptime] warp: (usize, usize),
+        #[comptime] tn: usize,
+        #[comptime] rhs_rows_of_k: bool,
+    ) -> WarpTile {
         let (wm, wn) = warp;
         let (fm, fn_) = comptime![(wm / FRAGMENT, wn / FRAGMENT)];
         let plane = UNIT_POS / PLANE;
@@ -108,7 +116,11 @@ impl WarpTile {
         let mut b = Sequence::<cmma::Matrix<bf16>>::new();
         #[unroll]
         for _ in 0..fn_ {
-            b.push(fragment(cmma::MatrixIdent::B, cmma::MatrixLayout::RowMajor));
+            let layout = match rhs_rows_of_k {
+                true => cmma::MatrixLayout::ColMajor,
+                false => cmma::MatrixLayout::RowMajor,
+            };
+            b.push(fragment(cmma::MatrixIdent::B, layout));
         }
         let mut acc = Sequence::<cmma::Matrix<f32>>::new();
         #[unroll]
@@ -129,12 +141,14 @@ impl WarpTile {
             row: (plane / across) * wm as u32,
             col: (plane % across) * wn as u32,
             fragments: (fm, fn_),
+            rhs_rows_of_k,
         }
     }
 
     /// Adds every K step of `tk` of the tile's product to the accumulators: rows `row..row_end`
     /// of `lhs` [.., k] (row-major), times rows `rhs_row..rhs_row + k` of `rhs` [.., n]
-    /// (row-major), columns from `col` (zeros past `row_end` and `n`). The invocations copy each
+    /// (row-major), columns from `col` (zeros past `row_end` and `n`); with `rhs_rows_of_k`,
+    /// times rows `rhs_row + col..rhs_row + n` of `rhs` [.., k] transposed. The invocations copy each
     /// step's input tiles into padded shared stages, the next step's loaded into registers while
     /// the subgroups multiply this one (`multiply_step`).
     #[allow(clippy::too_many_arguments)]
@@ -152,29 +166,57 @@ impl WarpTile {
         #[comptime] units: u32,
     ) {
         let (tm, tn, tk) = tile;
+        let rows_of_k = self.rhs_rows_of_k;
+        // The B stage holds K rows of the tile's columns, or the tile's N rows of K.
+        let (b_rows, b_cols) = comptime![match rows_of_k {
+            true => (tn, tk),
+            false => (tk, tn),
+        }];
         let a_stride = comptime![staged_row_words(tk)];
-        let b_stride = comptime![staged_row_words(tn)];
+        let b_stride = comptime![staged_row_words(b_cols)];
         let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_stride);
-        let mut stage_b = Shared::<[EightBf16]>::new_slice(tk * b_stride);
+        let mut stage_b = Shared::<[EightBf16]>::new_slice(b_rows * b_stride);
         let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / units as usize);
         let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / units as usize);
-        let rhs_end = rhs_row + k;
 
         let steps = k / tk as u32;
         load_tile_words(lhs, &mut next_a, row, row_end, 0, k, k, tm, tk, units);
-        load_tile_words(rhs, &mut next_b, rhs_row, rhs_end, col, n, n, tk, tn, units);
+        load_rhs_words(
+            rhs,
+            &mut next_b,
+            rhs_row,
+            col,
+            n,
+            k,
+            0,
+            tk,
+            tn,
+            rows_of_k,
+            units,
+        );
         for step in 0..steps {
             // Every subgroup has loaded its fragments of the previous step before the stages
             // are rewritten.
             sync_cube();
             store_tile_words(&next_a, &mut stage_a, tm, tk, units);
-            store_tile_words(&next_b, &mut stage_b, tk, tn, units);
+            store_tile_words(&next_b, &mut stage_b, b_rows, b_cols, units);
             sync_cube();
             if step + 1 < steps {
                 let k_next = (step + 1) * tk as u32;
-                let b_row = rhs_row + k_next;
                 load_tile_words(lhs, &mut next_a, row, row_end, k_next, k, k, tm, tk, units);
-                load_tile_words(rhs, &mut next_b, b_row, rhs_end, col, n, n, tk, tn, units);
+                load_rhs_words(
+                    rhs,
+                    &mut next_b,
+                    rhs_row,
+                    col,
+                    n,
+                    k,
+                    k_next,
+                    tk,
+                    tn,
+                    rows_of_k,
+                    units,
+                );
             }
             self.multiply_step(&stage_a, a_stride, &stage_b, b_stride, tk);
         }
@@ -192,6 +234,7 @@ impl WarpTile {
         #[comptime] tk: usize,
     ) {
         let (fm, fn_) = self.fragments;
+        let rows_of_k = self.rhs_rows_of_k;
         // A fragment's 16 rows span 15 strides and one fragment row (two 16-byte words).
         let a_span = comptime![15 * a_stride + FRAGMENT / 8];
         let b_span = comptime![15 * b_stride + FRAGMENT / 8];
@@ -210,9 +253,13 @@ impl WarpTile {
             }
             #[unroll]
             for j in 0..fn_ {
-                // Rows 16 kk.. (K), columns col + 16 j...
+                // Rows 16 kk.. (K), columns col + 16 j..; with rows of K, the stage's rows
+                // col + 16 j.., K columns 16 kk...
                 let column = self.col as usize + j * FRAGMENT;
-                let first = kk * FRAGMENT * b_stride + column / 8;
+                let mut first = kk * FRAGMENT * b_stride + column / 8;
+                if comptime![rows_of_k] {
+                    first = column * b_stride + kk * FRAGMENT / 8;
+                }
                 cmma::load(
                     self.b.index_mut(j),
                     &stage_b[first..first + b_span],
@@ -335,6 +382,33 @@ impl WarpTile {
                 }
             }
         }
+    }
+}
+
+/// This invocation's words of one K step's rhs tile (`load_tile_words`): from `rhs` [.., n],
+/// K rows `rhs_row + k_step..` of columns `col..`; with `rows_of_k`, from `rhs` [.., k], the
+/// rows `rhs_row + col..` (up to `rhs_row + n`) of K columns `k_step..`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_rhs_words(
+    rhs: &[EightBf16],
+    words: &mut Array<EightBf16>,
+    rhs_row: u32,
+    col: u32,
+    n: u32,
+    k: u32,
+    k_step: u32,
+    #[comptime] tk: usize,
+    #[comptime] tn: usize,
+    #[comptime] rows_of_k: bool,
+    #[comptime] units: u32,
+) {
+    if comptime![rows_of_k] {
+        let first = rhs_row + col;
+        load_tile_words(rhs, words, first, rhs_row + n, k_step, k, k, tn, tk, units);
+    } else {
+        let first = rhs_row + k_step;
+        load_tile_words(rhs, words, first, rhs_row + k, col, n, n, tk, tn, units);
     }
 }
 

@@ -208,8 +208,8 @@ fn launch_grouped(
         true => (
             empty_of(&a, vec![1], DType::I32),
             match warp.is_some() {
-                true => decoded_experts_k_major(&words, &scales, k),
-                false => decoded_experts(&words, &scales, k),
+                true if !t.rows_of_k => decoded_experts_k_major(&words, &scales, k),
+                _ => decoded_experts(&words, &scales, k),
             },
         ),
         false => (words, empty_of(&a, vec![1], DType::BF16)),
@@ -241,6 +241,7 @@ fn launch_grouped(
             t.order.columns_first(),
             epilogue.code,
             t.fragment_epilogues,
+            t.rows_of_k,
         );
     } else {
         grouped_mxfp4_kernel::launch(

@@ -78,6 +78,10 @@ pub struct Tiling {
     /// (which for scoring's gate_up is 1.5 GB written and read per layer). The launch then
     /// allocates no [P, N] f32 products.
     pub fragment_epilogues: bool,
+    /// With `warps`: the weights stay decoded as the checkpoint's rows of K, [E, N, K], and the
+    /// subgroups load them as column-major fragments, instead of turned K-major (the turn
+    /// takes about twice the decoding alone).
+    pub rows_of_k: bool,
     /// Which tiles the workgroups take first (`tile_order`).
     pub order: TileOrder,
 }
@@ -93,6 +97,7 @@ impl Tiling {
             | (self.decoded as u64) << 50
             | (self.warps as u64) << 51
             | (self.fragment_epilogues as u64) << 52
+            | (self.rows_of_k as u64) << 53
     }
 
     /// This tiling as a launch of a product with K columns takes it: a K step that divides K
@@ -126,6 +131,7 @@ pub const SMALL_TILES: Tiling = Tiling {
     decoded: false,
     warps: false,
     fragment_epilogues: false,
+    rows_of_k: false,
     order: TileOrder::ColumnsFirst,
 };
 
@@ -148,6 +154,7 @@ pub const LARGE_TILES: Tiling = Tiling {
     decoded: true,
     warps: true,
     fragment_epilogues: true,
+    rows_of_k: false,
     order: TileOrder::ColumnsFirst,
 };
 

@@ -20,8 +20,8 @@ use crate::coopmat_warps::{FRAGMENT, PLANE, THROUGH_WORDS, WarpTile};
 use crate::tile_order::tile_position;
 
 /// The tiled kernel's arguments (`grouped_mxfp4_kernel`) without the MXFP4 words and scales:
-/// the weights come decoded K-major in `bf16_weights` [E * K, N]; `warp` is each subgroup's
-/// block (`coopmat_warps::warp_tile`).
+/// the weights come decoded K-major in `bf16_weights` [E * K, N], or with `rows_of_k` as the
+/// checkpoint's rows, [E * N, K]; `warp` is each subgroup's block (`coopmat_warps::warp_tile`).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn grouped_mxfp4_warps_kernel(
@@ -45,6 +45,7 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     #[comptime] columns_first: bool,
     #[comptime] epilogue: u32,
     #[comptime] fragment_epilogues: bool,
+    #[comptime] rows_of_k: bool,
 ) {
     let (tm, tn, _) = tile;
     let (tile_id, column_tile) = tile_position(columns_first);
@@ -57,14 +58,19 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     let col_begin = column_tile * tn as u32;
     let mut through =
         Shared::<[f32]>::new_slice(comptime![(UNITS / PLANE) as usize * THROUGH_WORDS]);
-    let mut warp_tile = WarpTile::new(warp, tn);
-    // The expert's K rows of N weights are rows expert * k.. of the decoded weights.
+    let mut warp_tile = WarpTile::new(warp, tn, rows_of_k);
+    // The expert's K rows of N weights are rows expert * k.. of the decoded weights, or its N
+    // rows of K rows expert * n...
+    let mut expert_rows = expert * k;
+    if comptime![rows_of_k] {
+        expert_rows = expert * n;
+    }
     warp_tile.accumulate_staged(
         a,
         bf16_weights,
         row_begin,
         row_end,
-        expert * k,
+        expert_rows,
         col_begin,
         n,
         k,
@@ -190,7 +196,7 @@ mod tests {
     fn the_kernel_compiles_with_every_epilogue_within_the_drivers_workgroup_memory() {
         let tile = (128, 256, 32);
         for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
-            for fragment_epilogues in [false, true] {
+            for (fragment_epilogues, rows_of_k) in [(false, false), (true, false), (true, true)] {
                 let compiled = compile_kernel!(
                     grouped_mxfp4_warps_kernel::GroupedMxfp4WarpsKernel,
                     CubeDim::new_1d(UNITS),
@@ -200,11 +206,13 @@ mod tests {
                     true,
                     epilogue,
                     fragment_epilogues,
+                    rows_of_k,
                 );
                 assert_eq!(
                     compiled,
                     Ok(()),
-                    "epilogue {epilogue}, from fragments {fragment_epilogues}"
+                    "epilogue {epilogue}, from fragments {fragment_epilogues}, rows of K \
+                     {rows_of_k}"
                 );
             }
         }

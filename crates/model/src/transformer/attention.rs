@@ -63,8 +63,10 @@ fn gpu_attention_kernel(queries: usize, head_dim: usize) -> Option<AttentionKern
     }
 }
 
+/// `attention_warps`: scoring 23,448 and 23,539 tok/s against 21,939 and 22,004 with
+/// `attention_tiles` on an H200 (docs/benchmarks.md, twenty-fourth round).
 static MANY_QUERIES: std::sync::Mutex<AttentionKernel> =
-    std::sync::Mutex::new(attention_tiles::attention_tiles);
+    std::sync::Mutex::new(attention_tiles::attention_warps);
 
 /// Sets the tensor-core attention kernel later scoring and prefill take (benchmarks compare
 /// `attention_tiles::attention_tiles` and `attention_tiles::attention_warps`).
@@ -72,7 +74,7 @@ pub fn set_many_queries_attention(kernel: AttentionKernel) {
     *MANY_QUERIES.lock().expect("attention kernel lock") = kernel;
 }
 
-/// Scoring's and prefill's attention kernel: `attention_tiles::attention_tiles` unless
+/// Scoring's and prefill's attention kernel: `attention_tiles::attention_warps` unless
 /// [`set_many_queries_attention`] chose another.
 pub fn many_queries_attention() -> AttentionKernel {
     *MANY_QUERIES.lock().expect("attention kernel lock")

@@ -178,16 +178,20 @@ fn check_fused_epilogues(
 pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
     let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
     let [m, n, k] = super::super::bench_matmul::parse_shape(shape)?;
-    if let Some(bad) = flags.chars().find(|c| !"tcdwe".contains(*c)) {
+    if let Some(bad) = flags.chars().find(|c| !"tcdwer".contains(*c)) {
         anyhow::bail!(
             "grouped tiling `{text}`: unknown flag `{bad}` (t: table, c: column tiles first, \
              d: weights decoded first, w: decoded K-major in subgroup-scope fragments, \
-             e: epilogues from the fragments)"
+             e: epilogues from the fragments, r: with w, weights as rows of K, not K-major)"
         );
     }
     anyhow::ensure!(
         !flags.contains('w') || flags.contains('d'),
         "grouped tiling `{text}`: `w` (subgroup-scope fragments) needs `d` (weights decoded first)"
+    );
+    anyhow::ensure!(
+        !flags.contains('r') || flags.contains('w'),
+        "grouped tiling `{text}`: `r` (fragments of weights as rows of K) needs `w` (fragments)"
     );
     anyhow::ensure!(
         !flags.contains('e') || flags.contains('w'),
@@ -205,6 +209,7 @@ pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
         decoded: flags.contains('d'),
         warps: flags.contains('w'),
         fragment_epilogues: flags.contains('e'),
+        rows_of_k: flags.contains('r'),
         order: match flags.contains('c') {
             true => TileOrder::ColumnsFirst,
             false => TileOrder::RowsFirst,
@@ -298,6 +303,8 @@ mod tests {
                 .fragment_epilogues
         );
         assert!(parse_grouped_tiling("128x256x32/tcde").is_err());
+        assert!(parse_grouped_tiling("128x256x32/tcdwer").unwrap().rows_of_k);
+        assert!(parse_grouped_tiling("128x256x32/tcdr").is_err());
         assert!(parse_grouped_tiling("256x128x32/x").is_err());
         assert!(parse_grouped_tiling("256x128x40/t").is_err());
     }
