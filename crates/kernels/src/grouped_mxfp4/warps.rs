@@ -1,5 +1,6 @@
 //! The grouped product with subgroup-scope fragments (`Tiling::warps`): the weights decoded
-//! K-major first (`decode_k_major`), both inputs staged as the dense GEMM stages them, and
+//! first, K-major (`decode_k_major`) or with `Tiling::rows_of_k` as the checkpoint's rows of K
+//! (column-major B fragments, no turn), both inputs staged as the dense GEMM stages them, and
 //! each subgroup multiplying its own block of the tile as 16 x 16 x 16 fragments
 //! (`coopmat_warps::WarpTile`), the layout with which the dense kernel gained 5-8% over one
 //! workgroup-scope matrix (docs/benchmarks.md, twenty-second round). A tile's last rows may be
