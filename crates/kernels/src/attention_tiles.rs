@@ -73,35 +73,69 @@ pub(crate) fn load_block_words(
     load_tile_words(v, values, first, end, 0, d, d, KEYS, HEAD_DIM, units);
 }
 
-/// The union `lo..hi` of the key spans of the workgroup's subgroups (`plane_lo..plane_hi` each,
-/// `keys..0` for a subgroup that sees no key): the blocks the workgroup walks.
+/// The keys an invocation's query sees (`lo..hi`), the union of its subgroup's queries' keys
+/// (`plane_lo..plane_hi`; `keys..0` when they see none), and the union over the workgroup's
+/// subgroups (`first..end`): the blocks the workgroup walks.
+#[derive(CubeType)]
+pub(crate) struct KeySpans {
+    pub lo: u32,
+    pub hi: u32,
+    pub plane_lo: u32,
+    pub plane_hi: u32,
+    pub first: u32,
+    pub end: u32,
+}
+
 #[cube]
-pub(crate) fn workgroup_key_span(
-    plane_lo: u32,
-    plane_hi: u32,
-    keys: u32,
-    #[comptime] units: u32,
-) -> (u32, u32) {
-    let mut plane_spans = Shared::<[u32]>::new_slice(2 * units as usize);
-    let mut span = Shared::<[u32]>::new_slice(2usize);
-    if UNIT_POS_PLANE == 0 {
-        let plane = UNIT_POS / PLANE_DIM;
-        plane_spans[(2 * plane) as usize] = plane_lo;
-        plane_spans[(2 * plane + 1) as usize] = plane_hi;
-    }
-    sync_cube();
-    if UNIT_POS == 0 {
-        let mut lo = keys;
+impl KeySpans {
+    /// The spans of `query` (none past the row's `queries`) of `row`, from `ranges` (lo, hi per
+    /// row and query), over `keys` keys, in a workgroup of `units` invocations.
+    pub fn new(
+        ranges: &[u32],
+        row: u32,
+        queries: u32,
+        query: u32,
+        keys: u32,
+        #[comptime] units: u32,
+    ) -> KeySpans {
+        let mut lo = 0u32;
         let mut hi = 0u32;
-        for plane in 0..units / PLANE_DIM {
-            lo = min(lo, plane_spans[(2 * plane) as usize]);
-            hi = max(hi, plane_spans[(2 * plane + 1) as usize]);
+        if query < queries {
+            let at = (row * queries + query) * 2;
+            lo = ranges[at as usize];
+            hi = ranges[at as usize + 1];
         }
-        span[0] = lo;
-        span[1] = hi;
+        let visible = lo < hi;
+        let plane_lo = plane_min(select(visible, lo, keys));
+        let plane_hi = plane_max(select(visible, hi, 0u32));
+        let mut plane_spans = Shared::<[u32]>::new_slice(2 * units as usize);
+        let mut span = Shared::<[u32]>::new_slice(2usize);
+        if UNIT_POS_PLANE == 0 {
+            let plane = UNIT_POS / PLANE_DIM;
+            plane_spans[(2 * plane) as usize] = plane_lo;
+            plane_spans[(2 * plane + 1) as usize] = plane_hi;
+        }
+        sync_cube();
+        if UNIT_POS == 0 {
+            let mut first = keys;
+            let mut end = 0u32;
+            for plane in 0..units / PLANE_DIM {
+                first = min(first, plane_spans[(2 * plane) as usize]);
+                end = max(end, plane_spans[(2 * plane + 1) as usize]);
+            }
+            span[0] = first;
+            span[1] = end;
+        }
+        sync_cube();
+        KeySpans {
+            lo,
+            hi,
+            plane_lo,
+            plane_hi,
+            first: span[0],
+            end: span[1],
+        }
     }
-    sync_cube();
-    (span[0], span[1])
 }
 
 #[cube(launch)]
@@ -138,19 +172,9 @@ fn attention_tiles_kernel(
     let mut products = Shared::<[f32]>::new_aligned_slice(QUERIES * KEYS, 16usize);
     let mut probs = Shared::<[bf16]>::new_aligned_slice(QUERIES * KEYS, 16usize);
 
-    // Each query's visible keys (read by its four invocations); the block walks their union,
-    // taken per plane and then over the planes.
-    let mut my_lo = 0u32;
-    let mut my_hi = 0u32;
-    if query < queries {
-        let at = (row * queries + query) * 2;
-        my_lo = ranges[at as usize];
-        my_hi = ranges[at as usize + 1];
-    }
-    let visible = my_lo < my_hi;
-    let plane_lo = plane_min(select(visible, my_lo, keys));
-    let plane_hi = plane_max(select(visible, my_hi, 0u32));
-    let (span_lo, span_hi) = workgroup_key_span(plane_lo, plane_hi, keys, UNITS);
+    // Each query's visible keys (read by its four invocations); the block walks their union.
+    let spans = KeySpans::new(ranges, row, queries, query, keys, UNITS);
+    let (my_lo, my_hi) = (spans.lo, spans.hi);
 
     // The view ends at this head's last query: rows past it read zeros.
     let q_view = TensorView::new(q, seq![(row * heads + head + 1) * queries, d]).finish();
@@ -180,7 +204,7 @@ fn attention_tiles_kernel(
     }
     let column0 = quarter * COLUMNS;
     let kv_end = kv_rows + keys;
-    let mut start = span_lo;
+    let mut start = spans.first;
     // The first block's keys and values in registers; each block then stages them and loads
     // the next block's while this one is computed.
     load_block_words(
@@ -192,12 +216,12 @@ fn attention_tiles_kernel(
         kv_end,
         UNITS,
     );
-    while start < span_hi {
+    while start < spans.end {
         // The previous block's matrices and products have been read (its last barrier).
         store_tile_words(&next_keys, &mut key_stage, KEYS, HEAD_DIM, UNITS);
         store_tile_words(&next_values, &mut value_stage, KEYS, HEAD_DIM, UNITS);
         sync_cube();
-        if start + (KEYS as u32) < span_hi {
+        if start + (KEYS as u32) < spans.end {
             let next = kv_rows + start + KEYS as u32;
             load_block_words(k, v, &mut next_keys, &mut next_values, next, kv_end, UNITS);
         }
@@ -355,42 +379,36 @@ fn launch_attention(
     );
     let out = empty_f32(&q, vec![b, t, heads, d]);
     let client = q.client.clone();
-    if warps {
-        use crate::attention_warps::{QUERIES, UNITS, attention_warps_kernel};
-        attention_warps_kernel::launch(
-            &client,
-            CubeCount::Static(t.div_ceil(QUERIES) as u32, heads as u32, b as u32),
-            CubeDim::new_1d(UNITS),
-            q.into_buffer_arg(),
-            k.into_buffer_arg(),
-            v.into_buffer_arg(),
-            sinks.into_buffer_arg(),
-            ranges.into_buffer_arg(),
-            out.clone().into_buffer_arg(),
-            heads as u32,
-            kv_heads as u32,
-            t as u32,
-            keys as u32,
-            scale,
-        );
-        return out;
+    // The two kernels take the same arguments over a grid of query blocks x heads x rows.
+    macro_rules! launch {
+        ($kernel:ident, $queries:expr, $units:expr) => {
+            $kernel::launch(
+                &client,
+                CubeCount::Static(t.div_ceil($queries) as u32, heads as u32, b as u32),
+                CubeDim::new_1d($units),
+                q.into_buffer_arg(),
+                k.into_buffer_arg(),
+                v.into_buffer_arg(),
+                sinks.into_buffer_arg(),
+                ranges.into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                heads as u32,
+                kv_heads as u32,
+                t as u32,
+                keys as u32,
+                scale,
+            )
+        };
     }
-    attention_tiles_kernel::launch(
-        &client,
-        CubeCount::Static(t.div_ceil(QUERIES) as u32, heads as u32, b as u32),
-        CubeDim::new_1d(UNITS),
-        q.into_buffer_arg(),
-        k.into_buffer_arg(),
-        v.into_buffer_arg(),
-        sinks.into_buffer_arg(),
-        ranges.into_buffer_arg(),
-        out.clone().into_buffer_arg(),
-        heads as u32,
-        kv_heads as u32,
-        t as u32,
-        keys as u32,
-        scale,
-    );
+    use crate::attention_warps::attention_warps_kernel;
+    match warps {
+        true => launch!(
+            attention_warps_kernel,
+            crate::attention_warps::QUERIES,
+            crate::attention_warps::UNITS
+        ),
+        false => launch!(attention_tiles_kernel, QUERIES, UNITS),
+    }
     out
 }
 

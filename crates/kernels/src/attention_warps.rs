@@ -20,9 +20,9 @@
 use cubecl::prelude::*;
 use half::bf16;
 
-use crate::attention_tiles::{HEAD_DIM, KEYS, load_block_words, workgroup_key_span};
+use crate::attention_tiles::{HEAD_DIM, KEYS, KeySpans, load_block_words};
 use crate::bf16_rows::EightBf16;
-use crate::coopmat_warps::{FRAGMENT, PLANE, fragment};
+use crate::coopmat_warps::{FRAGMENT, PLANE, fragment, zeroed_accumulator};
 use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
 
 /// Subgroups per workgroup.
@@ -72,17 +72,8 @@ pub(crate) fn attention_warps_kernel(
     let half = lane / FRAGMENT as u32;
     let query = first_query + plane * FRAGMENT as u32 + local;
 
-    let mut my_lo = 0u32;
-    let mut my_hi = 0u32;
-    if query < queries {
-        let at = (row * queries + query) * 2;
-        my_lo = ranges[at as usize];
-        my_hi = ranges[at as usize + 1];
-    }
-    let visible = my_lo < my_hi;
-    let plane_lo = plane_min(select(visible, my_lo, keys));
-    let plane_hi = plane_max(select(visible, my_hi, 0u32));
-    let (span_lo, span_hi) = workgroup_key_span(plane_lo, plane_hi, keys, UNITS);
+    let spans = KeySpans::new(ranges, row, queries, query, keys, UNITS);
+    let (my_lo, my_hi) = (spans.lo, spans.hi);
 
     let stride = comptime![staged_row_words(HEAD_DIM)];
     let mut key_stage = Shared::<[EightBf16]>::new_slice(KEYS * stride);
@@ -132,14 +123,7 @@ pub(crate) fn attention_warps_kernel(
     for _ in 0..ACROSS {
         keys_t.push(fragment(cmma::MatrixIdent::B, cmma::MatrixLayout::ColMajor));
         values.push(fragment(cmma::MatrixIdent::B, cmma::MatrixLayout::RowMajor));
-        products.push(cmma::Matrix::<f32>::from_value(
-            cmma::MatrixIdent::Accumulator,
-            FRAGMENT,
-            FRAGMENT,
-            FRAGMENT,
-            cmma::MatrixLayout::Undefined,
-            0.0,
-        ));
+        products.push(zeroed_accumulator());
     }
     let mut p_fragment = fragment(cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor);
 
@@ -156,7 +140,7 @@ pub(crate) fn attention_warps_kernel(
     let my_probs = own_probs + local as usize * PROB_STRIDE + half as usize;
     let kv_rows = (row * kv_heads + kv_head) * keys;
     let kv_end = kv_rows + keys;
-    let mut start = span_lo;
+    let mut start = spans.first;
     load_block_words(
         k,
         v,
@@ -166,17 +150,17 @@ pub(crate) fn attention_warps_kernel(
         kv_end,
         UNITS,
     );
-    while start < span_hi {
+    while start < spans.end {
         // Every subgroup has loaded its fragments of the previous block (and of the queries).
         sync_cube();
         store_tile_words(&next_keys, &mut key_stage, KEYS, HEAD_DIM, UNITS);
         store_tile_words(&next_values, &mut value_stage, KEYS, HEAD_DIM, UNITS);
         sync_cube();
-        if start + (KEYS as u32) < span_hi {
+        if start + (KEYS as u32) < spans.end {
             let next = kv_rows + start + KEYS as u32;
             load_block_words(k, v, &mut next_keys, &mut next_values, next, kv_end, UNITS);
         }
-        if start < plane_hi && start + (KEYS as u32) > plane_lo {
+        if start < spans.plane_hi && start + (KEYS as u32) > spans.plane_lo {
             // Scores: staged key rows are column-major B = K^T, (dim, key) at key * stride + dim.
             #[unroll]
             for j in 0..ACROSS {

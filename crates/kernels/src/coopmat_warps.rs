@@ -125,14 +125,7 @@ impl WarpTile {
         let mut acc = Sequence::<cmma::Matrix<f32>>::new();
         #[unroll]
         for _ in 0..fm * fn_ {
-            acc.push(cmma::Matrix::<f32>::from_value(
-                cmma::MatrixIdent::Accumulator,
-                FRAGMENT,
-                FRAGMENT,
-                FRAGMENT,
-                cmma::MatrixLayout::Undefined,
-                0.0,
-            ));
+            acc.push(zeroed_accumulator());
         }
         WarpTile {
             a,
@@ -415,6 +408,19 @@ fn load_rhs_words(
 /// f32 values of one fragment, the share of `store_rows_below`'s (and `stage_fragment`'s) shared
 /// memory per subgroup.
 pub const THROUGH_WORDS: usize = FRAGMENT * FRAGMENT;
+
+/// A subgroup-scope 16 x 16 f32 accumulator of zeros.
+#[cube]
+pub(crate) fn zeroed_accumulator() -> cmma::Matrix<f32> {
+    cmma::Matrix::<f32>::from_value(
+        cmma::MatrixIdent::Accumulator,
+        FRAGMENT,
+        FRAGMENT,
+        FRAGMENT,
+        cmma::MatrixLayout::Undefined,
+        0.0,
+    )
+}
 
 /// An uninitialised subgroup-scope 16 x 16 x 16 bf16 input fragment.
 #[cube]

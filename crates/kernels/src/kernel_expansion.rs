@@ -97,6 +97,7 @@ pub(crate) const DRIVER_SHARED_MEMORY: usize = 49_152;
 /// its workgroup memory against the driver's; or says why it fails.
 pub(crate) fn compile(kernel: impl CubeKernel) -> Result<(), String> {
     use cubecl::Compiler;
+    let name = std::any::type_name_of_val(&kernel).replace(|c: char| !c.is_alphanumeric(), "_");
     let definition = cubecl::define_kernel(&kernel).map_err(|e| e.to_string())?;
     let mut options = cubecl::WgpuCompilationOptions {
         supports_vulkan_compiler: true,
@@ -109,12 +110,32 @@ pub(crate) fn compile(kernel: impl CubeKernel) -> Result<(), String> {
     let spirv = cubecl::wgpu::vulkan::VkSpirvCompiler::default()
         .compile(definition, &options)
         .map_err(|e| e.to_string())?;
+    if let Ok(dir) = std::env::var("SPIRV_OPCODES") {
+        let opcodes = spirv_opcodes(&spirv.assembled_module);
+        let path = format!("{dir}/{name}-{}", opcodes.len());
+        std::fs::write(&path, opcodes.join("\n")).map_err(|e| format!("{path}: {e}"))?;
+    }
     match spirv.shared_size {
         bytes if bytes > DRIVER_SHARED_MEMORY => Err(format!(
             "{bytes} bytes of workgroup memory, the driver grants {DRIVER_SHARED_MEMORY}"
         )),
         _ => Ok(()),
     }
+}
+
+/// The opcodes of a SPIR-V module's instructions, in order (after its five-word header). With
+/// `SPIRV_OPCODES=DIR`, [`compile`] writes each kernel's into DIR (one file per kernel and
+/// opcode count), so that a code move can be checked on the CPU: the same opcodes in the same
+/// order before and after (ids may be renumbered).
+fn spirv_opcodes(words: &[u32]) -> Vec<String> {
+    let mut opcodes = Vec::new();
+    let mut at = 5;
+    while at < words.len() {
+        let (count, opcode) = (words[at] >> 16, words[at] & 0xFFFF);
+        opcodes.push(opcode.to_string());
+        at += count.max(1) as usize;
+    }
+    opcodes
 }
 
 /// A buffer parameter's compilation argument (not aliased).
