@@ -11,7 +11,9 @@ use cubecl::prelude::*;
 use half::bf16;
 
 use crate::bf16_rows::EightBf16;
-use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
+use crate::staged_tiles::{
+    ConsecutiveRows, TileRows, load_rows_words, load_tile_words, staged_row_words, store_tile_words,
+};
 use crate::tile_order::tile_position;
 
 /// Invocations per subgroup the kernel assumes (NVIDIA's warp).
@@ -72,7 +74,10 @@ pub(crate) fn coopmat_gemm_warps_kernel(
     let col = column_tile * tn as u32;
 
     let mut warp_tile = WarpTile::new(warp, tn, false);
-    warp_tile.accumulate_staged(lhs, rhs, row, m, 0, col, n, k, tile, units);
+    let lhs_rows = ConsecutiveRows {};
+    warp_tile.accumulate_staged::<ConsecutiveRows>(
+        lhs, &lhs_rows, rhs, row, m, 0, col, n, k, tile, units,
+    );
     // Rows and columns are whole fragments (`takes`): a fragment is inside or outside.
     warp_tile.store_whole(out, row, col, m, n);
 }
@@ -139,15 +144,16 @@ impl WarpTile {
     }
 
     /// Adds every K step of `tk` of the tile's product to the accumulators: rows `row..row_end`
-    /// of `lhs` [.., k] (row-major), times rows `rhs_row..rhs_row + k` of `rhs` [.., n]
+    /// of `lhs` [.., k] (row-major; each read from the row `lhs_rows` gives), times rows `rhs_row..rhs_row + k` of `rhs` [.., n]
     /// (row-major), columns from `col` (zeros past `row_end` and `n`); with `rhs_rows_of_k`,
     /// times rows `rhs_row + col..rhs_row + n` of `rhs` [.., k] transposed. The invocations copy each
     /// step's input tiles into padded shared stages, the next step's loaded into registers while
     /// the subgroups multiply this one (`multiply_step`).
     #[allow(clippy::too_many_arguments)]
-    pub fn accumulate_staged(
+    pub fn accumulate_staged<R: TileRows>(
         &mut self,
         lhs: &[EightBf16],
+        lhs_rows: &R,
         rhs: &[EightBf16],
         row: u32,
         row_end: u32,
@@ -173,7 +179,19 @@ impl WarpTile {
         let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / units as usize);
 
         let steps = k / tk as u32;
-        load_tile_words(lhs, &mut next_a, row, row_end, 0, k, k, tm, tk, units);
+        load_rows_words::<R>(
+            lhs,
+            lhs_rows,
+            &mut next_a,
+            row,
+            row_end,
+            0,
+            k,
+            k,
+            tm,
+            tk,
+            units,
+        );
         load_rhs_words(
             rhs,
             &mut next_b,
@@ -196,7 +214,19 @@ impl WarpTile {
             sync_cube();
             if step + 1 < steps {
                 let k_next = (step + 1) * tk as u32;
-                load_tile_words(lhs, &mut next_a, row, row_end, k_next, k, k, tm, tk, units);
+                load_rows_words::<R>(
+                    lhs,
+                    lhs_rows,
+                    &mut next_a,
+                    row,
+                    row_end,
+                    k_next,
+                    k,
+                    k,
+                    tm,
+                    tk,
+                    units,
+                );
                 load_rhs_words(
                     rhs,
                     &mut next_b,

@@ -20,6 +20,46 @@ pub const fn staged_row_words(cols: usize) -> usize {
     (cols + STAGE_PAD) / 8
 }
 
+/// Which row of the source matrix holds each row of a tile: the rows themselves
+/// ([`ConsecutiveRows`]), or the rows an index gives ([`GatheredRows`]).
+#[cube]
+pub trait TileRows {
+    /// The source row of row `row`.
+    fn source_row(&self, row: u32) -> u32;
+}
+
+/// Row `r` of the tile is row `r` of the source.
+#[derive(CubeType)]
+pub struct ConsecutiveRows {}
+
+#[cube]
+impl TileRows for ConsecutiveRows {
+    fn source_row(&self, row: u32) -> u32 {
+        row
+    }
+}
+
+/// Row `r` of the tile is row `rows_of[r]` of the source (the grouped product's sorted rows
+/// read from token order).
+#[derive(CubeType)]
+pub struct GatheredRows<'a> {
+    pub rows_of: &'a [u32],
+}
+
+#[cube]
+impl<'a> GatheredRows<'a> {
+    pub fn new(rows_of: &'a [u32]) -> GatheredRows<'a> {
+        GatheredRows::<'a> { rows_of }
+    }
+}
+
+#[cube]
+impl<'a> TileRows for GatheredRows<'a> {
+    fn source_row(&self, row: u32) -> u32 {
+        self.rows_of[row as usize]
+    }
+}
+
 /// This invocation's words of the `rows x cols` tile at (`row_begin`, `col_begin`) of a
 /// row-major bf16 matrix with `row_len` values per row: zeros at rows from `row_end` and at
 /// columns from `col_end` (`col_begin` and `col_end` multiples of 8).
@@ -27,6 +67,38 @@ pub const fn staged_row_words(cols: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub fn load_tile_words(
     src: &[EightBf16],
+    words: &mut Array<EightBf16>,
+    row_begin: u32,
+    row_end: u32,
+    col_begin: u32,
+    col_end: u32,
+    row_len: u32,
+    #[comptime] rows: usize,
+    #[comptime] cols: usize,
+    #[comptime] units: u32,
+) {
+    let consecutive = ConsecutiveRows {};
+    load_rows_words::<ConsecutiveRows>(
+        src,
+        &consecutive,
+        words,
+        row_begin,
+        row_end,
+        col_begin,
+        col_end,
+        row_len,
+        rows,
+        cols,
+        units,
+    );
+}
+
+/// As [`load_tile_words`], with the tile's rows read from the source rows `source` gives.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn load_rows_words<R: TileRows>(
+    src: &[EightBf16],
+    source: &R,
     words: &mut Array<EightBf16>,
     row_begin: u32,
     row_end: u32,
@@ -45,7 +117,7 @@ pub fn load_tile_words(
         let col = col_begin + 8 * (v % words_per_row);
         let mut word = EightBf16::new(0u32);
         if row < row_end && col < col_end {
-            word = src[((row * row_len + col) / 8) as usize];
+            word = src[((source.source_row(row) * row_len + col) / 8) as usize];
         }
         words[i] = word;
     }

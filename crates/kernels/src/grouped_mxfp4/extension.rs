@@ -48,6 +48,24 @@ pub trait GroupedBackend: burn::backend::Backend {
         alpha: f32,
     ) -> FloatTensor<Self>;
 
+    /// As `grouped_mxfp4_swiglu`, the rows read in the kernel from `tokens` [T, K] bf16 in token
+    /// order: sorted row r is the token row `rows_of[r]` (`rows_of` [P], 32-bit). Only tilings
+    /// that gather ([`Tiling::gathers_rows`]) take it.
+    #[fusion(dtype = activation_dtype(tokens), shape = gathered_swiglu_shape(rows_of, words))]
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_mxfp4_swiglu_gathered(
+        tokens: FloatTensor<Self>,
+        rows_of: IntTensor<Self>,
+        words: IntTensor<Self>,
+        scales: IntTensor<Self>,
+        offsets: IntTensor<Self>,
+        tile_starts: IntTensor<Self>,
+        bias: FloatTensor<Self>,
+        #[fusion(scalar = tiling.code())] tiling: Tiling,
+        limit: f32,
+        alpha: f32,
+    ) -> FloatTensor<Self>;
+
     /// As `grouped_mxfp4_matmul` for down, with each expert's `bias` [E, N] added and each row
     /// multiplied by its weight `row_weights` [P] in the same launch, each sorted row written to
     /// its pair's row `pair_of_row` [P] (32-bit) -> [P, N] f32 in pair order.
@@ -104,9 +122,15 @@ fn swiglu_shape(a: &Shape, words: &Shape) -> Shape {
     Shape::from(vec![a[0], words[1] / 2])
 }
 
-/// The packed weights and the sorting of one grouped product, as the kernel reads them.
+fn gathered_swiglu_shape(rows_of: &Shape, words: &Shape) -> Shape {
+    Shape::from(vec![rows_of[0], words[1] / 2])
+}
+
+/// The packed weights and the sorting of one grouped product, as the kernel reads them: the
+/// sorted rows `a`, or with `rows_of` the tokens' rows that it indexes.
 struct GroupedInputs {
     a: CubeTensor,
+    rows_of: Option<CubeTensor>,
     words: CubeTensor,
     scales: CubeTensor,
     offsets: CubeTensor,
@@ -149,6 +173,7 @@ fn launch_grouped(
 ) -> GroupedOutputs {
     let GroupedInputs {
         a,
+        rows_of,
         words,
         scales,
         offsets,
@@ -156,12 +181,23 @@ fn launch_grouped(
     } = inputs;
     let [a, words, scales, offsets, tile_starts] =
         [a, words, scales, offsets, tile_starts].map(into_contiguous);
-    let (p, k) = (a.meta.shape()[0], a.meta.shape()[1]);
+    let rows_of = rows_of.map(into_contiguous);
+    let k = a.meta.shape()[1];
+    let p = match &rows_of {
+        Some(rows_of) => rows_of.meta.shape()[0],
+        None => a.meta.shape()[0],
+    };
     let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
     let scale_words = scales.meta.shape()[1];
     let client = a.client.clone();
     let t = tiling.for_product(k);
     let warp = t.warp_block(n);
+    assert!(
+        rows_of.is_none() || t.gathers_rows(n),
+        "grouped MXFP4 kernel: tiling {t:?} does not gather rows at N = {n}"
+    );
+    let gathered = rows_of.is_some();
+    let rows_of = rows_of.unwrap_or_else(|| empty_of(&a, vec![1], DType::I32));
     // Epilogues from the fragments store no products.
     let from_fragments = warp.is_some() && t.fragment_epilogues && epilogue.code != EPILOGUE_NONE;
     let products_rows = match from_fragments {
@@ -222,6 +258,7 @@ fn launch_grouped(
             cube_count,
             CubeDim::new_1d(UNITS),
             a.into_buffer_arg(),
+            rows_of.into_buffer_arg(),
             decoded.into_buffer_arg(),
             offsets.into_buffer_arg(),
             tile_starts.into_buffer_arg(),
@@ -242,6 +279,7 @@ fn launch_grouped(
             epilogue.code,
             t.fragment_epilogues,
             t.rows_of_k,
+            gathered,
         );
     } else {
         grouped_mxfp4_kernel::launch(
@@ -355,6 +393,7 @@ impl GroupedBackend for CubeBackend {
     ) -> CubeTensor {
         let inputs = GroupedInputs {
             a,
+            rows_of: None,
             words,
             scales,
             offsets,
@@ -376,6 +415,37 @@ impl GroupedBackend for CubeBackend {
     ) -> CubeTensor {
         let inputs = GroupedInputs {
             a,
+            rows_of: None,
+            words,
+            scales,
+            offsets,
+            tile_starts,
+        };
+        let epilogue = EpilogueInputs {
+            code: EPILOGUE_SWIGLU,
+            bias: Some(bias),
+            limit,
+            alpha,
+            ..NO_EPILOGUE
+        };
+        launch_grouped(inputs, tiling, epilogue).epilogue
+    }
+
+    fn grouped_mxfp4_swiglu_gathered(
+        tokens: CubeTensor,
+        rows_of: CubeTensor,
+        words: CubeTensor,
+        scales: CubeTensor,
+        offsets: CubeTensor,
+        tile_starts: CubeTensor,
+        bias: CubeTensor,
+        tiling: Tiling,
+        limit: f32,
+        alpha: f32,
+    ) -> CubeTensor {
+        let inputs = GroupedInputs {
+            a: tokens,
+            rows_of: Some(rows_of),
             words,
             scales,
             offsets,
@@ -404,6 +474,7 @@ impl GroupedBackend for CubeBackend {
     ) -> CubeTensor {
         let inputs = GroupedInputs {
             a,
+            rows_of: None,
             words,
             scales,
             offsets,

@@ -82,6 +82,9 @@ pub struct Tiling {
     /// subgroups load them as column-major fragments, instead of turned K-major (the turn
     /// takes about twice the decoding alone).
     pub rows_of_k: bool,
+    /// With `warps`: gate_up reads its rows from the tokens' rows through the sorting's index
+    /// (`grouped_mxfp4_swiglu_gathered`), instead of from rows gathered by a launch before.
+    pub gathered: bool,
     /// Which tiles the workgroups take first (`tile_order`).
     pub order: TileOrder,
 }
@@ -98,6 +101,7 @@ impl Tiling {
             | (self.warps as u64) << 51
             | (self.fragment_epilogues as u64) << 52
             | (self.rows_of_k as u64) << 53
+            | (self.gathered as u64) << 54
     }
 
     /// This tiling as a launch of a product with K columns takes it: a K step that divides K
@@ -107,6 +111,12 @@ impl Tiling {
             true => self,
             false => Tiling { k: 32, ..self },
         }
+    }
+
+    /// Whether a launch of an N-wide product with this tiling reads its rows through an index
+    /// (`gathered`, on the subgroup-scope kernel).
+    pub fn gathers_rows(&self, n: usize) -> bool {
+        self.gathered && self.warp_block(n).is_some()
     }
 
     /// Each subgroup's block (rows, columns) when the subgroup-scope kernel takes an N-wide
@@ -132,6 +142,7 @@ pub const SMALL_TILES: Tiling = Tiling {
     warps: false,
     fragment_epilogues: false,
     rows_of_k: false,
+    gathered: false,
     order: TileOrder::ColumnsFirst,
 };
 
@@ -156,6 +167,7 @@ pub const LARGE_TILES: Tiling = Tiling {
     warps: true,
     fragment_epilogues: true,
     rows_of_k: true,
+    gathered: false,
     order: TileOrder::ColumnsFirst,
 };
 
@@ -247,6 +259,41 @@ pub fn grouped_mxfp4_swiglu(
     Tensor::from_dispatch(
         <burn::backend::Dispatch as GroupedBackend>::grouped_mxfp4_swiglu(
             a.into_dispatch(),
+            weights.words.into_dispatch(),
+            weights.scales.into_dispatch(),
+            tiles.offsets.into_dispatch(),
+            tiles.tile_starts.into_dispatch(),
+            bias.into_dispatch(),
+            tiles.tiling,
+            limit,
+            alpha,
+        ),
+    )
+}
+
+/// As [`grouped_mxfp4_swiglu`] on the rows `tokens.select(0, rows_of)`: `tokens` [T, K] (cast
+/// to bf16), `rows_of` [P] the token of each sorted row -> [P, N / 2] bf16. Tilings that gather
+/// ([`Tiling::gathers_rows`]) read the rows in the kernel; the others take them gathered first.
+#[allow(clippy::too_many_arguments)]
+pub fn grouped_mxfp4_swiglu_gathered(
+    tokens: Tensor<2>,
+    rows_of: Tensor<1, Int>,
+    weights: PackedWeights,
+    tiles: ExpertTiles,
+    bias: Tensor<2>,
+    limit: f32,
+    alpha: f32,
+) -> Tensor<2> {
+    let tokens = tokens.cast(DType::BF16);
+    let n = weights.words.dims()[1];
+    if !tiles.tiling.gathers_rows(n) {
+        let rows = tokens.select(0, rows_of);
+        return grouped_mxfp4_swiglu(rows, weights, tiles, bias, limit, alpha);
+    }
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as GroupedBackend>::grouped_mxfp4_swiglu_gathered(
+            tokens.into_dispatch(),
+            rows_of.cast(IntDType::I32).into_dispatch(),
             weights.words.into_dispatch(),
             weights.scales.into_dispatch(),
             tiles.offsets.into_dispatch(),

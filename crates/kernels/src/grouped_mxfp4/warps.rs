@@ -18,15 +18,18 @@ use super::kernel::{
 };
 use crate::bf16_rows::EightBf16;
 use crate::coopmat_warps::{FRAGMENT, PLANE, THROUGH_WORDS, WarpTile};
+use crate::staged_tiles::{ConsecutiveRows, GatheredRows};
 use crate::tile_order::tile_position;
 
 /// The tiled kernel's arguments (`grouped_mxfp4_kernel`) without the MXFP4 words and scales:
 /// the weights come decoded K-major in `bf16_weights` [E * K, N], or with `rows_of_k` as the
 /// checkpoint's rows, [E * N, K]; `warp` is each subgroup's block (`coopmat_warps::warp_tile`).
+/// With `gathered`, `a` holds the tokens' rows and sorted row r is `a`'s row `rows_of[r]`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn grouped_mxfp4_warps_kernel(
     a: &[EightBf16],
+    rows_of: &[u32],
     bf16_weights: &[EightBf16],
     offsets: &[u32],
     tile_starts: &[u32],
@@ -47,6 +50,7 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     #[comptime] epilogue: u32,
     #[comptime] fragment_epilogues: bool,
     #[comptime] rows_of_k: bool,
+    #[comptime] gathered: bool,
 ) {
     let (tm, tn, _) = tile;
     let (tile_id, column_tile) = tile_position(columns_first);
@@ -66,18 +70,38 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     if comptime![rows_of_k] {
         expert_rows = expert * n;
     }
-    warp_tile.accumulate_staged(
-        a,
-        bf16_weights,
-        row_begin,
-        row_end,
-        expert_rows,
-        col_begin,
-        n,
-        k,
-        tile,
-        UNITS,
-    );
+    // Sorted row r is row r of `a`, or with `gathered` row rows_of[r] (`a` in token order).
+    if comptime![gathered] {
+        let lhs_rows = GatheredRows::new(rows_of);
+        warp_tile.accumulate_staged::<GatheredRows>(
+            a,
+            &lhs_rows,
+            bf16_weights,
+            row_begin,
+            row_end,
+            expert_rows,
+            col_begin,
+            n,
+            k,
+            tile,
+            UNITS,
+        );
+    } else {
+        let lhs_rows = ConsecutiveRows {};
+        warp_tile.accumulate_staged::<ConsecutiveRows>(
+            a,
+            &lhs_rows,
+            bf16_weights,
+            row_begin,
+            row_end,
+            expert_rows,
+            col_begin,
+            n,
+            k,
+            tile,
+            UNITS,
+        );
+    }
     if comptime![fragment_epilogues && epilogue != EPILOGUE_NONE] {
         epilogues_from_fragments(
             &warp_tile,
@@ -197,23 +221,29 @@ mod tests {
     fn the_kernel_compiles_with_every_epilogue_within_the_drivers_workgroup_memory() {
         let tile = (128, 256, 32);
         for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
-            for (fragment_epilogues, rows_of_k) in [(false, false), (true, false), (true, true)] {
+            for (fragment_epilogues, rows_of_k, gathered) in [
+                (false, false, false),
+                (true, false, false),
+                (true, true, false),
+                (true, true, true),
+            ] {
                 let compiled = compile_kernel!(
                     grouped_mxfp4_warps_kernel::GroupedMxfp4WarpsKernel,
                     CubeDim::new_1d(UNITS),
-                    [b b b b b b b b b b s s s s s],
+                    [b b b b b b b b b b b s s s s s],
                     tile,
                     warp_tile(tile.0, tile.1, UNITS).unwrap(),
                     true,
                     epilogue,
                     fragment_epilogues,
                     rows_of_k,
+                    gathered,
                 );
                 assert_eq!(
                     compiled,
                     Ok(()),
                     "epilogue {epilogue}, from fragments {fragment_epilogues}, rows of K \
-                     {rows_of_k}"
+                     {rows_of_k}, gathered {gathered}"
                 );
             }
         }

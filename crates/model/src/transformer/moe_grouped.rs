@@ -317,10 +317,11 @@ pub fn grouped_experts(
     // Each pair's weighted expert output, in pair order (token * k + rank).
     let in_pair_order = match fused_epilogue_kernels(experts, &groups, path) {
         Some((gate_up, down, tiles)) => {
-            // The kernels read bf16 rows: cast the tokens once, then gather half the bytes.
-            let rows = xs.cast(DType::BF16).select(0, token_of_row);
-            let act = grouped_mxfp4::grouped_mxfp4_swiglu(
-                rows,
+            // The kernels read bf16 rows: cast the tokens once, then gather half the bytes (in
+            // the kernel, with tilings that gather).
+            let act = grouped_mxfp4::grouped_mxfp4_swiglu_gathered(
+                xs.cast(DType::BF16),
+                token_of_row,
                 gate_up,
                 tiles.clone(),
                 experts.gate_up_bias.val(),

@@ -144,6 +144,37 @@ fn check_fused_epilogues(
         alpha,
     )
     .cast(DType::F32);
+    // The same product with its rows read from token order through an index: tokens [T, K]
+    // with T < rows, sorted row r being token r % T. It must match the kernel on the rows
+    // gathered first (exactly, where the tiling gathers in the kernel; else it is that launch).
+    let tokens_count = rows / 2 + 1;
+    let rows_of =
+        Tensor::<1, Int>::arange(0..rows as i64, &device).remainder_scalar(tokens_count as i64);
+    let tokens = a.clone().narrow(0, 0, tokens_count);
+    let gathered = grouped_mxfp4::grouped_mxfp4_swiglu_gathered(
+        tokens.clone(),
+        rows_of.clone(),
+        weights.clone(),
+        tiles.clone(),
+        bias.clone(),
+        limit,
+        alpha,
+    );
+    let gathered_first = grouped_mxfp4::grouped_mxfp4_swiglu(
+        tokens.select(0, rows_of),
+        weights.clone(),
+        tiles.clone(),
+        bias.clone(),
+        limit,
+        alpha,
+    );
+    worst.record(
+        gathered.cast(DType::F32),
+        gathered_first.cast(DType::F32),
+        json!({"kernel": "tiles + bias + SwiGLU, rows gathered", "tile_rows": tiling.m,
+               "gathers_in_kernel": tiling.gathers_rows(n), "experts": experts,
+               "rows": rows, "n": n}),
+    );
     // The kernel writes bf16 activations: the reference is rounded the same way.
     worst.record(
         swiglu,
@@ -178,20 +209,23 @@ fn check_fused_epilogues(
 pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
     let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
     let [m, n, k] = super::super::bench_matmul::parse_shape(shape)?;
-    if let Some(bad) = flags.chars().find(|c| !"tcdwer".contains(*c)) {
+    if let Some(bad) = flags.chars().find(|c| !"tcdwerg".contains(*c)) {
         anyhow::bail!(
             "grouped tiling `{text}`: unknown flag `{bad}` (t: table, c: column tiles first, \
              d: weights decoded first, w: decoded K-major in subgroup-scope fragments, \
-             e: epilogues from the fragments, r: with w, weights as rows of K, not K-major)"
+             e: epilogues from the fragments, r: with w, weights as rows of K, not K-major, \
+             g: with w, gate_up's rows read through the sorting's index)"
+        );
+    }
+    for flag in ['r', 'g'] {
+        anyhow::ensure!(
+            !flags.contains(flag) || flags.contains('w'),
+            "grouped tiling `{text}`: `{flag}` works on the fragments and needs `w`"
         );
     }
     anyhow::ensure!(
         !flags.contains('w') || flags.contains('d'),
         "grouped tiling `{text}`: `w` (subgroup-scope fragments) needs `d` (weights decoded first)"
-    );
-    anyhow::ensure!(
-        !flags.contains('r') || flags.contains('w'),
-        "grouped tiling `{text}`: `r` (fragments of weights as rows of K) needs `w` (fragments)"
     );
     anyhow::ensure!(
         !flags.contains('e') || flags.contains('w'),
@@ -210,6 +244,7 @@ pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
         warps: flags.contains('w'),
         fragment_epilogues: flags.contains('e'),
         rows_of_k: flags.contains('r'),
+        gathered: flags.contains('g'),
         order: match flags.contains('c') {
             true => TileOrder::ColumnsFirst,
             false => TileOrder::RowsFirst,
@@ -305,6 +340,10 @@ mod tests {
         assert!(parse_grouped_tiling("128x256x32/tcde").is_err());
         assert!(parse_grouped_tiling("128x256x32/tcdwer").unwrap().rows_of_k);
         assert!(parse_grouped_tiling("128x256x32/tcdr").is_err());
+        let gathered = parse_grouped_tiling("128x256x32/tcdwerg").unwrap();
+        assert!(gathered.gathers_rows(5760));
+        assert!(!gathered.gathers_rows(5768));
+        assert!(parse_grouped_tiling("128x256x32/tcdg").is_err());
         assert!(parse_grouped_tiling("256x128x32/x").is_err());
         assert!(parse_grouped_tiling("256x128x40/t").is_err());
     }
