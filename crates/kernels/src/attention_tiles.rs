@@ -18,7 +18,7 @@
 //! Heads of 64 dimensions only ([`supports`]); everything else takes burn's ops.
 
 use burn::backend::{
-    backend_extension,
+    Dispatch, backend_extension,
     tensor::{FloatTensor, IntTensor},
 };
 use burn::tensor::{DType, Int, Shape, Tensor};
@@ -430,17 +430,8 @@ pub fn attention_tiles(
     ranges: Tensor<1, Int>,
     scale: f32,
 ) -> Tensor<4> {
-    let [q, k, v] = [q, k, v].map(|x| x.cast(DType::BF16).into_dispatch());
-    Tensor::from_dispatch(
-        <burn::backend::Dispatch as AttentionTilesBackend>::attention_tiles(
-            q,
-            k,
-            v,
-            sinks.into_dispatch(),
-            ranges.into_dispatch(),
-            scale,
-        ),
-    )
+    let op = <Dispatch as AttentionTilesBackend>::attention_tiles;
+    dispatch_attention(op, q, k, v, sinks, ranges, scale)
 }
 
 /// As [`attention_tiles`], each subgroup of the kernel on its own 16 queries
@@ -453,17 +444,38 @@ pub fn attention_warps(
     ranges: Tensor<1, Int>,
     scale: f32,
 ) -> Tensor<4> {
+    let op = <Dispatch as AttentionTilesBackend>::attention_warps;
+    dispatch_attention(op, q, k, v, sinks, ranges, scale)
+}
+
+/// One of the extension's attention ops on burn tensors (q, k and v cast to bf16).
+type AttentionOp = fn(
+    FloatTensor<Dispatch>,
+    FloatTensor<Dispatch>,
+    FloatTensor<Dispatch>,
+    FloatTensor<Dispatch>,
+    IntTensor<Dispatch>,
+    f32,
+) -> FloatTensor<Dispatch>;
+
+fn dispatch_attention(
+    op: AttentionOp,
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    sinks: Tensor<1>,
+    ranges: Tensor<1, Int>,
+    scale: f32,
+) -> Tensor<4> {
     let [q, k, v] = [q, k, v].map(|x| x.cast(DType::BF16).into_dispatch());
-    Tensor::from_dispatch(
-        <burn::backend::Dispatch as AttentionTilesBackend>::attention_warps(
-            q,
-            k,
-            v,
-            sinks.into_dispatch(),
-            ranges.into_dispatch(),
-            scale,
-        ),
-    )
+    Tensor::from_dispatch(op(
+        q,
+        k,
+        v,
+        sinks.into_dispatch(),
+        ranges.into_dispatch(),
+        scale,
+    ))
 }
 
 #[cfg(test)]

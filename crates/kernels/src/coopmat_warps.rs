@@ -179,29 +179,23 @@ impl WarpTile {
         let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / units as usize);
 
         let steps = k / tk as u32;
-        load_rows_words::<R>(
-            lhs,
-            lhs_rows,
-            &mut next_a,
+        let places = StepPlaces {
             row,
             row_end,
-            0,
-            k,
-            k,
-            tm,
-            tk,
-            units,
-        );
-        load_rhs_words(
-            rhs,
-            &mut next_b,
             rhs_row,
             col,
             n,
             k,
+        };
+        load_step_words::<R>(
+            lhs,
+            lhs_rows,
+            rhs,
+            &mut next_a,
+            &mut next_b,
+            &places,
             0,
-            tk,
-            tn,
+            tile,
             rows_of_k,
             units,
         );
@@ -214,29 +208,15 @@ impl WarpTile {
             sync_cube();
             if step + 1 < steps {
                 let k_next = (step + 1) * tk as u32;
-                load_rows_words::<R>(
+                load_step_words::<R>(
                     lhs,
                     lhs_rows,
-                    &mut next_a,
-                    row,
-                    row_end,
-                    k_next,
-                    k,
-                    k,
-                    tm,
-                    tk,
-                    units,
-                );
-                load_rhs_words(
                     rhs,
+                    &mut next_a,
                     &mut next_b,
-                    rhs_row,
-                    col,
-                    n,
-                    k,
+                    &places,
                     k_next,
-                    tk,
-                    tn,
+                    tile,
                     rows_of_k,
                     units,
                 );
@@ -406,6 +386,43 @@ impl WarpTile {
             }
         }
     }
+}
+
+/// Where a tile's K steps are read from (`WarpTile::accumulate_staged`'s arguments).
+#[derive(CubeType)]
+struct StepPlaces {
+    row: u32,
+    row_end: u32,
+    rhs_row: u32,
+    col: u32,
+    n: u32,
+    k: u32,
+}
+
+/// This invocation's words of the K step from `k_step` of both input tiles.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_step_words<R: TileRows>(
+    lhs: &[EightBf16],
+    lhs_rows: &R,
+    rhs: &[EightBf16],
+    next_a: &mut Array<EightBf16>,
+    next_b: &mut Array<EightBf16>,
+    places: &StepPlaces,
+    k_step: u32,
+    #[comptime] tile: (usize, usize, usize),
+    #[comptime] rows_of_k: bool,
+    #[comptime] units: u32,
+) {
+    let (tm, tn, tk) = tile;
+    let (row, row_end, k) = (places.row, places.row_end, places.k);
+    load_rows_words::<R>(
+        lhs, lhs_rows, next_a, row, row_end, k_step, k, k, tm, tk, units,
+    );
+    let (rhs_row, col, n) = (places.rhs_row, places.col, places.n);
+    load_rhs_words(
+        rhs, next_b, rhs_row, col, n, k, k_step, tk, tn, rows_of_k, units,
+    );
 }
 
 /// This invocation's words of one K step's rhs tile (`load_tile_words`): from `rhs` [.., n],

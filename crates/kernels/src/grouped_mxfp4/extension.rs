@@ -370,6 +370,24 @@ fn decoded_experts_k_major(words: &CubeTensor, scales: &CubeTensor, k: usize) ->
     decoded
 }
 
+/// Launches gate_up with each expert's `bias` and the clamped SwiGLU -> [P, N / 2] bf16.
+fn launch_swiglu(
+    inputs: GroupedInputs,
+    tiling: Tiling,
+    bias: CubeTensor,
+    limit: f32,
+    alpha: f32,
+) -> CubeTensor {
+    let epilogue = EpilogueInputs {
+        code: EPILOGUE_SWIGLU,
+        bias: Some(bias),
+        limit,
+        alpha,
+        ..NO_EPILOGUE
+    };
+    launch_grouped(inputs, tiling, epilogue).epilogue
+}
+
 impl GroupedBackend for CubeBackend {
     fn decoded_mxfp4_experts(words: CubeTensor, scales: CubeTensor) -> CubeTensor {
         let [words, scales] = [words, scales].map(into_contiguous);
@@ -421,14 +439,7 @@ impl GroupedBackend for CubeBackend {
             offsets,
             tile_starts,
         };
-        let epilogue = EpilogueInputs {
-            code: EPILOGUE_SWIGLU,
-            bias: Some(bias),
-            limit,
-            alpha,
-            ..NO_EPILOGUE
-        };
-        launch_grouped(inputs, tiling, epilogue).epilogue
+        launch_swiglu(inputs, tiling, bias, limit, alpha)
     }
 
     fn grouped_mxfp4_swiglu_gathered(
@@ -451,14 +462,7 @@ impl GroupedBackend for CubeBackend {
             offsets,
             tile_starts,
         };
-        let epilogue = EpilogueInputs {
-            code: EPILOGUE_SWIGLU,
-            bias: Some(bias),
-            limit,
-            alpha,
-            ..NO_EPILOGUE
-        };
-        launch_grouped(inputs, tiling, epilogue).epilogue
+        launch_swiglu(inputs, tiling, bias, limit, alpha)
     }
 
     fn grouped_mxfp4_scaled(
