@@ -124,24 +124,91 @@ pub(super) fn grouped_mxfp4_kernel(
     }
     let mut out_tile = out_view.slice(seq![row_begin, col_begin], seq![tm as u32, tn as u32]);
     cmma::store_tensor(&mut out_tile, &acc);
+    let tile_epilogue = TileEpilogue::new(bias, row_weights, pair_of_row, expert, n, limit, alpha);
     fused_epilogue(
         out,
-        bias,
-        row_weights,
+        &tile_epilogue,
         activation,
-        pair_of_row,
         in_pair_order,
-        expert,
         row_begin,
         row_end,
         col_begin,
-        n,
-        limit,
-        alpha,
         tm,
         tn,
         epilogue,
     );
+}
+
+/// What a tile's fused epilogue reads besides its products: the experts' `bias` [E, N] (the
+/// tile's `expert`), each row's weight `row_weights` [P] and pair `pair_of_row` [P], and
+/// SwiGLU's `limit` and `alpha`. The outputs are passed to each write: held here, they would
+/// make the struct mutable, and the compiler would no longer mark these values uniform.
+#[derive(CubeType)]
+pub(super) struct TileEpilogue<'a> {
+    bias: &'a [f32],
+    row_weights: &'a [f32],
+    pair_of_row: &'a [u32],
+    expert: u32,
+    pub n: u32,
+    limit: f32,
+    alpha: f32,
+}
+
+#[cube]
+impl<'a> TileEpilogue<'a> {
+    pub fn new(
+        bias: &'a [f32],
+        row_weights: &'a [f32],
+        pair_of_row: &'a [u32],
+        expert: u32,
+        n: u32,
+        limit: f32,
+        alpha: f32,
+    ) -> TileEpilogue<'a> {
+        TileEpilogue::<'a> {
+            bias,
+            row_weights,
+            pair_of_row,
+            expert,
+            n,
+            limit,
+            alpha,
+        }
+    }
+
+    /// Writes the clamped SwiGLU of the gate and up products `products[at]` and
+    /// `products[at + 1]` (with their biases) into `activation` [P, N / 2] at (`row`, unit
+    /// `col / 2`).
+    pub fn write_swiglu(
+        &self,
+        activation: &mut [bf16],
+        products: &mut [f32],
+        at: usize,
+        row: u32,
+        col: u32,
+    ) {
+        let n = self.n;
+        let gate = products[at] + self.bias[(self.expert * n + col) as usize];
+        let up = products[at + 1] + self.bias[(self.expert * n + col + 1) as usize];
+        activation[(row * (n / 2) + col / 2) as usize] =
+            bf16::cast_from(clamped_swiglu(gate, up, self.limit, self.alpha));
+    }
+
+    /// Writes the product `products[at]` of (`row`, `col`) plus its bias, times the row's
+    /// weight, into `in_pair_order` [P, N] at the row's pair.
+    pub fn write_scaled(
+        &self,
+        in_pair_order: &mut [f32],
+        products: &mut [f32],
+        at: usize,
+        row: u32,
+        col: u32,
+    ) {
+        let n = self.n;
+        let pair_at = (self.pair_of_row[row as usize] * n + col) as usize;
+        in_pair_order[pair_at] = (products[at] + self.bias[(self.expert * n + col) as usize])
+            * self.row_weights[row as usize];
+    }
 }
 
 /// After the tile's products are stored to `out`: the tile's epilogue (`EPILOGUE_SWIGLU` into
@@ -150,18 +217,12 @@ pub(super) fn grouped_mxfp4_kernel(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fused_epilogue(
     out: &mut [f32],
-    bias: &[f32],
-    row_weights: &[f32],
+    tile_epilogue: &TileEpilogue,
     activation: &mut [bf16],
-    pair_of_row: &[u32],
     in_pair_order: &mut [f32],
-    expert: u32,
     row_begin: u32,
     row_end: u32,
     col_begin: u32,
-    n: u32,
-    limit: f32,
-    alpha: f32,
     #[comptime] tm: usize,
     #[comptime] tn: usize,
     #[comptime] epilogue: u32,
@@ -173,20 +234,23 @@ pub(super) fn fused_epilogue(
         let rows = min(row_end - row_begin, tm as u32);
         if comptime![epilogue == EPILOGUE_SWIGLU] {
             swiglu_epilogue(
-                out, bias, activation, expert, row_begin, rows, col_begin, n, limit, alpha, tm, tn,
+                out,
+                tile_epilogue,
+                activation,
+                row_begin,
+                rows,
+                col_begin,
+                tm,
+                tn,
             );
         } else {
             scaled_epilogue(
                 out,
-                bias,
-                row_weights,
-                pair_of_row,
+                tile_epilogue,
                 in_pair_order,
-                expert,
                 row_begin,
                 rows,
                 col_begin,
-                n,
                 tm,
                 tn,
             );
@@ -210,18 +274,15 @@ pub(super) fn clamped_swiglu(gate: f32, up: f32, limit: f32, alpha: f32) -> f32 
 #[allow(clippy::too_many_arguments)]
 fn swiglu_epilogue(
     product: &mut [f32],
-    bias: &[f32],
+    tile_epilogue: &TileEpilogue,
     activation: &mut [bf16],
-    expert: u32,
     row_begin: u32,
     rows: u32,
     col_begin: u32,
-    n: u32,
-    limit: f32,
-    alpha: f32,
     #[comptime] tm: usize,
     #[comptime] tn: usize,
 ) {
+    let n = tile_epilogue.n;
     let units = (tn / 2) as u32;
     let mut e = UNIT_POS;
     while e < (tm * tn / 2) as u32 {
@@ -229,10 +290,7 @@ fn swiglu_epilogue(
         let col = col_begin + 2 * (e % units);
         if r < rows && col < n {
             let at = (row_begin + r) * n + col;
-            let gate = product[at as usize] + bias[(expert * n + col) as usize];
-            let up = product[at as usize + 1] + bias[(expert * n + col + 1) as usize];
-            activation[((row_begin + r) * (n / 2) + col / 2) as usize] =
-                bf16::cast_from(clamped_swiglu(gate, up, limit, alpha));
+            tile_epilogue.write_swiglu(activation, product, at as usize, row_begin + r, col);
         }
         e += UNITS;
     }
@@ -245,28 +303,22 @@ fn swiglu_epilogue(
 #[allow(clippy::too_many_arguments)]
 fn scaled_epilogue(
     product: &mut [f32],
-    bias: &[f32],
-    row_weights: &[f32],
-    pair_of_row: &[u32],
+    tile_epilogue: &TileEpilogue,
     in_pair_order: &mut [f32],
-    expert: u32,
     row_begin: u32,
     rows: u32,
     col_begin: u32,
-    n: u32,
     #[comptime] tm: usize,
     #[comptime] tn: usize,
 ) {
+    let n = tile_epilogue.n;
     let mut e = UNIT_POS;
     while e < (tm * tn) as u32 {
         let r = e / tn as u32;
         let col = col_begin + e % tn as u32;
         if r < rows && col < n {
             let row = row_begin + r;
-            let at = (row * n + col) as usize;
-            let pair_at = (pair_of_row[row as usize] * n + col) as usize;
-            in_pair_order[pair_at] =
-                (product[at] + bias[(expert * n + col) as usize]) * row_weights[row as usize];
+            tile_epilogue.write_scaled(in_pair_order, product, (row * n + col) as usize, row, col);
         }
         e += UNITS;
     }

@@ -13,9 +13,7 @@ use cubecl::prelude::*;
 use half::bf16;
 
 use super::UNITS;
-use super::kernel::{
-    EPILOGUE_NONE, EPILOGUE_SWIGLU, clamped_swiglu, expert_of_tile, fused_epilogue,
-};
+use super::kernel::{EPILOGUE_NONE, EPILOGUE_SWIGLU, TileEpilogue, expert_of_tile, fused_epilogue};
 use crate::bf16_rows::EightBf16;
 use crate::coopmat_warps::{FRAGMENT, PLANE, THROUGH_WORDS, WarpTile};
 use crate::staged_tiles::{ConsecutiveRows, GatheredRows};
@@ -102,22 +100,17 @@ pub(super) fn grouped_mxfp4_warps_kernel(
             UNITS,
         );
     }
+    let tile_epilogue = TileEpilogue::new(bias, row_weights, pair_of_row, expert, n, limit, alpha);
     if comptime![fragment_epilogues && epilogue != EPILOGUE_NONE] {
         epilogues_from_fragments(
             &warp_tile,
             &mut through,
-            bias,
-            row_weights,
+            &tile_epilogue,
             activation,
-            pair_of_row,
             in_pair_order,
-            expert,
             row_begin,
             row_end,
             col_begin,
-            n,
-            limit,
-            alpha,
             warp,
             epilogue,
         );
@@ -125,18 +118,12 @@ pub(super) fn grouped_mxfp4_warps_kernel(
         warp_tile.store_rows_below(out, row_begin, col_begin, row_end, n, &mut through);
         fused_epilogue(
             out,
-            bias,
-            row_weights,
+            &tile_epilogue,
             activation,
-            pair_of_row,
             in_pair_order,
-            expert,
             row_begin,
             row_end,
             col_begin,
-            n,
-            limit,
-            alpha,
             tm,
             tn,
             epilogue,
@@ -144,33 +131,27 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     }
 }
 
-/// The tile's epilogue (`EPILOGUE_SWIGLU` into `activation`, `EPILOGUE_SCALED` into
+/// The tile's epilogue (`EPILOGUE_SWIGLU` into `activation` or `EPILOGUE_SCALED` into
 /// `in_pair_order`, as `fused_epilogue` writes them) straight from each subgroup's fragments,
-/// each staged through the subgroup's 1 KB of `through`: the products never go to global
-/// memory (`Tiling::fragment_epilogues`). Rows from `row_end` are the next expert's and are
-/// left alone.
+/// each staged through the subgroup's 1 KB of `through`: the products never go to global memory
+/// (`Tiling::fragment_epilogues`). Rows from `row_end` are the next expert's and are left alone.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn epilogues_from_fragments(
     warp_tile: &WarpTile,
     through: &mut [f32],
-    bias: &[f32],
-    row_weights: &[f32],
+    tile_epilogue: &TileEpilogue,
     activation: &mut [bf16],
-    pair_of_row: &[u32],
     in_pair_order: &mut [f32],
-    expert: u32,
     row_begin: u32,
     row_end: u32,
     col_begin: u32,
-    n: u32,
-    limit: f32,
-    alpha: f32,
     #[comptime] warp: (usize, usize),
     #[comptime] epilogue: u32,
 ) {
     let (fm, fn_) = comptime![(warp.0 / FRAGMENT, warp.1 / FRAGMENT)];
     let side = comptime![FRAGMENT as u32];
+    let n = tile_epilogue.n;
     let lane = UNIT_POS % PLANE;
     let own = (UNIT_POS / PLANE) * THROUGH_WORDS as u32;
     #[unroll]
@@ -187,10 +168,7 @@ fn epilogues_from_fragments(
                     let (row, col) = (first_row + r, first_col + 2 * unit);
                     if row < row_end && col < n {
                         let at = (own + r * side + 2 * unit) as usize;
-                        let gate = through[at] + bias[(expert * n + col) as usize];
-                        let up = through[at + 1] + bias[(expert * n + col + 1) as usize];
-                        activation[(row * (n / 2) + col / 2) as usize] =
-                            bf16::cast_from(clamped_swiglu(gate, up, limit, alpha));
+                        tile_epilogue.write_swiglu(activation, through, at, row, col);
                     }
                     e += PLANE;
                 }
@@ -199,9 +177,13 @@ fn epilogues_from_fragments(
                 while e < THROUGH_WORDS as u32 {
                     let (row, col) = (first_row + e / side, first_col + e % side);
                     if row < row_end && col < n {
-                        let value = through[(own + e) as usize] + bias[(expert * n + col) as usize];
-                        in_pair_order[(pair_of_row[row as usize] * n + col) as usize] =
-                            value * row_weights[row as usize];
+                        tile_epilogue.write_scaled(
+                            in_pair_order,
+                            through,
+                            (own + e) as usize,
+                            row,
+                            col,
+                        );
                     }
                     e += PLANE;
                 }
