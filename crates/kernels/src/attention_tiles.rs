@@ -4,21 +4,29 @@
 //! burn runs it as two f32 matmuls (no tensor cores in f32 on Vulkan) around a chain of
 //! elementwise passes over [B, heads, T, S] scores. A workgroup of [`UNITS`] invocations takes
 //! [`QUERIES`] queries of one (row, head) and walks the union of their visible keys
-//! (`ranges`, as [`crate::attention_rows`] reads them) in blocks of [`KEYS`]:
-//! 1. the block's keys and values are staged in shared memory (`staged_tiles`: 16-byte words,
-//!    the next block's loaded into registers while this one is computed) and the scores `q k^T`
-//!    come from the tensor cores (bf16 inputs, f32 products; workgroup-scope cooperative
-//!    matrices);
-//! 2. four invocations per query mask the scores by the query's range and update a running
-//!    softmax started from the sink's logit (maximum shared by plane shuffles, each
-//!    invocation keeping its own partial sum and its quarter of the output row);
-//! 3. the probabilities, rounded to bf16, times the block's values on the tensor cores, added
-//!    to the output after rescaling.
+//! (`ranges`, as [`crate::attention_rows`] reads them) in blocks of [`KEYS`]. The workgroup
+//! shares only the block's keys and values, staged in shared memory (`staged_tiles`: 16-byte
+//! words, the next block's loaded into registers while this one is computed); each subgroup of
+//! [`PLANE`] invocations owns [`FRAGMENT`] queries and goes through a block on its own, in
+//! subgroup-scope 16 x 16 x 16 fragments (bf16 inputs, f32 products):
+//! 1. its queries' scores `q k^T` as four fragments (q's fragments loaded once, before the
+//!    blocks), stored into its own rows of shared memory;
+//! 2. two invocations per query mask the scores by the query's range and update a running
+//!    softmax started from the sink's logit (each keeping its own partial sum and half of the
+//!    output row: columns `2 c + half`), writing the probabilities, rounded to bf16, into the
+//!    subgroup's own rows;
+//! 3. the probabilities times the block's values as four fragments, stored into the same rows
+//!    and added to the output after rescaling.
+//!
+//! A subgroup skips the blocks none of its queries sees (sliding windows, the causal diagonal).
+//! One workgroup-scope matrix per product instead, which the workgroup waits for together
+//! (four barriers per block), ran 1.6x slower at scoring's size and scored 7% fewer tokens/s
+//! (docs/benchmarks.md, twenty-fourth round).
 //!
 //! Heads of 64 dimensions only ([`supports`]); everything else takes burn's ops.
 
 use burn::backend::{
-    Dispatch, backend_extension,
+    backend_extension,
     tensor::{FloatTensor, IntTensor},
 };
 use burn::tensor::{DType, Int, Shape, Tensor};
@@ -27,34 +35,33 @@ use cubecl::prelude::*;
 use half::bf16;
 
 use crate::bf16_rows::EightBf16;
+use crate::coopmat_warps::{FRAGMENT, PLANE, fragment, zeroed_accumulator};
 use crate::launch::empty_f32;
 use crate::staged_tiles::{load_tile_words, staged_row_words, store_tile_words};
 
-/// Queries per workgroup.
-pub const QUERIES: usize = 64;
 /// Keys per block.
 pub const KEYS: usize = 64;
 /// The one head size the kernel takes.
 pub const HEAD_DIM: usize = 64;
-/// Invocations per workgroup: four per query.
-const UNITS: u32 = 256;
-/// Invocations per query, and the score columns (or output dimensions) each one owns.
-const PER_QUERY: u32 = 4;
-const COLUMNS: u32 = KEYS as u32 / PER_QUERY;
-// One matrix shape serves both products (q k^T: QUERIES x KEYS over HEAD_DIM; p v: QUERIES x
-// HEAD_DIM over KEYS), and each invocation owns the same columns of scores and of outputs.
+/// Subgroups per workgroup.
+const PLANES: u32 = 4;
+/// Invocations per workgroup.
+const UNITS: u32 = PLANES * PLANE;
+/// Queries per workgroup: one fragment's rows per subgroup.
+pub const QUERIES: usize = PLANES as usize * FRAGMENT;
+/// Fragments across a block's keys (the scores) or across a head's dimensions (the output).
+const ACROSS: usize = KEYS / FRAGMENT;
 const _: () = assert!(KEYS == HEAD_DIM);
+/// Invocations per query, and the score columns (or output dimensions) each one owns.
+const PER_QUERY: u32 = PLANE / FRAGMENT as u32;
+const COLUMNS: usize = KEYS / PER_QUERY as usize;
+/// f32 values per row of a subgroup's staged scores and products: whole 16-byte words, padded
+/// so that the rows 8 apart are the only ones on the same banks.
+const SCORE_STRIDE: usize = KEYS + 4;
+/// bf16 values per row of a subgroup's staged probabilities (whole 16-byte words, padded).
+const PROB_STRIDE: usize = KEYS + 8;
 /// Below every score: marks a masked key.
 const MASKED: f32 = -3.0e38;
-
-/// A [`QUERIES`] x [`KEYS`] (or x [`HEAD_DIM`]) tensor-core matrix of the given role.
-#[cube]
-fn tile_matrix<E: Scalar>(
-    #[comptime] ident: cmma::MatrixIdent,
-    #[comptime] layout: cmma::MatrixLayout,
-) -> cmma::Matrix<E, cmma::Cube> {
-    unsafe { cmma::Matrix::<E, cmma::Cube>::uninitialized(ident, QUERIES, KEYS, HEAD_DIM, layout) }
-}
 
 /// This invocation's words of the [`KEYS`] key and value rows from `first` (rows of one kv
 /// head; zeros from row `end`, past the head's last key).
@@ -141,7 +148,7 @@ impl KeySpans {
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn attention_tiles_kernel(
-    q: &[bf16],
+    q: &[EightBf16],
     k: &[EightBf16],
     v: &[EightBf16],
     sinks: &[f32],
@@ -158,55 +165,82 @@ fn attention_tiles_kernel(
     let head = CUBE_POS_Y;
     let row = CUBE_POS_Z;
     let kv_head = head / (heads / kv_heads);
-    let unit = UNIT_POS;
-    let local = unit / PER_QUERY;
-    let quarter = unit % PER_QUERY;
-    let query = first_query + local;
+    let plane = UNIT_POS / PLANE;
+    let lane = UNIT_POS % PLANE;
+    // The subgroup's query of this invocation (its fragment row) and which columns it owns.
+    let local = lane % FRAGMENT as u32;
+    let half = lane / FRAGMENT as u32;
+    let query = first_query + plane * FRAGMENT as u32 + local;
 
-    // A block's keys and values, rows padded as `staged_tiles` pads them.
+    let spans = KeySpans::new(ranges, row, queries, query, keys, UNITS);
+    let (my_lo, my_hi) = (spans.lo, spans.hi);
+
     let stride = comptime![staged_row_words(HEAD_DIM)];
     let mut key_stage = Shared::<[EightBf16]>::new_slice(KEYS * stride);
     let mut value_stage = Shared::<[EightBf16]>::new_slice(KEYS * stride);
     let mut next_keys = Array::<EightBf16>::new(KEYS * HEAD_DIM / 8 / UNITS as usize);
     let mut next_values = Array::<EightBf16>::new(KEYS * HEAD_DIM / 8 / UNITS as usize);
-    let mut products = Shared::<[f32]>::new_aligned_slice(QUERIES * KEYS, 16usize);
-    let mut probs = Shared::<[bf16]>::new_aligned_slice(QUERIES * KEYS, 16usize);
+    let mut staged = Shared::<[f32]>::new_aligned_slice(QUERIES * SCORE_STRIDE, 16usize);
+    let mut probs = Shared::<[bf16]>::new_aligned_slice(QUERIES * PROB_STRIDE, 16usize);
+    let own_scores = (plane * FRAGMENT as u32) as usize * SCORE_STRIDE;
+    let own_probs = (plane * FRAGMENT as u32) as usize * PROB_STRIDE;
 
-    // Each query's visible keys (read by its four invocations); the block walks their union.
-    let spans = KeySpans::new(ranges, row, queries, query, keys, UNITS);
-    let (my_lo, my_hi) = (spans.lo, spans.hi);
-
-    // The view ends at this head's last query: rows past it read zeros.
-    let q_view = TensorView::new(q, seq![(row * heads + head + 1) * queries, d]).finish();
-    let q_rows = (row * heads + head) * queries + first_query;
-    let kv_rows = (row * kv_heads + kv_head) * keys;
-    let mut q_mat = tile_matrix::<bf16>(cmma::MatrixIdent::A, cmma::MatrixLayout::Undefined);
-    cmma::load_tensor(
-        &mut q_mat,
-        &q_view.slice(seq![q_rows, 0], seq![QUERIES as u32, d]),
+    // The workgroup's queries go through the key stage once; each subgroup keeps its rows as
+    // four A fragments (16 queries x 16 dimensions each).
+    let q_rows = (row * heads + head) * queries;
+    let mut q_words = Array::<EightBf16>::new(QUERIES * HEAD_DIM / 8 / UNITS as usize);
+    load_tile_words(
+        q,
+        &mut q_words,
+        q_rows + first_query,
+        q_rows + queries,
+        0,
+        d,
+        d,
+        QUERIES,
+        HEAD_DIM,
+        UNITS,
     );
-    let mut k_mat = tile_matrix::<bf16>(cmma::MatrixIdent::B, cmma::MatrixLayout::ColMajor);
-    let mut p_mat = tile_matrix::<bf16>(cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor);
-    let mut v_mat = tile_matrix::<bf16>(cmma::MatrixIdent::B, cmma::MatrixLayout::RowMajor);
-    let mut acc = tile_matrix::<f32>(
-        cmma::MatrixIdent::Accumulator,
-        cmma::MatrixLayout::Undefined,
-    );
-
-    // The sink is one more logit: start from it (its exp(0) = 1 counted once, by quarter 0).
-    let mut running_max = sinks[head as usize];
-    let mut running_sum = select(quarter == 0, 1.0f32, 0.0f32);
-    let mut output = Array::<f32>::new(COLUMNS as usize);
-    let mut scores = Array::<f32>::new(COLUMNS as usize);
+    store_tile_words(&q_words, &mut key_stage, QUERIES, HEAD_DIM, UNITS);
+    sync_cube();
+    let span = comptime![15 * stride + FRAGMENT / 8];
+    let mut q_fragments = Sequence::<cmma::Matrix<bf16>>::new();
     #[unroll]
-    for j in 0..COLUMNS as usize {
-        output[j] = 0.0;
+    for dd in 0..ACROSS {
+        let mut fragment = fragment(cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor);
+        let first = (plane * FRAGMENT as u32) as usize * stride + dd * FRAGMENT / 8;
+        cmma::load(
+            &mut fragment,
+            &key_stage[first..first + span],
+            (stride * 4) as u32,
+        );
+        q_fragments.push(fragment);
     }
-    let column0 = quarter * COLUMNS;
+    let mut keys_t = Sequence::<cmma::Matrix<bf16>>::new();
+    let mut values = Sequence::<cmma::Matrix<bf16>>::new();
+    let mut products = Sequence::<cmma::Matrix<f32>>::new();
+    #[unroll]
+    for _ in 0..ACROSS {
+        keys_t.push(fragment(cmma::MatrixIdent::B, cmma::MatrixLayout::ColMajor));
+        values.push(fragment(cmma::MatrixIdent::B, cmma::MatrixLayout::RowMajor));
+        products.push(zeroed_accumulator());
+    }
+    let mut p_fragment = fragment(cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor);
+
+    // The sink is one more logit: start from it (its exp(0) = 1 counted once, by half 0).
+    let mut running_max = sinks[head as usize];
+    let mut running_sum = select(half == 0, 1.0f32, 0.0f32);
+    let mut output = Array::<f32>::new(COLUMNS);
+    let mut scores = Array::<f32>::new(COLUMNS);
+    #[unroll]
+    for c in 0..COLUMNS {
+        output[c] = 0.0;
+    }
+    let my_row = own_scores + local as usize * SCORE_STRIDE + half as usize;
+    let my_probs = own_probs + local as usize * PROB_STRIDE + half as usize;
+    let kv_rows = (row * kv_heads + kv_head) * keys;
     let kv_end = kv_rows + keys;
     let mut start = spans.first;
-    // The first block's keys and values in registers; each block then stages them and loads
-    // the next block's while this one is computed.
     load_block_words(
         k,
         v,
@@ -217,7 +251,8 @@ fn attention_tiles_kernel(
         UNITS,
     );
     while start < spans.end {
-        // The previous block's matrices and products have been read (its last barrier).
+        // Every subgroup has loaded its fragments of the previous block (and of the queries).
+        sync_cube();
         store_tile_words(&next_keys, &mut key_stage, KEYS, HEAD_DIM, UNITS);
         store_tile_words(&next_values, &mut value_stage, KEYS, HEAD_DIM, UNITS);
         sync_cube();
@@ -225,82 +260,120 @@ fn attention_tiles_kernel(
             let next = kv_rows + start + KEYS as u32;
             load_block_words(k, v, &mut next_keys, &mut next_values, next, kv_end, UNITS);
         }
-        // Staged key rows are column-major B = K^T: (dim, key) at key * stride + dim; strides
-        // in u32 words (the loads divide them by an EightBf16's four words).
-        cmma::fill(&mut acc, 0.0f32);
-        cmma::load(
-            &mut k_mat,
-            &key_stage[0..KEYS * stride],
-            (stride * 4) as u32,
-        );
-        cmma::execute(&q_mat, &k_mat, &acc, &acc);
-        cmma::store(
-            &mut products[0..QUERIES * KEYS],
-            &acc,
-            KEYS as u32,
-            cmma::MatrixLayout::RowMajor,
-        );
-        sync_cube();
+        if start < spans.plane_hi && start + (KEYS as u32) > spans.plane_lo {
+            // Scores: staged key rows are column-major B = K^T, (dim, key) at key * stride + dim.
+            #[unroll]
+            for j in 0..ACROSS {
+                cmma::fill(products.index_mut(j), 0.0f32);
+            }
+            #[unroll]
+            for dd in 0..ACROSS {
+                #[unroll]
+                for j in 0..ACROSS {
+                    let first = j * FRAGMENT * stride + dd * FRAGMENT / 8;
+                    cmma::load(
+                        keys_t.index_mut(j),
+                        &key_stage[first..first + span],
+                        (stride * 4) as u32,
+                    );
+                }
+                #[unroll]
+                for j in 0..ACROSS {
+                    let c = products.index(j);
+                    cmma::execute(q_fragments.index(dd), keys_t.index(j), c, c);
+                }
+            }
+            stage_products(&products, &mut staged, own_scores);
 
-        let mut local_max = f32::new(MASKED);
-        #[unroll]
-        for j in 0..COLUMNS as usize {
-            let key = start + column0 + j as u32;
-            let score = products[(local * KEYS as u32 + column0) as usize + j] * scale;
-            let visible = key >= my_lo && key < my_hi;
-            scores[j] = select(visible, score, MASKED);
-            local_max = max(local_max, scores[j]);
-        }
-        // A query's four invocations are neighbouring lanes of one plane.
-        let pair_max = max(local_max, plane_shuffle_xor(local_max, 1));
-        let block_max = max(pair_max, plane_shuffle_xor(pair_max, 2));
-        let new_max = max(running_max, block_max);
-        let rescale = (running_max - new_max).exp();
-        let mut block_sum = 0.0f32;
-        #[unroll]
-        for j in 0..COLUMNS as usize {
-            let p = select(scores[j] > MASKED, (scores[j] - new_max).exp(), 0.0f32);
-            block_sum += p;
-            probs[(local * KEYS as u32 + column0) as usize + j] = bf16::cast_from(p);
-        }
-        running_sum = running_sum * rescale + block_sum;
-        running_max = new_max;
-        #[unroll]
-        for j in 0..COLUMNS as usize {
-            output[j] *= rescale;
-        }
-        sync_cube();
+            let mut local_max = f32::new(MASKED);
+            #[unroll]
+            for c in 0..COLUMNS {
+                let key = start + (2 * c) as u32 + half;
+                let score = staged[my_row + 2 * c] * scale;
+                let seen = key >= my_lo && key < my_hi;
+                scores[c] = select(seen, score, MASKED);
+                local_max = max(local_max, scores[c]);
+            }
+            // A query's two invocations are lanes `local` and `local + 16` of one subgroup.
+            let block_max = max(local_max, plane_shuffle_xor(local_max, FRAGMENT as u32));
+            let new_max = max(running_max, block_max);
+            let rescale = (running_max - new_max).exp();
+            let mut block_sum = 0.0f32;
+            #[unroll]
+            for c in 0..COLUMNS {
+                let p = select(scores[c] > MASKED, (scores[c] - new_max).exp(), 0.0f32);
+                block_sum += p;
+                probs[my_probs + 2 * c] = bf16::cast_from(p);
+                output[c] *= rescale;
+            }
+            running_sum = running_sum * rescale + block_sum;
+            running_max = new_max;
+            sync_plane();
 
-        cmma::fill(&mut acc, 0.0f32);
-        cmma::load(&mut p_mat, &probs[0..QUERIES * KEYS], KEYS as u32);
-        cmma::load(
-            &mut v_mat,
-            &value_stage[0..KEYS * stride],
-            (stride * 4) as u32,
-        );
-        cmma::execute(&p_mat, &v_mat, &acc, &acc);
-        cmma::store(
-            &mut products[0..QUERIES * HEAD_DIM],
-            &acc,
-            d,
-            cmma::MatrixLayout::RowMajor,
-        );
-        sync_cube();
-        #[unroll]
-        for j in 0..COLUMNS as usize {
-            output[j] += products[(local * d + column0) as usize + j];
+            // Probabilities (A, 16 queries x 16 keys at a time) times values (row-major B).
+            #[unroll]
+            for j in 0..ACROSS {
+                cmma::fill(products.index_mut(j), 0.0f32);
+            }
+            #[unroll]
+            for kk in 0..ACROSS {
+                let first_p = own_probs + kk * FRAGMENT;
+                cmma::load(
+                    &mut p_fragment,
+                    &probs[first_p..first_p + 15 * PROB_STRIDE + FRAGMENT],
+                    PROB_STRIDE as u32,
+                );
+                #[unroll]
+                for j in 0..ACROSS {
+                    let first = kk * FRAGMENT * stride + j * FRAGMENT / 8;
+                    cmma::load(
+                        values.index_mut(j),
+                        &value_stage[first..first + span],
+                        (stride * 4) as u32,
+                    );
+                }
+                #[unroll]
+                for j in 0..ACROSS {
+                    let c = products.index(j);
+                    cmma::execute(&p_fragment, values.index(j), c, c);
+                }
+            }
+            stage_products(&products, &mut staged, own_scores);
+            #[unroll]
+            for c in 0..COLUMNS {
+                output[c] += staged[my_row + 2 * c];
+            }
         }
         start += KEYS as u32;
     }
-    let pair_sum = running_sum + plane_shuffle_xor(running_sum, 1);
-    let total = pair_sum + plane_shuffle_xor(pair_sum, 2);
+    let total = running_sum + plane_shuffle_xor(running_sum, FRAGMENT as u32);
     if query < queries {
-        let out_base = ((row * queries + query) * heads + head) * d + column0;
+        let out_base = ((row * queries + query) * heads + head) * d + half;
         #[unroll]
-        for j in 0..COLUMNS as usize {
-            out[out_base as usize + j] = output[j] / total;
+        for c in 0..COLUMNS {
+            out[(out_base + 2 * c as u32) as usize] = output[c] / total;
         }
     }
+}
+
+/// Stores the subgroup's four 16 x 16 products side by side into its rows of `staged` (from
+/// `own`, [`SCORE_STRIDE`] apart), where its invocations may read them: waits for the
+/// subgroup's reads of what it staged before, and makes the stores visible.
+#[cube]
+fn stage_products(products: &Sequence<cmma::Matrix<f32>>, staged: &mut [f32], own: usize) {
+    let span = comptime![15 * SCORE_STRIDE + FRAGMENT];
+    sync_plane();
+    #[unroll]
+    for j in 0..ACROSS {
+        let first = own + j * FRAGMENT;
+        cmma::store(
+            &mut staged[first..first + span],
+            products.index(j),
+            SCORE_STRIDE as u32,
+            cmma::MatrixLayout::RowMajor,
+        );
+    }
+    sync_plane();
 }
 
 /// GPU extension op; only the CubeCL backend implements it.
@@ -311,17 +384,6 @@ pub trait AttentionTilesBackend: burn::backend::Backend {
     /// 64] f32.
     #[fusion(dtype = output_dtype(q), shape = Shape::from(vec![q[0], q[2], q[1], q[3]]))]
     fn attention_tiles(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        sinks: FloatTensor<Self>,
-        ranges: IntTensor<Self>,
-        scale: f32,
-    ) -> FloatTensor<Self>;
-
-    /// As `attention_tiles`, each subgroup on its own 16 queries (`attention_warps`).
-    #[fusion(dtype = output_dtype(q), shape = Shape::from(vec![q[0], q[2], q[1], q[3]]))]
-    fn attention_warps(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
@@ -344,72 +406,32 @@ impl AttentionTilesBackend for CubeBackend {
         ranges: CubeTensor,
         scale: f32,
     ) -> CubeTensor {
-        launch_attention(q, k, v, sinks, ranges, scale, false)
+        let [q, k, v, sinks, ranges] = [q, k, v, sinks, ranges].map(into_contiguous);
+        let [b, heads, t, d] = [0, 1, 2, 3].map(|i| q.meta.shape()[i]);
+        let [kv_heads, keys] = [k.meta.shape()[1], k.meta.shape()[2]];
+        assert!(
+            supports(d),
+            "attention_tiles: head_dim {d} (only {HEAD_DIM})"
+        );
+        let out = empty_f32(&q, vec![b, t, heads, d]);
+        attention_tiles_kernel::launch(
+            &q.client.clone(),
+            CubeCount::Static(t.div_ceil(QUERIES) as u32, heads as u32, b as u32),
+            CubeDim::new_1d(UNITS),
+            q.into_buffer_arg(),
+            k.into_buffer_arg(),
+            v.into_buffer_arg(),
+            sinks.into_buffer_arg(),
+            ranges.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            heads as u32,
+            kv_heads as u32,
+            t as u32,
+            keys as u32,
+            scale,
+        );
+        out
     }
-
-    fn attention_warps(
-        q: CubeTensor,
-        k: CubeTensor,
-        v: CubeTensor,
-        sinks: CubeTensor,
-        ranges: CubeTensor,
-        scale: f32,
-    ) -> CubeTensor {
-        launch_attention(q, k, v, sinks, ranges, scale, true)
-    }
-}
-
-/// Launches `attention_tiles_kernel`, or with `warps` `attention_warps_kernel`, on contiguous
-/// inputs -> [B, T, heads, 64] f32.
-fn launch_attention(
-    q: CubeTensor,
-    k: CubeTensor,
-    v: CubeTensor,
-    sinks: CubeTensor,
-    ranges: CubeTensor,
-    scale: f32,
-    warps: bool,
-) -> CubeTensor {
-    let [q, k, v, sinks, ranges] = [q, k, v, sinks, ranges].map(into_contiguous);
-    let [b, heads, t, d] = [0, 1, 2, 3].map(|i| q.meta.shape()[i]);
-    let [kv_heads, keys] = [k.meta.shape()[1], k.meta.shape()[2]];
-    assert!(
-        supports(d),
-        "attention_tiles: head_dim {d} (only {HEAD_DIM})"
-    );
-    let out = empty_f32(&q, vec![b, t, heads, d]);
-    let client = q.client.clone();
-    // The two kernels take the same arguments over a grid of query blocks x heads x rows.
-    macro_rules! launch {
-        ($kernel:ident, $queries:expr, $units:expr) => {
-            $kernel::launch(
-                &client,
-                CubeCount::Static(t.div_ceil($queries) as u32, heads as u32, b as u32),
-                CubeDim::new_1d($units),
-                q.into_buffer_arg(),
-                k.into_buffer_arg(),
-                v.into_buffer_arg(),
-                sinks.into_buffer_arg(),
-                ranges.into_buffer_arg(),
-                out.clone().into_buffer_arg(),
-                heads as u32,
-                kv_heads as u32,
-                t as u32,
-                keys as u32,
-                scale,
-            )
-        };
-    }
-    use crate::attention_warps::attention_warps_kernel;
-    match warps {
-        true => launch!(
-            attention_warps_kernel,
-            crate::attention_warps::QUERIES,
-            crate::attention_warps::UNITS
-        ),
-        false => launch!(attention_tiles_kernel, QUERIES, UNITS),
-    }
-    out
 }
 
 /// Whether the kernel takes heads of `head_dim`.
@@ -430,52 +452,17 @@ pub fn attention_tiles(
     ranges: Tensor<1, Int>,
     scale: f32,
 ) -> Tensor<4> {
-    let op = <Dispatch as AttentionTilesBackend>::attention_tiles;
-    dispatch_attention(op, q, k, v, sinks, ranges, scale)
-}
-
-/// As [`attention_tiles`], each subgroup of the kernel on its own 16 queries
-/// ([`crate::attention_warps`]); GPU only.
-pub fn attention_warps(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    sinks: Tensor<1>,
-    ranges: Tensor<1, Int>,
-    scale: f32,
-) -> Tensor<4> {
-    let op = <Dispatch as AttentionTilesBackend>::attention_warps;
-    dispatch_attention(op, q, k, v, sinks, ranges, scale)
-}
-
-/// One of the extension's attention ops on burn tensors (q, k and v cast to bf16).
-type AttentionOp = fn(
-    FloatTensor<Dispatch>,
-    FloatTensor<Dispatch>,
-    FloatTensor<Dispatch>,
-    FloatTensor<Dispatch>,
-    IntTensor<Dispatch>,
-    f32,
-) -> FloatTensor<Dispatch>;
-
-fn dispatch_attention(
-    op: AttentionOp,
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    sinks: Tensor<1>,
-    ranges: Tensor<1, Int>,
-    scale: f32,
-) -> Tensor<4> {
-    let [q, k, v] = [q, k, v].map(|x| x.cast(DType::BF16).into_dispatch());
-    Tensor::from_dispatch(op(
-        q,
-        k,
-        v,
-        sinks.into_dispatch(),
-        ranges.into_dispatch(),
-        scale,
-    ))
+    let [q, k, v] = [q, k, v].map(|x| x.cast(DType::BF16));
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as AttentionTilesBackend>::attention_tiles(
+            q.into_dispatch(),
+            k.into_dispatch(),
+            v.into_dispatch(),
+            sinks.into_dispatch(),
+            ranges.into_dispatch(),
+            scale,
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@
 //!   down kernel with the residual add) and attention in one kernel each instead of tens of
 //!   burn kernels (decoding is bound by kernels per token).
 //! - `attention_tiles`: scoring's and prefill's attention (many queries) in one kernel on the
-//!   tensor cores, flash-style, instead of f32 matmuls around passes over the scores;
-//!   `attention_warps`: the same with each subgroup on its own queries in fragments.
+//!   tensor cores, flash-style (each subgroup on its own queries in fragments), instead of f32
+//!   matmuls around passes over the scores.
 //!
 //! - `write_at_index`: an in-place write at an index held on the device (the state of a decode
 //!   step captured once and replayed); `greedy_picks`: a decode step's argmax written into that
@@ -30,7 +30,6 @@
 
 pub mod attention_rows;
 pub mod attention_tiles;
-pub mod attention_warps;
 pub mod bf16_rows;
 pub mod coopmat_gemm;
 pub mod coopmat_warps;

@@ -57,17 +57,6 @@ pub struct ModelBenchArgs {
     /// --grouped-tilings` writes it (`128x256x32/tcdwe`); its rows must be the default's.
     #[arg(long)]
     pub grouped_tiling: Option<String>,
-    /// Scoring's and prefill's attention kernel: `tiles` (one workgroup-scope matrix per
-    /// product) or `warps` (each subgroup on its own queries in fragments).
-    #[arg(long, value_enum)]
-    pub attention_kernel: Option<ManyQueriesAttention>,
-}
-
-/// The tensor-core attention kernels `bench model --attention-kernel` chooses between.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum ManyQueriesAttention {
-    Tiles,
-    Warps,
 }
 
 /// Keeps what `trace` keeps of each layer: the selected experts and their gate weights.
@@ -159,13 +148,6 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
             "--grouped-tiling `{text}`: large tiles have {rows} rows"
         );
         gpt_oss_kernels::grouped_mxfp4::set_large_tiles(tiling);
-    }
-    if let Some(kernel) = args.attention_kernel {
-        use gpt_oss_kernels::attention_tiles::{attention_tiles, attention_warps};
-        gpt_oss_model::transformer::attention::set_many_queries_attention(match kernel {
-            ManyQueriesAttention::Tiles => attention_tiles,
-            ManyQueriesAttention::Warps => attention_warps,
-        });
     }
     let loaded = args.model.load()?;
     let model = &loaded.model;

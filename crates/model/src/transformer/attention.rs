@@ -50,34 +50,17 @@ pub struct Attention {
 }
 
 /// The GPU kernel for `queries` queries per row with heads of `head_dim`, if one takes them:
-/// decoding's `attention_rows` (one kernel instead of about twelve) for a few queries, the
-/// tensor-core kernel of [`many_queries_attention`] (instead of f32 matmuls around passes over
-/// the scores) for scoring and prefill.
+/// decoding's `attention_rows` (one kernel instead of about twelve) for a few queries,
+/// `attention_tiles` (one tensor-core kernel instead of f32 matmuls around passes over the
+/// scores) for scoring and prefill.
 fn gpu_attention_kernel(queries: usize, head_dim: usize) -> Option<AttentionKernel> {
     if queries <= attention_rows::MAX_QUERIES && attention_rows::supports(head_dim) {
         Some(attention_rows::attention_rows)
     } else if attention_tiles::supports(head_dim) {
-        Some(many_queries_attention())
+        Some(attention_tiles::attention_tiles)
     } else {
         None
     }
-}
-
-/// `attention_warps`: scoring 23,448 and 23,539 tok/s against 21,939 and 22,004 with
-/// `attention_tiles` on an H200 (docs/benchmarks.md, twenty-fourth round).
-static MANY_QUERIES: std::sync::Mutex<AttentionKernel> =
-    std::sync::Mutex::new(attention_tiles::attention_warps);
-
-/// Sets the tensor-core attention kernel later scoring and prefill take (benchmarks compare
-/// `attention_tiles::attention_tiles` and `attention_tiles::attention_warps`).
-pub fn set_many_queries_attention(kernel: AttentionKernel) {
-    *MANY_QUERIES.lock().expect("attention kernel lock") = kernel;
-}
-
-/// Scoring's and prefill's attention kernel: `attention_tiles::attention_warps` unless
-/// [`set_many_queries_attention`] chose another.
-pub fn many_queries_attention() -> AttentionKernel {
-    *MANY_QUERIES.lock().expect("attention kernel lock")
 }
 
 impl Attention {

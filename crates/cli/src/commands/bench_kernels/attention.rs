@@ -133,13 +133,11 @@ pub(super) fn check_attention_step(device: &Device) -> anyhow::Result<()> {
     worst.finish()
 }
 
-/// The tensor-core attention kernels (`attention_tiles`, `attention_warps`) against burn's ops on
-/// the same bf16-rounded inputs: causal ranges (scoring's shape, full and in a sliding window;
-/// a sliding window with left padding; queries after cached keys) and random ranges with one
-/// query that sees no key.
+/// The tensor-core attention against burn's ops on the same bf16-rounded inputs: causal ranges
+/// (scoring's shape, full and in a sliding window; a sliding window with left padding; queries
+/// after cached keys) and random ranges with one query that sees no key.
 pub(super) fn check_attention_tiles(device: &Device) -> anyhow::Result<()> {
-    use gpt_oss_kernels::AttentionKernel;
-    use gpt_oss_kernels::attention_tiles::{attention_tiles, attention_warps};
+    use gpt_oss_kernels::attention_tiles::attention_tiles;
     let mut rng = StdRng::seed_from_u64(11);
     let mut worst = Worst::new("attention tiles kernel", 1e-2);
     // (rows, heads, kv heads, queries, keys, window, left padding of row 1); window 0: random.
@@ -176,19 +174,14 @@ pub(super) fn check_attention_tiles(device: &Device) -> anyhow::Result<()> {
             ranges: ranges_tensor(ranges, device),
             scale: 0.125,
         };
-        for (name, kernel) in [
-            ("attention_tiles", attention_tiles as AttentionKernel),
-            ("attention_warps", attention_warps),
-        ] {
-            let (ours, reference, seconds) = attention_against_reference(kernel, inputs.clone())?;
-            worst.record(
-                ours,
-                reference,
-                json!({"kernel": name, "rows": b, "heads": heads,
-                       "kv_heads": kv_heads, "queries": t, "keys": s, "window": window,
-                       "seconds": seconds}),
-            );
-        }
+        let (ours, reference, seconds) = attention_against_reference(attention_tiles, inputs)?;
+        worst.record(
+            ours,
+            reference,
+            json!({"kernel": "attention_tiles", "rows": b, "heads": heads,
+                   "kv_heads": kv_heads, "queries": t, "keys": s, "window": window,
+                   "seconds": seconds}),
+        );
     }
     worst.finish()
 }
@@ -218,7 +211,6 @@ fn ranges_tensor(ranges: Vec<i32>, device: &Device) -> Tensor<1, Int> {
 
 /// One attention case: q [B, heads, T, d], k and v [B, kv_heads, S, d], sinks [heads], key
 /// ranges, score scale.
-#[derive(Clone)]
 struct AttentionInputs {
     q: Tensor<4>,
     k: Tensor<4>,
