@@ -1,7 +1,7 @@
 //! MXFP4 decoding: E2M1 codes and UE8M0 scales to values, one K step of an expert's weight
 //! rows from packed words into a shared-memory stage (bf16 in 16-byte words, rows padded as
 //! `staged_tiles` pads them: column-major B), and every expert's weights to bf16 in global
-//! memory at once (`decode_experts_kernel`, for `Tiling::decoded`; K-major in `decode_k_major`).
+//! memory at once (`decode_experts_kernel`, for `Tiling::decoded`).
 
 use cubecl::prelude::*;
 

@@ -9,7 +9,6 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use super::decode::decode_experts_kernel;
-use super::decode_k_major::{TURN_BLOCK, decode_experts_k_major_kernel};
 use super::kernel::{EPILOGUE_NONE, EPILOGUE_SCALED, EPILOGUE_SWIGLU, grouped_mxfp4_kernel};
 use super::warps::grouped_mxfp4_warps_kernel;
 use super::{Tiling, UNITS};
@@ -87,11 +86,6 @@ pub trait GroupedBackend: burn::backend::Backend {
     /// launch with `Tiling::decoded` reads.
     #[fusion(dtype = bf16_dtype(words), shape = decoded_shape(words))]
     fn decoded_mxfp4_experts(words: IntTensor<Self>, scales: IntTensor<Self>) -> FloatTensor<Self>;
-
-    /// `words` [E, N, K / 8] and `scales` [E, S] decoded to bf16 K-major, [E, K, N]: the
-    /// scratch a launch with `Tiling::warps` reads.
-    #[fusion(dtype = bf16_dtype(words), shape = decoded_k_major_shape(words))]
-    fn k_major_mxfp4_experts(words: IntTensor<Self>, scales: IntTensor<Self>) -> FloatTensor<Self>;
 }
 
 fn bf16_dtype(_input: DType) -> DType {
@@ -100,10 +94,6 @@ fn bf16_dtype(_input: DType) -> DType {
 
 fn decoded_shape(words: &Shape) -> Shape {
     Shape::from(vec![words[0], words[1], words[2] * 8])
-}
-
-fn decoded_k_major_shape(words: &Shape) -> Shape {
-    Shape::from(vec![words[0], words[2] * 8, words[1]])
 }
 
 fn accumulator_dtype(_input: DType) -> DType {
@@ -243,10 +233,7 @@ fn launch_grouped(
     let (words, decoded) = match t.decoded {
         true => (
             empty_of(&a, vec![1], DType::I32),
-            match warp.is_some() {
-                true if !t.rows_of_k => decoded_experts_k_major(&words, &scales, k),
-                _ => decoded_experts(&words, &scales, k),
-            },
+            decoded_experts(&words, &scales, k),
         ),
         false => (words, empty_of(&a, vec![1], DType::BF16)),
     };
@@ -278,7 +265,6 @@ fn launch_grouped(
             t.order.columns_first(),
             epilogue.code,
             t.fragment_epilogues,
-            t.rows_of_k,
             gathered,
         );
     } else {
@@ -342,34 +328,6 @@ fn decoded_experts(words: &CubeTensor, scales: &CubeTensor, k: usize) -> CubeTen
     decoded
 }
 
-/// Every expert's weights, `words` [E, N, K / 8] and `scales` [E, S], decoded to bf16 K-major,
-/// [E, K, N], in one launch (`decode_experts_k_major_kernel`).
-fn decoded_experts_k_major(words: &CubeTensor, scales: &CubeTensor, k: usize) -> CubeTensor {
-    let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
-    assert!(
-        n.is_multiple_of(8),
-        "grouped MXFP4 kernel: K-major weights need N a multiple of 8, got {n}"
-    );
-    let decoded = empty_of(words, vec![experts, k, n], DType::BF16);
-    let (blocks_n, blocks_k) = (n.div_ceil(TURN_BLOCK), k.div_ceil(TURN_BLOCK));
-    let blocks = experts * blocks_n * blocks_k;
-    decode_experts_k_major_kernel::launch(
-        &words.client,
-        grid_over_rows(blocks),
-        CubeDim::new_1d(UNITS),
-        words.clone().into_buffer_arg(),
-        scales.clone().into_buffer_arg(),
-        decoded.clone().into_buffer_arg(),
-        n as u32,
-        k as u32,
-        scales.meta.shape()[1] as u32,
-        blocks_n as u32,
-        blocks_k as u32,
-        blocks as u32,
-    );
-    decoded
-}
-
 /// Launches gate_up with each expert's `bias` and the clamped SwiGLU -> [P, N / 2] bf16.
 fn launch_swiglu(
     inputs: GroupedInputs,
@@ -393,12 +351,6 @@ impl GroupedBackend for CubeBackend {
         let [words, scales] = [words, scales].map(into_contiguous);
         let k = words.meta.shape()[2] * 8;
         decoded_experts(&words, &scales, k)
-    }
-
-    fn k_major_mxfp4_experts(words: CubeTensor, scales: CubeTensor) -> CubeTensor {
-        let [words, scales] = [words, scales].map(into_contiguous);
-        let k = words.meta.shape()[2] * 8;
-        decoded_experts_k_major(&words, &scales, k)
     }
 
     fn grouped_mxfp4_matmul(

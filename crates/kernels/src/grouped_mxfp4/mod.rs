@@ -28,13 +28,12 @@
 //! rank) pair (so a token's sum over its pairs reads them without a gather), in the same launch.
 //!
 //! Files: `decode` (MXFP4 codes to values, a K step of weights into shared memory, all
-//! experts to bf16), `decode_k_major` (all experts to bf16 K-major),
+//! experts to bf16),
 //! `kernel` (the tiled product and its epilogues), `warps` (the same product with subgroup-scope
 //! fragments, `Tiling::warps`), `extension` (the burn backend ops and the launch); the tilings
 //! and the functions on burn tensors are here.
 
 mod decode;
-mod decode_k_major;
 mod extension;
 mod kernel;
 mod warps;
@@ -64,24 +63,18 @@ pub struct Tiling {
     /// Pays where each weight tile serves many row tiles (scoring); the weights at rest stay
     /// MXFP4.
     pub decoded: bool,
-    /// With `decoded`: the experts are decoded K-major, [E, K, N] (`decode_k_major` turns them
-    /// block by block in shared memory), the product stages K rows of the tile's columns
-    /// (row-major B) as the dense GEMM stages its rhs, and each subgroup multiplies its own
-    /// block of the tile as 16 x 16 x 16 fragments (`warps.rs`) instead of one workgroup-scope
-    /// matrix per tile. Where N is not whole fragments the launch keeps the weights as rows of
-    /// K and the workgroup-scope kernel ([`Tiling::warp_block`]). K-major weights with the
-    /// workgroup-scope kernel ran slower than rows of K (173 against 179-183 TF/s;
-    /// docs/benchmarks.md, twenty-third round), so the two go together.
+    /// With `decoded`: each subgroup multiplies its own block of the tile as 16 x 16 x 16
+    /// fragments (`warps.rs`), loading the decoded rows of K as column-major fragments, instead
+    /// of one workgroup-scope matrix per tile. Where N is not whole fragments the launch takes
+    /// the workgroup-scope kernel ([`Tiling::warp_block`]). The experts turned K-major first
+    /// (row-major B, as the dense GEMM stages its rhs) scored 1% less, the turn costing more
+    /// than the decoding (docs/benchmarks.md, twenty-third and twenty-fourth rounds).
     pub warps: bool,
     /// With `warps`: the fused epilogues (SwiGLU, scaled) read each subgroup's fragments
     /// through shared memory, instead of the products stored to global memory and read back
     /// (which for scoring's gate_up is 1.5 GB written and read per layer). The launch then
     /// allocates no [P, N] f32 products.
     pub fragment_epilogues: bool,
-    /// With `warps`: the weights stay decoded as the checkpoint's rows of K, [E, N, K], and the
-    /// subgroups load them as column-major fragments, instead of turned K-major (the turn
-    /// takes about twice the decoding alone).
-    pub rows_of_k: bool,
     /// With `warps`: gate_up reads its rows from the tokens' rows through the sorting's index
     /// (`grouped_mxfp4_swiglu_gathered`), instead of from rows gathered by a launch before.
     pub gathered: bool,
@@ -100,8 +93,7 @@ impl Tiling {
             | (self.decoded as u64) << 50
             | (self.warps as u64) << 51
             | (self.fragment_epilogues as u64) << 52
-            | (self.rows_of_k as u64) << 53
-            | (self.gathered as u64) << 54
+            | (self.gathered as u64) << 53
     }
 
     /// This tiling as a launch of a product with K columns takes it: a K step that divides K
@@ -141,7 +133,6 @@ pub const SMALL_TILES: Tiling = Tiling {
     decoded: false,
     warps: false,
     fragment_epilogues: false,
-    rows_of_k: false,
     gathered: false,
     order: TileOrder::ColumnsFirst,
 };
@@ -157,7 +148,7 @@ pub const SMALL_TILES: Tiling = Tiling {
 /// one workgroup-scope matrix per tile, ran at 173. The epilogues from the fragments, with no
 /// products in global memory: scoring 21,923 and 22,078 tok/s against 19,767 and 19,932 on an
 /// H200 (twenty-fourth round). The weights as rows of K, without the K-major turn: 23,702 and
-/// 23,723 tok/s against 23,426 and 23,519 (same round).
+/// 23,723 tok/s against 23,426 and 23,519 (same round; the turn was then removed).
 pub const LARGE_TILES: Tiling = Tiling {
     m: 128,
     n: 256,
@@ -166,7 +157,6 @@ pub const LARGE_TILES: Tiling = Tiling {
     decoded: true,
     warps: true,
     fragment_epilogues: true,
-    rows_of_k: true,
     gathered: false,
     order: TileOrder::ColumnsFirst,
 };
@@ -229,17 +219,6 @@ pub fn grouped_mxfp4_matmul(a: Tensor<2>, weights: PackedWeights, tiles: ExpertT
 pub fn decoded_expert_weights(weights: PackedWeights) -> Tensor<3> {
     Tensor::from_dispatch(
         <burn::backend::Dispatch as GroupedBackend>::decoded_mxfp4_experts(
-            weights.words.into_dispatch(),
-            weights.scales.into_dispatch(),
-        ),
-    )
-}
-
-/// Every expert of `weights` decoded to bf16 K-major, [E, K, N]: what a launch with
-/// `Tiling::warps` reads.
-pub fn k_major_expert_weights(weights: PackedWeights) -> Tensor<3> {
-    Tensor::from_dispatch(
-        <burn::backend::Dispatch as GroupedBackend>::k_major_mxfp4_experts(
             weights.words.into_dispatch(),
             weights.scales.into_dispatch(),
         ),
@@ -344,7 +323,7 @@ mod tests {
         // N not whole fragments: the workgroup-scope kernel.
         assert_eq!(LARGE_TILES.warp_block(200), None);
         assert_eq!(SMALL_TILES.warp_block(5760), None);
-        // Nor without the weights decoded first (the fragments read them decoded K-major).
+        // Nor without the weights decoded first (the fragments read them decoded).
         let packed = Tiling {
             decoded: false,
             ..LARGE_TILES

@@ -1,6 +1,6 @@
 //! The grouped product with subgroup-scope fragments (`Tiling::warps`): the weights decoded
-//! first, K-major (`decode_k_major`) or with `Tiling::rows_of_k` as the checkpoint's rows of K
-//! (column-major B fragments, no turn), both inputs staged as the dense GEMM stages them, and
+//! first as the checkpoint's rows of K (loaded as column-major B fragments), both inputs staged
+//! as the dense GEMM stages them, and
 //! each subgroup multiplying its own block of the tile as 16 x 16 x 16 fragments
 //! (`coopmat_warps::WarpTile`), the layout with which the dense kernel gained 5-8% over one
 //! workgroup-scope matrix (docs/benchmarks.md, twenty-second round). A tile's last rows may be
@@ -20,8 +20,8 @@ use crate::staged_tiles::{ConsecutiveRows, GatheredRows};
 use crate::tile_order::tile_position;
 
 /// The tiled kernel's arguments (`grouped_mxfp4_kernel`) without the MXFP4 words and scales:
-/// the weights come decoded K-major in `bf16_weights` [E * K, N], or with `rows_of_k` as the
-/// checkpoint's rows, [E * N, K]; `warp` is each subgroup's block (`coopmat_warps::warp_tile`).
+/// the weights come decoded in `bf16_weights` [E * N, K], the checkpoint's rows; `warp` is each
+/// subgroup's block (`coopmat_warps::warp_tile`).
 /// With `gathered`, `a` holds the tokens' rows and sorted row r is `a`'s row `rows_of[r]`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -47,7 +47,6 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     #[comptime] columns_first: bool,
     #[comptime] epilogue: u32,
     #[comptime] fragment_epilogues: bool,
-    #[comptime] rows_of_k: bool,
     #[comptime] gathered: bool,
 ) {
     let (tm, tn, _) = tile;
@@ -61,13 +60,9 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     let col_begin = column_tile * tn as u32;
     let mut through =
         Shared::<[f32]>::new_slice(comptime![(UNITS / PLANE) as usize * THROUGH_WORDS]);
-    let mut warp_tile = WarpTile::new(warp, tn, rows_of_k);
-    // The expert's K rows of N weights are rows expert * k.. of the decoded weights, or its N
-    // rows of K rows expert * n...
-    let mut expert_rows = expert * k;
-    if comptime![rows_of_k] {
-        expert_rows = expert * n;
-    }
+    let mut warp_tile = WarpTile::new(warp, tn, true);
+    // The expert's N rows of K are rows expert * n.. of the decoded weights.
+    let expert_rows = expert * n;
     // Sorted row r is row r of `a`, or with `gathered` row rows_of[r] (`a` in token order).
     if comptime![gathered] {
         let lhs_rows = GatheredRows::new(rows_of);
@@ -203,12 +198,7 @@ mod tests {
     fn the_kernel_compiles_with_every_epilogue_within_the_drivers_workgroup_memory() {
         let tile = (128, 256, 32);
         for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
-            for (fragment_epilogues, rows_of_k, gathered) in [
-                (false, false, false),
-                (true, false, false),
-                (true, true, false),
-                (true, true, true),
-            ] {
+            for (fragment_epilogues, gathered) in [(false, false), (true, false), (true, true)] {
                 let compiled = compile_kernel!(
                     grouped_mxfp4_warps_kernel::GroupedMxfp4WarpsKernel,
                     CubeDim::new_1d(UNITS),
@@ -218,14 +208,12 @@ mod tests {
                     true,
                     epilogue,
                     fragment_epilogues,
-                    rows_of_k,
                     gathered,
                 );
                 assert_eq!(
                     compiled,
                     Ok(()),
-                    "epilogue {epilogue}, from fragments {fragment_epilogues}, rows of K \
-                     {rows_of_k}, gathered {gathered}"
+                    "epilogue {epilogue}, from fragments {fragment_epilogues}, gathered {gathered}"
                 );
             }
         }

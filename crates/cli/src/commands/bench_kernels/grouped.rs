@@ -73,10 +73,9 @@ const DECODING_CASES: [(usize, usize, usize); 4] = [
     (32, 2880, 2880),
 ];
 
-/// Every expert decoded to bf16 before the grouped product, as rows of K ([E, N, K],
-/// `Tiling::decoded`) and K-major ([E, K, N], `Tiling::warps`, turned in shared memory),
+/// Every expert decoded to bf16 before the grouped product ([E, N, K], `Tiling::decoded`)
 /// against burn's ops decoding each expert (the values are exact in bf16, so the tolerance is
-/// one part in ten million), each timed.
+/// one part in ten million), timed.
 pub(super) fn check_decoded_experts(device: &Device) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(5);
     let mut worst = Worst::new("decoded experts", 1e-7);
@@ -85,31 +84,22 @@ pub(super) fn check_decoded_experts(device: &Device) -> anyhow::Result<()> {
         let ExpertMatrix::Mxfp4(packed) = &matrix else {
             unreachable!("random_mxfp4 packs MXFP4")
         };
-        // Expert e as [K, N].
-        let k_major = Tensor::stack::<3>((0..experts).map(|e| matrix.expert(e)).collect(), 0);
-        let layouts = [
-            ("rows of K", false, k_major.clone().swap_dims(1, 2)),
-            ("K-major", true, k_major),
-        ];
-        for (layout, turned, reference) in layouts {
-            // The decoded bf16 values as a matrix (what `seconds_per_call` times).
-            let run = || {
-                let weights = packed.kernel_weights();
-                let decoded = match turned {
-                    true => grouped_mxfp4::k_major_expert_weights(weights),
-                    false => grouped_mxfp4::decoded_expert_weights(weights),
-                };
-                decoded.reshape([experts * n, k])
-            };
-            let seconds = seconds_per_call(device, run)?;
-            let shape = reference.dims();
-            worst.record(
-                run().cast(DType::F32).reshape(shape),
-                reference,
-                json!({"kernel": "decoded experts", "layout": layout, "experts": experts,
-                       "n": n, "k": k, "seconds": seconds}),
-            );
-        }
+        // Expert e as [K, N], turned to its rows of K.
+        let reference =
+            Tensor::stack::<3>((0..experts).map(|e| matrix.expert(e)).collect(), 0).swap_dims(1, 2);
+        // The decoded bf16 values as a matrix (what `seconds_per_call` times).
+        let run = || {
+            let decoded = grouped_mxfp4::decoded_expert_weights(packed.kernel_weights());
+            decoded.reshape([experts * n, k])
+        };
+        let seconds = seconds_per_call(device, run)?;
+        let shape = reference.dims();
+        worst.record(
+            run().cast(DType::F32).reshape(shape),
+            reference,
+            json!({"kernel": "decoded experts", "experts": experts, "n": n, "k": k,
+                   "seconds": seconds}),
+        );
     }
     worst.finish()
 }
@@ -203,21 +193,21 @@ fn check_fused_epilogues(
 }
 
 /// `MxNxK` with optional `/flags`: `t` FP4 table, `c` column tiles first, `d` weights decoded
-/// to bf16 before the product (`Tiling::decoded`), `w` with `d`: decoded K-major and multiplied
-/// in subgroup-scope fragments (`Tiling::warps`), `e` with `w`: the epilogues from the
-/// fragments (`Tiling::fragment_epilogues`).
+/// to bf16 before the product (`Tiling::decoded`), `w` with `d`: multiplied in subgroup-scope
+/// fragments (`Tiling::warps`), `e` with `w`: the epilogues from the fragments
+/// (`Tiling::fragment_epilogues`), `g` with `w`: gate_up's rows read through the sorting's
+/// index (`Tiling::gathered`).
 pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
     let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
     let [m, n, k] = super::super::bench_matmul::parse_shape(shape)?;
-    if let Some(bad) = flags.chars().find(|c| !"tcdwerg".contains(*c)) {
+    if let Some(bad) = flags.chars().find(|c| !"tcdweg".contains(*c)) {
         anyhow::bail!(
             "grouped tiling `{text}`: unknown flag `{bad}` (t: table, c: column tiles first, \
-             d: weights decoded first, w: decoded K-major in subgroup-scope fragments, \
-             e: epilogues from the fragments, r: with w, weights as rows of K, not K-major, \
-             g: with w, gate_up's rows read through the sorting's index)"
+             d: weights decoded first, w: subgroup-scope fragments, e: epilogues from the \
+             fragments, g: gate_up's rows read through the sorting's index)"
         );
     }
-    for flag in ['r', 'g'] {
+    for flag in ['e', 'g'] {
         anyhow::ensure!(
             !flags.contains(flag) || flags.contains('w'),
             "grouped tiling `{text}`: `{flag}` works on the fragments and needs `w`"
@@ -226,10 +216,6 @@ pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
     anyhow::ensure!(
         !flags.contains('w') || flags.contains('d'),
         "grouped tiling `{text}`: `w` (subgroup-scope fragments) needs `d` (weights decoded first)"
-    );
-    anyhow::ensure!(
-        !flags.contains('e') || flags.contains('w'),
-        "grouped tiling `{text}`: `e` (epilogues from the fragments) needs `w` (fragments)"
     );
     anyhow::ensure!(
         k % 32 == 0 && m % 16 == 0 && n % 16 == 0,
@@ -243,7 +229,6 @@ pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
         decoded: flags.contains('d'),
         warps: flags.contains('w'),
         fragment_epilogues: flags.contains('e'),
-        rows_of_k: flags.contains('r'),
         gathered: flags.contains('g'),
         order: match flags.contains('c') {
             true => TileOrder::ColumnsFirst,
@@ -338,9 +323,9 @@ mod tests {
                 .fragment_epilogues
         );
         assert!(parse_grouped_tiling("128x256x32/tcde").is_err());
-        assert!(parse_grouped_tiling("128x256x32/tcdwer").unwrap().rows_of_k);
-        assert!(parse_grouped_tiling("128x256x32/tcdr").is_err());
-        let gathered = parse_grouped_tiling("128x256x32/tcdwerg").unwrap();
+        // `r` (the weights as rows of K, instead of K-major) is what `w` always does now.
+        assert!(parse_grouped_tiling("128x256x32/tcdwer").is_err());
+        let gathered = parse_grouped_tiling("128x256x32/tcdweg").unwrap();
         assert!(gathered.gathers_rows(5760));
         assert!(!gathered.gathers_rows(5768));
         assert!(parse_grouped_tiling("128x256x32/tcdg").is_err());
