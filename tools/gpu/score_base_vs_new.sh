@@ -7,8 +7,8 @@
 # device), recording overhead and the host's busiest thread per pass. With TORCH=1, then
 # transformers eager on the same card (tools/gpu/torch_baseline.py) for the multiple. With
 # VARIANTS="--grouped-tiling=128x256x32/tcdwe --grouped-tiling=128x256x32/tcdweg", the
-# carried binary alone runs once per variant (its one extra `bench model` argument) in each
-# round instead.
+# carried binary alone runs once per variant (its extra `bench model` arguments, joined by
+# commas: "--grouped-tiling=A,--dense-tiling=B") in each round instead.
 set -uo pipefail
 source "$(dirname "$0")/base_and_new.sh"
 if [ -n "${VARIANTS:-}" ]; then
@@ -17,8 +17,8 @@ if [ -n "${VARIANTS:-}" ]; then
 fi
 score_run() { # score_run NAME BINARY ROUND
   local name=$1 bin=$2 round=$3 variant=()
-  local file="$out/score-${name//[\/=]/-}-$round"
-  [ -n "${VARIANTS:-}" ] && variant=("$name")
+  local file="$out/score-${name//[\/=,]/-}-$round"
+  [ -n "${VARIANTS:-}" ] && IFS=, read -ra variant <<< "$name"
   timeout 150 "$bin" bench model --model "$dir" --device wgpu --experts packed --batch 8 --seq 2048 \
     --iters 2 --decode-batches 0 "${variant[@]}" > "$file.jsonl" 2> "$file.log" \
     || { echo "$name failed:"; tail -3 "$file.log" | cut -c1-300; return; }

@@ -488,6 +488,7 @@ mod tests {
         use coopmat_gemm_warps_kernel::CoopmatGemmWarpsKernel;
         for (tile, units) in [
             ((128, 256, 32), 256),
+            ((128, 320, 32), 256),
             ((128, 128, 32), 128),
             ((256, 128, 32), 256),
         ] {

@@ -37,8 +37,10 @@ pub struct KernelCheckArgs {
     pub device: DeviceChoice,
     /// Instead of every check: time the tensor-core grouped kernel at scoring's size (8 x 2048
     /// tokens x 4 experts, 5760 x 2880) with each tiling, `MxNxK` plus flags after a slash,
-    /// `t` (FP4 values from a table), `c` (column tiles first, `tile_order`) and `d` (weights
-    /// decoded to bf16 before the product): `64x128x64/tc`; checked against the reference.
+    /// `t` (FP4 values from a table), `c` (column tiles first, `tile_order`), `d` (weights
+    /// decoded to bf16 before the product), `w` (subgroup-scope fragments), `e` (epilogues from
+    /// the fragments) and `g` (gate_up reads its rows through the sorting's index):
+    /// `128x256x32/tcdweg`; checked against the reference.
     #[arg(long, value_delimiter = ',')]
     pub grouped_tilings: Vec<String>,
     /// Instead of every check: the device time of each decoding kernel at gpt-oss-20b's

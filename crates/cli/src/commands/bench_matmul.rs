@@ -54,7 +54,7 @@ impl MatmulKernel {
     }
 }
 
-fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Tiling> {
+pub(crate) fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Tiling> {
     use gpt_oss_kernels::{coopmat_gemm::Scheme, tile_order::TileOrder};
     let mut parts = text.split('/');
     let (Some(shape), Some(units)) = (parts.next(), parts.next()) else {

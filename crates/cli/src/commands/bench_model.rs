@@ -54,9 +54,13 @@ pub struct ModelBenchArgs {
     #[arg(long)]
     pub selection: Option<std::path::PathBuf>,
     /// The grouped kernel's tiling for large tiles (scoring), as `bench kernel-check
-    /// --grouped-tilings` writes it (`128x256x32/tcdwe`); its rows must be the default's.
+    /// --grouped-tilings` writes it (`128x256x32/tcdweg`); its rows must be the default's.
     #[arg(long)]
     pub grouped_tiling: Option<String>,
+    /// The dense GEMM's tiling for every product, as `bench matmul --tilings` takes it
+    /// (`128x256x32/256/warps`), instead of the default's choice by the product's width.
+    #[arg(long)]
+    pub dense_tiling: Option<String>,
 }
 
 /// Keeps what `trace` keeps of each layer: the selected experts and their gate weights.
@@ -148,6 +152,9 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
             "--grouped-tiling `{text}`: large tiles have {rows} rows"
         );
         gpt_oss_kernels::grouped_mxfp4::set_large_tiles(tiling);
+    }
+    if let Some(text) = &args.dense_tiling {
+        gpt_oss_kernels::coopmat_gemm::set_tiling(super::bench_matmul::parse_tiling(text)?);
     }
     let loaded = args.model.load()?;
     let model = &loaded.model;

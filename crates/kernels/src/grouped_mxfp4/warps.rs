@@ -196,25 +196,29 @@ mod tests {
 
     #[test]
     fn the_kernel_compiles_with_every_epilogue_within_the_drivers_workgroup_memory() {
-        let tile = (128, 256, 32);
-        for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
-            for (fragment_epilogues, gathered) in [(false, false), (true, false), (true, true)] {
-                let compiled = compile_kernel!(
-                    grouped_mxfp4_warps_kernel::GroupedMxfp4WarpsKernel,
-                    CubeDim::new_1d(UNITS),
-                    [b b b b b b b b b b b s s s s s],
-                    tile,
-                    warp_tile(tile.0, tile.1, UNITS).unwrap(),
-                    true,
-                    epilogue,
-                    fragment_epilogues,
-                    gathered,
-                );
-                assert_eq!(
-                    compiled,
-                    Ok(()),
-                    "epilogue {epilogue}, from fragments {fragment_epilogues}, gathered {gathered}"
-                );
+        // The large tiles before and after the twenty-fifth round.
+        for tile in [(128, 256, 32), (128, 320, 32)] {
+            for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
+                for (fragment_epilogues, gathered) in [(false, false), (true, false), (true, true)]
+                {
+                    let compiled = compile_kernel!(
+                        grouped_mxfp4_warps_kernel::GroupedMxfp4WarpsKernel,
+                        CubeDim::new_1d(UNITS),
+                        [b b b b b b b b b b b s s s s s],
+                        tile,
+                        warp_tile(tile.0, tile.1, UNITS).unwrap(),
+                        true,
+                        epilogue,
+                        fragment_epilogues,
+                        gathered,
+                    );
+                    assert_eq!(
+                        compiled,
+                        Ok(()),
+                        "tile {tile:?}, epilogue {epilogue}, from fragments {fragment_epilogues}, \
+                     gathered {gathered}"
+                    );
+                }
             }
         }
     }
