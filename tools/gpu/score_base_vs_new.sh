@@ -6,7 +6,7 @@
 # run's tokens/s, the seconds until the pass was queued (before the read that waits for the
 # device), recording overhead and the host's busiest thread per pass. With TORCH=1, then
 # transformers eager on the same card (tools/gpu/torch_baseline.py) for the multiple. With
-# VARIANTS="--grouped-tiling=128x256x32/tcdwe --grouped-tiling=128x256x32/tcdweg", the
+# VARIANTS="--grouped-tiling=128x256x32/tcdweg --grouped-tiling=128x320x32/tcdweg", the
 # carried binary alone runs once per variant (its extra `bench model` arguments, joined by
 # commas: "--grouped-tiling=A,--dense-tiling=B") in each round instead.
 set -uo pipefail

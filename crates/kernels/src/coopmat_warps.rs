@@ -524,8 +524,9 @@ mod tests {
 
     #[test]
     fn subgroups_split_the_tile_into_the_squarest_grid_of_whole_fragments() {
-        // Eight subgroups on 128 x 256: 2 x 4 blocks of 64 x 64.
+        // Eight subgroups on 128 x 256: 2 x 4 blocks of 64 x 64; on 128 x 320, of 64 x 80.
         assert_eq!(warp_tile(128, 256, 256), Some((64, 64)));
+        assert_eq!(warp_tile(128, 320, 256), Some((64, 80)));
         // Four subgroups on 128 x 128: 2 x 2 blocks of 64 x 64.
         assert_eq!(warp_tile(128, 128, 128), Some((64, 64)));
         // Eight on 64 x 128: 64 x 16 would load 5 fragments per product; 32 x 32 loads 4.

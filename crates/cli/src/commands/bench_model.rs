@@ -54,7 +54,7 @@ pub struct ModelBenchArgs {
     #[arg(long)]
     pub selection: Option<std::path::PathBuf>,
     /// The grouped kernel's tiling for large tiles (scoring), as `bench kernel-check
-    /// --grouped-tilings` writes it (`128x256x32/tcdweg`); its rows must be the default's.
+    /// --grouped-tilings` writes it (`128x320x32/tcdweg`); its rows must be the default's.
     #[arg(long)]
     pub grouped_tiling: Option<String>,
     /// The dense GEMM's tiling for every product, as `bench matmul --tilings` takes it
