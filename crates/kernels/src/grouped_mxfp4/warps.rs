@@ -216,7 +216,7 @@ mod tests {
                         compiled,
                         Ok(()),
                         "tile {tile:?}, epilogue {epilogue}, from fragments {fragment_epilogues}, \
-                     gathered {gathered}"
+                         gathered {gathered}"
                     );
                 }
             }
