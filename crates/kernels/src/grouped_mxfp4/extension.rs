@@ -13,7 +13,6 @@ use super::kernel::{EPILOGUE_NONE, EPILOGUE_SCALED, EPILOGUE_SWIGLU, grouped_mxf
 use super::warps::grouped_mxfp4_warps_kernel;
 use super::{Tiling, UNITS};
 use crate::launch::{empty_f32, empty_of, grid_over_rows};
-use crate::staged_tiles::whole_words_per_unit;
 
 /// GPU extension ops for the grouped MoE; only the CubeCL backend implements them.
 #[backend_extension(Cube, Fusion)]
@@ -216,18 +215,13 @@ fn launch_grouped(
         .map(into_contiguous)
         .unwrap_or_else(|| empty_of(&out, vec![1], DType::I32));
     assert!(
-        k.is_multiple_of(8) && whole_words_per_unit(t.m, t.k, UNITS),
-        "grouped MXFP4 kernel: rows of {k} values in {} x {} tiles do not split into whole \
-         16-byte words per invocation",
+        k.is_multiple_of(8) && t.stages_split_into_words(),
+        "grouped MXFP4 kernel: rows of {k} values, or the {} x {} and {} x {} stages, do not \
+         split into whole 16-byte words over {UNITS} invocations",
         t.m,
-        t.k
-    );
-    assert!(
-        (t.n * t.k / 8).is_multiple_of(UNITS as usize),
-        "grouped MXFP4 kernel: a {} x {} stage must be a multiple of {} words",
-        t.n,
         t.k,
-        UNITS * 8
+        t.n,
+        t.k
     );
     // With `decoded`, the kernel reads the weights decoded to bf16 and not the words.
     let (words, decoded) = match t.decoded {

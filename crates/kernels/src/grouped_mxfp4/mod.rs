@@ -105,6 +105,13 @@ impl Tiling {
         }
     }
 
+    /// Whether both stages, the `m x k` rows and the `n x k` weights, split into whole 16-byte
+    /// words over the kernel's [`UNITS`] invocations, as the kernel loads them.
+    pub fn stages_split_into_words(&self) -> bool {
+        use crate::staged_tiles::whole_words_per_unit;
+        whole_words_per_unit(self.m, self.k, UNITS) && whole_words_per_unit(self.n, self.k, UNITS)
+    }
+
     /// Whether a launch of an N-wide product with this tiling reads its rows through an index
     /// (`gathered`, on the subgroup-scope kernel).
     pub fn gathers_rows(&self, n: usize) -> bool {
@@ -334,6 +341,18 @@ mod tests {
             ..LARGE_TILES
         };
         assert_eq!(packed.warp_block(5760), None);
+    }
+
+    #[test]
+    fn the_model_tilings_stages_split_into_whole_words_and_a_160_wide_one_does_not() {
+        assert!(LARGE_TILES.stages_split_into_words());
+        assert!(SMALL_TILES.stages_split_into_words());
+        // 160 x 32 values are 640 words, not a multiple of 256 invocations.
+        let uneven = Tiling {
+            n: 160,
+            ..LARGE_TILES
+        };
+        assert!(!uneven.stages_split_into_words());
     }
 
     #[test]

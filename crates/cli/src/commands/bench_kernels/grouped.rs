@@ -221,7 +221,7 @@ pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
         k % 32 == 0 && m % 16 == 0 && n % 16 == 0,
         "grouped tiling `{text}`: K must be a multiple of 32, M and N of 16"
     );
-    Ok(grouped_mxfp4::Tiling {
+    let tiling = grouped_mxfp4::Tiling {
         m,
         n,
         k,
@@ -234,7 +234,14 @@ pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
             true => TileOrder::ColumnsFirst,
             false => TileOrder::RowsFirst,
         },
-    })
+    };
+    anyhow::ensure!(
+        tiling.stages_split_into_words(),
+        "grouped tiling `{text}`: its {m} x {k} and {n} x {k} stages do not split into whole \
+         16-byte words over the kernel's {} invocations",
+        grouped_mxfp4::UNITS
+    );
+    Ok(tiling)
 }
 
 /// Times the tensor-core grouped kernel with each tiling on scoring's experts (65,536 rows
@@ -329,6 +336,9 @@ mod tests {
         assert!(gathered.gathers_rows(5760));
         assert!(!gathered.gathers_rows(5768));
         assert!(parse_grouped_tiling("128x256x32/tcdg").is_err());
+        // A 160 x 32 stage is 640 words, not whole words for 256 invocations.
+        let uneven = parse_grouped_tiling("128x160x32/tcdweg").unwrap_err();
+        assert!(uneven.to_string().contains("160 x 32"), "{uneven}");
         assert!(parse_grouped_tiling("256x128x32/x").is_err());
         assert!(parse_grouped_tiling("256x128x40/t").is_err());
     }
