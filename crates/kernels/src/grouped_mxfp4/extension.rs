@@ -32,7 +32,7 @@ pub trait GroupedBackend: burn::backend::Backend {
 
     /// As `grouped_mxfp4_matmul` for gate_up, with each expert's `bias` [E, N] and the clamped
     /// SwiGLU in the same launch -> [P, N / 2] bf16 (the down product's input).
-    #[fusion(dtype = activation_dtype(a), shape = swiglu_shape(a, words))]
+    #[fusion(dtype = bf16_dtype(a), shape = swiglu_shape(a, words))]
     #[allow(clippy::too_many_arguments)]
     fn grouped_mxfp4_swiglu(
         a: FloatTensor<Self>,
@@ -49,7 +49,7 @@ pub trait GroupedBackend: burn::backend::Backend {
     /// As `grouped_mxfp4_swiglu`, the rows read in the kernel from `tokens` [T, K] bf16 in token
     /// order: sorted row r is the token row `rows_of[r]` (`rows_of` [P], 32-bit). Only tilings
     /// that gather ([`Tiling::gathers_rows`]) take it.
-    #[fusion(dtype = activation_dtype(tokens), shape = gathered_swiglu_shape(rows_of, words))]
+    #[fusion(dtype = bf16_dtype(tokens), shape = gathered_swiglu_shape(rows_of, words))]
     #[allow(clippy::too_many_arguments)]
     fn grouped_mxfp4_swiglu_gathered(
         tokens: FloatTensor<Self>,
@@ -87,6 +87,7 @@ pub trait GroupedBackend: burn::backend::Backend {
     fn decoded_mxfp4_experts(words: IntTensor<Self>, scales: IntTensor<Self>) -> FloatTensor<Self>;
 }
 
+/// The SwiGLU activations' and the decoded weights' dtype.
 fn bf16_dtype(_input: DType) -> DType {
     DType::BF16
 }
@@ -97,10 +98,6 @@ fn decoded_shape(words: &Shape) -> Shape {
 
 fn accumulator_dtype(_input: DType) -> DType {
     DType::F32
-}
-
-fn activation_dtype(_input: DType) -> DType {
-    DType::BF16
 }
 
 fn product_shape(a: &Shape, words: &Shape) -> Shape {

@@ -144,23 +144,15 @@ pub const SMALL_TILES: Tiling = Tiling {
     order: TileOrder::ColumnsFirst,
 };
 
-/// Tiles of 128 x 320 with the weights decoded before the product (scoring's thousands of rows per
-/// expert), 320 wide since the twenty-fifth round (below); 128 x 256 before: 182 TF/s at scoring's
-/// gate_up against 170 for 256 x 128 decoded and 166 for 256 x 128 decoding in the loop, the best
-/// before (docs/benchmarks.md, twenty-first round). Decoding in the loop, 128 x 256 ran at 88: its
-/// wider weight tile is decoded by every row tile. Both tilings take the column tiles first: 164
-/// against 138 TF/s at 256 x 128, 121 against 85 for tiles of 64 (nineteenth round). The weights
-/// decoded K-major and multiplied in subgroup-scope fragments: 190 against 179-183 TF/s (decoding
-/// included), and scoring 19,693 and 19,755 tok/s against 19,394 and 19,332 on an H200
-/// (twenty-third round); K-major alone, one workgroup-scope matrix per tile, ran at 173. The
-/// epilogues from the fragments, with no products in global memory: scoring 21,923 and 22,078 tok/s
-/// against 19,767 and 19,932 on an H200 (twenty-fourth round). The weights as rows of K, without
-/// the K-major turn: 23,702 and 23,723 tok/s against 23,426 and 23,519 (same round; the turn was
-/// then removed). gate_up reading its token rows through the sorting's index (`gathered`), no
-/// gathering launch first: 24,121 and 24,132 tok/s against 23,680 and 23,626 (twenty-fifth round).
-/// 320 columns, whole tiles at both gate_up's 5760 and down's 2880 (256 leaves 6.7% of down's last
-/// column tile empty): gate_up 192.6 against 177.5 TF/s, scoring 25,684 and 25,646 tok/s against
-/// 24,219 and 24,215 (192 wide: 167.8 TF/s, 22,707 and 22,761 tok/s; same round, an H200).
+/// Tiles of 128 x 320 for scoring's thousands of rows per expert: the weights decoded to bf16
+/// before the product (`decoded`), each subgroup multiplying its own 64 x 80 block (`warps`),
+/// the epilogues read from the fragments (`fragment_epilogues`), gate_up's rows read through the
+/// sorting's index (`gathered`), column tiles first. 320 columns are whole tiles at gate_up's
+/// 5760 and down's 2880, where 256 leaves down's last column tile a quarter full. Each choice won
+/// a same-call comparison (docs/benchmarks.md, nineteenth to twenty-fifth rounds); the last two,
+/// on an H200: rows read through the index, scoring 24,121 and 24,132 tok/s against 23,680 and
+/// 23,626; 320 columns against 256, 25,684 and 25,646 against 24,219 and 24,215 (gate_up 192.6
+/// against 177.5 TF/s; 192 columns: 167.8).
 pub const LARGE_TILES: Tiling = Tiling {
     m: 128,
     n: 320,
