@@ -210,9 +210,7 @@ pub fn grouped_matmul(
             )
         }
         (ExpertPath::GroupedReferenceBf16, _) | (ExpertPath::GroupedKernel, _) => {
-            let rounded = rows
-                .cast(burn::tensor::DType::BF16)
-                .cast(burn::tensor::DType::F32);
+            let rounded = rows.cast(DType::BF16).cast(DType::F32);
             grouped_matmul_reference(rounded, weights, groups)
         }
         _ => grouped_matmul_reference(rows, weights, groups),
@@ -317,10 +315,10 @@ pub fn grouped_experts(
     // Each pair's weighted expert output, in pair order (token * k + rank).
     let in_pair_order = match fused_epilogue_kernels(experts, &groups, path) {
         Some((gate_up, down, tiles)) => {
-            // The kernels read bf16 rows: cast the tokens once, then gather half the bytes (in
-            // the kernel, with tilings that gather).
+            // gate_up reads the tokens' rows cast to bf16, through the sorting's index (gathered
+            // first by tilings that do not gather in the kernel).
             let act = grouped_mxfp4::grouped_mxfp4_swiglu_gathered(
-                xs.cast(DType::BF16),
+                xs,
                 token_of_row,
                 gate_up,
                 tiles.clone(),
