@@ -143,12 +143,13 @@ impl WarpTile {
         }
     }
 
-    /// Adds every K step of `tk` of the tile's product to the accumulators: rows `row..row_end`
-    /// of `lhs` [.., k] (row-major; each read from the row `lhs_rows` gives), times rows `rhs_row..rhs_row + k` of `rhs` [.., n]
-    /// (row-major), columns from `col` (zeros past `row_end` and `n`); with `rhs_rows_of_k`,
-    /// times rows `rhs_row + col..rhs_row + n` of `rhs` [.., k] transposed. The invocations copy each
-    /// step's input tiles into padded shared stages, the next step's loaded into registers while
-    /// the subgroups multiply this one (`multiply_step`).
+    /// Adds every K step of `tk` of the tile's product to the accumulators: rows `row..row_end` of
+    /// `lhs` [.., k] (row-major; each read from the row `lhs_rows` gives), times rows
+    /// `rhs_row..rhs_row + k` of `rhs` [.., n] (row-major), columns from `col` (zeros past
+    /// `row_end` and `n`); with `rhs_rows_of_k`, times rows `rhs_row + col..rhs_row + n` of `rhs`
+    /// [.., k] transposed. The invocations copy each step's input tiles into padded shared stages,
+    /// the next step's loaded into registers while the subgroups multiply this one
+    /// (`multiply_step`).
     #[allow(clippy::too_many_arguments)]
     pub fn accumulate_staged<R: TileRows>(
         &mut self,

@@ -1,13 +1,12 @@
-//! The grouped product with subgroup-scope fragments (`Tiling::warps`): the weights decoded
-//! first as the checkpoint's rows of K (loaded as column-major B fragments), both inputs staged
-//! as the dense GEMM stages them, and
-//! each subgroup multiplying its own block of the tile as 16 x 16 x 16 fragments
-//! (`coopmat_warps::WarpTile`), the layout with which the dense kernel gained 5-8% over one
-//! workgroup-scope matrix (docs/benchmarks.md, twenty-second round). A tile's last rows may be
-//! the next expert's: a fragment that the expert's end cuts is stored through shared memory,
-//! row by row (`WarpTile::store_rows_below`). The epilogues are the tiled kernel's, after the
-//! products are stored to global memory; with `Tiling::fragment_epilogues` they run instead on
-//! each fragment staged in shared memory, and the products are never stored.
+//! The grouped product with subgroup-scope fragments (`Tiling::warps`): the weights decoded first
+//! as the checkpoint's rows of K (loaded as column-major B fragments), both inputs staged as the
+//! dense GEMM stages them, and each subgroup multiplying its own block of the tile as 16 x 16 x 16
+//! fragments (`coopmat_warps::WarpTile`), the layout with which the dense kernel gained 5-8% over
+//! one workgroup-scope matrix (docs/benchmarks.md, twenty-second round). A tile's last rows may be
+//! the next expert's: a fragment that the expert's end cuts is stored through shared memory, row by
+//! row (`WarpTile::store_rows_below`). The epilogues are the tiled kernel's, after the products are
+//! stored to global memory; with `Tiling::fragment_epilogues` they run instead on each fragment
+//! staged in shared memory, and the products are never stored.
 
 use cubecl::prelude::*;
 use half::bf16;
