@@ -52,32 +52,38 @@ pub enum Scheme {
     /// Staged as `Staged`, then multiplied by each subgroup on its own block of the tile in
     /// subgroup-scope 16 x 16 x 16 fragments (`crate::coopmat_warps`).
     Warps,
+    /// Not a product: `Warps`' K loop with its inputs staged once and its fragments fed as
+    /// `crate::coopmat_ceiling` says (a benchmark of what bounds `Warps`).
+    Ceiling(crate::coopmat_ceiling::Feed),
 }
 
-/// 128 x 256 in subgroup-scope fragments (`Scheme::Warps`), falling back to staged and then
-/// direct loads where the shape asks for it ([`scheme_for`]). Staged, 208 TF/s on scoring's
-/// projection shapes against 128-134 loaded by tensor addressing (docs/benchmarks.md,
+/// 128 x 256 x 48 in subgroup-scope fragments (`Scheme::Warps`), falling back to staged and
+/// then direct loads where the shape asks for it ([`launched_tiling`]). Staged, 208 TF/s on
+/// scoring's projection shapes against 128-134 loaded by tensor addressing (docs/benchmarks.md,
 /// eighteenth round); column tiles first where the weights fit in the L2 cache: 220 against
 /// 203-209 TF/s on the q and o projections, while an lm_head piece keeps row tiles first (238
 /// against 210; nineteenth round). Warps over staged, same tiles, on an H100 in two calls
-/// (twenty-second round): 263-267 against 243-252 TF/s at 8192^3, 228-235 against 213-221 on
-/// the projection shapes.
+/// (twenty-second round): 263-267 against 243-252 TF/s at 8192^3. K steps of 48 over 32 on an
+/// H200 (twenty-sixth round): 294.0 against 267.2 TF/s at 8192^3, 256.6 against 234.3 at the
+/// q projection; each step's barriers and stores cost about as much as two 16-wide slices of
+/// products, so a longer step pays them less often. 64 does not fit the driver's 48 KB.
 pub const DEFAULT_TILING: Tiling = Tiling {
     m: 128,
     n: 256,
-    k: 32,
+    k: 48,
     units: 256,
     scheme: Scheme::Warps,
     order: None,
 };
 
-/// 128 x 320 tiles, taken instead of [`DEFAULT_TILING`] where they cover the product's columns
-/// exactly and 256-wide tiles do not ([`default_tiling_for`]): 253.9 against 220.9 TF/s at the o
-/// projection's 16384 x 2880 x 4096 on an H200, where 256-wide tiles leave 6.7% of the last
-/// column tile empty; 232.6 against 265.9 at 8192^3 and 113.5 against 225.0 at the q/k/v
-/// projection's 16384 x 5120 x 2880, so only there (docs/benchmarks.md, twenty-fifth round).
+/// 128 x 320 x 32 tiles, taken instead of [`DEFAULT_TILING`] where they cover the product's
+/// columns exactly and 256-wide tiles do not ([`default_tiling_for`]): 253.9 against 220.9 TF/s
+/// at the o projection's 16384 x 2880 x 4096 on an H200 with K steps of 32 for both, where
+/// 256-wide tiles leave 6.7% of the last column tile empty (docs/benchmarks.md, twenty-fifth
+/// round). Steps of 48 do not split 320 columns into whole words per invocation.
 pub const WIDE_TILING: Tiling = Tiling {
     n: 320,
+    k: 32,
     ..DEFAULT_TILING
 };
 
@@ -242,7 +248,7 @@ impl KernelBackend for CubeBackend {
         let n = rhs.meta.shape()[1];
         let client = lhs.client.clone();
         let out = empty_f32(&lhs, vec![m, n]);
-        let t = tiling_for(n);
+        let t = launched_tiling(tiling_for(n), m, n as u32, k as u32);
         let order = t
             .order
             .unwrap_or_else(|| TileOrder::for_weights(k * n * DType::BF16.size()));
@@ -266,7 +272,7 @@ impl KernelBackend for CubeBackend {
                 )
             };
         }
-        match scheme_for(t, m as usize, n, k) {
+        match t.scheme {
             Scheme::Direct => launch_gemm!(coopmat_gemm_kernel::launch),
             // Safety: reads are guarded by the row and column bounds; K is whole steps and
             // rows are whole 16-byte words (`staged_or_fallback`).
@@ -275,6 +281,26 @@ impl KernelBackend for CubeBackend {
             },
             // Safety: as staged, and every fragment lies inside the output or outside it
             // (`coopmat_warps::takes`).
+            // Safety: as warps.
+            Scheme::Ceiling(feed) => unsafe {
+                let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
+                crate::coopmat_ceiling::coopmat_ceiling_kernel::launch_unchecked(
+                    &client,
+                    cubes,
+                    dim,
+                    lhs,
+                    rhs,
+                    out_arg,
+                    m,
+                    n,
+                    k,
+                    tile,
+                    warp,
+                    columns_first,
+                    feed.code(),
+                    t.units,
+                )
+            },
             Scheme::Warps => unsafe {
                 let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
                 coopmat_warps::coopmat_gemm_warps_kernel::launch_unchecked(
@@ -298,18 +324,24 @@ impl KernelBackend for CubeBackend {
     }
 }
 
-/// The scheme a launch with tiling `t` runs for an `m x k` by `k x n` product: `Warps` where
-/// its kernel takes the shape, else `Staged` where that one does, else `Direct`.
-pub fn scheme_for(t: Tiling, m: usize, n: u32, k: u32) -> Scheme {
+/// The K step of the staged and direct kernels where they stand in for `Warps`: the step their
+/// workgroup-scope matrices run with (the driver's granularity is 16 to 32).
+const FALLBACK_K: usize = 32;
+
+/// The tiling a launch with tiling `t` runs for an `m x k` by `k x n` product: `t` where its
+/// kernel takes the shape; for `Warps` (or `Ceiling`) that cannot, `Staged` with K steps of
+/// [`FALLBACK_K`] where that one can; else `Direct`.
+pub fn launched_tiling(t: Tiling, m: usize, n: u32, k: u32) -> Tiling {
     match t.scheme {
-        Scheme::Warps
+        Scheme::Warps | Scheme::Ceiling(_)
             if coopmat_warps::takes(m, n as usize, k as usize, (t.m, t.n, t.k), t.units) =>
         {
-            Scheme::Warps
+            t
         }
-        Scheme::Warps => staged_or_fallback(
+        Scheme::Warps | Scheme::Ceiling(_) => staged_or_fallback(
             Tiling {
                 scheme: Scheme::Staged,
+                k: FALLBACK_K,
                 ..t
             },
             n,
@@ -319,16 +351,19 @@ pub fn scheme_for(t: Tiling, m: usize, n: u32, k: u32) -> Scheme {
     }
 }
 
-/// The tiling's scheme, or `Direct` where `Staged` cannot take the shape: K must be whole
-/// steps, rows whole 16-byte words, and the tile whole words per invocation.
-fn staged_or_fallback(t: Tiling, n: u32, k: u32) -> Scheme {
+/// The tiling, as `Direct` where `Staged` cannot take the shape: K must be whole steps, rows
+/// whole 16-byte words, and the tile whole words per invocation.
+fn staged_or_fallback(t: Tiling, n: u32, k: u32) -> Tiling {
     let fits = (k as usize).is_multiple_of(t.k)
         && n.is_multiple_of(8)
         && whole_words_per_unit(t.m, t.k, t.units)
         && whole_words_per_unit(t.k, t.n, t.units);
     match t.scheme {
-        Scheme::Staged if !fits => Scheme::Direct,
-        scheme => scheme,
+        Scheme::Staged if !fits => Tiling {
+            scheme: Scheme::Direct,
+            ..t
+        },
+        _ => t,
     }
 }
 
@@ -356,9 +391,9 @@ mod tests {
     use crate::kernel_expansion::compile_kernel;
 
     #[test]
-    fn the_direct_and_staged_kernels_compile_for_the_default_tile() {
+    fn the_direct_and_staged_kernels_compile_for_the_default_tile_as_a_fallback() {
         let t = DEFAULT_TILING;
-        let tile = (t.m, t.n, t.k);
+        let tile = (t.m, t.n, FALLBACK_K);
         for columns_first in [false, true] {
             let direct = compile_kernel!(
                 coopmat_gemm_kernel::CoopmatGemmKernel,
@@ -382,41 +417,61 @@ mod tests {
 
     const STAGED: Tiling = Tiling {
         scheme: Scheme::Staged,
+        k: 32,
         ..DEFAULT_TILING
     };
+
+    /// The scheme of [`launched_tiling`]'s tiling.
+    fn scheme_for(t: Tiling, m: usize, n: u32, k: u32) -> Scheme {
+        launched_tiling(t, m, n, k).scheme
+    }
 
     #[test]
     fn staged_gemm_takes_whole_steps_and_words_and_falls_back_otherwise() {
         // Scoring's projection and lm_head shapes are staged.
         for (n, k) in [(5120, 2880), (2880, 4096), (93184, 2880)] {
-            assert_eq!(staged_or_fallback(STAGED, n, k), Scheme::Staged);
+            assert_eq!(staged_or_fallback(STAGED, n, k).scheme, Scheme::Staged);
         }
         // K not whole steps of 32, or rows not whole 16-byte words: loaded directly.
-        assert_eq!(staged_or_fallback(STAGED, 5120, 2888), Scheme::Direct);
-        assert_eq!(staged_or_fallback(STAGED, 5124, 2880), Scheme::Direct);
+        assert_eq!(
+            staged_or_fallback(STAGED, 5120, 2888).scheme,
+            Scheme::Direct
+        );
+        assert_eq!(
+            staged_or_fallback(STAGED, 5124, 2880).scheme,
+            Scheme::Direct
+        );
         // A tile that does not split into whole words per invocation.
         let uneven = Tiling {
             m: 16,
             units: 256,
             ..STAGED
         };
-        assert_eq!(staged_or_fallback(uneven, 5120, 2880), Scheme::Direct);
+        assert_eq!(
+            staged_or_fallback(uneven, 5120, 2880).scheme,
+            Scheme::Direct
+        );
         // The direct scheme stays direct.
         let direct = Tiling {
             scheme: Scheme::Direct,
             ..STAGED
         };
-        assert_eq!(staged_or_fallback(direct, 5120, 2880), Scheme::Direct);
+        assert_eq!(
+            staged_or_fallback(direct, 5120, 2880).scheme,
+            Scheme::Direct
+        );
     }
 
     #[test]
     fn warps_run_where_their_kernel_takes_the_shape_and_fall_back_to_staged() {
         let warps = DEFAULT_TILING;
-        assert_eq!(scheme_for(warps, 8192, 8192, 8192), Scheme::Warps);
+        assert_eq!(launched_tiling(warps, 8192, 8192, 8192), warps);
         assert_eq!(scheme_for(warps, 16384, 2880, 4096), Scheme::Warps);
-        // Rows not whole fragments: the staged kernel (it bounds every row).
-        assert_eq!(scheme_for(warps, 16383, 2880, 4096), Scheme::Staged);
-        // Nor whole K steps: loaded directly.
+        // Rows not whole fragments: the staged kernel (it bounds every row), with its own K step
+        // (4096 is not whole steps of 48).
+        let staged = launched_tiling(warps, 16383, 2880, 4096);
+        assert_eq!((staged.scheme, staged.k), (Scheme::Staged, FALLBACK_K));
+        // Nor whole K steps (nor words): loaded directly.
         assert_eq!(scheme_for(warps, 16384, 2880, 4100), Scheme::Direct);
         // The other schemes are unchanged.
         assert_eq!(scheme_for(STAGED, 17, 5120, 2880), Scheme::Staged);

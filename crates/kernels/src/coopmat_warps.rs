@@ -39,12 +39,13 @@ pub fn warp_tile(m: usize, n: usize, units: u32) -> Option<(usize, usize)> {
         .min_by_key(|&(wm, wn)| wm / FRAGMENT + wn / FRAGMENT)
 }
 
-/// Whether the kernel takes an `m x k` by `k x n` product with `tile` (m, n, k): whole K steps
-/// of whole fragments, rows of whole 16-byte words, and rows and columns of whole fragments
-/// (a fragment is stored whole, so it must lie inside the output or outside it).
+/// Whether the kernel takes an `m x k` by `k x n` product with `tile` (m, n, k): K steps of
+/// whole fragments (the last step may pass K, reading zeros there), rows of whole 16-byte
+/// words, and rows and columns of whole fragments (a fragment is stored whole, so it must lie
+/// inside the output or outside it).
 pub fn takes(m: usize, n: usize, k: usize, tile: (usize, usize, usize), units: u32) -> bool {
     let (tm, tn, tk) = tile;
-    k.is_multiple_of(tk)
+    k.is_multiple_of(8)
         && tk.is_multiple_of(FRAGMENT)
         && n.is_multiple_of(8)
         && m.is_multiple_of(FRAGMENT)
@@ -179,7 +180,8 @@ impl WarpTile {
         let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / units as usize);
         let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / units as usize);
 
-        let steps = k / tk as u32;
+        // A last step past K reads zeros there (`load_step_words`).
+        let steps = k.div_ceil(tk as u32);
         let places = StepPlaces {
             row,
             row_end,
@@ -237,46 +239,65 @@ impl WarpTile {
         #[comptime] b_stride: usize,
         #[comptime] tk: usize,
     ) {
+        #[unroll]
+        for kk in 0..tk / FRAGMENT {
+            self.load_fragments(stage_a, a_stride, stage_b, b_stride, kk);
+            self.multiply_fragments();
+        }
+    }
+
+    /// Loads the block's input fragments of the 16-wide slice `kk` of a staged K step (as
+    /// [`WarpTile::multiply_step`] stages it).
+    pub fn load_fragments(
+        &mut self,
+        stage_a: &[EightBf16],
+        #[comptime] a_stride: usize,
+        stage_b: &[EightBf16],
+        #[comptime] b_stride: usize,
+        #[comptime] kk: usize,
+    ) {
         let (fm, fn_) = self.fragments;
         let rows_of_k = self.rhs_rows_of_k;
         // A fragment's 16 rows span 15 strides and one fragment row (two 16-byte words).
         let a_span = comptime![15 * a_stride + FRAGMENT / 8];
         let b_span = comptime![15 * b_stride + FRAGMENT / 8];
         #[unroll]
-        for kk in 0..tk / FRAGMENT {
-            #[unroll]
-            for i in 0..fm {
-                // Rows row + 16 i.., columns 16 kk.. of the A stage.
-                let first = (self.row as usize + i * FRAGMENT) * a_stride + kk * FRAGMENT / 8;
-                // Strides in u32 words (the loads divide them by an EightBf16's four words).
-                cmma::load(
-                    self.a.index_mut(i),
-                    &stage_a[first..first + a_span],
-                    (a_stride * 4) as u32,
-                );
+        for i in 0..fm {
+            // Rows row + 16 i.., columns 16 kk.. of the A stage.
+            let first = (self.row as usize + i * FRAGMENT) * a_stride + kk * FRAGMENT / 8;
+            // Strides in u32 words (the loads divide them by an EightBf16's four words).
+            cmma::load(
+                self.a.index_mut(i),
+                &stage_a[first..first + a_span],
+                (a_stride * 4) as u32,
+            );
+        }
+        #[unroll]
+        for j in 0..fn_ {
+            // Rows 16 kk.. (K), columns col + 16 j..; with rows of K, the stage's rows
+            // col + 16 j.., K columns 16 kk...
+            let column = self.col as usize + j * FRAGMENT;
+            let mut first = kk * FRAGMENT * b_stride + column / 8;
+            if comptime![rows_of_k] {
+                first = column * b_stride + kk * FRAGMENT / 8;
             }
+            cmma::load(
+                self.b.index_mut(j),
+                &stage_b[first..first + b_span],
+                (b_stride * 4) as u32,
+            );
+        }
+    }
+
+    /// Adds the products of the loaded input fragments to the accumulators.
+    pub fn multiply_fragments(&mut self) {
+        let (fm, fn_) = self.fragments;
+        #[unroll]
+        for i in 0..fm {
             #[unroll]
             for j in 0..fn_ {
-                // Rows 16 kk.. (K), columns col + 16 j..; with rows of K, the stage's rows
-                // col + 16 j.., K columns 16 kk...
-                let column = self.col as usize + j * FRAGMENT;
-                let mut first = kk * FRAGMENT * b_stride + column / 8;
-                if comptime![rows_of_k] {
-                    first = column * b_stride + kk * FRAGMENT / 8;
-                }
-                cmma::load(
-                    self.b.index_mut(j),
-                    &stage_b[first..first + b_span],
-                    (b_stride * 4) as u32,
-                );
-            }
-            #[unroll]
-            for i in 0..fm {
-                #[unroll]
-                for j in 0..fn_ {
-                    let c = self.acc.index(comptime![i * fn_ + j]);
-                    cmma::execute(self.a.index(i), self.b.index(j), c, c);
-                }
+                let c = self.acc.index(comptime![i * fn_ + j]);
+                cmma::execute(self.a.index(i), self.b.index(j), c, c);
             }
         }
     }
@@ -391,19 +412,19 @@ impl WarpTile {
 
 /// Where a tile's K steps are read from (`WarpTile::accumulate_staged`'s arguments).
 #[derive(CubeType)]
-struct StepPlaces {
-    row: u32,
-    row_end: u32,
-    rhs_row: u32,
-    col: u32,
-    n: u32,
-    k: u32,
+pub(crate) struct StepPlaces {
+    pub row: u32,
+    pub row_end: u32,
+    pub rhs_row: u32,
+    pub col: u32,
+    pub n: u32,
+    pub k: u32,
 }
 
 /// This invocation's words of the K step from `k_step` of both input tiles.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_step_words<R: TileRows>(
+pub(crate) fn load_step_words<R: TileRows>(
     lhs: &[EightBf16],
     lhs_rows: &R,
     rhs: &[EightBf16],
@@ -492,6 +513,8 @@ mod tests {
             ((128, 320, 32), 256),
             ((128, 128, 32), 128),
             ((256, 128, 32), 256),
+            ((128, 256, 48), 256),
+            ((128, 128, 64), 128),
         ] {
             let warp = warp_tile(tile.0, tile.1, units).unwrap();
             let compiled = compile_kernel!(
@@ -541,16 +564,17 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_takes_whole_fragments_and_steps_only() {
+    fn the_kernel_takes_whole_fragments_and_words_only() {
         let tile = (128, 256, 32);
-        // Scoring's projections and 8192^3.
+        // Scoring's projections and 8192^3; K steps of 48 leave 8192 a last step of 32.
         for (m, n, k) in [(16384, 5120, 2880), (16384, 2880, 4096), (8192, 8192, 8192)] {
             assert!(takes(m, n, k, tile, 256), "{m} {n} {k}");
+            assert!(takes(m, n, k, (128, 256, 48), 256), "{m} {n} {k}");
         }
-        // Rows or columns not whole fragments, K not whole steps.
+        // Rows or columns not whole fragments, K not whole 16-byte words.
         assert!(!takes(16385, 5120, 2880, tile, 256));
         assert!(!takes(16384, 5128, 2880, tile, 256));
-        assert!(!takes(16384, 5120, 2888, tile, 256));
+        assert!(!takes(16384, 5120, 2884, tile, 256));
         // A K step that is not whole fragments.
         assert!(!takes(16384, 5120, 2880, (128, 256, 8), 256));
     }

@@ -29,9 +29,13 @@ pub struct MatmulArgs {
     pub kernel: MatmulKernel,
     /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`), optionally with a scheme,
     /// `/direct` (the default), `/staged` or `/warps` (subgroup-scope fragments; the line's
-    /// `scheme` says which ran), and then an order of the tiles, `/rows` (row
-    /// tiles first) or `/columns` (`128x256x32/256/staged/columns`); without one, column tiles
-    /// first when the weights fit in half the L2 cache.
+    /// `launched` says which ran, and with which K step), or a bound of `/warps` that is not a product (its error is
+    /// large; `gpt_oss_kernels::coopmat_ceiling::Feed`): `/ceiling-mma` (the tensor cores
+    /// alone), `/ceiling-shared` (with the fragments' loads), `/ceiling-restaged` (with the
+    /// stage's stores and barriers) or `/ceiling-cached` (with global loads the caches hold);
+    /// and then an order of the tiles, `/rows` (row tiles first) or `/columns`
+    /// (`128x256x32/256/staged/columns`); without one, column tiles first when the weights fit
+    /// in half the L2 cache.
     #[arg(long, value_delimiter = ',', default_value = "128x128x32/256")]
     pub tilings: Vec<String>,
 }
@@ -55,7 +59,7 @@ impl MatmulKernel {
 }
 
 pub(crate) fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Tiling> {
-    use gpt_oss_kernels::{coopmat_gemm::Scheme, tile_order::TileOrder};
+    use gpt_oss_kernels::{coopmat_ceiling::Feed, coopmat_gemm::Scheme, tile_order::TileOrder};
     let mut parts = text.split('/');
     let (Some(shape), Some(units)) = (parts.next(), parts.next()) else {
         anyhow::bail!("tiling `{text}`: expected MxNxK/units[/scheme[/order]]");
@@ -68,8 +72,15 @@ pub(crate) fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopma
         None | Some("direct") => Scheme::Direct,
         Some("staged") => Scheme::Staged,
         Some("warps") => Scheme::Warps,
+        Some("ceiling-shared") => Scheme::Ceiling(Feed::Shared),
+        Some("ceiling-mma") => Scheme::Ceiling(Feed::Registers),
+        Some("ceiling-restaged") => Scheme::Ceiling(Feed::Restaged),
+        Some("ceiling-cached") => Scheme::Ceiling(Feed::Cached),
         Some(other) => {
-            anyhow::bail!("tiling `{text}`: scheme `{other}`: expected direct, staged or warps")
+            anyhow::bail!(
+                "tiling `{text}`: scheme `{other}`: expected direct, staged, warps or \
+                 ceiling-mma, -shared, -restaged or -cached"
+            )
         }
     };
     let order = match parts.next() {
@@ -179,9 +190,9 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
                         "bench": "matmul",
                         "kernel": args.kernel.name(),
                         "tiling": format!("{tiling:?}"),
-                        "scheme": (args.kernel == MatmulKernel::Coopmat).then(|| format!(
+                        "launched": (args.kernel == MatmulKernel::Coopmat).then(|| format!(
                             "{:?}",
-                            gpt_oss_kernels::coopmat_gemm::scheme_for(tiling, m, n as u32, k as u32)
+                            gpt_oss_kernels::coopmat_gemm::launched_tiling(tiling, m, n as u32, k as u32)
                         )),
                         "relative_error_vs_burn_f32": relative_error,
                         "dtype": dtype_name,
@@ -214,7 +225,7 @@ mod tests {
 
     #[test]
     fn tilings_parse_with_and_without_a_scheme_and_an_order() {
-        use gpt_oss_kernels::{coopmat_gemm::Scheme, tile_order::TileOrder};
+        use gpt_oss_kernels::{coopmat_ceiling::Feed, coopmat_gemm::Scheme, tile_order::TileOrder};
         let plain = parse_tiling("128x256x32/256").unwrap();
         assert_eq!(
             (plain.m, plain.n, plain.k, plain.units),
@@ -230,6 +241,10 @@ mod tests {
         assert_eq!(
             parse_tiling("128x256x32/256/warps").unwrap().scheme,
             Scheme::Warps
+        );
+        assert_eq!(
+            parse_tiling("128x256x32/256/ceiling-mma").unwrap().scheme,
+            Scheme::Ceiling(Feed::Registers)
         );
         assert_eq!(
             parse_tiling("64x128x32/128/staged").unwrap().scheme,
