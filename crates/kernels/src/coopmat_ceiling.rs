@@ -50,8 +50,8 @@ pub(crate) fn coopmat_ceiling_kernel(
     n: u32,
     k: u32,
     #[comptime] tile: (usize, usize, usize),
-    #[comptime] warp: (usize, usize),
     #[comptime] columns_first: bool,
+    #[comptime] warp: (usize, usize),
     #[comptime] feed: u32,
     #[comptime] units: u32,
 ) {
@@ -145,8 +145,8 @@ mod tests {
                 CubeDim::new_1d(units),
                 [b b b s s s],
                 tile,
-                warp_tile(tile.0, tile.1, units).unwrap(),
                 false,
+                warp_tile(tile.0, tile.1, units).unwrap(),
                 feed.code(),
                 units,
             );

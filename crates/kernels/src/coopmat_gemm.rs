@@ -262,8 +262,8 @@ impl KernelBackend for CubeBackend {
             out.clone().into_buffer_arg(),
         );
         let (m, n, k) = (m as u32, n as u32, k as u32);
-        // Both kernels take these arguments, the staged one its invocations too (the generated
-        // launch functions take each argument separately).
+        // Every kernel takes these arguments, the others theirs after them (the generated launch
+        // functions take each argument separately).
         macro_rules! launch_gemm {
             ($launch:path $(, $more:expr)*) => {
                 $launch(
@@ -281,42 +281,22 @@ impl KernelBackend for CubeBackend {
             },
             // Safety: as staged, and every fragment lies inside the output or outside it
             // (`coopmat_warps::takes`).
+            Scheme::Warps => unsafe {
+                let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
+                launch_gemm!(
+                    coopmat_warps::coopmat_gemm_warps_kernel::launch_unchecked,
+                    warp,
+                    t.units
+                )
+            },
             // Safety: as warps.
             Scheme::Ceiling(feed) => unsafe {
                 let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
-                crate::coopmat_ceiling::coopmat_ceiling_kernel::launch_unchecked(
-                    &client,
-                    cubes,
-                    dim,
-                    lhs,
-                    rhs,
-                    out_arg,
-                    m,
-                    n,
-                    k,
-                    tile,
+                launch_gemm!(
+                    crate::coopmat_ceiling::coopmat_ceiling_kernel::launch_unchecked,
                     warp,
-                    columns_first,
                     feed.code(),
-                    t.units,
-                )
-            },
-            Scheme::Warps => unsafe {
-                let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
-                coopmat_warps::coopmat_gemm_warps_kernel::launch_unchecked(
-                    &client,
-                    cubes,
-                    dim,
-                    lhs,
-                    rhs,
-                    out_arg,
-                    m,
-                    n,
-                    k,
-                    tile,
-                    warp,
-                    columns_first,
-                    t.units,
+                    t.units
                 )
             },
         }

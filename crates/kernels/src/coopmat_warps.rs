@@ -65,8 +65,8 @@ pub(crate) fn coopmat_gemm_warps_kernel(
     n: u32,
     k: u32,
     #[comptime] tile: (usize, usize, usize),
-    #[comptime] warp: (usize, usize),
     #[comptime] columns_first: bool,
+    #[comptime] warp: (usize, usize),
     #[comptime] units: u32,
 ) {
     let (tm, tn, _) = tile;
@@ -522,8 +522,8 @@ mod tests {
                 CubeDim::new_1d(units),
                 [b b b s s s],
                 tile,
-                warp,
                 true,
+                warp,
                 units,
             );
             assert_eq!(compiled, Ok(()), "tile {tile:?}");
@@ -538,8 +538,8 @@ mod tests {
             CubeDim::new_1d(units),
             [b b b s s s],
             tile,
-            warp_tile(tile.0, tile.1, units).unwrap(),
             true,
+            warp_tile(tile.0, tile.1, units).unwrap(),
             units,
         );
         let error = compiled.unwrap_err();
