@@ -26,14 +26,20 @@ pub enum Feed {
     Cached,
 }
 
+/// The kernel's comptime codes of the feeds.
+const REGISTERS: u32 = 0;
+const SHARED: u32 = 1;
+const RESTAGED: u32 = 2;
+const CACHED: u32 = 3;
+
 impl Feed {
     /// The kernel's comptime code.
     pub fn code(self) -> u32 {
         match self {
-            Feed::Registers => 0,
-            Feed::Shared => 1,
-            Feed::Restaged => 2,
-            Feed::Cached => 3,
+            Feed::Registers => REGISTERS,
+            Feed::Shared => SHARED,
+            Feed::Restaged => RESTAGED,
+            Feed::Cached => CACHED,
         }
     }
 }
@@ -92,7 +98,7 @@ pub(crate) fn coopmat_ceiling_kernel(
 
     let mut warp_tile = WarpTile::new(warp, tn, false);
     let steps = k.div_ceil(tk as u32);
-    if comptime![feed == 0] {
+    if comptime![feed == REGISTERS] {
         warp_tile.load_fragments(&stage_a, a_stride, &stage_b, b_stride, 0usize);
         for _ in 0..steps {
             #[unroll]
@@ -102,13 +108,13 @@ pub(crate) fn coopmat_ceiling_kernel(
         }
     } else {
         for step in 0..steps {
-            if comptime![feed >= 2] {
+            if comptime![feed == RESTAGED || feed == CACHED] {
                 sync_cube();
                 store_tile_words(&words_a, &mut stage_a, tm, tk, units);
                 store_tile_words(&words_b, &mut stage_b, tk, tn, units);
                 sync_cube();
             }
-            if comptime![feed == 3] {
+            if comptime![feed == CACHED] {
                 // Steps 0 and 1 in turn: loads the compiler cannot hoist out of the loop.
                 let k_step = (step % 2) * tk as u32;
                 load_step_words::<ConsecutiveRows>(

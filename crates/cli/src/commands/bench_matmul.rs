@@ -29,9 +29,9 @@ pub struct MatmulArgs {
     pub kernel: MatmulKernel,
     /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`), optionally with a scheme,
     /// `/direct` (the default), `/staged` or `/warps` (subgroup-scope fragments; the line's
-    /// `launched` says which ran, and with which K step), or a bound of `/warps` that is not a product (its error is
-    /// large; `gpt_oss_kernels::coopmat_ceiling::Feed`): `/ceiling-mma` (the tensor cores
-    /// alone), `/ceiling-shared` (with the fragments' loads), `/ceiling-restaged` (with the
+    /// `launched` says which ran, and with which K step), or a bound of `/warps` that is not a
+    /// product (its error is large; `gpt_oss_kernels::coopmat_ceiling::Feed`): `/ceiling-mma`
+    /// (the tensor cores alone), `/ceiling-shared` (with the fragments' loads), `/ceiling-restaged` (with the
     /// stage's stores and barriers) or `/ceiling-cached` (with global loads the caches hold);
     /// and then an order of the tiles, `/rows` (row tiles first) or `/columns`
     /// (`128x256x32/256/staged/columns`); without one, column tiles first when the weights fit
