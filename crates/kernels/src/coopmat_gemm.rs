@@ -65,8 +65,9 @@ pub enum Scheme {
 /// against 210; nineteenth round). Warps over staged, same tiles, on an H100 in two calls
 /// (twenty-second round): 263-267 against 243-252 TF/s at 8192^3. K steps of 48 over 32 on an
 /// H200 (twenty-sixth round): 294.0 against 267.2 TF/s at 8192^3, 256.6 against 234.3 at the
-/// q projection; each step's barriers and stores cost about as much as two 16-wide slices of
-/// products, so a longer step pays them less often. 64 does not fit the driver's 48 KB.
+/// q projection; each step's barriers and stores cost about as much as two to three 16-wide
+/// slices of products, so a longer step pays them less often. 64 does not fit the driver's
+/// 48 KB.
 pub const DEFAULT_TILING: Tiling = Tiling {
     m: 128,
     n: 256,
@@ -80,7 +81,9 @@ pub const DEFAULT_TILING: Tiling = Tiling {
 /// columns exactly and 256-wide tiles do not ([`default_tiling_for`]): 253.9 against 220.9 TF/s
 /// at the o projection's 16384 x 2880 x 4096 on an H200 with K steps of 32 for both, where
 /// 256-wide tiles leave 6.7% of the last column tile empty (docs/benchmarks.md, twenty-fifth
-/// round). Steps of 48 do not split 320 columns into whole words per invocation.
+/// round); 249.3 for 128 x 256 x 48 there. Steps of 48 do not split 320 columns into whole
+/// words per invocation, and where 256 columns are whole tiles 128 x 256 x 48 is faster:
+/// 294.0 against 279.0 TF/s at 8192^3 (twenty-sixth round).
 pub const WIDE_TILING: Tiling = Tiling {
     n: 320,
     k: 32,
