@@ -82,8 +82,8 @@ pub const DEFAULT_TILING: Tiling = Tiling {
 /// at the o projection's 16384 x 2880 x 4096 on an H200 with K steps of 32 for both, where
 /// 256-wide tiles leave 6.7% of the last column tile empty (docs/benchmarks.md, twenty-fifth
 /// round); 249.3 for 128 x 256 x 48 there. Steps of 48 do not split 320 columns into whole
-/// words per invocation, and where 256 columns are whole tiles 128 x 256 x 48 is faster:
-/// 294.0 against 279.0 TF/s at 8192^3 (twenty-sixth round).
+/// words per invocation, and where 256 columns are whole tiles 128 x 256 x 48 is faster: 286-294
+/// TF/s at 8192^3 in three calls, 128 x 320 x 32 279.0 in another (twenty-sixth round).
 pub const WIDE_TILING: Tiling = Tiling {
     n: 320,
     k: 32,
