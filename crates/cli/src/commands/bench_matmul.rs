@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use burn::tensor::{DType, Distribution, Tensor};
+use gpt_oss_kernels::coopmat_gemm::launched_tiling;
 use gpt_oss_model::device::{DeviceChoice, select_device};
 use serde_json::json;
 
@@ -31,8 +32,9 @@ pub struct MatmulArgs {
     /// `/direct` (the default), `/staged` or `/warps` (subgroup-scope fragments; the line's
     /// `launched` says which ran, and with which K step), or a bound of `/warps` that is not a
     /// product (its error is large; `gpt_oss_kernels::coopmat_ceiling::Feed`): `/ceiling-mma`
-    /// (the tensor cores alone), `/ceiling-shared` (with the fragments' loads), `/ceiling-restaged` (with the
-    /// stage's stores and barriers) or `/ceiling-cached` (with global loads the caches hold);
+    /// (the tensor cores alone), `/ceiling-shared` (with the fragments' loads),
+    /// `/ceiling-restaged` (with the stage's stores and barriers) or `/ceiling-cached` (with
+    /// global loads the caches hold);
     /// and then an order of the tiles, `/rows` (row tiles first) or `/columns`
     /// (`128x256x32/256/staged/columns`); without one, column tiles first when the weights fit
     /// in half the L2 cache.
@@ -192,7 +194,7 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
                         "tiling": format!("{tiling:?}"),
                         "launched": (args.kernel == MatmulKernel::Coopmat).then(|| format!(
                             "{:?}",
-                            gpt_oss_kernels::coopmat_gemm::launched_tiling(tiling, m, n as u32, k as u32)
+                            launched_tiling(tiling, m, n as u32, k as u32)
                         )),
                         "relative_error_vs_burn_f32": relative_error,
                         "dtype": dtype_name,
