@@ -66,45 +66,37 @@ const MASKED: f32 = -3.0e38;
 /// This invocation's words of the [`KEYS`] key and value rows from `first` (rows of one kv
 /// head; zeros from row `end`, past the head's last key).
 #[cube]
-pub(crate) fn load_block_words(
+fn load_block_words(
     k: &[EightBf16],
     v: &[EightBf16],
     keys: &mut Array<EightBf16>,
     values: &mut Array<EightBf16>,
     first: u32,
     end: u32,
-    #[comptime] units: u32,
 ) {
     let d = HEAD_DIM as u32;
-    load_tile_words(k, keys, first, end, 0, d, d, KEYS, HEAD_DIM, units);
-    load_tile_words(v, values, first, end, 0, d, d, KEYS, HEAD_DIM, units);
+    load_tile_words(k, keys, first, end, 0, d, d, KEYS, HEAD_DIM, UNITS);
+    load_tile_words(v, values, first, end, 0, d, d, KEYS, HEAD_DIM, UNITS);
 }
 
 /// The keys an invocation's query sees (`lo..hi`), the union of its subgroup's queries' keys
 /// (`plane_lo..plane_hi`; `keys..0` when they see none), and the union over the workgroup's
 /// subgroups (`first..end`): the blocks the workgroup walks.
 #[derive(CubeType)]
-pub(crate) struct KeySpans {
-    pub lo: u32,
-    pub hi: u32,
-    pub plane_lo: u32,
-    pub plane_hi: u32,
-    pub first: u32,
-    pub end: u32,
+struct KeySpans {
+    lo: u32,
+    hi: u32,
+    plane_lo: u32,
+    plane_hi: u32,
+    first: u32,
+    end: u32,
 }
 
 #[cube]
 impl KeySpans {
     /// The spans of `query` (none past the row's `queries`) of `row`, from `ranges` (lo, hi per
-    /// row and query), over `keys` keys, in a workgroup of `units` invocations.
-    pub fn new(
-        ranges: &[u32],
-        row: u32,
-        queries: u32,
-        query: u32,
-        keys: u32,
-        #[comptime] units: u32,
-    ) -> KeySpans {
+    /// row and query), over `keys` keys, in a workgroup of [`UNITS`] invocations.
+    fn new(ranges: &[u32], row: u32, queries: u32, query: u32, keys: u32) -> KeySpans {
         let mut lo = 0u32;
         let mut hi = 0u32;
         if query < queries {
@@ -115,7 +107,7 @@ impl KeySpans {
         let visible = lo < hi;
         let plane_lo = plane_min(select(visible, lo, keys));
         let plane_hi = plane_max(select(visible, hi, 0u32));
-        let mut plane_spans = Shared::<[u32]>::new_slice(2 * units as usize);
+        let mut plane_spans = Shared::<[u32]>::new_slice(2 * UNITS as usize);
         let mut span = Shared::<[u32]>::new_slice(2usize);
         if UNIT_POS_PLANE == 0 {
             let plane = UNIT_POS / PLANE_DIM;
@@ -126,7 +118,7 @@ impl KeySpans {
         if UNIT_POS == 0 {
             let mut first = keys;
             let mut end = 0u32;
-            for plane in 0..units / PLANE_DIM {
+            for plane in 0..UNITS / PLANE_DIM {
                 first = min(first, plane_spans[(2 * plane) as usize]);
                 end = max(end, plane_spans[(2 * plane + 1) as usize]);
             }
@@ -172,7 +164,7 @@ fn attention_tiles_kernel(
     let half = lane / FRAGMENT as u32;
     let query = first_query + plane * FRAGMENT as u32 + local;
 
-    let spans = KeySpans::new(ranges, row, queries, query, keys, UNITS);
+    let spans = KeySpans::new(ranges, row, queries, query, keys);
     let (my_lo, my_hi) = (spans.lo, spans.hi);
 
     let stride = comptime![staged_row_words(HEAD_DIM)];
@@ -248,7 +240,6 @@ fn attention_tiles_kernel(
         &mut next_values,
         kv_rows + start,
         kv_end,
-        UNITS,
     );
     while start < spans.end {
         // Every subgroup has loaded its fragments of the previous block (and of the queries).
@@ -258,7 +249,7 @@ fn attention_tiles_kernel(
         sync_cube();
         if start + (KEYS as u32) < spans.end {
             let next = kv_rows + start + KEYS as u32;
-            load_block_words(k, v, &mut next_keys, &mut next_values, next, kv_end, UNITS);
+            load_block_words(k, v, &mut next_keys, &mut next_values, next, kv_end);
         }
         if start < spans.plane_hi && start + (KEYS as u32) > spans.plane_lo {
             // Scores: staged key rows are column-major B = K^T, (dim, key) at key * stride + dim.

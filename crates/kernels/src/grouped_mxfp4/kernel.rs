@@ -142,7 +142,10 @@ pub(super) fn grouped_mxfp4_kernel(
 /// What a tile's fused epilogue reads besides its products: the experts' `bias` [E, N] (the
 /// tile's `expert`), each row's weight `row_weights` [P] and pair `pair_of_row` [P], and
 /// SwiGLU's `limit` and `alpha`. The outputs are passed to each write: held here, they would
-/// make the struct mutable, and the compiler would no longer mark these values uniform.
+/// make the struct mutable, and the compiler would no longer mark these values uniform. The
+/// writes take their products as `&mut [f32]` although they only read them: their callers hold
+/// the products mutably (global memory or the subgroup's shared `through`), and cubecl does not
+/// pass a mutable slice where a shared one is asked for.
 #[derive(CubeType)]
 pub(super) struct TileEpilogue<'a> {
     bias: &'a [f32],
