@@ -34,10 +34,9 @@ pub struct MatmulArgs {
     /// product (its error is large; `gpt_oss_kernels::coopmat_ceiling::Feed`): `/ceiling-mma`
     /// (the tensor cores alone), `/ceiling-shared` (with the fragments' loads),
     /// `/ceiling-restaged` (with the stage's stores and barriers) or `/ceiling-cached` (with
-    /// global loads the caches hold);
-    /// and then an order of the tiles, `/rows` (row tiles first) or `/columns`
-    /// (`128x256x32/256/staged/columns`); without one, column tiles first when the weights fit
-    /// in half the L2 cache.
+    /// global loads the caches hold); and then an order of the tiles, `/rows` (row tiles first)
+    /// or `/columns` (`128x256x32/256/staged/columns`); without one, column tiles first when
+    /// the weights fit in half the L2 cache.
     #[arg(long, value_delimiter = ',', default_value = "128x128x32/256")]
     pub tilings: Vec<String>,
 }
@@ -104,6 +103,22 @@ pub(crate) fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopma
         scheme,
         order,
     })
+}
+
+/// As [`parse_tiling`], refusing the `ceiling-*` schemes: for launches whose products are used
+/// (`bench model --dense-tiling`), where a bound would score garbage.
+pub(crate) fn parse_product_tiling(
+    text: &str,
+) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Tiling> {
+    let tiling = parse_tiling(text)?;
+    anyhow::ensure!(
+        !matches!(
+            tiling.scheme,
+            gpt_oss_kernels::coopmat_gemm::Scheme::Ceiling(_)
+        ),
+        "tiling `{text}`: a ceiling scheme is a bound of the warps kernel, not a product"
+    );
+    Ok(tiling)
 }
 
 /// `[m, k, n]` from `4096` or `16384x2880x5760`.
@@ -252,6 +267,10 @@ mod tests {
             parse_tiling("64x128x32/128/staged").unwrap().scheme,
             Scheme::Staged
         );
+        // A bound is a tiling for bench matmul, not for products that are used.
+        assert!(parse_product_tiling("128x256x48/256/warps").is_ok());
+        let bound = parse_product_tiling("128x256x32/256/ceiling-mma").unwrap_err();
+        assert!(bound.to_string().contains("not a product"), "{bound}");
         assert!(parse_tiling("128x256x32").is_err());
         assert!(parse_tiling("128x256x32/256/fast").is_err());
         assert!(parse_tiling("128x256x32/256/staged/x").is_err());

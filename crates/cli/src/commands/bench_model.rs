@@ -58,7 +58,8 @@ pub struct ModelBenchArgs {
     #[arg(long)]
     pub grouped_tiling: Option<String>,
     /// The dense GEMM's tiling for every product, as `bench matmul --tilings` takes it
-    /// (`128x256x32/256/warps`), instead of the default's choice by the product's width.
+    /// (`128x256x48/256/warps`; not a `ceiling-*` bound), instead of the default's choice by the
+    /// product's width.
     #[arg(long)]
     pub dense_tiling: Option<String>,
 }
@@ -154,7 +155,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
         gpt_oss_kernels::grouped_mxfp4::set_large_tiles(tiling);
     }
     if let Some(text) = &args.dense_tiling {
-        gpt_oss_kernels::coopmat_gemm::set_tiling(super::bench_matmul::parse_tiling(text)?);
+        gpt_oss_kernels::coopmat_gemm::set_tiling(super::bench_matmul::parse_product_tiling(text)?);
     }
     let loaded = args.model.load()?;
     let model = &loaded.model;
