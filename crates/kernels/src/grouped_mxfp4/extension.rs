@@ -123,6 +123,26 @@ struct GroupedInputs {
     tile_starts: CubeTensor,
 }
 
+impl GroupedInputs {
+    /// The inputs of a product whose rows `a` are already sorted by expert.
+    fn sorted(
+        a: CubeTensor,
+        words: CubeTensor,
+        scales: CubeTensor,
+        offsets: CubeTensor,
+        tile_starts: CubeTensor,
+    ) -> GroupedInputs {
+        GroupedInputs {
+            a,
+            rows_of: None,
+            words,
+            scales,
+            offsets,
+            tile_starts,
+        }
+    }
+}
+
 /// The epilogue's inputs: each expert's bias, row weights and pair of each row (scaled),
 /// SwiGLU's limit and alpha.
 struct EpilogueInputs {
@@ -352,14 +372,7 @@ impl GroupedBackend for CubeBackend {
         tile_starts: CubeTensor,
         tiling: Tiling,
     ) -> CubeTensor {
-        let inputs = GroupedInputs {
-            a,
-            rows_of: None,
-            words,
-            scales,
-            offsets,
-            tile_starts,
-        };
+        let inputs = GroupedInputs::sorted(a, words, scales, offsets, tile_starts);
         launch_grouped(inputs, tiling, NO_EPILOGUE).products
     }
 
@@ -374,14 +387,7 @@ impl GroupedBackend for CubeBackend {
         limit: f32,
         alpha: f32,
     ) -> CubeTensor {
-        let inputs = GroupedInputs {
-            a,
-            rows_of: None,
-            words,
-            scales,
-            offsets,
-            tile_starts,
-        };
+        let inputs = GroupedInputs::sorted(a, words, scales, offsets, tile_starts);
         launch_swiglu(inputs, tiling, bias, limit, alpha)
     }
 
@@ -398,12 +404,8 @@ impl GroupedBackend for CubeBackend {
         alpha: f32,
     ) -> CubeTensor {
         let inputs = GroupedInputs {
-            a: tokens,
             rows_of: Some(rows_of),
-            words,
-            scales,
-            offsets,
-            tile_starts,
+            ..GroupedInputs::sorted(tokens, words, scales, offsets, tile_starts)
         };
         launch_swiglu(inputs, tiling, bias, limit, alpha)
     }
@@ -419,14 +421,7 @@ impl GroupedBackend for CubeBackend {
         pair_of_row: CubeTensor,
         tiling: Tiling,
     ) -> CubeTensor {
-        let inputs = GroupedInputs {
-            a,
-            rows_of: None,
-            words,
-            scales,
-            offsets,
-            tile_starts,
-        };
+        let inputs = GroupedInputs::sorted(a, words, scales, offsets, tile_starts);
         let epilogue = EpilogueInputs {
             code: EPILOGUE_SCALED,
             bias: Some(bias),
