@@ -52,9 +52,6 @@ pub enum Scheme {
     /// Staged as `Staged`, then multiplied by each subgroup on its own block of the tile in
     /// subgroup-scope 16 x 16 x 16 fragments (`crate::coopmat_warps`).
     Warps,
-    /// As `Warps`, each subgroup loading one 16-wide slice of K while it multiplies the one
-    /// before (`crate::coopmat_pipelined`).
-    Pipelined,
     /// Not a product: `Warps`' K loop with its inputs staged once and its fragments fed as
     /// `crate::coopmat_ceiling` says (a benchmark of what bounds `Warps`).
     Ceiling(crate::coopmat_ceiling::Feed),
@@ -296,15 +293,6 @@ impl KernelBackend for CubeBackend {
                 )
             },
             // Safety: as warps.
-            Scheme::Pipelined => unsafe {
-                let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
-                launch_gemm!(
-                    crate::coopmat_pipelined::coopmat_gemm_pipelined_kernel::launch_unchecked,
-                    warp,
-                    t.units
-                )
-            },
-            // Safety: as warps.
             Scheme::Ceiling(feed) => unsafe {
                 let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
                 launch_gemm!(
@@ -328,12 +316,12 @@ const FALLBACK_K: usize = 32;
 /// [`FALLBACK_K`] where that one can; else `Direct`.
 pub fn launched_tiling(t: Tiling, m: usize, n: u32, k: u32) -> Tiling {
     match t.scheme {
-        Scheme::Warps | Scheme::Pipelined | Scheme::Ceiling(_)
+        Scheme::Warps | Scheme::Ceiling(_)
             if coopmat_warps::takes(m, n as usize, k as usize, (t.m, t.n, t.k), t.units) =>
         {
             t
         }
-        Scheme::Warps | Scheme::Pipelined | Scheme::Ceiling(_) => staged_or_fallback(
+        Scheme::Warps | Scheme::Ceiling(_) => staged_or_fallback(
             Tiling {
                 scheme: Scheme::Staged,
                 k: FALLBACK_K,

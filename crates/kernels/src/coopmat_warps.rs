@@ -89,7 +89,8 @@ pub(crate) fn coopmat_gemm_warps_kernel(
 /// checkpoint stores expert weights).
 #[derive(CubeType)]
 pub(crate) struct WarpTile {
-    inputs: FragmentSet,
+    a: Sequence<cmma::Matrix<bf16>>,
+    b: Sequence<cmma::Matrix<bf16>>,
     acc: Sequence<cmma::Matrix<f32>>,
     /// The block's first row and column in the tile.
     pub row: u32,
@@ -113,14 +114,28 @@ impl WarpTile {
         let (fm, fn_) = comptime![(wm / FRAGMENT, wn / FRAGMENT)];
         let plane = UNIT_POS / PLANE;
         let across = comptime![(tn / wn) as u32];
-        let inputs = FragmentSet::new((fm, fn_), rhs_rows_of_k);
+        let mut a = Sequence::<cmma::Matrix<bf16>>::new();
+        #[unroll]
+        for _ in 0..fm {
+            a.push(fragment(cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor));
+        }
+        let mut b = Sequence::<cmma::Matrix<bf16>>::new();
+        #[unroll]
+        for _ in 0..fn_ {
+            let layout = match rhs_rows_of_k {
+                true => cmma::MatrixLayout::ColMajor,
+                false => cmma::MatrixLayout::RowMajor,
+            };
+            b.push(fragment(cmma::MatrixIdent::B, layout));
+        }
         let mut acc = Sequence::<cmma::Matrix<f32>>::new();
         #[unroll]
         for _ in 0..fm * fn_ {
             acc.push(zeroed_accumulator());
         }
         WarpTile {
-            inputs,
+            a,
+            b,
             acc,
             row: (plane / across) * wm as u32,
             col: (plane % across) * wn as u32,
@@ -241,38 +256,50 @@ impl WarpTile {
         #[comptime] b_stride: usize,
         #[comptime] kk: usize,
     ) {
-        let (row, col) = (self.row, self.col);
-        self.inputs
-            .load(stage_a, a_stride, stage_b, b_stride, kk, row, col);
+        let (fm, fn_) = self.fragments;
+        let rows_of_k = self.rhs_rows_of_k;
+        // A fragment's 16 rows span 15 strides and one fragment row (two 16-byte words).
+        let a_span = comptime![15 * a_stride + FRAGMENT / 8];
+        let b_span = comptime![15 * b_stride + FRAGMENT / 8];
+        #[unroll]
+        for i in 0..fm {
+            // Rows row + 16 i.., columns 16 kk.. of the A stage.
+            let first = (self.row as usize + i * FRAGMENT) * a_stride + kk * FRAGMENT / 8;
+            // Strides in u32 words (the loads divide them by an EightBf16's four words).
+            cmma::load(
+                self.a.index_mut(i),
+                &stage_a[first..first + a_span],
+                (a_stride * 4) as u32,
+            );
+        }
+        #[unroll]
+        for j in 0..fn_ {
+            // Rows 16 kk.. (K), columns col + 16 j..; with rows of K, the stage's rows
+            // col + 16 j.., K columns 16 kk...
+            let column = self.col as usize + j * FRAGMENT;
+            let mut first = kk * FRAGMENT * b_stride + column / 8;
+            if comptime![rows_of_k] {
+                first = column * b_stride + kk * FRAGMENT / 8;
+            }
+            cmma::load(
+                self.b.index_mut(j),
+                &stage_b[first..first + b_span],
+                (b_stride * 4) as u32,
+            );
+        }
     }
 
     /// Adds the products of the loaded input fragments to the accumulators.
     pub fn multiply_fragments(&mut self) {
-        self.inputs.multiply_into(&mut self.acc);
-    }
-
-    /// A set of input fragments shaped as the block's own, for a caller that loads one slice of
-    /// K while the tensor cores multiply another (`crate::coopmat_pipelined`).
-    pub fn fragment_set(&self) -> FragmentSet {
-        FragmentSet::new(self.fragments, self.rhs_rows_of_k)
-    }
-
-    /// Loads the block's fragments of the 16-wide slice `kk` of a staged K step into `set`.
-    pub fn load_into(
-        &self,
-        set: &mut FragmentSet,
-        stage_a: &[EightBf16],
-        #[comptime] a_stride: usize,
-        stage_b: &[EightBf16],
-        #[comptime] b_stride: usize,
-        #[comptime] kk: usize,
-    ) {
-        set.load(stage_a, a_stride, stage_b, b_stride, kk, self.row, self.col);
-    }
-
-    /// Adds the products of the fragments of `set` to the accumulators.
-    pub fn multiply(&mut self, set: &FragmentSet) {
-        set.multiply_into(&mut self.acc);
+        let (fm, fn_) = self.fragments;
+        #[unroll]
+        for i in 0..fm {
+            #[unroll]
+            for j in 0..fn_ {
+                let c = self.acc.index(comptime![i * fn_ + j]);
+                cmma::execute(self.a.index(i), self.b.index(j), c, c);
+            }
+        }
     }
 
     /// Stores the block into `out` [rows, n] row-major, the tile at (`tile_row`, `tile_col`):
@@ -378,111 +405,6 @@ impl WarpTile {
                     }
                     sync_plane();
                 }
-            }
-        }
-    }
-}
-
-/// One 16-wide slice of K of a subgroup's block: its `fm` A fragments and `fn_` B fragments
-/// (`WarpTile` holds one; `crate::coopmat_pipelined` a second, to load one slice while the
-/// tensor cores multiply another).
-#[derive(CubeType)]
-pub(crate) struct FragmentSet {
-    a: Sequence<cmma::Matrix<bf16>>,
-    b: Sequence<cmma::Matrix<bf16>>,
-    #[cube(comptime)]
-    fragments: (usize, usize),
-    #[cube(comptime)]
-    rhs_rows_of_k: bool,
-}
-
-#[cube]
-impl FragmentSet {
-    /// `fragments` (A, B) uninitialised fragments, B column-major with `rhs_rows_of_k`.
-    pub fn new(
-        #[comptime] fragments: (usize, usize),
-        #[comptime] rhs_rows_of_k: bool,
-    ) -> FragmentSet {
-        let (fm, fn_) = fragments;
-        let mut a = Sequence::<cmma::Matrix<bf16>>::new();
-        #[unroll]
-        for _ in 0..fm {
-            a.push(fragment(cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor));
-        }
-        let mut b = Sequence::<cmma::Matrix<bf16>>::new();
-        #[unroll]
-        for _ in 0..fn_ {
-            let layout = match rhs_rows_of_k {
-                true => cmma::MatrixLayout::ColMajor,
-                false => cmma::MatrixLayout::RowMajor,
-            };
-            b.push(fragment(cmma::MatrixIdent::B, layout));
-        }
-        FragmentSet {
-            a,
-            b,
-            fragments,
-            rhs_rows_of_k,
-        }
-    }
-
-    /// Loads the fragments of the 16-wide slice `kk` of a staged K step for the block at
-    /// (`row`, `col`) of the tile: the A stage holds the tile's rows (`a_stride` 16-byte words
-    /// apart), the B stage K rows of the tile's columns or, with `rhs_rows_of_k`, the tile's
-    /// columns as rows of K (`b_stride` words apart).
-    #[allow(clippy::too_many_arguments)]
-    pub fn load(
-        &mut self,
-        stage_a: &[EightBf16],
-        #[comptime] a_stride: usize,
-        stage_b: &[EightBf16],
-        #[comptime] b_stride: usize,
-        #[comptime] kk: usize,
-        row: u32,
-        col: u32,
-    ) {
-        let (fm, fn_) = self.fragments;
-        let rows_of_k = self.rhs_rows_of_k;
-        // A fragment's 16 rows span 15 strides and one fragment row (two 16-byte words).
-        let a_span = comptime![15 * a_stride + FRAGMENT / 8];
-        let b_span = comptime![15 * b_stride + FRAGMENT / 8];
-        #[unroll]
-        for i in 0..fm {
-            // Rows row + 16 i.., columns 16 kk.. of the A stage.
-            let first = (row as usize + i * FRAGMENT) * a_stride + kk * FRAGMENT / 8;
-            // Strides in u32 words (the loads divide them by an EightBf16's four words).
-            cmma::load(
-                self.a.index_mut(i),
-                &stage_a[first..first + a_span],
-                (a_stride * 4) as u32,
-            );
-        }
-        #[unroll]
-        for j in 0..fn_ {
-            // Rows 16 kk.. (K), columns col + 16 j..; with rows of K, the stage's rows
-            // col + 16 j.., K columns 16 kk...
-            let column = col as usize + j * FRAGMENT;
-            let mut first = kk * FRAGMENT * b_stride + column / 8;
-            if comptime![rows_of_k] {
-                first = column * b_stride + kk * FRAGMENT / 8;
-            }
-            cmma::load(
-                self.b.index_mut(j),
-                &stage_b[first..first + b_span],
-                (b_stride * 4) as u32,
-            );
-        }
-    }
-
-    /// Adds the products of these fragments to `acc`, the block's `fm x fn_` accumulators.
-    pub fn multiply_into(&self, acc: &mut Sequence<cmma::Matrix<f32>>) {
-        let (fm, fn_) = self.fragments;
-        #[unroll]
-        for i in 0..fm {
-            #[unroll]
-            for j in 0..fn_ {
-                let c = acc.index(comptime![i * fn_ + j]);
-                cmma::execute(self.a.index(i), self.b.index(j), c, c);
             }
         }
     }

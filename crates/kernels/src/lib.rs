@@ -35,7 +35,6 @@ pub mod attention_tiles;
 pub mod bf16_rows;
 pub mod coopmat_ceiling;
 pub mod coopmat_gemm;
-pub mod coopmat_pipelined;
 pub mod coopmat_warps;
 pub mod embedding_rows;
 pub mod expert_groups;

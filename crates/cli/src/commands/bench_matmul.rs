@@ -29,9 +29,8 @@ pub struct MatmulArgs {
     #[arg(long, value_enum, default_value_t = MatmulKernel::Burn)]
     pub kernel: MatmulKernel,
     /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`), optionally with a scheme,
-    /// `/direct` (the default), `/staged`, `/warps` (subgroup-scope fragments; the line's
-    /// `launched` says which ran, and with which K step) or `/pipelined` (warps loading one
-    /// slice of K while multiplying the one before), or a bound of `/warps` that is not a
+    /// `/direct` (the default), `/staged` or `/warps` (subgroup-scope fragments; the line's
+    /// `launched` says which ran, and with which K step), or a bound of `/warps` that is not a
     /// product (its error is large; `gpt_oss_kernels::coopmat_ceiling::Feed`): `/ceiling-mma`
     /// (the tensor cores alone), `/ceiling-shared` (with the fragments' loads),
     /// `/ceiling-restaged` (with the stage's stores and barriers) or `/ceiling-cached` (with
@@ -74,15 +73,14 @@ pub(crate) fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopma
         None | Some("direct") => Scheme::Direct,
         Some("staged") => Scheme::Staged,
         Some("warps") => Scheme::Warps,
-        Some("pipelined") => Scheme::Pipelined,
         Some("ceiling-shared") => Scheme::Ceiling(Feed::Shared),
         Some("ceiling-mma") => Scheme::Ceiling(Feed::Registers),
         Some("ceiling-restaged") => Scheme::Ceiling(Feed::Restaged),
         Some("ceiling-cached") => Scheme::Ceiling(Feed::Cached),
         Some(other) => {
             anyhow::bail!(
-                "tiling `{text}`: scheme `{other}`: expected direct, staged, warps, \
-                 pipelined or ceiling-mma, -shared, -restaged or -cached"
+                "tiling `{text}`: scheme `{other}`: expected direct, staged, warps or \
+                 ceiling-mma, -shared, -restaged or -cached"
             )
         }
     };
