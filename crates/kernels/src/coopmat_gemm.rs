@@ -231,6 +231,15 @@ pub trait KernelBackend: burn::backend::Backend {
     /// `lhs` [m, k] bf16 times `rhs` [k, n] bf16, accumulated and returned in f32.
     #[fusion(dtype = accumulator_dtype(lhs), shape = product_shape(lhs, rhs))]
     fn coopmat_gemm(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// As `coopmat_gemm`, plus `bias` [n] f32 added to every row: by the subgroup-scope kernel
+    /// itself (its accumulators start at the bias), by a separate add where a fallback runs.
+    #[fusion(dtype = accumulator_dtype(lhs), shape = product_shape(lhs, rhs))]
+    fn coopmat_gemm_plus_bias(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
 /// The products' dtype: f32 whatever the inputs.
@@ -245,65 +254,91 @@ fn product_shape(lhs: &Shape, rhs: &Shape) -> Shape {
 
 impl KernelBackend for CubeBackend {
     fn coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor) -> CubeTensor {
-        let lhs = into_contiguous(lhs);
-        let rhs = into_contiguous(rhs);
-        let [m, k] = [lhs.meta.shape()[0], lhs.meta.shape()[1]];
-        let n = rhs.meta.shape()[1];
-        let client = lhs.client.clone();
-        let out = empty_f32(&lhs, vec![m, n]);
-        let t = launched_tiling(tiling_for(n), m, n as u32, k as u32);
-        let order = t
-            .order
-            .unwrap_or_else(|| TileOrder::for_weights(k * n * DType::BF16.size()));
-        let cubes = order.cube_count(m.div_ceil(t.m), n.div_ceil(t.n));
-        let columns_first = order.columns_first();
-        let dim = CubeDim::new_1d(t.units);
-        let tile = (t.m, t.n, t.k);
-        let (lhs, rhs, out_arg) = (
-            lhs.into_buffer_arg(),
-            rhs.into_buffer_arg(),
-            out.clone().into_buffer_arg(),
-        );
-        let (m, n, k) = (m as u32, n as u32, k as u32);
-        // Every kernel takes these arguments, the others theirs after them (the generated launch
-        // functions take each argument separately).
-        macro_rules! launch_gemm {
-            ($launch:path $(, $more:expr)*) => {
-                $launch(
-                    &client, cubes, dim, lhs, rhs, out_arg, m, n, k, tile, columns_first
-                    $(, $more)*
-                )
-            };
+        launch_coopmat_gemm(lhs, rhs, None)
+    }
+
+    fn coopmat_gemm_plus_bias(lhs: CubeTensor, rhs: CubeTensor, bias: CubeTensor) -> CubeTensor {
+        launch_coopmat_gemm(lhs, rhs, Some(bias))
+    }
+}
+
+/// `lhs` [m, k] x `rhs` [k, n] (bf16) on the tiling [`tiling_for`] gives, plus `bias` [n] (f32)
+/// when given -> [m, n] f32.
+fn launch_coopmat_gemm(
+    lhs: CubeTensor,
+    rhs: CubeTensor,
+    mut bias: Option<CubeTensor>,
+) -> CubeTensor {
+    let lhs = into_contiguous(lhs);
+    let rhs = into_contiguous(rhs);
+    let [m, k] = [lhs.meta.shape()[0], lhs.meta.shape()[1]];
+    let n = rhs.meta.shape()[1];
+    let client = lhs.client.clone();
+    let out = empty_f32(&lhs, vec![m, n]);
+    let t = launched_tiling(tiling_for(n), m, n as u32, k as u32);
+    let order = t
+        .order
+        .unwrap_or_else(|| TileOrder::for_weights(k * n * DType::BF16.size()));
+    let cubes = order.cube_count(m.div_ceil(t.m), n.div_ceil(t.n));
+    let columns_first = order.columns_first();
+    let dim = CubeDim::new_1d(t.units);
+    let tile = (t.m, t.n, t.k);
+    let (lhs, rhs, out_arg) = (
+        lhs.into_buffer_arg(),
+        rhs.into_buffer_arg(),
+        out.clone().into_buffer_arg(),
+    );
+    let (m, n, k) = (m as u32, n as u32, k as u32);
+    // Every kernel takes these arguments, the others theirs after them (the generated launch
+    // functions take each argument separately).
+    macro_rules! launch_gemm {
+        ($launch:path $(, $more:expr)*) => {
+            $launch(
+                &client, cubes, dim, lhs, rhs, out_arg, m, n, k, tile, columns_first
+                $(, $more)*
+            )
+        };
+    }
+    match t.scheme {
+        Scheme::Direct => launch_gemm!(coopmat_gemm_kernel::launch),
+        // Safety: reads are guarded by the row and column bounds; K is whole steps and
+        // rows are whole 16-byte words (`staged_or_fallback`).
+        Scheme::Staged => unsafe {
+            launch_gemm!(coopmat_gemm_staged_kernel::launch_unchecked, t.units)
+        },
+        // Safety: as staged, and every fragment lies inside the output or outside it
+        // (`coopmat_warps::takes`); the bias has n values (`coopmat_gemm_plus_bias`).
+        Scheme::Warps => unsafe {
+            let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
+            // Without a bias the kernel reads none; one value stands in for the buffer.
+            let with_bias = bias.is_some();
+            let bias = bias.take().unwrap_or_else(|| empty_f32(&out, vec![1]));
+            launch_gemm!(
+                coopmat_warps::coopmat_gemm_warps_kernel::launch_unchecked,
+                into_contiguous(bias).into_buffer_arg(),
+                with_bias,
+                warp,
+                t.units
+            )
+        },
+        // Safety: as warps.
+        Scheme::Ceiling(feed) => unsafe {
+            let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
+            launch_gemm!(
+                crate::coopmat_ceiling::coopmat_ceiling_kernel::launch_unchecked,
+                warp,
+                feed.code(),
+                t.units
+            )
+        },
+    }
+    match bias {
+        // A fallback ran: the bias as a row, added to every row of the product.
+        Some(bias) => {
+            let row = burn_cubecl::ops::reshape(bias, Shape::from(vec![1, n as usize]));
+            burn_cubecl::ops::numeric::add(out, row)
         }
-        match t.scheme {
-            Scheme::Direct => launch_gemm!(coopmat_gemm_kernel::launch),
-            // Safety: reads are guarded by the row and column bounds; K is whole steps and
-            // rows are whole 16-byte words (`staged_or_fallback`).
-            Scheme::Staged => unsafe {
-                launch_gemm!(coopmat_gemm_staged_kernel::launch_unchecked, t.units)
-            },
-            // Safety: as staged, and every fragment lies inside the output or outside it
-            // (`coopmat_warps::takes`).
-            Scheme::Warps => unsafe {
-                let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
-                launch_gemm!(
-                    coopmat_warps::coopmat_gemm_warps_kernel::launch_unchecked,
-                    warp,
-                    t.units
-                )
-            },
-            // Safety: as warps.
-            Scheme::Ceiling(feed) => unsafe {
-                let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
-                launch_gemm!(
-                    crate::coopmat_ceiling::coopmat_ceiling_kernel::launch_unchecked,
-                    warp,
-                    feed.code(),
-                    t.units
-                )
-            },
-        }
-        out
+        None => out,
     }
 }
 
@@ -359,6 +394,21 @@ pub fn coopmat_gemm(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
         lhs.into_dispatch(),
         rhs.into_dispatch(),
     ))
+}
+
+/// [`coopmat_gemm`] plus `bias` [n] added to every row (f32): the subgroup-scope kernel starts
+/// its accumulators at the bias, so the product needs no pass of its own to add it.
+pub fn coopmat_gemm_plus_bias(lhs: Tensor<2>, rhs: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
+    let lhs = lhs.cast(DType::BF16);
+    let rhs = rhs.cast(DType::BF16);
+    let bias = bias.cast(DType::F32);
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as KernelBackend>::coopmat_gemm_plus_bias(
+            lhs.into_dispatch(),
+            rhs.into_dispatch(),
+            bias.into_dispatch(),
+        ),
+    )
 }
 
 /// What `coopmat_gemm` computes, with burn's own ops: bf16 inputs, f32 product.

@@ -39,6 +39,10 @@ pub struct MatmulArgs {
     /// the weights fit in half the L2 cache.
     #[arg(long, value_delimiter = ',', default_value = "128x128x32/256")]
     pub tilings: Vec<String>,
+    /// Our kernels add a random f32 bias of n values to every row of the product (as the
+    /// attention projections do), checked against the reference plus the same bias.
+    #[arg(long)]
+    pub bias: bool,
 }
 
 /// `--kernel`: whose matmul to time.
@@ -170,15 +174,27 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
                 let [m, k, n] = parse_shape(shape_text)?;
                 let lhs = Tensor::<2>::random([m, k], Distribution::Default, (&device, dtype));
                 let rhs = Tensor::<2>::random([k, n], Distribution::Default, (&device, dtype));
-                let product = |l: Tensor<2>, r: Tensor<2>| match args.kernel {
-                    MatmulKernel::Coopmat => gpt_oss_kernels::coopmat_gemm::coopmat_gemm(l, r),
-                    MatmulKernel::Rows => gpt_oss_kernels::bf16_rows::bf16_rows_matmul(l, r, None),
-                    MatmulKernel::Burn => l.matmul(r),
+                let bias = (args.bias && args.kernel != MatmulKernel::Burn)
+                    .then(|| Tensor::<1>::random([n], Distribution::Default, &device));
+                let product = |l: Tensor<2>, r: Tensor<2>| match (args.kernel, bias.clone()) {
+                    (MatmulKernel::Coopmat, None) => {
+                        gpt_oss_kernels::coopmat_gemm::coopmat_gemm(l, r)
+                    }
+                    (MatmulKernel::Coopmat, Some(b)) => {
+                        gpt_oss_kernels::coopmat_gemm::coopmat_gemm_plus_bias(l, r, b)
+                    }
+                    (MatmulKernel::Rows, b) => {
+                        gpt_oss_kernels::bf16_rows::bf16_rows_matmul(l, r, b)
+                    }
+                    (MatmulKernel::Burn, _) => l.matmul(r),
                 };
                 let relative_error = if args.kernel != MatmulKernel::Burn {
                     let ours = product(lhs.clone(), rhs.clone());
-                    let reference =
+                    let mut reference =
                         gpt_oss_kernels::coopmat_gemm::reference_gemm(lhs.clone(), rhs.clone());
+                    if let Some(b) = &bias {
+                        reference = reference + b.clone().unsqueeze::<2>();
+                    }
                     Some(super::bench_kernels::errors(ours, reference).0)
                 } else {
                     None
@@ -212,6 +228,7 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
                             launched_tiling(tiling, m, n as u32, k as u32)
                         )),
                         "relative_error_vs_burn_f32": relative_error,
+                        "bias": bias.is_some(),
                         "dtype": dtype_name,
                         "m": m, "k": k, "n": n,
                         "iters": args.iters,

@@ -24,8 +24,8 @@ pub fn times_weight(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     times_weight_plus_bias(x, w, None)
 }
 
-/// `x` [m, in] times `w` [in, out], plus `bias` [out] when given -> [m, out] f32. The few-rows
-/// kernel adds the bias itself (decoding counts kernels).
+/// `x` [m, in] times `w` [in, out], plus `bias` [out] when given -> [m, out] f32. The GPU
+/// kernels add the bias themselves (decoding counts kernels; scoring saves a pass per product).
 pub fn times_weight_plus_bias(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
     times_weight_few_rows_up_to(x, w, bias, FEW_ROWS)
 }
@@ -38,16 +38,19 @@ pub fn times_weight_few_rows_up_to(
     bias: Option<Tensor<1>>,
     few_rows: usize,
 ) -> Tensor<2> {
-    let product = if !on_kernel_path(&w) {
-        x.matmul(w)
-    } else if x.dims()[0] <= few_rows && bf16_rows::supports(w.dims()[1]) {
+    if !on_kernel_path(&w) {
+        let product = x.matmul(w);
+        return match bias {
+            Some(bias) => product + bias.unsqueeze::<2>(),
+            None => product,
+        };
+    }
+    if x.dims()[0] <= few_rows && bf16_rows::supports(w.dims()[1]) {
         return bf16_rows::bf16_rows_matmul(x, w, bias);
-    } else {
-        gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x, w)
-    };
+    }
     match bias {
-        Some(bias) => product + bias.unsqueeze::<2>(),
-        None => product,
+        Some(bias) => gpt_oss_kernels::coopmat_gemm::coopmat_gemm_plus_bias(x, w, bias),
+        None => gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x, w),
     }
 }
 
