@@ -264,11 +264,7 @@ impl KernelBackend for CubeBackend {
 
 /// `lhs` [m, k] x `rhs` [k, n] (bf16) on the tiling [`tiling_for`] gives, plus `bias` [n] (f32)
 /// when given -> [m, n] f32.
-fn launch_coopmat_gemm(
-    lhs: CubeTensor,
-    rhs: CubeTensor,
-    mut bias: Option<CubeTensor>,
-) -> CubeTensor {
+fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor>) -> CubeTensor {
     let lhs = into_contiguous(lhs);
     let rhs = into_contiguous(rhs);
     let [m, k] = [lhs.meta.shape()[0], lhs.meta.shape()[1]];
@@ -283,6 +279,13 @@ fn launch_coopmat_gemm(
     let columns_first = order.columns_first();
     let dim = CubeDim::new_1d(t.units);
     let tile = (t.m, t.n, t.k);
+    // Only the warps kernel adds the bias itself. Without one it reads none; the (read-only)
+    // weights stand in for the buffer, so that no launch allocates one.
+    let with_bias = bias.is_some() && t.scheme == Scheme::Warps;
+    let bias_arg = match (&bias, with_bias) {
+        (Some(bias), true) => bias.clone(),
+        _ => rhs.clone(),
+    };
     let (lhs, rhs, out_arg) = (
         lhs.into_buffer_arg(),
         rhs.into_buffer_arg(),
@@ -310,12 +313,9 @@ fn launch_coopmat_gemm(
         // (`coopmat_warps::takes`); the bias has n values (`coopmat_gemm_plus_bias`).
         Scheme::Warps => unsafe {
             let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
-            // Without a bias the kernel reads none; one value stands in for the buffer.
-            let with_bias = bias.is_some();
-            let bias = bias.take().unwrap_or_else(|| empty_f32(&out, vec![1]));
             launch_gemm!(
                 coopmat_warps::coopmat_gemm_warps_kernel::launch_unchecked,
-                into_contiguous(bias).into_buffer_arg(),
+                into_contiguous(bias_arg).into_buffer_arg(),
                 with_bias,
                 warp,
                 t.units
@@ -334,11 +334,11 @@ fn launch_coopmat_gemm(
     }
     match bias {
         // A fallback ran: the bias as a row, added to every row of the product.
-        Some(bias) => {
+        Some(bias) if !with_bias => {
             let row = burn_cubecl::ops::reshape(bias, Shape::from(vec![1, n as usize]));
             burn_cubecl::ops::numeric::add(out, row)
         }
-        None => out,
+        _ => out,
     }
 }
 
