@@ -11,7 +11,9 @@
 //! addressing (`Scheme::Direct`, bounds handled by the driver; the fallback for shapes the
 //! staged scheme cannot take). The default, `Scheme::Warps`, stages the same way and then has
 //! each subgroup multiply its own block of the tile (`crate::coopmat_warps`): 5-10% over
-//! `Staged`.
+//! `Staged`. [`coopmat_gemm_plus_bias`] adds a bias to every row; the warps kernel starts its
+//! accumulators at it, so no launch of its own adds it (docs/benchmarks.md, twenty-seventh
+//! round).
 
 use burn::backend::{backend_extension, tensor::FloatTensor};
 use burn::tensor::{DType, Shape, Tensor};
