@@ -272,6 +272,14 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
     let [m, k] = [lhs.meta.shape()[0], lhs.meta.shape()[1]];
     let n = rhs.meta.shape()[1];
     let client = lhs.client.clone();
+    if let Some(bias) = &bias {
+        // The warps kernel reads it unchecked.
+        assert_eq!(
+            bias.meta.shape().as_slice(),
+            [n],
+            "coopmat_gemm: bias of {n} values"
+        );
+    }
     let out = empty_f32(&lhs, vec![m, n]);
     let t = launched_tiling(tiling_for(n), m, n as u32, k as u32);
     let order = t
