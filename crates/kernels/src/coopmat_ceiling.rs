@@ -7,8 +7,10 @@
 use cubecl::prelude::*;
 
 use crate::bf16_rows::EightBf16;
-use crate::coopmat_warps::{FRAGMENT, StepPlaces, WarpTile, load_step_words};
-use crate::staged_tiles::{ConsecutiveRows, staged_row_words, store_tile_words};
+use crate::coopmat_warps::{FRAGMENT, WarpTile};
+use crate::staged_tiles::{
+    ConsecutiveRows, StepPlaces, load_step_words, staged_row_words, store_tile_words,
+};
 use crate::tile_order::tile_position;
 
 /// Which of the product's work each K step does.

@@ -141,6 +141,70 @@ pub fn store_tile_words(
     }
 }
 
+/// Where a tile's K steps are read from (`crate::coopmat_warps::WarpTile::accumulate_staged`'s arguments).
+#[derive(CubeType)]
+pub(crate) struct StepPlaces {
+    pub row: u32,
+    pub row_end: u32,
+    pub rhs_row: u32,
+    pub col: u32,
+    pub n: u32,
+    pub k: u32,
+}
+
+/// This invocation's words of the K step from `k_step` of both input tiles.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load_step_words<R: TileRows>(
+    lhs: &[EightBf16],
+    lhs_rows: &R,
+    rhs: &[EightBf16],
+    next_a: &mut Array<EightBf16>,
+    next_b: &mut Array<EightBf16>,
+    places: &StepPlaces,
+    k_step: u32,
+    #[comptime] tile: (usize, usize, usize),
+    #[comptime] rows_of_k: bool,
+    #[comptime] units: u32,
+) {
+    let (tm, tn, tk) = tile;
+    let (row, row_end, k) = (places.row, places.row_end, places.k);
+    load_rows_words::<R>(
+        lhs, lhs_rows, next_a, row, row_end, k_step, k, k, tm, tk, units,
+    );
+    let (rhs_row, col, n) = (places.rhs_row, places.col, places.n);
+    load_rhs_words(
+        rhs, next_b, rhs_row, col, n, k, k_step, tk, tn, rows_of_k, units,
+    );
+}
+
+/// This invocation's words of one K step's rhs tile (`load_tile_words`): from `rhs` [.., n],
+/// K rows `rhs_row + k_step..` of columns `col..`; with `rows_of_k`, from `rhs` [.., k], the
+/// rows `rhs_row + col..` (up to `rhs_row + n`) of K columns `k_step..`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_rhs_words(
+    rhs: &[EightBf16],
+    words: &mut Array<EightBf16>,
+    rhs_row: u32,
+    col: u32,
+    n: u32,
+    k: u32,
+    k_step: u32,
+    #[comptime] tk: usize,
+    #[comptime] tn: usize,
+    #[comptime] rows_of_k: bool,
+    #[comptime] units: u32,
+) {
+    if comptime![rows_of_k] {
+        let first = rhs_row + col;
+        load_tile_words(rhs, words, first, rhs_row + n, k_step, k, k, tn, tk, units);
+    } else {
+        let first = rhs_row + k_step;
+        load_tile_words(rhs, words, first, rhs_row + k, col, n, n, tk, tn, units);
+    }
+}
+
 /// Whether a `rows x cols` tile splits into whole 16-byte words per invocation.
 pub fn whole_words_per_unit(rows: usize, cols: usize, units: u32) -> bool {
     (rows * cols).is_multiple_of(8 * units as usize)
