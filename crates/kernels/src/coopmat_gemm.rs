@@ -289,13 +289,9 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
     let columns_first = order.columns_first();
     let dim = CubeDim::new_1d(t.units);
     let tile = (t.m, t.n, t.k);
-    // Only the warps kernel adds the bias itself. Without one it reads none; the (read-only)
-    // weights stand in for the buffer, so that no launch allocates one.
+    // Only the warps kernel adds the bias itself. Without one it reads none, and one value
+    // stands in for the buffer (as for the grouped kernel's unused epilogue inputs).
     let with_bias = bias.is_some() && t.scheme == Scheme::Warps;
-    let bias_arg = match (&bias, with_bias) {
-        (Some(bias), true) => bias.clone(),
-        _ => rhs.clone(),
-    };
     let (lhs, rhs, out_arg) = (
         lhs.into_buffer_arg(),
         rhs.into_buffer_arg(),
@@ -323,9 +319,13 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
         // (`coopmat_warps::takes`); the bias has n values (`coopmat_gemm_plus_bias`).
         Scheme::Warps => unsafe {
             let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
+            let bias_arg = match &bias {
+                Some(bias) => into_contiguous(bias.clone()),
+                None => empty_f32(&out, vec![1]),
+            };
             launch_gemm!(
                 coopmat_warps::coopmat_gemm_warps_kernel::launch_unchecked,
-                into_contiguous(bias_arg).into_buffer_arg(),
+                bias_arg.into_buffer_arg(),
                 with_bias,
                 warp,
                 t.units
