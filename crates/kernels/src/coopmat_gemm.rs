@@ -398,27 +398,27 @@ fn staged_or_fallback(t: Tiling, n: u32, k: u32) -> Tiling {
 /// `lhs` [m, k] x `rhs` [k, n] on the tensor cores: inputs are cast to bf16, the result is f32.
 /// Only on a wgpu/Vulkan device whose driver offers workgroup-scope bf16 cooperative matrices.
 pub fn coopmat_gemm(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
-    let lhs = lhs.cast(DType::BF16);
-    let rhs = rhs.cast(DType::BF16);
-    Tensor::from_dispatch(<burn::backend::Dispatch as KernelBackend>::coopmat_gemm(
-        lhs.into_dispatch(),
-        rhs.into_dispatch(),
-    ))
+    coopmat_gemm_plus_bias(lhs, rhs, None)
 }
 
-/// [`coopmat_gemm`] plus `bias` [n] added to every row (f32): the subgroup-scope kernel starts
-/// its accumulators at the bias, so the product needs no pass of its own to add it.
-pub fn coopmat_gemm_plus_bias(lhs: Tensor<2>, rhs: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
-    let lhs = lhs.cast(DType::BF16);
-    let rhs = rhs.cast(DType::BF16);
-    let bias = bias.cast(DType::F32);
-    Tensor::from_dispatch(
-        <burn::backend::Dispatch as KernelBackend>::coopmat_gemm_plus_bias(
-            lhs.into_dispatch(),
-            rhs.into_dispatch(),
-            bias.into_dispatch(),
+/// [`coopmat_gemm`] plus `bias` [n] (f32) added to every row when given (as
+/// `bf16_rows::bf16_rows_matmul` takes it): the subgroup-scope kernel starts its accumulators
+/// at the bias, so the product needs no pass of its own to add it.
+pub fn coopmat_gemm_plus_bias(
+    lhs: Tensor<2>,
+    rhs: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<2> {
+    let lhs = lhs.cast(DType::BF16).into_dispatch();
+    let rhs = rhs.cast(DType::BF16).into_dispatch();
+    Tensor::from_dispatch(match bias {
+        Some(bias) => <burn::backend::Dispatch as KernelBackend>::coopmat_gemm_plus_bias(
+            lhs,
+            rhs,
+            bias.cast(DType::F32).into_dispatch(),
         ),
-    )
+        None => <burn::backend::Dispatch as KernelBackend>::coopmat_gemm(lhs, rhs),
+    })
 }
 
 /// What `coopmat_gemm` computes, with burn's own ops: bf16 inputs, f32 product.

@@ -176,17 +176,14 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
                 let rhs = Tensor::<2>::random([k, n], Distribution::Default, (&device, dtype));
                 let bias = (args.bias && args.kernel != MatmulKernel::Burn)
                     .then(|| Tensor::<1>::random([n], Distribution::Default, &device));
-                let product = |l: Tensor<2>, r: Tensor<2>| match (args.kernel, bias.clone()) {
-                    (MatmulKernel::Coopmat, None) => {
-                        gpt_oss_kernels::coopmat_gemm::coopmat_gemm(l, r)
+                let product = |l: Tensor<2>, r: Tensor<2>| match args.kernel {
+                    MatmulKernel::Coopmat => {
+                        gpt_oss_kernels::coopmat_gemm::coopmat_gemm_plus_bias(l, r, bias.clone())
                     }
-                    (MatmulKernel::Coopmat, Some(b)) => {
-                        gpt_oss_kernels::coopmat_gemm::coopmat_gemm_plus_bias(l, r, b)
+                    MatmulKernel::Rows => {
+                        gpt_oss_kernels::bf16_rows::bf16_rows_matmul(l, r, bias.clone())
                     }
-                    (MatmulKernel::Rows, b) => {
-                        gpt_oss_kernels::bf16_rows::bf16_rows_matmul(l, r, b)
-                    }
-                    (MatmulKernel::Burn, _) => l.matmul(r),
+                    MatmulKernel::Burn => l.matmul(r),
                 };
                 let relative_error = if args.kernel != MatmulKernel::Burn {
                     let ours = product(lhs.clone(), rhs.clone());

@@ -48,10 +48,7 @@ pub fn times_weight_few_rows_up_to(
     if x.dims()[0] <= few_rows && bf16_rows::supports(w.dims()[1]) {
         return bf16_rows::bf16_rows_matmul(x, w, bias);
     }
-    match bias {
-        Some(bias) => gpt_oss_kernels::coopmat_gemm::coopmat_gemm_plus_bias(x, w, bias),
-        None => gpt_oss_kernels::coopmat_gemm::coopmat_gemm(x, w),
-    }
+    gpt_oss_kernels::coopmat_gemm::coopmat_gemm_plus_bias(x, w, bias)
 }
 
 /// `layer` applied to `x` [B, T, in] -> [B, T, out].
