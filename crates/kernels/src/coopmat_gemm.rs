@@ -54,9 +54,6 @@ pub enum Scheme {
     /// Staged as `Staged`, then multiplied by each subgroup on its own block of the tile in
     /// subgroup-scope 16 x 16 x 16 fragments (`crate::coopmat_warps`).
     Warps,
-    /// As `Warps` with only the lhs staged: each subgroup loads its rhs fragments from global
-    /// memory (`coopmat_warps::WarpTile::accumulate_lhs_staged`).
-    LhsStaged,
     /// Not a product: `Warps`' K loop with its inputs staged once and its fragments fed as
     /// `crate::coopmat_ceiling` says (a benchmark of what bounds `Warps`).
     Ceiling(crate::coopmat_ceiling::Feed),
@@ -294,7 +291,7 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
     let tile = (t.m, t.n, t.k);
     // Only the warps kernel adds the bias itself. Without one it reads none, and one value
     // stands in for the buffer (as for the grouped kernel's unused epilogue inputs).
-    let with_bias = bias.is_some() && matches!(t.scheme, Scheme::Warps | Scheme::LhsStaged);
+    let with_bias = bias.is_some() && t.scheme == Scheme::Warps;
     let (lhs, rhs, out_arg) = (
         lhs.into_buffer_arg(),
         rhs.into_buffer_arg(),
@@ -320,7 +317,7 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
         },
         // Safety: as staged, and every fragment lies inside the output or outside it
         // (`coopmat_warps::takes`); the bias has n values (`coopmat_gemm_plus_bias`).
-        Scheme::Warps | Scheme::LhsStaged => unsafe {
+        Scheme::Warps => unsafe {
             let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
             let bias_arg = match &bias {
                 Some(bias) => into_contiguous(bias.clone()),
@@ -331,8 +328,7 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
                 bias_arg.into_buffer_arg(),
                 with_bias,
                 warp,
-                t.units,
-                t.scheme == Scheme::LhsStaged
+                t.units
             )
         },
         // Safety: as warps.
@@ -370,18 +366,7 @@ pub fn launched_tiling(t: Tiling, m: usize, n: u32, k: u32) -> Tiling {
         {
             t
         }
-        Scheme::LhsStaged
-            if coopmat_warps::takes_lhs_staged(
-                m,
-                n as usize,
-                k as usize,
-                (t.m, t.n, t.k),
-                t.units,
-            ) =>
-        {
-            t
-        }
-        Scheme::Warps | Scheme::LhsStaged | Scheme::Ceiling(_) => staged_or_fallback(
+        Scheme::Warps | Scheme::Ceiling(_) => staged_or_fallback(
             Tiling {
                 scheme: Scheme::Staged,
                 k: FALLBACK_K,

@@ -12,8 +12,7 @@ use half::bf16;
 
 use crate::bf16_rows::EightBf16;
 use crate::staged_tiles::{
-    ConsecutiveRows, StepPlaces, TileRows, load_rows_words, load_step_words, staged_row_words,
-    store_tile_words,
+    ConsecutiveRows, StepPlaces, TileRows, load_step_words, staged_row_words, store_tile_words,
 };
 use crate::tile_order::tile_position;
 
@@ -56,24 +55,6 @@ pub fn takes(m: usize, n: usize, k: usize, tile: (usize, usize, usize), units: u
         && warp_tile(tm, tn, units).is_some()
 }
 
-/// Whether the kernel with only its lhs staged (`rhs_from_global`) takes the product: as
-/// [`takes`], with K whole steps (the rhs is read where it lies, with nothing past K).
-pub fn takes_lhs_staged(
-    m: usize,
-    n: usize,
-    k: usize,
-    tile: (usize, usize, usize),
-    units: u32,
-) -> bool {
-    let (tm, tn, tk) = tile;
-    k.is_multiple_of(tk)
-        && tk.is_multiple_of(FRAGMENT)
-        && m.is_multiple_of(FRAGMENT)
-        && n.is_multiple_of(FRAGMENT)
-        && crate::staged_tiles::whole_words_per_unit(tm, tk, units)
-        && warp_tile(tm, tn, units).is_some()
-}
-
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn coopmat_gemm_warps_kernel(
@@ -89,7 +70,6 @@ pub(crate) fn coopmat_gemm_warps_kernel(
     #[comptime] with_bias: bool,
     #[comptime] warp: (usize, usize),
     #[comptime] units: u32,
-    #[comptime] rhs_from_global: bool,
 ) {
     let (tm, tn, _) = tile;
     let (row_tile, column_tile) = tile_position(columns_first);
@@ -100,14 +80,10 @@ pub(crate) fn coopmat_gemm_warps_kernel(
     if comptime![with_bias] {
         warp_tile.start_at_bias(bias, col, n);
     }
-    if comptime![rhs_from_global] {
-        warp_tile.accumulate_lhs_staged(lhs, rhs, row, m, col, n, k, tile, units);
-    } else {
-        let lhs_rows = ConsecutiveRows {};
-        warp_tile.accumulate_staged::<ConsecutiveRows>(
-            lhs, &lhs_rows, rhs, row, m, 0, col, n, k, tile, units,
-        );
-    }
+    let lhs_rows = ConsecutiveRows {};
+    warp_tile.accumulate_staged::<ConsecutiveRows>(
+        lhs, &lhs_rows, rhs, row, m, 0, col, n, k, tile, units,
+    );
     // Rows and columns are whole fragments (`takes`): a fragment is inside or outside.
     warp_tile.store_whole(out, row, col, m, n);
 }
@@ -280,101 +256,6 @@ impl WarpTile {
         }
     }
 
-    /// As [`WarpTile::accumulate_staged`] for a row-major rhs [k, n] and consecutive rows, with
-    /// only the lhs staged: each subgroup loads its rhs fragments straight from global memory
-    /// (which two subgroups of the tile read, through the caches), so a step's barriers and
-    /// stores cover only the lhs and a stage of the same bytes holds a longer K step. K must be
-    /// whole steps (`takes_lhs_staged`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn accumulate_lhs_staged(
-        &mut self,
-        lhs: &[EightBf16],
-        rhs: &[EightBf16],
-        row: u32,
-        row_end: u32,
-        col: u32,
-        n: u32,
-        k: u32,
-        #[comptime] tile: (usize, usize, usize),
-        #[comptime] units: u32,
-    ) {
-        let (tm, _, tk) = tile;
-        let a_stride = comptime![staged_row_words(tk)];
-        let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_stride);
-        let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / units as usize);
-        let lhs_rows = ConsecutiveRows {};
-        let steps = k / tk as u32;
-        load_rows_words::<ConsecutiveRows>(
-            lhs,
-            &lhs_rows,
-            &mut next_a,
-            row,
-            row_end,
-            0,
-            k,
-            k,
-            tm,
-            tk,
-            units,
-        );
-        for step in 0..steps {
-            sync_cube();
-            store_tile_words(&next_a, &mut stage_a, tm, tk, units);
-            sync_cube();
-            if step + 1 < steps {
-                let k_next = (step + 1) * tk as u32;
-                load_rows_words::<ConsecutiveRows>(
-                    lhs,
-                    &lhs_rows,
-                    &mut next_a,
-                    row,
-                    row_end,
-                    k_next,
-                    k,
-                    k,
-                    tm,
-                    tk,
-                    units,
-                );
-            }
-            #[unroll]
-            for kk in 0..tk / FRAGMENT {
-                self.load_lhs_fragments(&stage_a, a_stride, kk);
-                let k_row = step * tk as u32 + (kk * FRAGMENT) as u32;
-                self.load_rhs_fragments_global(rhs, k_row, col, n);
-                self.multiply_fragments();
-            }
-        }
-    }
-
-    /// Loads the block's rhs fragments of K rows `k_row..k_row + 16` straight from `rhs`
-    /// [.., n] (row-major, 16-byte words), the tile's first column `tile_col`.
-    pub fn load_rhs_fragments_global(
-        &mut self,
-        rhs: &[EightBf16],
-        k_row: u32,
-        tile_col: u32,
-        n: u32,
-    ) {
-        let (_, fn_) = self.fragments;
-        let row_words = n / 8;
-        let span = 15 * row_words + (FRAGMENT / 8) as u32;
-        #[unroll]
-        for j in 0..fn_ {
-            let column = tile_col + self.col + (j * FRAGMENT) as u32;
-            // Fragments past n are never stored (`store_whole`); they are not read either.
-            if column < n {
-                let first = k_row * row_words + column / 8;
-                // Strides in u32 words, as `load_fragments`' are.
-                cmma::load(
-                    self.b.index_mut(j),
-                    &rhs[first as usize..(first + span) as usize],
-                    row_words * 4,
-                );
-            }
-        }
-    }
-
     /// Adds one staged K step of `tk` to the accumulators: the A stage holds the tile's rows
     /// (`a_stride` 16-byte words apart), the B stage K rows of the tile's columns (`b_stride`
     /// words apart).
@@ -403,11 +284,22 @@ impl WarpTile {
         #[comptime] b_stride: usize,
         #[comptime] kk: usize,
     ) {
-        self.load_lhs_fragments(stage_a, a_stride, kk);
-        let (_, fn_) = self.fragments;
+        let (fm, fn_) = self.fragments;
         let rows_of_k = self.rhs_rows_of_k;
         // A fragment's 16 rows span 15 strides and one fragment row (two 16-byte words).
+        let a_span = comptime![15 * a_stride + FRAGMENT / 8];
         let b_span = comptime![15 * b_stride + FRAGMENT / 8];
+        #[unroll]
+        for i in 0..fm {
+            // Rows row + 16 i.., columns 16 kk.. of the A stage.
+            let first = (self.row as usize + i * FRAGMENT) * a_stride + kk * FRAGMENT / 8;
+            // Strides in u32 words (the loads divide them by an EightBf16's four words).
+            cmma::load(
+                self.a.index_mut(i),
+                &stage_a[first..first + a_span],
+                (a_stride * 4) as u32,
+            );
+        }
         #[unroll]
         for j in 0..fn_ {
             // Rows 16 kk.. (K), columns col + 16 j..; with rows of K, the stage's rows
@@ -421,29 +313,6 @@ impl WarpTile {
                 self.b.index_mut(j),
                 &stage_b[first..first + b_span],
                 (b_stride * 4) as u32,
-            );
-        }
-    }
-
-    /// Loads the block's lhs fragments of the 16-wide slice `kk` of the A stage.
-    pub fn load_lhs_fragments(
-        &mut self,
-        stage_a: &[EightBf16],
-        #[comptime] a_stride: usize,
-        #[comptime] kk: usize,
-    ) {
-        let (fm, _) = self.fragments;
-        // A fragment's 16 rows span 15 strides and one fragment row (two 16-byte words).
-        let a_span = comptime![15 * a_stride + FRAGMENT / 8];
-        #[unroll]
-        for i in 0..fm {
-            // Rows row + 16 i.., columns 16 kk.. of the A stage.
-            let first = (self.row as usize + i * FRAGMENT) * a_stride + kk * FRAGMENT / 8;
-            // Strides in u32 words (the loads divide them by an EightBf16's four words).
-            cmma::load(
-                self.a.index_mut(i),
-                &stage_a[first..first + a_span],
-                (a_stride * 4) as u32,
             );
         }
     }
@@ -622,30 +491,9 @@ mod tests {
                     with_bias,
                     warp,
                     units,
-                    false,
                 );
                 assert_eq!(compiled, Ok(()), "tile {tile:?}, bias {with_bias}");
             }
-        }
-    }
-
-    #[test]
-    fn the_kernel_with_only_its_lhs_staged_compiles_for_long_k_steps() {
-        use coopmat_gemm_warps_kernel::CoopmatGemmWarpsKernel;
-        for tile in [(128, 256, 64), (128, 256, 128), (128, 128, 128)] {
-            let units = (tile.0 * tile.1 / 128) as u32;
-            let compiled = compile_kernel!(
-                CoopmatGemmWarpsKernel,
-                CubeDim::new_1d(units),
-                [b b b s s s b],
-                tile,
-                true,
-                true,
-                warp_tile(tile.0, tile.1, units).unwrap(),
-                units,
-                true,
-            );
-            assert_eq!(compiled, Ok(()), "tile {tile:?}");
         }
     }
 
@@ -661,7 +509,6 @@ mod tests {
             false,
             warp_tile(tile.0, tile.1, units).unwrap(),
             units,
-            false,
         );
         let error = compiled.unwrap_err();
         assert!(error.contains("52224 bytes"), "{error}");

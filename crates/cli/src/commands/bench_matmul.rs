@@ -77,15 +77,14 @@ pub(crate) fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopma
         None | Some("direct") => Scheme::Direct,
         Some("staged") => Scheme::Staged,
         Some("warps") => Scheme::Warps,
-        Some("lhs-staged") => Scheme::LhsStaged,
         Some("ceiling-shared") => Scheme::Ceiling(Feed::Shared),
         Some("ceiling-mma") => Scheme::Ceiling(Feed::Registers),
         Some("ceiling-restaged") => Scheme::Ceiling(Feed::Restaged),
         Some("ceiling-cached") => Scheme::Ceiling(Feed::Cached),
         Some(other) => {
             anyhow::bail!(
-                "tiling `{text}`: scheme `{other}`: expected direct, staged, warps, lhs-staged \
-                 or ceiling-mma, -shared, -restaged or -cached"
+                "tiling `{text}`: scheme `{other}`: expected direct, staged, warps or \
+                 ceiling-mma, -shared, -restaged or -cached"
             )
         }
     };
