@@ -16,4 +16,4 @@ timeout 500 python3 tools/gpu/torch_baseline.py model --config crates/model/src/
   || { echo "torch baseline failed:"; tail -5 "$out/decode-torch.log" | cut -c1-300; }
 grep 'torch_model\|torch_decode' "$out/decode-torch.jsonl"
 "$BIN" bench compare --ours "$out/decode-ours.jsonl" --transformers "$out/decode-torch.jsonl" \
-  --config crates/model/src/presets/gpt-oss-20b.json
+  --config crates/model/src/presets/gpt-oss-20b.json $(tools/gpu/card_rates.sh)

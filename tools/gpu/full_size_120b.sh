@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# On a GPU machine with room for it (nvidia-h200-x2: 256 GB of memory, 128 GB of disk): a random
+# gpt-oss-120b in the release layout (36 layers x 128 experts, about 65 GB), loaded on one GPU
+# with its MXFP4 experts packed, scored at BATCH x SEQ with routing recorded and not, decoded at
+# batch 1 and 32, and the table with the roofline. transformers cannot hold 120b in bf16 on one
+# card (about 234 GB), so there is no multiple of it. The checkpoint goes to /dev/shm when that
+# has room (written at memory speed), else /tmp; DIR chooses.
+set -uo pipefail
+out=${OUT:-/tmp/out}
+if [ -z "${DIR:-}" ]; then
+  free_shm=$(df --output=avail -B1 /dev/shm | tail -1)
+  DIR=/tmp/synth-120b
+  [ "$free_shm" -gt 80000000000 ] && DIR=/dev/shm/synth-120b
+fi
+if [ ! -f "$DIR/config.json" ]; then
+  /usr/bin/time -v "$BIN" synth --preset 120b --out "$DIR" --force 2> "$out/synth-120b.log" \
+    || { tail -20 "$out/synth-120b.log"; exit 1; }
+  grep -E "Elapsed|Maximum resident" "$out/synth-120b.log"
+fi
+du -sb "$DIR"
+nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 200 > "$out/gpu-mem-120b.log" &
+smi=$!
+timeout "${LIMIT:-400}" "$BIN" bench model --model "$DIR" --device wgpu --experts packed \
+  --batch "${BATCH:-8}" --seq "${SEQ:-2048}" --iters "${ITERS:-1}" --decode-batches 1,32 \
+  --new-tokens "${NEW_TOKENS:-32}" > "$out/model-120b.jsonl" 2> "$out/model-120b.log" \
+  || { echo "bench failed:"; tail -5 "$out/model-120b.log" | cut -c1-300; }
+kill $smi
+grep -v '^\s*$' "$out/model-120b.jsonl" | cut -c1-400
+"$BIN" bench compare --ours "$out/model-120b.jsonl" --config crates/model/src/presets/gpt-oss-120b.json \
+  $(tools/gpu/card_rates.sh)
+echo "nvidia-smi peak over the run (GPU index, MiB): $(sort -t, -k2 -n "$out/gpu-mem-120b.log" | tail -1)"
