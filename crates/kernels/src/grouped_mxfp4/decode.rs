@@ -234,11 +234,12 @@ pub(super) fn decoded_word(
     eight
 }
 
-/// Decodes every expert's MXFP4 weights, `words` [E, N, K / 8] and `scales` [E, S], to bf16
-/// `decoded` [E, N, K] (as 16-byte words, one per MXFP4 word): the grouped kernel's weights
-/// when it takes them decoded (`Tiling::decoded`). One invocation per word, `count` words in
-/// all, over a grid of `grid_over_rows` workgroups.
+/// Decodes the MXFP4 weights of the experts from `first_expert`, `words` [E, N, K / 8] and
+/// `scales` [E, S], to bf16 `decoded` [.., N, K] (as 16-byte words, one per MXFP4 word): the
+/// grouped kernel's weights when it takes them decoded (`Tiling::decoded`). One invocation per
+/// word, `count` words in all (whole experts), over a grid of `grid_over_rows` workgroups.
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn decode_experts_kernel(
     words: &[u32],
     scales: &[u32],
@@ -246,6 +247,7 @@ pub(super) fn decode_experts_kernel(
     n: u32,
     k: u32,
     scale_words_per_expert: u32,
+    first_expert: u32,
     count: u32,
 ) {
     let w = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_X + UNIT_POS_X;
@@ -253,12 +255,13 @@ pub(super) fn decode_experts_kernel(
         terminate!();
     }
     let words_per_row = k / 8;
-    let expert = w / (n * words_per_row);
-    let row = (w / words_per_row) % n;
-    let block = row * (k / 32) + (w % words_per_row) / 4;
+    let source = first_expert * n * words_per_row + w;
+    let expert = source / (n * words_per_row);
+    let row = (source / words_per_row) % n;
+    let block = row * (k / 32) + (source % words_per_row) / 4;
     let code = scale_code(scales, expert * scale_words_per_expert, block);
     let no_table = Shared::<[f32]>::new_slice(1usize);
-    decoded[w as usize] = decoded_word(words[w as usize], code, &no_table, false);
+    decoded[w as usize] = decoded_word(words[source as usize], code, &no_table, false);
 }
 
 #[cfg(test)]
@@ -271,7 +274,7 @@ mod tests {
         let compiled = compile_kernel!(
             decode_experts_kernel::DecodeExpertsKernel,
             CubeDim::new_1d(UNITS),
-            [b b b s s s s],
+            [b b b s s s s s],
         );
         assert_eq!(compiled, Ok(()));
     }

@@ -7,6 +7,7 @@ use burn::backend::{
 use burn::tensor::{DType, Shape};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
+use std::ops::Range;
 
 use super::decode::decode_experts_kernel;
 use super::kernel::{EPILOGUE_NONE, EPILOGUE_SCALED, EPILOGUE_SWIGLU, grouped_mxfp4_kernel};
@@ -240,73 +241,88 @@ fn launch_grouped(
         t.n,
         t.k
     );
-    // With `decoded`, the kernel reads the weights decoded to bf16 and not the words.
-    let (words, decoded) = match t.decoded {
-        true => (
-            empty_of(&a, vec![1], DType::I32),
-            decoded_experts(&words, &scales, k),
-        ),
-        false => (words, empty_of(&a, vec![1], DType::BF16)),
-    };
     let tiles = p.div_ceil(t.m) + experts;
     let cube_count = t.order.cube_count(tiles, n.div_ceil(t.n));
-    if let Some(warp) = warp {
-        grouped_mxfp4_warps_kernel::launch(
-            &client,
-            cube_count,
-            CubeDim::new_1d(UNITS),
-            a.into_buffer_arg(),
-            rows_of.into_buffer_arg(),
-            decoded.into_buffer_arg(),
-            offsets.into_buffer_arg(),
-            tile_starts.into_buffer_arg(),
-            out.clone().into_buffer_arg(),
-            bias.into_buffer_arg(),
-            row_weights.into_buffer_arg(),
-            activation.clone().into_buffer_arg(),
-            pair_of_row.into_buffer_arg(),
-            in_pair_order.clone().into_buffer_arg(),
-            n as u32,
-            k as u32,
-            experts as u32,
-            epilogue.limit,
-            epilogue.alpha,
-            (t.m, t.n, t.k),
-            warp,
-            t.order.columns_first(),
-            epilogue.code,
-            t.fragment_epilogues,
-            gathered,
-        );
-    } else {
-        grouped_mxfp4_kernel::launch(
-            &client,
-            cube_count,
-            CubeDim::new_1d(UNITS),
-            a.into_buffer_arg(),
-            words.into_buffer_arg(),
-            scales.into_buffer_arg(),
-            decoded.into_buffer_arg(),
-            offsets.into_buffer_arg(),
-            tile_starts.into_buffer_arg(),
-            out.clone().into_buffer_arg(),
-            bias.into_buffer_arg(),
-            row_weights.into_buffer_arg(),
-            activation.clone().into_buffer_arg(),
-            pair_of_row.into_buffer_arg(),
-            in_pair_order.clone().into_buffer_arg(),
-            n as u32,
-            k as u32,
-            scale_words as u32,
-            experts as u32,
-            epilogue.limit,
-            epilogue.alpha,
-            (t.m, t.n, t.k),
-            t.table,
-            t.decoded,
-            t.order.columns_first(),
-            epilogue.code,
-        );
+    // With `decoded`, the kernel reads the weights decoded to bf16 and not the words, one
+    // launch per range of experts whose decoded weights fit in one buffer.
+    let chunks = match t.decoded {
+        true => {
+            let most = DECODED_BYTES_PER_LAUNCH.min(client.properties().memory.max_page_size);
+            expert_chunks(experts, (n * k * DType::BF16.size()) as u64, most)
+        }
+        false => std::iter::once(0..experts).collect(),
+    };
+    for chunk in chunks {
+        let (words, decoded) = match t.decoded {
+            true => (
+                empty_of(&a, vec![1], DType::I32),
+                decoded_experts(&words, &scales, k, chunk.clone()),
+            ),
+            false => (words.clone(), empty_of(&a, vec![1], DType::BF16)),
+        };
+        let (from, to) = (chunk.start as u32, chunk.end as u32);
+        if let Some(warp) = warp {
+            grouped_mxfp4_warps_kernel::launch(
+                &client,
+                cube_count.clone(),
+                CubeDim::new_1d(UNITS),
+                a.clone().into_buffer_arg(),
+                rows_of.clone().into_buffer_arg(),
+                decoded.into_buffer_arg(),
+                offsets.clone().into_buffer_arg(),
+                tile_starts.clone().into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                bias.clone().into_buffer_arg(),
+                row_weights.clone().into_buffer_arg(),
+                activation.clone().into_buffer_arg(),
+                pair_of_row.clone().into_buffer_arg(),
+                in_pair_order.clone().into_buffer_arg(),
+                n as u32,
+                k as u32,
+                experts as u32,
+                from,
+                to,
+                epilogue.limit,
+                epilogue.alpha,
+                (t.m, t.n, t.k),
+                warp,
+                t.order.columns_first(),
+                epilogue.code,
+                t.fragment_epilogues,
+                gathered,
+            );
+        } else {
+            grouped_mxfp4_kernel::launch(
+                &client,
+                cube_count.clone(),
+                CubeDim::new_1d(UNITS),
+                a.clone().into_buffer_arg(),
+                words.into_buffer_arg(),
+                scales.clone().into_buffer_arg(),
+                decoded.into_buffer_arg(),
+                offsets.clone().into_buffer_arg(),
+                tile_starts.clone().into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                bias.clone().into_buffer_arg(),
+                row_weights.clone().into_buffer_arg(),
+                activation.clone().into_buffer_arg(),
+                pair_of_row.clone().into_buffer_arg(),
+                in_pair_order.clone().into_buffer_arg(),
+                n as u32,
+                k as u32,
+                scale_words as u32,
+                experts as u32,
+                from,
+                to,
+                epilogue.limit,
+                epilogue.alpha,
+                (t.m, t.n, t.k),
+                t.table,
+                t.decoded,
+                t.order.columns_first(),
+                epilogue.code,
+            );
+        }
     }
     let epilogue = match epilogue.code {
         EPILOGUE_SCALED => in_pair_order,
@@ -318,12 +334,35 @@ fn launch_grouped(
     }
 }
 
-/// Every expert's weights, `words` [E, N, K / 8] and `scales` [E, S], decoded to bf16 [E, N, K]
-/// in one launch (`decode_experts_kernel`).
-fn decoded_experts(words: &CubeTensor, scales: &CubeTensor, k: usize) -> CubeTensor {
-    let (experts, n) = (words.meta.shape()[0], words.meta.shape()[1]);
-    let decoded = empty_of(words, vec![experts, n, k], DType::BF16);
-    let count = experts * n * k / 8;
+/// The most bytes of decoded weights one grouped launch reads (`Tiling::decoded`); a launch over
+/// more experts is split into launches over consecutive experts ([`expert_chunks`]). wgpu binds
+/// at most 2^31 - 1 bytes per storage buffer on Vulkan, so 120b's gate_up (128 experts, 4.25 GB
+/// decoded) cannot be one buffer, and 1 GiB holds 20b's gate_up (1.06 GB) in one launch as
+/// before. The device's own limit (`max_page_size`) applies where it is lower.
+const DECODED_BYTES_PER_LAUNCH: u64 = 1 << 30;
+
+/// Consecutive ranges covering `experts` experts, each as many experts of `bytes_per_expert`
+/// as fit in `most` bytes (at least one): the launches of a product whose decoded weights
+/// would not fit in one buffer.
+pub(crate) fn expert_chunks(experts: usize, bytes_per_expert: u64, most: u64) -> Vec<Range<usize>> {
+    let per_chunk = (most / bytes_per_expert.max(1)).max(1) as usize;
+    (0..experts)
+        .step_by(per_chunk)
+        .map(|first| first..(first + per_chunk).min(experts))
+        .collect()
+}
+
+/// The weights of `experts`, from `words` [E, N, K / 8] and `scales` [E, S], decoded to bf16
+/// [experts.len(), N, K] in one launch (`decode_experts_kernel`).
+fn decoded_experts(
+    words: &CubeTensor,
+    scales: &CubeTensor,
+    k: usize,
+    experts: Range<usize>,
+) -> CubeTensor {
+    let n = words.meta.shape()[1];
+    let decoded = empty_of(words, vec![experts.len(), n, k], DType::BF16);
+    let count = experts.len() * n * k / 8;
     decode_experts_kernel::launch(
         &words.client,
         grid_over_rows(count.div_ceil(UNITS as usize)),
@@ -334,6 +373,7 @@ fn decoded_experts(words: &CubeTensor, scales: &CubeTensor, k: usize) -> CubeTen
         n as u32,
         k as u32,
         scales.meta.shape()[1] as u32,
+        experts.start as u32,
         count as u32,
     );
     decoded
@@ -360,8 +400,8 @@ fn launch_swiglu(
 impl GroupedBackend for CubeBackend {
     fn decoded_mxfp4_experts(words: CubeTensor, scales: CubeTensor) -> CubeTensor {
         let [words, scales] = [words, scales].map(into_contiguous);
-        let k = words.meta.shape()[2] * 8;
-        decoded_experts(&words, &scales, k)
+        let (experts, k) = (words.meta.shape()[0], words.meta.shape()[2] * 8);
+        decoded_experts(&words, &scales, k, 0..experts)
     }
 
     fn grouped_mxfp4_matmul(
@@ -430,5 +470,33 @@ impl GroupedBackend for CubeBackend {
             ..NO_EPILOGUE
         };
         launch_grouped(inputs, tiling, epilogue).epilogue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn experts_split_into_launches_whose_decoded_weights_fit() {
+        // 20b's gate_up: 32 experts of 5760 x 2880 bf16 (33.2 MB) in one launch; 120b's 128
+        // in four of 32; its down (16.6 MB each) in two of 64.
+        let gate_up = (5760 * 2880 * 2) as u64;
+        assert_eq!(
+            expert_chunks(32, gate_up, DECODED_BYTES_PER_LAUNCH),
+            vec![0..32]
+        );
+        assert_eq!(
+            expert_chunks(128, gate_up, DECODED_BYTES_PER_LAUNCH),
+            vec![0..32, 32..64, 64..96, 96..128]
+        );
+        assert_eq!(
+            expert_chunks(128, gate_up / 2, DECODED_BYTES_PER_LAUNCH),
+            vec![0..64, 64..128]
+        );
+        // The last range takes what is left; an expert larger than the limit goes alone.
+        assert_eq!(expert_chunks(7, 10, 30), vec![0..3, 3..6, 6..7]);
+        assert_eq!(expert_chunks(2, 50, 30), vec![0..1, 1..2]);
+        assert_eq!(expert_chunks(0, 10, 30), Vec::<Range<usize>>::new());
     }
 }

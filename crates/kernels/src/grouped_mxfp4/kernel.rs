@@ -30,6 +30,9 @@ pub(crate) fn expert_of_tile(tile_starts: &[u32], tile_id: u32, num_experts: u32
     expert
 }
 
+/// The grouped product over tiles of `tile` rows of one expert each (module docs). Only the tiles
+/// of experts `experts_from..experts_to` run; with `decoded`, `bf16_weights` holds their weights
+/// from its first row (a launch over part of the experts, `extension::expert_chunks`).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn grouped_mxfp4_kernel(
@@ -49,6 +52,8 @@ pub(super) fn grouped_mxfp4_kernel(
     k: u32,
     scale_words_per_expert: u32,
     num_experts: u32,
+    experts_from: u32,
+    experts_to: u32,
     limit: f32,
     alpha: f32,
     #[comptime] tile: (usize, usize, usize),
@@ -60,7 +65,7 @@ pub(super) fn grouped_mxfp4_kernel(
     let (tm, tn, tk) = tile;
     let (tile_id, column_tile) = tile_position(columns_first);
     let expert = expert_of_tile(tile_starts, tile_id, num_experts);
-    if expert == num_experts {
+    if expert < experts_from || expert >= experts_to {
         terminate!();
     }
     let row_begin = offsets[expert as usize] + (tile_id - tile_starts[expert as usize]) * tm as u32;
@@ -82,7 +87,7 @@ pub(super) fn grouped_mxfp4_kernel(
     let mut b_mat = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::ColMajor);
     let acc = zero_accumulator(tile);
     let place = WeightsPlace {
-        expert_rows: expert * n,
+        expert_rows: (expert - experts_from) * n,
         expert_words: expert * n * (k / 8),
         expert_scales: expert * scale_words_per_expert,
         col_begin,
@@ -343,7 +348,7 @@ mod tests {
                 let compiled = compile_kernel!(
                     grouped_mxfp4_kernel::GroupedMxfp4Kernel,
                     CubeDim::new_1d(UNITS),
-                    [b b b b b b b b b b b b s s s s s s],
+                    [b b b b b b b b b b b b s s s s s s s s],
                     (t.m, t.n, t.k),
                     t.table,
                     t.decoded,

@@ -22,6 +22,8 @@ use crate::tile_order::tile_position;
 /// the weights come decoded in `bf16_weights` [E * N, K], the checkpoint's rows; `warp` is each
 /// subgroup's block (`coopmat_warps::warp_tile`).
 /// With `gathered`, `a` holds the tokens' rows and sorted row r is `a`'s row `rows_of[r]`.
+/// Only the tiles of experts `experts_from..experts_to` run, whose weights `bf16_weights` holds
+/// from its first row (a launch over part of the experts, `extension::expert_chunks`).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn grouped_mxfp4_warps_kernel(
@@ -39,6 +41,8 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     n: u32,
     k: u32,
     num_experts: u32,
+    experts_from: u32,
+    experts_to: u32,
     limit: f32,
     alpha: f32,
     #[comptime] tile: (usize, usize, usize),
@@ -51,7 +55,7 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     let (tm, tn, _) = tile;
     let (tile_id, column_tile) = tile_position(columns_first);
     let expert = expert_of_tile(tile_starts, tile_id, num_experts);
-    if expert == num_experts {
+    if expert < experts_from || expert >= experts_to {
         terminate!();
     }
     let row_begin = offsets[expert as usize] + (tile_id - tile_starts[expert as usize]) * tm as u32;
@@ -60,8 +64,8 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     let mut through =
         Shared::<[f32]>::new_slice(comptime![(UNITS / PLANE) as usize * THROUGH_WORDS]);
     let mut warp_tile = WarpTile::new(warp, tn, true);
-    // The expert's N rows of K are rows expert * n.. of the decoded weights.
-    let expert_rows = expert * n;
+    // The expert's N rows of K are rows (expert - experts_from) * n.. of the decoded weights.
+    let expert_rows = (expert - experts_from) * n;
     // Sorted row r is row r of `a`, or with `gathered` row rows_of[r] (`a` in token order).
     if comptime![gathered] {
         let lhs_rows = GatheredRows::new(rows_of);
@@ -203,7 +207,7 @@ mod tests {
                     let compiled = compile_kernel!(
                         grouped_mxfp4_warps_kernel::GroupedMxfp4WarpsKernel,
                         CubeDim::new_1d(UNITS),
-                        [b b b b b b b b b b b s s s s s],
+                        [b b b b b b b b b b b s s s s s s s],
                         tile,
                         warp_tile(tile.0, tile.1, UNITS).unwrap(),
                         true,

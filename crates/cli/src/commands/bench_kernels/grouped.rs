@@ -14,8 +14,9 @@ use serde_json::json;
 
 use super::{Worst, random_mxfp4, seconds_per_call, standard_normal};
 
-/// (experts, rows, n, k) per case.
-const CASES: [(usize, usize, usize, usize); 8] = [
+/// (experts, rows, n, k) per case. 100 experts of gate_up decode to more than one launch takes
+/// (`grouped_mxfp4` splits them into launches of 32, 32, 32 and 4 experts).
+const CASES: [(usize, usize, usize, usize); 9] = [
     (1, 1, 128, 32),
     (1, 64, 128, 32),
     (2, 100, 200, 64),
@@ -24,6 +25,7 @@ const CASES: [(usize, usize, usize, usize); 8] = [
     (32, 128, 2880, 2880),
     (32, 2048, 5760, 2880),
     (32, 65536, 5760, 2880),
+    (100, 8192, 5760, 2880),
 ];
 
 /// The grouped tensor-core kernels (tiles of 64 rows decoding in the workgroup, the large
