@@ -219,7 +219,8 @@ pub fn grouped_mxfp4_matmul(a: Tensor<2>, weights: PackedWeights, tiles: ExpertT
 }
 
 /// Every expert of `weights` decoded to bf16, [E, N, K]: what a launch with `Tiling::decoded`
-/// reads (checked and timed by `bench kernel-check`).
+/// reads (checked and timed by `bench kernel-check`), in one buffer, so at most 2 GiB on wgpu
+/// (the launches themselves decode 1 GiB of experts at a time).
 pub fn decoded_expert_weights(weights: PackedWeights) -> Tensor<3> {
     Tensor::from_dispatch(
         <burn::backend::Dispatch as GroupedBackend>::decoded_mxfp4_experts(

@@ -14,8 +14,8 @@ use serde_json::json;
 
 use super::{Worst, random_mxfp4, seconds_per_call, standard_normal};
 
-/// (experts, rows, n, k) per case. 100 experts of gate_up decode to more than one launch takes
-/// (`grouped_mxfp4` splits them into launches of 32, 32, 32 and 4 experts).
+/// (experts, rows, n, k) per case. 100 experts of gate_up decode to more bytes than one launch
+/// takes, so the large tiles run as launches of 32, 32, 32 and 4 experts.
 const CASES: [(usize, usize, usize, usize); 9] = [
     (1, 1, 128, 32),
     (1, 64, 128, 32),
