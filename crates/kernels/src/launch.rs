@@ -7,6 +7,13 @@ use cubecl::prelude::*;
 /// Most workgroups along one grid dimension (Vulkan's limit).
 pub const MAX_GRID_X: usize = 65535;
 
+/// Most bytes the project puts in one device buffer. wgpu binds at most 2^31 - 1 bytes per
+/// storage buffer on Vulkan, and cubecl refuses a larger allocation ("can't allocate buffer of
+/// size ..."), so what could pass it goes in pieces of at most this: the vocabulary matrices
+/// in f32 (2.3 GB for gpt-oss, `gpt_oss_model::transformer::vocab`) and the grouped kernel's
+/// decoded experts (4.25 GB for 120b's gate_up, `grouped_mxfp4`).
+pub const MAX_BUFFER_BYTES: usize = 1 << 30;
+
 /// An uninitialised contiguous f32 tensor of `shape` on `like`'s device.
 pub fn empty_f32(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
     empty_of(like, shape, DType::F32)

@@ -13,7 +13,7 @@ use super::decode::decode_experts_kernel;
 use super::kernel::{EPILOGUE_NONE, EPILOGUE_SCALED, EPILOGUE_SWIGLU, grouped_mxfp4_kernel};
 use super::warps::grouped_mxfp4_warps_kernel;
 use super::{Tiling, UNITS};
-use crate::launch::{empty_f32, empty_of, grid_over_rows};
+use crate::launch::{MAX_BUFFER_BYTES, empty_f32, empty_of, grid_over_rows};
 
 /// GPU extension ops for the grouped MoE; only the CubeCL backend implements them.
 #[backend_extension(Cube, Fusion)]
@@ -244,11 +244,12 @@ fn launch_grouped(
     let tiles = p.div_ceil(t.m) + experts;
     let cube_count = t.order.cube_count(tiles, n.div_ceil(t.n));
     // With `decoded`, the kernel reads the weights decoded to bf16 and not the words, one
-    // launch per range of experts whose decoded weights fit in one buffer.
+    // launch per range of experts whose decoded weights fit in one buffer (120b's gate_up,
+    // 4.25 GB, takes four; 20b's, 1.06 GB, one), or in the device's own limit where it is lower.
     let chunks = match t.decoded {
         true => {
-            let most = DECODED_BYTES_PER_LAUNCH.min(client.properties().memory.max_page_size);
-            expert_chunks(experts, (n * k * DType::BF16.size()) as u64, most)
+            let most = MAX_BUFFER_BYTES.min(client.properties().memory.max_page_size as usize);
+            expert_chunks(experts, n * k * DType::BF16.size(), most)
         }
         false => std::iter::once(0..experts).collect(),
     };
@@ -334,18 +335,15 @@ fn launch_grouped(
     }
 }
 
-/// The most bytes of decoded weights one grouped launch reads (`Tiling::decoded`); a launch over
-/// more experts is split into launches over consecutive experts ([`expert_chunks`]). wgpu binds
-/// at most 2^31 - 1 bytes per storage buffer on Vulkan, so 120b's gate_up (128 experts, 4.25 GB
-/// decoded) cannot be one buffer, and 1 GiB holds 20b's gate_up (1.06 GB) in one launch as
-/// before. The device's own limit (`max_page_size`) applies where it is lower.
-const DECODED_BYTES_PER_LAUNCH: u64 = 1 << 30;
-
 /// Consecutive ranges covering `experts` experts, each as many experts of `bytes_per_expert`
 /// as fit in `most` bytes (at least one): the launches of a product whose decoded weights
 /// would not fit in one buffer.
-pub(crate) fn expert_chunks(experts: usize, bytes_per_expert: u64, most: u64) -> Vec<Range<usize>> {
-    let per_chunk = (most / bytes_per_expert.max(1)).max(1) as usize;
+pub(crate) fn expert_chunks(
+    experts: usize,
+    bytes_per_expert: usize,
+    most: usize,
+) -> Vec<Range<usize>> {
+    let per_chunk = (most / bytes_per_expert.max(1)).max(1);
     (0..experts)
         .step_by(per_chunk)
         .map(|first| first..(first + per_chunk).min(experts))
@@ -481,17 +479,14 @@ mod tests {
     fn experts_split_into_launches_whose_decoded_weights_fit() {
         // 20b's gate_up: 32 experts of 5760 x 2880 bf16 (33.2 MB) in one launch; 120b's 128
         // in four of 32; its down (16.6 MB each) in two of 64.
-        let gate_up = (5760 * 2880 * 2) as u64;
+        let gate_up = 5760 * 2880 * 2;
+        assert_eq!(expert_chunks(32, gate_up, MAX_BUFFER_BYTES), vec![0..32]);
         assert_eq!(
-            expert_chunks(32, gate_up, DECODED_BYTES_PER_LAUNCH),
-            vec![0..32]
-        );
-        assert_eq!(
-            expert_chunks(128, gate_up, DECODED_BYTES_PER_LAUNCH),
+            expert_chunks(128, gate_up, MAX_BUFFER_BYTES),
             vec![0..32, 32..64, 64..96, 96..128]
         );
         assert_eq!(
-            expert_chunks(128, gate_up / 2, DECODED_BYTES_PER_LAUNCH),
+            expert_chunks(128, gate_up / 2, MAX_BUFFER_BYTES),
             vec![0..64, 64..128]
         );
         // The last range takes what is left; an expert larger than the limit goes alone.

@@ -1,14 +1,12 @@
 //! The two vocabulary-sized matrices (embedding and lm_head), split by vocabulary rows into
-//! pieces of at most [`MAX_PIECE_BYTES`]: wgpu cannot allocate one buffer of gpt-oss's
+//! pieces of at most [`MAX_BUFFER_BYTES`]: wgpu cannot allocate one buffer of gpt-oss's
 //! 201,088 x 2,880 f32 (2.3 GB; measured on an H100: "can't allocate buffer of size 2316533760").
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use gpt_oss_kernels::launch::MAX_BUFFER_BYTES;
 use gpt_oss_kernels::{bf16_rows, embedding_rows};
-
-/// Largest piece in bytes.
-pub const MAX_PIECE_BYTES: usize = 1 << 30;
 
 /// Piece lengths are multiples of this many rows (where a piece holds that many): the few-rows
 /// GPU kernel takes lm_head pieces whose width is a multiple of 8 (gpt-oss's 93,206-row pieces
@@ -17,7 +15,7 @@ pub const PIECE_ROW_MULTIPLE: usize = 128;
 
 /// Rows per piece for a table of `width` f32 columns.
 pub fn rows_per_piece(width: usize) -> usize {
-    let rows = MAX_PIECE_BYTES / (width * 4);
+    let rows = MAX_BUFFER_BYTES / (width * 4);
     if rows >= PIECE_ROW_MULTIPLE {
         rows / PIECE_ROW_MULTIPLE * PIECE_ROW_MULTIPLE
     } else {
@@ -245,7 +243,7 @@ mod tests {
         let rows = rows_per_piece(2880);
         assert_eq!(rows % 8, 0);
         assert_eq!((201_088 % rows) % 8, 0);
-        assert!(rows * 2880 * 4 <= MAX_PIECE_BYTES);
+        assert!(rows * 2880 * 4 <= MAX_BUFFER_BYTES);
         assert_eq!(
             rows_per_piece(1 << 22),
             64,
