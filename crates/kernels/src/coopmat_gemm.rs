@@ -22,6 +22,7 @@ use cubecl::prelude::*;
 use half::bf16;
 
 use crate::bf16_rows::EightBf16;
+use crate::coopmat_specialized;
 use crate::coopmat_warps;
 use crate::launch::empty_f32;
 use crate::staged_tiles::{
@@ -54,6 +55,10 @@ pub enum Scheme {
     /// Staged as `Staged`, then multiplied by each subgroup on its own block of the tile in
     /// subgroup-scope 16 x 16 x 16 fragments (`crate::coopmat_warps`).
     Warps,
+    /// `Warps`' fragments fed by `producers` subgroups of their own through a ring of `stages`
+    /// shared stages, with counters instead of barriers (`crate::coopmat_specialized`);
+    /// `units` counts the consumers only.
+    Specialized { producers: u32, stages: u32 },
     /// Not a product: `Warps`' K loop with its inputs staged once and its fragments fed as
     /// `crate::coopmat_ceiling` says (a benchmark of what bounds `Warps`).
     Ceiling(crate::coopmat_ceiling::Feed),
@@ -287,11 +292,21 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
         .unwrap_or_else(|| TileOrder::for_weights(k * n * DType::BF16.size()));
     let cubes = order.cube_count(m.div_ceil(t.m), n.div_ceil(t.n));
     let columns_first = order.columns_first();
-    let dim = CubeDim::new_1d(t.units);
+    let dim = match t.scheme {
+        Scheme::Specialized { producers, .. } => {
+            CubeDim::new_1d(coopmat_specialized::workgroup_units(t.units, producers))
+        }
+        _ => CubeDim::new_1d(t.units),
+    };
     let tile = (t.m, t.n, t.k);
     // Only the warps kernel adds the bias itself. Without one it reads none, and one value
     // stands in for the buffer (as for the grouped kernel's unused epilogue inputs).
-    let with_bias = bias.is_some() && t.scheme == Scheme::Warps;
+    let with_bias =
+        bias.is_some() && matches!(t.scheme, Scheme::Warps | Scheme::Specialized { .. });
+    let bias_arg = match &bias {
+        Some(bias) if with_bias => into_contiguous(bias.clone()),
+        _ => empty_f32(&out, vec![1]),
+    };
     let (lhs, rhs, out_arg) = (
         lhs.into_buffer_arg(),
         rhs.into_buffer_arg(),
@@ -319,16 +334,25 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
         // (`coopmat_warps::takes`); the bias has n values (`coopmat_gemm_plus_bias`).
         Scheme::Warps => unsafe {
             let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
-            let bias_arg = match &bias {
-                Some(bias) => into_contiguous(bias.clone()),
-                None => empty_f32(&out, vec![1]),
-            };
             launch_gemm!(
                 coopmat_warps::coopmat_gemm_warps_kernel::launch_unchecked,
                 bias_arg.into_buffer_arg(),
                 with_bias,
                 warp,
                 t.units
+            )
+        },
+        // Safety: as warps (`coopmat_specialized::takes`).
+        Scheme::Specialized { producers, stages } => unsafe {
+            let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
+            launch_gemm!(
+                coopmat_specialized::coopmat_gemm_specialized_kernel::launch_unchecked,
+                bias_arg.into_buffer_arg(),
+                with_bias,
+                warp,
+                t.units,
+                producers,
+                stages
             )
         },
         // Safety: as warps.
@@ -366,7 +390,19 @@ pub fn launched_tiling(t: Tiling, m: usize, n: u32, k: u32) -> Tiling {
         {
             t
         }
-        Scheme::Warps | Scheme::Ceiling(_) => staged_or_fallback(
+        Scheme::Specialized { producers, .. }
+            if coopmat_specialized::takes(
+                m,
+                n as usize,
+                k as usize,
+                (t.m, t.n, t.k),
+                t.units,
+                producers,
+            ) =>
+        {
+            t
+        }
+        Scheme::Warps | Scheme::Ceiling(_) | Scheme::Specialized { .. } => staged_or_fallback(
             Tiling {
                 scheme: Scheme::Staged,
                 k: FALLBACK_K,

@@ -115,9 +115,19 @@ impl WarpTile {
         #[comptime] tn: usize,
         #[comptime] rhs_rows_of_k: bool,
     ) -> WarpTile {
+        WarpTile::for_plane(UNIT_POS / PLANE, warp, tn, rhs_rows_of_k)
+    }
+
+    /// As [`WarpTile::new`], for the block of subgroup `plane` of the ones that split the tile
+    /// (the specialised kernel's consumers, which come after its producers).
+    pub fn for_plane(
+        plane: u32,
+        #[comptime] warp: (usize, usize),
+        #[comptime] tn: usize,
+        #[comptime] rhs_rows_of_k: bool,
+    ) -> WarpTile {
         let (wm, wn) = warp;
         let (fm, fn_) = comptime![(wm / FRAGMENT, wn / FRAGMENT)];
-        let plane = UNIT_POS / PLANE;
         let across = comptime![(tn / wn) as u32];
         let mut a = Sequence::<cmma::Matrix<bf16>>::new();
         #[unroll]

@@ -7,7 +7,8 @@
 //!   `staged_tiles`: its input tiles (and the grouped kernel's rows) staged in shared memory;
 //!   `tile_order`: which tiles the first grid dimension walks (which input the L2 cache keeps);
 //!   `coopmat_ceiling`: that kernel's K loop without its global loads (a benchmark, not a
-//!   product).
+//!   product); `coopmat_specialized`: producer and consumer subgroups on a ring of stages
+//!   instead of a barrier per K step (`Scheme::Specialized`, measured against `Warps`).
 //! - `grouped_mxfp4`: the MoE experts' grouped matmul with MXFP4 weights decoded in the kernel.
 //! - `bf16_rows`, `grouped_mxfp4_rows`: the same two products for a few rows (decoding), without
 //!   tensor cores, streaming the weights once per few rows (`bf16_rows_three`: q, k and v side
@@ -35,6 +36,7 @@ pub mod attention_tiles;
 pub mod bf16_rows;
 pub mod coopmat_ceiling;
 pub mod coopmat_gemm;
+pub mod coopmat_specialized;
 pub mod coopmat_warps;
 pub mod embedding_rows;
 pub mod expert_groups;

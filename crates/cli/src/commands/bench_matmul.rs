@@ -30,7 +30,8 @@ pub struct MatmulArgs {
     pub kernel: MatmulKernel,
     /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`), optionally with a scheme,
     /// `/direct` (the default), `/staged` or `/warps` (subgroup-scope fragments; the line's
-    /// `launched` says which ran, and with which K step), or a bound of `/warps` that is not a
+    /// `launched` says which ran, and with which K step), `/specialized-P-S` (as warps, fed by
+    /// P producer subgroups besides the units through S stages), or a bound of `/warps` that is not a
     /// product (its error is large; `gpt_oss_kernels::coopmat_ceiling::Feed`): `/ceiling-mma`
     /// (the tensor cores alone), `/ceiling-shared` (with the fragments' loads),
     /// `/ceiling-restaged` (with the stage's stores and barriers) or `/ceiling-cached` (with
@@ -77,14 +78,17 @@ pub(crate) fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopma
         None | Some("direct") => Scheme::Direct,
         Some("staged") => Scheme::Staged,
         Some("warps") => Scheme::Warps,
+        Some(specialized) if specialized.starts_with("specialized-") => {
+            parse_specialized(text, &specialized["specialized-".len()..])?
+        }
         Some("ceiling-shared") => Scheme::Ceiling(Feed::Shared),
         Some("ceiling-mma") => Scheme::Ceiling(Feed::Registers),
         Some("ceiling-restaged") => Scheme::Ceiling(Feed::Restaged),
         Some("ceiling-cached") => Scheme::Ceiling(Feed::Cached),
         Some(other) => {
             anyhow::bail!(
-                "tiling `{text}`: scheme `{other}`: expected direct, staged, warps or \
-                 ceiling-mma, -shared, -restaged or -cached"
+                "tiling `{text}`: scheme `{other}`: expected direct, staged, warps, \
+                 specialized-PRODUCERS-STAGES or ceiling-mma, -shared, -restaged or -cached"
             )
         }
     };
@@ -107,6 +111,23 @@ pub(crate) fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopma
         scheme,
         order,
     })
+}
+
+/// `Scheme::Specialized` from the `P-S` of `specialized-P-S`: P producer subgroups, S stages.
+fn parse_specialized(
+    text: &str,
+    counts: &str,
+) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Scheme> {
+    let parsed: Option<Vec<u32>> = counts.split('-').map(|c| c.parse().ok()).collect();
+    match parsed.as_deref() {
+        Some(&[producers, stages]) if producers > 0 && stages > 0 => {
+            Ok(gpt_oss_kernels::coopmat_gemm::Scheme::Specialized { producers, stages })
+        }
+        _ => anyhow::bail!(
+            "tiling `{text}`: `specialized-{counts}`: expected specialized-PRODUCERS-STAGES, \
+             both at least 1 (specialized-2-3)"
+        ),
+    }
 }
 
 /// As [`parse_tiling`], refusing the `ceiling-*` schemes: for launches whose products are used
@@ -281,6 +302,27 @@ mod tests {
             parse_tiling("64x128x32/128/staged").unwrap().scheme,
             Scheme::Staged
         );
+        assert_eq!(
+            parse_tiling("128x256x16/256/specialized-2-3")
+                .unwrap()
+                .scheme,
+            Scheme::Specialized {
+                producers: 2,
+                stages: 3
+            }
+        );
+        for bad in [
+            "specialized-2",
+            "specialized-0-3",
+            "specialized-2-x",
+            "specialized-2-3-1",
+        ] {
+            let error = parse_tiling(&format!("128x256x16/256/{bad}")).unwrap_err();
+            assert!(
+                error.to_string().contains("PRODUCERS-STAGES"),
+                "{bad}: {error}"
+            );
+        }
         // A bound is a tiling for bench matmul, not for products that are used.
         assert!(parse_product_tiling("128x256x48/256/warps").is_ok());
         let bound = parse_product_tiling("128x256x32/256/ceiling-mma").unwrap_err();
