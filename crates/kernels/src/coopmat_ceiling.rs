@@ -83,6 +83,7 @@ pub(crate) fn coopmat_ceiling_kernel(
     };
     let lhs_rows = ConsecutiveRows {};
     load_step_words::<ConsecutiveRows>(
+        UNIT_POS,
         lhs,
         &lhs_rows,
         rhs,
@@ -120,6 +121,7 @@ pub(crate) fn coopmat_ceiling_kernel(
                 // Steps 0 and 1 in turn: loads the compiler cannot hoist out of the loop.
                 let k_step = (step % 2) * tk as u32;
                 load_step_words::<ConsecutiveRows>(
+                    UNIT_POS,
                     lhs,
                     &lhs_rows,
                     rhs,

@@ -17,8 +17,7 @@ use cubecl::prelude::*;
 use crate::bf16_rows::EightBf16;
 use crate::coopmat_warps::{FRAGMENT, PLANE, WarpTile};
 use crate::staged_tiles::{
-    ConsecutiveRows, StepPlaces, load_step_words, staged_row_words, store_tile_words,
-    whole_words_per_unit,
+    ConsecutiveRows, StepPlaces, load_step_words, staged_row_words, store_tile_words_as,
 };
 use crate::tile_order::tile_position;
 
@@ -29,8 +28,8 @@ const MAX_SPINS: u32 = 1 << 14;
 
 /// Whether the kernel takes an `m x k` by `k x n` product with `tile` (m, n, k), `units`
 /// consumer invocations and `producers` producer subgroups: as `Scheme::Warps` takes it
-/// ([`crate::coopmat_warps::takes`]), with each K step's tiles whole 16-byte words per producer
-/// invocation.
+/// ([`crate::coopmat_warps::takes`]). A producer subgroup loads whole K steps, and tiles of
+/// whole fragments are whole 16-byte words over a subgroup.
 pub fn takes(
     m: usize,
     n: usize,
@@ -39,12 +38,7 @@ pub fn takes(
     units: u32,
     producers: u32,
 ) -> bool {
-    let (tm, tn, tk) = tile;
-    let producer_units = producers * PLANE;
-    producers > 0
-        && crate::coopmat_warps::takes(m, n, k, tile, units)
-        && whole_words_per_unit(tm, tk, producer_units)
-        && whole_words_per_unit(tk, tn, producer_units)
+    producers > 0 && crate::coopmat_warps::takes(m, n, k, tile, units)
 }
 
 /// Invocations of one workgroup: the consumers' `units` and the producers' subgroups.
@@ -80,8 +74,7 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
     let b_words = comptime![tk * b_stride];
     let mut stage_a = Shared::<[EightBf16]>::new_slice(stages as usize * a_words);
     let mut stage_b = Shared::<[EightBf16]>::new_slice(stages as usize * b_words);
-    // filled[s]: producer subgroups' stores into stage s so far; freed[s]: consumer subgroups'
-    // releases of it.
+    // filled[s]: steps stored into stage s so far; freed[s]: consumer subgroups' releases of it.
     let filled = Shared::<[Atomic<u32>]>::new_slice(stages as usize);
     let freed = Shared::<[Atomic<u32>]>::new_slice(stages as usize);
     if UNIT_POS < stages {
@@ -95,6 +88,8 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
     let consumers = comptime![units / PLANE];
     let lane = UNIT_POS % PLANE;
     if UNIT_POS < producer_units {
+        // Producer subgroup p fills the stages of steps p, p + producers, ..: each loads a whole
+        // step, so the producers have as many steps' loads in flight as there are of them.
         let places = StepPlaces {
             row,
             row_end: m,
@@ -104,57 +99,65 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
             k,
         };
         let lhs_rows = ConsecutiveRows {};
-        let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / producer_units as usize);
-        let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / producer_units as usize);
-        load_step_words::<ConsecutiveRows>(
-            lhs,
-            &lhs_rows,
-            rhs,
-            &mut next_a,
-            &mut next_b,
-            &places,
-            0,
-            tile,
-            false,
-            producer_units,
-        );
-        for step in 0..steps {
+        let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / PLANE as usize);
+        let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / PLANE as usize);
+        let mut step = UNIT_POS / PLANE;
+        if step < steps {
+            load_step_words::<ConsecutiveRows>(
+                lane,
+                lhs,
+                &lhs_rows,
+                rhs,
+                &mut next_a,
+                &mut next_b,
+                &places,
+                step * tk as u32,
+                tile,
+                false,
+                PLANE,
+            );
+        }
+        while step < steps {
             let s = step % stages;
             // Every consumer has loaded its fragments of the step this stage held before.
             wait_for(&freed[s as usize], (step / stages) * consumers);
             let a_first = s as usize * a_words;
             let b_first = s as usize * b_words;
-            store_tile_words(
+            store_tile_words_as(
+                lane,
                 &next_a,
                 &mut stage_a[a_first..a_first + a_words],
                 tm,
                 tk,
-                producer_units,
+                PLANE,
             );
-            store_tile_words(
+            store_tile_words_as(
+                lane,
                 &next_b,
                 &mut stage_b[b_first..b_first + b_words],
                 tk,
                 tn,
-                producer_units,
+                PLANE,
             );
             // The subgroup's stores, then its count (the add releases them).
             sync_plane();
             if lane == 0 {
                 filled[s as usize].fetch_add(1u32);
             }
-            if step + 1 < steps {
+            step += producers;
+            if step < steps {
                 load_step_words::<ConsecutiveRows>(
+                    lane,
                     lhs,
                     &lhs_rows,
                     rhs,
                     &mut next_a,
                     &mut next_b,
                     &places,
-                    (step + 1) * tk as u32,
+                    step * tk as u32,
                     tile,
                     false,
-                    producer_units,
+                    PLANE,
                 );
             }
         }
@@ -165,7 +168,7 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
         }
         for step in 0..steps {
             let s = step % stages;
-            wait_for(&filled[s as usize], (step / stages + 1) * producers);
+            wait_for(&filled[s as usize], step / stages + 1);
             let a_first = s as usize * a_words;
             let b_first = s as usize * b_words;
             let a = &stage_a[a_first..a_first + a_words];
@@ -253,12 +256,9 @@ mod tests {
     }
 
     #[test]
-    fn producers_take_whole_words_of_each_step() {
-        // 128 x 16 and 16 x 256 bf16 are 256 and 512 words: whole over 64 or 128 producers.
-        assert!(takes(8192, 8192, 8192, (128, 256, 16), 256, 2));
-        assert!(takes(8192, 8192, 8192, (128, 256, 16), 256, 4));
-        // Over 96 producer invocations they are not; no producers at all is no kernel.
-        assert!(!takes(8192, 8192, 8192, (128, 256, 16), 256, 3));
+    fn the_kernel_takes_what_warps_takes_with_producers() {
+        assert!(takes(8192, 8192, 8192, (128, 256, 16), 256, 3));
+        // No producers at all is no kernel.
         assert!(!takes(8192, 8192, 8192, (128, 256, 16), 256, 0));
         // What `Warps` refuses, this refuses: rows that are not whole fragments.
         assert!(!takes(8191, 8192, 8192, (128, 256, 16), 256, 2));

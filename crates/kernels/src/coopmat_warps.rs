@@ -229,6 +229,7 @@ impl WarpTile {
             k,
         };
         load_step_words::<R>(
+            UNIT_POS,
             lhs,
             lhs_rows,
             rhs,
@@ -250,6 +251,7 @@ impl WarpTile {
             if step + 1 < steps {
                 let k_next = (step + 1) * tk as u32;
                 load_step_words::<R>(
+                    UNIT_POS,
                     lhs,
                     lhs_rows,
                     rhs,

@@ -109,10 +109,33 @@ pub fn load_rows_words<R: TileRows>(
     #[comptime] cols: usize,
     #[comptime] units: u32,
 ) {
+    load_rows_words_as::<R>(
+        UNIT_POS, src, source, words, row_begin, row_end, col_begin, col_end, row_len, rows, cols,
+        units,
+    );
+}
+
+/// As [`load_rows_words`], the words of invocation `unit` of the `units` that share the tile.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn load_rows_words_as<R: TileRows>(
+    unit: u32,
+    src: &[EightBf16],
+    source: &R,
+    words: &mut Array<EightBf16>,
+    row_begin: u32,
+    row_end: u32,
+    col_begin: u32,
+    col_end: u32,
+    row_len: u32,
+    #[comptime] rows: usize,
+    #[comptime] cols: usize,
+    #[comptime] units: u32,
+) {
     let words_per_row = (cols / 8) as u32;
     #[unroll]
     for i in 0..rows * cols / 8 / units as usize {
-        let v = UNIT_POS + i as u32 * units;
+        let v = unit + i as u32 * units;
         let row = row_begin + v / words_per_row;
         let col = col_begin + 8 * (v % words_per_row);
         let mut word = EightBf16::new(0u32);
@@ -132,11 +155,24 @@ pub fn store_tile_words(
     #[comptime] cols: usize,
     #[comptime] units: u32,
 ) {
+    store_tile_words_as(UNIT_POS, words, stage, rows, cols, units);
+}
+
+/// As [`store_tile_words`], the words of invocation `unit` of the `units` that share the tile.
+#[cube]
+pub fn store_tile_words_as(
+    unit: u32,
+    words: &Array<EightBf16>,
+    stage: &mut [EightBf16],
+    #[comptime] rows: usize,
+    #[comptime] cols: usize,
+    #[comptime] units: u32,
+) {
     let words_per_row = (cols / 8) as u32;
     let stride = comptime![staged_row_words(cols)] as u32;
     #[unroll]
     for i in 0..rows * cols / 8 / units as usize {
-        let v = UNIT_POS + i as u32 * units;
+        let v = unit + i as u32 * units;
         stage[((v / words_per_row) * stride + v % words_per_row) as usize] = words[i];
     }
 }
@@ -152,10 +188,11 @@ pub(crate) struct StepPlaces {
     pub k: u32,
 }
 
-/// This invocation's words of the K step from `k_step` of both input tiles.
+/// The words of invocation `unit` (of `units`) of the K step from `k_step` of both input tiles.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn load_step_words<R: TileRows>(
+    unit: u32,
     lhs: &[EightBf16],
     lhs_rows: &R,
     rhs: &[EightBf16],
@@ -169,21 +206,22 @@ pub(crate) fn load_step_words<R: TileRows>(
 ) {
     let (tm, tn, tk) = tile;
     let (row, row_end, k) = (places.row, places.row_end, places.k);
-    load_rows_words::<R>(
-        lhs, lhs_rows, next_a, row, row_end, k_step, k, k, tm, tk, units,
+    load_rows_words_as::<R>(
+        unit, lhs, lhs_rows, next_a, row, row_end, k_step, k, k, tm, tk, units,
     );
     let (rhs_row, col, n) = (places.rhs_row, places.col, places.n);
     load_rhs_words(
-        rhs, next_b, rhs_row, col, n, k, k_step, tk, tn, rows_of_k, units,
+        unit, rhs, next_b, rhs_row, col, n, k, k_step, tk, tn, rows_of_k, units,
     );
 }
 
-/// This invocation's words of one K step's rhs tile (`load_tile_words`): from `rhs` [.., n],
+/// The words of invocation `unit` of one K step's rhs tile (`load_tile_words`): from `rhs` [.., n],
 /// K rows `rhs_row + k_step..` of columns `col..`; with `rows_of_k`, from `rhs` [.., k], the
 /// rows `rhs_row + col..` (up to `rhs_row + n`) of K columns `k_step..`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_rhs_words(
+    unit: u32,
     rhs: &[EightBf16],
     words: &mut Array<EightBf16>,
     rhs_row: u32,
@@ -196,12 +234,39 @@ fn load_rhs_words(
     #[comptime] rows_of_k: bool,
     #[comptime] units: u32,
 ) {
+    let rows = ConsecutiveRows {};
     if comptime![rows_of_k] {
         let first = rhs_row + col;
-        load_tile_words(rhs, words, first, rhs_row + n, k_step, k, k, tn, tk, units);
+        load_rows_words_as::<ConsecutiveRows>(
+            unit,
+            rhs,
+            &rows,
+            words,
+            first,
+            rhs_row + n,
+            k_step,
+            k,
+            k,
+            tn,
+            tk,
+            units,
+        );
     } else {
         let first = rhs_row + k_step;
-        load_tile_words(rhs, words, first, rhs_row + k, col, n, n, tk, tn, units);
+        load_rows_words_as::<ConsecutiveRows>(
+            unit,
+            rhs,
+            &rows,
+            words,
+            first,
+            rhs_row + k,
+            col,
+            n,
+            n,
+            tk,
+            tn,
+            units,
+        );
     }
 }
 
