@@ -191,13 +191,23 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
     }
 }
 
-/// Waits until `counter` reaches `target` (or [`MAX_SPINS`] reads pass), every lane of the
-/// subgroup together: the reads acquire what the counting subgroups stored before their adds.
+/// Waits until `counter` reaches `target` (or [`MAX_SPINS`] reads pass). The subgroup's first
+/// lane reads the counter and shares what it saw, so a waiting subgroup takes one read of
+/// shared memory per turn from the others' fragment loads, not one per lane; the barrier after
+/// carries what that read acquired (the counting subgroups' stores before their adds) to the
+/// other lanes.
 #[cube]
 fn wait_for(counter: &Atomic<u32>, target: u32) {
     let mut spins = 0u32;
-    while counter.load() < target && spins < MAX_SPINS {
+    let mut waiting = true;
+    while waiting {
+        let mut seen = 0u32;
+        if UNIT_POS % PLANE == 0 {
+            seen = counter.load();
+        }
+        seen = plane_broadcast(seen, 0u32);
         spins += 1;
+        waiting = seen < target && spins < MAX_SPINS;
     }
     sync_plane();
 }
