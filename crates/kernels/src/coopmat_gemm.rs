@@ -9,11 +9,13 @@
 //! tensor cores multiply, and the matrices are loaded from there: 208-260 TF/s on an H100
 //! against 128-152 when the matrices are loaded straight from global memory by tensor
 //! addressing (`Scheme::Direct`, bounds handled by the driver; the fallback for shapes the
-//! staged scheme cannot take). The default, `Scheme::Warps`, stages the same way and then has
-//! each subgroup multiply its own block of the tile (`crate::coopmat_warps`): 5-10% over
-//! `Staged`. [`coopmat_gemm_plus_bias`] adds a bias to every row; the warps kernel starts its
-//! accumulators at it, so no launch of its own adds it (docs/benchmarks.md, twenty-seventh
-//! round).
+//! staged scheme cannot take). `Scheme::Warps` stages the same way and then has each subgroup
+//! multiply its own block of the tile (`crate::coopmat_warps`): 5-10% over `Staged`. The
+//! default, `Scheme::Specialized`, feeds the same subgroups through a ring of stages filled by
+//! producer subgroups of their own, with no barrier per K step (`crate::coopmat_specialized`):
+//! 3-12% over `Warps`. [`coopmat_gemm_plus_bias`] adds a bias to every row; the fragment
+//! kernels start their accumulators at it, so no launch of its own adds it (docs/benchmarks.md,
+//! twenty-seventh round).
 
 use burn::backend::{backend_extension, tensor::FloatTensor};
 use burn::tensor::{DType, Shape, Tensor};
@@ -64,49 +66,34 @@ pub enum Scheme {
     Ceiling(crate::coopmat_ceiling::Feed),
 }
 
-/// 128 x 256 x 48 in subgroup-scope fragments (`Scheme::Warps`), falling back to staged and
-/// then direct loads where the shape asks for it ([`launched_tiling`]). Staged, 208 TF/s on
-/// scoring's projection shapes against 128-134 loaded by tensor addressing (docs/benchmarks.md,
-/// eighteenth round); column tiles first where the weights fit in the L2 cache: 220 against
-/// 203-209 TF/s on the q and o projections, while an lm_head piece keeps row tiles first (238
-/// against 210; nineteenth round). Warps over staged, same tiles, on an H100 in two calls
-/// (twenty-second round): 263-267 against 243-252 TF/s at 8192^3. K steps of 48 over 32 on an
-/// H200 (twenty-sixth round): 294.0 against 267.2 TF/s at 8192^3, 256.6 against 234.3 at the
-/// q projection; each step's barriers and stores cost about as much as two to three 16-wide
-/// slices of products, so a longer step pays them less often. 64 does not fit the driver's
-/// 48 KB.
+/// 128 x 256 x 16 in subgroup-scope fragments fed by four producer subgroups through three
+/// stages (`Scheme::Specialized`), falling back to staged and then direct loads where the shape
+/// asks for it ([`launched_tiling`]). History, all on one H200 or H100 unless said:
+/// - staged, 208 TF/s on scoring's projection shapes against 128-134 loaded by tensor
+///   addressing (docs/benchmarks.md, eighteenth round);
+/// - column tiles first where the weights fit in the L2 cache: 220 against 203-209 TF/s on the
+///   q and o projections, while an lm_head piece keeps row tiles first (nineteenth round);
+/// - `Warps` over staged, same tiles: 263-267 against 243-252 TF/s at 8192^3 (twenty-second);
+/// - `Warps` with K steps of 48: 294.0 against 267.2 TF/s at 8192^3 (twenty-sixth);
+/// - `Specialized` over `Warps` 128 x 256 x 48, same call, twice (twenty-ninth): 302.6/301.7
+///   against 293.0/293.1 TF/s at 8192^3, 273-274 against 256 at the q projection, 267-269
+///   against 246-248 at the o projection (252 for the 320-wide warps tiles that it had), 194
+///   against 174 at k and v, 274-276 against 267-268 on an lm_head piece. Scoring a 20b:
+///   +1.2% (three rounds each). More producers spill registers (five: 74 TF/s); more stages
+///   do not fit the driver's 48 KB.
 pub const DEFAULT_TILING: Tiling = Tiling {
     m: 128,
     n: 256,
-    k: 48,
+    k: 16,
     units: 256,
-    scheme: Scheme::Warps,
+    scheme: Scheme::Specialized {
+        producers: 4,
+        stages: 3,
+    },
     order: None,
 };
 
-/// 128 x 320 x 32 tiles, taken instead of [`DEFAULT_TILING`] where they cover the product's
-/// columns exactly and 256-wide tiles do not ([`default_tiling_for`]): 253.9 against 220.9 TF/s
-/// at the o projection's 16384 x 2880 x 4096 on an H200 with K steps of 32 for both, where
-/// 256-wide tiles leave 6.7% of the last column tile empty (docs/benchmarks.md, twenty-fifth
-/// round); 249.3 for 128 x 256 x 48 there. Steps of 48 do not split 320 columns into whole
-/// words per invocation, and where 256 columns are whole tiles 128 x 256 x 48 is faster: 286-294
-/// TF/s at 8192^3 in three calls, 128 x 320 x 32 279.0 in another (twenty-sixth round).
-pub const WIDE_TILING: Tiling = Tiling {
-    n: 320,
-    k: 32,
-    ..DEFAULT_TILING
-};
-
-/// The tiling a launch takes for a product `n` columns wide: [`WIDE_TILING`] where it covers
-/// them in whole tiles and [`DEFAULT_TILING`] does not, else [`DEFAULT_TILING`].
-pub fn default_tiling_for(n: usize) -> Tiling {
-    match !n.is_multiple_of(DEFAULT_TILING.n) && n.is_multiple_of(WIDE_TILING.n) {
-        true => WIDE_TILING,
-        false => DEFAULT_TILING,
-    }
-}
-
-/// A tiling every launch takes instead of [`default_tiling_for`]'s (benchmarks compare several).
+/// A tiling every launch takes instead of [`DEFAULT_TILING`] (benchmarks compare several).
 static CHOSEN: std::sync::Mutex<Option<Tiling>> = std::sync::Mutex::new(None);
 
 /// Sets the tiling later launches use, whatever their shape.
@@ -114,13 +101,12 @@ pub fn set_tiling(tiling: Tiling) {
     *CHOSEN.lock().expect("tiling lock") = Some(tiling);
 }
 
-/// The tiling of a product `n` columns wide: the one [`set_tiling`] chose, else
-/// [`default_tiling_for`]'s.
-fn tiling_for(n: usize) -> Tiling {
+/// The tiling of the products: the one [`set_tiling`] chose, else [`DEFAULT_TILING`].
+fn chosen_tiling() -> Tiling {
     CHOSEN
         .lock()
         .expect("tiling lock")
-        .unwrap_or_else(|| default_tiling_for(n))
+        .unwrap_or(DEFAULT_TILING)
 }
 
 #[cube(launch)]
@@ -239,8 +225,8 @@ pub trait KernelBackend: burn::backend::Backend {
     #[fusion(dtype = accumulator_dtype(lhs), shape = product_shape(lhs, rhs))]
     fn coopmat_gemm(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
 
-    /// As `coopmat_gemm`, plus `bias` [n] f32 added to every row: by the subgroup-scope kernel
-    /// itself (its accumulators start at the bias), by a separate add where a fallback runs.
+    /// As `coopmat_gemm`, plus `bias` [n] f32 added to every row: by the subgroup-scope kernels
+    /// themselves (their accumulators start at the bias), by a separate add where a fallback runs.
     #[fusion(dtype = accumulator_dtype(lhs), shape = product_shape(lhs, rhs))]
     fn coopmat_gemm_plus_bias(
         lhs: FloatTensor<Self>,
@@ -269,7 +255,7 @@ impl KernelBackend for CubeBackend {
     }
 }
 
-/// `lhs` [m, k] x `rhs` [k, n] (bf16) on the tiling [`tiling_for`] gives, plus `bias` [n] (f32)
+/// `lhs` [m, k] x `rhs` [k, n] (bf16) on the tiling [`chosen_tiling`] gives, plus `bias` [n] (f32)
 /// when given -> [m, n] f32.
 fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor>) -> CubeTensor {
     let lhs = into_contiguous(lhs);
@@ -286,7 +272,7 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
         );
     }
     let out = empty_f32(&lhs, vec![m, n]);
-    let t = launched_tiling(tiling_for(n), m, n as u32, k as u32);
+    let t = launched_tiling(chosen_tiling(), m, n as u32, k as u32);
     let order = t
         .order
         .unwrap_or_else(|| TileOrder::for_weights(k * n * DType::BF16.size()));
@@ -299,7 +285,7 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
         _ => CubeDim::new_1d(t.units),
     };
     let tile = (t.m, t.n, t.k);
-    // Only the warps kernel adds the bias itself. Without one it reads none, and one value
+    // Only the fragment kernels add the bias themselves. Without one it reads none, and one value
     // stands in for the buffer (as for the grouped kernel's unused epilogue inputs).
     let with_bias =
         bias.is_some() && matches!(t.scheme, Scheme::Warps | Scheme::Specialized { .. });
@@ -438,7 +424,7 @@ pub fn coopmat_gemm(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
 }
 
 /// [`coopmat_gemm`] plus `bias` [n] (f32) added to every row when given (as
-/// `bf16_rows::bf16_rows_matmul` takes it): the subgroup-scope kernel starts its accumulators
+/// `bf16_rows::bf16_rows_matmul` takes it): the subgroup-scope kernels start their accumulators
 /// at the bias, so the product needs no pass of its own to add it.
 pub fn coopmat_gemm_plus_bias(
     lhs: Tensor<2>,
@@ -542,30 +528,27 @@ mod tests {
     }
 
     #[test]
-    fn warps_run_where_their_kernel_takes_the_shape_and_fall_back_to_staged() {
-        let warps = DEFAULT_TILING;
-        assert_eq!(launched_tiling(warps, 8192, 8192, 8192), warps);
-        assert_eq!(scheme_for(warps, 16384, 2880, 4096), Scheme::Warps);
-        // Rows not whole fragments: the staged kernel (it bounds every row), with its own K step
-        // (4096 is not whole steps of 48).
-        let staged = launched_tiling(warps, 16383, 2880, 4096);
-        assert_eq!((staged.scheme, staged.k), (Scheme::Staged, FALLBACK_K));
-        // Nor whole K steps (nor words): loaded directly.
-        assert_eq!(scheme_for(warps, 16384, 2880, 4100), Scheme::Direct);
+    fn fragment_kernels_run_where_they_take_the_shape_and_fall_back_to_staged() {
+        let warps = Tiling {
+            k: 48,
+            scheme: Scheme::Warps,
+            ..DEFAULT_TILING
+        };
+        for t in [DEFAULT_TILING, warps] {
+            assert_eq!(launched_tiling(t, 8192, 8192, 8192), t);
+            // Scoring's projections: q, k and v, o, an lm_head piece.
+            for (m, n, k) in [(16384, 4096, 2880), (16384, 512, 2880), (16384, 2880, 4096)] {
+                assert_eq!(launched_tiling(t, m, n, k), t, "{m} {n} {k}");
+            }
+            assert_eq!(launched_tiling(t, 2048, 93_184, 2880), t);
+            // Rows not whole fragments: the staged kernel (it bounds every row), with its own K
+            // step.
+            let staged = launched_tiling(t, 16383, 2880, 4096);
+            assert_eq!((staged.scheme, staged.k), (Scheme::Staged, FALLBACK_K));
+            // Nor whole K steps (nor words): loaded directly.
+            assert_eq!(scheme_for(t, 16384, 2880, 4100), Scheme::Direct);
+        }
         // The other schemes are unchanged.
         assert_eq!(scheme_for(STAGED, 17, 5120, 2880), Scheme::Staged);
-    }
-
-    #[test]
-    fn tiles_320_wide_only_where_they_cover_columns_that_256_wide_tiles_do_not() {
-        // The o projection's and the experts' down projection's 2880 columns: 9 x 320.
-        assert_eq!(default_tiling_for(2880), WIDE_TILING);
-        // The q/k/v projection's 5120 and a lm_head piece's 93,184: whole 256-wide tiles.
-        assert_eq!(default_tiling_for(5120), DEFAULT_TILING);
-        assert_eq!(default_tiling_for(93_184), DEFAULT_TILING);
-        // Neither covers 2888: the default.
-        assert_eq!(default_tiling_for(2888), DEFAULT_TILING);
-        // The wide tile runs on the subgroup-scope kernel at the o projection's shape.
-        assert_eq!(scheme_for(WIDE_TILING, 16384, 2880, 4096), Scheme::Warps);
     }
 }
