@@ -200,9 +200,10 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
 fn wait_for(counter: &Atomic<u32>, target: u32) {
     let mut spins = 0u32;
     let mut waiting = true;
+    let lane = UNIT_POS % PLANE;
     while waiting {
         let mut seen = 0u32;
-        if UNIT_POS % PLANE == 0 {
+        if lane == 0 {
             seen = counter.load();
         }
         seen = plane_broadcast(seen, 0u32);
