@@ -102,7 +102,8 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
         let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / PLANE as usize);
         let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / PLANE as usize);
         let mut step = UNIT_POS / PLANE;
-        if step < steps {
+        while step < steps {
+            // The loads are in flight while the subgroup waits for the stage.
             load_step_words::<ConsecutiveRows>(
                 lane,
                 lhs,
@@ -116,8 +117,6 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
                 false,
                 PLANE,
             );
-        }
-        while step < steps {
             let s = step % stages;
             // Every consumer has loaded its fragments of the step this stage held before.
             wait_for(&freed[s as usize], (step / stages) * consumers);
@@ -145,21 +144,6 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
                 filled[s as usize].fetch_add(1u32);
             }
             step += producers;
-            if step < steps {
-                load_step_words::<ConsecutiveRows>(
-                    lane,
-                    lhs,
-                    &lhs_rows,
-                    rhs,
-                    &mut next_a,
-                    &mut next_b,
-                    &places,
-                    step * tk as u32,
-                    tile,
-                    false,
-                    PLANE,
-                );
-            }
         }
     } else {
         let mut warp_tile = WarpTile::for_plane(UNIT_POS / PLANE - producers, warp, tn, false);

@@ -79,6 +79,7 @@ pub fn load_tile_words(
 ) {
     let consecutive = ConsecutiveRows {};
     load_rows_words::<ConsecutiveRows>(
+        UNIT_POS,
         src,
         &consecutive,
         words,
@@ -93,32 +94,11 @@ pub fn load_tile_words(
     );
 }
 
-/// As [`load_tile_words`], with the tile's rows read from the source rows `source` gives.
+/// As [`load_tile_words`], the words of invocation `unit` of the `units` that share the tile,
+/// with the tile's rows read from the source rows `source` gives.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn load_rows_words<R: TileRows>(
-    src: &[EightBf16],
-    source: &R,
-    words: &mut Array<EightBf16>,
-    row_begin: u32,
-    row_end: u32,
-    col_begin: u32,
-    col_end: u32,
-    row_len: u32,
-    #[comptime] rows: usize,
-    #[comptime] cols: usize,
-    #[comptime] units: u32,
-) {
-    load_rows_words_as::<R>(
-        UNIT_POS, src, source, words, row_begin, row_end, col_begin, col_end, row_len, rows, cols,
-        units,
-    );
-}
-
-/// As [`load_rows_words`], the words of invocation `unit` of the `units` that share the tile.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub fn load_rows_words_as<R: TileRows>(
     unit: u32,
     src: &[EightBf16],
     source: &R,
@@ -206,7 +186,7 @@ pub(crate) fn load_step_words<R: TileRows>(
 ) {
     let (tm, tn, tk) = tile;
     let (row, row_end, k) = (places.row, places.row_end, places.k);
-    load_rows_words_as::<R>(
+    load_rows_words::<R>(
         unit, lhs, lhs_rows, next_a, row, row_end, k_step, k, k, tm, tk, units,
     );
     let (rhs_row, col, n) = (places.rhs_row, places.col, places.n);
@@ -237,7 +217,7 @@ fn load_rhs_words(
     let rows = ConsecutiveRows {};
     if comptime![rows_of_k] {
         let first = rhs_row + col;
-        load_rows_words_as::<ConsecutiveRows>(
+        load_rows_words::<ConsecutiveRows>(
             unit,
             rhs,
             &rows,
@@ -253,7 +233,7 @@ fn load_rhs_words(
         );
     } else {
         let first = rhs_row + k_step;
-        load_rows_words_as::<ConsecutiveRows>(
+        load_rows_words::<ConsecutiveRows>(
             unit,
             rhs,
             &rows,
