@@ -289,10 +289,12 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
     // stands in for the buffer (as for the grouped kernel's unused epilogue inputs).
     let with_bias =
         bias.is_some() && matches!(t.scheme, Scheme::Warps | Scheme::Specialized { .. });
-    let bias_arg = match &bias {
+    let bias_arg = || match &bias {
         Some(bias) if with_bias => into_contiguous(bias.clone()),
         _ => empty_f32(&out, vec![1]),
     };
+    // The fragment kernels' block per subgroup.
+    let warp = || coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
     let (lhs, rhs, out_arg) = (
         lhs.into_buffer_arg(),
         rhs.into_buffer_arg(),
@@ -319,23 +321,21 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
         // Safety: as staged, and every fragment lies inside the output or outside it
         // (`coopmat_warps::takes`); the bias has n values (`coopmat_gemm_plus_bias`).
         Scheme::Warps => unsafe {
-            let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
             launch_gemm!(
                 coopmat_warps::coopmat_gemm_warps_kernel::launch_unchecked,
-                bias_arg.into_buffer_arg(),
+                bias_arg().into_buffer_arg(),
                 with_bias,
-                warp,
+                warp(),
                 t.units
             )
         },
         // Safety: as warps (`coopmat_specialized::takes`).
         Scheme::Specialized { producers, stages } => unsafe {
-            let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
             launch_gemm!(
                 coopmat_specialized::coopmat_gemm_specialized_kernel::launch_unchecked,
-                bias_arg.into_buffer_arg(),
+                bias_arg().into_buffer_arg(),
                 with_bias,
-                warp,
+                warp(),
                 t.units,
                 producers,
                 stages
@@ -343,10 +343,9 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
         },
         // Safety: as warps.
         Scheme::Ceiling(feed) => unsafe {
-            let warp = coopmat_warps::warp_tile(t.m, t.n, t.units).expect("checked by takes");
             launch_gemm!(
                 crate::coopmat_ceiling::coopmat_ceiling_kernel::launch_unchecked,
-                warp,
+                warp(),
                 feed.code(),
                 t.units
             )

@@ -157,7 +157,8 @@ pub fn store_tile_words_as(
     }
 }
 
-/// Where a tile's K steps are read from (`crate::coopmat_warps::WarpTile::accumulate_staged`'s arguments).
+/// Where a tile's K steps are read from (the arguments of
+/// `crate::coopmat_warps::WarpTile::accumulate_staged`).
 #[derive(CubeType)]
 pub(crate) struct StepPlaces {
     pub row: u32,
