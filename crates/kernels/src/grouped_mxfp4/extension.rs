@@ -235,11 +235,17 @@ fn launch_grouped(
     assert!(
         k.is_multiple_of(8) && t.stages_split_into_words(),
         "grouped MXFP4 kernel: rows of {k} values, or the {} x {} and {} x {} stages, do not \
-         split into whole 16-byte words over {UNITS} invocations",
+         split into whole 16-byte words over the invocations that load them",
         t.m,
         t.k,
         t.n,
         t.k
+    );
+    let (ring, warps_units) = t.ring_and_units();
+    assert!(
+        t.producers.is_none() || from_fragments || epilogue.code == EPILOGUE_NONE,
+        "grouped MXFP4 kernel: tiling {t:?} feeds the fragments by producers, whose epilogues \
+         must come from the fragments"
     );
     let tiles = p.div_ceil(t.m) + experts;
     let cube_count = t.order.cube_count(tiles, n.div_ceil(t.n));
@@ -266,7 +272,7 @@ fn launch_grouped(
             grouped_mxfp4_warps_kernel::launch(
                 &client,
                 cube_count.clone(),
-                CubeDim::new_1d(UNITS),
+                CubeDim::new_1d(warps_units),
                 a.clone().into_buffer_arg(),
                 rows_of.clone().into_buffer_arg(),
                 decoded.into_buffer_arg(),
@@ -291,6 +297,7 @@ fn launch_grouped(
                 epilogue.code,
                 t.fragment_epilogues,
                 gathered,
+                ring,
             );
         } else {
             grouped_mxfp4_kernel::launch(
