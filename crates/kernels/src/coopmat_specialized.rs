@@ -17,8 +17,7 @@ use cubecl::prelude::*;
 use crate::bf16_rows::EightBf16;
 use crate::coopmat_warps::{FRAGMENT, PLANE, WarpTile};
 use crate::staged_tiles::{
-    ConsecutiveRows, StepPlaces, TileRows, load_step_words, staged_row_words,
-    store_tile_words_strided,
+    ConsecutiveRows, StepPlaces, load_step_words, staged_row_words, store_tile_words_as,
 };
 use crate::tile_order::tile_position;
 
@@ -65,24 +64,32 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
     #[comptime] producers: u32,
     #[comptime] stages: u32,
 ) {
-    let (tm, tn, _) = tile;
+    let (tm, tn, tk) = tile;
     let (row_tile, column_tile) = tile_position(columns_first);
     let row = row_tile * tm as u32;
     let col = column_tile * tn as u32;
-    let ring = comptime![Ring {
-        producers,
-        stages,
-        consumers: units / PLANE,
-        packed: false,
-    }];
-    let (_, a_words, _, b_words) = comptime![ring.layout(tile, false)];
+    let a_stride = comptime![staged_row_words(tk)];
+    let b_stride = comptime![staged_row_words(tn)];
+    let a_words = comptime![tm * a_stride];
+    let b_words = comptime![tk * b_stride];
     let mut stage_a = Shared::<[EightBf16]>::new_slice(stages as usize * a_words);
     let mut stage_b = Shared::<[EightBf16]>::new_slice(stages as usize * b_words);
+    // filled[s]: steps stored into stage s so far; freed[s]: consumer subgroups' releases of it.
     let filled = Shared::<[Atomic<u32>]>::new_slice(stages as usize);
     let freed = Shared::<[Atomic<u32>]>::new_slice(stages as usize);
-    start_counters(&filled, &freed, stages);
+    if UNIT_POS < stages {
+        filled[UNIT_POS as usize].store(0u32);
+        freed[UNIT_POS as usize].store(0u32);
+    }
+    sync_cube();
 
-    if UNIT_POS < producers * PLANE {
+    let steps = k.div_ceil(tk as u32);
+    let producer_units = comptime![producers * PLANE];
+    let consumers = comptime![units / PLANE];
+    let lane = UNIT_POS % PLANE;
+    if UNIT_POS < producer_units {
+        // Producer subgroup p fills the stages of steps p, p + producers, ..: each loads a whole
+        // step, so the producers have as many steps' loads in flight as there are of them.
         let places = StepPlaces {
             row,
             row_end: m,
@@ -92,210 +99,79 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
             k,
         };
         let lhs_rows = ConsecutiveRows {};
-        produce_steps::<ConsecutiveRows>(
-            lhs,
-            &lhs_rows,
-            rhs,
-            &places,
-            &mut stage_a,
-            &mut stage_b,
-            &filled,
-            &freed,
-            tile,
-            ring,
-            false,
-        );
+        let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / PLANE as usize);
+        let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / PLANE as usize);
+        let mut step = UNIT_POS / PLANE;
+        while step < steps {
+            // The loads are in flight while the subgroup waits for the stage.
+            load_step_words::<ConsecutiveRows>(
+                lane,
+                lhs,
+                &lhs_rows,
+                rhs,
+                &mut next_a,
+                &mut next_b,
+                &places,
+                step * tk as u32,
+                tile,
+                false,
+                PLANE,
+            );
+            let s = step % stages;
+            // Every consumer has loaded its fragments of the step this stage held before.
+            wait_for(&freed[s as usize], (step / stages) * consumers);
+            let a_first = s as usize * a_words;
+            let b_first = s as usize * b_words;
+            store_tile_words_as(
+                lane,
+                &next_a,
+                &mut stage_a[a_first..a_first + a_words],
+                tm,
+                tk,
+                PLANE,
+            );
+            store_tile_words_as(
+                lane,
+                &next_b,
+                &mut stage_b[b_first..b_first + b_words],
+                tk,
+                tn,
+                PLANE,
+            );
+            // The subgroup's stores, then its count (the add releases them).
+            sync_plane();
+            if lane == 0 {
+                filled[s as usize].fetch_add(1u32);
+            }
+            step += producers;
+        }
     } else {
         let mut warp_tile = WarpTile::for_plane(UNIT_POS / PLANE - producers, warp, tn, false);
         if comptime![with_bias] {
             warp_tile.start_at_bias(bias, col, n);
         }
-        consume_steps(
-            &mut warp_tile,
-            &stage_a,
-            &stage_b,
-            &filled,
-            &freed,
-            k,
-            tile,
-            ring,
-        );
+        for step in 0..steps {
+            let s = step % stages;
+            wait_for(&filled[s as usize], step / stages + 1);
+            let a_first = s as usize * a_words;
+            let b_first = s as usize * b_words;
+            let a = &stage_a[a_first..a_first + a_words];
+            let b = &stage_b[b_first..b_first + b_words];
+            #[unroll]
+            for kk in 0..tk / FRAGMENT {
+                warp_tile.load_fragments(a, a_stride, b, b_stride, kk);
+                if comptime![kk + 1 == tk / FRAGMENT] {
+                    // The last fragments are loaded: the stage is free for the producers.
+                    sync_plane();
+                    if lane == 0 {
+                        freed[s as usize].fetch_add(1u32);
+                    }
+                }
+                warp_tile.multiply_fragments();
+            }
+        }
         // Rows and columns are whole fragments (`takes`): a fragment is inside or outside.
         warp_tile.store_whole(out, row, col, m, n);
-    }
-}
-
-/// The ring of shared stages between a specialised kernel's producer and consumer subgroups:
-/// how many subgroups of each, how many stages, and whether the staged rows go without the
-/// one-word padding of `staged_tiles` (`packed`; a 16-wide row then makes each fragment 512
-/// contiguous bytes, and the stages a third smaller).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Ring {
-    pub producers: u32,
-    pub stages: u32,
-    pub consumers: u32,
-    pub packed: bool,
-}
-
-impl Ring {
-    /// 16-byte words per staged row of `cols` bf16 values.
-    pub const fn row_words(&self, cols: usize) -> usize {
-        match self.packed {
-            true => cols / 8,
-            false => staged_row_words(cols),
-        }
-    }
-
-    /// One stage's layout for `tile` (m, n, k): the A stage's row stride and size in 16-byte
-    /// words (the tile's rows, one K step wide), and the B stage's (K rows of the tile's
-    /// columns, or with `rows_of_k` the tile's N rows of one K step).
-    pub const fn layout(&self, tile: (usize, usize, usize), rows_of_k: bool) -> StageLayout {
-        let (tm, tn, tk) = tile;
-        let (b_rows, b_cols) = match rows_of_k {
-            true => (tn, tk),
-            false => (tk, tn),
-        };
-        let (a_stride, b_stride) = (self.row_words(tk), self.row_words(b_cols));
-        (a_stride, tm * a_stride, b_stride, b_rows * b_stride)
-    }
-}
-
-/// (A row stride, A stage words, B row stride, B stage words), in 16-byte words.
-pub(crate) type StageLayout = (usize, usize, usize, usize);
-
-/// Zeroes the ring's counters (`filled[s]`: steps stored into stage s so far; `freed[s]`:
-/// consumer subgroups' releases of it), before either side starts.
-#[cube]
-pub(crate) fn start_counters(
-    filled: &[Atomic<u32>],
-    freed: &[Atomic<u32>],
-    #[comptime] stages: u32,
-) {
-    if UNIT_POS < stages {
-        filled[UNIT_POS as usize].store(0u32);
-        freed[UNIT_POS as usize].store(0u32);
-    }
-    sync_cube();
-}
-
-/// The work of a producer subgroup (the first `ring.producers` subgroups of the workgroup):
-/// subgroup p fills the stages of K steps p, p + producers, ...; each loads a whole step, so
-/// the producers have as many steps' loads in flight as there are of them. `places` says
-/// where the steps are read from (`staged_tiles::load_step_words`).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn produce_steps<R: TileRows>(
-    lhs: &[EightBf16],
-    lhs_rows: &R,
-    rhs: &[EightBf16],
-    places: &StepPlaces,
-    stage_a: &mut [EightBf16],
-    stage_b: &mut [EightBf16],
-    filled: &[Atomic<u32>],
-    freed: &[Atomic<u32>],
-    #[comptime] tile: (usize, usize, usize),
-    #[comptime] ring: Ring,
-    #[comptime] rows_of_k: bool,
-) {
-    let (tm, tn, tk) = tile;
-    let (a_stride, a_words, b_stride, b_words) = comptime![ring.layout(tile, rows_of_k)];
-    let (b_rows, b_cols) = comptime![match rows_of_k {
-        true => (tn, tk),
-        false => (tk, tn),
-    }];
-    let (producers, stages, consumers) = comptime![(ring.producers, ring.stages, ring.consumers)];
-    let lane = UNIT_POS % PLANE;
-    let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / PLANE as usize);
-    let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / PLANE as usize);
-    let steps = places.k.div_ceil(tk as u32);
-    let mut step = UNIT_POS / PLANE;
-    while step < steps {
-        // The loads are in flight while the subgroup waits for the stage.
-        load_step_words::<R>(
-            lane,
-            lhs,
-            lhs_rows,
-            rhs,
-            &mut next_a,
-            &mut next_b,
-            places,
-            step * tk as u32,
-            tile,
-            rows_of_k,
-            PLANE,
-        );
-        let s = step % stages;
-        // Every consumer has loaded its fragments of the step this stage held before.
-        wait_for(&freed[s as usize], (step / stages) * consumers);
-        let a_first = s as usize * a_words;
-        let b_first = s as usize * b_words;
-        store_tile_words_strided(
-            lane,
-            &next_a,
-            &mut stage_a[a_first..a_first + a_words],
-            tm,
-            tk,
-            a_stride,
-            PLANE,
-        );
-        store_tile_words_strided(
-            lane,
-            &next_b,
-            &mut stage_b[b_first..b_first + b_words],
-            b_rows,
-            b_cols,
-            b_stride,
-            PLANE,
-        );
-        // The subgroup's stores, then its count (the add releases them).
-        sync_plane();
-        if lane == 0 {
-            filled[s as usize].fetch_add(1u32);
-        }
-        step += producers;
-    }
-}
-
-/// The work of a consumer subgroup: adds every K step of `k` to `warp_tile`'s accumulators from
-/// the ring's stages as the producers fill them, releasing each stage once its fragments are
-/// loaded.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn consume_steps(
-    warp_tile: &mut WarpTile,
-    stage_a: &[EightBf16],
-    stage_b: &[EightBf16],
-    filled: &[Atomic<u32>],
-    freed: &[Atomic<u32>],
-    k: u32,
-    #[comptime] tile: (usize, usize, usize),
-    #[comptime] ring: Ring,
-) {
-    let tk = comptime![tile.2];
-    let rows_of_k = warp_tile.rhs_rows_of_k;
-    let (a_stride, a_words, b_stride, b_words) = comptime![ring.layout(tile, rows_of_k)];
-    let stages = comptime![ring.stages];
-    let lane = UNIT_POS % PLANE;
-    let steps = k.div_ceil(tk as u32);
-    for step in 0..steps {
-        let s = step % stages;
-        wait_for(&filled[s as usize], step / stages + 1);
-        let a_first = s as usize * a_words;
-        let b_first = s as usize * b_words;
-        let a = &stage_a[a_first..a_first + a_words];
-        let b = &stage_b[b_first..b_first + b_words];
-        #[unroll]
-        for kk in 0..tk / FRAGMENT {
-            warp_tile.load_fragments(a, a_stride, b, b_stride, kk);
-            if comptime![kk + 1 == tk / FRAGMENT] {
-                // The last fragments are loaded: the stage is free for the producers.
-                sync_plane();
-                if lane == 0 {
-                    freed[s as usize].fetch_add(1u32);
-                }
-            }
-            warp_tile.multiply_fragments();
-        }
     }
 }
 

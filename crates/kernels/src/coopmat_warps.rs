@@ -81,15 +81,9 @@ pub(crate) fn coopmat_gemm_warps_kernel(
         warp_tile.start_at_bias(bias, col, n);
     }
     let lhs_rows = ConsecutiveRows {};
-    let places = StepPlaces {
-        row,
-        row_end: m,
-        rhs_row: 0,
-        col,
-        n,
-        k,
-    };
-    warp_tile.accumulate_staged::<ConsecutiveRows>(lhs, &lhs_rows, rhs, &places, tile, units);
+    warp_tile.accumulate_staged::<ConsecutiveRows>(
+        lhs, &lhs_rows, rhs, row, m, 0, col, n, k, tile, units,
+    );
     // Rows and columns are whole fragments (`takes`): a fragment is inside or outside.
     warp_tile.store_whole(out, row, col, m, n);
 }
@@ -106,12 +100,10 @@ pub(crate) struct WarpTile {
     /// The block's first row and column in the tile.
     pub row: u32,
     pub col: u32,
-    /// Which of the subgroups that split the tile this is (its share of shared memory).
-    pub plane: u32,
     #[cube(comptime)]
     fragments: (usize, usize),
     #[cube(comptime)]
-    pub rhs_rows_of_k: bool,
+    rhs_rows_of_k: bool,
 }
 
 #[cube]
@@ -162,7 +154,6 @@ impl WarpTile {
             acc,
             row: (plane / across) * wm as u32,
             col: (plane % across) * wn as u32,
-            plane,
             fragments: (fm, fn_),
             rhs_rows_of_k,
         }
@@ -191,11 +182,11 @@ impl WarpTile {
         }
     }
 
-    /// Adds every K step of `tk` of the tile's product to the accumulators, with `places`' fields:
-    /// rows `row..row_end` of `lhs` [.., k] (row-major; each read from the row `lhs_rows` gives),
-    /// times rows `rhs_row..rhs_row + k` of `rhs` [.., n] (row-major), columns from `col` (zeros
-    /// past `row_end` and `n`); with `rhs_rows_of_k`, times rows `rhs_row + col..rhs_row + n` of
-    /// `rhs` [.., k] transposed. The invocations copy each step's input tiles into padded shared stages,
+    /// Adds every K step of `tk` of the tile's product to the accumulators: rows `row..row_end` of
+    /// `lhs` [.., k] (row-major; each read from the row `lhs_rows` gives), times rows
+    /// `rhs_row..rhs_row + k` of `rhs` [.., n] (row-major), columns from `col` (zeros past
+    /// `row_end` and `n`); with `rhs_rows_of_k`, times rows `rhs_row + col..rhs_row + n` of `rhs`
+    /// [.., k] transposed. The invocations copy each step's input tiles into padded shared stages,
     /// the next step's loaded into registers while the subgroups multiply this one
     /// (`multiply_step`).
     #[allow(clippy::too_many_arguments)]
@@ -204,7 +195,12 @@ impl WarpTile {
         lhs: &[EightBf16],
         lhs_rows: &R,
         rhs: &[EightBf16],
-        places: &StepPlaces,
+        row: u32,
+        row_end: u32,
+        rhs_row: u32,
+        col: u32,
+        n: u32,
+        k: u32,
         #[comptime] tile: (usize, usize, usize),
         #[comptime] units: u32,
     ) {
@@ -223,7 +219,15 @@ impl WarpTile {
         let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / units as usize);
 
         // A last step past K reads zeros there (`load_step_words`).
-        let steps = places.k.div_ceil(tk as u32);
+        let steps = k.div_ceil(tk as u32);
+        let places = StepPlaces {
+            row,
+            row_end,
+            rhs_row,
+            col,
+            n,
+            k,
+        };
         load_step_words::<R>(
             UNIT_POS,
             lhs,
@@ -231,7 +235,7 @@ impl WarpTile {
             rhs,
             &mut next_a,
             &mut next_b,
-            places,
+            &places,
             0,
             tile,
             rows_of_k,
@@ -253,7 +257,7 @@ impl WarpTile {
                     rhs,
                     &mut next_a,
                     &mut next_b,
-                    places,
+                    &places,
                     k_next,
                     tile,
                     rows_of_k,
@@ -374,7 +378,7 @@ impl WarpTile {
         through: &mut [f32],
     ) -> (u32, u32) {
         let (_, fn_) = self.fragments;
-        let own = self.plane as usize * THROUGH_WORDS;
+        let own = (UNIT_POS / PLANE) as usize * THROUGH_WORDS;
         sync_plane();
         cmma::store(
             &mut through[own..own + THROUGH_WORDS],
@@ -405,7 +409,7 @@ impl WarpTile {
     ) {
         let (fm, fn_) = self.fragments;
         let lane = UNIT_POS % PLANE;
-        let own = self.plane as usize * THROUGH_WORDS;
+        let own = (UNIT_POS / PLANE) as usize * THROUGH_WORDS;
         #[unroll]
         for i in 0..fm {
             #[unroll]

@@ -148,24 +148,8 @@ pub fn store_tile_words_as(
     #[comptime] cols: usize,
     #[comptime] units: u32,
 ) {
-    let stride = comptime![staged_row_words(cols)];
-    store_tile_words_strided(unit, words, stage, rows, cols, stride, units);
-}
-
-/// As [`store_tile_words_as`], into a stage whose rows are `row_words` 16-byte words apart
-/// (`staged_row_words`, or `cols / 8` for rows without padding).
-#[cube]
-pub fn store_tile_words_strided(
-    unit: u32,
-    words: &Array<EightBf16>,
-    stage: &mut [EightBf16],
-    #[comptime] rows: usize,
-    #[comptime] cols: usize,
-    #[comptime] row_words: usize,
-    #[comptime] units: u32,
-) {
     let words_per_row = (cols / 8) as u32;
-    let stride = row_words as u32;
+    let stride = comptime![staged_row_words(cols)] as u32;
     #[unroll]
     for i in 0..rows * cols / 8 / units as usize {
         let v = unit + i as u32 * units;

@@ -118,23 +118,15 @@ fn parse_specialized(
     text: &str,
     counts: &str,
 ) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Scheme> {
-    match producers_and_stages(counts) {
-        Some((producers, stages)) => {
+    let parsed: Option<Vec<u32>> = counts.split('-').map(|c| c.parse().ok()).collect();
+    match parsed.as_deref() {
+        Some(&[producers, stages]) if producers > 0 && stages > 0 => {
             Ok(gpt_oss_kernels::coopmat_gemm::Scheme::Specialized { producers, stages })
         }
-        None => anyhow::bail!(
+        _ => anyhow::bail!(
             "tiling `{text}`: `specialized-{counts}`: expected specialized-PRODUCERS-STAGES, \
              both at least 1 (specialized-2-3)"
         ),
-    }
-}
-
-/// The two counts of `P-S` (producer subgroups, stages), both at least 1.
-pub(crate) fn producers_and_stages(counts: &str) -> Option<(u32, u32)> {
-    let parsed: Option<Vec<u32>> = counts.split('-').map(|c| c.parse().ok()).collect();
-    match parsed.as_deref() {
-        Some(&[producers, stages]) if producers > 0 && stages > 0 => Some((producers, stages)),
-        _ => None,
     }
 }
 

@@ -235,17 +235,11 @@ fn launch_grouped(
     assert!(
         k.is_multiple_of(8) && t.stages_split_into_words(),
         "grouped MXFP4 kernel: rows of {k} values, or the {} x {} and {} x {} stages, do not \
-         split into whole 16-byte words over the invocations that load them",
+         split into whole 16-byte words over {UNITS} invocations",
         t.m,
         t.k,
         t.n,
         t.k
-    );
-    let (ring, warps_units) = t.ring_and_units();
-    assert!(
-        t.producers.is_none() || from_fragments || epilogue.code == EPILOGUE_NONE,
-        "grouped MXFP4 kernel: tiling {t:?} feeds the fragments by producers, whose epilogues \
-         must come from the fragments"
     );
     let tiles = p.div_ceil(t.m) + experts;
     let cube_count = t.order.cube_count(tiles, n.div_ceil(t.n));
@@ -272,7 +266,7 @@ fn launch_grouped(
             grouped_mxfp4_warps_kernel::launch(
                 &client,
                 cube_count.clone(),
-                CubeDim::new_1d(warps_units),
+                CubeDim::new_1d(UNITS),
                 a.clone().into_buffer_arg(),
                 rows_of.clone().into_buffer_arg(),
                 decoded.into_buffer_arg(),
@@ -297,7 +291,6 @@ fn launch_grouped(
                 epilogue.code,
                 t.fragment_epilogues,
                 gathered,
-                ring,
             );
         } else {
             grouped_mxfp4_kernel::launch(

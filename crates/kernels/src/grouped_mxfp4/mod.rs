@@ -44,8 +44,6 @@ pub(crate) use kernel::expert_of_tile;
 
 use burn::tensor::{DType, Int, IntDType, Tensor};
 
-use crate::coopmat_specialized::Ring;
-use crate::coopmat_warps::PLANE;
 use crate::tile_order::TileOrder;
 
 /// Tile shape and decoding scheme of one launch.
@@ -82,42 +80,7 @@ pub struct Tiling {
     pub gathered: bool,
     /// Which tiles the workgroups take first (`tile_order`).
     pub order: TileOrder,
-    /// With `warps`: each K step loaded and stored by producer subgroups of their own into a
-    /// ring of shared stages, as the dense GEMM's `Scheme::Specialized` does, instead of by every
-    /// subgroup between two workgroup barriers. Needs the epilogues from the fragments (or none):
-    /// the producers take no part in the tile's epilogue.
-    pub producers: Option<Producers>,
 }
-
-/// Producer subgroups feeding the subgroup-scope fragments (`Tiling::producers`): how many,
-/// how many stages their ring holds, and whether the staged rows go without padding (`packed`:
-/// a stage a third smaller at K steps of 16, where a fragment is then 512 contiguous bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Producers {
-    pub subgroups: u32,
-    pub stages: u32,
-    pub packed: bool,
-}
-
-impl Producers {
-    /// The kernel's view of the ring, fed to [`UNITS`] consumer invocations.
-    pub(crate) fn ring(&self) -> Ring {
-        Ring {
-            producers: self.subgroups,
-            stages: self.stages,
-            consumers: UNITS / PLANE,
-            packed: self.packed,
-        }
-    }
-}
-
-/// The ring of a launch without producers (every subgroup loads each step itself).
-const NO_RING: Ring = Ring {
-    producers: 0,
-    stages: 0,
-    consumers: UNITS / PLANE,
-    packed: false,
-};
 
 impl Tiling {
     /// One number per tiling (how burn-fusion tells launches apart).
@@ -131,17 +94,6 @@ impl Tiling {
             | (self.warps as u64) << 51
             | (self.fragment_epilogues as u64) << 52
             | (self.gathered as u64) << 53
-            | self.producers.map_or(0, |p| {
-                (p.subgroups as u64) << 54 | (p.stages as u64) << 58 | (p.packed as u64) << 62
-            })
-    }
-
-    /// The ring the kernel is fed through, and its invocations per workgroup.
-    pub(crate) fn ring_and_units(&self) -> (Ring, u32) {
-        match self.producers {
-            Some(producers) => (producers.ring(), UNITS + producers.subgroups * PLANE),
-            None => (NO_RING, UNITS),
-        }
     }
 
     /// This tiling as a launch of a product with K columns takes it: a K step that divides K
@@ -154,16 +106,10 @@ impl Tiling {
     }
 
     /// Whether both stages, the `m x k` rows and the `n x k` weights, split into whole 16-byte
-    /// words over the invocations that load them: the kernel's [`UNITS`], or with producers one
-    /// producer subgroup.
+    /// words over the kernel's [`UNITS`] invocations, as the kernel loads them.
     pub fn stages_split_into_words(&self) -> bool {
         use crate::staged_tiles::whole_words_per_unit;
-        let loading = match self.producers {
-            Some(_) => PLANE,
-            None => UNITS,
-        };
-        whole_words_per_unit(self.m, self.k, loading)
-            && whole_words_per_unit(self.n, self.k, loading)
+        whole_words_per_unit(self.m, self.k, UNITS) && whole_words_per_unit(self.n, self.k, UNITS)
     }
 
     /// Whether a launch of an N-wide product with this tiling reads its rows through an index
@@ -196,7 +142,6 @@ pub const SMALL_TILES: Tiling = Tiling {
     fragment_epilogues: false,
     gathered: false,
     order: TileOrder::ColumnsFirst,
-    producers: None,
 };
 
 /// Tiles of 128 x 320 for scoring's thousands of rows per expert: the weights decoded to bf16
@@ -218,7 +163,6 @@ pub const LARGE_TILES: Tiling = Tiling {
     fragment_epilogues: true,
     gathered: true,
     order: TileOrder::ColumnsFirst,
-    producers: None,
 };
 
 static LARGE: std::sync::Mutex<Tiling> = std::sync::Mutex::new(LARGE_TILES);

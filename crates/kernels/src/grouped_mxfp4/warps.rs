@@ -14,9 +14,8 @@ use half::bf16;
 use super::UNITS;
 use super::kernel::{EPILOGUE_NONE, EPILOGUE_SWIGLU, TileEpilogue, expert_of_tile, fused_epilogue};
 use crate::bf16_rows::EightBf16;
-use crate::coopmat_specialized::{Ring, consume_steps, produce_steps, start_counters};
 use crate::coopmat_warps::{FRAGMENT, PLANE, THROUGH_WORDS, WarpTile};
-use crate::staged_tiles::{ConsecutiveRows, GatheredRows, StepPlaces};
+use crate::staged_tiles::{ConsecutiveRows, GatheredRows};
 use crate::tile_order::tile_position;
 
 /// The tiled kernel's arguments (`grouped_mxfp4_kernel`) without the MXFP4 words and scales:
@@ -52,7 +51,6 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     #[comptime] epilogue: u32,
     #[comptime] fragment_epilogues: bool,
     #[comptime] gathered: bool,
-    #[comptime] ring: Ring,
 ) {
     let (tm, tn, _) = tile;
     let (tile_id, column_tile) = tile_position(columns_first);
@@ -65,91 +63,39 @@ pub(super) fn grouped_mxfp4_warps_kernel(
     let col_begin = column_tile * tn as u32;
     let mut through =
         Shared::<[f32]>::new_slice(comptime![(UNITS / PLANE) as usize * THROUGH_WORDS]);
+    let mut warp_tile = WarpTile::new(warp, tn, true);
     // The expert's N rows of K are rows (expert - experts_from) * n.. of the decoded weights.
-    let places = StepPlaces {
-        row: row_begin,
-        row_end,
-        rhs_row: (expert - experts_from) * n,
-        col: col_begin,
-        n,
-        k,
-    };
+    let expert_rows = (expert - experts_from) * n;
     // Sorted row r is row r of `a`, or with `gathered` row rows_of[r] (`a` in token order).
-    let gathered_rows = GatheredRows::new(rows_of);
-    let consecutive_rows = ConsecutiveRows {};
-    // The consumer subgroups come after the producers (none without a ring).
-    let producers = comptime![ring.producers];
-    let mut warp_tile = WarpTile::for_plane(UNIT_POS / PLANE - producers, warp, tn, true);
-    if comptime![producers == 0] {
-        if comptime![gathered] {
-            warp_tile.accumulate_staged::<GatheredRows>(
-                a,
-                &gathered_rows,
-                bf16_weights,
-                &places,
-                tile,
-                UNITS,
-            );
-        } else {
-            warp_tile.accumulate_staged::<ConsecutiveRows>(
-                a,
-                &consecutive_rows,
-                bf16_weights,
-                &places,
-                tile,
-                UNITS,
-            );
-        }
-    } else {
-        let (_, a_words, _, b_words) = comptime![ring.layout(tile, true)];
-        let stages = comptime![ring.stages];
-        let mut stage_a = Shared::<[EightBf16]>::new_slice(stages as usize * a_words);
-        let mut stage_b = Shared::<[EightBf16]>::new_slice(stages as usize * b_words);
-        let filled = Shared::<[Atomic<u32>]>::new_slice(stages as usize);
-        let freed = Shared::<[Atomic<u32>]>::new_slice(stages as usize);
-        start_counters(&filled, &freed, stages);
-        if UNIT_POS < producers * PLANE {
-            if comptime![gathered] {
-                produce_steps::<GatheredRows>(
-                    a,
-                    &gathered_rows,
-                    bf16_weights,
-                    &places,
-                    &mut stage_a,
-                    &mut stage_b,
-                    &filled,
-                    &freed,
-                    tile,
-                    ring,
-                    true,
-                );
-            } else {
-                produce_steps::<ConsecutiveRows>(
-                    a,
-                    &consecutive_rows,
-                    bf16_weights,
-                    &places,
-                    &mut stage_a,
-                    &mut stage_b,
-                    &filled,
-                    &freed,
-                    tile,
-                    ring,
-                    true,
-                );
-            }
-            // The epilogues below are the consumers' (they wait on no workgroup barrier).
-            terminate!();
-        }
-        consume_steps(
-            &mut warp_tile,
-            &stage_a,
-            &stage_b,
-            &filled,
-            &freed,
+    if comptime![gathered] {
+        let lhs_rows = GatheredRows::new(rows_of);
+        warp_tile.accumulate_staged::<GatheredRows>(
+            a,
+            &lhs_rows,
+            bf16_weights,
+            row_begin,
+            row_end,
+            expert_rows,
+            col_begin,
+            n,
             k,
             tile,
-            ring,
+            UNITS,
+        );
+    } else {
+        let lhs_rows = ConsecutiveRows {};
+        warp_tile.accumulate_staged::<ConsecutiveRows>(
+            a,
+            &lhs_rows,
+            bf16_weights,
+            row_begin,
+            row_end,
+            expert_rows,
+            col_begin,
+            n,
+            k,
+            tile,
+            UNITS,
         );
     }
     let tile_epilogue = TileEpilogue::new(bias, row_weights, pair_of_row, expert, n, limit, alpha);
@@ -205,7 +151,7 @@ fn epilogues_from_fragments(
     let side = comptime![FRAGMENT as u32];
     let n = tile_epilogue.n;
     let lane = UNIT_POS % PLANE;
-    let own = warp_tile.plane * THROUGH_WORDS as u32;
+    let own = (UNIT_POS / PLANE) * THROUGH_WORDS as u32;
     #[unroll]
     for i in 0..fm {
         #[unroll]
@@ -249,7 +195,6 @@ mod tests {
     use super::*;
     use crate::coopmat_warps::warp_tile;
     use crate::grouped_mxfp4::kernel::EPILOGUE_SCALED;
-    use crate::grouped_mxfp4::{Producers, Tiling};
     use crate::kernel_expansion::compile_kernel;
 
     #[test]
@@ -259,7 +204,17 @@ mod tests {
             for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
                 for (fragment_epilogues, gathered) in [(false, false), (true, false), (true, true)]
                 {
-                    let compiled = compile(tile, epilogue, fragment_epilogues, gathered, None);
+                    let compiled = compile_kernel!(
+                        grouped_mxfp4_warps_kernel::GroupedMxfp4WarpsKernel,
+                        CubeDim::new_1d(UNITS),
+                        [b b b b b b b b b b b s s s s s s s],
+                        tile,
+                        warp_tile(tile.0, tile.1, UNITS).unwrap(),
+                        true,
+                        epilogue,
+                        fragment_epilogues,
+                        gathered,
+                    );
                     assert_eq!(
                         compiled,
                         Ok(()),
@@ -269,65 +224,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn producers_feed_the_fragments_of_rings_that_fit_the_drivers_workgroup_memory() {
-        let ring = |subgroups, stages, packed| Producers {
-            subgroups,
-            stages,
-            packed,
-        };
-        for (tile, producers) in [
-            ((128, 256, 16), ring(4, 2, false)),
-            ((128, 256, 16), ring(4, 3, true)),
-            ((128, 288, 16), ring(4, 2, false)),
-            ((128, 320, 16), ring(2, 2, true)),
-        ] {
-            for epilogue in [EPILOGUE_NONE, EPILOGUE_SWIGLU, EPILOGUE_SCALED] {
-                let compiled = compile(tile, epilogue, true, true, Some(producers));
-                assert_eq!(compiled, Ok(()), "tile {tile:?}, {producers:?}, {epilogue}");
-            }
-        }
-        // Three padded stages of 128 x 320 x 16 (21,504 bytes each) and the epilogues' 8 KB.
-        let error = compile(
-            (128, 320, 16),
-            EPILOGUE_SWIGLU,
-            true,
-            true,
-            Some(ring(4, 3, false)),
-        )
-        .unwrap_err();
-        assert!(error.contains("72728 bytes"), "{error}");
-    }
-
-    /// Compiles the kernel for a tiling's large tiles at gpt-oss's N.
-    fn compile(
-        tile: (usize, usize, usize),
-        epilogue: u32,
-        fragment_epilogues: bool,
-        gathered: bool,
-        producers: Option<Producers>,
-    ) -> Result<(), String> {
-        let tiling = Tiling {
-            m: tile.0,
-            n: tile.1,
-            k: tile.2,
-            producers,
-            ..crate::grouped_mxfp4::LARGE_TILES
-        };
-        let (ring, units) = tiling.ring_and_units();
-        compile_kernel!(
-            grouped_mxfp4_warps_kernel::GroupedMxfp4WarpsKernel,
-            CubeDim::new_1d(units),
-            [b b b b b b b b b b b s s s s s s s],
-            tile,
-            warp_tile(tile.0, tile.1, UNITS).unwrap(),
-            true,
-            epilogue,
-            fragment_epilogues,
-            gathered,
-            ring,
-        )
     }
 }

@@ -198,21 +198,9 @@ fn check_fused_epilogues(
 /// to bf16 before the product (`Tiling::decoded`), `w` with `d`: multiplied in subgroup-scope
 /// fragments (`Tiling::warps`), `e` with `w`: the epilogues from the fragments
 /// (`Tiling::fragment_epilogues`), `g` with `w`: gate_up's rows read through the sorting's
-/// index (`Tiling::gathered`); then optionally `/specialized-P-S` with `e`: the fragments fed
-/// by P producer subgroups through S stages (`Tiling::producers`), `-packed` after it for
-/// stages without padding.
+/// index (`Tiling::gathered`).
 pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
-    let mut parts = text.splitn(3, '/');
-    let shape = parts.next().unwrap_or(text);
-    let flags = parts.next().unwrap_or("");
-    let producers = parts
-        .next()
-        .map(|feed| parse_producers(text, feed))
-        .transpose()?;
-    anyhow::ensure!(
-        producers.is_none() || flags.contains('e'),
-        "grouped tiling `{text}`: producers feed the fragments and need `e` (their epilogues)"
-    );
+    let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
     let [m, n, k] = super::super::bench_matmul::parse_shape(shape)?;
     if let Some(bad) = flags.chars().find(|c| !"tcdweg".contains(*c)) {
         anyhow::bail!(
@@ -231,14 +219,9 @@ pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
         !flags.contains('w') || flags.contains('d'),
         "grouped tiling `{text}`: `w` (subgroup-scope fragments) needs `d` (weights decoded first)"
     );
-    // Steps decoded in the workgroup take whole MXFP4 blocks; decoded weights, whole fragments.
-    let k_multiple = match flags.contains('d') {
-        true => 16,
-        false => 32,
-    };
     anyhow::ensure!(
-        k % k_multiple == 0 && m % 16 == 0 && n % 16 == 0,
-        "grouped tiling `{text}`: K must be a multiple of {k_multiple}, M and N of 16"
+        k % 32 == 0 && m % 16 == 0 && n % 16 == 0,
+        "grouped tiling `{text}`: K must be a multiple of 32, M and N of 16"
     );
     let tiling = grouped_mxfp4::Tiling {
         m,
@@ -253,7 +236,6 @@ pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
             true => TileOrder::ColumnsFirst,
             false => TileOrder::RowsFirst,
         },
-        producers,
     };
     anyhow::ensure!(
         tiling.stages_split_into_words(),
@@ -262,26 +244,6 @@ pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::
         grouped_mxfp4::UNITS
     );
     Ok(tiling)
-}
-
-/// `Tiling::producers` from `specialized-P-S` or `specialized-P-S-packed`.
-fn parse_producers(text: &str, feed: &str) -> anyhow::Result<grouped_mxfp4::Producers> {
-    let counts = feed.strip_prefix("specialized-");
-    let (counts, packed) = match counts.and_then(|c| c.strip_suffix("-packed")) {
-        Some(counts) => (Some(counts), true),
-        None => (counts, false),
-    };
-    match counts.and_then(super::super::bench_matmul::producers_and_stages) {
-        Some((subgroups, stages)) => Ok(grouped_mxfp4::Producers {
-            subgroups,
-            stages,
-            packed,
-        }),
-        None => anyhow::bail!(
-            "grouped tiling `{text}`: `{feed}`: expected specialized-PRODUCERS-STAGES, both at \
-             least 1, optionally with -packed (specialized-4-2, specialized-4-3-packed)"
-        ),
-    }
 }
 
 /// Times the tensor-core grouped kernel with each tiling on scoring's experts (65,536 rows
@@ -376,35 +338,6 @@ mod tests {
         assert!(gathered.gathers_rows(5760));
         assert!(!gathered.gathers_rows(5768));
         assert!(parse_grouped_tiling("128x256x32/tcdg").is_err());
-        // K steps of 16 only where the weights come decoded.
-        assert!(parse_grouped_tiling("128x256x16/tc").is_err());
-        let fed = parse_grouped_tiling("128x256x16/tcdweg/specialized-4-2").unwrap();
-        assert_eq!(
-            fed.producers,
-            Some(grouped_mxfp4::Producers {
-                subgroups: 4,
-                stages: 2,
-                packed: false
-            })
-        );
-        let packed = parse_grouped_tiling("128x320x16/tcdweg/specialized-2-2-packed").unwrap();
-        assert!(packed.producers.unwrap().packed);
-        // 320 x 16 values are 640 words: whole words over a producer subgroup's 32 lanes.
-        assert!(packed.stages_split_into_words());
-        let unfed = grouped_mxfp4::Tiling {
-            producers: None,
-            ..packed
-        };
-        assert!(!unfed.stages_split_into_words());
-        for bad in [
-            "128x256x16/tcdwg/specialized-4-2",
-            "128x256x16/tcdweg/specialized-4",
-            "128x256x16/tcdweg/specialized-0-2",
-            "128x256x16/tcdweg/specialized-4-2-tight",
-            "128x256x16/tcdweg/warps",
-        ] {
-            assert!(parse_grouped_tiling(bad).is_err(), "{bad}");
-        }
         // A 160 x 32 stage is 640 words, not whole words for 256 invocations.
         let uneven = parse_grouped_tiling("128x160x32/tcdweg").unwrap_err();
         assert!(uneven.to_string().contains("160 x 32"), "{uneven}");
