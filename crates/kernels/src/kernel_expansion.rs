@@ -94,7 +94,10 @@ pub(crate) fn settings_of(dim: CubeDim) -> KernelSettings {
 pub(crate) const DRIVER_SHARED_MEMORY: usize = 49_152;
 
 /// Expands `kernel` and compiles it to SPIR-V as the wgpu runtime does on Vulkan, and checks
-/// its workgroup memory against the driver's; or says why it fails.
+/// its workgroup memory against the driver's; or says why it fails. With `SPIRV_DIS=DIR`, it
+/// also writes the SPIR-V as text into DIR (one file per kernel and module size in words):
+/// where `SPIRV_OPCODES` shows that a change moved instructions, a `diff` of two runs' files
+/// with the ids masked (`sed -E 's/%[0-9]+/%/g'`) shows which.
 pub(crate) fn compile(kernel: impl CubeKernel) -> Result<(), String> {
     use cubecl::Compiler;
     let name = std::any::type_name_of_val(&kernel).replace(|c: char| !c.is_alphanumeric(), "_");
@@ -110,6 +113,11 @@ pub(crate) fn compile(kernel: impl CubeKernel) -> Result<(), String> {
     let spirv = cubecl::wgpu::vulkan::VkSpirvCompiler::default()
         .compile(definition, &options)
         .map_err(|e| e.to_string())?;
+    if let (Ok(dir), Some(module)) = (std::env::var("SPIRV_DIS"), &spirv.module) {
+        use rspirv::binary::Disassemble;
+        let path = format!("{dir}/{name}-{}", spirv.assembled_module.len());
+        std::fs::write(&path, module.disassemble()).map_err(|e| format!("{path}: {e}"))?;
+    }
     if let Ok(dir) = std::env::var("SPIRV_OPCODES") {
         let opcodes = spirv_opcodes(&spirv.assembled_module);
         let path = format!("{dir}/{name}-{}", opcodes.len());
