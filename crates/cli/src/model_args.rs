@@ -72,12 +72,20 @@ impl ModelArgs {
         let selected = select_device(self.device)?;
         tracing::info!("device: {}", selected.description);
         let (device, on_gpu) = (selected.device, selected.on_gpu);
+        let bf16 = match (self.weights, on_gpu) {
+            (WeightsChoice::F32, _) | (WeightsChoice::Auto, false) => false,
+            (WeightsChoice::Bf16, true) | (WeightsChoice::Auto, true) => true,
+            (WeightsChoice::Bf16, false) => anyhow::bail!(
+                "--weights bf16 needs the GPU (wgpu/Vulkan); the CPU runs --weights f32"
+            ),
+        };
         let start = Instant::now();
         let mut model = load_model(
             &self.model,
             &device,
             LoadOptions {
                 experts: self.experts,
+                bf16_weights: bf16,
             },
         )
         .with_context(|| format!("loading {}", self.model.display()))?;
@@ -90,13 +98,6 @@ impl ModelArgs {
             ),
         };
         model.set_expert_path(path);
-        let bf16 = match (self.weights, on_gpu) {
-            (WeightsChoice::F32, _) | (WeightsChoice::Auto, false) => false,
-            (WeightsChoice::Bf16, true) | (WeightsChoice::Auto, true) => true,
-            (WeightsChoice::Bf16, false) => anyhow::bail!(
-                "--weights bf16 needs the GPU (wgpu/Vulkan); the CPU runs --weights f32"
-            ),
-        };
         if bf16 {
             model = model.store_weights_bf16();
         }

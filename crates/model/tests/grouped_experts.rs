@@ -118,6 +118,7 @@ fn packed_fixture() -> GptOss {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/reference/out/tiny-mxfp4");
     let options = LoadOptions {
         experts: ExpertResidency::Packed,
+        ..Default::default()
     };
     load_model(&dir, &Device::flex(), options).unwrap()
 }

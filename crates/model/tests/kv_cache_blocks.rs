@@ -14,6 +14,7 @@ fn fixture(name: &str) -> GptOss {
         .join(name);
     let options = LoadOptions {
         experts: ExpertResidency::Auto,
+        ..Default::default()
     };
     load_model(&dir, &Device::flex(), options).unwrap()
 }

@@ -71,7 +71,15 @@ fn expected(name: &str) -> Expected {
 }
 
 fn load(name: &str, experts: ExpertResidency) -> GptOss {
-    load_model(&fixture(name), &Device::flex(), LoadOptions { experts }).unwrap()
+    load_model(
+        &fixture(name),
+        &Device::flex(),
+        LoadOptions {
+            experts,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -373,6 +373,7 @@ mod tests {
             .join("../../tools/reference/out/tiny-dense");
         let options = LoadOptions {
             experts: ExpertResidency::Decoded,
+            ..Default::default()
         };
         load_model(&dir, device, options).unwrap()
     }

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::nn::Linear;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use safetensors::Dtype;
 
 use super::attention::Attention;
 use super::experts::{ExpertMatrix, Experts, PackedMxfp4};
@@ -41,6 +42,12 @@ pub const AUTO_DECODE_LIMIT: u64 = 4 << 30;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
     pub experts: ExpertResidency,
+    /// Upload the weights that [`GptOss::store_weights_bf16`] keeps in bf16 (the attention's
+    /// projections, the embedding and the lm_head) as bf16 where the checkpoint stores them in
+    /// bf16, so their values are the same, instead of in f32 to be cast on the device. The f32
+    /// copies and the casts took a random 20b's load to 25.9 GB on the GPU for 13.8 GB of
+    /// weights (docs/benchmarks.md, thirtieth round).
+    pub bf16_weights: bool,
 }
 
 /// Opens `dir` (config.json + safetensors) and loads the model onto `device`.
@@ -114,15 +121,19 @@ pub fn from_checkpoint(
             decoded_expert_bytes(&config) > AUTO_DECODE_LIMIT
         }
     };
-    let loader = Loader { ckpt, device };
+    let loader = Loader {
+        ckpt,
+        device,
+        bf16_weights: options.bf16_weights,
+    };
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for l in 0..config.num_hidden_layers {
         let p = layer_prefix(l);
         let attn = Attention {
-            q_proj: loader.linear(&format!("{p}self_attn.q_proj"), true)?,
-            k_proj: loader.linear(&format!("{p}self_attn.k_proj"), true)?,
-            v_proj: loader.linear(&format!("{p}self_attn.v_proj"), true)?,
-            o_proj: loader.linear(&format!("{p}self_attn.o_proj"), true)?,
+            q_proj: loader.projection(&format!("{p}self_attn.q_proj"))?,
+            k_proj: loader.projection(&format!("{p}self_attn.k_proj"))?,
+            v_proj: loader.projection(&format!("{p}self_attn.v_proj"))?,
+            o_proj: loader.projection(&format!("{p}self_attn.o_proj"))?,
             sinks: Param::from_tensor(loader.float::<1>(&format!("{p}self_attn.sinks"))?),
             num_heads: config.num_attention_heads,
             num_kv_heads: config.num_key_value_heads,
@@ -178,13 +189,11 @@ pub fn from_checkpoint(
     } else {
         "lm_head"
     };
-    let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-    let embed = ckpt.tensor("model.embed_tokens.weight")?.to_f32()?;
-    let embed_tokens = Embedding::from_rows(&embed, vocab, hidden, device);
-    drop(embed);
-    let head = ckpt.tensor(&format!("{lm_head_name}.weight"))?.to_f32()?;
-    let lm_head = LmHead::from_rows(&head, vocab, hidden, device);
-    drop(head);
+    let shape = [config.vocab_size, config.hidden_size];
+    let embed = ckpt.tensor("model.embed_tokens.weight")?;
+    let embed_tokens = Embedding::from_rows(&embed.to_f32()?, shape, device, loader.dtype(&embed));
+    let head = ckpt.tensor(&format!("{lm_head_name}.weight"))?;
+    let lm_head = LmHead::from_rows(&head.to_f32()?, shape, device, loader.dtype(&head));
     Ok(GptOss {
         embed_tokens,
         layers,
@@ -204,9 +213,19 @@ pub fn decoded_expert_bytes(config: &GptOssConfig) -> u64 {
 struct Loader<'a> {
     ckpt: &'a Checkpoint,
     device: &'a Device,
+    bf16_weights: bool,
 }
 
 impl Loader<'_> {
+    /// The dtype a weight that may be kept in bf16 is uploaded in ([`LoadOptions::bf16_weights`]):
+    /// bf16 only where the checkpoint's values are bf16 already, so no value changes.
+    fn dtype(&self, t: &TensorRef<'_>) -> DType {
+        match self.bf16_weights && t.dtype == Dtype::BF16 {
+            true => DType::BF16,
+            false => DType::F32,
+        }
+    }
+
     fn float<const D: usize>(&self, name: &str) -> Result<Tensor<D>> {
         let t = self.ckpt.tensor(name)?;
         Ok(Tensor::from_data(
@@ -221,10 +240,21 @@ impl Loader<'_> {
 
     /// `{prefix}.weight` [out, in] (+ `{prefix}.bias`) as a burn Linear with weight [in, out].
     fn linear(&self, prefix: &str, bias: bool) -> Result<Linear> {
+        self.linear_in(prefix, bias, DType::F32)
+    }
+
+    /// An attention projection (weight and bias), its weight in the dtype [`Loader::dtype`] picks.
+    fn projection(&self, prefix: &str) -> Result<Linear> {
+        let dtype = self.dtype(&self.ckpt.tensor(&format!("{prefix}.weight"))?);
+        self.linear_in(prefix, true, dtype)
+    }
+
+    /// [`Loader::linear`] with the weight uploaded in `dtype`.
+    fn linear_in(&self, prefix: &str, bias: bool, dtype: DType) -> Result<Linear> {
         let t = self.ckpt.tensor(&format!("{prefix}.weight"))?;
         let (rows, cols) = (t.shape[0], t.shape[1]);
         let weight = transpose(&t.to_f32()?, rows, cols);
-        let weight = Tensor::from_data(TensorData::new(weight, [cols, rows]), self.device);
+        let weight = Tensor::from_data(TensorData::new(weight, [cols, rows]), (self.device, dtype));
         let bias = if bias {
             Some(Param::from_tensor(
                 self.float::<1>(&format!("{prefix}.bias"))?,
@@ -301,4 +331,66 @@ pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn load(fixture: &str, bf16_weights: bool) -> GptOss {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tools/reference/out")
+            .join(fixture);
+        let options = LoadOptions {
+            bf16_weights,
+            ..Default::default()
+        };
+        load_model(&dir, &Device::flex(), options).unwrap()
+    }
+
+    /// The weights `store_weights_bf16` keeps in bf16, then the router's (kept in f32).
+    fn weights(model: &GptOss) -> Vec<Tensor<2>> {
+        let attention = &model.layers[0].self_attn;
+        let mut weights: Vec<Tensor<2>> = [
+            &attention.q_proj,
+            &attention.k_proj,
+            &attention.v_proj,
+            &attention.o_proj,
+        ]
+        .iter()
+        .map(|p| p.weight.val())
+        .collect();
+        weights.extend(model.embed_tokens.pieces.iter().map(|p| p.val()));
+        weights.extend(model.lm_head.pieces.iter().map(|p| p.val()));
+        weights.push(model.layers[0].mlp.router.weight.val());
+        weights
+    }
+
+    #[test]
+    fn bf16_weights_arrive_in_bf16_with_the_same_values_where_the_checkpoint_stores_bf16() {
+        let (f32_model, bf16_model) = (load("tiny-mxfp4", false), load("tiny-mxfp4", true));
+        let (f32_weights, bf16_weights) = (weights(&f32_model), weights(&bf16_model));
+        let router = bf16_weights.len() - 1;
+        for (i, (a, b)) in f32_weights.into_iter().zip(bf16_weights).enumerate() {
+            assert_eq!(a.dtype(), DType::F32, "weight {i} without bf16_weights");
+            let expected = if i == router { DType::F32 } else { DType::BF16 };
+            assert_eq!(b.dtype(), expected, "weight {i}");
+            // The checkpoint's values are bf16: uploading them in bf16 changes none.
+            assert_eq!(
+                a.into_data(),
+                b.cast(DType::F32).into_data(),
+                "weight {i}'s values"
+            );
+        }
+    }
+
+    #[test]
+    fn bf16_weights_stay_f32_where_the_checkpoint_stores_f32() {
+        let model = load("tiny-dense", true);
+        for (i, weight) in weights(&model).into_iter().enumerate() {
+            assert_eq!(weight.dtype(), DType::F32, "weight {i}");
+        }
+    }
 }

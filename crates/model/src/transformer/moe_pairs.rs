@@ -220,6 +220,7 @@ mod tests {
             .join("../../tools/reference/out/tiny-mxfp4");
         let options = LoadOptions {
             experts: ExpertResidency::Packed,
+            ..Default::default()
         };
         load_model(&dir, &Device::flex(), options).unwrap()
     }

@@ -38,17 +38,22 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    /// Splits `values` ([vocab, width], row-major) into pieces on `device`.
-    pub fn from_rows(values: &[f32], vocab: usize, width: usize, device: &Device) -> Self {
-        Self::split(values, vocab, width, rows_per_piece(width), device)
+    /// Splits `values` ([vocab, width], row-major) into pieces of `dtype` on `device`.
+    pub fn from_rows(
+        values: &[f32],
+        [vocab, width]: [usize; 2],
+        device: &Device,
+        dtype: DType,
+    ) -> Self {
+        Self::split(values, [vocab, width], rows_per_piece(width), device, dtype)
     }
 
     fn split(
         values: &[f32],
-        vocab: usize,
-        width: usize,
+        [vocab, width]: [usize; 2],
         rows_per_piece: usize,
         device: &Device,
+        dtype: DType,
     ) -> Self {
         let pieces = (0..vocab)
             .step_by(rows_per_piece)
@@ -57,7 +62,7 @@ impl Embedding {
                 let data = values[start * width..(start + rows) * width].to_vec();
                 Param::from_tensor(Tensor::from_data(
                     TensorData::new(data, [rows, width]),
-                    device,
+                    (device, dtype),
                 ))
             })
             .collect();
@@ -128,17 +133,22 @@ pub struct LmHead {
 }
 
 impl LmHead {
-    /// From the checkpoint's [vocab, width] rows.
-    pub fn from_rows(values: &[f32], vocab: usize, width: usize, device: &Device) -> Self {
-        Self::split(values, vocab, width, rows_per_piece(width), device)
+    /// From the checkpoint's [vocab, width] rows, in pieces of `dtype`.
+    pub fn from_rows(
+        values: &[f32],
+        [vocab, width]: [usize; 2],
+        device: &Device,
+        dtype: DType,
+    ) -> Self {
+        Self::split(values, [vocab, width], rows_per_piece(width), device, dtype)
     }
 
     fn split(
         values: &[f32],
-        vocab: usize,
-        width: usize,
+        [vocab, width]: [usize; 2],
         rows_per_piece: usize,
         device: &Device,
+        dtype: DType,
     ) -> Self {
         let pieces = (0..vocab)
             .step_by(rows_per_piece)
@@ -149,7 +159,10 @@ impl LmHead {
                     rows,
                     width,
                 );
-                Param::from_tensor(Tensor::from_data(TensorData::new(t, [width, rows]), device))
+                Param::from_tensor(Tensor::from_data(
+                    TensorData::new(t, [width, rows]),
+                    (device, dtype),
+                ))
             })
             .collect();
         Self { pieces }
@@ -219,7 +232,7 @@ mod tests {
         let device = Device::flex();
         let (vocab, width) = (10, 3);
         let values: Vec<f32> = (0..vocab * width).map(|v| v as f32).collect();
-        let e = Embedding::split(&values, vocab, width, 4, &device);
+        let e = Embedding::split(&values, [vocab, width], 4, &device, DType::F32);
         assert_eq!(e.pieces.len(), 3);
         let got = e
             .forward(&[9, 0, 5, 4, 9], &device)
@@ -262,8 +275,9 @@ mod tests {
             TensorData::new(vec![0.5f32, -1.0, 2.0, 1.0, 0.0, 3.0], [1, 2, 3]),
             &device,
         );
-        let whole = LmHead::split(&values, vocab, width, vocab, &device).forward(x.clone());
-        let split = LmHead::split(&values, vocab, width, 4, &device).forward(x);
+        let whole =
+            LmHead::split(&values, [vocab, width], vocab, &device, DType::F32).forward(x.clone());
+        let split = LmHead::split(&values, [vocab, width], 4, &device, DType::F32).forward(x);
         assert_eq!(
             whole.try_into_vec_as::<f32>().unwrap(),
             split.try_into_vec_as::<f32>().unwrap()
