@@ -45,8 +45,8 @@ pub struct LoadOptions {
     /// Upload the weights that [`GptOss::store_weights_bf16`] keeps in bf16 (the attention's
     /// projections, the embedding and the lm_head) as bf16 where the checkpoint stores them in
     /// bf16, so their values are the same, instead of in f32 to be cast on the device. The f32
-    /// copies and the casts took a random 20b's load to 25.9 GB on the GPU for 13.8 GB of
-    /// weights (docs/benchmarks.md, thirtieth round).
+    /// copies and the casts took a random 20b's load to 26,067 MiB on nvidia-smi for 13.8 GB of
+    /// weights; 16,810 without them (docs/benchmarks.md, thirtieth round).
     pub bf16_weights: bool,
 }
 
