@@ -77,9 +77,30 @@ pub fn load_tile_words(
     #[comptime] cols: usize,
     #[comptime] units: u32,
 ) {
+    load_tile_words_as(
+        UNIT_POS, src, words, row_begin, row_end, col_begin, col_end, row_len, rows, cols, units,
+    );
+}
+
+/// As [`load_tile_words`], the words of invocation `unit` of the `units` that share the tile.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn load_tile_words_as(
+    unit: u32,
+    src: &[EightBf16],
+    words: &mut Array<EightBf16>,
+    row_begin: u32,
+    row_end: u32,
+    col_begin: u32,
+    col_end: u32,
+    row_len: u32,
+    #[comptime] rows: usize,
+    #[comptime] cols: usize,
+    #[comptime] units: u32,
+) {
     let consecutive = ConsecutiveRows {};
     load_rows_words::<ConsecutiveRows>(
-        UNIT_POS,
+        unit,
         src,
         &consecutive,
         words,
@@ -215,39 +236,12 @@ fn load_rhs_words(
     #[comptime] rows_of_k: bool,
     #[comptime] units: u32,
 ) {
-    let rows = ConsecutiveRows {};
     if comptime![rows_of_k] {
-        let first = rhs_row + col;
-        load_rows_words::<ConsecutiveRows>(
-            unit,
-            rhs,
-            &rows,
-            words,
-            first,
-            rhs_row + n,
-            k_step,
-            k,
-            k,
-            tn,
-            tk,
-            units,
-        );
+        let (first, end) = (rhs_row + col, rhs_row + n);
+        load_tile_words_as(unit, rhs, words, first, end, k_step, k, k, tn, tk, units);
     } else {
-        let first = rhs_row + k_step;
-        load_rows_words::<ConsecutiveRows>(
-            unit,
-            rhs,
-            &rows,
-            words,
-            first,
-            rhs_row + k,
-            col,
-            n,
-            n,
-            tk,
-            tn,
-            units,
-        );
+        let (first, end) = (rhs_row + k_step, rhs_row + k);
+        load_tile_words_as(unit, rhs, words, first, end, col, n, n, tk, tn, units);
     }
 }
 
