@@ -11,7 +11,7 @@ use crate::coopmat_warps::{FRAGMENT, WarpTile};
 use crate::staged_tiles::{
     ConsecutiveRows, StepPlaces, load_step_words, staged_row_words, store_tile_words,
 };
-use crate::tile_order::tile_position;
+use crate::tile_order::tile_origin;
 
 /// Which of the product's work each K step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +64,7 @@ pub(crate) fn coopmat_ceiling_kernel(
     #[comptime] units: u32,
 ) {
     let (tm, tn, tk) = tile;
-    let (row_tile, column_tile) = tile_position(columns_first);
-    let row = row_tile * tm as u32;
-    let col = column_tile * tn as u32;
+    let (row, col) = tile_origin(tm, tn, columns_first);
     let a_stride = comptime![staged_row_words(tk)];
     let b_stride = comptime![staged_row_words(tn)];
     let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_stride);

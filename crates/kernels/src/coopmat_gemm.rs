@@ -30,7 +30,7 @@ use crate::launch::empty_f32;
 use crate::staged_tiles::{
     load_tile_words, staged_row_words, store_tile_words, whole_words_per_unit,
 };
-use crate::tile_order::{TileOrder, tile_position};
+use crate::tile_order::{TileOrder, tile_origin};
 
 /// Output tile of one workgroup (m, n), the K step, invocations per workgroup (one of the
 /// driver's `units_per_block` for bf16: 32, 64, 128, 256), how the tiles reach the matrices and
@@ -124,9 +124,7 @@ fn coopmat_gemm_kernel(
     let lhs = TensorView::new(lhs, seq![m, k]).finish();
     let rhs = TensorView::new(rhs, seq![k, n]).finish();
     let out = TensorView::new(&*out, seq![m, n]).finish();
-    let (row_tile, column_tile) = tile_position(columns_first);
-    let row = row_tile * tm as u32;
-    let col = column_tile * tn as u32;
+    let (row, col) = tile_origin(tm, tn, columns_first);
 
     let mut a = input_matrix(cmma::MatrixIdent::A, tile, cmma::MatrixLayout::Undefined);
     let mut b = input_matrix(cmma::MatrixIdent::B, tile, cmma::MatrixLayout::Undefined);
@@ -156,9 +154,7 @@ fn coopmat_gemm_staged_kernel(
 ) {
     let (tm, tn, tk) = tile;
     let out = TensorView::new(&*out, seq![m, n]).finish();
-    let (row_tile, column_tile) = tile_position(columns_first);
-    let row = row_tile * tm as u32;
-    let col = column_tile * tn as u32;
+    let (row, col) = tile_origin(tm, tn, columns_first);
     let a_stride = comptime![staged_row_words(tk)];
     let b_stride = comptime![staged_row_words(tn)];
     let mut stage_a = Shared::<[EightBf16]>::new_slice(tm * a_stride);

@@ -19,7 +19,7 @@ use crate::coopmat_warps::{FRAGMENT, PLANE, WarpTile};
 use crate::staged_tiles::{
     ConsecutiveRows, StepPlaces, load_step_words, staged_row_words, store_tile_words_as,
 };
-use crate::tile_order::tile_position;
+use crate::tile_order::tile_origin;
 
 /// The most times a subgroup reads a counter before it goes on without the stage: a bound on a
 /// wait that should end within a few K steps, so a wrong count shows as a wrong product rather
@@ -65,9 +65,7 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
     #[comptime] stages: u32,
 ) {
     let (tm, tn, tk) = tile;
-    let (row_tile, column_tile) = tile_position(columns_first);
-    let row = row_tile * tm as u32;
-    let col = column_tile * tn as u32;
+    let (row, col) = tile_origin(tm, tn, columns_first);
     let a_stride = comptime![staged_row_words(tk)];
     let b_stride = comptime![staged_row_words(tn)];
     let a_words = comptime![tm * a_stride];

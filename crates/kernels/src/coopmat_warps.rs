@@ -14,7 +14,7 @@ use crate::bf16_rows::EightBf16;
 use crate::staged_tiles::{
     ConsecutiveRows, StepPlaces, TileRows, load_step_words, staged_row_words, store_tile_words,
 };
-use crate::tile_order::tile_position;
+use crate::tile_order::tile_origin;
 
 /// Invocations per subgroup the kernel assumes (NVIDIA's warp).
 pub const PLANE: u32 = 32;
@@ -72,9 +72,7 @@ pub(crate) fn coopmat_gemm_warps_kernel(
     #[comptime] units: u32,
 ) {
     let (tm, tn, _) = tile;
-    let (row_tile, column_tile) = tile_position(columns_first);
-    let row = row_tile * tm as u32;
-    let col = column_tile * tn as u32;
+    let (row, col) = tile_origin(tm, tn, columns_first);
 
     let mut warp_tile = WarpTile::new(warp, tn, false);
     if comptime![with_bias] {

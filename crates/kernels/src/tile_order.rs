@@ -68,6 +68,18 @@ pub fn tile_position(#[comptime] columns_first: bool) -> (u32, u32) {
     (row_tile, column_tile)
 }
 
+/// The first row and column of this workgroup's `tm x tn` output tile ([`tile_position`]'s
+/// tile): the dense GEMM kernels' origin.
+#[cube]
+pub fn tile_origin(
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+    #[comptime] columns_first: bool,
+) -> (u32, u32) {
+    let (row_tile, column_tile) = tile_position(columns_first);
+    (row_tile * tm as u32, column_tile * tn as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
