@@ -240,18 +240,22 @@ impl Loader<'_> {
 
     /// `{prefix}.weight` [out, in] (+ `{prefix}.bias`) as a burn Linear with weight [in, out].
     fn linear(&self, prefix: &str, bias: bool) -> Result<Linear> {
-        self.linear_in(prefix, bias, DType::F32)
+        self.linear_kept(prefix, bias, false)
     }
 
     /// An attention projection (weight and bias), its weight in the dtype [`Loader::dtype`] picks.
     fn projection(&self, prefix: &str) -> Result<Linear> {
-        let dtype = self.dtype(&self.ckpt.tensor(&format!("{prefix}.weight"))?);
-        self.linear_in(prefix, true, dtype)
+        self.linear_kept(prefix, true, true)
     }
 
-    /// [`Loader::linear`] with the weight uploaded in `dtype`.
-    fn linear_in(&self, prefix: &str, bias: bool, dtype: DType) -> Result<Linear> {
+    /// [`Loader::linear`], its weight uploaded in the dtype [`Loader::dtype`] picks when
+    /// `kept_in_bf16` (a weight `GptOss::store_weights_bf16` keeps in bf16), else in f32.
+    fn linear_kept(&self, prefix: &str, bias: bool, kept_in_bf16: bool) -> Result<Linear> {
         let t = self.ckpt.tensor(&format!("{prefix}.weight"))?;
+        let dtype = match kept_in_bf16 {
+            true => self.dtype(&t),
+            false => DType::F32,
+        };
         let (rows, cols) = (t.shape[0], t.shape[1]);
         let weight = transpose(&t.to_f32()?, rows, cols);
         let weight = Tensor::from_data(TensorData::new(weight, [cols, rows]), (self.device, dtype));
