@@ -262,67 +262,59 @@ fn launch_grouped(
             false => (words.clone(), empty_of(&a, vec![1], DType::BF16)),
         };
         let (from, to) = (chunk.start as u32, chunk.end as u32);
-        if let Some(warp) = warp {
-            grouped_mxfp4_warps_kernel::launch(
-                &client,
-                cube_count.clone(),
-                CubeDim::new_1d(UNITS),
-                a.clone().into_buffer_arg(),
-                rows_of.clone().into_buffer_arg(),
-                decoded.into_buffer_arg(),
-                offsets.clone().into_buffer_arg(),
-                tile_starts.clone().into_buffer_arg(),
-                out.clone().into_buffer_arg(),
-                bias.clone().into_buffer_arg(),
-                row_weights.clone().into_buffer_arg(),
-                activation.clone().into_buffer_arg(),
-                pair_of_row.clone().into_buffer_arg(),
-                in_pair_order.clone().into_buffer_arg(),
-                n as u32,
-                k as u32,
-                experts as u32,
-                from,
-                to,
-                epilogue.limit,
-                epilogue.alpha,
-                (t.m, t.n, t.k),
-                warp,
-                t.order.columns_first(),
-                epilogue.code,
-                t.fragment_epilogues,
-                gathered,
-            );
-        } else {
-            grouped_mxfp4_kernel::launch(
-                &client,
-                cube_count.clone(),
-                CubeDim::new_1d(UNITS),
-                a.clone().into_buffer_arg(),
-                words.into_buffer_arg(),
-                scales.clone().into_buffer_arg(),
-                decoded.into_buffer_arg(),
-                offsets.clone().into_buffer_arg(),
-                tile_starts.clone().into_buffer_arg(),
-                out.clone().into_buffer_arg(),
-                bias.clone().into_buffer_arg(),
-                row_weights.clone().into_buffer_arg(),
-                activation.clone().into_buffer_arg(),
-                pair_of_row.clone().into_buffer_arg(),
-                in_pair_order.clone().into_buffer_arg(),
-                n as u32,
-                k as u32,
-                scale_words as u32,
-                experts as u32,
-                from,
-                to,
-                epilogue.limit,
-                epilogue.alpha,
-                (t.m, t.n, t.k),
-                t.table,
-                t.decoded,
-                t.order.columns_first(),
-                epilogue.code,
-            );
+        // Both kernels take these arguments, each its own among them (the generated launch
+        // functions take each argument separately): inputs after the rows, scalars after K,
+        // comptime values after the tile.
+        macro_rules! launch_kernel {
+            ($launch:path, [$($inputs:expr),*], [$($scalars:expr),*], [$($comptime:expr),*]) => {
+                $launch(
+                    &client,
+                    cube_count.clone(),
+                    CubeDim::new_1d(UNITS),
+                    a.clone().into_buffer_arg(),
+                    $($inputs,)*
+                    decoded.into_buffer_arg(),
+                    offsets.clone().into_buffer_arg(),
+                    tile_starts.clone().into_buffer_arg(),
+                    out.clone().into_buffer_arg(),
+                    bias.clone().into_buffer_arg(),
+                    row_weights.clone().into_buffer_arg(),
+                    activation.clone().into_buffer_arg(),
+                    pair_of_row.clone().into_buffer_arg(),
+                    in_pair_order.clone().into_buffer_arg(),
+                    n as u32,
+                    k as u32,
+                    $($scalars,)*
+                    experts as u32,
+                    from,
+                    to,
+                    epilogue.limit,
+                    epilogue.alpha,
+                    (t.m, t.n, t.k),
+                    $($comptime),*
+                )
+            };
+        }
+        let columns_first = t.order.columns_first();
+        match warp {
+            Some(warp) => launch_kernel!(
+                grouped_mxfp4_warps_kernel::launch,
+                [rows_of.clone().into_buffer_arg()],
+                [],
+                [
+                    warp,
+                    columns_first,
+                    epilogue.code,
+                    t.fragment_epilogues,
+                    gathered
+                ]
+            ),
+            None => launch_kernel!(
+                grouped_mxfp4_kernel::launch,
+                [words.into_buffer_arg(), scales.clone().into_buffer_arg()],
+                [scale_words as u32],
+                [t.table, t.decoded, columns_first, epilogue.code]
+            ),
         }
     }
     let epilogue = match epilogue.code {
