@@ -259,6 +259,18 @@ impl TensorRef<'_> {
         })
     }
 
+    /// The values of a BF16 tensor as they are stored (no conversion); an error for other dtypes.
+    pub fn to_bf16(&self) -> Result<Vec<half::bf16>> {
+        match self.dtype {
+            Dtype::BF16 => Ok(self
+                .bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
+                .collect()),
+            other => Err(self.error(format!("dtype {other:?}, expected BF16"))),
+        }
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

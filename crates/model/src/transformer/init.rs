@@ -3,7 +3,7 @@
 
 use burn::module::Param;
 use burn::nn::Linear;
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -121,10 +121,10 @@ impl GptOss {
         let embed = init.normal(v * h, 1.0);
         let head = init.normal(v * h, 1.0 / (h as f32).sqrt());
         GptOss {
-            embed_tokens: Embedding::from_rows(&embed, [v, h], device, DType::F32),
+            embed_tokens: Embedding::from_rows(&embed, [v, h], device),
             layers,
             norm: RmsNorm::new(init.tensor(vec![1.0; h], [h]), config.rms_norm_eps),
-            lm_head: LmHead::from_rows(&head, [v, h], device, DType::F32),
+            lm_head: LmHead::from_rows(&head, [v, h], device),
             config: config.clone(),
             rope: RotaryTable::new(config),
         }

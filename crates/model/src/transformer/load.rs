@@ -6,7 +6,7 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::nn::Linear;
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Element, Int, Tensor, TensorData};
 use safetensors::Dtype;
 
 use super::attention::Attention;
@@ -191,9 +191,15 @@ pub fn from_checkpoint(
     };
     let shape = [config.vocab_size, config.hidden_size];
     let embed = ckpt.tensor("model.embed_tokens.weight")?;
-    let embed_tokens = Embedding::from_rows(&embed.to_f32()?, shape, device, loader.dtype(&embed));
+    let embed_tokens = match loader.keeps_bf16(&embed) {
+        true => Embedding::from_rows(&embed.to_bf16()?, shape, device),
+        false => Embedding::from_rows(&embed.to_f32()?, shape, device),
+    };
     let head = ckpt.tensor(&format!("{lm_head_name}.weight"))?;
-    let lm_head = LmHead::from_rows(&head.to_f32()?, shape, device, loader.dtype(&head));
+    let lm_head = match loader.keeps_bf16(&head) {
+        true => LmHead::from_rows(&head.to_bf16()?, shape, device),
+        false => LmHead::from_rows(&head.to_f32()?, shape, device),
+    };
     Ok(GptOss {
         embed_tokens,
         layers,
@@ -217,13 +223,10 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    /// The dtype a weight that may be kept in bf16 is uploaded in ([`LoadOptions::bf16_weights`]):
-    /// bf16 only where the checkpoint's values are bf16 already, so no value changes.
-    fn dtype(&self, t: &TensorRef<'_>) -> DType {
-        match self.bf16_weights && t.dtype == Dtype::BF16 {
-            true => DType::BF16,
-            false => DType::F32,
-        }
+    /// Whether a weight that may be kept in bf16 goes up in bf16 ([`LoadOptions::bf16_weights`]):
+    /// only where the checkpoint's values are bf16 already, read as stored, so no value changes.
+    fn keeps_bf16(&self, t: &TensorRef<'_>) -> bool {
+        self.bf16_weights && t.dtype == Dtype::BF16
     }
 
     fn float<const D: usize>(&self, name: &str) -> Result<Tensor<D>> {
@@ -243,22 +246,29 @@ impl Loader<'_> {
         self.linear_kept(prefix, bias, false)
     }
 
-    /// An attention projection (weight and bias), its weight in the dtype [`Loader::dtype`] picks.
+    /// An attention projection (weight and bias), its weight in bf16 where
+    /// [`Loader::keeps_bf16`].
     fn projection(&self, prefix: &str) -> Result<Linear> {
         self.linear_kept(prefix, true, true)
     }
 
-    /// [`Loader::linear`], its weight uploaded in the dtype [`Loader::dtype`] picks when
-    /// `kept_in_bf16` (a weight `GptOss::store_weights_bf16` keeps in bf16), else in f32.
+    /// [`Loader::linear`], its weight uploaded in bf16 where `kept_in_bf16` (a weight
+    /// `GptOss::store_weights_bf16` keeps in bf16) and [`Loader::keeps_bf16`], else in f32.
     fn linear_kept(&self, prefix: &str, bias: bool, kept_in_bf16: bool) -> Result<Linear> {
         let t = self.ckpt.tensor(&format!("{prefix}.weight"))?;
-        let dtype = match kept_in_bf16 {
-            true => self.dtype(&t),
-            false => DType::F32,
-        };
         let (rows, cols) = (t.shape[0], t.shape[1]);
-        let weight = transpose(&t.to_f32()?, rows, cols);
-        let weight = Tensor::from_data(TensorData::new(weight, [cols, rows]), (self.device, dtype));
+        let weight = match kept_in_bf16 && self.keeps_bf16(&t) {
+            true => tensor_as_given(
+                transpose(&t.to_bf16()?, rows, cols),
+                [cols, rows],
+                self.device,
+            ),
+            false => tensor_as_given(
+                transpose(&t.to_f32()?, rows, cols),
+                [cols, rows],
+                self.device,
+            ),
+        };
         let bias = if bias {
             Some(Param::from_tensor(
                 self.float::<1>(&format!("{prefix}.bias"))?,
@@ -321,10 +331,22 @@ impl Loader<'_> {
     }
 }
 
+/// `values` of `shape` on `device` in their own dtype (f32 stays f32, bf16 stays bf16), where
+/// `Tensor::from_data` with a device alone would convert them to the device's default float.
+pub(crate) fn tensor_as_given<E: Element>(
+    values: Vec<E>,
+    shape: [usize; 2],
+    device: &Device,
+) -> Tensor<2> {
+    let data = TensorData::new(values, shape);
+    let dtype = data.dtype();
+    Tensor::from_data(data, (device, dtype))
+}
+
 /// Row-major [rows, cols] -> [cols, rows], blocked for cache locality.
-pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose<E: Copy + Default>(values: &[E], rows: usize, cols: usize) -> Vec<E> {
     const TILE: usize = 32;
-    let mut out = vec![0f32; values.len()];
+    let mut out = vec![E::default(); values.len()];
     for r0 in (0..rows).step_by(TILE) {
         for c0 in (0..cols).step_by(TILE) {
             for r in r0..(r0 + TILE).min(rows) {
@@ -340,6 +362,8 @@ pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    use burn::tensor::DType;
 
     use super::*;
 

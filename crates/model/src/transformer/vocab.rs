@@ -4,8 +4,10 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Element, Int, Tensor, TensorData};
 use gpt_oss_kernels::launch::MAX_BUFFER_BYTES;
+
+use super::load::tensor_as_given;
 use gpt_oss_kernels::{bf16_rows, embedding_rows};
 
 /// Piece lengths are multiples of this many rows (where a piece holds that many): the few-rows
@@ -38,32 +40,28 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    /// Splits `values` ([vocab, width], row-major) into pieces of `dtype` on `device`.
-    pub fn from_rows(
-        values: &[f32],
+    /// Splits `values` ([vocab, width], row-major, f32 or bf16) into pieces of their dtype on
+    /// `device`.
+    pub fn from_rows<E: Element>(
+        values: &[E],
         [vocab, width]: [usize; 2],
         device: &Device,
-        dtype: DType,
     ) -> Self {
-        Self::split(values, [vocab, width], rows_per_piece(width), device, dtype)
+        Self::split(values, [vocab, width], rows_per_piece(width), device)
     }
 
-    fn split(
-        values: &[f32],
+    fn split<E: Element>(
+        values: &[E],
         [vocab, width]: [usize; 2],
         rows_per_piece: usize,
         device: &Device,
-        dtype: DType,
     ) -> Self {
         let pieces = (0..vocab)
             .step_by(rows_per_piece)
             .map(|start| {
                 let rows = rows_per_piece.min(vocab - start);
                 let data = values[start * width..(start + rows) * width].to_vec();
-                Param::from_tensor(Tensor::from_data(
-                    TensorData::new(data, [rows, width]),
-                    (device, dtype),
-                ))
+                Param::from_tensor(tensor_as_given(data, [rows, width], device))
             })
             .collect();
         Self {
@@ -133,22 +131,20 @@ pub struct LmHead {
 }
 
 impl LmHead {
-    /// From the checkpoint's [vocab, width] rows, in pieces of `dtype`.
-    pub fn from_rows(
-        values: &[f32],
+    /// From the checkpoint's [vocab, width] rows (f32 or bf16), in pieces of their dtype.
+    pub fn from_rows<E: Element>(
+        values: &[E],
         [vocab, width]: [usize; 2],
         device: &Device,
-        dtype: DType,
     ) -> Self {
-        Self::split(values, [vocab, width], rows_per_piece(width), device, dtype)
+        Self::split(values, [vocab, width], rows_per_piece(width), device)
     }
 
-    fn split(
-        values: &[f32],
+    fn split<E: Element>(
+        values: &[E],
         [vocab, width]: [usize; 2],
         rows_per_piece: usize,
         device: &Device,
-        dtype: DType,
     ) -> Self {
         let pieces = (0..vocab)
             .step_by(rows_per_piece)
@@ -159,10 +155,7 @@ impl LmHead {
                     rows,
                     width,
                 );
-                Param::from_tensor(Tensor::from_data(
-                    TensorData::new(t, [width, rows]),
-                    (device, dtype),
-                ))
+                Param::from_tensor(tensor_as_given(t, [width, rows], device))
             })
             .collect();
         Self { pieces }
@@ -232,7 +225,7 @@ mod tests {
         let device = Device::flex();
         let (vocab, width) = (10, 3);
         let values: Vec<f32> = (0..vocab * width).map(|v| v as f32).collect();
-        let e = Embedding::split(&values, [vocab, width], 4, &device, DType::F32);
+        let e = Embedding::split(&values, [vocab, width], 4, &device);
         assert_eq!(e.pieces.len(), 3);
         let got = e
             .forward(&[9, 0, 5, 4, 9], &device)
@@ -275,9 +268,8 @@ mod tests {
             TensorData::new(vec![0.5f32, -1.0, 2.0, 1.0, 0.0, 3.0], [1, 2, 3]),
             &device,
         );
-        let whole =
-            LmHead::split(&values, [vocab, width], vocab, &device, DType::F32).forward(x.clone());
-        let split = LmHead::split(&values, [vocab, width], 4, &device, DType::F32).forward(x);
+        let whole = LmHead::split(&values, [vocab, width], vocab, &device).forward(x.clone());
+        let split = LmHead::split(&values, [vocab, width], 4, &device).forward(x);
         assert_eq!(
             whole.try_into_vec_as::<f32>().unwrap(),
             split.try_into_vec_as::<f32>().unwrap()
