@@ -71,14 +71,7 @@ pub(crate) fn coopmat_ceiling_kernel(
     let mut stage_b = Shared::<[EightBf16]>::new_slice(tk * b_stride);
     let mut words_a = Array::<EightBf16>::new(tm * tk / 8 / units as usize);
     let mut words_b = Array::<EightBf16>::new(tk * tn / 8 / units as usize);
-    let places = StepPlaces {
-        row,
-        row_end: m,
-        rhs_row: 0,
-        col,
-        n,
-        k,
-    };
+    let places = StepPlaces::dense(row, col, m, n, k);
     let lhs_rows = ConsecutiveRows {};
     load_step_words::<ConsecutiveRows>(
         UNIT_POS,

@@ -88,14 +88,7 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
     if UNIT_POS < producer_units {
         // Producer subgroup p fills the stages of steps p, p + producers, ..: each loads a whole
         // step, so the producers have as many steps' loads in flight as there are of them.
-        let places = StepPlaces {
-            row,
-            row_end: m,
-            rhs_row: 0,
-            col,
-            n,
-            k,
-        };
+        let places = StepPlaces::dense(row, col, m, n, k);
         let lhs_rows = ConsecutiveRows {};
         let mut next_a = Array::<EightBf16>::new(tm * tk / 8 / PLANE as usize);
         let mut next_b = Array::<EightBf16>::new(tk * tn / 8 / PLANE as usize);

@@ -190,6 +190,22 @@ pub(crate) struct StepPlaces {
     pub k: u32,
 }
 
+#[cube]
+impl StepPlaces {
+    /// A dense product's tile at (`row`, `col`) of an `m x k` by `k x n` product: the rhs from
+    /// its first row.
+    pub fn dense(row: u32, col: u32, m: u32, n: u32, k: u32) -> StepPlaces {
+        StepPlaces {
+            row,
+            row_end: m,
+            rhs_row: 0,
+            col,
+            n,
+            k,
+        }
+    }
+}
+
 /// The words of invocation `unit` (of `units`) of the K step from `k_step` of both input tiles.
 #[cube]
 #[allow(clippy::too_many_arguments)]
