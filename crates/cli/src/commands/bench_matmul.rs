@@ -37,8 +37,9 @@ pub struct MatmulArgs {
     /// `/ceiling-restaged` (with the stage's stores and barriers) or `/ceiling-cached` (with
     /// global loads the caches hold); and then an order of the tiles, `/rows` (row tiles first)
     /// or `/columns` (`128x256x32/256/staged/columns`); without one, column tiles first when
-    /// the weights fit in half the L2 cache.
-    #[arg(long, value_delimiter = ',', default_value = "128x128x32/256")]
+    /// the weights fit in half the L2 cache. Without this option, the tiling the model's
+    /// products use (`gpt_oss_kernels::coopmat_gemm::DEFAULT_TILING`).
+    #[arg(long, value_delimiter = ',')]
     pub tilings: Vec<String>,
     /// Our kernels add a random f32 bias of n values to every row of the product (as the
     /// attention projections do), checked against the reference plus the same bias.
@@ -179,7 +180,7 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
         selected.description
     );
     let device = selected.device;
-    let tilings: Vec<_> = if args.kernel == MatmulKernel::Coopmat {
+    let tilings: Vec<_> = if args.kernel == MatmulKernel::Coopmat && !args.tilings.is_empty() {
         args.tilings
             .iter()
             .map(|t| parse_tiling(t))
