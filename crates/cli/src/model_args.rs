@@ -89,6 +89,9 @@ impl ModelArgs {
             },
         )
         .with_context(|| format!("loading {}", self.model.display()))?;
+        // The host's part: reading, checking and converting the tensors, and handing their bytes
+        // to the device (whose copies may still be running; the sync below waits for them).
+        let read_seconds = start.elapsed().as_secs_f64();
         let path = match (self.moe, on_gpu) {
             (MoeChoice::PerExpert, _) | (MoeChoice::Auto, false) => ExpertPath::PerExpert,
             (MoeChoice::GroupedReferenceBf16, _) => ExpertPath::GroupedReferenceBf16,
@@ -106,7 +109,7 @@ impl ModelArgs {
             .sync()
             .map_err(|e| anyhow::anyhow!("device: {e:?}"))?;
         tracing::info!(
-            "loaded {} in {:.2}s",
+            "loaded {} in {:.2}s ({read_seconds:.2}s reading and handing over on the host)",
             self.model.display(),
             start.elapsed().as_secs_f64()
         );
