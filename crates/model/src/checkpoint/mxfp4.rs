@@ -107,7 +107,7 @@ fn encode_value(x: f32) -> u8 {
 
 /// Packs MXFP4 bytes little-endian into u32 words (4 bytes, 8 values each) for device storage:
 /// backends without u8 tensors (WGSL) still hold the checkpoint's bytes, unexpanded. One copy
-/// ([`stored_values`]); a byte-by-byte conversion took a 20b's load most of its 18 s.
+/// ([`stored_values`]); the loader shares aligned blocks with the checkpoint's map instead.
 pub fn pack_words(bytes: &[u8]) -> Vec<i32> {
     debug_assert_eq!(bytes.len() % 4, 0, "MXFP4 bytes come in whole words");
     stored_values(bytes)

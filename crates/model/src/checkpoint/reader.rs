@@ -4,7 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::tensor::{AllocationProperty, Bytes};
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -17,7 +21,8 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    /// Shared with the tensors made from [`TensorRef::shared_bytes`].
+    mmap: Arc<Mmap>,
     /// Offset of the first data byte (8 + header length).
     data_start: usize,
 }
@@ -45,6 +50,8 @@ pub struct TensorRef<'a> {
     pub dtype: Dtype,
     pub shape: &'a [usize],
     pub bytes: &'a [u8],
+    /// The map `bytes` lie in.
+    map: &'a Arc<Mmap>,
 }
 
 #[derive(Deserialize)]
@@ -147,7 +154,7 @@ impl Checkpoint {
         }
         self.shards.push(Shard {
             path: path.to_path_buf(),
-            mmap,
+            mmap: Arc::new(mmap),
             data_start: 8 + header_len,
         });
         Ok(())
@@ -193,6 +200,7 @@ impl Checkpoint {
             dtype: loc.dtype,
             shape: &loc.shape,
             bytes,
+            map: &shard.mmap,
         })
     }
 
@@ -263,8 +271,33 @@ impl TensorRef<'_> {
         }
     }
 
+    /// The stored bytes as burn [`Bytes`] that share the checkpoint's map instead of copying it:
+    /// a device upload then reads the file's pages once, and the map stays open while the
+    /// `Bytes` live. Copying 61 GB of a 120b's MXFP4 blocks into fresh memory first took 45 of
+    /// its 65 s load (docs/benchmarks.md, thirty-first round).
+    pub fn shared_bytes(&self) -> Bytes {
+        let start = self.bytes.as_ptr() as usize - self.map.as_ptr() as usize;
+        let mapped = MappedRange {
+            map: Arc::clone(self.map),
+            range: start..start + self.bytes.len(),
+        };
+        Bytes::from_shared(bytes::Bytes::from_owner(mapped), AllocationProperty::File)
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+}
+
+/// A range of a shard's map, owned by the [`Bytes`] made from it.
+struct MappedRange {
+    map: Arc<Mmap>,
+    range: Range<usize>,
+}
+
+impl AsRef<[u8]> for MappedRange {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.range.clone()]
     }
 }
 
@@ -275,7 +308,9 @@ compile_error!("checkpoint values are read in place, which needs a little-endian
 /// Stored little-endian values as `T`, in one copy of their bytes. A conversion value by value
 /// (`from_le_bytes` over `chunks_exact`) runs at a tenth of a copy's speed in our lightly
 /// optimised build (docs/benchmarks.md, thirty-first round).
-pub(crate) fn stored_values<T: bytemuck::NoUninit + bytemuck::AnyBitPattern>(bytes: &[u8]) -> Vec<T> {
+pub(crate) fn stored_values<T: bytemuck::NoUninit + bytemuck::AnyBitPattern>(
+    bytes: &[u8],
+) -> Vec<T> {
     debug_assert_eq!(bytes.len() % std::mem::size_of::<T>(), 0);
     bytemuck::pod_collect_to_vec(bytes)
 }

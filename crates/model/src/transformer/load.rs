@@ -6,7 +6,7 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::nn::Linear;
-use burn::tensor::{Device, Element, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Element, Int, Tensor, TensorData};
 use safetensors::Dtype;
 
 use super::attention::Attention;
@@ -312,22 +312,35 @@ impl Loader<'_> {
         let (blocks, scales) = self.mxfp4_pair(prefix)?;
         let (e, rows, groups) = (blocks.shape[0], blocks.shape[1], blocks.shape[2]);
         let words = Tensor::<3, Int>::from_data(
-            TensorData::new(mxfp4::pack_words(blocks.bytes), [e, rows, groups * 4]),
+            words_as_stored(&blocks, [e, rows, groups * 4]),
             self.device,
         );
         // Scale bytes four to a word, each expert padded to whole words.
         let per_expert = rows * groups;
         let words_per_expert = per_expert.div_ceil(4);
-        let mut padded = Vec::with_capacity(e * words_per_expert * 4);
-        for chunk in scales.bytes.chunks_exact(per_expert) {
-            padded.extend_from_slice(chunk);
-            padded.resize(padded.len() + words_per_expert * 4 - per_expert, 0);
-        }
-        let scale_words = Tensor::<2, Int>::from_data(
-            TensorData::new(mxfp4::pack_words(&padded), [e, words_per_expert]),
-            self.device,
-        );
+        let scale_words = match per_expert % 4 {
+            0 => words_as_stored(&scales, [e, words_per_expert]),
+            _ => {
+                let mut padded = Vec::with_capacity(e * words_per_expert * 4);
+                for chunk in scales.bytes.chunks_exact(per_expert) {
+                    padded.extend_from_slice(chunk);
+                    padded.resize(padded.len() + words_per_expert * 4 - per_expert, 0);
+                }
+                TensorData::new(mxfp4::pack_words(&padded), [e, words_per_expert])
+            }
+        };
+        let scale_words = Tensor::<2, Int>::from_data(scale_words, self.device);
         Ok(ExpertMatrix::Mxfp4(PackedMxfp4::new(words, scale_words)))
+    }
+}
+
+/// MXFP4 bytes as the 32-bit words the device holds (little-endian, four bytes each), shared
+/// with the checkpoint's map where they start on a word boundary (as the release checkpoints'
+/// do), else copied ([`mxfp4::pack_words`]).
+fn words_as_stored<const D: usize>(t: &TensorRef<'_>, shape: [usize; D]) -> TensorData {
+    match t.bytes.as_ptr().cast::<i32>().is_aligned() {
+        true => TensorData::from_bytes(t.shared_bytes(), shape, DType::I32),
+        false => TensorData::new(mxfp4::pack_words(t.bytes), shape),
     }
 }
 
@@ -400,7 +413,8 @@ fn transpose_columns<E: Copy>(
 mod tests {
     use std::path::PathBuf;
 
-    use burn::tensor::DType;
+    use burn::tensor::AllocationProperty;
+    use safetensors::tensor::TensorView;
 
     use super::*;
 
@@ -452,12 +466,61 @@ mod tests {
     }
 
     #[test]
+    fn mxfp4_words_are_shared_with_the_map_where_aligned_and_copied_where_not() {
+        // Tensors of one dtype lie in name order from the data's start, which safetensors aligns
+        // to 8 bytes: `a` at 0, `b` at 8, `c` at 11, off a word boundary.
+        let dir = tempfile::tempdir().unwrap();
+        let words: Vec<u8> = (10..18).collect();
+        let views = [
+            ("a", TensorView::new(Dtype::U8, vec![8], &words).unwrap()),
+            (
+                "b",
+                TensorView::new(Dtype::U8, vec![3], &words[..3]).unwrap(),
+            ),
+            ("c", TensorView::new(Dtype::U8, vec![8], &words).unwrap()),
+        ];
+        safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+        let ckpt = Checkpoint::open(dir.path()).unwrap();
+        let expected = vec![0x0d0c_0b0a_i32, 0x1110_0f0e];
+        let (aligned, unaligned) = (ckpt.tensor("a").unwrap(), ckpt.tensor("c").unwrap());
+        assert!(
+            !unaligned.bytes.as_ptr().cast::<i32>().is_aligned(),
+            "the test's premise"
+        );
+
+        let shared = words_as_stored(&aligned, [2]);
+        assert_eq!(shared.bytes().property(), AllocationProperty::File);
+        assert_eq!(shared.try_to_vec::<i32>().unwrap(), expected);
+        let copied = words_as_stored(&unaligned, [2]);
+        assert_eq!(copied.bytes().property(), AllocationProperty::Native);
+        assert_eq!(copied.try_to_vec::<i32>().unwrap(), expected);
+        // On the device either way.
+        for data in [shared, copied] {
+            let tensor = Tensor::<1, Int>::from_data(data, &Device::flex());
+            assert_eq!(
+                tensor
+                    .into_data()
+                    .convert::<i32>()
+                    .try_to_vec::<i32>()
+                    .unwrap(),
+                expected
+            );
+        }
+    }
+
+    #[test]
     fn transpose_gives_the_same_matrix_on_one_thread_and_on_several() {
         // Above PARALLEL_TRANSPOSE_VALUES, with columns that leave the last thread a part tile.
         let (rows, cols) = (1000, 1100);
         let values: Vec<u32> = (0..rows * cols).map(|i| i as u32).collect();
         let out = transpose(&values, rows, cols);
-        for (r, c) in [(0, 0), (0, cols - 1), (rows - 1, 0), (rows - 1, cols - 1), (517, 1031)] {
+        for (r, c) in [
+            (0, 0),
+            (0, cols - 1),
+            (rows - 1, 0),
+            (rows - 1, cols - 1),
+            (517, 1031),
+        ] {
             assert_eq!(out[c * rows + r], values[r * cols + c], "({r}, {c})");
         }
         assert_eq!(transpose(&out, cols, rows), values);
