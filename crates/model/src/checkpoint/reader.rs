@@ -273,8 +273,8 @@ impl TensorRef<'_> {
 
     /// The stored bytes as burn [`Bytes`] that share the checkpoint's map instead of copying it:
     /// a device upload then reads the file's pages once, and the map stays open while the
-    /// `Bytes` live. Copying 61 GB of a 120b's MXFP4 blocks into fresh memory first took 45 of
-    /// its 65 s load (docs/benchmarks.md, thirty-first round).
+    /// `Bytes` live. Copying a 120b's 57 GB of MXFP4 blocks into fresh memory first took 42-45 s
+    /// of its 64-67 s load, and 31 s remain without it (docs/benchmarks.md, thirty-first round).
     pub fn shared_bytes(&self) -> Bytes {
         let start = self.bytes.as_ptr() as usize - self.map.as_ptr() as usize;
         let mapped = MappedRange {
@@ -306,7 +306,7 @@ impl AsRef<[u8]> for MappedRange {
 compile_error!("checkpoint values are read in place, which needs a little-endian target");
 
 /// Stored little-endian values as `T`, in one copy of their bytes. A conversion value by value
-/// (`from_le_bytes` over `chunks_exact`) runs at a tenth of a copy's speed in our lightly
+/// (`from_le_bytes` over `chunks_exact`) runs at a sixth of a copy's speed in our lightly
 /// optimised build (docs/benchmarks.md, thirty-first round).
 pub(crate) fn stored_values<T: bytemuck::NoUninit + bytemuck::AnyBitPattern>(
     bytes: &[u8],

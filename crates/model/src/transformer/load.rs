@@ -358,7 +358,7 @@ pub(crate) fn tensor_as_given<E: Element>(
 
 /// Row-major [rows, cols] -> [cols, rows], in tiles for cache locality, with the output's rows
 /// shared among the machine's cores: a 20b's attention projections and lm_head are 1.2 billion
-/// values, 5 s on one core of our lightly optimised build.
+/// values, about 5 s on one core in our lightly optimised build.
 pub(crate) fn transpose<E: Copy + Default + Send + Sync>(
     values: &[E],
     rows: usize,
