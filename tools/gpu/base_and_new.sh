@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sourced by the base-against-new scripts (decode_base_vs_new.sh, score_base_vs_new.sh), after
+# Sourced by the base-against-new scripts (decode_, score_ and load_base_vs_new.sh), after
 # tools/gpu/setup.sh: sets `out` ($OUT or /tmp/out), writes the random 20b to `dir` unless it is
 # there (synth takes about 55 s), and sets `bins` to "name:path" entries: "new:$BIN", preceded by
 # "base:..." when .bench/base.xz is carried. `alternate_runs RUN` then calls `RUN NAME BINARY
