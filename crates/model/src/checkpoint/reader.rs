@@ -2,6 +2,7 @@
 //! `model.safetensors.index.json`. Files are memory-mapped, so a 13 GB checkpoint is never held
 //! in RAM twice; tensors are looked up by their Hugging Face name.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
@@ -213,7 +214,7 @@ impl Checkpoint {
     }
 }
 
-impl TensorRef<'_> {
+impl<'a> TensorRef<'a> {
     fn error(&self, message: impl Into<String>) -> ModelError {
         ModelError::tensor(self.path, self.name, message)
     }
@@ -263,10 +264,15 @@ impl TensorRef<'_> {
         })
     }
 
-    /// The values of a BF16 tensor as they are stored (no conversion); an error for other dtypes.
-    pub fn to_bf16(&self) -> Result<Vec<half::bf16>> {
+    /// The values of a BF16 tensor as they are stored (no conversion), read in place where they
+    /// lie on a 2-byte boundary (every caller copies them on, transposed or in pieces), else
+    /// copied; an error for other dtypes.
+    pub fn to_bf16(&self) -> Result<Cow<'a, [half::bf16]>> {
         match self.dtype {
-            Dtype::BF16 => Ok(stored_values(self.bytes)),
+            Dtype::BF16 => Ok(match bytemuck::try_cast_slice(self.bytes) {
+                Ok(values) => Cow::Borrowed(values),
+                Err(_) => Cow::Owned(stored_values(self.bytes)),
+            }),
             other => Err(self.error(format!("dtype {other:?}, expected BF16"))),
         }
     }
@@ -360,4 +366,39 @@ fn declared_data_bytes(bytes: &[u8]) -> Option<(usize, usize)> {
         .max()
         .unwrap_or(0);
     Some((n, end as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-shard checkpoint in `dir` whose data is `data`, with `header` (JSON) padded to 8.
+    fn write_shard(dir: &Path, header: &str, data: &[u8]) {
+        let mut header = header.as_bytes().to_vec();
+        header.resize(header.len().next_multiple_of(8), b' ');
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend(header);
+        file.extend(data);
+        std::fs::write(dir.join(SINGLE_FILE), file).unwrap();
+    }
+
+    #[test]
+    fn bf16_values_are_read_in_place_where_aligned_and_copied_where_not() {
+        // `odd` is one byte, so `late` starts off a 2-byte boundary; `early` starts the data.
+        let dir = tempfile::tempdir().unwrap();
+        let header = r#"{"early":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]},"odd":{"dtype":"U8","shape":[1],"data_offsets":[4,5]},"late":{"dtype":"BF16","shape":[2],"data_offsets":[5,9]}}"#;
+        let (one, minus_two) = (half::bf16::from_f32(1.0), half::bf16::from_f32(-2.0));
+        let values = [one.to_le_bytes(), minus_two.to_le_bytes()].concat();
+        let data = [&values[..], &[7], &values[..]].concat();
+        write_shard(dir.path(), header, &data);
+        let ckpt = Checkpoint::open(dir.path()).unwrap();
+
+        let early = ckpt.tensor("early").unwrap().to_bf16().unwrap();
+        assert!(matches!(early, Cow::Borrowed(_)));
+        assert_eq!(early[..], [one, minus_two]);
+        let late = ckpt.tensor("late").unwrap().to_bf16().unwrap();
+        assert!(matches!(late, Cow::Owned(_)));
+        assert_eq!(late[..], [one, minus_two]);
+        assert!(ckpt.tensor("odd").unwrap().to_bf16().is_err());
+    }
 }
