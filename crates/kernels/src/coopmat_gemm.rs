@@ -60,7 +60,11 @@ pub enum Scheme {
     /// `Warps`' fragments fed by `producers` subgroups of their own through a ring of `stages`
     /// shared stages, with counters instead of barriers (`crate::coopmat_specialized`);
     /// `units` counts the consumers only.
-    Specialized { producers: u32, stages: u32 },
+    Specialized {
+        producers: u32,
+        stages: u32,
+        variant: crate::coopmat_specialized::Variant,
+    },
     /// Not a product: `Warps`' K loop with its inputs staged once and its fragments fed as
     /// `crate::coopmat_ceiling` says (a benchmark of what bounds `Warps`).
     Ceiling(crate::coopmat_ceiling::Feed),
@@ -89,6 +93,7 @@ pub const DEFAULT_TILING: Tiling = Tiling {
     scheme: Scheme::Specialized {
         producers: 4,
         stages: 3,
+        variant: crate::coopmat_specialized::Variant::Product,
     },
     order: None,
 };
@@ -326,7 +331,12 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
             )
         },
         // Safety: as warps (`coopmat_specialized::takes`).
-        Scheme::Specialized { producers, stages } => unsafe {
+        Scheme::Specialized {
+            producers,
+            stages,
+            variant,
+        } => unsafe {
+            let feed_only = variant == crate::coopmat_specialized::Variant::FeedOnly;
             launch_gemm!(
                 coopmat_specialized::coopmat_gemm_specialized_kernel::launch_unchecked,
                 bias_arg().into_buffer_arg(),
@@ -334,7 +344,8 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
                 warp(),
                 t.units,
                 producers,
-                stages
+                stages,
+                feed_only
             )
         },
         // Safety: as warps.

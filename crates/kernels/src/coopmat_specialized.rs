@@ -41,6 +41,17 @@ pub fn takes(
     producers > 0 && crate::coopmat_warps::takes(m, n, k, tile, units)
 }
 
+/// What the kernel does besides the product (measurements of what feeds it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// The product.
+    Product,
+    /// Not a product: the consumers release each stage without loading or multiplying, so the
+    /// rate is what the producers can feed (`specialized-P-S-feed`; 406-415 TF/s at 8192^3 on
+    /// an H200 against the product's 307-311, docs/benchmarks.md, thirty-second round).
+    FeedOnly,
+}
+
 /// Invocations of one workgroup: the consumers' `units` and the producers' subgroups.
 pub fn workgroup_units(units: u32, producers: u32) -> u32 {
     units + producers * PLANE
@@ -63,6 +74,7 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
     #[comptime] units: u32,
     #[comptime] producers: u32,
     #[comptime] stages: u32,
+    #[comptime] feed_only: bool,
 ) {
     let (tm, tn, tk) = tile;
     let (row, col) = tile_origin(tm, tn, columns_first);
@@ -148,17 +160,24 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
             let b_first = s as usize * b_words;
             let a = &stage_a[a_first..a_first + a_words];
             let b = &stage_b[b_first..b_first + b_words];
-            #[unroll]
-            for kk in 0..tk / FRAGMENT {
-                warp_tile.load_fragments(a, a_stride, b, b_stride, kk);
-                if comptime![kk + 1 == tk / FRAGMENT] {
-                    // The last fragments are loaded: the stage is free for the producers.
-                    sync_plane();
-                    if lane == 0 {
-                        freed[s as usize].fetch_add(1u32);
-                    }
+            if comptime![feed_only] {
+                sync_plane();
+                if lane == 0 {
+                    freed[s as usize].fetch_add(1u32);
                 }
-                warp_tile.multiply_fragments();
+            } else {
+                #[unroll]
+                for kk in 0..tk / FRAGMENT {
+                    warp_tile.load_fragments(a, a_stride, b, b_stride, kk);
+                    if comptime![kk + 1 == tk / FRAGMENT] {
+                        // The last fragments are loaded: the stage is free for the producers.
+                        sync_plane();
+                        if lane == 0 {
+                            freed[s as usize].fetch_add(1u32);
+                        }
+                    }
+                    warp_tile.multiply_fragments();
+                }
             }
         }
         // Rows and columns are whole fragments (`takes`): a fragment is inside or outside.
@@ -197,12 +216,14 @@ mod tests {
     #[test]
     fn the_kernel_compiles_for_its_tilings() {
         use coopmat_gemm_specialized_kernel::CoopmatGemmSpecializedKernel;
-        for (tile, units, producers, stages) in [
-            ((128, 256, 16), 256, 2, 3),
-            ((128, 256, 16), 256, 4, 3),
-            ((128, 256, 32), 256, 2, 1),
-            ((128, 128, 32), 128, 2, 2),
+        for (tile, units, producers, stages, variant) in [
+            ((128, 256, 16), 256, 2, 3, Variant::Product),
+            ((128, 256, 16), 256, 4, 3, Variant::Product),
+            ((128, 256, 16), 256, 4, 3, Variant::FeedOnly),
+            ((128, 256, 32), 256, 2, 1, Variant::Product),
+            ((128, 128, 32), 128, 2, 2, Variant::Product),
         ] {
+            let feed_only = variant == Variant::FeedOnly;
             let warp = warp_tile(tile.0, tile.1, units).unwrap();
             let all = workgroup_units(units, producers);
             let compiled = compile_kernel!(
@@ -216,8 +237,13 @@ mod tests {
                 units,
                 producers,
                 stages,
+                feed_only,
             );
-            assert_eq!(compiled, Ok(()), "tile {tile:?}, {producers} x {stages}");
+            assert_eq!(
+                compiled,
+                Ok(()),
+                "tile {tile:?}, {producers} x {stages}, {variant:?}"
+            );
         }
     }
 
@@ -236,6 +262,7 @@ mod tests {
             units,
             2,
             2,
+            false,
         );
         let error = compiled.unwrap_err();
         assert!(error.contains("54288 bytes"), "{error}");

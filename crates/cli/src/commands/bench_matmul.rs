@@ -31,8 +31,9 @@ pub struct MatmulArgs {
     /// coopmat tilings to try, `MxNxK/units` (`128x128x32/256`), optionally with a scheme,
     /// `/direct` (the default), `/staged` or `/warps` (subgroup-scope fragments; the line's
     /// `launched` says which ran, and with which K step), `/specialized-P-S` (as warps, fed by
-    /// P producer subgroups besides the units through S stages), or a bound of `/warps` that is not a
-    /// product (its error is large; `gpt_oss_kernels::coopmat_ceiling::Feed`): `/ceiling-mma`
+    /// P producer subgroups besides the units through S stages; `/specialized-P-S-feed` is its
+    /// bound with no products, what the producers alone feed), or a bound of `/warps` that is
+    /// not a product (its error is large; `gpt_oss_kernels::coopmat_ceiling::Feed`): `/ceiling-mma`
     /// (the tensor cores alone), `/ceiling-shared` (with the fragments' loads),
     /// `/ceiling-restaged` (with the stage's stores and barriers) or `/ceiling-cached` (with
     /// global loads the caches hold); and then an order of the tiles, `/rows` (row tiles first)
@@ -114,19 +115,37 @@ pub(crate) fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopma
     })
 }
 
-/// `Scheme::Specialized` from the `P-S` of `specialized-P-S`: P producer subgroups, S stages.
+/// `Scheme::Specialized` from the `P-S[-V]` of `specialized-P-S[-V]`: P producer subgroups, S
+/// stages, and V `feed` (no products: a bound of what the producers feed).
 fn parse_specialized(
     text: &str,
     counts: &str,
 ) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Scheme> {
-    let parsed: Option<Vec<u32>> = counts.split('-').map(|c| c.parse().ok()).collect();
-    match parsed.as_deref() {
-        Some(&[producers, stages]) if producers > 0 && stages > 0 => {
-            Ok(gpt_oss_kernels::coopmat_gemm::Scheme::Specialized { producers, stages })
+    use gpt_oss_kernels::coopmat_specialized::Variant;
+    let mut parts = counts.split('-');
+    let mut count = || {
+        parts
+            .next()
+            .and_then(|c| c.parse::<u32>().ok())
+            .filter(|&c| c > 0)
+    };
+    let (producers, stages) = (count(), count());
+    let variant = match parts.next() {
+        None => Some(Variant::Product),
+        Some("feed") => Some(Variant::FeedOnly),
+        Some(_) => None,
+    };
+    match (producers, stages, variant, parts.next()) {
+        (Some(producers), Some(stages), Some(variant), None) => {
+            Ok(gpt_oss_kernels::coopmat_gemm::Scheme::Specialized {
+                producers,
+                stages,
+                variant,
+            })
         }
         _ => anyhow::bail!(
             "tiling `{text}`: `specialized-{counts}`: expected specialized-PRODUCERS-STAGES, \
-             both at least 1 (specialized-2-3)"
+             both at least 1, then optionally -feed (specialized-2-3)"
         ),
     }
 }
@@ -137,12 +156,17 @@ pub(crate) fn parse_product_tiling(
     text: &str,
 ) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Tiling> {
     let tiling = parse_tiling(text)?;
+    use gpt_oss_kernels::{coopmat_gemm::Scheme, coopmat_specialized::Variant};
     anyhow::ensure!(
         !matches!(
             tiling.scheme,
-            gpt_oss_kernels::coopmat_gemm::Scheme::Ceiling(_)
+            Scheme::Ceiling(_)
+                | Scheme::Specialized {
+                    variant: Variant::FeedOnly,
+                    ..
+                }
         ),
-        "tiling `{text}`: a ceiling scheme is a bound of the warps kernel, not a product"
+        "tiling `{text}`: a ceiling or feed scheme is a bound of a kernel, not a product"
     );
     Ok(tiling)
 }
@@ -278,7 +302,10 @@ mod tests {
 
     #[test]
     fn tilings_parse_with_and_without_a_scheme_and_an_order() {
-        use gpt_oss_kernels::{coopmat_ceiling::Feed, coopmat_gemm::Scheme, tile_order::TileOrder};
+        use gpt_oss_kernels::{
+            coopmat_ceiling::Feed, coopmat_gemm::Scheme, coopmat_specialized::Variant,
+            tile_order::TileOrder,
+        };
         let plain = parse_tiling("128x256x32/256").unwrap();
         assert_eq!(
             (plain.m, plain.n, plain.k, plain.units),
@@ -309,7 +336,18 @@ mod tests {
                 .scheme,
             Scheme::Specialized {
                 producers: 2,
-                stages: 3
+                stages: 3,
+                variant: Variant::Product
+            }
+        );
+        assert_eq!(
+            parse_tiling("128x256x16/256/specialized-4-3-feed")
+                .unwrap()
+                .scheme,
+            Scheme::Specialized {
+                producers: 4,
+                stages: 3,
+                variant: Variant::FeedOnly
             }
         );
         for bad in [
@@ -317,6 +355,8 @@ mod tests {
             "specialized-0-3",
             "specialized-2-x",
             "specialized-2-3-1",
+            "specialized-2-3-touch1",
+            "specialized-2-3-feed-1",
         ] {
             let error = parse_tiling(&format!("128x256x16/256/{bad}")).unwrap_err();
             assert!(
@@ -328,6 +368,8 @@ mod tests {
         assert!(parse_product_tiling("128x256x48/256/warps").is_ok());
         let bound = parse_product_tiling("128x256x32/256/ceiling-mma").unwrap_err();
         assert!(bound.to_string().contains("not a product"), "{bound}");
+        let feed = parse_product_tiling("128x256x16/256/specialized-4-3-feed").unwrap_err();
+        assert!(feed.to_string().contains("not a product"), "{feed}");
         assert!(parse_tiling("128x256x32").is_err());
         assert!(parse_tiling("128x256x32/256/fast").is_err());
         assert!(parse_tiling("128x256x32/256/staged/x").is_err());
