@@ -47,8 +47,8 @@ pub enum Variant {
     /// The product.
     Product,
     /// Not a product: the consumers release each stage without loading or multiplying, so the
-    /// rate is what the producers can feed (`specialized-P-S-feed`; 406-415 TF/s at 8192^3 on
-    /// an H200 against the product's 307-311, docs/benchmarks.md, thirty-second round).
+    /// rate is what the producers can feed (`specialized-P-S-feed`; about 405 TF/s at 8192^3 on
+    /// an H200 against the product's 307, docs/benchmarks.md, thirty-second round).
     FeedOnly,
 }
 

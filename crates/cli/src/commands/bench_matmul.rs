@@ -150,13 +150,13 @@ fn parse_specialized(
     }
 }
 
-/// As [`parse_tiling`], refusing the `ceiling-*` schemes: for launches whose products are used
+/// As [`parse_tiling`], refusing the bounds (`ceiling-*`, `specialized-P-S-feed`): for launches whose products are used
 /// (`bench model --dense-tiling`), where a bound would score garbage.
 pub(crate) fn parse_product_tiling(
     text: &str,
 ) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Tiling> {
-    let tiling = parse_tiling(text)?;
     use gpt_oss_kernels::{coopmat_gemm::Scheme, coopmat_specialized::Variant};
+    let tiling = parse_tiling(text)?;
     anyhow::ensure!(
         !matches!(
             tiling.scheme,
