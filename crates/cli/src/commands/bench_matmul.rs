@@ -150,8 +150,9 @@ fn parse_specialized(
     }
 }
 
-/// As [`parse_tiling`], refusing the bounds (`ceiling-*`, `specialized-P-S-feed`): for launches whose products are used
-/// (`bench model --dense-tiling`), where a bound would score garbage.
+/// As [`parse_tiling`], refusing the bounds (`ceiling-*`, `specialized-P-S-feed`): for
+/// launches whose products are used (`bench model --dense-tiling`), where a bound would score
+/// garbage.
 pub(crate) fn parse_product_tiling(
     text: &str,
 ) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Tiling> {
