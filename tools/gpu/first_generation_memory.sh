@@ -8,15 +8,6 @@
 # dynamic pools' outdated pages held (about the experts' bytes), then freed it.
 set -uo pipefail
 source "$(dirname "$0")/base_and_new.sh"
-generation_run() { # generation_run NAME BINARY ROUND
-  local file="$out/generation-$1-$3"
-  nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader,nounits -lms 50 \
-    > "$file.mem.csv" &
-  local smi=$!
-  timeout 200 "$2" bench model --model "$dir" --device wgpu --experts packed --batch 1 --seq 16 \
-    --iters 1 --decode-batches 1 --new-tokens 32 > "$file.jsonl" 2> "$file.log" \
-    || { echo "$1 failed:"; tail -3 "$file.log" | cut -c1-300; }
-  kill "$smi"
-  python3 "$(dirname "$0")/memory_phases.py" "$file.mem.csv" "$file.log" "$1 round $3"
-}
-ROUNDS=${ROUNDS:-1} alternate_runs generation_run
+run_name=generation
+run_args="--batch 1 --seq 16 --iters 1 --decode-batches 1 --new-tokens 32"
+ROUNDS=${ROUNDS:-1} alternate_runs memory_run
