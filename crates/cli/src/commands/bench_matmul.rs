@@ -115,28 +115,20 @@ pub(crate) fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopma
     })
 }
 
-/// `Scheme::Specialized` from the `P-S[-V]` of `specialized-P-S[-V]`: P producer subgroups, S
-/// stages, and V `feed` (no products: a bound of what the producers feed).
+/// `Scheme::Specialized` from the `P-S[-feed]` of `specialized-P-S[-feed]`: P producer subgroups,
+/// S stages, and with `-feed` the bound with no products (what the producers feed).
 fn parse_specialized(
     text: &str,
     counts: &str,
 ) -> anyhow::Result<gpt_oss_kernels::coopmat_gemm::Scheme> {
     use gpt_oss_kernels::coopmat_specialized::Variant;
-    let mut parts = counts.split('-');
-    let mut count = || {
-        parts
-            .next()
-            .and_then(|c| c.parse::<u32>().ok())
-            .filter(|&c| c > 0)
+    let (numbers, variant) = match counts.strip_suffix("-feed") {
+        Some(numbers) => (numbers, Variant::FeedOnly),
+        None => (counts, Variant::Product),
     };
-    let (producers, stages) = (count(), count());
-    let variant = match parts.next() {
-        None => Some(Variant::Product),
-        Some("feed") => Some(Variant::FeedOnly),
-        Some(_) => None,
-    };
-    match (producers, stages, variant, parts.next()) {
-        (Some(producers), Some(stages), Some(variant), None) => {
+    let parsed: Option<Vec<u32>> = numbers.split('-').map(|c| c.parse().ok()).collect();
+    match parsed.as_deref() {
+        Some(&[producers, stages]) if producers > 0 && stages > 0 => {
             Ok(gpt_oss_kernels::coopmat_gemm::Scheme::Specialized {
                 producers,
                 stages,
