@@ -141,11 +141,7 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
                 tn,
                 PLANE,
             );
-            // The subgroup's stores, then its count (the add releases them).
-            sync_plane();
-            if lane == 0 {
-                filled[s as usize].fetch_add(1u32);
-            }
+            count_subgroup(&filled, s, lane);
             step += producers;
         }
     } else {
@@ -161,20 +157,14 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
             let a = &stage_a[a_first..a_first + a_words];
             let b = &stage_b[b_first..b_first + b_words];
             if comptime![feed_only] {
-                sync_plane();
-                if lane == 0 {
-                    freed[s as usize].fetch_add(1u32);
-                }
+                count_subgroup(&freed, s, lane);
             } else {
                 #[unroll]
                 for kk in 0..tk / FRAGMENT {
                     warp_tile.load_fragments(a, a_stride, b, b_stride, kk);
                     if comptime![kk + 1 == tk / FRAGMENT] {
                         // The last fragments are loaded: the stage is free for the producers.
-                        sync_plane();
-                        if lane == 0 {
-                            freed[s as usize].fetch_add(1u32);
-                        }
+                        count_subgroup(&freed, s, lane);
                     }
                     warp_tile.multiply_fragments();
                 }
@@ -182,6 +172,18 @@ pub(crate) fn coopmat_gemm_specialized_kernel(
         }
         // Rows and columns are whole fragments (`takes`): a fragment is inside or outside.
         warp_tile.store_whole(out, row, col, m, n);
+    }
+}
+
+/// Adds the subgroup's one count to stage `s`'s counter in `counters` once all its lanes are
+/// done with what the count stands for (their stores into the stage, or their fragment loads
+/// from it); the add releases those accesses. `lane` is the invocation's lane, computed once by
+/// the caller.
+#[cube]
+fn count_subgroup(counters: &[Atomic<u32>], s: u32, lane: u32) {
+    sync_plane();
+    if lane == 0 {
+        counters[s as usize].fetch_add(1u32);
     }
 }
 
