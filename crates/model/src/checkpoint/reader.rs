@@ -317,7 +317,7 @@ compile_error!("checkpoint values are read in place, which needs a little-endian
 pub(crate) fn stored_values<T: bytemuck::NoUninit + bytemuck::AnyBitPattern>(
     bytes: &[u8],
 ) -> Vec<T> {
-    debug_assert_eq!(bytes.len() % std::mem::size_of::<T>(), 0);
+    debug_assert_eq!(bytes.len() % std::mem::size_of::<T>(), 0, "whole values");
     bytemuck::pod_collect_to_vec(bytes)
 }
 
