@@ -54,7 +54,14 @@ pub struct LoadOptions {
 pub fn load_model(dir: &Path, device: &Device, options: LoadOptions) -> Result<GptOss> {
     let config = GptOssConfig::from_file(&dir.join("config.json"))?;
     let checkpoint = Checkpoint::open(dir)?;
-    from_checkpoint(config, &checkpoint, device, options)
+    // The weights in cubecl's persistent pool, not in its dynamic pages: those follow the
+    // largest allocation so far, and the pages a later, larger allocation leaves behind are
+    // emptied by copying what they hold when a decode step's capture is prepared. That copied
+    // the experts once, briefly: 124 GB on nvidia-smi for a 120b of 65 GB (docs/benchmarks.md,
+    // thirty-second round). A no-op on flex.
+    device.memory_persistent_allocations((), |()| {
+        from_checkpoint(config.clone(), &checkpoint, device, options)
+    })
 }
 
 /// Checks the checkpoint's inventory against `config`: the expert format it uses.
