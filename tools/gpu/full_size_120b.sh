@@ -25,6 +25,16 @@ if [ ! -f "$DIR/config.json" ]; then
   grep -E "Elapsed|Maximum resident" "$out/synth-120b.log"
 fi
 du -sb "$DIR"
+if [ -n "${CARD_MIB:-}" ]; then
+  rm -f /tmp/held
+  python3 "$(dirname "$0")/hold_memory.py" "$CARD_MIB" /tmp/held & holder=$!
+  for _ in $(seq 120); do
+    [ -f /tmp/held ] || ! kill -0 "$holder" 2> /dev/null && break
+    sleep 0.5
+  done
+  [ -f /tmp/held ] || { echo "hold_memory.py did not get ready"; exit 1; }
+  cat /tmp/held
+fi
 nvidia-smi -i 0 --query-gpu=timestamp,memory.used --format=csv,noheader,nounits -lms 50 \
   > "$out/gpu-mem-120b.log" &
 smi=$!
@@ -33,6 +43,7 @@ timeout "${LIMIT:-400}" "$BIN" bench model --model "$DIR" --device wgpu --expert
   --new-tokens "${NEW_TOKENS:-32}" > "$out/model-120b.jsonl" 2> "$out/model-120b.log" \
   || { echo "bench failed:"; tail -5 "$out/model-120b.log" | cut -c1-300; }
 kill $smi
+[ -n "${holder:-}" ] && kill "$holder"
 grep -v '^\s*$' "$out/model-120b.jsonl" | cut -c1-400
 "$BIN" bench compare --ours "$out/model-120b.jsonl" --config crates/model/src/presets/gpt-oss-120b.json \
   $(tools/gpu/card_rates.sh)
