@@ -282,10 +282,20 @@ impl<'a> TensorRef<'a> {
     /// `Bytes` live. Copying a 120b's 57 GB of MXFP4 blocks into fresh memory first took 42-45 s
     /// of its 64-67 s load, and 31 s remain without it (docs/benchmarks.md, thirty-first round).
     pub fn shared_bytes(&self) -> Bytes {
+        self.shared_range(0..self.bytes.len())
+    }
+
+    /// Bytes `range` of the stored bytes, shared with the map as [`TensorRef::shared_bytes`].
+    pub fn shared_range(&self, range: Range<usize>) -> Bytes {
+        assert!(
+            range.end <= self.bytes.len(),
+            "{range:?} of {} bytes",
+            self.bytes.len()
+        );
         let start = self.bytes.as_ptr() as usize - self.map.as_ptr() as usize;
         let mapped = MappedRange {
             map: Arc::clone(self.map),
-            range: start..start + self.bytes.len(),
+            range: start + range.start..start + range.end,
         };
         Bytes::from_shared(bytes::Bytes::from_owner(mapped), AllocationProperty::File)
     }

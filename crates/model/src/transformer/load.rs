@@ -2,6 +2,7 @@
 //! with the implied shape, nothing else may be, and MXFP4 scales must be valid; each failure names
 //! the tensor and the file.
 
+use std::ops::Range;
 use std::path::Path;
 
 use burn::module::Param;
@@ -14,7 +15,7 @@ use super::experts::{ExpertMatrix, Experts, PackedMxfp4};
 use super::moe::Moe;
 use super::norm::RmsNorm;
 use super::rope::RotaryTable;
-use super::vocab::{Embedding, LmHead};
+use super::vocab::{Embedding, LmHead, rows_per_piece};
 use super::{DecoderLayer, GptOss};
 use crate::checkpoint::inventory::layer_prefix;
 use crate::checkpoint::mxfp4::{self, BLOCK};
@@ -197,11 +198,7 @@ pub fn from_checkpoint(
         "lm_head"
     };
     let shape = [config.vocab_size, config.hidden_size];
-    let embed = ckpt.tensor("model.embed_tokens.weight")?;
-    let embed_tokens = match loader.keeps_bf16(&embed) {
-        true => Embedding::from_rows(&embed.to_bf16()?, shape, device),
-        false => Embedding::from_rows(&embed.to_f32()?, shape, device),
-    };
+    let embed_tokens = loader.embedding(shape)?;
     let head = ckpt.tensor(&format!("{lm_head_name}.weight"))?;
     let lm_head = match loader.keeps_bf16(&head) {
         true => LmHead::from_rows(&head.to_bf16()?, shape, device),
@@ -242,6 +239,28 @@ impl Loader<'_> {
             TensorData::new(t.to_f32()?, t.shape.to_vec()),
             self.device,
         ))
+    }
+
+    /// The token embedding [vocab, width] in pieces ([`Embedding`]), each sharing its rows of
+    /// the checkpoint's map where [`stored_as`] the dtype they go up in (bf16 where kept, else
+    /// f32): a 20b's 1.16 GB table is then not copied on the host.
+    fn embedding(&self, [vocab, width]: [usize; 2]) -> Result<Embedding> {
+        let t = self.ckpt.tensor("model.embed_tokens.weight")?;
+        let keeps_bf16 = self.keeps_bf16(&t);
+        let dtype = if keeps_bf16 { DType::BF16 } else { DType::F32 };
+        if stored_as(&t, dtype) {
+            let pieces = rows_per_piece(width);
+            return Ok(Embedding::from_pieces(
+                [vocab, width],
+                pieces,
+                self.device,
+                |rows| rows_as_stored(&t, rows, width, dtype),
+            ));
+        }
+        Ok(match keeps_bf16 {
+            true => Embedding::from_rows(&t.to_bf16()?, [vocab, width], self.device),
+            false => Embedding::from_rows(&t.to_f32()?, [vocab, width], self.device),
+        })
     }
 
     fn norm(&self, name: &str, eps: f64) -> Result<RmsNorm> {
@@ -349,6 +368,22 @@ fn words_as_stored<const D: usize>(t: &TensorRef<'_>, shape: [usize; D]) -> Tens
         true => TensorData::from_bytes(t.shared_bytes(), shape, DType::I32),
         false => TensorData::new(mxfp4::pack_words(t.bytes), shape),
     }
+}
+
+/// Whether `t`'s bytes are values of `dtype` (bf16 or f32) as stored, on that dtype's boundary.
+fn stored_as(t: &TensorRef<'_>, dtype: DType) -> bool {
+    let same = matches!(
+        (t.dtype, dtype),
+        (Dtype::BF16, DType::BF16) | (Dtype::F32, DType::F32)
+    );
+    same && (t.bytes.as_ptr() as usize).is_multiple_of(dtype.size())
+}
+
+/// Rows `rows` of `t` ([_, width], [`stored_as`] `dtype`), sharing the checkpoint's map.
+fn rows_as_stored(t: &TensorRef<'_>, rows: Range<usize>, width: usize, dtype: DType) -> TensorData {
+    let size = width * dtype.size();
+    let bytes = t.shared_range(rows.start * size..rows.end * size);
+    TensorData::from_bytes(bytes, [rows.len(), width], dtype)
 }
 
 /// `values` of `shape` on `device` in their own dtype (f32 stays f32, bf16 stays bf16), where
@@ -513,6 +548,58 @@ mod tests {
                 expected
             );
         }
+    }
+
+    #[test]
+    fn embedding_rows_are_shared_with_the_map_where_stored_as_uploaded() {
+        // Written by hand, as safetensors' writer puts every bf16 tensor on an even offset:
+        // `a` (bf16) at 0, `b` (f32) at 8, `u` (one byte) at 16, `c` (bf16) at 17.
+        let bf16: Vec<u8> = [1.5f32, -2.0, 0.25, 3.0]
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
+        let f32_bytes = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes());
+        let header = concat!(
+            r#"{"a":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,8]},"#,
+            r#""b":{"dtype":"F32","shape":[1,2],"data_offsets":[8,16]},"#,
+            r#""u":{"dtype":"U8","shape":[1],"data_offsets":[16,17]},"#,
+            r#""c":{"dtype":"BF16","shape":[2,2],"data_offsets":[17,25]}}"#,
+        );
+        let header = format!("{header:<width$}", width = header.len().next_multiple_of(8));
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend(header.bytes());
+        file.extend(&bf16);
+        file.extend(f32_bytes);
+        file.push(7);
+        file.extend(&bf16);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), file).unwrap();
+        let ckpt = Checkpoint::open(dir.path()).unwrap();
+        let (a, b, c) = (
+            ckpt.tensor("a").unwrap(),
+            ckpt.tensor("b").unwrap(),
+            ckpt.tensor("c").unwrap(),
+        );
+        assert!(stored_as(&a, DType::BF16) && stored_as(&b, DType::F32));
+        assert!(
+            !stored_as(&a, DType::F32),
+            "bf16 values do not go up as f32 in place"
+        );
+        assert!(!stored_as(&b, DType::BF16));
+        assert!(!stored_as(&c, DType::BF16), "off a 2-byte boundary");
+
+        let second_row = rows_as_stored(&a, 1..2, 2, DType::BF16);
+        assert_eq!(second_row.bytes().property(), AllocationProperty::File);
+        let piece = Tensor::<2>::from_data(second_row, (&Device::flex(), DType::BF16));
+        assert_eq!(piece.dtype(), DType::BF16);
+        let values = piece
+            .cast(DType::F32)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(values, vec![0.25, 3.0]);
+        let row = rows_as_stored(&b, 0..1, 2, DType::F32);
+        assert_eq!(row.try_to_vec::<f32>().unwrap(), vec![1.5, -2.0]);
     }
 
     #[test]

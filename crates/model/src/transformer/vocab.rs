@@ -2,6 +2,8 @@
 //! pieces of at most [`MAX_BUFFER_BYTES`]: wgpu cannot allocate one buffer of gpt-oss's
 //! 201,088 x 2,880 f32 (2.3 GB; measured on an H100: "can't allocate buffer of size 2316533760").
 
+use std::ops::Range;
+
 use burn::module::{Module, Param};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, Element, Int, Tensor, TensorData};
@@ -56,12 +58,35 @@ impl Embedding {
         rows_per_piece: usize,
         device: &Device,
     ) -> Self {
+        Self::from_pieces([vocab, width], rows_per_piece, device, |rows| {
+            TensorData::new(
+                values[rows.start * width..rows.end * width].to_vec(),
+                [rows.len(), width],
+            )
+        })
+    }
+
+    /// A table of `[vocab, width]` in pieces of `rows_per_piece` rows, `piece(rows)` giving each
+    /// piece's values ([rows.len(), width]), uploaded in their dtype: the loader hands over
+    /// ranges of the checkpoint's map this way, without a copy on the host.
+    pub fn from_pieces(
+        [vocab, width]: [usize; 2],
+        rows_per_piece: usize,
+        device: &Device,
+        piece: impl Fn(Range<usize>) -> TensorData,
+    ) -> Self {
         let pieces = (0..vocab)
             .step_by(rows_per_piece)
             .map(|start| {
-                let rows = rows_per_piece.min(vocab - start);
-                let data = values[start * width..(start + rows) * width].to_vec();
-                Param::from_tensor(tensor_as_given(data, [rows, width], device))
+                let rows = start..(start + rows_per_piece).min(vocab);
+                let data = piece(rows.clone());
+                assert_eq!(
+                    data.shape().as_slice(),
+                    [rows.len(), width],
+                    "rows {rows:?}"
+                );
+                let dtype = data.dtype();
+                Param::from_tensor(Tensor::from_data(data, (device, dtype)))
             })
             .collect();
         Self {
