@@ -320,14 +320,14 @@ impl Loader<'_> {
         let (blocks, scales) = self.mxfp4_pair(prefix)?;
         let (e, rows, groups) = (blocks.shape[0], blocks.shape[1], blocks.shape[2]);
         let cols = groups * BLOCK;
-        let mut out = Vec::with_capacity(e * rows * cols);
+        let mut out = vec![0f32; e * rows * cols];
         let mut expert = vec![0f32; rows * cols];
         let per_expert_scales = rows * groups;
-        for x in 0..e {
+        for (x, transposed) in out.chunks_exact_mut(rows * cols).enumerate() {
             let s = &scales.bytes[x * per_expert_scales..(x + 1) * per_expert_scales];
             let b = &blocks.bytes[x * per_expert_scales * 16..(x + 1) * per_expert_scales * 16];
             mxfp4::decode_rows(b, s, &mut expert);
-            out.extend(transpose(&expert, rows, cols));
+            transpose_into(&expert, rows, cols, transposed);
         }
         let t = Tensor::from_data(TensorData::new(out, [e, cols, rows]), self.device);
         Ok(ExpertMatrix::Dense(Param::from_tensor(t)))
@@ -406,10 +406,22 @@ pub(crate) fn transpose<E: Copy + Default + Send + Sync>(
     rows: usize,
     cols: usize,
 ) -> Vec<E> {
-    assert_eq!(values.len(), rows * cols, "a [{rows}, {cols}] matrix");
     let mut out = vec![E::default(); values.len()];
+    transpose_into(values, rows, cols, &mut out);
+    out
+}
+
+/// [`transpose`] into `out` (rows * cols values).
+pub(crate) fn transpose_into<E: Copy + Send + Sync>(
+    values: &[E],
+    rows: usize,
+    cols: usize,
+    out: &mut [E],
+) {
+    assert_eq!(values.len(), rows * cols, "a [{rows}, {cols}] matrix");
+    assert_eq!(out.len(), values.len(), "the transposed matrix's room");
     if out.is_empty() {
-        return out;
+        return;
     }
     let threads = match values.len() {
         n if n < PARALLEL_TRANSPOSE_VALUES => 1,
@@ -422,7 +434,6 @@ pub(crate) fn transpose<E: Copy + Default + Send + Sync>(
             scope.spawn(move || transpose_columns(values, [rows, cols], first_col, out_rows));
         }
     });
-    out
 }
 
 const TRANSPOSE_TILE: usize = 32;
@@ -619,6 +630,10 @@ mod tests {
         }
         assert_eq!(transpose(&out, cols, rows), values);
         assert_eq!(transpose(&[1, 2, 3, 4, 5, 6], 2, 3), vec![1, 4, 2, 5, 3, 6]);
+        // Into one expert's part of a larger table, as `decoded_experts` does.
+        let mut table = [0; 8];
+        transpose_into(&[1, 2, 3, 4], 2, 2, &mut table[4..]);
+        assert_eq!(table, [0, 0, 0, 0, 1, 3, 2, 4]);
     }
 
     #[test]
