@@ -31,13 +31,16 @@ def main() -> None:
     held = []
     while True:
         free, total = torch.cuda.mem_get_info(0)
-        missing = free - target_free
-        if missing < MIB:
+        excess = free - target_free
+        if excess < MIB:
             break
-        held.append(torch.empty(missing, dtype=torch.uint8, device="cuda:0"))
+        held.append(torch.empty(excess, dtype=torch.uint8, device="cuda:0"))
     free, total = torch.cuda.mem_get_info(0)
     if free > target_free + 64 * MIB:
         sys.exit(f"hold_memory: {free // MIB} MiB still free, wanted {target_free // MIB}")
+    if free < target_free - 64 * MIB:
+        print(f"hold_memory: this card has {free // MIB} MiB free, less than a {card_mib} MiB "
+              "card would; nothing held", file=sys.stderr)
     with open(ready, "w") as f:
         f.write(f"card {total // MIB} MiB, held {sum(t.numel() for t in held) // MIB} MiB, "
                 f"free {free // MIB} MiB (an idle {card_mib} MiB card with {idle_used} MiB used)\n")
