@@ -12,3 +12,12 @@ compare
 compare --moe per-expert
 compare --weights f32
 compare --moe per-expert --weights f32
+# The dense GEMM at tiny-dense's shapes (65 tokens; hidden 48; q 64, k and v 32, vocab 320) and
+# tiny-mxfp4's (hidden 64; vocab 384): rows that are not whole fragments (65) and K steps that
+# are not whole steps of 32 (48) leave the model's products only the `Direct` kernel
+# (`coopmat_gemm::launched_tiling`), which no other fixture takes. Each line says which kernel
+# launched and its error against burn's f32 product of the same bf16 inputs.
+"$BIN" bench matmul --device wgpu --kernel coopmat --dtypes bf16 --bias --warmup 0 --iters 1 \
+  --shapes 65x48x64,65x48x32,65x64x48,65x48x320,65x64x64,65x64x384 2> /dev/null \
+  | grep -o '"k":[0-9]*\|"launched":"[^"]*scheme: [A-Za-z]*\|"m":[0-9]*\|"n":[0-9]*\|"relative_error_vs_burn_f32":[^,]*' \
+  | paste -sd' ' | sed 's/"k":/\nk=/g'
