@@ -378,19 +378,21 @@ fn declared_data_bytes(bytes: &[u8]) -> Option<(usize, usize)> {
     Some((n, end as usize))
 }
 
+/// Tests': a one-shard checkpoint in `dir` whose data is `data`, with `header` (JSON) padded to
+/// 8, written by hand (safetensors' writer puts every tensor on its dtype's boundary).
+#[cfg(test)]
+pub(crate) fn write_shard(dir: &Path, header: &str, data: &[u8]) {
+    let mut header = header.as_bytes().to_vec();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header);
+    file.extend(data);
+    std::fs::write(dir.join(SINGLE_FILE), file).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A one-shard checkpoint in `dir` whose data is `data`, with `header` (JSON) padded to 8.
-    fn write_shard(dir: &Path, header: &str, data: &[u8]) {
-        let mut header = header.as_bytes().to_vec();
-        header.resize(header.len().next_multiple_of(8), b' ');
-        let mut file = (header.len() as u64).to_le_bytes().to_vec();
-        file.extend(header);
-        file.extend(data);
-        std::fs::write(dir.join(SINGLE_FILE), file).unwrap();
-    }
 
     #[test]
     fn bf16_values_are_read_in_place_where_aligned_and_copied_where_not() {

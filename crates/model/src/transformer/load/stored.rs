@@ -59,6 +59,7 @@ mod tests {
 
     use super::*;
     use crate::checkpoint::Checkpoint;
+    use crate::checkpoint::reader::write_shard;
 
     #[test]
     fn mxfp4_words_are_shared_with_the_map_where_aligned_and_copied_where_not() {
@@ -105,28 +106,24 @@ mod tests {
 
     #[test]
     fn embedding_rows_are_shared_with_the_map_where_stored_as_uploaded() {
-        // Written by hand, as safetensors' writer puts every bf16 tensor on an even offset:
         // `a` (bf16) at 0, `b` (f32) at 8, `u` (one byte) at 16, `c` (bf16) at 17.
         let bf16: Vec<u8> = [1.5f32, -2.0, 0.25, 3.0]
             .iter()
             .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
             .collect();
-        let f32_bytes = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes());
+        let f32_bytes: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let header = concat!(
             r#"{"a":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,8]},"#,
             r#""b":{"dtype":"F32","shape":[1,2],"data_offsets":[8,16]},"#,
             r#""u":{"dtype":"U8","shape":[1],"data_offsets":[16,17]},"#,
             r#""c":{"dtype":"BF16","shape":[2,2],"data_offsets":[17,25]}}"#,
         );
-        let header = format!("{header:<width$}", width = header.len().next_multiple_of(8));
-        let mut file = (header.len() as u64).to_le_bytes().to_vec();
-        file.extend(header.bytes());
-        file.extend(&bf16);
-        file.extend(f32_bytes);
-        file.push(7);
-        file.extend(&bf16);
+        let data = [&bf16[..], &f32_bytes, &[7], &bf16].concat();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("model.safetensors"), file).unwrap();
+        write_shard(dir.path(), header, &data);
         let ckpt = Checkpoint::open(dir.path()).unwrap();
         let (a, b, c) = (
             ckpt.tensor("a").unwrap(),
