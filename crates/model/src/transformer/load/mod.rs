@@ -67,8 +67,8 @@ pub fn load_model(dir: &Path, device: &Device, options: LoadOptions) -> Result<G
     // emptied by copying what they hold when a decode step's capture is prepared. That copied
     // the experts once, briefly: 124 GB on nvidia-smi for a 120b of 65 GB (docs/benchmarks.md,
     // thirty-second round). A no-op on flex.
-    device.memory_persistent_allocations((), |()| {
-        from_checkpoint(config.clone(), &checkpoint, device, options)
+    device.memory_persistent_allocations(config, |config| {
+        from_checkpoint(config, &checkpoint, device, options)
     })
 }
 
