@@ -25,6 +25,7 @@
 //!
 //! Heads of 64 dimensions only ([`supports`]); everything else takes burn's ops.
 
+use crate::bf16_nearest::{nearest_bf16, to_nearest_bf16};
 use burn::backend::{
     backend_extension,
     tensor::{FloatTensor, IntTensor},
@@ -294,7 +295,7 @@ fn attention_tiles_kernel(
             for c in 0..COLUMNS {
                 let p = select(scores[c] > MASKED, (scores[c] - new_max).exp(), 0.0f32);
                 block_sum += p;
-                probs[my_probs + 2 * c] = bf16::cast_from(p);
+                probs[my_probs + 2 * c] = nearest_bf16(p);
                 output[c] *= rescale;
             }
             running_sum = running_sum * rescale + block_sum;
@@ -443,7 +444,7 @@ pub fn attention_tiles(
     ranges: Tensor<1, Int>,
     scale: f32,
 ) -> Tensor<4> {
-    let [q, k, v] = [q, k, v].map(|x| x.cast(DType::BF16));
+    let [q, k, v] = [q, k, v].map(to_nearest_bf16);
     Tensor::from_dispatch(
         <burn::backend::Dispatch as AttentionTilesBackend>::attention_tiles(
             q.into_dispatch(),

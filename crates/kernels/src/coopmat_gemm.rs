@@ -17,6 +17,7 @@
 //! kernels start their accumulators at it, so no launch of its own adds it (docs/benchmarks.md,
 //! twenty-seventh round).
 
+use crate::bf16_nearest::to_nearest_bf16;
 use burn::backend::{backend_extension, tensor::FloatTensor};
 use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
@@ -437,8 +438,8 @@ pub fn coopmat_gemm_plus_bias(
     rhs: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<2> {
-    let lhs = lhs.cast(DType::BF16).into_dispatch();
-    let rhs = rhs.cast(DType::BF16).into_dispatch();
+    let lhs = to_nearest_bf16(lhs).into_dispatch();
+    let rhs = to_nearest_bf16(rhs).into_dispatch();
     Tensor::from_dispatch(match bias {
         Some(bias) => <burn::backend::Dispatch as KernelBackend>::coopmat_gemm_plus_bias(
             lhs,
@@ -451,8 +452,8 @@ pub fn coopmat_gemm_plus_bias(
 
 /// What `coopmat_gemm` computes, with burn's own ops: bf16 inputs, f32 product.
 pub fn reference_gemm(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
-    let lhs = lhs.cast(DType::BF16).cast(DType::F32);
-    let rhs = rhs.cast(DType::BF16).cast(DType::F32);
+    let lhs = to_nearest_bf16(lhs).cast(DType::F32);
+    let rhs = to_nearest_bf16(rhs).cast(DType::F32);
     lhs.matmul(rhs)
 }
 

@@ -10,6 +10,7 @@
 //! rows per tile and waits on its own synchronisation; this one reads the weights at memory
 //! speed.
 
+use crate::bf16_nearest::to_nearest_bf16;
 use burn::backend::{
     backend_extension,
     tensor::{FloatTensor, IntTensor},
@@ -179,7 +180,7 @@ pub fn grouped_mxfp4_rows_matmul(
     offsets: Tensor<1, Int>,
     tile_starts: Tensor<1, Int>,
 ) -> Tensor<2> {
-    let a = a.cast(DType::BF16);
+    let a = to_nearest_bf16(a);
     Tensor::from_dispatch(
         <burn::backend::Dispatch as GroupedRowsBackend>::grouped_mxfp4_rows_matmul(
             a.into_dispatch(),

@@ -28,11 +28,15 @@
 //!   `write_in_place`: a host-offset write into a kept buffer (that state refilled for the next
 //!   generation, so the captured step is replayed again rather than captured anew).
 //!
+//! - `bf16_nearest`: f32 -> bf16 rounded to nearest even, in kernels and from burn tensors
+//!   (burn's cast truncates on NVIDIA's Vulkan driver); every bf16 input goes through it.
+//!
 //! Every op here has a plain burn reference it is checked against (`reference_*`), which is
 //! also what the CPU path runs.
 
 pub mod attention_rows;
 pub mod attention_tiles;
+pub mod bf16_nearest;
 pub mod bf16_rows;
 pub mod coopmat_ceiling;
 pub mod coopmat_gemm;

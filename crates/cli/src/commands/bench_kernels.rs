@@ -12,7 +12,8 @@
 //! - the router's logits for many tokens, against burn's f32 matmul (also timed against it);
 //! - the few-query attention (random key ranges, some empty, some over several chunks) and the
 //!   tensor-core attention for many queries (causal, sliding and random ranges);
-//! - the RoPE kernel.
+//! - the RoPE kernel;
+//! - the f32 -> bf16 rounding every bf16 input goes through, against the CPU's (bit for bit).
 
 mod attention;
 mod decode_timings;
@@ -20,6 +21,7 @@ mod decoding;
 mod expert_groups;
 mod few_rows;
 mod grouped;
+mod rounding;
 mod router_logits;
 
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
@@ -129,7 +131,8 @@ type Check = fn(&Device) -> anyhow::Result<()>;
 
 /// The checks of the kernels scoring and prefill run, by name (`--only`), in the order a
 /// full check runs them (before the decoding checks).
-const SCORING_CHECKS: [(&str, Check); 6] = [
+const SCORING_CHECKS: [(&str, Check); 7] = [
+    ("bf16_nearest", rounding::check_bf16_nearest),
     ("expert_groups", expert_groups::check_expert_groups),
     ("decoded_experts", check_decoded_experts),
     ("grouped", check_grouped_kernels),

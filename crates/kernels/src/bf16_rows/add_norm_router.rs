@@ -12,6 +12,7 @@
 //! rows and sets the count back to zero for the next launch. Nothing spins: the workgroups that
 //! are not last end.
 
+use crate::bf16_nearest::to_nearest_bf16;
 use burn::backend::{
     backend_extension,
     tensor::{FloatTensor, IntTensor},
@@ -445,7 +446,7 @@ pub fn bf16_rows_add_norm_router(
     let flat: Tensor<1> = Tensor::from_dispatch(
         <burn::backend::Dispatch as AddNormRouterBackend>::bf16_rows_add_norm_router(
             attended.cast(DType::F32).into_dispatch(),
-            o.cast(DType::BF16).into_dispatch(),
+            to_nearest_bf16(o).into_dispatch(),
             o_bias.into_dispatch(),
             x.cast(DType::F32).into_dispatch(),
             norm_weight.into_dispatch(),

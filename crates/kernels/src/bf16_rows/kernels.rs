@@ -2,8 +2,8 @@
 //! what one workgroup does (its workspace, the norm's 1 / rms, the products, the sums over K
 //! slices).
 
+use crate::bf16_nearest::nearest_bf16_value;
 use cubecl::prelude::*;
-use half::bf16;
 
 use super::{LANE_COLUMNS, UNITS};
 use crate::rms_norm_rows::row_inverse_rms;
@@ -270,7 +270,7 @@ pub(super) fn rows_times_weight(
                 #[unroll]
                 for r in 0..rows {
                     // Rounded to bf16 as the tensor-core GEMM rounds its inputs.
-                    let xv = f32::cast_from(bf16::cast_from(inputs[u * rows + r]));
+                    let xv = nearest_bf16_value(inputs[u * rows + r]);
                     #[unroll]
                     for c in 0..LANE_COLUMNS as usize {
                         acc[r * LANE_COLUMNS as usize + c] += xv * weights[c];

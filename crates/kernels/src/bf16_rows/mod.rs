@@ -13,6 +13,7 @@
 //! layer's residual add, post-attention norm and MoE router in the same launch. The tensor-core GEMM computes 128-row tiles: at one row it
 //! leaves most of the GPU idle.
 
+use crate::bf16_nearest::to_nearest_bf16;
 use burn::backend::{backend_extension, tensor::FloatTensor};
 use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
@@ -233,7 +234,7 @@ pub fn bf16_rows_matmul_tiled(
 ) -> Tensor<2> {
     let [m, _] = x.dims();
     let x = x.cast(DType::F32);
-    let w = w.cast(DType::BF16);
+    let w = to_nearest_bf16(w);
     let has_bias = bias.is_some();
     // Without a bias the kernel reads none: pass x as the unread buffer.
     let bias = bias.unwrap_or_else(|| x.clone().reshape([m * x.dims()[1]]));
@@ -294,7 +295,7 @@ fn launch_three(
     let has_norm = norm.is_some();
     // Without a norm the kernel reads no norm weight: pass x as the unread buffer.
     let (norm_weight, eps) = norm.unwrap_or_else(|| (x.clone().reshape([m * k]), 0.0));
-    let [w0, w1, w2] = weights.map(|w| w.cast(DType::BF16).into_dispatch());
+    let [w0, w1, w2] = weights.map(|w| to_nearest_bf16(w).into_dispatch());
     let has_bias = biases.is_some();
     // Without biases the kernel reads none: pass x as the unread buffers.
     let [b0, b1, b2] = biases

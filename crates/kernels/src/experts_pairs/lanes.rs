@@ -2,8 +2,8 @@
 //! shared memory as bf16 pairs, issue its weight blocks' loads, and add its share of the dot
 //! products.
 
+use crate::bf16_nearest::nearest_bf16_value;
 use cubecl::prelude::*;
-use half::bf16;
 
 use super::{BLOCK, BLOCK_VECTORS, Four, LANES, Words};
 use crate::grouped_mxfp4::{fp4_value, scale_value};
@@ -19,7 +19,7 @@ pub(super) fn fill_fp4_table(table: &mut [f32]) {
 /// The bf16 bits of `value` (rounded to nearest even) in the high half of a u32.
 #[cube]
 fn bf16_high_bits(value: f32) -> u32 {
-    u32::reinterpret(f32::cast_from(bf16::cast_from(value))) & 0xFFFF_0000
+    u32::reinterpret(nearest_bf16_value(value)) & 0xFFFF_0000
 }
 
 /// Copies `count` consecutive rows of `x` from row `first_row` (`blocks_per_row` blocks of 32

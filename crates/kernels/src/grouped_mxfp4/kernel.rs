@@ -1,5 +1,6 @@
 //! The tiled grouped product on the tensor cores and its epilogues (see the module docs).
 
+use crate::bf16_nearest::nearest_bf16;
 use cubecl::prelude::*;
 use half::bf16;
 
@@ -199,7 +200,7 @@ impl<'a> TileEpilogue<'a> {
         let gate = products[at] + self.bias[(self.expert * n + col) as usize];
         let up = products[at + 1] + self.bias[(self.expert * n + col + 1) as usize];
         activation[(row * (n / 2) + col / 2) as usize] =
-            bf16::cast_from(clamped_swiglu(gate, up, self.limit, self.alpha));
+            nearest_bf16(clamped_swiglu(gate, up, self.limit, self.alpha));
     }
 
     /// Writes the product `products[at]` of (`row`, `col`) plus its bias, times the row's

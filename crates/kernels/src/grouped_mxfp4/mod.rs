@@ -42,7 +42,8 @@ pub(crate) use decode::{fp4_value, scale_value};
 pub use extension::GroupedBackend;
 pub(crate) use kernel::expert_of_tile;
 
-use burn::tensor::{DType, Int, IntDType, Tensor};
+use crate::bf16_nearest::to_nearest_bf16;
+use burn::tensor::{Int, IntDType, Tensor};
 
 use crate::tile_order::TileOrder;
 
@@ -205,7 +206,7 @@ pub struct ExpertTiles {
 
 /// The kernel through burn tensors: `a` [P, K] is cast to bf16 -> [P, N].
 pub fn grouped_mxfp4_matmul(a: Tensor<2>, weights: PackedWeights, tiles: ExpertTiles) -> Tensor<2> {
-    let a = a.cast(DType::BF16);
+    let a = to_nearest_bf16(a);
     Tensor::from_dispatch(
         <burn::backend::Dispatch as GroupedBackend>::grouped_mxfp4_matmul(
             a.into_dispatch(),
@@ -239,7 +240,7 @@ pub fn grouped_mxfp4_swiglu(
     limit: f32,
     alpha: f32,
 ) -> Tensor<2> {
-    let a = a.cast(DType::BF16);
+    let a = to_nearest_bf16(a);
     Tensor::from_dispatch(
         <burn::backend::Dispatch as GroupedBackend>::grouped_mxfp4_swiglu(
             a.into_dispatch(),
@@ -268,7 +269,7 @@ pub fn grouped_mxfp4_swiglu_gathered(
     limit: f32,
     alpha: f32,
 ) -> Tensor<2> {
-    let tokens = tokens.cast(DType::BF16);
+    let tokens = to_nearest_bf16(tokens);
     let n = weights.words.dims()[1];
     if !tiles.tiling.gathers_rows(n) {
         let rows = tokens.select(0, rows_of);
@@ -300,7 +301,7 @@ pub fn grouped_mxfp4_scaled(
     row_weights: Tensor<1>,
     pair_of_row: Tensor<1, Int>,
 ) -> Tensor<2> {
-    let a = a.cast(DType::BF16);
+    let a = to_nearest_bf16(a);
     Tensor::from_dispatch(
         <burn::backend::Dispatch as GroupedBackend>::grouped_mxfp4_scaled(
             a.into_dispatch(),

@@ -3,7 +3,8 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{Bool, Tensor};
+use gpt_oss_kernels::bf16_nearest::to_nearest_bf16;
 
 use gpt_oss_kernels::{AttentionKernel, attention_rows, attention_tiles, bf16_rows, rotary_rows};
 
@@ -210,7 +211,7 @@ impl Attention {
             // The tensor-core products take bf16 rows: round them once for all three (each
             // product would cast its own copy; a cast to the dtype a tensor has is free).
             let x = match kernels && b * t > FEW_ROWS {
-                true => x.cast(DType::BF16),
+                true => to_nearest_bf16(x),
                 false => x,
             };
             (

@@ -16,6 +16,7 @@ pub mod rope;
 pub mod step;
 pub mod vocab;
 
+use gpt_oss_kernels::bf16_nearest::to_nearest_bf16;
 use std::collections::HashMap;
 
 use burn::module::Module;
@@ -216,8 +217,7 @@ impl GptOss {
     /// ([`project`]), GPU only. Weights memory drops to about the checkpoint's bytes. The norms
     /// switch to their GPU kernel too.
     pub fn store_weights_bf16(self) -> Self {
-        let to_bf16 =
-            |p: burn::module::Param<Tensor<2>>| p.map(|t| t.cast(burn::tensor::DType::BF16));
+        let to_bf16 = |p: burn::module::Param<Tensor<2>>| p.map(to_nearest_bf16);
         let GptOss {
             mut embed_tokens,
             layers,

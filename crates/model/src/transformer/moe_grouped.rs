@@ -9,6 +9,7 @@
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Device, Int, IntDType, Tensor};
+use gpt_oss_kernels::bf16_nearest::to_nearest_bf16;
 use gpt_oss_kernels::expert_groups::{self, MAX_EXPERTS};
 use gpt_oss_kernels::grouped_mxfp4::{
     self, ExpertTiles, LARGE_TILES, PackedWeights, SMALL_TILES, Tiling,
@@ -210,7 +211,7 @@ pub fn grouped_matmul(
             )
         }
         (ExpertPath::GroupedReferenceBf16, _) | (ExpertPath::GroupedKernel, _) => {
-            let rounded = rows.cast(DType::BF16).cast(DType::F32);
+            let rounded = to_nearest_bf16(rows).cast(DType::F32);
             grouped_matmul_reference(rounded, weights, groups)
         }
         _ => grouped_matmul_reference(rows, weights, groups),

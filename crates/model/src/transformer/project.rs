@@ -6,6 +6,7 @@
 
 use burn::nn::Linear;
 use burn::tensor::{DType, Tensor};
+use gpt_oss_kernels::bf16_nearest::to_nearest_bf16;
 use gpt_oss_kernels::bf16_rows;
 
 /// Up to this many rows, bf16 products use the few-rows kernel (decoding) instead of the
@@ -67,7 +68,7 @@ pub fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
 /// `layer` with its weight cast to bf16 (bias kept f32).
 pub fn to_bf16(layer: Linear) -> Linear {
     Linear {
-        weight: layer.weight.map(|w| w.cast(DType::BF16)),
+        weight: layer.weight.map(to_nearest_bf16),
         ..layer
     }
 }

@@ -2,6 +2,7 @@
 //! RMSNorm, router top-k, per-pair MXFP4 experts, RoPE (few-query attention: `attention`).
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use gpt_oss_kernels::bf16_nearest::to_nearest_bf16;
 use gpt_oss_model::transformer::moe_grouped::ExpertPath;
 use rand::{SeedableRng, rngs::StdRng};
 use serde_json::json;
@@ -155,7 +156,7 @@ pub(super) fn check_o_add_norm_router(device: &Device) -> anyhow::Result<()> {
             let masked = Tensor::<1>::full([experts / 2], f32::NEG_INFINITY, device);
             bias = bias.slice_assign(0..experts / 2, masked);
         }
-        let rounded = attended.clone().cast(DType::BF16).cast(DType::F32);
+        let rounded = to_nearest_bf16(attended.clone()).cast(DType::F32);
         let reference_sum = rounded.matmul(o.clone().cast(DType::F32))
             + o_bias.clone().unsqueeze::<2>()
             + x.clone();

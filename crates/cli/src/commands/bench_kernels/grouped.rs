@@ -3,6 +3,7 @@
 //! the tensor-core kernel at scoring's size with other tilings (`--grouped-tilings`).
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
+use gpt_oss_kernels::bf16_nearest::to_nearest_bf16;
 use gpt_oss_kernels::{grouped_mxfp4, tile_order::TileOrder};
 use gpt_oss_model::transformer::experts::ExpertMatrix;
 use gpt_oss_model::transformer::moe_grouped::{
@@ -170,9 +171,12 @@ fn check_fused_epilogues(
     // The kernel writes bf16 activations: the reference is rounded the same way.
     worst.record(
         swiglu,
-        gpt_oss_model::transformer::experts::swiglu(biased.clone(), limit, alpha)
-            .cast(DType::BF16)
-            .cast(DType::F32),
+        to_nearest_bf16(gpt_oss_model::transformer::experts::swiglu(
+            biased.clone(),
+            limit,
+            alpha,
+        ))
+        .cast(DType::F32),
         json!({"kernel": "tiles + bias + SwiGLU", "tile_rows": tiling.m, "experts": experts,
                "rows": rows, "n": n}),
     );

@@ -1,0 +1,62 @@
+//! `bench kernel-check`'s rounding case: the GPU's f32 -> bf16 conversion
+//! (`gpt_oss_kernels::bf16_nearest`) against burn's cast on the CPU (flex), which rounds to
+//! nearest with ties to even. Bit for bit: any value rounded the other way fails the check.
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use gpt_oss_kernels::bf16_nearest::to_nearest_bf16;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::json;
+
+/// More values than one grid dimension of workgroups covers (65,535 x 256), so the second is
+/// used too.
+const VALUES: usize = 17_000_000;
+
+pub(super) fn check_bf16_nearest(device: &Device) -> anyhow::Result<()> {
+    let values = values_to_round();
+    let rounded_on = |x: Tensor<1>| -> anyhow::Result<Vec<f32>> {
+        x.cast(DType::F32)
+            .try_into_vec_as::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading the rounded values: {e:?}"))
+    };
+    let upload = |device: &Device| {
+        Tensor::<1>::from_data(TensorData::new(values.clone(), [values.len()]), device)
+    };
+    let reference = rounded_on(upload(&Device::flex()).cast(DType::BF16))?;
+    let ours = rounded_on(to_nearest_bf16(upload(device)))?;
+    // burn's own cast on this device, for the record (it truncates on NVIDIA's Vulkan driver).
+    let cast = rounded_on(upload(device).cast(DType::BF16))?;
+    let differing = |got: &[f32]| {
+        got.iter()
+            .zip(&reference)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count()
+    };
+    let (ours_differing, cast_differing) = (differing(&ours), differing(&cast));
+    println!(
+        "{}",
+        json!({"kernel": "bf16_nearest", "values": values.len(),
+               "differing_from_nearest_even": ours_differing,
+               "burn_cast_differing_from_nearest_even": cast_differing})
+    );
+    anyhow::ensure!(
+        ours_differing == 0,
+        "bf16_nearest: {ours_differing} of {} values rounded otherwise than to nearest even",
+        values.len()
+    );
+    Ok(())
+}
+
+/// Values of many magnitudes (1e-6 to 1e6, both signs), every tie between two bf16 values
+/// around 1 (half of them go up to an even last bit, half stay), zeros, infinities and the
+/// largest f32.
+fn values_to_round() -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(29);
+    let mut values: Vec<f32> = vec![0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::MAX];
+    values.extend((0..128u32).map(|m| f32::from_bits(0x3F80_0000 | (m << 16) | 0x8000)));
+    while values.len() < VALUES {
+        let magnitude = 10f32.powf(rng.random_range(-6.0..6.0));
+        let sign = if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+        values.push(sign * magnitude * rng.random_range(1.0..10.0f32));
+    }
+    values
+}

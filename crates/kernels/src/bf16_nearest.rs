@@ -1,0 +1,143 @@
+//! f32 -> bf16 rounded to the nearest value, ties to even, on the GPU.
+//!
+//! The conversion cubecl emits for `bf16::cast_from(f32)` (SPIR-V `OpFConvert`, whose rounding
+//! mode is the implementation's unless decorated), and so burn's `cast(DType::BF16)` on wgpu,
+//! truncates on NVIDIA's Vulkan driver: 1 + 3/512 becomes 1, not 1 + 1/128 (measured on an
+//! H200, driver 580.159.04). Every rounded value moves toward zero, a bias that builds up
+//! through a model: the tiny-dense fixture's log-probabilities moved by 1.04 on the GPU where
+//! rounding the same weights and inputs to nearest moves them by 0.047. burn's flex rounds to
+//! nearest even. So every bf16 the GPU path makes from f32 goes through here: in a kernel with
+//! [`nearest_bf16`] / [`nearest_bf16_value`], from burn tensors with [`to_nearest_bf16`].
+
+use burn::backend::{backend_extension, tensor::FloatTensor};
+use burn::tensor::{DType, Device, Tensor};
+use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
+use cubecl::prelude::*;
+use half::bf16;
+
+use crate::launch::{empty_of, grid_over_rows, same_shape};
+use crate::workgroup_reduce::UNITS;
+
+/// `x` rounded to the nearest bf16 (ties to even), as the f32 of that value: adding just under
+/// half of the dropped bits' weight (plus the kept last bit, for ties) carries into the kept
+/// bits exactly when rounding up is nearest; then the dropped bits are cleared. A NaN stays NaN.
+#[cube]
+pub fn nearest_bf16_value(x: f32) -> f32 {
+    let bits = u32::reinterpret(x);
+    let rounded = f32::reinterpret((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000);
+    // A NaN (all exponent bits set, some mantissa bit) is told by its bits, which no
+    // floating-point assumption of the compiler can fold away.
+    let nan = (bits & 0x7FFF_FFFF) > 0x7F80_0000;
+    select(nan, x, rounded)
+}
+
+/// `x` as the nearest bf16 (ties to even): the value is exact in bf16, so the conversion's own
+/// rounding mode no longer matters.
+#[cube]
+pub fn nearest_bf16(x: f32) -> bf16 {
+    bf16::cast_from(nearest_bf16_value(x))
+}
+
+#[cube(launch)]
+fn nearest_bf16_kernel(x: &[f32], out: &mut [bf16], n: u32) {
+    let id = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * UNITS + UNIT_POS;
+    if id >= n {
+        terminate!();
+    }
+    out[id as usize] = nearest_bf16(x[id as usize]);
+}
+
+/// GPU extension op; only the CubeCL backend implements it.
+#[backend_extension(Cube, Fusion)]
+pub trait NearestBf16Backend: burn::backend::Backend {
+    /// `x` f32 -> the same shape in bf16, each value rounded to nearest even.
+    #[fusion(dtype = bf16_dtype(x), shape = same_shape(x))]
+    fn to_nearest_bf16(x: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+fn bf16_dtype(_input: DType) -> DType {
+    DType::BF16
+}
+
+impl NearestBf16Backend for CubeBackend {
+    fn to_nearest_bf16(x: CubeTensor) -> CubeTensor {
+        let x = into_contiguous(x);
+        let shape = x.meta.shape().to_vec();
+        let n: usize = shape.iter().product();
+        let out = empty_of(&x, shape, DType::BF16);
+        nearest_bf16_kernel::launch(
+            &x.client.clone(),
+            grid_over_rows(n.div_ceil(UNITS as usize)),
+            CubeDim::new_1d(UNITS),
+            x.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            n as u32,
+        );
+        out
+    }
+}
+
+/// `x` in bf16, each value rounded to nearest even, on any device: bf16 stays as it is; on the
+/// CPU (flex) burn's cast, which rounds so; elsewhere the kernel above (burn's cast on wgpu
+/// truncates).
+pub fn to_nearest_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if x.dtype() == DType::BF16 {
+        return x;
+    }
+    if x.device() == Device::flex() {
+        return x.cast(DType::BF16);
+    }
+    let shape = x.shape();
+    let flat: Tensor<1> = Tensor::from_dispatch(
+        <burn::backend::Dispatch as NearestBf16Backend>::to_nearest_bf16(
+            x.cast(DType::F32).into_dispatch(),
+        ),
+    );
+    flat.reshape(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_expansion::compile_kernel;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn the_kernel_compiles() {
+        let compiled = compile_kernel!(
+            nearest_bf16_kernel::NearestBf16Kernel,
+            CubeDim::new_1d(UNITS),
+            [b b s],
+        );
+        assert_eq!(compiled, Ok(()));
+    }
+
+    /// On the CPU the rounding is burn's cast, to nearest with ties to even: 1 + 3/512 rounds
+    /// up (truncation would give 1), 1 + 1/256 is a tie that goes to the even 1, 1 + 3/256 a tie
+    /// that goes up to the even 1 + 1/64; bf16 input is returned as it is.
+    #[test]
+    fn flex_rounds_to_nearest_even() {
+        let device = Device::flex();
+        let values = vec![
+            1.0 + 3.0 / 512.0,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            -(1.0 + 3.0 / 512.0),
+        ];
+        let x = Tensor::<1>::from_data(TensorData::new(values, [4]), &device);
+        let rounded = to_nearest_bf16(x);
+        assert_eq!(rounded.dtype(), DType::BF16);
+        let back = to_nearest_bf16(rounded.clone());
+        assert_eq!(back.dtype(), DType::BF16);
+        let got = rounded.cast(DType::F32).try_into_vec_as::<f32>().unwrap();
+        assert_eq!(
+            got,
+            vec![
+                1.0 + 1.0 / 128.0,
+                1.0,
+                1.0 + 1.0 / 64.0,
+                -(1.0 + 1.0 / 128.0)
+            ]
+        );
+    }
+}
