@@ -141,3 +141,52 @@ mod tests {
         );
     }
 }
+
+/// Every f32 -> bf16 of the GPU path goes through this module: no other source file of the
+/// kernels or the model converts with burn's cast or cubecl's conversion, which truncate on
+/// NVIDIA's Vulkan driver.
+#[cfg(test)]
+mod no_other_conversion {
+    use std::path::{Path, PathBuf};
+
+    fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                found.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn no_file_but_this_one_converts_f32_to_bf16() {
+        let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = Vec::new();
+        for source in ["kernels/src", "model/src"] {
+            rust_files(&crates.join(source), &mut files);
+        }
+        assert!(files.len() > 20, "the sources were not found: {files:?}");
+        let conversions = ["cast(DType::BF16)", "DType::BF16)", "bf16::cast_from("];
+        let offending: Vec<String> = files
+            .iter()
+            .filter(|path| !path.ends_with("bf16_nearest.rs"))
+            .flat_map(|path| {
+                let text = std::fs::read_to_string(path).unwrap();
+                let hits: Vec<String> = (text.lines().enumerate())
+                    .filter(|(_, line)| {
+                        conversions.iter().any(|c| line.contains(c)) && line.contains("cast")
+                    })
+                    .map(|(i, line)| format!("{}:{}: {}", path.display(), i + 1, line.trim()))
+                    .collect();
+                hits
+            })
+            .collect();
+        assert!(
+            offending.is_empty(),
+            "use bf16_nearest instead:\n{}",
+            offending.join("\n")
+        );
+    }
+}
