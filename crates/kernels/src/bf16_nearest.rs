@@ -9,8 +9,8 @@
 //! nearest even. So every bf16 the GPU path makes from f32 goes through here: in a kernel with
 //! [`nearest_bf16`] / [`nearest_bf16_value`], from burn tensors with [`to_nearest_bf16`].
 
-use burn::backend::{backend_extension, tensor::FloatTensor};
-use burn::tensor::{DType, Device, Tensor};
+use burn::backend::{DispatchDevice, backend_extension, tensor::FloatTensor};
+use burn::tensor::{DType, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 use half::bf16;
@@ -77,14 +77,14 @@ impl NearestBf16Backend for CubeBackend {
     }
 }
 
-/// `x` in bf16, each value rounded to nearest even, on any device: bf16 stays as it is; on the
-/// CPU (flex) burn's cast, which rounds so; elsewhere the kernel above (burn's cast on wgpu
-/// truncates).
+/// `x` in bf16, each value rounded to nearest even: bf16 stays as it is; on a CubeCL device
+/// (the GPU) the kernel above, since burn's cast there truncates; on any other backend burn's
+/// cast (flex's rounds to nearest even; an autodiff wrapper's is its inner backend's).
 pub fn to_nearest_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     if x.dtype() == DType::BF16 {
         return x;
     }
-    if x.device() == Device::flex() {
+    if !matches!(x.device().as_dispatch(), DispatchDevice::Cube(_)) {
         return x.cast(DType::BF16);
     }
     let shape = x.shape();
@@ -100,7 +100,7 @@ pub fn to_nearest_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 mod tests {
     use super::*;
     use crate::kernel_expansion::compile_kernel;
-    use burn::tensor::TensorData;
+    use burn::tensor::{Device, TensorData};
 
     #[test]
     fn the_kernel_compiles() {
@@ -114,17 +114,23 @@ mod tests {
 
     /// On the CPU the rounding is burn's cast, to nearest with ties to even: 1 + 3/512 rounds
     /// up (truncation would give 1), 1 + 1/256 is a tie that goes to the even 1, 1 + 3/256 a tie
-    /// that goes up to the even 1 + 1/64; bf16 input is returned as it is.
+    /// that goes up to the even 1 + 1/64; bf16 input is returned as it is. The same through an
+    /// autodiff device (not a CubeCL one, so no kernel is asked for).
     #[test]
     fn flex_rounds_to_nearest_even() {
-        let device = Device::flex();
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            rounds_to_nearest_even_on(&device);
+        }
+    }
+
+    fn rounds_to_nearest_even_on(device: &Device) {
         let values = vec![
             1.0 + 3.0 / 512.0,
             1.0 + 1.0 / 256.0,
             1.0 + 3.0 / 256.0,
             -(1.0 + 3.0 / 512.0),
         ];
-        let x = Tensor::<1>::from_data(TensorData::new(values, [4]), &device);
+        let x = Tensor::<1>::from_data(TensorData::new(values, [4]), device);
         let rounded = to_nearest_bf16(x);
         assert_eq!(rounded.dtype(), DType::BF16);
         let back = to_nearest_bf16(rounded.clone());
