@@ -10,7 +10,7 @@
 //! [`nearest_bf16`] / [`nearest_bf16_value`], from burn tensors with [`to_nearest_bf16`].
 
 use burn::backend::{DispatchDevice, backend_extension, tensor::FloatTensor};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 use half::bf16;
@@ -77,6 +77,11 @@ impl NearestBf16Backend for CubeBackend {
     }
 }
 
+/// Whether [`to_nearest_bf16`] rounds on `device` with the kernel: CubeCL devices only.
+fn takes_the_kernel(device: &Device) -> bool {
+    matches!(device.as_dispatch(), DispatchDevice::Cube(_))
+}
+
 /// `x` in bf16, each value rounded to nearest even: bf16 stays as it is; on a CubeCL device
 /// (the GPU) the kernel above, since burn's cast there truncates; on any other backend burn's
 /// cast (flex's rounds to nearest even; an autodiff wrapper's is its inner backend's).
@@ -84,7 +89,7 @@ pub fn to_nearest_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     if x.dtype() == DType::BF16 {
         return x;
     }
-    if !matches!(x.device().as_dispatch(), DispatchDevice::Cube(_)) {
+    if !takes_the_kernel(&x.device()) {
         return x.cast(DType::BF16);
     }
     let shape = x.shape();
@@ -100,7 +105,7 @@ pub fn to_nearest_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 mod tests {
     use super::*;
     use crate::kernel_expansion::compile_kernel;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::TensorData;
 
     #[test]
     fn the_kernel_compiles() {
@@ -121,6 +126,16 @@ mod tests {
         for device in [Device::flex(), Device::flex().autodiff()] {
             rounds_to_nearest_even_on(&device);
         }
+    }
+
+    /// The GPU's device (Vulkan through cubecl) is the one that takes the kernel; naming it
+    /// opens nothing, so this runs without a GPU.
+    #[test]
+    fn the_vulkan_device_takes_the_kernel() {
+        let vulkan = Device::vulkan(burn::tensor::DeviceKind::DefaultDevice);
+        assert!(takes_the_kernel(&vulkan));
+        assert!(!takes_the_kernel(&Device::flex()));
+        assert!(!takes_the_kernel(&Device::flex().autodiff()));
     }
 
     fn rounds_to_nearest_even_on(device: &Device) {
