@@ -92,13 +92,11 @@ pub fn to_nearest_bf16<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     if !takes_the_kernel(&x.device()) {
         return x.cast(DType::BF16);
     }
-    let shape = x.shape();
-    let flat: Tensor<1> = Tensor::from_dispatch(
+    Tensor::from_dispatch(
         <burn::backend::Dispatch as NearestBf16Backend>::to_nearest_bf16(
             x.cast(DType::F32).into_dispatch(),
         ),
-    );
-    flat.reshape(shape)
+    )
 }
 
 #[cfg(test)]
