@@ -25,7 +25,7 @@
 //!
 //! Heads of 64 dimensions only ([`supports`]); everything else takes burn's ops.
 
-use crate::bf16_nearest::{nearest_bf16, to_nearest_bf16};
+use crate::bf16_nearest::{nearest_bf16_unless_nan, to_nearest_bf16};
 use burn::backend::{
     backend_extension,
     tensor::{FloatTensor, IntTensor},
@@ -295,7 +295,8 @@ fn attention_tiles_kernel(
             for c in 0..COLUMNS {
                 let p = select(scores[c] > MASKED, (scores[c] - new_max).exp(), 0.0f32);
                 block_sum += p;
-                probs[my_probs + 2 * c] = nearest_bf16(p);
+                // A NaN here reaches the output through the unrounded sum.
+                probs[my_probs + 2 * c] = nearest_bf16_unless_nan(p);
                 output[c] *= rescale;
             }
             running_sum = running_sum * rescale + block_sum;

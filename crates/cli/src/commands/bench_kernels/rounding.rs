@@ -1,15 +1,21 @@
 //! `bench kernel-check`'s rounding case: the GPU's f32 -> bf16 conversion
 //! (`gpt_oss_kernels::bf16_nearest`) against burn's cast on the CPU (flex), which rounds to
 //! nearest with ties to even. Bit for bit: any value rounded the other way fails the check.
+//! Then both conversions timed on the rows a scoring pass rounds before a 20b's products.
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 use gpt_oss_kernels::bf16_nearest::to_nearest_bf16;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
+use super::seconds_per_call;
+
 /// More values than one grid dimension of workgroups covers (65,535 x 256), so the second is
 /// used too.
 const VALUES: usize = 17_000_000;
+
+/// The rows a scoring pass of 8 x 2,048 tokens rounds before a 20b's products (2,880 wide).
+const TIMED_ROWS: [usize; 2] = [16_384, 2_880];
 
 pub(super) fn check_bf16_nearest(device: &Device) -> anyhow::Result<()> {
     let values = values_to_round();
@@ -42,6 +48,22 @@ pub(super) fn check_bf16_nearest(device: &Device) -> anyhow::Result<()> {
         ours_differing == 0,
         "bf16_nearest: {ours_differing} of {} values rounded otherwise than to nearest even",
         values.len()
+    );
+    time_against_burns_cast(device)
+}
+
+/// Seconds per call of [`to_nearest_bf16`] and of burn's cast on [`TIMED_ROWS`], and the
+/// bytes a second each moves (4 read and 2 written a value).
+fn time_against_burns_cast(device: &Device) -> anyhow::Result<()> {
+    let x = Tensor::<2>::random(TIMED_ROWS, Distribution::Default, device);
+    let ours = seconds_per_call(device, || to_nearest_bf16(x.clone()))?;
+    let cast = seconds_per_call(device, || x.clone().cast(DType::BF16))?;
+    let bytes = (TIMED_ROWS.iter().product::<usize>() * 6) as f64;
+    println!(
+        "{}",
+        json!({"kernel": "bf16_nearest_timing", "shape": TIMED_ROWS,
+               "seconds": ours, "gb_per_second": bytes / ours / 1e9,
+               "burn_cast_seconds": cast, "burn_cast_gb_per_second": bytes / cast / 1e9})
     );
     Ok(())
 }
