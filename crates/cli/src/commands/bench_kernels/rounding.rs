@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::seconds_per_call;
 
-/// More values than one grid dimension of workgroups covers (65,535 x 256), so the second is
-/// used too.
+/// More values than one grid dimension of workgroups covers at one value an invocation
+/// (65,535 x 256), so that launch uses the second too.
 const VALUES: usize = 17_000_000;
 
 /// The rows a scoring pass of 8 x 2,048 tokens rounds before a 20b's products (2,880 wide).
@@ -24,30 +24,39 @@ pub(super) fn check_bf16_nearest(device: &Device) -> anyhow::Result<()> {
             .try_into_vec_as::<f32>()
             .map_err(|e| anyhow::anyhow!("reading the rounded values: {e:?}"))
     };
-    let upload = |device: &Device| {
-        Tensor::<1>::from_data(TensorData::new(values.clone(), [values.len()]), device)
+    let upload = |values: &[f32], device: &Device| {
+        Tensor::<1>::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
     };
-    let reference = rounded_on(upload(&Device::flex()).cast(DType::BF16))?;
-    let ours = rounded_on(to_nearest_bf16(upload(device)))?;
+    let reference = rounded_on(upload(&values, &Device::flex()).cast(DType::BF16))?;
+    // The kernel takes four values an invocation where the length is a multiple of four (as
+    // here), one otherwise (one value fewer).
+    let four_wide = rounded_on(to_nearest_bf16(upload(&values, device)))?;
+    let one_wide = rounded_on(to_nearest_bf16(upload(&values[1..], device)))?;
     // burn's own cast on this device, for the record (it truncates on NVIDIA's Vulkan driver).
-    let cast = rounded_on(upload(device).cast(DType::BF16))?;
-    let differing = |got: &[f32]| {
+    let cast = rounded_on(upload(&values, device).cast(DType::BF16))?;
+    let differing = |got: &[f32], reference: &[f32]| {
+        assert_eq!(got.len(), reference.len());
         got.iter()
-            .zip(&reference)
+            .zip(reference)
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count()
     };
-    let (ours_differing, cast_differing) = (differing(&ours), differing(&cast));
+    let ours_differing = differing(&four_wide, &reference);
+    let one_wide_differing = differing(&one_wide, &reference[1..]);
+    let cast_differing = differing(&cast, &reference);
     println!(
         "{}",
         json!({"kernel": "bf16_nearest", "values": values.len(),
                "differing_from_nearest_even": ours_differing,
+               "one_wide_differing_from_nearest_even": one_wide_differing,
                "burn_cast_differing_from_nearest_even": cast_differing})
     );
     anyhow::ensure!(
-        ours_differing == 0,
-        "bf16_nearest: {ours_differing} of {} values rounded otherwise than to nearest even",
-        values.len()
+        ours_differing + one_wide_differing == 0,
+        "bf16_nearest: {ours_differing} of {} values (four an invocation) and \
+         {one_wide_differing} of {} (one an invocation) rounded otherwise than to nearest even",
+        values.len(),
+        values.len() - 1
     );
     time_against_burns_cast(device)
 }
