@@ -7,7 +7,8 @@
 //! through a model: the tiny-dense fixture's log-probabilities moved by 1.04 on the GPU where
 //! rounding the same weights and inputs to nearest moves them by 0.047. burn's flex rounds to
 //! nearest even. So every bf16 the GPU path makes from f32 goes through here: in a kernel with
-//! [`nearest_bf16`] / [`nearest_bf16_value`], from burn tensors with [`to_nearest_bf16`].
+//! [`nearest_bf16`] / [`nearest_bf16_value`] (or [`nearest_bf16_unless_nan`] in a hot loop where
+//! a NaN reaches the result anyway), from burn tensors with [`to_nearest_bf16`].
 
 use burn::backend::{DispatchDevice, backend_extension, tensor::FloatTensor};
 use burn::tensor::{DType, Device, Tensor};
@@ -33,7 +34,7 @@ pub fn nearest_bf16_values<N: Size>(x: Vector<f32, N>) -> Vector<f32, N> {
     // A NaN (all exponent bits set, some mantissa bit) is told by its bits, which no
     // floating-point assumption of the compiler can fold away.
     let nan = (bits & Vector::new(0x7FFF_FFFF)).greater_than(&Vector::new(0x7F80_0000));
-    select_many(nan, x, nearest_bf16_values_of_finite(x))
+    select_many(nan, x, nearest_bf16_values_unless_nan(x))
 }
 
 /// Each value of `x` that is not NaN rounded to the nearest bf16 (ties to even), as the f32 of
@@ -41,7 +42,7 @@ pub fn nearest_bf16_values<N: Size>(x: Vector<f32, N>) -> Vector<f32, N> {
 /// ties) carries into the kept bits exactly when rounding up is nearest; then the dropped bits
 /// are cleared. A NaN may come out as an infinity or a zero.
 #[cube]
-fn nearest_bf16_values_of_finite<N: Size>(x: Vector<f32, N>) -> Vector<f32, N> {
+fn nearest_bf16_values_unless_nan<N: Size>(x: Vector<f32, N>) -> Vector<f32, N> {
     let bits = Vector::<u32, N>::reinterpret(x);
     let last_kept = (bits >> Vector::new(16)) & Vector::new(1);
     let carried = bits + Vector::new(0x7FFF) + last_kept;
@@ -60,9 +61,9 @@ pub fn nearest_bf16(x: f32) -> bf16 {
 /// as an infinity or a zero here.
 #[cube]
 pub fn nearest_bf16_unless_nan(x: f32) -> bf16 {
-    bf16::cast_from(f32::reinterpret(nearest_bf16_values_of_finite::<Const<1>>(
-        Vector::new(x),
-    )))
+    bf16::cast_from(f32::reinterpret(
+        nearest_bf16_values_unless_nan::<Const<1>>(Vector::new(x)),
+    ))
 }
 
 /// Rounds `vectors` vectors of N values (four where the length allows: a pass over memory
