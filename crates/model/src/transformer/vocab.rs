@@ -85,8 +85,7 @@ impl Embedding {
                     [rows.len(), width],
                     "rows {rows:?}"
                 );
-                let dtype = data.dtype();
-                Param::from_tensor(Tensor::from_data(data, (device, dtype)))
+                Param::from_tensor(tensor_as_given(data, device))
             })
             .collect();
         Self {
@@ -180,7 +179,7 @@ impl LmHead {
                     rows,
                     width,
                 );
-                Param::from_tensor(tensor_as_given(t, [width, rows], device))
+                Param::from_tensor(tensor_as_given(TensorData::new(t, [width, rows]), device))
             })
             .collect();
         Self { pieces }

@@ -291,17 +291,10 @@ impl Loader<'_> {
         let t = self.ckpt.tensor(&format!("{prefix}.weight"))?;
         let (rows, cols) = (t.shape[0], t.shape[1]);
         let weight = match kept_in_bf16 && self.keeps_bf16(&t) {
-            true => tensor_as_given(
-                transpose(&t.to_bf16()?, rows, cols),
-                [cols, rows],
-                self.device,
-            ),
-            false => tensor_as_given(
-                transpose(&t.to_f32()?, rows, cols),
-                [cols, rows],
-                self.device,
-            ),
+            true => TensorData::new(transpose(&t.to_bf16()?, rows, cols), [cols, rows]),
+            false => TensorData::new(transpose(&t.to_f32()?, rows, cols), [cols, rows]),
         };
+        let weight = tensor_as_given(weight, self.device);
         let bias = if bias {
             Some(Param::from_tensor(
                 self.float::<1>(&format!("{prefix}.bias"))?,

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use burn::tensor::{DType, Device, Element, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use safetensors::Dtype;
 
 use crate::checkpoint::TensorRef;
@@ -40,14 +40,9 @@ pub(super) fn rows_as_stored(
     TensorData::from_bytes(bytes, [rows.len(), width], dtype)
 }
 
-/// `values` of `shape` on `device` in their own dtype (f32 stays f32, bf16 stays bf16), where
-/// `Tensor::from_data` with a device alone would convert them to the device's default float.
-pub(crate) fn tensor_as_given<E: Element>(
-    values: Vec<E>,
-    shape: [usize; 2],
-    device: &Device,
-) -> Tensor<2> {
-    let data = TensorData::new(values, shape);
+/// `data` on `device` in its own dtype (f32 stays f32, bf16 stays bf16), where
+/// `Tensor::from_data` with a device alone would convert it to the device's default float.
+pub(crate) fn tensor_as_given(data: TensorData, device: &Device) -> Tensor<2> {
     let dtype = data.dtype();
     Tensor::from_data(data, (device, dtype))
 }
