@@ -424,7 +424,7 @@ fn staged_or_fallback(t: Tiling, n: u32, k: u32) -> Tiling {
     }
 }
 
-/// `lhs` [m, k] x `rhs` [k, n] on the tensor cores: inputs are cast to bf16, the result is f32.
+/// `lhs` [m, k] x `rhs` [k, n] on the tensor cores: inputs are rounded to bf16, the result is f32.
 /// Only on a wgpu/Vulkan device whose driver offers workgroup-scope bf16 cooperative matrices.
 pub fn coopmat_gemm(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
     coopmat_gemm_plus_bias(lhs, rhs, None)

@@ -171,7 +171,7 @@ impl GroupedRowsBackend for CubeBackend {
     }
 }
 
-/// The kernel through burn tensors: `a` is cast to bf16 (as the tensor-core kernel rounds it);
+/// The kernel through burn tensors: `a` is rounded to bf16 (as for the tensor-core kernel);
 /// int inputs must be 32-bit.
 pub fn grouped_mxfp4_rows_matmul(
     a: Tensor<2>,

@@ -204,7 +204,7 @@ pub struct ExpertTiles {
     pub tiling: Tiling,
 }
 
-/// The kernel through burn tensors: `a` [P, K] is cast to bf16 -> [P, N].
+/// The kernel through burn tensors: `a` [P, K] is rounded to bf16 -> [P, N].
 pub fn grouped_mxfp4_matmul(a: Tensor<2>, weights: PackedWeights, tiles: ExpertTiles) -> Tensor<2> {
     let a = to_nearest_bf16(a);
     Tensor::from_dispatch(
@@ -256,7 +256,7 @@ pub fn grouped_mxfp4_swiglu(
     )
 }
 
-/// As [`grouped_mxfp4_swiglu`] on the rows `tokens.select(0, rows_of)`: `tokens` [T, K] (cast
+/// As [`grouped_mxfp4_swiglu`] on the rows `tokens.select(0, rows_of)`: `tokens` [T, K] (rounded
 /// to bf16), `rows_of` [P] the token of each sorted row -> [P, N / 2] bf16. Tilings that gather
 /// ([`Tiling::gathers_rows`]) read the rows in the kernel; the others take them gathered first.
 #[allow(clippy::too_many_arguments)]

@@ -209,7 +209,7 @@ impl Attention {
             )
         } else {
             // The tensor-core products take bf16 rows: round them once for all three (each
-            // product would cast its own copy; a cast to the dtype a tensor has is free).
+            // product would round its own copy; rounding bf16 rows returns them as they are).
             let x = match kernels && b * t > FEW_ROWS {
                 true => to_nearest_bf16(x),
                 false => x,

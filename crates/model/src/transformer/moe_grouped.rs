@@ -316,7 +316,7 @@ pub fn grouped_experts(
     // Each pair's weighted expert output, in pair order (token * k + rank).
     let in_pair_order = match fused_epilogue_kernels(experts, &groups, path) {
         Some((gate_up, down, tiles)) => {
-            // gate_up reads the tokens' rows cast to bf16, through the sorting's index (gathered
+            // gate_up reads the tokens' rows rounded to bf16, through the sorting's index (gathered
             // first by tilings that do not gather in the kernel).
             let act = grouped_mxfp4::grouped_mxfp4_swiglu_gathered(
                 xs,

@@ -65,7 +65,7 @@ pub fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     out.reshape([b, t, width])
 }
 
-/// `layer` with its weight cast to bf16 (bias kept f32).
+/// `layer` with its weight rounded to bf16 (bias kept f32).
 pub fn to_bf16(layer: Linear) -> Linear {
     Linear {
         weight: layer.weight.map(to_nearest_bf16),
