@@ -66,6 +66,12 @@ pub fn nearest_bf16_unless_nan(x: f32) -> bf16 {
     ))
 }
 
+/// As [`nearest_bf16_value`] without the NaN test (see [`nearest_bf16_unless_nan`]).
+#[cube]
+pub fn nearest_bf16_value_unless_nan(x: f32) -> f32 {
+    f32::reinterpret(nearest_bf16_values_unless_nan::<Const<1>>(Vector::new(x)))
+}
+
 /// Rounds `vectors` vectors of N values (four where the length allows: a pass over memory
 /// that reads and writes whole vectors moves more bytes a second than one of single values).
 #[cube(launch)]

@@ -2,7 +2,7 @@
 //! what one workgroup does (its workspace, the norm's 1 / rms, the products, the sums over K
 //! slices).
 
-use crate::bf16_nearest::nearest_bf16_value;
+use crate::bf16_nearest::nearest_bf16_value_unless_nan;
 use cubecl::prelude::*;
 
 use super::{LANE_COLUMNS, UNITS};
@@ -269,8 +269,9 @@ pub(super) fn rows_times_weight(
                 }
                 #[unroll]
                 for r in 0..rows {
-                    // Rounded to bf16 as the tensor-core GEMM rounds its inputs.
-                    let xv = nearest_bf16_value(inputs[u * rows + r]);
+                    // Rounded to bf16 as the tensor-core GEMM rounds its inputs (without the
+                    // NaN test: a NaN input goes on in the residual stream).
+                    let xv = nearest_bf16_value_unless_nan(inputs[u * rows + r]);
                     #[unroll]
                     for c in 0..LANE_COLUMNS as usize {
                         acc[r * LANE_COLUMNS as usize + c] += xv * weights[c];
