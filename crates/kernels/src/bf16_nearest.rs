@@ -16,7 +16,7 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 use half::bf16;
 
-use crate::launch::{empty_of, grid_over_rows, same_shape};
+use crate::launch::{bf16_dtype, empty_of, grid_over_rows, same_shape};
 use crate::workgroup_reduce::UNITS;
 
 /// `x` rounded to the nearest bf16 (ties to even), as the f32 of that value: see
@@ -89,10 +89,6 @@ pub trait NearestBf16Backend: burn::backend::Backend {
     /// `x` f32 -> the same shape in bf16, each value rounded to nearest even.
     #[fusion(dtype = bf16_dtype(x), shape = same_shape(x))]
     fn to_nearest_bf16(x: FloatTensor<Self>) -> FloatTensor<Self>;
-}
-
-fn bf16_dtype(_input: DType) -> DType {
-    DType::BF16
 }
 
 impl NearestBf16Backend for CubeBackend {

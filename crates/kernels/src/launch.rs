@@ -71,6 +71,11 @@ pub fn same_dtype(input: DType) -> DType {
     input
 }
 
+/// A backend-extension op's output type when it writes bf16 whatever it reads.
+pub fn bf16_dtype(_input: DType) -> DType {
+    DType::BF16
+}
+
 /// A backend-extension op's output shape when it is its input's (`#[fusion(shape = ...)]`).
 pub fn same_shape(x: &Shape) -> Shape {
     x.clone()

@@ -64,7 +64,9 @@ pub mod write_in_place;
 
 /// The signature both attention kernels share (`attention_rows::attention_rows`,
 /// `attention_tiles::attention_tiles`): q [B, heads, T, D], k and v [B, kv_heads, S, D], sinks
-/// [heads], key ranges (lo, hi per row and query, 32-bit), score scale -> [B, T, heads, D].
+/// [heads], key ranges (lo, hi per row and query, 32-bit), score scale -> [B, T, heads, D]
+/// (f32 from `attention_rows`; bf16 from `attention_tiles`, whose output only a bf16 product
+/// reads).
 pub type AttentionKernel = fn(
     burn::tensor::Tensor<4>,
     burn::tensor::Tensor<4>,

@@ -4,13 +4,17 @@
 //! products); decoding is bound by the number of kernels per token, and a layer has two norms.
 //! A workgroup of [`UNITS`] invocations takes one row. [`add_rms_norm_rows`] also adds the
 //! residual stream's update first (and returns the sum): one kernel for the add and the norm.
+//! [`rms_norm_rows_bf16`] writes the norm rounded to bf16, for rows that only bf16 products
+//! read (the attention's input): the products' rounding pass is then not needed.
 
 use burn::backend::{backend_extension, tensor::FloatTensor};
 use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
+use half::bf16;
 
-use crate::launch::{empty_f32, grid_over_rows, same_dtype, same_shape};
+use crate::bf16_nearest::nearest_bf16;
+use crate::launch::{bf16_dtype, empty_f32, empty_of, grid_over_rows, same_dtype, same_shape};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
 
 /// Values of a row each invocation loads before adding their squares.
@@ -48,6 +52,31 @@ fn rms_norm_rows_kernel(
             out[(sums + base + j) as usize] = v;
         }
         out[(base + j) as usize] = v * inv_rms * weight[j as usize];
+        j += UNITS;
+    }
+}
+
+/// The norm of each row as `rms_norm_rows_kernel` computes it (without a delta), each value
+/// written rounded to the nearest bf16.
+#[cube(launch)]
+fn rms_norm_rows_bf16_kernel(
+    x: &[f32],
+    weight: &[f32],
+    out: &mut [bf16],
+    rows: u32,
+    width: u32,
+    eps: f32,
+) {
+    let row = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
+    if row >= rows {
+        terminate!();
+    }
+    let base = row * width;
+    let inv_rms = row_inverse_rms(x, base, width, eps);
+    let mut j = UNIT_POS;
+    while j < width {
+        out[(base + j) as usize] =
+            nearest_bf16(x[(base + j) as usize] * inv_rms * weight[j as usize]);
         j += UNITS;
     }
 }
@@ -119,6 +148,14 @@ pub trait RmsNormBackend: burn::backend::Backend {
         eps: f32,
     ) -> FloatTensor<Self>;
 
+    /// `x` [rows, width] f32, `weight` [width] -> [rows, width] bf16 (rounded to nearest even).
+    #[fusion(dtype = bf16_dtype(x), shape = same_shape(x))]
+    fn rms_norm_rows_bf16(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+
     /// `x` and `delta` [rows, width] f32, `weight` [width] -> [2 * rows, width]: the norm of
     /// `x + delta`, then `x + delta` itself.
     #[fusion(dtype = same_dtype(x), shape = Shape::from(vec![2 * x[0], x[1]]))]
@@ -133,6 +170,24 @@ pub trait RmsNormBackend: burn::backend::Backend {
 impl RmsNormBackend for CubeBackend {
     fn rms_norm_rows(x: CubeTensor, weight: CubeTensor, eps: f32) -> CubeTensor {
         launch_norm(x, None, weight, eps)
+    }
+
+    fn rms_norm_rows_bf16(x: CubeTensor, weight: CubeTensor, eps: f32) -> CubeTensor {
+        let [x, weight] = [x, weight].map(into_contiguous);
+        let [rows, width] = [x.meta.shape()[0], x.meta.shape()[1]];
+        let out = empty_of(&x, vec![rows, width], DType::BF16);
+        rms_norm_rows_bf16_kernel::launch(
+            &x.client.clone(),
+            grid_over_rows(rows),
+            CubeDim::new_1d(UNITS),
+            x.into_buffer_arg(),
+            weight.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            rows as u32,
+            width as u32,
+            eps,
+        );
+        out
     }
 
     fn add_rms_norm_rows(
@@ -189,6 +244,18 @@ pub fn rms_norm_rows(x: Tensor<2>, weight: Tensor<1>, eps: f64) -> Tensor<2> {
     ))
 }
 
+/// [`rms_norm_rows`] rounded to bf16 (to nearest even) in the norm's own launch: the same
+/// values a bf16 product rounds the f32 norm to. GPU only.
+pub fn rms_norm_rows_bf16(x: Tensor<2>, weight: Tensor<1>, eps: f64) -> Tensor<2> {
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as RmsNormBackend>::rms_norm_rows_bf16(
+            x.cast(DType::F32).into_dispatch(),
+            weight.into_dispatch(),
+            eps as f32,
+        ),
+    )
+}
+
 /// (`x + delta`, the RMSNorm of each of its rows with `weight`) for `x`, `delta` [rows, width]
 /// (f32): the decoder layer's residual add and the next norm in one kernel. GPU only.
 pub fn add_rms_norm_rows(
@@ -237,5 +304,15 @@ mod tests {
             );
             assert_eq!(compiled, Ok(()));
         }
+    }
+
+    #[test]
+    fn the_bf16_kernel_compiles() {
+        let compiled = compile_kernel!(
+            rms_norm_rows_bf16_kernel::RmsNormRowsBf16Kernel,
+            CubeDim::new_1d(UNITS),
+            [b b b s s s],
+        );
+        assert_eq!(compiled, Ok(()));
     }
 }

@@ -13,7 +13,7 @@ use super::decode::decode_experts_kernel;
 use super::kernel::{EPILOGUE_NONE, EPILOGUE_SCALED, EPILOGUE_SWIGLU, grouped_mxfp4_kernel};
 use super::warps::grouped_mxfp4_warps_kernel;
 use super::{Tiling, UNITS};
-use crate::launch::{MAX_BUFFER_BYTES, empty_f32, empty_of, grid_over_rows};
+use crate::launch::{MAX_BUFFER_BYTES, bf16_dtype, empty_f32, empty_of, grid_over_rows};
 
 /// GPU extension ops for the grouped MoE; only the CubeCL backend implements them.
 #[backend_extension(Cube, Fusion)]
@@ -89,10 +89,6 @@ pub trait GroupedBackend: burn::backend::Backend {
 }
 
 /// The SwiGLU activations' and the decoded weights' dtype.
-fn bf16_dtype(_input: DType) -> DType {
-    DType::BF16
-}
-
 fn decoded_shape(words: &Shape) -> Shape {
     Shape::from(vec![words[0], words[1], words[2] * 8])
 }

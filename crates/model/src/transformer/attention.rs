@@ -179,6 +179,13 @@ impl Attention {
         linear(&self.o_proj, attended)
     }
 
+    /// Whether q, k and v of `rows` rows are tensor-core products, which read their input
+    /// rounded to bf16 (the kernel path past a few rows): the input norm may then write bf16
+    /// itself.
+    pub fn projects_bf16_rows(&self, rows: usize) -> bool {
+        on_kernel_path(&self.q_proj.weight.val()) && rows > FEW_ROWS
+    }
+
     /// `x` [B, T, H] -> (q [B, heads, T, d], k and v [B, kv_heads, T, d]), q and k rotated.
     fn project_qkv(
         &self,
@@ -209,8 +216,9 @@ impl Attention {
             )
         } else {
             // The tensor-core products take bf16 rows: round them once for all three (each
-            // product would round its own copy; rounding bf16 rows returns them as they are).
-            let x = match kernels && b * t > FEW_ROWS {
+            // product would round its own copy; rounding bf16 rows, such as the input norm's
+            // from `RmsNorm::forward_rounded_to_bf16`, returns them as they are).
+            let x = match self.projects_bf16_rows(b * t) {
                 true => to_nearest_bf16(x),
                 false => x,
             };

@@ -2,7 +2,8 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
-use gpt_oss_kernels::rms_norm_rows::{add_rms_norm_rows, rms_norm_rows};
+use gpt_oss_kernels::bf16_nearest::to_nearest_bf16;
+use gpt_oss_kernels::rms_norm_rows::{add_rms_norm_rows, rms_norm_rows, rms_norm_rows_bf16};
 
 #[derive(Module, Debug)]
 pub struct RmsNorm {
@@ -38,6 +39,19 @@ impl RmsNorm {
         }
         let sum = x + delta;
         (sum.clone(), self.forward(sum))
+    }
+
+    /// [`Self::forward`] rounded to bf16 (to nearest even), for rows only bf16 products read:
+    /// on the kernel path in the norm's own launch (no rounding pass over the f32 norm).
+    pub fn forward_rounded_to_bf16<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if self.on_kernel_path {
+            let dims = x.dims();
+            let width = dims[D - 1];
+            let rows = x.shape().num_elements() / width;
+            let y = rms_norm_rows_bf16(x.reshape([rows, width]), self.weight.val(), self.eps);
+            return y.reshape(dims);
+        }
+        to_nearest_bf16(self.forward(x))
     }
 
     /// Normalises over the last dimension.

@@ -248,7 +248,8 @@ fn attention_against_reference(
         )
         .reshape([b * t, heads * d])
     };
-    let ours = run();
+    // attention_tiles writes bf16: compared in f32.
+    let ours = run().cast(DType::F32);
     let seconds = seconds_per_call(&device, run)?;
     let reference =
         reference_attention_rows(q, k, v, sinks, ranges, scale).reshape([b * t, heads * d]);

@@ -7,6 +7,7 @@ use gpt_oss_model::transformer::moe_grouped::ExpertPath;
 use rand::{SeedableRng, rngs::StdRng};
 use serde_json::json;
 
+use super::rounding::differing_values;
 use super::{
     Worst, packed_words, random_experts, seconds_per_call, seconds_per_queued_call, standard_normal,
 };
@@ -34,6 +35,20 @@ pub(super) fn check_rms_norm(device: &Device) -> anyhow::Result<()> {
         let ours = gpt_oss_kernels::rms_norm_rows::rms_norm_rows(x.clone(), weight.clone(), eps);
         let reference =
             gpt_oss_kernels::rms_norm_rows::reference_rms_norm_rows(x.clone(), weight.clone(), eps);
+        // Written in bf16 (the attention's input on the products path): the f32 norm rounded
+        // to nearest, bit for bit.
+        let rounded =
+            gpt_oss_kernels::rms_norm_rows::rms_norm_rows_bf16(x.clone(), weight.clone(), eps);
+        let differing = differing_values(rounded, to_nearest_bf16(ours.clone()))?;
+        println!(
+            "{}",
+            json!({"kernel": "rms_norm_rows_bf16", "rows": rows, "width": width,
+                   "differing_from_rounded_norm": differing})
+        );
+        anyhow::ensure!(
+            differing == 0,
+            "rms_norm_rows_bf16: {differing} values differ from the f32 norm rounded to bf16"
+        );
         worst.record(
             ours,
             reference,

@@ -17,13 +17,34 @@ const VALUES: usize = 17_000_000;
 /// The rows a scoring pass of 8 x 2,048 tokens rounds before a 20b's products (2,880 wide).
 const TIMED_ROWS: [usize; 2] = [16_384, 2_880];
 
+/// How many values of `got` differ from `expected` (same shape) in their bits, both read back
+/// as f32 (exact for bf16).
+pub(super) fn differing_values<const D: usize>(
+    got: Tensor<D>,
+    expected: Tensor<D>,
+) -> anyhow::Result<usize> {
+    Ok(differing(&as_f32s(got)?, &as_f32s(expected)?))
+}
+
+/// The values of `x` (f32 or bf16) as f32.
+fn as_f32s<const D: usize>(x: Tensor<D>) -> anyhow::Result<Vec<f32>> {
+    x.cast(DType::F32)
+        .try_into_vec_as::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading the rounded values: {e:?}"))
+}
+
+/// How many of `got` differ from `reference` in their bits.
+fn differing(got: &[f32], reference: &[f32]) -> usize {
+    assert_eq!(got.len(), reference.len());
+    got.iter()
+        .zip(reference)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count()
+}
+
 pub(super) fn check_bf16_nearest(device: &Device) -> anyhow::Result<()> {
     let values = values_to_round();
-    let rounded_on = |x: Tensor<1>| -> anyhow::Result<Vec<f32>> {
-        x.cast(DType::F32)
-            .try_into_vec_as::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading the rounded values: {e:?}"))
-    };
+    let rounded_on = as_f32s::<1>;
     let upload = |values: &[f32], device: &Device| {
         Tensor::<1>::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
     };
@@ -34,13 +55,6 @@ pub(super) fn check_bf16_nearest(device: &Device) -> anyhow::Result<()> {
     let one_wide = rounded_on(to_nearest_bf16(upload(&values[1..], device)))?;
     // burn's own cast on this device, for the record (it truncates on NVIDIA's Vulkan driver).
     let cast = rounded_on(upload(&values, device).cast(DType::BF16))?;
-    let differing = |got: &[f32], reference: &[f32]| {
-        assert_eq!(got.len(), reference.len());
-        got.iter()
-            .zip(reference)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count()
-    };
     let ours_differing = differing(&four_wide, &reference);
     let one_wide_differing = differing(&one_wide, &reference[1..]);
     let cast_differing = differing(&cast, &reference);
