@@ -45,11 +45,7 @@ impl RmsNorm {
     /// on the kernel path in the norm's own launch (no rounding pass over the f32 norm).
     pub fn forward_rounded_to_bf16<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         if self.on_kernel_path {
-            let dims = x.dims();
-            let width = dims[D - 1];
-            let rows = x.shape().num_elements() / width;
-            let y = rms_norm_rows_bf16(x.reshape([rows, width]), self.weight.val(), self.eps);
-            return y.reshape(dims);
+            return self.kernel_over_rows(x, rms_norm_rows_bf16);
         }
         to_nearest_bf16(self.forward(x))
     }
@@ -57,15 +53,23 @@ impl RmsNorm {
     /// Normalises over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         if self.on_kernel_path {
-            let dims = x.dims();
-            let width = dims[D - 1];
-            let rows = x.shape().num_elements() / width;
-            let y = rms_norm_rows(x.reshape([rows, width]), self.weight.val(), self.eps);
-            return y.reshape(dims);
+            return self.kernel_over_rows(x, rms_norm_rows);
         }
         let variance = x.clone().square().mean_dim(D - 1);
         let inv_rms = variance.add_scalar(self.eps).sqrt().recip();
         x * inv_rms * self.weight.val().unsqueeze::<D>()
+    }
+
+    /// A norm kernel (on [rows, width], with the weight and eps) over the last dimension of `x`.
+    fn kernel_over_rows<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        kernel: fn(Tensor<2>, Tensor<1>, f64) -> Tensor<2>,
+    ) -> Tensor<D> {
+        let dims = x.dims();
+        let width = dims[D - 1];
+        let rows = x.shape().num_elements() / width;
+        kernel(x.reshape([rows, width]), self.weight.val(), self.eps).reshape(dims)
     }
 }
 
