@@ -61,9 +61,7 @@ pub fn nearest_bf16(x: f32) -> bf16 {
 /// as an infinity or a zero here.
 #[cube]
 pub fn nearest_bf16_unless_nan(x: f32) -> bf16 {
-    bf16::cast_from(f32::reinterpret(
-        nearest_bf16_values_unless_nan::<Const<1>>(Vector::new(x)),
-    ))
+    bf16::cast_from(nearest_bf16_value_unless_nan(x))
 }
 
 /// As [`nearest_bf16_value`] without the NaN test (see [`nearest_bf16_unless_nan`]).

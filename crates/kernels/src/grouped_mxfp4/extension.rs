@@ -88,7 +88,7 @@ pub trait GroupedBackend: burn::backend::Backend {
     fn decoded_mxfp4_experts(words: IntTensor<Self>, scales: IntTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// The SwiGLU activations' and the decoded weights' dtype.
+/// The decoded weights' shape: [E, N, K] from the words' [E, N, K / 8].
 fn decoded_shape(words: &Shape) -> Shape {
     Shape::from(vec![words[0], words[1], words[2] * 8])
 }
