@@ -158,7 +158,7 @@ impl Attention {
                     nkv,
                 )
             } else {
-                let (q, k, v) = self.project_qkv(norm.forward(x), cos_sin);
+                let (q, k, v) = self.project_qkv(self.normed_input(norm, x), cos_sin);
                 kv.write(k, v, slot, kernels);
                 q
             };
@@ -179,10 +179,20 @@ impl Attention {
         linear(&self.o_proj, attended)
     }
 
+    /// `norm` (the layer's input norm) of `x` [B, T, H], as q, k and v's products read it: in
+    /// bf16, written by the norm's own launch, where they are tensor-core products (which round
+    /// their input to bf16 anyway); in f32 elsewhere.
+    pub fn normed_input(&self, norm: &RmsNorm, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        match self.projects_bf16_rows(b * t) {
+            true => norm.forward_rounded_to_bf16(x),
+            false => norm.forward(x),
+        }
+    }
+
     /// Whether q, k and v of `rows` rows are tensor-core products, which read their input
-    /// rounded to bf16 (the kernel path past a few rows): the input norm may then write bf16
-    /// itself.
-    pub fn projects_bf16_rows(&self, rows: usize) -> bool {
+    /// rounded to bf16 (the kernel path past a few rows).
+    fn projects_bf16_rows(&self, rows: usize) -> bool {
         on_kernel_path(&self.q_proj.weight.val()) && rows > FEW_ROWS
     }
 
@@ -217,7 +227,7 @@ impl Attention {
         } else {
             // The tensor-core products take bf16 rows: round them once for all three (each
             // product would round its own copy; rounding bf16 rows, such as the input norm's
-            // from `RmsNorm::forward_rounded_to_bf16`, returns them as they are).
+            // from `Self::normed_input`, returns them as they are).
             let x = match self.projects_bf16_rows(b * t) {
                 true => to_nearest_bf16(x),
                 false => x,

@@ -354,10 +354,9 @@ impl GptOss {
                 .or_insert_with(|| KeyMask::new(&pads, queries, keys, window, &device))
                 .clone();
 
-            let attn_in = match layer.self_attn.projects_bf16_rows(b * t) {
-                true => layer.input_layernorm.forward_rounded_to_bf16(x.clone()),
-                false => layer.input_layernorm.forward(x.clone()),
-            };
+            let attn_in = layer
+                .self_attn
+                .normed_input(&layer.input_layernorm, x.clone());
             let attended = layer
                 .self_attn
                 .attend_heads(attn_in, &cos_sin, &key_mask, layer_cache);
