@@ -70,6 +70,18 @@ pub fn nearest_bf16_value_unless_nan(x: f32) -> f32 {
     f32::reinterpret(nearest_bf16_values_unless_nan::<Const<1>>(Vector::new(x)))
 }
 
+/// `x` as an `O`, f32 or bf16: rounded to the nearest bf16 first where `O` is two bytes wide
+/// (cubecl's own conversion truncates on NVIDIA's Vulkan driver), as it is otherwise. For
+/// kernels that write either.
+#[cube]
+pub fn nearest_as<O: Float>(x: f32) -> O {
+    let mut value = x;
+    if O::size_bits().comptime() == 16 {
+        value = nearest_bf16_value(x);
+    }
+    O::cast_from(value)
+}
+
 /// Rounds `vectors` vectors of N values (four where the length allows: a pass over memory
 /// that reads and writes whole vectors moves more bytes a second than one of single values).
 #[cube(launch)]

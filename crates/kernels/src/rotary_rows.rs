@@ -13,8 +13,12 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::{assert_caches_writable, empty_f32, grid_over_rows, same_dtype};
+use crate::bf16_nearest::nearest_as;
+use crate::launch::{
+    assert_caches_writable, bf16_dtype, empty_f32, empty_of, grid_over_rows, same_dtype,
+};
 use crate::workgroup_reduce::UNITS;
+use half::bf16;
 
 /// RoPE's rotation (spec 4.3) of the pair (`a`, `b`) = (x[j], x[j + d/2]) by the angle whose
 /// cosine and sine are `c` and `s`: the new x[j]. [`rotated_second`] gives the new x[j + d/2].
@@ -29,13 +33,15 @@ pub(crate) fn rotated_second(a: f32, b: f32, c: f32, s: f32) -> f32 {
     b * c + a * s
 }
 
+/// Writes f32, or bf16 rounded to nearest where `O` is bf16 (for rows only the tensor-core
+/// attention reads, which would round them anyway).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn rotary_rows_kernel(
+fn rotary_rows_kernel<O: Float>(
     x: &[f32],
     cos: &[f32],
     sin: &[f32],
-    out: &mut [f32],
+    out: &mut [O],
     pairs: u32,
     batch: u32,
     positions: u32,
@@ -82,8 +88,8 @@ fn rotary_rows_kernel(
         first = rotated_first(a, b, c, s);
         second = rotated_second(a, b, c, s);
     }
-    out[(out_base + j) as usize] = first;
-    out[(out_base + half + j) as usize] = second;
+    out[(out_base + j) as usize] = nearest_as::<O>(first);
+    out[(out_base + half + j) as usize] = nearest_as::<O>(second);
 }
 
 /// One decode position per row: q rotated into `q_out` [B, q_heads, 1, d], k rotated and v
@@ -154,6 +160,16 @@ pub trait RotaryBackend: burn::backend::Backend {
         kv_heads: usize,
     ) -> FloatTensor<Self>;
 
+    /// As `rotary_rows`, the sections written in bf16 (rounded to nearest even).
+    #[fusion(dtype = bf16_dtype(x), shape = Shape::from(vec![x[0] * x[1] * x[2] * x[3]]))]
+    fn rotary_rows_bf16(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        q_heads: usize,
+        kv_heads: usize,
+    ) -> FloatTensor<Self>;
+
     /// `x` [B, 1, q_heads + 2 kv_heads, d], `cos` and `sin` [B, 1, 1, d / 2] -> q [B * q_heads
     /// * d] rotated; k rotated and v written in place into `keys` and `values` [B, kv_heads,
     /// capacity, d] (f32, contiguous) at slot `slot[0]`.
@@ -171,6 +187,40 @@ pub trait RotaryBackend: burn::backend::Backend {
     ) -> FloatTensor<Self>;
 }
 
+/// The rotary kernel writing `dtype` (f32 or bf16): see [`RotaryBackend::rotary_rows`].
+fn launch_rotary_rows(
+    [x, cos, sin]: [CubeTensor; 3],
+    q_heads: usize,
+    kv_heads: usize,
+    dtype: DType,
+) -> CubeTensor {
+    let [x, cos, sin] = [x, cos, sin].map(into_contiguous);
+    let [b, t, heads, d] = [0, 1, 2, 3].map(|i| x.meta.shape()[i]);
+    assert_eq!(heads, q_heads + 2 * kv_heads, "rotary_rows: head counts");
+    let pairs = b * t * heads * d / 2;
+    let out = empty_of(&x, vec![b * t * heads * d], dtype);
+    let launch = match dtype {
+        DType::BF16 => rotary_rows_kernel::launch::<bf16>,
+        _ => rotary_rows_kernel::launch::<f32>,
+    };
+    launch(
+        &x.client.clone(),
+        grid_over_rows(pairs.div_ceil(UNITS as usize)),
+        CubeDim::new_1d(UNITS),
+        x.into_buffer_arg(),
+        cos.into_buffer_arg(),
+        sin.into_buffer_arg(),
+        out.clone().into_buffer_arg(),
+        pairs as u32,
+        b as u32,
+        t as u32,
+        (d / 2) as u32,
+        q_heads as u32,
+        kv_heads as u32,
+    );
+    out
+}
+
 impl RotaryBackend for CubeBackend {
     fn rotary_rows(
         x: CubeTensor,
@@ -179,27 +229,17 @@ impl RotaryBackend for CubeBackend {
         q_heads: usize,
         kv_heads: usize,
     ) -> CubeTensor {
-        let [x, cos, sin] = [x, cos, sin].map(into_contiguous);
-        let [b, t, heads, d] = [0, 1, 2, 3].map(|i| x.meta.shape()[i]);
-        assert_eq!(heads, q_heads + 2 * kv_heads, "rotary_rows: head counts");
-        let pairs = b * t * heads * d / 2;
-        let out = empty_f32(&x, vec![b * t * heads * d]);
-        rotary_rows_kernel::launch(
-            &x.client.clone(),
-            grid_over_rows(pairs.div_ceil(UNITS as usize)),
-            CubeDim::new_1d(UNITS),
-            x.into_buffer_arg(),
-            cos.into_buffer_arg(),
-            sin.into_buffer_arg(),
-            out.clone().into_buffer_arg(),
-            pairs as u32,
-            b as u32,
-            t as u32,
-            (d / 2) as u32,
-            q_heads as u32,
-            kv_heads as u32,
-        );
-        out
+        launch_rotary_rows([x, cos, sin], q_heads, kv_heads, DType::F32)
+    }
+
+    fn rotary_rows_bf16(
+        x: CubeTensor,
+        cos: CubeTensor,
+        sin: CubeTensor,
+        q_heads: usize,
+        kv_heads: usize,
+    ) -> CubeTensor {
+        launch_rotary_rows([x, cos, sin], q_heads, kv_heads, DType::BF16)
     }
 
     fn rotary_qkv_into_cache(
@@ -249,6 +289,22 @@ impl RotaryBackend for CubeBackend {
 pub fn rotary_rows(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
     let [b, t, heads, d] = x.dims();
     rotated_sections(x, cos, sin, heads, 0).reshape([b, heads, t, d])
+}
+
+/// [`rotary_rows`] written in bf16, each value rounded to nearest even: for rows only the
+/// tensor-core attention reads (`attention_tiles`, which rounds them to bf16 anyway). GPU only.
+pub fn rotary_rows_bf16(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    let [b, t, heads, d] = x.dims();
+    let flat: Tensor<1> = Tensor::from_dispatch(
+        <burn::backend::Dispatch as RotaryBackend>::rotary_rows_bf16(
+            x.into_dispatch(),
+            cos.into_dispatch(),
+            sin.into_dispatch(),
+            heads,
+            0,
+        ),
+    );
+    flat.reshape([b, heads, t, d])
 }
 
 /// The kernel's flat output (see [`RotaryBackend::rotary_rows`]).
@@ -351,13 +407,15 @@ mod tests {
     use super::*;
     use crate::kernel_expansion::compile_kernel;
 
+    /// The rows kernel writing f32 and writing bf16.
+    type RowsToF32 = rotary_rows_kernel::RotaryRowsKernel<f32>;
+    type RowsToBf16 = rotary_rows_kernel::RotaryRowsKernel<bf16>;
+
     #[test]
     fn both_kernels_compile() {
-        let rows = compile_kernel!(
-            rotary_rows_kernel::RotaryRowsKernel,
-            CubeDim::new_1d(UNITS),
-            [b b b b s s s s s s],
-        );
+        let rows = compile_kernel!(RowsToF32, CubeDim::new_1d(UNITS), [b b b b s s s s s s]);
+        assert_eq!(rows, Ok(()));
+        let rows = compile_kernel!(RowsToBf16, CubeDim::new_1d(UNITS), [b b b b s s s s s s]);
         assert_eq!(rows, Ok(()));
         let into_cache = compile_kernel!(
             rotary_qkv_into_cache_kernel::RotaryQkvIntoCacheKernel,

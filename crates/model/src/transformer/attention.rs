@@ -55,13 +55,33 @@ pub struct Attention {
 /// `attention_tiles` (one tensor-core kernel instead of f32 matmuls around passes over the
 /// scores) for scoring and prefill.
 fn gpu_attention_kernel(queries: usize, head_dim: usize) -> Option<AttentionKernel> {
-    if queries <= attention_rows::MAX_QUERIES && attention_rows::supports(head_dim) {
+    if attends_in_rows(queries, head_dim) {
         Some(attention_rows::attention_rows)
-    } else if attention_tiles::supports(head_dim) {
+    } else if attends_in_tiles(queries, head_dim) {
         Some(attention_tiles::attention_tiles)
     } else {
         None
     }
+}
+
+/// Whether the GPU attends `queries` queries per row with heads of `head_dim` in
+/// `attention_rows`.
+fn attends_in_rows(queries: usize, head_dim: usize) -> bool {
+    queries <= attention_rows::MAX_QUERIES && attention_rows::supports(head_dim)
+}
+
+/// Whether the GPU attends `queries` queries per row with heads of `head_dim` in
+/// `attention_tiles`, which reads q, k and v rounded to bf16.
+fn attends_in_tiles(queries: usize, head_dim: usize) -> bool {
+    !attends_in_rows(queries, head_dim) && attention_tiles::supports(head_dim)
+}
+
+/// Which of q and k the rotation writes in bf16 (rounded to nearest), on the kernel path:
+/// those only the tensor-core attention reads, which would round them anyway.
+#[derive(Debug, Clone, Copy, Default)]
+struct RotatedBf16 {
+    q: bool,
+    k: bool,
 }
 
 impl Attention {
@@ -90,7 +110,14 @@ impl Attention {
         let [b, t, _] = x.dims();
         let (nh, _, d) = self.head_counts();
         let kernels = on_kernel_path(&self.q_proj.weight.val());
-        let (q, k, v) = self.project_qkv(x, cos_sin);
+        // Attention in tiles reads q and k in bf16: the rotation writes them so, k only where
+        // no cache keeps it in f32.
+        let tiles = kernels && attends_in_tiles(t, d);
+        let rotated_bf16 = RotatedBf16 {
+            q: tiles,
+            k: tiles && cache.is_none(),
+        };
+        let (q, k, v) = self.project_qkv(x, cos_sin, rotated_bf16);
         let (k, v) = match cache {
             Some(c) => c.append(k, v),
             None => (k, v),
@@ -158,7 +185,8 @@ impl Attention {
                     nkv,
                 )
             } else {
-                let (q, k, v) = self.project_qkv(self.normed_input(norm, x), cos_sin);
+                let normed = self.normed_input(norm, x);
+                let (q, k, v) = self.project_qkv(normed, cos_sin, RotatedBf16::default());
                 kv.write(k, v, slot, kernels);
                 q
             };
@@ -196,21 +224,28 @@ impl Attention {
         on_kernel_path(&self.q_proj.weight.val()) && rows > FEW_ROWS
     }
 
-    /// `x` [B, T, H] -> (q [B, heads, T, d], k and v [B, kv_heads, T, d]), q and k rotated.
+    /// `x` [B, T, H] -> (q [B, heads, T, d], k and v [B, kv_heads, T, d]), q and k rotated
+    /// (written in bf16 where `rotated_bf16` says so, on the kernel path past a few rows).
     fn project_qkv(
         &self,
         x: Tensor<3>,
         cos_sin: &(Tensor<4>, Tensor<4>),
+        rotated_bf16: RotatedBf16,
     ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [b, t, _] = x.dims();
         let (nh, nkv, d) = self.head_counts();
         let kernels = on_kernel_path(&self.q_proj.weight.val());
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
         let (cos, sin) = cos_sin;
-        // [B, T, n * d] -> rotated [B, n, T, d]: one kernel on the GPU path.
-        let rotated = |y: Tensor<3>, n: usize| {
+        // [B, T, n * d] -> rotated [B, n, T, d]: one kernel on the GPU path, which may write
+        // bf16.
+        let rotated = |y: Tensor<3>, n: usize, to_bf16: bool| {
+            let rotary = match to_bf16 {
+                true => rotary_rows::rotary_rows_bf16,
+                false => rotary_rows::rotary_rows,
+            };
             if kernels {
-                rotary_rows::rotary_rows(y.reshape([b, t, n, d]), cos.clone(), sin.clone())
+                rotary(y.reshape([b, t, n, d]), cos.clone(), sin.clone())
             } else {
                 apply_rotary(heads(y, n), cos, sin)
             }
@@ -233,8 +268,8 @@ impl Attention {
                 false => x,
             };
             (
-                rotated(linear(&self.q_proj, x.clone()), nh),
-                rotated(linear(&self.k_proj, x.clone()), nkv),
+                rotated(linear(&self.q_proj, x.clone()), nh, rotated_bf16.q),
+                rotated(linear(&self.k_proj, x.clone()), nkv, rotated_bf16.k),
                 heads(linear(&self.v_proj, x), nkv),
             )
         }

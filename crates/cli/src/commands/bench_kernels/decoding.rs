@@ -299,6 +299,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
 pub(super) fn check_rotary(device: &Device) -> anyhow::Result<()> {
     use gpt_oss_kernels::rotary_rows::{
         reference_rotary_qkv_rows, reference_rotary_rows, rotary_qkv_rows, rotary_rows,
+        rotary_rows_bf16,
     };
     let mut worst = Worst::new("RoPE kernel", 1e-6);
     // The last case has more than 65,535 workgroups (a second grid dimension).
@@ -307,6 +308,19 @@ pub(super) fn check_rotary(device: &Device) -> anyhow::Result<()> {
         let cos = Tensor::<4>::random([b, 1, t, d / 2], Distribution::Default, device);
         let sin = Tensor::<4>::random([b, 1, t, d / 2], Distribution::Default, device);
         let ours = rotary_rows(x.clone(), cos.clone(), sin.clone());
+        // Written in bf16 (the tensor-core attention's q and k): the f32 rotation rounded to
+        // nearest, bit for bit.
+        let rounded = rotary_rows_bf16(x.clone(), cos.clone(), sin.clone());
+        let differing = differing_values(rounded, to_nearest_bf16(ours.clone()))?;
+        println!(
+            "{}",
+            json!({"kernel": "rotary_rows_bf16", "rows": b, "positions": t, "heads": heads,
+                   "head_dim": d, "differing_from_rounded_rotation": differing})
+        );
+        anyhow::ensure!(
+            differing == 0,
+            "rotary_rows_bf16: {differing} values differ from the f32 rotation rounded to bf16"
+        );
         let reference = reference_rotary_rows(x, cos, sin);
         worst.record(
             ours,
