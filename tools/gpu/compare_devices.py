@@ -6,17 +6,16 @@ import os
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
+from compare_text import compare_text  # noqa: E402
+
 binary, model = sys.argv[1], sys.argv[2]
 # Extra arguments for the GPU runs only (e.g. --moe grouped).
 gpu_extra = sys.argv[3:]
 # Extra arguments for the CPU runs, from the environment (e.g. "--moe grouped-reference-bf16").
 cpu_extra = os.environ.get("CPU_EXTRA", "").split()
-text = "The capital of France is Paris. 2 + 2 = 4, and 7 * 8 = 56; one two three four five six seven."
-# TEXT replaces it (e.g. a text of 17 to 32 tokens: attention in tiles, the products in few rows).
-text = os.environ.get("TEXT", text)
-# REPEAT=N scores the text N times over (a longer context; the once-over text is already past the
-# 32 tokens from which the GPU takes scoring's path: tensor-core products, attention in tiles).
-text = " ".join([text] * int(os.environ.get("REPEAT", "1")))
+# The compared text: TEXT replaces it, REPEAT=N takes it N times over.
+text = compare_text()
 
 
 def run(*args):

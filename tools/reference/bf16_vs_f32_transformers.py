@@ -5,16 +5,15 @@ The yardstick for the workbench's bf16 GPU path.
 A second figure rounds only what the workbench's default GPU path rounds outside the experts
 (`--weights bf16`): the weights of the attention projections, the embedding and lm_head, and the
 rows going into those products (the tensor-core GEMM's inputs); everything else, the experts
-included, stays f32. Usage: [REPEAT=N] bf16_vs_f32_transformers.py [MODEL_DIR]"""
+included, stays f32. Usage: [TEXT=...] [REPEAT=N] bf16_vs_f32_transformers.py [MODEL_DIR]"""
 import json, os, sys
 
 import torch
+from compare_text import compare_text
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 d = sys.argv[1] if len(sys.argv) > 1 else "models/oss-nano"
 tok = PreTrainedTokenizerFast(tokenizer_file=f"{d}/tokenizer.json")
-text = "The capital of France is Paris. 2 + 2 = 4, and 7 * 8 = 56; one two three four five six seven."
-# REPEAT=N: the text N times over, as tools/gpu/compare_devices.py scores it.
-text = " ".join([text] * int(os.environ.get("REPEAT", "1")))
+text = compare_text()  # as tools/gpu/compare_devices.py scores it (TEXT, REPEAT=N)
 ids = torch.tensor([tok(text)["input_ids"]])
 ROUNDED = ("q_proj", "k_proj", "v_proj", "o_proj", "lm_head")
 
