@@ -6,11 +6,12 @@ use std::path::PathBuf;
 /// What can go wrong while reading, checking or running a gpt-oss checkpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
+    /// The reason is in the message and not also a `source()`: a chain printed with `{:#}`
+    /// (the CLI's errors) would otherwise say it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error("{path}: invalid config: {message}")]
@@ -44,10 +45,10 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 
@@ -79,3 +80,19 @@ impl ModelError {
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::ModelError;
+    use std::error::Error;
+
+    /// An I/O error names the file and the reason once: the reason is not also its source,
+    /// which a chain printed with `{:#}` would repeat.
+    #[test]
+    fn an_io_error_names_the_file_and_the_reason_once() {
+        let reason = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = ModelError::io("/models/x/config.json", reason);
+        assert_eq!(error.to_string(), "/models/x/config.json: no such file");
+        assert!(error.source().is_none());
+    }
+}

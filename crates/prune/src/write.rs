@@ -58,7 +58,7 @@ pub struct PruneReport {
 fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| gpt_oss_model::ModelError::Io {
         path: path.into(),
-        source: e,
+        error: e,
     })?;
     Ok(format!("sha256:{:x}", Sha256::digest(bytes)))
 }
@@ -99,7 +99,7 @@ pub fn prune_checkpoint(
             std::fs::copy(&from, staged.path().join(name)).map_err(|e| {
                 gpt_oss_model::ModelError::Io {
                     path: from.clone(),
-                    source: e,
+                    error: e,
                 }
             })?;
         }

@@ -133,7 +133,7 @@ impl GptOss {
             let name = f.file_name().expect("a file name");
             std::fs::copy(f, staged.path().join(name)).map_err(|e| crate::ModelError::Io {
                 path: f.to_path_buf(),
-                source: e,
+                error: e,
             })?;
         }
         let specs = expected_tensors(&config, options.experts);
