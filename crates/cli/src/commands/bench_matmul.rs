@@ -72,7 +72,7 @@ pub(crate) fn parse_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::coopma
     let (Some(shape), Some(units)) = (parts.next(), parts.next()) else {
         anyhow::bail!("tiling `{text}`: expected MxNxK/units[/scheme[/order]]");
     };
-    let [m, n, k] = parse_shape(shape)?;
+    let [m, n, k] = parse_tile_sides(shape)?;
     let units = units
         .parse()
         .map_err(|e| anyhow::anyhow!("tiling `{text}`: units: {e}"))?;
@@ -164,17 +164,28 @@ pub(crate) fn parse_product_tiling(
     Ok(tiling)
 }
 
-/// `[m, k, n]` from `4096` or `16384x2880x5760`.
+/// A product's `[m, k, n]` from `4096` or `16384x2880x5760`.
 pub fn parse_shape(text: &str) -> anyhow::Result<[usize; 3]> {
+    three_sides(text, "shape", "MxKxN")
+}
+
+/// A tile's `[m, n, k]` from `128` or `128x256x32` (the order tilings are written in).
+pub fn parse_tile_sides(text: &str) -> anyhow::Result<[usize; 3]> {
+    three_sides(text, "tile", "MxNxK")
+}
+
+/// Three sides from one (`4096`: all three) or three joined by `x`, in the order `order`
+/// names; errors name `what` and that order.
+fn three_sides(text: &str, what: &str, order: &str) -> anyhow::Result<[usize; 3]> {
     let sides: Vec<usize> = text
         .split('x')
         .map(|s| s.trim().parse::<usize>())
         .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("shape `{text}`: {e} (expected 4096 or MxKxN)"))?;
+        .map_err(|e| anyhow::anyhow!("{what} `{text}`: {e} (expected one side or {order})"))?;
     match sides.as_slice() {
-        [n] => Ok([*n, *n, *n]),
-        [m, k, n] => Ok([*m, *k, *n]),
-        _ => anyhow::bail!("shape `{text}`: expected one side or three (MxKxN)"),
+        [side] => Ok([*side; 3]),
+        [a, b, c] => Ok([*a, *b, *c]),
+        _ => anyhow::bail!("{what} `{text}`: expected one side or three ({order})"),
     }
 }
 
@@ -291,6 +302,24 @@ mod tests {
         assert!(parse_shape("8x16").is_err());
         assert!(parse_shape("a").is_err());
         assert!(parse_dtype("f64").is_err());
+    }
+
+    /// A tile's sides are read (and a bad one reported) as MxNxK, a product's as MxKxN.
+    #[test]
+    fn tiles_and_shapes_name_their_own_order() {
+        assert_eq!(parse_tile_sides("128x256x32").unwrap(), [128, 256, 32]);
+        let tile = parse_tile_sides("12x7").unwrap_err().to_string();
+        assert!(
+            tile.contains("tile `12x7`") && tile.contains("MxNxK"),
+            "{tile}"
+        );
+        let shape = parse_shape("12x7").unwrap_err().to_string();
+        assert!(
+            shape.contains("shape `12x7`") && shape.contains("MxKxN"),
+            "{shape}"
+        );
+        let tiling = parse_tiling("128x2x5y/256").unwrap_err().to_string();
+        assert!(tiling.contains("MxNxK"), "{tiling}");
     }
 
     #[test]

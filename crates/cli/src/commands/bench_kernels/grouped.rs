@@ -205,7 +205,7 @@ fn check_fused_epilogues(
 /// index (`Tiling::gathered`).
 pub(crate) fn parse_grouped_tiling(text: &str) -> anyhow::Result<grouped_mxfp4::Tiling> {
     let (shape, flags) = text.split_once('/').unwrap_or((text, ""));
-    let [m, n, k] = super::super::bench_matmul::parse_shape(shape)?;
+    let [m, n, k] = super::super::bench_matmul::parse_tile_sides(shape)?;
     if let Some(bad) = flags.chars().find(|c| !"tcdweg".contains(*c)) {
         anyhow::bail!(
             "grouped tiling `{text}`: unknown flag `{bad}` (t: table, c: column tiles first, \
