@@ -89,12 +89,12 @@ pub trait Strategy: Sync {
 /// Every registered strategy.
 pub fn all_strategies() -> Vec<Box<dyn Strategy>> {
     vec![
-        Box::new(strategies::frequency::Frequency),
-        Box::new(strategies::frequency::WeightedFrequency),
+        Box::new(strategies::frequency::FREQUENCY),
+        Box::new(strategies::frequency::WEIGHTED_FREQUENCY),
         Box::new(strategies::task_coverage::TaskCoverage),
         Box::new(strategies::math_probe_aware::MathProbeAware),
-        Box::new(strategies::saliency::Reap),
-        Box::new(strategies::saliency::Ean),
+        Box::new(strategies::saliency::REAP),
+        Box::new(strategies::saliency::EAN),
         Box::new(strategies::random::Random),
         Box::new(strategies::reconstruction::Reconstruction),
     ]
@@ -124,18 +124,47 @@ pub fn top_by_score(scores: &[f64], k: usize) -> Vec<usize> {
     order
 }
 
-/// The `k` experts of `layer` whose statistics, pooled over every task, score highest.
-pub fn top_by_pooled_score(
-    input: &SelectionInput<'_>,
-    layer: usize,
-    k: usize,
-    score: impl Fn(&StatCell) -> f64,
-) -> Vec<usize> {
-    let scores: Vec<f64> = input
-        .stats
-        .layer_totals(layer, None)
-        .iter()
-        .map(score)
-        .collect();
-    top_by_score(&scores, k)
+/// A strategy that keeps, in each layer, the `k` experts whose statistics pooled over every
+/// task score highest: frequency, weighted frequency, REAP and EAN differ only in the score.
+pub struct PooledScore {
+    name: &'static str,
+    description: &'static str,
+    score: fn(&StatCell) -> f64,
+}
+
+impl PooledScore {
+    pub const fn new(
+        name: &'static str,
+        description: &'static str,
+        score: fn(&StatCell) -> f64,
+    ) -> Self {
+        Self {
+            name,
+            description,
+            score,
+        }
+    }
+}
+
+impl Strategy for PooledScore {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn description(&self) -> &'static str {
+        self.description
+    }
+    fn select_layer(
+        &self,
+        input: &SelectionInput<'_>,
+        layer: usize,
+        k: usize,
+    ) -> Result<Vec<usize>> {
+        let scores: Vec<f64> = input
+            .stats
+            .layer_totals(layer, None)
+            .iter()
+            .map(self.score)
+            .collect();
+        Ok(top_by_score(&scores, k))
+    }
 }

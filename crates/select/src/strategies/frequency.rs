@@ -1,51 +1,36 @@
 //! The original project's method: keep the most often routed experts (pooled over every task of
 //! the calibration data), and its gate-weighted variant.
 
-use crate::Result;
-use crate::registry::{SelectionInput, Strategy, top_by_pooled_score};
+use crate::registry::PooledScore;
+use crate::stats::StatCell;
 
-pub struct Frequency;
+/// The most routed experts.
+pub const FREQUENCY: PooledScore = PooledScore::new(
+    "frequency",
+    "most routed experts (token count over the whole calibration set)",
+    token_count,
+);
 
-impl Strategy for Frequency {
-    fn name(&self) -> &'static str {
-        "frequency"
-    }
-    fn description(&self) -> &'static str {
-        "most routed experts (token count over the whole calibration set)"
-    }
-    fn select_layer(
-        &self,
-        input: &SelectionInput<'_>,
-        layer: usize,
-        k: usize,
-    ) -> Result<Vec<usize>> {
-        Ok(top_by_pooled_score(input, layer, k, |c| c.count as f64))
-    }
+/// The experts with the largest gate mass.
+pub const WEIGHTED_FREQUENCY: PooledScore = PooledScore::new(
+    "weighted-frequency",
+    "largest gate mass (sum of router weights) over the whole calibration set",
+    gate_mass,
+);
+
+fn token_count(cell: &StatCell) -> f64 {
+    cell.count as f64
 }
 
-pub struct WeightedFrequency;
-
-impl Strategy for WeightedFrequency {
-    fn name(&self) -> &'static str {
-        "weighted-frequency"
-    }
-    fn description(&self) -> &'static str {
-        "largest gate mass (sum of router weights) over the whole calibration set"
-    }
-    fn select_layer(
-        &self,
-        input: &SelectionInput<'_>,
-        layer: usize,
-        k: usize,
-    ) -> Result<Vec<usize>> {
-        Ok(top_by_pooled_score(input, layer, k, |c| c.gate_mass))
-    }
+fn gate_mass(cell: &StatCell) -> f64 {
+    cell.gate_mass
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::registry::StrategyParams;
+    use crate::registry::{SelectionInput, Strategy};
     use crate::strategies::test_stats::one_layer;
 
     #[test]
@@ -61,9 +46,9 @@ mod tests {
             activations: None,
             params: &params,
         };
-        assert_eq!(Frequency.select_layer(&input, 0, 2).unwrap(), vec![0, 1]);
+        assert_eq!(FREQUENCY.select_layer(&input, 0, 2).unwrap(), vec![0, 1]);
         assert_eq!(
-            WeightedFrequency.select_layer(&input, 0, 2).unwrap(),
+            WEIGHTED_FREQUENCY.select_layer(&input, 0, 2).unwrap(),
             vec![1, 3]
         );
     }

@@ -114,7 +114,7 @@ mod tests {
     use crate::activations::ActivationCache;
     use crate::registry::SelectionInput;
     use crate::stats::ExpertStats;
-    use crate::strategies::frequency::Frequency;
+    use crate::strategies::frequency::FREQUENCY;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -172,7 +172,7 @@ mod tests {
             activations: Some(&cache),
             params: &params,
         };
-        let freq = Frequency.select_layer(&input, 0, 4).unwrap();
+        let freq = FREQUENCY.select_layer(&input, 0, 4).unwrap();
         let search = Reconstruction.select_layer(&input, 0, 4).unwrap();
         let (ef, es) = (
             subset_error(&cache.0, &freq, 2),

@@ -2,51 +2,36 @@
 //! tokens of gate x ||expert output||, Lasby et al. 2025) and EAN (sum of expert activation
 //! norms over routed tokens).
 
-use crate::Result;
-use crate::registry::{SelectionInput, Strategy, top_by_pooled_score};
+use crate::registry::PooledScore;
+use crate::stats::StatCell;
 
-pub struct Reap;
+/// REAP saliency.
+pub const REAP: PooledScore = PooledScore::new(
+    "reap",
+    "REAP saliency: mean over routed tokens of gate weight x L2 norm of the expert's output",
+    reap,
+);
 
-impl Strategy for Reap {
-    fn name(&self) -> &'static str {
-        "reap"
-    }
-    fn description(&self) -> &'static str {
-        "REAP saliency: mean over routed tokens of gate weight x L2 norm of the expert's output"
-    }
-    fn select_layer(
-        &self,
-        input: &SelectionInput<'_>,
-        layer: usize,
-        k: usize,
-    ) -> Result<Vec<usize>> {
-        Ok(top_by_pooled_score(input, layer, k, |c| c.reap()))
-    }
+/// EAN: the experts' summed output norms.
+pub const EAN: PooledScore = PooledScore::new(
+    "ean",
+    "EAN: sum over routed tokens of the L2 norm of the expert's output",
+    ean,
+);
+
+fn reap(cell: &StatCell) -> f64 {
+    cell.reap()
 }
 
-pub struct Ean;
-
-impl Strategy for Ean {
-    fn name(&self) -> &'static str {
-        "ean"
-    }
-    fn description(&self) -> &'static str {
-        "EAN: sum over routed tokens of the L2 norm of the expert's output"
-    }
-    fn select_layer(
-        &self,
-        input: &SelectionInput<'_>,
-        layer: usize,
-        k: usize,
-    ) -> Result<Vec<usize>> {
-        Ok(top_by_pooled_score(input, layer, k, |c| c.ean_sum))
-    }
+fn ean(cell: &StatCell) -> f64 {
+    cell.ean_sum
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::registry::StrategyParams;
+    use crate::registry::{SelectionInput, Strategy};
     use crate::stats::{ExpertStats, StatCell};
 
     #[test]
@@ -77,8 +62,8 @@ mod tests {
             activations: None,
             params: &params,
         };
-        assert_eq!(Reap.select_layer(&input, 0, 1).unwrap(), vec![2]);
-        assert_eq!(Ean.select_layer(&input, 0, 1).unwrap(), vec![0]);
-        assert_eq!(Ean.select_layer(&input, 0, 2).unwrap(), vec![0, 2]);
+        assert_eq!(REAP.select_layer(&input, 0, 1).unwrap(), vec![2]);
+        assert_eq!(EAN.select_layer(&input, 0, 1).unwrap(), vec![0]);
+        assert_eq!(EAN.select_layer(&input, 0, 2).unwrap(), vec![0, 2]);
     }
 }

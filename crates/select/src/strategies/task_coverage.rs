@@ -78,7 +78,7 @@ impl Strategy for TaskCoverage {
 mod tests {
     use super::*;
     use crate::registry::StrategyParams;
-    use crate::strategies::frequency::Frequency;
+    use crate::strategies::frequency::FREQUENCY;
     use crate::strategies::test_stats::one_layer;
 
     #[test]
@@ -103,7 +103,7 @@ mod tests {
             activations: None,
             params: &params,
         };
-        let mut freq = Frequency.select_layer(&input, 0, 4).unwrap();
+        let mut freq = FREQUENCY.select_layer(&input, 0, 4).unwrap();
         freq.sort();
         assert_eq!(freq, vec![0, 1, 2, 3]);
         let mut cov = TaskCoverage.select_layer(&input, 0, 4).unwrap();
