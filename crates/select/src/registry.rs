@@ -116,6 +116,21 @@ pub fn strategy_by_name(name: &str) -> Result<Box<dyn Strategy>> {
         })
 }
 
+/// Adds to `chosen` the experts not in it with the highest `scores` (one per expert of the
+/// layer; ties: lower index first) until it holds `k`.
+pub fn fill_by_score(chosen: &mut Vec<usize>, scores: &[f64], k: usize) {
+    let open: Vec<f64> = scores
+        .iter()
+        .enumerate()
+        .map(|(e, &score)| match chosen.contains(&e) {
+            true => f64::NEG_INFINITY,
+            false => score,
+        })
+        .collect();
+    let missing = k.saturating_sub(chosen.len());
+    chosen.extend(top_by_score(&open, missing));
+}
+
 /// The `k` experts with the highest scores (ties: lower index first).
 pub fn top_by_score(scores: &[f64], k: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
@@ -166,5 +181,29 @@ impl Strategy for PooledScore {
             .map(self.score)
             .collect();
         Ok(top_by_score(&scores, k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fill_by_score, top_by_score};
+
+    #[test]
+    fn top_by_score_takes_the_highest_and_breaks_ties_by_index() {
+        assert_eq!(top_by_score(&[1.0, 5.0, 9.0, 5.0], 3), vec![2, 1, 3]);
+        assert_eq!(top_by_score(&[1.0, 5.0], 0), Vec::<usize>::new());
+    }
+
+    /// The chosen experts stay first and are not chosen again, however high they score; a
+    /// full list is left as it is.
+    #[test]
+    fn fill_by_score_adds_the_best_of_the_others_up_to_k() {
+        let scores = [1.0, 5.0, 9.0, 5.0, 7.0];
+        let mut chosen = vec![2];
+        fill_by_score(&mut chosen, &scores, 4);
+        assert_eq!(chosen, vec![2, 4, 1, 3]);
+        let mut full = vec![0, 1];
+        fill_by_score(&mut full, &scores, 2);
+        assert_eq!(full, vec![0, 1]);
     }
 }

@@ -3,7 +3,7 @@
 //! places go by frequency over the other tasks.
 
 use crate::Result;
-use crate::registry::{SelectionInput, Strategy, StrategyParams, top_by_score};
+use crate::registry::{SelectionInput, Strategy, StrategyParams, fill_by_score, top_by_score};
 
 pub struct MathProbeAware;
 
@@ -61,17 +61,7 @@ impl Strategy for MathProbeAware {
             .iter()
             .map(|c| c.count as f64)
             .collect();
-        let scores: Vec<f64> = (0..stats.num_experts)
-            .map(|e| {
-                if chosen.contains(&e) {
-                    f64::NEG_INFINITY
-                } else {
-                    rest[e]
-                }
-            })
-            .collect();
-        let missing = k - chosen.len();
-        chosen.extend(top_by_score(&scores, missing));
+        fill_by_score(&mut chosen, &rest, k);
         Ok(chosen)
     }
 }

@@ -4,7 +4,7 @@
 //! token counts.
 
 use crate::Result;
-use crate::registry::{SelectionInput, Strategy, top_by_score};
+use crate::registry::{SelectionInput, Strategy, fill_by_score};
 
 pub struct TaskCoverage;
 
@@ -58,17 +58,7 @@ impl Strategy for TaskCoverage {
                 .iter()
                 .map(|c| c.gate_mass)
                 .collect();
-            let scores: Vec<f64> = (0..e)
-                .map(|x| {
-                    if kept[x] {
-                        f64::NEG_INFINITY
-                    } else {
-                        pooled[x]
-                    }
-                })
-                .collect();
-            let missing = k - chosen.len();
-            chosen.extend(top_by_score(&scores, missing));
+            fill_by_score(&mut chosen, &pooled, k);
         }
         Ok(chosen)
     }
