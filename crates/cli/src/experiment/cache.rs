@@ -1,6 +1,7 @@
 //! Stage caching: every stage's output lives in a folder named by the hash of its inputs (file
-//! contents, options and the keys of the stages it reads), so a changed input re-runs its stage
-//! and the stages that read it, and nothing else.
+//! contents, options, the keys of the stages it reads, and the running binary: [`build_digest`]),
+//! so a changed input re-runs its stage and the stages that read it, and nothing else, and a
+//! rebuilt workbench re-runs them all.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,33 @@ pub fn file_digest(path: &Path) -> anyhow::Result<String> {
         file.seek(SeekFrom::End(-(1 << 20)))?;
         file.read_exact(&mut head)?;
         h.update(&head);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Digest of the running gpt-oss-lite binary, every byte of it: part of every stage's key, so
+/// that a rebuilt workbench (a strategy, the model code or a metric changed) runs the stages
+/// again instead of reusing what the old code wrote. [`file_digest`] samples large files and
+/// could miss a change inside the binary.
+pub fn build_digest() -> anyhow::Result<String> {
+    let binary = std::env::current_exe().context("locating the running gpt-oss-lite binary")?;
+    whole_file_digest(&binary)
+}
+
+/// Digest of every byte of the file at `path`, read a piece at a time.
+fn whole_file_digest(path: &Path) -> anyhow::Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut piece = vec![0u8; 1 << 20];
+    loop {
+        let read = file
+            .read(&mut piece)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        h.update(&piece[..read]);
     }
     Ok(format!("{:x}", h.finalize()))
 }
@@ -129,5 +157,24 @@ mod tests {
         assert_ne!(first, file_digest(&p).unwrap());
         let e = file_digest(&dir.path().join("missing.jsonl")).unwrap_err();
         assert!(format!("{e:#}").contains("missing.jsonl"));
+    }
+
+    /// A byte changed in the middle of a file past `HASH_WHOLE_BELOW` escapes the sampling
+    /// `file_digest` (same length, same first and last MiB) but not the whole-file digest the
+    /// build's key uses.
+    #[test]
+    fn the_whole_file_digest_sees_a_change_the_sampled_one_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("binary");
+        let mut bytes = vec![0u8; HASH_WHOLE_BELOW as usize + (4 << 20)];
+        std::fs::write(&p, &bytes).unwrap();
+        let (sampled, whole) = (file_digest(&p).unwrap(), whole_file_digest(&p).unwrap());
+        bytes[HASH_WHOLE_BELOW as usize / 2] = 1;
+        std::fs::write(&p, &bytes).unwrap();
+        assert_eq!(sampled, file_digest(&p).unwrap());
+        assert_ne!(whole, whole_file_digest(&p).unwrap());
+        let running = build_digest().unwrap();
+        assert_eq!(running, build_digest().unwrap());
+        assert_eq!(running.len(), 64);
     }
 }

@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::commands::eval::{evaluate_to, selection_mask};
 use crate::commands::trace::{file_id, model_id};
 use crate::model_args::{LoadedModel, ModelArgs};
-use cache::{Cache, StageKey, folder_digest};
+use cache::{Cache, StageKey, build_digest, folder_digest};
 use config::Experiment;
 
 #[derive(clap::Args, Debug)]
@@ -123,7 +123,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         loaded: None,
     };
     let mut runs = vec![];
-    let model_key = folder_digest(&model_dir)?;
+    // The model's files and the binary that runs the stages: a stage's output is reused only
+    // for the same checkpoint and the same build.
+    let model_key = StageKey::of(&[&folder_digest(&model_dir)?, &build_digest()?]).0;
 
     // Trace.
     let t = &experiment.trace;
