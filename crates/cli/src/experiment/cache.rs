@@ -132,6 +132,23 @@ impl Cache {
     pub fn mark_done(dir: &Path) -> anyhow::Result<()> {
         std::fs::write(dir.join("done"), "").with_context(|| format!("writing {}", dir.display()))
     }
+
+    /// Records in `dir` (made if missing) that the build `digest` ([`build_digest`]) started it.
+    pub fn record_build(dir: &Path, digest: &str) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("making {}", dir.display()))?;
+        std::fs::write(dir.join("build"), digest)
+            .with_context(|| format!("writing {}", dir.join("build").display()))
+    }
+
+    /// The build [`Self::record_build`] recorded in `dir`, if any (a folder from before builds
+    /// were recorded counts as another build's).
+    pub fn build_of(dir: &Path) -> Option<String> {
+        match std::fs::read_to_string(dir.join("build")) {
+            Ok(digest) => Some(digest),
+            Err(_) if dir.exists() => Some(String::new()),
+            Err(_) => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod config;
+mod trace_stage;
 
 use std::path::{Path, PathBuf};
 
@@ -22,16 +23,17 @@ use gpt_oss_select::registry::SelectionInput;
 use gpt_oss_select::{
     ActivationCache, Budget, ExpertStats, Selection, StrategyParams, strategy_by_name,
 };
+use gpt_oss_trace::TraceOptions;
 use gpt_oss_trace::activations::ActivationFiles;
-use gpt_oss_trace::{TraceOptions, trace};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::commands::eval::{evaluate_to, selection_mask};
-use crate::commands::trace::{file_id, model_id};
+use crate::commands::trace::file_id;
 use crate::model_args::{LoadedModel, ModelArgs};
 use cache::{Cache, StageKey, build_digest, folder_digest};
 use config::Experiment;
+use trace_stage::{Build, trace_stage};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -49,6 +51,11 @@ pub struct Args {
     /// auto, cpu or wgpu, replacing the file's `device`.
     #[arg(long)]
     pub device: Option<DeviceChoice>,
+    /// Reuse the traces another build of gpt-oss-lite made (by default a rebuilt workbench
+    /// traces again). For changes that cannot move the routing, such as a new strategy or
+    /// metric; select and eval still run again.
+    #[arg(long)]
+    pub keep_traces: bool,
 }
 
 /// What happened to one stage (printed as JSON at the end: `ran` false means cached).
@@ -123,9 +130,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         loaded: None,
     };
     let mut runs = vec![];
-    // The model's files and the binary that runs the stages: a stage's output is reused only
-    // for the same checkpoint and the same build.
-    let model_key = StageKey::of(&[&folder_digest(&model_dir)?, &build_digest()?]).0;
+    // The model's files and the binary that runs the stages: select and eval outputs are
+    // reused only for the same checkpoint and the same build. Traces are keyed by the files
+    // and record their build (`trace_stage`), so `--keep-traces` can keep another build's.
+    let build = Build {
+        digest: build_digest()?,
+        keep_traces: args.keep_traces,
+    };
+    let files_key = folder_digest(&model_dir)?;
+    let model_key = StageKey::of(&[&files_key, &build.digest]).0;
 
     // Trace.
     let t = &experiment.trace;
@@ -137,7 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let calibration = trace_stage(
         &mut model,
         &cache,
-        &model_key,
+        (&files_key, &build),
         "calibration",
         &t.calibration,
         TraceOptions {
@@ -157,7 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(trace_stage(
             &mut model,
             &cache,
-            &model_key,
+            (&files_key, &build),
             "protect",
             &t.protect,
             TraceOptions {
@@ -193,6 +206,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let sees_protect = protect.is_some() && s.protect_strategies.contains(name);
             let key = StageKey::of(&[
                 "select",
+                &build.digest,
                 &calibration.1.0,
                 if sees_protect {
                     &protect.as_ref().expect("checked").1.0
@@ -415,60 +429,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         serde_json::to_string(&serde_json::json!({"report": path, "stages": runs}))?
     );
     Ok(())
-}
-
-/// Traces `data` into the cache unless done; returns (folder, key).
-fn trace_stage(
-    model: &mut LazyModel,
-    cache: &Cache,
-    model_key: &str,
-    name: &str,
-    data: &[PathBuf],
-    options: TraceOptions,
-    runs: &mut Vec<StageRun>,
-) -> anyhow::Result<(PathBuf, StageKey)> {
-    let ids = data
-        .iter()
-        .map(|p| file_id(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut parts = vec![
-        "trace".to_string(),
-        model_key.to_string(),
-        serde_json::to_string(&options)?,
-    ];
-    parts.extend(ids.iter().cloned());
-    let key = StageKey::of(&parts.iter().map(String::as_str).collect::<Vec<_>>());
-    let dir = cache.dir("trace", name, &key);
-    let ran = !Cache::is_done(&dir);
-    if ran {
-        let records = read_datasets(data)?;
-        let model_id = model_id(&model.args.model)?;
-        let loaded = model.get()?;
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template(&format!("trace {name} {{human_pos}} tokens {{per_sec}}"))
-                .expect("template"),
-        );
-        let summary = trace(
-            &loaded.model,
-            loaded.tokenizer()?,
-            &records,
-            &model_id,
-            &ids,
-            &dir,
-            &options,
-            &mut |n| bar.inc(n as u64),
-        )?;
-        bar.finish_and_clear();
-        anyhow::ensure!(summary.complete, "trace {name} did not complete");
-        Cache::mark_done(&dir)?;
-    }
-    runs.push(StageRun {
-        stage: format!("trace {name}"),
-        key: key.short().into(),
-        ran,
-    });
-    Ok((dir, key))
 }
 
 fn accuracy(t: &gpt_oss_eval::TaskSummary) -> TaskAccuracy {
