@@ -7,7 +7,7 @@ use gpt_oss_model::transformer::moe_grouped::ExpertPath;
 use rand::{SeedableRng, rngs::StdRng};
 use serde_json::json;
 
-use super::rounding::differing_values;
+use super::rounding::ensure_rounded_from;
 use super::{
     Worst, packed_words, random_experts, seconds_per_call, seconds_per_queued_call, standard_normal,
 };
@@ -37,18 +37,13 @@ pub(super) fn check_rms_norm(device: &Device) -> anyhow::Result<()> {
             gpt_oss_kernels::rms_norm_rows::reference_rms_norm_rows(x.clone(), weight.clone(), eps);
         // Written in bf16 (the attention's input on the products path): the f32 norm rounded
         // to nearest, bit for bit.
-        let rounded =
-            gpt_oss_kernels::rms_norm_rows::rms_norm_rows_bf16(x.clone(), weight.clone(), eps);
-        let differing = differing_values(rounded, to_nearest_bf16(ours.clone()))?;
-        println!(
-            "{}",
-            json!({"kernel": "rms_norm_rows_bf16", "rows": rows, "width": width,
-                   "differing_from_rounded_norm": differing})
-        );
-        anyhow::ensure!(
-            differing == 0,
-            "rms_norm_rows_bf16: {differing} values differ from the f32 norm rounded to bf16"
-        );
+        ensure_rounded_from(
+            gpt_oss_kernels::rms_norm_rows::rms_norm_rows_bf16(x.clone(), weight.clone(), eps),
+            ours.clone(),
+            "the f32 norm",
+            json!({"kernel": "rms_norm_rows_bf16", "rows": rows, "width": width}),
+            "differing_from_rounded_norm",
+        )?;
         worst.record(
             ours,
             reference,
@@ -310,17 +305,14 @@ pub(super) fn check_rotary(device: &Device) -> anyhow::Result<()> {
         let ours = rotary_rows(x.clone(), cos.clone(), sin.clone());
         // Written in bf16 (the tensor-core attention's q and k): the f32 rotation rounded to
         // nearest, bit for bit.
-        let rounded = rotary_rows_bf16(x.clone(), cos.clone(), sin.clone());
-        let differing = differing_values(rounded, to_nearest_bf16(ours.clone()))?;
-        println!(
-            "{}",
+        ensure_rounded_from(
+            rotary_rows_bf16(x.clone(), cos.clone(), sin.clone()),
+            ours.clone(),
+            "the f32 rotation",
             json!({"kernel": "rotary_rows_bf16", "rows": b, "positions": t, "heads": heads,
-                   "head_dim": d, "differing_from_rounded_rotation": differing})
-        );
-        anyhow::ensure!(
-            differing == 0,
-            "rotary_rows_bf16: {differing} values differ from the f32 rotation rounded to bf16"
-        );
+                   "head_dim": d}),
+            "differing_from_rounded_rotation",
+        )?;
         let reference = reference_rotary_rows(x, cos, sin);
         worst.record(
             ours,

@@ -26,6 +26,27 @@ pub(super) fn differing_values<const D: usize>(
     Ok(differing(&as_f32s(got)?, &as_f32s(expected)?))
 }
 
+/// Fails unless `written`, a kernel's bf16 output, is `exact` (its f32 output, `what` in the
+/// message) rounded to nearest even, bit for bit. Prints `record` with the number of differing
+/// values added under `key`.
+pub(super) fn ensure_rounded_from<const D: usize>(
+    written: Tensor<D>,
+    exact: Tensor<D>,
+    what: &str,
+    mut record: serde_json::Value,
+    key: &str,
+) -> anyhow::Result<()> {
+    let differing = differing_values(written, to_nearest_bf16(exact))?;
+    record[key] = json!(differing);
+    println!("{record}");
+    anyhow::ensure!(
+        differing == 0,
+        "{}: {differing} values differ from {what} rounded to bf16",
+        record["kernel"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
 /// The values of `x` (f32 or bf16) as f32.
 fn as_f32s<const D: usize>(x: Tensor<D>) -> anyhow::Result<Vec<f32>> {
     x.cast(DType::F32)
