@@ -107,23 +107,60 @@ pub(super) fn pairs_gate_up_kernel(
             blocks_per_row,
             blocks_per_lane,
         );
-        let first_j = first_column(turn, columns_per_plane, turns);
-        #[unroll]
-        for c in 0..columns_per_plane {
-            let j = first_j + c as u32;
-            let gate_total = plane_sum(sums[first_slot + 2 * c]);
-            let up_total = plane_sum(sums[first_slot + 2 * c + 1]);
-            if lane == 0 && j < inter {
-                // spec 4.6: gate clamped above only, up on both sides, "+1" on up.
-                let g = min(gate_total + bias[(expert * width + 2 * j) as usize], limit);
-                let u = clamp(
-                    up_total + bias[(expert * width + 2 * j + 1) as usize],
-                    -limit,
-                    limit,
-                );
-                let glu = g / (1.0 + (-alpha * g).exp());
-                out[(pair * inter + j) as usize] = glu * (u + 1.0);
-            }
+        write_swiglu_columns(
+            &sums,
+            first_slot,
+            bias,
+            out,
+            lane,
+            expert,
+            pair,
+            first_column(turn, columns_per_plane, turns),
+            inter,
+            width,
+            limit,
+            alpha,
+            columns_per_plane,
+        );
+    }
+}
+
+/// Adds up the plane's gate and up sums (`sums[first_slot..]`, gate then up per column) for
+/// its `columns_per_plane` columns from `first_j`, and writes each column's SwiGLU activation
+/// of `pair` (bias of `expert`, whose gate_up rows are `width` = 2 * `inter`; clamp) into
+/// `out` [pairs, inter]: the plane's `lane` 0 writes, columns past `inter` are not written.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn write_swiglu_columns(
+    sums: &Array<f32>,
+    #[comptime] first_slot: usize,
+    bias: &[f32],
+    out: &mut [f32],
+    lane: u32,
+    expert: u32,
+    pair: u32,
+    first_j: u32,
+    inter: u32,
+    width: u32,
+    limit: f32,
+    alpha: f32,
+    #[comptime] columns_per_plane: usize,
+) {
+    #[unroll]
+    for c in 0..columns_per_plane {
+        let j = first_j + c as u32;
+        let gate_total = plane_sum(sums[first_slot + 2 * c]);
+        let up_total = plane_sum(sums[first_slot + 2 * c + 1]);
+        if lane == 0 && j < inter {
+            // spec 4.6: gate clamped above only, up on both sides, "+1" on up.
+            let g = min(gate_total + bias[(expert * width + 2 * j) as usize], limit);
+            let u = clamp(
+                up_total + bias[(expert * width + 2 * j + 1) as usize],
+                -limit,
+                limit,
+            );
+            let glu = g / (1.0 + (-alpha * g).exp());
+            out[(pair * inter + j) as usize] = glu * (u + 1.0);
         }
     }
 }
