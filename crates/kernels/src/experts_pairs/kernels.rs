@@ -131,7 +131,7 @@ pub(super) fn pairs_gate_up_kernel(
 /// `out` [pairs, inter]: the plane's `lane` 0 writes, columns past `inter` are not written.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn write_swiglu_columns(
+pub(super) fn write_swiglu_columns(
     sums: &Array<f32>,
     #[comptime] first_slot: usize,
     bias: &[f32],
@@ -168,7 +168,7 @@ fn write_swiglu_columns(
 /// The first of this plane's `columns_per_plane` output columns at turn `turn` of `turns`:
 /// the workgroup's turns take consecutive runs of its planes' columns.
 #[cube]
-fn first_column(
+pub(super) fn first_column(
     #[comptime] turn: usize,
     #[comptime] columns_per_plane: usize,
     #[comptime] turns: usize,
@@ -181,7 +181,7 @@ fn first_column(
 /// reads row 0 (in bounds, never written).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_gate_up_rows(
+pub(super) fn load_gate_up_rows(
     words: &[Words],
     scales: &[u32],
     loaded: &mut Array<Words>,

@@ -41,20 +41,53 @@ pub(super) fn load_input_rows(
     while v < vectors {
         let low = x[(first_row * blocks_per_row * (BLOCK / 4) + 2 * v) as usize];
         let high = x[(first_row * blocks_per_row * (BLOCK / 4) + 2 * v + 1) as usize];
-        let mut packed = Words::new(0u32);
-        #[unroll]
-        for i in 0..2usize {
-            packed.insert(
-                i,
-                (bf16_high_bits(low.extract(2 * i)) >> 16) | bf16_high_bits(low.extract(2 * i + 1)),
-            );
-            packed.insert(
-                i + 2,
-                (bf16_high_bits(high.extract(2 * i)) >> 16)
-                    | bf16_high_bits(high.extract(2 * i + 1)),
-            );
-        }
-        inputs[((v / 4) * BLOCK_VECTORS + v % 4) as usize] = packed;
+        inputs[((v / 4) * BLOCK_VECTORS + v % 4) as usize] = packed_bf16_pairs(low, high);
+        v += CUBE_DIM;
+    }
+    sync_cube();
+}
+
+/// Eight f32 inputs (`low`, then `high`) rounded to bf16 and packed two per word, the lower
+/// index in the low half.
+#[cube]
+fn packed_bf16_pairs(low: Four, high: Four) -> Words {
+    let mut packed = Words::new(0u32);
+    #[unroll]
+    for i in 0..2usize {
+        packed.insert(
+            i,
+            (bf16_high_bits(low.extract(2 * i)) >> 16) | bf16_high_bits(low.extract(2 * i + 1)),
+        );
+        packed.insert(
+            i + 2,
+            (bf16_high_bits(high.extract(2 * i)) >> 16) | bf16_high_bits(high.extract(2 * i + 1)),
+        );
+    }
+    packed
+}
+
+/// As [`load_input_rows`] for the `count` rows listed in `listed[first..]`: row `r` of
+/// `inputs` is row `listed[first + r] / divisor` of `x` (a pair's token at `divisor` = k, the
+/// pair's own row at 1). Synchronises before (earlier readers) and after.
+#[cube]
+pub(super) fn load_listed_rows(
+    x: &[Four],
+    inputs: &mut [Words],
+    listed: &[u32],
+    first: u32,
+    count: u32,
+    divisor: u32,
+    blocks_per_row: u32,
+) {
+    sync_cube();
+    let row_vectors = blocks_per_row * (BLOCK / 8);
+    let mut v = UNIT_POS;
+    while v < count * row_vectors {
+        let row = listed[(first + v / row_vectors) as usize] / divisor;
+        let source = row * blocks_per_row * (BLOCK / 4) + 2 * (v % row_vectors);
+        let low = x[source as usize];
+        let high = x[(source + 1) as usize];
+        inputs[((v / 4) * BLOCK_VECTORS + v % 4) as usize] = packed_bf16_pairs(low, high);
         v += CUBE_DIM;
     }
     sync_cube();
@@ -152,6 +185,78 @@ pub(super) fn add_lane_dots(
                     + parts.extract(3usize);
                 sums[slot] +=
                     block_sum * scale_value(scale_words[slot * blocks_per_lane + b] & 0xFF);
+            }
+        }
+    }
+}
+
+/// Adds to `sums[r * slots + s]` the dot product of listed input row `r` (of the `count` in
+/// shared `inputs`, as [`load_listed_rows`] stores them, `count` at most `chunk_rows`) with
+/// the weight row in slot `s` (of `slots`, loaded by [`load_lane_blocks`]): this invocation's
+/// blocks. Each weight is decoded once (scaled, exact) for all the rows, where
+/// [`add_lane_dots`] decodes it once per input row. `sums` starts from zero here.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add_listed_dots(
+    inputs: &[Words],
+    table: &[f32],
+    loaded: &Array<Words>,
+    scale_words: &Array<u32>,
+    sums: &mut Array<f32>,
+    count: u32,
+    blocks_per_row: u32,
+    #[comptime] slots: usize,
+    #[comptime] blocks_per_lane: usize,
+    #[comptime] chunk_rows: usize,
+) {
+    let lane = UNIT_POS_X;
+    #[unroll]
+    for i in 0..slots * chunk_rows {
+        sums[i] = 0.0;
+    }
+    #[unroll]
+    for b in 0..blocks_per_lane {
+        let block = lane + b as u32 * LANES;
+        if block < blocks_per_row {
+            let mut scale = Array::<f32>::new(slots);
+            #[unroll]
+            for s in 0..slots {
+                scale[s] = scale_value(scale_words[s * blocks_per_lane + b] & 0xFF);
+            }
+            #[unroll]
+            for w in 0..4usize {
+                // Word w of every slot's block: eight weights each, meeting inputs 8w..8w + 8.
+                let mut weights = Array::<f32>::new(slots * 8);
+                #[unroll]
+                for s in 0..slots {
+                    let word = loaded[s * blocks_per_lane + b].extract(w);
+                    #[unroll]
+                    for q in 0..8usize {
+                        weights[s * 8 + q] = table[((word >> (4 * q as u32)) & 0xF) as usize] * scale[s];
+                    }
+                }
+                #[unroll]
+                for r in 0..chunk_rows {
+                    if (r as u32) < count {
+                        let pairs = inputs[((r as u32 * blocks_per_row + block) * BLOCK_VECTORS) as usize + w];
+                        let mut xs = Array::<f32>::new(8usize);
+                        #[unroll]
+                        for p in 0..4usize {
+                            let word = pairs.extract(p);
+                            xs[2 * p] = f32::reinterpret(word << 16);
+                            xs[2 * p + 1] = f32::reinterpret(word & 0xFFFF_0000);
+                        }
+                        #[unroll]
+                        for s in 0..slots {
+                            let mut part = 0.0f32;
+                            #[unroll]
+                            for q in 0..8usize {
+                                part += weights[s * 8 + q] * xs[q];
+                            }
+                            sums[r * slots + s] += part;
+                        }
+                    }
+                }
             }
         }
     }

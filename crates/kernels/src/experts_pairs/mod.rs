@@ -32,6 +32,13 @@ use cubecl::prelude::*;
 use crate::launch::{empty_f32, same_dtype};
 use kernels::{pairs_down_kernel, pairs_gate_up_kernel};
 
+pub use by_expert::{
+    DOWN_BY_EXPERT, ExpertShape, GATE_UP_BY_EXPERT, experts_down, experts_gate_up,
+    supports_by_expert,
+};
+
+mod by_expert;
+mod by_expert_kernels;
 mod kernels;
 mod lanes;
 
@@ -109,6 +116,9 @@ const BLOCK_VECTORS: u32 = 5;
 /// Shared memory one workgroup may take for its input rows (Vulkan's guaranteed minimum is
 /// 16 KiB; every desktop GPU offers 48 KiB).
 const SHARED_INPUT_BYTES: usize = 48 * 1024 - 1024;
+/// Most pairs the by-expert kernels list per launch (one invocation each): 32 tokens at k = 4,
+/// the model's per-pair path's most.
+const MAX_LISTED: usize = 128;
 
 /// Four consecutive u32 words: one MXFP4 block of weights, or eight bf16 inputs.
 type Words = Vector<u32, Const<4>>;
@@ -351,13 +361,15 @@ fn blocks_per_lane(blocks_per_row: usize) -> usize {
     blocks_per_row.div_ceil(LANES as usize)
 }
 
+/// Shared-memory bytes of one input row `width` wide (bf16, padded per block).
+fn row_bytes(width: usize) -> usize {
+    blocks_per_lane(width / BLOCK as usize) * (LANES * BLOCK_VECTORS) as usize * 16
+}
+
 /// Whether the kernels take `hidden` and `inter` widths with `top_k` experts per token: MXFP4
 /// blocks of 32 along K, and the down kernel's k input rows (bf16, padded per block) within
 /// the shared memory a workgroup may take.
 pub fn supports(hidden: usize, inter: usize, top_k: usize) -> bool {
-    let row_bytes = |width: usize| {
-        blocks_per_lane(width / BLOCK as usize) * (LANES * BLOCK_VECTORS) as usize * 16
-    };
     hidden.is_multiple_of(32)
         && inter.is_multiple_of(32)
         && top_k * row_bytes(inter) <= SHARED_INPUT_BYTES
