@@ -21,6 +21,7 @@ mod decoding;
 mod expert_groups;
 mod few_rows;
 mod grouped;
+mod moe_pairs;
 mod rounding;
 mod router_logits;
 
@@ -150,7 +151,7 @@ const DECODING_CHECKS: [(&str, Check); 14] = [
     ("rms_norm", decoding::check_rms_norm),
     ("router", decoding::check_router),
     ("o_router", decoding::check_o_add_norm_router),
-    ("moe_pairs", decoding::check_moe_pairs),
+    ("moe_pairs", moe_pairs::check_moe_pairs),
     ("attention_rows", attention::check_attention_rows),
     ("attention_step", attention::check_attention_step),
     ("rotary", decoding::check_rotary),

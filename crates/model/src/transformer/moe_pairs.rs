@@ -28,6 +28,21 @@ use super::project::on_kernel_path;
 /// 2.5 vs 5.3 ms at 128.
 pub const MAX_PAIRS: usize = 128;
 
+/// From this many tokens the per-pair path takes its experts expert by expert
+/// (`experts_pairs::experts_gate_up` and `experts_down`: each weight decoded once for all the
+/// pairs routed to its expert); below, pair by pair. To be measured.
+pub const BY_EXPERT_FROM_TOKENS: usize = 4;
+
+/// Whether [`experts_by_pairs`] takes the by-expert kernels for `tokens` tokens of `hidden` by
+/// `inter` with `top_k` experts each.
+fn takes_by_expert(tokens: usize, hidden: usize, inter: usize, top_k: usize) -> bool {
+    let pairs = tokens * top_k;
+    tokens >= BY_EXPERT_FROM_TOKENS
+        && [experts_pairs::GATE_UP_BY_EXPERT, experts_pairs::DOWN_BY_EXPERT]
+            .into_iter()
+            .all(|shape| experts_pairs::supports_by_expert(hidden, inter, pairs, shape))
+}
+
 /// The packed gate_up and down weights when `moe` runs `tokens` tokens through this path (the
 /// GPU kernel path, MXFP4 experts of shapes the kernels take, few enough pairs), else `None`.
 pub fn pair_weights(moe: &Moe, tokens: usize) -> Option<(&PackedMxfp4, &PackedMxfp4)> {
@@ -185,7 +200,29 @@ fn experts_by_pairs(
     residual: Option<Tensor<2>>,
 ) -> Tensor<2> {
     let experts = &moe.experts;
-    let tokens = xs.dims()[0];
+    let [tokens, hidden] = xs.dims();
+    let inter = gate_up.words.dims()[1] / 2;
+    if takes_by_expert(tokens, hidden, inter, moe.top_k) {
+        let act = experts_pairs::experts_gate_up(
+            xs,
+            routing.clone(),
+            gate_up.words.val(),
+            gate_up.scale_words.val(),
+            experts.gate_up_bias.val(),
+            experts.swiglu_limit,
+            experts.swiglu_alpha,
+            experts_pairs::GATE_UP_BY_EXPERT,
+        );
+        return experts_pairs::experts_down(
+            act,
+            routing,
+            down.words.val(),
+            down.scale_words.val(),
+            experts.down_bias.val(),
+            residual,
+            experts_pairs::DOWN_BY_EXPERT,
+        );
+    }
     let act = experts_pairs::pairs_gate_up(
         xs,
         routing.clone(),

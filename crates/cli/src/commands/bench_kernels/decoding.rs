@@ -1,16 +1,13 @@
 //! kernel-check cases for the decoding kernels (one launch each instead of tens of burn ops):
-//! RMSNorm, router top-k, per-pair MXFP4 experts, RoPE (few-query attention: `attention`).
+//! RMSNorm, router top-k, RoPE (few-query attention: `attention`; the experts for a few tokens:
+//! `moe_pairs`).
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use gpt_oss_kernels::bf16_nearest::to_nearest_bf16;
-use gpt_oss_model::transformer::moe_grouped::ExpertPath;
-use rand::{SeedableRng, rngs::StdRng};
 use serde_json::json;
 
 use super::rounding::ensure_rounded_from;
-use super::{
-    Worst, packed_words, random_experts, seconds_per_call, seconds_per_queued_call, standard_normal,
-};
+use super::{Worst, standard_normal};
 
 /// Normal tokens [tokens, hidden] and router weights [hidden, experts] scaled for logits of
 /// order one.
@@ -213,81 +210,6 @@ pub(super) fn check_o_add_norm_router(device: &Device) -> anyhow::Result<()> {
         left.len() == counts && left.iter().all(|&c| c == 0),
         "output projection with the router: arrival counts left at {left:?}"
     );
-    worst.finish()
-}
-
-/// The per-pair experts kernels (router table in, weighted sum out) against the grouped
-/// reference (pairs sorted, MXFP4 decoded by burn ops, inputs rounded to bf16), and the time of
-/// the whole MoE block (routing included) by pairs and by the sorted grouped kernels.
-pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
-    use gpt_oss_kernels::experts_pairs::{pairs_down, pairs_gate_up};
-    use gpt_oss_kernels::router_top_k::{reference_router_top_k, router_top_k};
-    use gpt_oss_model::transformer::moe_grouped::grouped_experts;
-    let mut rng = StdRng::seed_from_u64(5);
-    let mut worst = Worst::new("per-pair experts kernels", 1e-2);
-    for [tokens, experts, hidden, inter] in [
-        [1, 4, 64, 96],
-        [3, 8, 128, 64],
-        [1, 32, 2880, 2880],
-        [4, 32, 2880, 2880],
-        [8, 32, 2880, 2880],
-        [32, 32, 2880, 2880],
-    ] {
-        let top_k = 4;
-        let layer = random_experts(&mut rng, [experts, hidden, inter], device);
-        let (gu_words, gu_scales) = packed_words(&layer.gate_up);
-        let (down_words, down_scales) = packed_words(&layer.down);
-        let (x, w) = random_tokens_and_router(tokens, hidden, experts, device);
-        let mut bias = Tensor::<1>::zeros([experts], device);
-        if tokens == 3 {
-            // Half the experts masked out, as `ExpertMask` does it.
-            let masked = Tensor::<1>::full([experts / 2], f32::NEG_INFINITY, device);
-            bias = bias.slice_assign(0..experts / 2, masked);
-        }
-        // The decoder layer's residual stream, added by the down kernel.
-        let residual = standard_normal([tokens, hidden], device);
-        let by_pairs = || {
-            let routing = router_top_k(x.clone(), w.clone(), bias.clone(), top_k);
-            let act = pairs_gate_up(
-                x.clone(),
-                routing.clone(),
-                gu_words.clone(),
-                gu_scales.clone(),
-                layer.gate_up_bias.val(),
-                layer.swiglu_limit,
-                layer.swiglu_alpha,
-                gpt_oss_kernels::experts_pairs::GATE_UP_SHAPE,
-            );
-            pairs_down(
-                act,
-                routing,
-                down_words.clone(),
-                down_scales.clone(),
-                layer.down_bias.val(),
-                Some(residual.clone()),
-                gpt_oss_kernels::experts_pairs::down_shape(tokens),
-            )
-        };
-        let sorted = |path: ExpertPath| {
-            let routing = reference_router_top_k(x.clone(), w.clone(), bias.clone(), top_k);
-            let ids = routing.clone().narrow(1, 0, top_k).int();
-            let gates = routing.narrow(1, top_k, top_k).reshape([tokens * top_k]);
-            grouped_experts(&layer, x.clone(), ids, gates, path)
-        };
-        let ours = by_pairs();
-        let reference = sorted(ExpertPath::GroupedReferenceBf16) + residual.clone();
-        let pairs_seconds = seconds_per_call(device, by_pairs)?;
-        let pairs_queued_seconds = seconds_per_queued_call(device, by_pairs)?;
-        let sorted_seconds = seconds_per_call(device, || sorted(ExpertPath::GroupedKernel))?;
-        worst.record(
-            ours,
-            reference,
-            json!({"kernel": "experts_pairs", "tokens": tokens, "experts": experts,
-                   "hidden": hidden, "inter": inter, "top_k": top_k,
-                   "seconds_by_pairs": pairs_seconds, "seconds_sorted_grouped": sorted_seconds,
-                   "seconds_by_pairs_queued": pairs_queued_seconds}),
-        );
-    }
     worst.finish()
 }
 
