@@ -57,7 +57,7 @@ pub struct KernelCheckArgs {
     pub decoding_only: bool,
     /// Only these checks, by name (an unknown name lists them all; scoring's checks run
     /// before decoding's); with `--decode-timings`, only these groups of timings (small: norms,
-    /// router, RoPE and attention; layer_chain; projections; pairs).
+    /// router, RoPE and attention; layer_chain; projections; pairs; by_expert).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Output columns per plane of the per-pair experts kernels timed by `--decode-timings`.

@@ -13,7 +13,7 @@ use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use super::by_expert_kernels::{experts_down_kernel, experts_gate_up_kernel, sum_ranks_kernel};
-use super::{BLOCK, LANES, MAX_LISTED, blocks_per_lane, row_bytes, SHARED_INPUT_BYTES};
+use super::{BLOCK, LANES, MAX_LISTED, SHARED_INPUT_BYTES, blocks_per_lane, row_bytes};
 use crate::launch::{empty_f32, same_dtype};
 
 /// A by-expert kernel's workgroup: `planes` planes of [`LANES`] invocations (at least
@@ -24,6 +24,9 @@ pub struct ExpertShape {
     pub columns_per_plane: u32,
     pub planes: u32,
     pub chunk_rows: u32,
+    /// Whether a workgroup issues its weight loads before listing its expert's pairs (their
+    /// latencies overlap, but an expert no pair chose reads its rows for nothing) or after.
+    pub weights_first: bool,
 }
 
 impl ExpertShape {
@@ -48,11 +51,13 @@ pub const GATE_UP_BY_EXPERT: ExpertShape = ExpertShape {
     columns_per_plane: 2,
     planes: 8,
     chunk_rows: 4,
+    weights_first: false,
 };
 pub const DOWN_BY_EXPERT: ExpertShape = ExpertShape {
     columns_per_plane: 4,
     planes: 8,
     chunk_rows: 4,
+    weights_first: false,
 };
 
 /// Whether the by-expert kernels take `hidden` and `inter` widths, `pairs` pairs and `shape`:
@@ -85,6 +90,7 @@ pub trait ByExpertBackend: burn::backend::Backend {
         columns_per_plane: u32,
         planes: u32,
         chunk_rows: u32,
+        weights_first: bool,
     ) -> FloatTensor<Self>;
 
     /// As `pairs_down`: `act` [n * k, I], `routing` [m, 2k], down `words` [E, H, I / 8] and
@@ -102,6 +108,7 @@ pub trait ByExpertBackend: burn::backend::Backend {
         columns_per_plane: u32,
         planes: u32,
         chunk_rows: u32,
+        weights_first: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -117,6 +124,7 @@ impl ByExpertBackend for CubeBackend {
         columns_per_plane: u32,
         planes: u32,
         chunk_rows: u32,
+        weights_first: bool,
     ) -> CubeTensor {
         let [x, routing, words, scales, bias] =
             [x, routing, words, scales, bias].map(into_contiguous);
@@ -128,6 +136,7 @@ impl ByExpertBackend for CubeBackend {
             columns_per_plane,
             planes,
             chunk_rows,
+            weights_first,
         };
         assert!(
             routing.meta.shape()[0] >= tokens
@@ -160,6 +169,7 @@ impl ByExpertBackend for CubeBackend {
                 blocks_per_lane(blocks_per_row),
                 columns_per_plane as usize,
                 chunk_rows as usize,
+                weights_first,
             )
         };
         out
@@ -176,6 +186,7 @@ impl ByExpertBackend for CubeBackend {
         columns_per_plane: u32,
         planes: u32,
         chunk_rows: u32,
+        weights_first: bool,
     ) -> CubeTensor {
         let [act, routing, words, scales, bias, residual] =
             [act, routing, words, scales, bias, residual].map(into_contiguous);
@@ -188,6 +199,7 @@ impl ByExpertBackend for CubeBackend {
             columns_per_plane,
             planes,
             chunk_rows,
+            weights_first,
         };
         assert!(
             routing.meta.shape()[0] >= tokens && supports_by_expert(hidden, inter, pairs, shape),
@@ -219,6 +231,7 @@ impl ByExpertBackend for CubeBackend {
                 blocks_per_lane(blocks_per_row),
                 columns_per_plane as usize,
                 chunk_rows as usize,
+                weights_first,
             );
             let values = tokens * hidden;
             sum_ranks_kernel::launch_unchecked(
@@ -254,18 +267,21 @@ pub fn experts_gate_up(
     alpha: f32,
     shape: ExpertShape,
 ) -> Tensor<2> {
-    Tensor::from_dispatch(<burn::backend::Dispatch as ByExpertBackend>::experts_gate_up(
-        x.into_dispatch(),
-        routing.into_dispatch(),
-        words.into_dispatch(),
-        scales.into_dispatch(),
-        bias.into_dispatch(),
-        limit,
-        alpha,
-        shape.columns_per_plane,
-        shape.planes,
-        shape.chunk_rows,
-    ))
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as ByExpertBackend>::experts_gate_up(
+            x.into_dispatch(),
+            routing.into_dispatch(),
+            words.into_dispatch(),
+            scales.into_dispatch(),
+            bias.into_dispatch(),
+            limit,
+            alpha,
+            shape.columns_per_plane,
+            shape.planes,
+            shape.chunk_rows,
+            shape.weights_first,
+        ),
+    )
 }
 
 /// As [`super::pairs_down`], expert by expert, workgroups of `shape` ([`DOWN_BY_EXPERT`]
@@ -293,6 +309,7 @@ pub fn experts_down(
         shape.columns_per_plane,
         shape.planes,
         shape.chunk_rows,
+        shape.weights_first,
     ))
 }
 
@@ -305,7 +322,15 @@ mod tests {
     fn the_kernels_compile_for_the_model_shapes() {
         // 20b's 2880-wide rows: 90 blocks of 32 inputs.
         let blocks = blocks_per_lane(2880 / BLOCK as usize);
-        for shape in [GATE_UP_BY_EXPERT, DOWN_BY_EXPERT] {
+        for shape in [GATE_UP_BY_EXPERT, DOWN_BY_EXPERT]
+            .into_iter()
+            .flat_map(|shape| {
+                [false, true].map(|weights_first| ExpertShape {
+                    weights_first,
+                    ..shape
+                })
+            })
+        {
             let gate_up = compile_kernel!(
                 experts_gate_up_kernel::ExpertsGateUpKernel,
                 CubeDim::new_2d(LANES, shape.planes),
@@ -313,6 +338,7 @@ mod tests {
                 blocks,
                 shape.columns_per_plane as usize,
                 shape.chunk_rows as usize,
+                shape.weights_first,
             );
             assert_eq!(gate_up, Ok(()), "{shape:?}");
             let down = compile_kernel!(
@@ -322,6 +348,7 @@ mod tests {
                 blocks,
                 shape.columns_per_plane as usize,
                 shape.chunk_rows as usize,
+                shape.weights_first,
             );
             assert_eq!(down, Ok(()), "{shape:?}");
         }
@@ -342,7 +369,10 @@ mod tests {
     #[test]
     fn supports_the_model_shapes_and_refuses_what_does_not_fit() {
         for shape in [GATE_UP_BY_EXPERT, DOWN_BY_EXPERT] {
-            assert!(supports_by_expert(2880, 2880, MAX_LISTED, shape), "{shape:?}");
+            assert!(
+                supports_by_expert(2880, 2880, MAX_LISTED, shape),
+                "{shape:?}"
+            );
             assert!(!supports_by_expert(2880, 2880, MAX_LISTED + 1, shape));
             assert!(!supports_by_expert(2880, 2880 + 16, 4, shape));
             let three_planes = ExpertShape { planes: 3, ..shape };

@@ -74,39 +74,70 @@ pub(super) fn experts_gate_up_kernel(
     #[comptime] blocks_per_lane: usize,
     #[comptime] columns_per_plane: usize,
     #[comptime] chunk_rows: usize,
+    #[comptime] weights_first: bool,
 ) {
     let expert = CUBE_POS_X;
-    let mut listed = Shared::<[u32]>::new_slice(MAX_LISTED);
-    let mut plane_counts = Shared::<[u32]>::new_slice(MAX_LISTED / LANES as usize);
-    let total = list_pairs_of(routing, top_k, pairs, expert, &mut listed, &mut plane_counts);
-    if total == 0 {
-        terminate!();
-    }
-    let mut table = Shared::<[f32]>::new_slice(16usize);
-    let mut inputs =
-        Shared::<[Words]>::new_slice(chunk_rows * blocks_per_lane * (LANES * BLOCK_VECTORS) as usize);
-    fill_fp4_table(&mut table);
     let lane = UNIT_POS_X;
     let width = 2 * inter;
     let slots = comptime!(2 * columns_per_plane);
     let mut loaded = Array::<Words>::new(slots * blocks_per_lane);
     let mut scale_words = Array::<u32>::new(slots * blocks_per_lane);
-    let mut sums = Array::<f32>::new(slots * chunk_rows);
     let first_j = first_column(0usize, columns_per_plane, 1usize);
-    load_gate_up_rows(
-        words,
-        scales,
-        &mut loaded,
-        &mut scale_words,
-        0usize,
+    let (expert_blocks, expert_scales) = (
         expert * width * blocks_per_row,
         expert * scale_words_per_expert,
-        first_j,
-        inter,
-        blocks_per_row,
-        slots,
-        blocks_per_lane,
     );
+    if comptime!(weights_first) {
+        load_gate_up_rows(
+            words,
+            scales,
+            &mut loaded,
+            &mut scale_words,
+            0usize,
+            expert_blocks,
+            expert_scales,
+            first_j,
+            inter,
+            blocks_per_row,
+            slots,
+            blocks_per_lane,
+        );
+    }
+    let mut listed = Shared::<[u32]>::new_slice(MAX_LISTED);
+    let mut plane_counts = Shared::<[u32]>::new_slice(MAX_LISTED / LANES as usize);
+    let total = list_pairs_of(
+        routing,
+        top_k,
+        pairs,
+        expert,
+        &mut listed,
+        &mut plane_counts,
+    );
+    if total == 0 {
+        terminate!();
+    }
+    if comptime!(!weights_first) {
+        load_gate_up_rows(
+            words,
+            scales,
+            &mut loaded,
+            &mut scale_words,
+            0usize,
+            expert_blocks,
+            expert_scales,
+            first_j,
+            inter,
+            blocks_per_row,
+            slots,
+            blocks_per_lane,
+        );
+    }
+    let mut table = Shared::<[f32]>::new_slice(16usize);
+    let mut inputs = Shared::<[Words]>::new_slice(
+        chunk_rows * blocks_per_lane * (LANES * BLOCK_VECTORS) as usize,
+    );
+    fill_fp4_table(&mut table);
+    let mut sums = Array::<f32>::new(slots * chunk_rows);
     let mut first = 0u32;
     while first < total {
         let count = min(total - first, chunk_rows as u32);
@@ -168,43 +199,78 @@ pub(super) fn experts_down_kernel(
     #[comptime] blocks_per_lane: usize,
     #[comptime] columns_per_plane: usize,
     #[comptime] chunk_rows: usize,
+    #[comptime] weights_first: bool,
 ) {
     let expert = CUBE_POS_X;
-    let mut listed = Shared::<[u32]>::new_slice(MAX_LISTED);
-    let mut plane_counts = Shared::<[u32]>::new_slice(MAX_LISTED / LANES as usize);
-    let total = list_pairs_of(routing, top_k, pairs, expert, &mut listed, &mut plane_counts);
-    if total == 0 {
-        terminate!();
-    }
-    let mut table = Shared::<[f32]>::new_slice(16usize);
-    let mut inputs =
-        Shared::<[Words]>::new_slice(chunk_rows * blocks_per_lane * (LANES * BLOCK_VECTORS) as usize);
-    fill_fp4_table(&mut table);
     let lane = UNIT_POS_X;
     let mut loaded = Array::<Words>::new(columns_per_plane * blocks_per_lane);
     let mut scale_words = Array::<u32>::new(columns_per_plane * blocks_per_lane);
-    let mut sums = Array::<f32>::new(columns_per_plane * chunk_rows);
     let first_col = first_column(0usize, columns_per_plane, 1usize);
-    #[unroll]
-    for c in 0..columns_per_plane {
-        let col = first_col + c as u32;
-        load_lane_blocks(
+    let (expert_blocks, expert_scales) = (
+        expert * hidden * blocks_per_row,
+        expert * scale_words_per_expert,
+    );
+    if comptime!(weights_first) {
+        load_down_columns(
             words,
             scales,
             &mut loaded,
             &mut scale_words,
-            c,
-            expert * hidden * blocks_per_row,
-            expert * scale_words_per_expert,
-            select(col < hidden, col, 0),
+            expert_blocks,
+            expert_scales,
+            first_col,
+            hidden,
             blocks_per_row,
+            columns_per_plane,
             blocks_per_lane,
         );
     }
+    let mut listed = Shared::<[u32]>::new_slice(MAX_LISTED);
+    let mut plane_counts = Shared::<[u32]>::new_slice(MAX_LISTED / LANES as usize);
+    let total = list_pairs_of(
+        routing,
+        top_k,
+        pairs,
+        expert,
+        &mut listed,
+        &mut plane_counts,
+    );
+    if total == 0 {
+        terminate!();
+    }
+    if comptime!(!weights_first) {
+        load_down_columns(
+            words,
+            scales,
+            &mut loaded,
+            &mut scale_words,
+            expert_blocks,
+            expert_scales,
+            first_col,
+            hidden,
+            blocks_per_row,
+            columns_per_plane,
+            blocks_per_lane,
+        );
+    }
+    let mut table = Shared::<[f32]>::new_slice(16usize);
+    let mut inputs = Shared::<[Words]>::new_slice(
+        chunk_rows * blocks_per_lane * (LANES * BLOCK_VECTORS) as usize,
+    );
+    fill_fp4_table(&mut table);
+    let mut sums = Array::<f32>::new(columns_per_plane * chunk_rows);
     let mut first = 0u32;
     while first < total {
         let count = min(total - first, chunk_rows as u32);
-        load_listed_rows(act, &mut inputs, &listed, first, count, 1u32, blocks_per_row);
+        load_listed_rows(
+            act,
+            &mut inputs,
+            &listed,
+            first,
+            count,
+            1u32,
+            blocks_per_row,
+        );
         add_listed_dots(
             &inputs,
             &table,
@@ -234,6 +300,41 @@ pub(super) fn experts_down_kernel(
             }
         }
         first += chunk_rows as u32;
+    }
+}
+
+/// Issues the loads of the down weight rows (one per output column, from `first_col`; past
+/// `hidden` row 0, never written) of the expert at `expert_blocks` / `expert_scales`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_down_columns(
+    words: &[Words],
+    scales: &[u32],
+    loaded: &mut Array<Words>,
+    scale_words: &mut Array<u32>,
+    expert_blocks: u32,
+    expert_scales: u32,
+    first_col: u32,
+    hidden: u32,
+    blocks_per_row: u32,
+    #[comptime] columns_per_plane: usize,
+    #[comptime] blocks_per_lane: usize,
+) {
+    #[unroll]
+    for c in 0..columns_per_plane {
+        let col = first_col + c as u32;
+        load_lane_blocks(
+            words,
+            scales,
+            loaded,
+            scale_words,
+            c,
+            expert_blocks,
+            expert_scales,
+            select(col < hidden, col, 0),
+            blocks_per_row,
+            blocks_per_lane,
+        );
     }
 }
 

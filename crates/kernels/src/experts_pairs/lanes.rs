@@ -232,13 +232,15 @@ pub(super) fn add_listed_dots(
                     let word = loaded[s * blocks_per_lane + b].extract(w);
                     #[unroll]
                     for q in 0..8usize {
-                        weights[s * 8 + q] = table[((word >> (4 * q as u32)) & 0xF) as usize] * scale[s];
+                        weights[s * 8 + q] =
+                            table[((word >> (4 * q as u32)) & 0xF) as usize] * scale[s];
                     }
                 }
                 #[unroll]
                 for r in 0..chunk_rows {
                     if (r as u32) < count {
-                        let pairs = inputs[((r as u32 * blocks_per_row + block) * BLOCK_VECTORS) as usize + w];
+                        let pairs = inputs
+                            [((r as u32 * blocks_per_row + block) * BLOCK_VECTORS) as usize + w];
                         let mut xs = Array::<f32>::new(8usize);
                         #[unroll]
                         for p in 0..4usize {

@@ -38,9 +38,12 @@ pub const BY_EXPERT_FROM_TOKENS: usize = 4;
 fn takes_by_expert(tokens: usize, hidden: usize, inter: usize, top_k: usize) -> bool {
     let pairs = tokens * top_k;
     tokens >= BY_EXPERT_FROM_TOKENS
-        && [experts_pairs::GATE_UP_BY_EXPERT, experts_pairs::DOWN_BY_EXPERT]
-            .into_iter()
-            .all(|shape| experts_pairs::supports_by_expert(hidden, inter, pairs, shape))
+        && [
+            experts_pairs::GATE_UP_BY_EXPERT,
+            experts_pairs::DOWN_BY_EXPERT,
+        ]
+        .into_iter()
+        .all(|shape| experts_pairs::supports_by_expert(hidden, inter, pairs, shape))
 }
 
 /// The packed gate_up and down weights when `moe` runs `tokens` tokens through this path (the

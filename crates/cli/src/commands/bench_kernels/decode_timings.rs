@@ -15,6 +15,7 @@ use gpt_oss_kernels::experts_pairs::PlaneShape;
 
 use super::{Worst, median_after_warm_up, packed_words, random_experts, standard_normal};
 
+mod by_expert;
 mod layer_chain;
 
 /// gpt-oss-20b's widths.
@@ -141,7 +142,7 @@ impl WeightCycle {
 }
 
 /// The groups of timings `--only` can name, in the order they run.
-const TIMING_GROUPS: [&str; 4] = ["small", "layer_chain", "projections", "pairs"];
+const TIMING_GROUPS: [&str; 5] = ["small", "layer_chain", "projections", "pairs", "by_expert"];
 
 /// Every timing of the groups `only` names (all of them when empty; see [`TIMING_GROUPS`]),
 /// the per-pair kernels at each of `columns_per_plane`, `planes` and `turns`, the bf16
@@ -196,6 +197,9 @@ pub(super) fn time_decode_kernels(
     }
     if wanted("pairs") {
         time_pairs(device, &shapes, cycle)?;
+    }
+    if wanted("by_expert") {
+        by_expert::time_by_expert(device, cycle)?;
     }
     Ok(())
 }

@@ -133,44 +133,11 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
             GATE_UP_BY_EXPERT,
             DOWN_BY_EXPERT
         ))?);
-        times["sorted_grouped"] =
-            json!(seconds_per_call(device, || sorted(ExpertPath::GroupedKernel))?);
-        if hidden == 2880 && tokens >= 4 {
-            let router = routing();
-            times["gate_up_by_pairs_queued"] =
-                json!(seconds_per_queued_call(device, || gate_up_by_pairs(router.clone()))?);
-            for (name, shape) in shapes_to_time() {
-                times[format!("gate_up_by_expert_{name}_queued")] =
-                    json!(seconds_per_queued_call(device, || gate_up_by_expert(
-                        router.clone(),
-                        shape
-                    ))?);
-                times[format!("block_by_expert_down_{name}_queued")] =
-                    json!(seconds_per_queued_call(device, || by_expert(
-                        GATE_UP_BY_EXPERT,
-                        shape
-                    ))?);
-            }
-        }
+        times["sorted_grouped"] = json!(seconds_per_call(device, || sorted(
+            ExpertPath::GroupedKernel
+        ))?);
         println!("{times}");
     }
     orders.finish()?;
     worst.finish()
-}
-
-/// The by-expert workgroups timed at 20b's widths: columns per plane x planes x rows per chunk.
-fn shapes_to_time() -> Vec<(String, ExpertShape)> {
-    [[1, 8, 4], [2, 8, 4], [4, 8, 4], [2, 8, 2], [2, 8, 1], [2, 16, 4], [4, 8, 2]]
-        .into_iter()
-        .map(|[columns_per_plane, planes, chunk_rows]| {
-            (
-                format!("{columns_per_plane}x{planes}x{chunk_rows}"),
-                ExpertShape {
-                    columns_per_plane,
-                    planes,
-                    chunk_rows,
-                },
-            )
-        })
-        .collect()
 }
