@@ -45,17 +45,16 @@ impl ExpertShape {
     }
 }
 
-/// The workgroups the model takes: gate_up two columns per plane (four weight rows), down four,
-/// both eight planes and four rows per chunk (a guess to be measured).
-pub const GATE_UP_BY_EXPERT: ExpertShape = ExpertShape {
+/// The workgroup the model takes for both kernels: sixteen planes of two columns, four rows
+/// per chunk, the weights loaded after listing. `bench kernel-check --decode-timings --only
+/// by_expert` (H200, 2026-11-29, microseconds per launch in replayed graphs) at 32 tokens:
+/// gate_up 514 / 502 against 627 for the per-pair kernel, 580 for eight planes of two rows per
+/// chunk, 694 for eight of four; down 315 / 318 against 352 per pair, 318-322 for eight planes
+/// of two rows. At 16 tokens gate_up 323 against 320 per pair; below, the per-pair kernels are
+/// faster (4 tokens: 120 against 90 at best). Loading the weights first changed nothing at 32.
+pub const BY_EXPERT_SHAPE: ExpertShape = ExpertShape {
     columns_per_plane: 2,
-    planes: 8,
-    chunk_rows: 4,
-    weights_first: false,
-};
-pub const DOWN_BY_EXPERT: ExpertShape = ExpertShape {
-    columns_per_plane: 4,
-    planes: 8,
+    planes: 16,
     chunk_rows: 4,
     weights_first: false,
 };
@@ -255,7 +254,7 @@ impl ByExpertBackend for CubeBackend {
 const SUM_UNITS: u32 = 256;
 
 /// As [`super::pairs_gate_up`], expert by expert, workgroups of `shape`
-/// ([`GATE_UP_BY_EXPERT`] unless measuring another). GPU only.
+/// ([`BY_EXPERT_SHAPE`] unless measuring another). GPU only.
 #[allow(clippy::too_many_arguments)]
 pub fn experts_gate_up(
     x: Tensor<2>,
@@ -284,7 +283,7 @@ pub fn experts_gate_up(
     )
 }
 
-/// As [`super::pairs_down`], expert by expert, workgroups of `shape` ([`DOWN_BY_EXPERT`]
+/// As [`super::pairs_down`], expert by expert, workgroups of `shape` ([`BY_EXPERT_SHAPE`]
 /// unless measuring another). GPU only.
 pub fn experts_down(
     act: Tensor<2>,
@@ -322,15 +321,10 @@ mod tests {
     fn the_kernels_compile_for_the_model_shapes() {
         // 20b's 2880-wide rows: 90 blocks of 32 inputs.
         let blocks = blocks_per_lane(2880 / BLOCK as usize);
-        for shape in [GATE_UP_BY_EXPERT, DOWN_BY_EXPERT]
-            .into_iter()
-            .flat_map(|shape| {
-                [false, true].map(|weights_first| ExpertShape {
-                    weights_first,
-                    ..shape
-                })
-            })
-        {
+        for shape in [false, true].map(|weights_first| ExpertShape {
+            weights_first,
+            ..BY_EXPERT_SHAPE
+        }) {
             let gate_up = compile_kernel!(
                 experts_gate_up_kernel::ExpertsGateUpKernel,
                 CubeDim::new_2d(LANES, shape.planes),
@@ -368,19 +362,15 @@ mod tests {
     /// pairs than it lists, or chunks past the shared memory are not.
     #[test]
     fn supports_the_model_shapes_and_refuses_what_does_not_fit() {
-        for shape in [GATE_UP_BY_EXPERT, DOWN_BY_EXPERT] {
-            assert!(
-                supports_by_expert(2880, 2880, MAX_LISTED, shape),
-                "{shape:?}"
-            );
-            assert!(!supports_by_expert(2880, 2880, MAX_LISTED + 1, shape));
-            assert!(!supports_by_expert(2880, 2880 + 16, 4, shape));
-            let three_planes = ExpertShape { planes: 3, ..shape };
-            assert!(!supports_by_expert(2880, 2880, 4, three_planes));
-        }
+        let shape = BY_EXPERT_SHAPE;
+        assert!(supports_by_expert(2880, 2880, MAX_LISTED, shape));
+        assert!(!supports_by_expert(2880, 2880, MAX_LISTED + 1, shape));
+        assert!(!supports_by_expert(2880, 2880 + 16, 4, shape));
+        let three_planes = ExpertShape { planes: 3, ..shape };
+        assert!(!supports_by_expert(2880, 2880, 4, three_planes));
         let eight_rows = ExpertShape {
             chunk_rows: 8,
-            ..GATE_UP_BY_EXPERT
+            ..BY_EXPERT_SHAPE
         };
         // Eight 2880-wide rows take 61,440 bytes of shared memory.
         assert!(!supports_by_expert(2880, 2880, 4, eight_rows));

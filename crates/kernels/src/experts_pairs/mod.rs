@@ -33,8 +33,7 @@ use crate::launch::{empty_f32, same_dtype};
 use kernels::{pairs_down_kernel, pairs_gate_up_kernel};
 
 pub use by_expert::{
-    DOWN_BY_EXPERT, ExpertShape, GATE_UP_BY_EXPERT, experts_down, experts_gate_up,
-    supports_by_expert,
+    BY_EXPERT_SHAPE, ExpertShape, experts_down, experts_gate_up, supports_by_expert,
 };
 
 mod by_expert;

@@ -29,9 +29,11 @@ use super::project::on_kernel_path;
 pub const MAX_PAIRS: usize = 128;
 
 /// From this many tokens the per-pair path takes its experts expert by expert
-/// (`experts_pairs::experts_gate_up` and `experts_down`: each weight decoded once for all the
-/// pairs routed to its expert); below, pair by pair. To be measured.
-pub const BY_EXPERT_FROM_TOKENS: usize = 4;
+/// (`experts_pairs::experts_gate_up` and `experts_down`: each weight decoded once for up to
+/// four of the pairs routed to its expert); below, pair by pair. Measured at 20b's shapes
+/// (`experts_pairs::BY_EXPERT_SHAPE`): by expert 17% faster at 32 tokens, even at 16, slower
+/// below; 17 to 31 tokens were not measured, so they stay pair by pair.
+pub const BY_EXPERT_FROM_TOKENS: usize = 32;
 
 /// Whether [`experts_by_pairs`] takes the by-expert kernels for `tokens` tokens of `hidden` by
 /// `inter` with `top_k` experts each.
@@ -39,8 +41,8 @@ fn takes_by_expert(tokens: usize, hidden: usize, inter: usize, top_k: usize) -> 
     let pairs = tokens * top_k;
     tokens >= BY_EXPERT_FROM_TOKENS
         && [
-            experts_pairs::GATE_UP_BY_EXPERT,
-            experts_pairs::DOWN_BY_EXPERT,
+            experts_pairs::BY_EXPERT_SHAPE,
+            experts_pairs::BY_EXPERT_SHAPE,
         ]
         .into_iter()
         .all(|shape| experts_pairs::supports_by_expert(hidden, inter, pairs, shape))
@@ -214,7 +216,7 @@ fn experts_by_pairs(
             experts.gate_up_bias.val(),
             experts.swiglu_limit,
             experts.swiglu_alpha,
-            experts_pairs::GATE_UP_BY_EXPERT,
+            experts_pairs::BY_EXPERT_SHAPE,
         );
         return experts_pairs::experts_down(
             act,
@@ -223,7 +225,7 @@ fn experts_by_pairs(
             down.scale_words.val(),
             experts.down_bias.val(),
             residual,
-            experts_pairs::DOWN_BY_EXPERT,
+            experts_pairs::BY_EXPERT_SHAPE,
         );
     }
     let act = experts_pairs::pairs_gate_up(
@@ -292,6 +294,17 @@ mod tests {
                 "{path:?}, too many"
             );
         }
+    }
+
+    /// The experts go by expert from `BY_EXPERT_FROM_TOKENS` tokens, for widths the by-expert
+    /// kernels take and no more pairs than they list.
+    #[test]
+    fn by_expert_from_its_token_count_at_widths_it_takes() {
+        let from = BY_EXPERT_FROM_TOKENS;
+        assert!(takes_by_expert(from, 2880, 2880, 4));
+        assert!(!takes_by_expert(from - 1, 2880, 2880, 4));
+        assert!(!takes_by_expert(from, 2880, 2880 + 16, 4));
+        assert!(!takes_by_expert(MAX_PAIRS + 1, 2880, 2880, 1));
     }
 
     /// The add, norm and router run in one kernel only where the MoE runs by pairs and the norm

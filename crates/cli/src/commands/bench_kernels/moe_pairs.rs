@@ -3,8 +3,8 @@
 
 use burn::tensor::{Device, Tensor};
 use gpt_oss_kernels::experts_pairs::{
-    DOWN_BY_EXPERT, ExpertShape, GATE_UP_BY_EXPERT, GATE_UP_SHAPE, down_shape, experts_down,
-    experts_gate_up, pairs_down, pairs_gate_up,
+    BY_EXPERT_SHAPE, ExpertShape, GATE_UP_SHAPE, down_shape, experts_down, experts_gate_up,
+    pairs_down, pairs_gate_up,
 };
 use gpt_oss_kernels::router_top_k::{reference_router_top_k, router_top_k};
 use gpt_oss_model::transformer::moe_grouped::{ExpertPath, grouped_experts};
@@ -109,7 +109,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
         let fields = json!({"kernel": "experts_pairs", "tokens": tokens, "experts": experts,
                             "hidden": hidden, "inter": inter, "top_k": top_k});
         orders.record(
-            gate_up_by_expert(routing(), GATE_UP_BY_EXPERT),
+            gate_up_by_expert(routing(), BY_EXPERT_SHAPE),
             gate_up_by_pairs(routing()),
             json!({"kernel": "experts_gate_up", "tokens": tokens, "experts": experts,
                    "hidden": hidden, "inter": inter}),
@@ -119,7 +119,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                 ("by_pairs", by_pairs(), reference.clone()),
                 (
                     "by_expert",
-                    by_expert(GATE_UP_BY_EXPERT, DOWN_BY_EXPERT),
+                    by_expert(BY_EXPERT_SHAPE, BY_EXPERT_SHAPE),
                     reference,
                 ),
             ],
@@ -130,8 +130,8 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
         times["by_pairs"] = json!(seconds_per_call(device, by_pairs)?);
         times["by_pairs_queued"] = json!(seconds_per_queued_call(device, by_pairs)?);
         times["by_expert_queued"] = json!(seconds_per_queued_call(device, || by_expert(
-            GATE_UP_BY_EXPERT,
-            DOWN_BY_EXPERT
+            BY_EXPERT_SHAPE,
+            BY_EXPERT_SHAPE
         ))?);
         times["sorted_grouped"] = json!(seconds_per_call(device, || sorted(
             ExpertPath::GroupedKernel
