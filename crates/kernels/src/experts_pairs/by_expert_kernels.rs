@@ -15,6 +15,8 @@ use super::{BLOCK_VECTORS, Four, LANES, MAX_LISTED, Words};
 /// at pair p, and each plane's ballot counts its 32. The workgroup has at least
 /// `MAX_LISTED / 32` planes of 32. Synchronises before returning.
 #[cube]
+// cubecl unrolls a range, not an iterator over shared memory.
+#[allow(clippy::needless_range_loop)]
 fn list_pairs_of(
     routing: &[f32],
     top_k: u32,

@@ -19,7 +19,9 @@ use super::{
 /// The whole MoE block for a few tokens (routing included) by pairs and by expert against the
 /// grouped reference (pairs sorted, MXFP4 decoded by burn ops, inputs rounded to bf16); the
 /// by-expert gate_up against the per-pair one (the same products, summed in another order);
-/// the time of each, and of the sorted grouped kernels.
+/// the time of each, and of the sorted grouped kernels (calls queued without a warm-up, so
+/// the GPU's clocks may still be rising: rough; `--decode-timings --only by_expert` times the
+/// kernels in replayed graphs after one).
 pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(5);
     let mut worst = Worst::new("experts kernels for a few tokens", 1e-2);
