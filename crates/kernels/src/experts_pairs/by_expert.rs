@@ -24,9 +24,6 @@ pub struct ExpertShape {
     pub columns_per_plane: u32,
     pub planes: u32,
     pub chunk_rows: u32,
-    /// Whether a workgroup issues its weight loads before listing its expert's pairs (their
-    /// latencies overlap, but an expert no pair chose reads its rows for nothing) or after.
-    pub weights_first: bool,
 }
 
 impl ExpertShape {
@@ -46,17 +43,17 @@ impl ExpertShape {
 }
 
 /// The workgroup the model takes for both kernels: sixteen planes of two columns, four rows
-/// per chunk, the weights loaded after listing. `bench kernel-check --decode-timings --only
+/// per chunk, the weights loaded after listing the pairs. `bench kernel-check --decode-timings --only
 /// by_expert` (H200, 2026-11-29, microseconds per launch in replayed graphs) at 32 tokens:
 /// gate_up 514 / 502 against 627 for the per-pair kernel, 580 for eight planes of two rows per
 /// chunk, 694 for eight of four; down 315 / 318 against 352 per pair, 318-322 for eight planes
 /// of two rows. At 16 tokens gate_up 323 against 320 per pair; below, the per-pair kernels are
-/// faster (4 tokens: 120 against 90 at best). Loading the weights first changed nothing at 32.
+/// faster (4 tokens: 120 against 90 at best). Loading the weights before listing the pairs (so
+/// that their latencies overlap) changed nothing at 32 tokens and lost below: not kept.
 pub const BY_EXPERT_SHAPE: ExpertShape = ExpertShape {
     columns_per_plane: 2,
     planes: 16,
     chunk_rows: 4,
-    weights_first: false,
 };
 
 /// Whether the by-expert kernels take `hidden` and `inter` widths, `pairs` pairs and `shape`:
@@ -89,7 +86,6 @@ pub trait ByExpertBackend: burn::backend::Backend {
         columns_per_plane: u32,
         planes: u32,
         chunk_rows: u32,
-        weights_first: bool,
     ) -> FloatTensor<Self>;
 
     /// As `pairs_down`: `act` [n * k, I], `routing` [m, 2k], down `words` [E, H, I / 8] and
@@ -107,7 +103,6 @@ pub trait ByExpertBackend: burn::backend::Backend {
         columns_per_plane: u32,
         planes: u32,
         chunk_rows: u32,
-        weights_first: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -123,7 +118,6 @@ impl ByExpertBackend for CubeBackend {
         columns_per_plane: u32,
         planes: u32,
         chunk_rows: u32,
-        weights_first: bool,
     ) -> CubeTensor {
         let [x, routing, words, scales, bias] =
             [x, routing, words, scales, bias].map(into_contiguous);
@@ -135,7 +129,6 @@ impl ByExpertBackend for CubeBackend {
             columns_per_plane,
             planes,
             chunk_rows,
-            weights_first,
         };
         assert!(
             routing.meta.shape()[0] >= tokens
@@ -168,7 +161,6 @@ impl ByExpertBackend for CubeBackend {
                 blocks_per_lane(blocks_per_row),
                 columns_per_plane as usize,
                 chunk_rows as usize,
-                weights_first,
             )
         };
         out
@@ -185,7 +177,6 @@ impl ByExpertBackend for CubeBackend {
         columns_per_plane: u32,
         planes: u32,
         chunk_rows: u32,
-        weights_first: bool,
     ) -> CubeTensor {
         let [act, routing, words, scales, bias, residual] =
             [act, routing, words, scales, bias, residual].map(into_contiguous);
@@ -198,7 +189,6 @@ impl ByExpertBackend for CubeBackend {
             columns_per_plane,
             planes,
             chunk_rows,
-            weights_first,
         };
         assert!(
             routing.meta.shape()[0] >= tokens && supports_by_expert(hidden, inter, pairs, shape),
@@ -230,7 +220,6 @@ impl ByExpertBackend for CubeBackend {
                 blocks_per_lane(blocks_per_row),
                 columns_per_plane as usize,
                 chunk_rows as usize,
-                weights_first,
             );
             let values = tokens * hidden;
             sum_ranks_kernel::launch_unchecked(
@@ -278,7 +267,6 @@ pub fn experts_gate_up(
             shape.columns_per_plane,
             shape.planes,
             shape.chunk_rows,
-            shape.weights_first,
         ),
     )
 }
@@ -308,7 +296,6 @@ pub fn experts_down(
         shape.columns_per_plane,
         shape.planes,
         shape.chunk_rows,
-        shape.weights_first,
     ))
 }
 
@@ -321,31 +308,25 @@ mod tests {
     fn the_kernels_compile_for_the_model_shapes() {
         // 20b's 2880-wide rows: 90 blocks of 32 inputs.
         let blocks = blocks_per_lane(2880 / BLOCK as usize);
-        for shape in [false, true].map(|weights_first| ExpertShape {
-            weights_first,
-            ..BY_EXPERT_SHAPE
-        }) {
-            let gate_up = compile_kernel!(
-                experts_gate_up_kernel::ExpertsGateUpKernel,
-                CubeDim::new_2d(LANES, shape.planes),
-                [b b b b b b s s s s s s s],
-                blocks,
-                shape.columns_per_plane as usize,
-                shape.chunk_rows as usize,
-                shape.weights_first,
-            );
-            assert_eq!(gate_up, Ok(()), "{shape:?}");
-            let down = compile_kernel!(
-                experts_down_kernel::ExpertsDownKernel,
-                CubeDim::new_2d(LANES, shape.planes),
-                [b b b b b b s s s s s],
-                blocks,
-                shape.columns_per_plane as usize,
-                shape.chunk_rows as usize,
-                shape.weights_first,
-            );
-            assert_eq!(down, Ok(()), "{shape:?}");
-        }
+        let shape = BY_EXPERT_SHAPE;
+        let gate_up = compile_kernel!(
+            experts_gate_up_kernel::ExpertsGateUpKernel,
+            CubeDim::new_2d(LANES, shape.planes),
+            [b b b b b b s s s s s s s],
+            blocks,
+            shape.columns_per_plane as usize,
+            shape.chunk_rows as usize,
+        );
+        assert_eq!(gate_up, Ok(()));
+        let down = compile_kernel!(
+            experts_down_kernel::ExpertsDownKernel,
+            CubeDim::new_2d(LANES, shape.planes),
+            [b b b b b b s s s s s],
+            blocks,
+            shape.columns_per_plane as usize,
+            shape.chunk_rows as usize,
+        );
+        assert_eq!(down, Ok(()));
         for has_residual in [true, false] {
             let sum = compile_kernel!(
                 sum_ranks_kernel::SumRanksKernel,

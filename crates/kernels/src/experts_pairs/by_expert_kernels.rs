@@ -76,7 +76,6 @@ pub(super) fn experts_gate_up_kernel(
     #[comptime] blocks_per_lane: usize,
     #[comptime] columns_per_plane: usize,
     #[comptime] chunk_rows: usize,
-    #[comptime] weights_first: bool,
 ) {
     let expert = CUBE_POS_X;
     let lane = UNIT_POS_X;
@@ -89,22 +88,6 @@ pub(super) fn experts_gate_up_kernel(
         expert * width * blocks_per_row,
         expert * scale_words_per_expert,
     );
-    if comptime!(weights_first) {
-        load_gate_up_rows(
-            words,
-            scales,
-            &mut loaded,
-            &mut scale_words,
-            0usize,
-            expert_blocks,
-            expert_scales,
-            first_j,
-            inter,
-            blocks_per_row,
-            slots,
-            blocks_per_lane,
-        );
-    }
     let mut listed = Shared::<[u32]>::new_slice(MAX_LISTED);
     let mut plane_counts = Shared::<[u32]>::new_slice(MAX_LISTED / LANES as usize);
     let total = list_pairs_of(
@@ -118,22 +101,20 @@ pub(super) fn experts_gate_up_kernel(
     if total == 0 {
         terminate!();
     }
-    if comptime!(!weights_first) {
-        load_gate_up_rows(
-            words,
-            scales,
-            &mut loaded,
-            &mut scale_words,
-            0usize,
-            expert_blocks,
-            expert_scales,
-            first_j,
-            inter,
-            blocks_per_row,
-            slots,
-            blocks_per_lane,
-        );
-    }
+    load_gate_up_rows(
+        words,
+        scales,
+        &mut loaded,
+        &mut scale_words,
+        0usize,
+        expert_blocks,
+        expert_scales,
+        first_j,
+        inter,
+        blocks_per_row,
+        slots,
+        blocks_per_lane,
+    );
     let mut table = Shared::<[f32]>::new_slice(16usize);
     let mut inputs = Shared::<[Words]>::new_slice(
         chunk_rows * blocks_per_lane * (LANES * BLOCK_VECTORS) as usize,
@@ -201,7 +182,6 @@ pub(super) fn experts_down_kernel(
     #[comptime] blocks_per_lane: usize,
     #[comptime] columns_per_plane: usize,
     #[comptime] chunk_rows: usize,
-    #[comptime] weights_first: bool,
 ) {
     let expert = CUBE_POS_X;
     let lane = UNIT_POS_X;
@@ -212,21 +192,6 @@ pub(super) fn experts_down_kernel(
         expert * hidden * blocks_per_row,
         expert * scale_words_per_expert,
     );
-    if comptime!(weights_first) {
-        load_down_columns(
-            words,
-            scales,
-            &mut loaded,
-            &mut scale_words,
-            expert_blocks,
-            expert_scales,
-            first_col,
-            hidden,
-            blocks_per_row,
-            columns_per_plane,
-            blocks_per_lane,
-        );
-    }
     let mut listed = Shared::<[u32]>::new_slice(MAX_LISTED);
     let mut plane_counts = Shared::<[u32]>::new_slice(MAX_LISTED / LANES as usize);
     let total = list_pairs_of(
@@ -240,21 +205,19 @@ pub(super) fn experts_down_kernel(
     if total == 0 {
         terminate!();
     }
-    if comptime!(!weights_first) {
-        load_down_columns(
-            words,
-            scales,
-            &mut loaded,
-            &mut scale_words,
-            expert_blocks,
-            expert_scales,
-            first_col,
-            hidden,
-            blocks_per_row,
-            columns_per_plane,
-            blocks_per_lane,
-        );
-    }
+    load_down_columns(
+        words,
+        scales,
+        &mut loaded,
+        &mut scale_words,
+        expert_blocks,
+        expert_scales,
+        first_col,
+        hidden,
+        blocks_per_row,
+        columns_per_plane,
+        blocks_per_lane,
+    );
     let mut table = Shared::<[f32]>::new_slice(16usize);
     let mut inputs = Shared::<[Words]>::new_slice(
         chunk_rows * blocks_per_lane * (LANES * BLOCK_VECTORS) as usize,

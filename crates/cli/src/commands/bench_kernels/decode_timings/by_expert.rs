@@ -16,8 +16,7 @@ use super::{
 };
 use crate::commands::bench_kernels::{Worst, packed_words, random_experts, standard_normal};
 
-/// The by-expert workgroups timed: columns per plane, planes, rows per chunk, each with the
-/// weights loaded before and after listing the pairs.
+/// The by-expert workgroups timed: columns per plane, planes, rows per chunk.
 const SHAPES: [[u32; 3]; 6] = [
     [2, 8, 4],
     [2, 8, 2],
@@ -77,12 +76,11 @@ pub(super) fn time_by_expert(device: &Device, cycle: WeightCycle) -> anyhow::Res
             None,
         );
         for [columns_per_plane, planes, chunk_rows] in SHAPES {
-            for weights_first in [false, true] {
+            {
                 let shape = ExpertShape {
                     columns_per_plane,
                     planes,
                     chunk_rows,
-                    weights_first,
                 };
                 let gate_up = |i: usize| {
                     experts_gate_up(
@@ -108,10 +106,7 @@ pub(super) fn time_by_expert(device: &Device, cycle: WeightCycle) -> anyhow::Res
                     )
                 };
                 let mut case = case.clone();
-                case["shape"] = json!(format!(
-                    "{columns_per_plane}x{planes}x{chunk_rows}{}",
-                    if weights_first { "/weights-first" } else { "" }
-                ));
+                case["shape"] = json!(format!("{columns_per_plane}x{planes}x{chunk_rows}"));
                 worst.record(
                     gate_up(0),
                     gate_up_pairs(0),
