@@ -1,7 +1,8 @@
 //! `--decode-timings --only by_expert`: the experts of 4 to 32 tokens pair by pair (the
 //! model's workgroups) and expert by expert (each workgroup given), in replayed graphs over
 //! routings that cycle through the experts, each by-expert result checked against the
-//! per-pair one first.
+//! per-pair one first. 24 tokens says whether `moe_pairs::BY_EXPERT_FROM_TOKENS` (32) can come
+//! down.
 
 use burn::tensor::{Device, Tensor};
 use gpt_oss_kernels::experts_pairs::{
@@ -17,10 +18,11 @@ use super::{
 use crate::commands::bench_kernels::{Worst, packed_words, random_experts, standard_normal};
 
 /// The by-expert workgroups timed: columns per plane, planes, rows per chunk.
-const SHAPES: [[u32; 3]; 6] = [
+const SHAPES: [[u32; 3]; 7] = [
+    [2, 16, 4],
+    [2, 16, 2],
     [2, 8, 4],
     [2, 8, 2],
-    [2, 16, 4],
     [1, 8, 4],
     [4, 8, 4],
     [4, 8, 2],
@@ -32,7 +34,7 @@ pub(super) fn time_by_expert(device: &Device, cycle: WeightCycle) -> anyhow::Res
     let (gu_words, gu_scales) = packed_words(&layer.gate_up);
     let (down_words, down_scales) = packed_words(&layer.down);
     let mut worst = Worst::new("by-expert experts kernels against the per-pair ones", 1e-4);
-    for tokens in [4usize, 8, 16, 32] {
+    for tokens in [4usize, 8, 16, 24, 32] {
         let routings: Vec<Tensor<2>> = (0..cycle.routings())
             .map(|set| routing_table(&mut rng, tokens, set, device))
             .collect();
