@@ -8,8 +8,8 @@
 
 use cubecl::prelude::*;
 
-use super::kernels::{first_column, load_gate_up_rows, write_swiglu_columns};
-use super::lanes::{add_listed_dots, fill_fp4_table, load_lane_blocks, load_listed_rows};
+use super::kernels::{first_column, load_down_columns, load_gate_up_rows, write_swiglu_columns};
+use super::lanes::{add_listed_dots, fill_fp4_table, load_listed_rows};
 use super::{BLOCK_VECTORS, Four, LANES, MAX_LISTED, Words};
 
 /// Lists in `listed` the pairs (token-major, `pairs` of them, at most [`MAX_LISTED`]) that
@@ -212,6 +212,7 @@ pub(super) fn experts_down_kernel(
         scales,
         &mut loaded,
         &mut scale_words,
+        0usize,
         expert_blocks,
         expert_scales,
         first_col,
@@ -267,41 +268,6 @@ pub(super) fn experts_down_kernel(
             }
         }
         first += chunk_rows as u32;
-    }
-}
-
-/// Issues the loads of the down weight rows (one per output column, from `first_col`; past
-/// `hidden` row 0, never written) of the expert at `expert_blocks` / `expert_scales`.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn load_down_columns(
-    words: &[Words],
-    scales: &[u32],
-    loaded: &mut Array<Words>,
-    scale_words: &mut Array<u32>,
-    expert_blocks: u32,
-    expert_scales: u32,
-    first_col: u32,
-    hidden: u32,
-    blocks_per_row: u32,
-    #[comptime] columns_per_plane: usize,
-    #[comptime] blocks_per_lane: usize,
-) {
-    #[unroll]
-    for c in 0..columns_per_plane {
-        let col = first_col + c as u32;
-        load_lane_blocks(
-            words,
-            scales,
-            loaded,
-            scale_words,
-            c,
-            expert_blocks,
-            expert_scales,
-            select(col < hidden, col, 0),
-            blocks_per_row,
-            blocks_per_lane,
-        );
     }
 }
 

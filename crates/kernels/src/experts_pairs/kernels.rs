@@ -362,21 +362,57 @@ fn load_down_rows(
     #[unroll]
     for r in 0..top_k {
         let expert = u32::cast_from(routing[table_row as usize + r]);
-        #[unroll]
-        for c in 0..columns_per_plane {
-            let col = first_col + c as u32;
-            load_lane_blocks(
-                words,
-                scales,
-                loaded,
-                scale_words,
-                first_slot + r * columns_per_plane + c,
-                expert * hidden * blocks_per_row,
-                expert * scale_words_per_expert,
-                select(col < hidden, col, 0),
-                blocks_per_row,
-                blocks_per_lane,
-            );
-        }
+        load_down_columns(
+            words,
+            scales,
+            loaded,
+            scale_words,
+            first_slot + r * columns_per_plane,
+            expert * hidden * blocks_per_row,
+            expert * scale_words_per_expert,
+            first_col,
+            hidden,
+            blocks_per_row,
+            columns_per_plane,
+            blocks_per_lane,
+        );
+    }
+}
+
+/// Issues the loads of an expert's down weight rows (its blocks from vector `expert_blocks`,
+/// its scale words from `expert_scales`) for this plane's columns `first_col..` into slots
+/// `first_slot..` (column c at `first_slot + c`). Past the last of `hidden` columns the plane
+/// reads row 0 (in bounds, never written).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn load_down_columns(
+    words: &[Words],
+    scales: &[u32],
+    loaded: &mut Array<Words>,
+    scale_words: &mut Array<u32>,
+    #[comptime] first_slot: usize,
+    expert_blocks: u32,
+    expert_scales: u32,
+    first_col: u32,
+    hidden: u32,
+    blocks_per_row: u32,
+    #[comptime] columns_per_plane: usize,
+    #[comptime] blocks_per_lane: usize,
+) {
+    #[unroll]
+    for c in 0..columns_per_plane {
+        let col = first_col + c as u32;
+        load_lane_blocks(
+            words,
+            scales,
+            loaded,
+            scale_words,
+            first_slot + c,
+            expert_blocks,
+            expert_scales,
+            select(col < hidden, col, 0),
+            blocks_per_row,
+            blocks_per_lane,
+        );
     }
 }
