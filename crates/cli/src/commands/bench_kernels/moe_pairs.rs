@@ -3,8 +3,8 @@
 
 use burn::tensor::{Device, Tensor};
 use gpt_oss_kernels::experts_pairs::{
-    BY_EXPERT_SHAPE, ExpertShape, GATE_UP_SHAPE, down_shape, experts_down, experts_gate_up,
-    pairs_down, pairs_gate_up,
+    BY_EXPERT_SHAPE, GATE_UP_SHAPE, down_shape, experts_down, experts_gate_up, pairs_down,
+    pairs_gate_up,
 };
 use gpt_oss_kernels::router_top_k::{reference_router_top_k, router_top_k};
 use gpt_oss_model::transformer::moe_grouped::{ExpertPath, grouped_experts};
@@ -63,7 +63,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                 GATE_UP_SHAPE,
             )
         };
-        let gate_up_by_expert = |routing: Tensor<2>, shape: ExpertShape| {
+        let gate_up_by_expert = |routing: Tensor<2>| {
             experts_gate_up(
                 x.clone(),
                 routing,
@@ -72,7 +72,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                 layer.gate_up_bias.val(),
                 layer.swiglu_limit,
                 layer.swiglu_alpha,
-                shape,
+                BY_EXPERT_SHAPE,
             )
         };
         let by_pairs = || {
@@ -88,9 +88,9 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                 down_shape(tokens),
             )
         };
-        let by_expert = |gate_up_shape: ExpertShape, down: ExpertShape| {
+        let by_expert = || {
             let routing = routing();
-            let act = gate_up_by_expert(routing.clone(), gate_up_shape);
+            let act = gate_up_by_expert(routing.clone());
             experts_down(
                 act,
                 routing,
@@ -98,7 +98,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                 down_scales.clone(),
                 layer.down_bias.val(),
                 Some(residual.clone()),
-                down,
+                BY_EXPERT_SHAPE,
             )
         };
         let sorted = |path: ExpertPath| {
@@ -111,7 +111,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
         let fields = json!({"kernel": "experts_pairs", "tokens": tokens, "experts": experts,
                             "hidden": hidden, "inter": inter, "top_k": top_k});
         orders.record(
-            gate_up_by_expert(routing(), BY_EXPERT_SHAPE),
+            gate_up_by_expert(routing()),
             gate_up_by_pairs(routing()),
             json!({"kernel": "experts_gate_up", "tokens": tokens, "experts": experts,
                    "hidden": hidden, "inter": inter}),
@@ -119,11 +119,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
         worst.record_parts(
             [
                 ("by_pairs", by_pairs(), reference.clone()),
-                (
-                    "by_expert",
-                    by_expert(BY_EXPERT_SHAPE, BY_EXPERT_SHAPE),
-                    reference,
-                ),
+                ("by_expert", by_expert(), reference),
             ],
             fields.clone(),
         );
@@ -131,10 +127,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
         times["kernel"] = json!("experts_pairs_seconds");
         times["by_pairs"] = json!(seconds_per_call(device, by_pairs)?);
         times["by_pairs_queued"] = json!(seconds_per_queued_call(device, by_pairs)?);
-        times["by_expert_queued"] = json!(seconds_per_queued_call(device, || by_expert(
-            BY_EXPERT_SHAPE,
-            BY_EXPERT_SHAPE
-        ))?);
+        times["by_expert_queued"] = json!(seconds_per_queued_call(device, by_expert)?);
         times["sorted_grouped"] = json!(seconds_per_call(device, || sorted(
             ExpertPath::GroupedKernel
         ))?);
