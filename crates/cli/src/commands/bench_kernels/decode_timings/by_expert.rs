@@ -78,60 +78,58 @@ pub(super) fn time_by_expert(device: &Device, cycle: WeightCycle) -> anyhow::Res
             None,
         );
         for [columns_per_plane, planes, chunk_rows] in SHAPES {
-            {
-                let shape = ExpertShape {
-                    columns_per_plane,
-                    planes,
-                    chunk_rows,
-                };
-                let gate_up = |i: usize| {
-                    experts_gate_up(
-                        x.clone(),
-                        routings[i].clone(),
-                        gu_words.clone(),
-                        gu_scales.clone(),
-                        layer.gate_up_bias.val(),
-                        layer.swiglu_limit,
-                        layer.swiglu_alpha,
-                        shape,
-                    )
-                };
-                let down = |i: usize| {
-                    experts_down(
-                        acts[i].clone(),
-                        routings[i].clone(),
-                        down_words.clone(),
-                        down_scales.clone(),
-                        layer.down_bias.val(),
-                        Some(residual.clone()),
-                        shape,
-                    )
-                };
-                let mut case = case.clone();
-                case["shape"] = json!(format!("{columns_per_plane}x{planes}x{chunk_rows}"));
-                worst.record(
-                    gate_up(0),
-                    gate_up_pairs(0),
-                    json!({"kernel": "experts_gate_up", "case": case}),
-                );
-                worst.record(
-                    down(0),
-                    down_pairs(0),
-                    json!({"kernel": "experts_down", "case": case}),
-                );
-                report(
-                    "experts_gate_up",
-                    case.clone(),
-                    seconds_per_replayed_launch(device, routings.len(), gate_up)?,
-                    None,
-                );
-                report(
-                    "experts_down",
-                    case,
-                    seconds_per_replayed_launch(device, routings.len(), down)?,
-                    None,
-                );
-            }
+            let shape = ExpertShape {
+                columns_per_plane,
+                planes,
+                chunk_rows,
+            };
+            let gate_up = |i: usize| {
+                experts_gate_up(
+                    x.clone(),
+                    routings[i].clone(),
+                    gu_words.clone(),
+                    gu_scales.clone(),
+                    layer.gate_up_bias.val(),
+                    layer.swiglu_limit,
+                    layer.swiglu_alpha,
+                    shape,
+                )
+            };
+            let down = |i: usize| {
+                experts_down(
+                    acts[i].clone(),
+                    routings[i].clone(),
+                    down_words.clone(),
+                    down_scales.clone(),
+                    layer.down_bias.val(),
+                    Some(residual.clone()),
+                    shape,
+                )
+            };
+            let mut case = case.clone();
+            case["shape"] = json!(format!("{columns_per_plane}x{planes}x{chunk_rows}"));
+            worst.record(
+                gate_up(0),
+                gate_up_pairs(0),
+                json!({"kernel": "experts_gate_up", "case": case}),
+            );
+            worst.record(
+                down(0),
+                down_pairs(0),
+                json!({"kernel": "experts_down", "case": case}),
+            );
+            report(
+                "experts_gate_up",
+                case.clone(),
+                seconds_per_replayed_launch(device, routings.len(), gate_up)?,
+                None,
+            );
+            report(
+                "experts_down",
+                case,
+                seconds_per_replayed_launch(device, routings.len(), down)?,
+                None,
+            );
         }
     }
     worst.finish()
