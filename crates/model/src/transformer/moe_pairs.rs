@@ -38,14 +38,9 @@ pub const BY_EXPERT_FROM_TOKENS: usize = 32;
 /// Whether [`experts_by_pairs`] takes the by-expert kernels for `tokens` tokens of `hidden` by
 /// `inter` with `top_k` experts each.
 fn takes_by_expert(tokens: usize, hidden: usize, inter: usize, top_k: usize) -> bool {
-    let pairs = tokens * top_k;
+    let shape = experts_pairs::BY_EXPERT_SHAPE;
     tokens >= BY_EXPERT_FROM_TOKENS
-        && [
-            experts_pairs::BY_EXPERT_SHAPE,
-            experts_pairs::BY_EXPERT_SHAPE,
-        ]
-        .into_iter()
-        .all(|shape| experts_pairs::supports_by_expert(hidden, inter, pairs, shape))
+        && experts_pairs::supports_by_expert(hidden, inter, tokens * top_k, shape)
 }
 
 /// The packed gate_up and down weights when `moe` runs `tokens` tokens through this path (the
