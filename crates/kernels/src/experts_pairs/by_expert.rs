@@ -1,6 +1,6 @@
 //! The per-pair path's experts taken expert by expert (`by_expert_kernels.rs`): the same
 //! inputs and results as [`super::pairs_gate_up`] and [`super::pairs_down`], with each weight
-//! decoded once for all the pairs routed to its expert instead of once per pair. Three
+//! decoded once per chunk of the pairs routed to its expert instead of once per pair. Three
 //! launches where the per-pair kernels take two: the down products are written per pair, then
 //! each token's k of them are added up.
 
@@ -43,8 +43,9 @@ impl ExpertShape {
 }
 
 /// The workgroup the model takes for both kernels: sixteen planes of two columns, four rows
-/// per chunk, the weights loaded after listing the pairs. `bench kernel-check --decode-timings --only
-/// by_expert` (H200, 2026-11-29, microseconds per launch in replayed graphs) at 32 tokens:
+/// per chunk, the weights loaded after listing the pairs. `bench kernel-check
+/// --decode-timings --only by_expert` (H200, 2026-11-29, microseconds per launch in replayed
+/// graphs) at 32 tokens:
 /// gate_up 514 / 502 against 627 for the per-pair kernel, 580 for eight planes of two rows per
 /// chunk, 694 for eight of four; down 315 / 318 against 352 per pair, 318-322 for eight planes
 /// of two rows. At 16 tokens gate_up 323 against 320 per pair; below, the per-pair kernels are
