@@ -42,19 +42,26 @@ impl ExpertShape {
     }
 }
 
-/// The workgroup the model takes for both kernels: sixteen planes of two columns, four rows
-/// per chunk, the weights loaded after listing the pairs. `bench kernel-check
+/// The workgroup the model takes for `experts_gate_up`: sixteen planes of two columns, four
+/// rows per chunk, the weights loaded after listing the pairs. `bench kernel-check
 /// --decode-timings --only by_expert` (H200, 2026-11-29, microseconds per launch in replayed
-/// graphs) at 32 tokens:
-/// gate_up 514 / 502 against 627 for the per-pair kernel, 580 for eight planes of two rows per
-/// chunk, 694 for eight of four; down 315 / 318 against 352 per pair, 318-322 for eight planes
-/// of two rows. At 16 tokens gate_up 323 against 320 per pair; below, the per-pair kernels are
-/// faster (4 tokens: 120 against 90 at best). Loading the weights before listing the pairs (so
-/// that their latencies overlap) changed nothing at 32 tokens and lost below: not kept.
-pub const BY_EXPERT_SHAPE: ExpertShape = ExpertShape {
+/// graphs) at 32 tokens: 514 / 502 / 498 against 627 / 624 for the per-pair kernel, 567-580
+/// for two rows per chunk, 694 for eight planes of four; at 24 tokens 417 against 476 per pair
+/// (455 for two rows); at 16 tokens 322 against 323 per pair; below, the per-pair kernels are
+/// faster (4 tokens: 120-141 against 90). Loading the weights before listing the pairs (so that
+/// their latencies overlap) changed nothing at 32 tokens and lost below: not kept.
+pub const BY_EXPERT_GATE_UP_SHAPE: ExpertShape = ExpertShape {
     columns_per_plane: 2,
     planes: 16,
     chunk_rows: 4,
+};
+
+/// The workgroup the model takes for `experts_down`: as [`BY_EXPERT_GATE_UP_SHAPE`] with two
+/// rows per chunk. The same timings: 289 us at 32 tokens against 317 for four rows and 353 per
+/// pair; 240 against 262 and 272 at 24 tokens; 175 against 207 and 188 at 16 tokens.
+pub const BY_EXPERT_DOWN_SHAPE: ExpertShape = ExpertShape {
+    chunk_rows: 2,
+    ..BY_EXPERT_GATE_UP_SHAPE
 };
 
 /// Whether the by-expert kernels take `hidden` and `inter` widths, `pairs` pairs and `shape`:
@@ -244,7 +251,7 @@ impl ByExpertBackend for CubeBackend {
 const SUM_UNITS: u32 = 256;
 
 /// As [`super::pairs_gate_up`], expert by expert, workgroups of `shape`
-/// ([`BY_EXPERT_SHAPE`] unless measuring another). GPU only.
+/// ([`BY_EXPERT_GATE_UP_SHAPE`] unless measuring another). GPU only.
 #[allow(clippy::too_many_arguments)]
 pub fn experts_gate_up(
     x: Tensor<2>,
@@ -272,8 +279,8 @@ pub fn experts_gate_up(
     )
 }
 
-/// As [`super::pairs_down`], expert by expert, workgroups of `shape` ([`BY_EXPERT_SHAPE`]
-/// unless measuring another). GPU only.
+/// As [`super::pairs_down`], expert by expert, workgroups of `shape`
+/// ([`BY_EXPERT_DOWN_SHAPE`] unless measuring another). GPU only.
 pub fn experts_down(
     act: Tensor<2>,
     routing: Tensor<2>,
@@ -309,7 +316,7 @@ mod tests {
     fn the_kernels_compile_for_the_model_shapes() {
         // 20b's 2880-wide rows: 90 blocks of 32 inputs.
         let blocks = blocks_per_lane(2880 / BLOCK as usize);
-        let shape = BY_EXPERT_SHAPE;
+        let shape = BY_EXPERT_GATE_UP_SHAPE;
         let gate_up = compile_kernel!(
             experts_gate_up_kernel::ExpertsGateUpKernel,
             CubeDim::new_2d(LANES, shape.planes),
@@ -319,6 +326,7 @@ mod tests {
             shape.chunk_rows as usize,
         );
         assert_eq!(gate_up, Ok(()));
+        let shape = BY_EXPERT_DOWN_SHAPE;
         let down = compile_kernel!(
             experts_down_kernel::ExpertsDownKernel,
             CubeDim::new_2d(LANES, shape.planes),
@@ -344,7 +352,7 @@ mod tests {
     /// pairs than it lists, or chunks past the shared memory are not.
     #[test]
     fn supports_the_model_shapes_and_refuses_what_does_not_fit() {
-        let shape = BY_EXPERT_SHAPE;
+        let shape = BY_EXPERT_GATE_UP_SHAPE;
         assert!(supports_by_expert(2880, 2880, MAX_LISTED, shape));
         assert!(!supports_by_expert(2880, 2880, MAX_LISTED + 1, shape));
         assert!(!supports_by_expert(2880, 2880 + 16, 4, shape));
@@ -352,7 +360,7 @@ mod tests {
         assert!(!supports_by_expert(2880, 2880, 4, three_planes));
         let eight_rows = ExpertShape {
             chunk_rows: 8,
-            ..BY_EXPERT_SHAPE
+            ..BY_EXPERT_GATE_UP_SHAPE
         };
         // Eight 2880-wide rows take 61,440 bytes of shared memory.
         assert!(!supports_by_expert(2880, 2880, 4, eight_rows));

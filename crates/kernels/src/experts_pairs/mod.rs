@@ -36,7 +36,8 @@ use crate::launch::{empty_f32, same_dtype};
 use kernels::{pairs_down_kernel, pairs_gate_up_kernel};
 
 pub use by_expert::{
-    BY_EXPERT_SHAPE, ExpertShape, experts_down, experts_gate_up, supports_by_expert,
+    BY_EXPERT_DOWN_SHAPE, BY_EXPERT_GATE_UP_SHAPE, ExpertShape, experts_down, experts_gate_up,
+    supports_by_expert,
 };
 
 mod by_expert;

@@ -30,17 +30,24 @@ pub const MAX_PAIRS: usize = 128;
 
 /// From this many tokens the per-pair path takes its experts expert by expert
 /// (`experts_pairs::experts_gate_up` and `experts_down`: each weight decoded once for up to
-/// four of the pairs routed to its expert); below, pair by pair. Measured at 20b's shapes
-/// (`experts_pairs::BY_EXPERT_SHAPE`): by expert 17% faster at 32 tokens, even at 16, slower
-/// below; 17 to 31 tokens were not measured, so they stay pair by pair.
-pub const BY_EXPERT_FROM_TOKENS: usize = 32;
+/// four (gate_up) or two (down) of the pairs routed to its expert); below, pair by pair.
+/// Measured at 20b's shapes with the model's workgroups (H200, thirty-ninth round, us per
+/// layer for both kernels): 787 against 977 per pair at 32 tokens, 657 against 748 at 24, 497
+/// against 511 at 16; at 8 tokens 327 against 282. 17 to 23 tokens lie between two measured
+/// wins.
+pub const BY_EXPERT_FROM_TOKENS: usize = 16;
 
 /// Whether [`experts_by_pairs`] takes the by-expert kernels for `tokens` tokens of `hidden` by
 /// `inter` with `top_k` experts each.
 fn takes_by_expert(tokens: usize, hidden: usize, inter: usize, top_k: usize) -> bool {
-    let shape = experts_pairs::BY_EXPERT_SHAPE;
+    let pairs = tokens * top_k;
     tokens >= BY_EXPERT_FROM_TOKENS
-        && experts_pairs::supports_by_expert(hidden, inter, tokens * top_k, shape)
+        && [
+            experts_pairs::BY_EXPERT_GATE_UP_SHAPE,
+            experts_pairs::BY_EXPERT_DOWN_SHAPE,
+        ]
+        .into_iter()
+        .all(|shape| experts_pairs::supports_by_expert(hidden, inter, pairs, shape))
 }
 
 /// The packed gate_up and down weights when `moe` runs `tokens` tokens through this path (the
@@ -211,7 +218,7 @@ fn experts_by_pairs(
             experts.gate_up_bias.val(),
             experts.swiglu_limit,
             experts.swiglu_alpha,
-            experts_pairs::BY_EXPERT_SHAPE,
+            experts_pairs::BY_EXPERT_GATE_UP_SHAPE,
         );
         return experts_pairs::experts_down(
             act,
@@ -220,7 +227,7 @@ fn experts_by_pairs(
             down.scale_words.val(),
             experts.down_bias.val(),
             residual,
-            experts_pairs::BY_EXPERT_SHAPE,
+            experts_pairs::BY_EXPERT_DOWN_SHAPE,
         );
     }
     let act = experts_pairs::pairs_gate_up(

@@ -3,8 +3,8 @@
 
 use burn::tensor::{Device, Tensor};
 use gpt_oss_kernels::experts_pairs::{
-    BY_EXPERT_SHAPE, GATE_UP_SHAPE, down_shape, experts_down, experts_gate_up, pairs_down,
-    pairs_gate_up,
+    BY_EXPERT_DOWN_SHAPE, BY_EXPERT_GATE_UP_SHAPE, GATE_UP_SHAPE, down_shape, experts_down,
+    experts_gate_up, pairs_down, pairs_gate_up,
 };
 use gpt_oss_kernels::router_top_k::{reference_router_top_k, router_top_k};
 use gpt_oss_model::transformer::moe_grouped::{ExpertPath, grouped_experts};
@@ -72,7 +72,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                 layer.gate_up_bias.val(),
                 layer.swiglu_limit,
                 layer.swiglu_alpha,
-                BY_EXPERT_SHAPE,
+                BY_EXPERT_GATE_UP_SHAPE,
             )
         };
         let by_pairs = || {
@@ -98,7 +98,7 @@ pub(super) fn check_moe_pairs(device: &Device) -> anyhow::Result<()> {
                 down_scales.clone(),
                 layer.down_bias.val(),
                 Some(residual.clone()),
-                BY_EXPERT_SHAPE,
+                BY_EXPERT_DOWN_SHAPE,
             )
         };
         let sorted = |path: ExpertPath| {

@@ -1,8 +1,8 @@
 //! `--decode-timings --only by_expert`: the experts of 4 to 32 tokens pair by pair (the
 //! model's workgroups) and expert by expert (each workgroup given), in replayed graphs over
 //! routings that cycle through the experts, each by-expert result checked against the
-//! per-pair one first. 24 tokens says whether `moe_pairs::BY_EXPERT_FROM_TOKENS` (32) can come
-//! down.
+//! per-pair one first (the thirty-ninth round's 24 tokens brought
+//! `moe_pairs::BY_EXPERT_FROM_TOKENS` down to 16).
 
 use burn::tensor::{Device, Tensor};
 use gpt_oss_kernels::experts_pairs::{
