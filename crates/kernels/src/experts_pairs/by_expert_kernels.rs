@@ -3,8 +3,9 @@
 //! weight with up to `chunk_rows` of those pairs' input rows at a time. The per-pair kernels
 //! (`kernels.rs`) decode every weight again for each pair routed to its expert; at 32 tokens
 //! their products, not memory, are most of their time (docs/benchmarks.md, twelfth round).
-//! Taken expert by expert, 32 tokens' experts run 17% faster; 16 tokens' about as fast, fewer
-//! slower (thirty-eighth round).
+//! Taken expert by expert, 32 tokens' experts run 19% faster, 24 tokens' 12%, 16 tokens' 3%;
+//! fewer run slower (thirty-eighth and thirty-ninth rounds). Multiplying on the tensor cores
+//! instead, in tiles with a barrier per K step, was slower at every count (thirty-ninth round).
 
 use cubecl::prelude::*;
 
