@@ -99,7 +99,38 @@ pub const DEFAULT_TILING: Tiling = Tiling {
     order: None,
 };
 
-/// A tiling every launch takes instead of [`DEFAULT_TILING`] (benchmarks compare several).
+/// 32 x 64 x 64 in subgroup-scope fragments with four subgroups (`Scheme::Warps`): the tiling
+/// of products of at most 32 rows where it takes the shape whole ([`tiling_for`]). The default's
+/// 128 x 256 tiles give such a product one workgroup per 256 columns, 16 for the o projection on
+/// 132 multiprocessors. On an H200, queued launches with the bias (docs/benchmarks.md,
+/// fortieth round), us against the default: 64 against 112 at 32 x 2880 x 4096 (q), 78 against
+/// 140 at 32 x 4096 x 2880 (o), 232 against 275 on an lm_head piece of 32 rows.
+pub const FEW_ROWS_TILING: Tiling = Tiling {
+    m: 32,
+    n: 64,
+    k: 64,
+    units: 128,
+    scheme: Scheme::Warps,
+    order: None,
+};
+
+/// Whether an `m x k` by `k x n` product takes [`FEW_ROWS_TILING`] whole: at most its 32 rows,
+/// rows and columns of whole fragments (no fallback kernel).
+pub fn takes_few_rows_tiling(m: usize, n: usize, k: usize) -> bool {
+    let t = FEW_ROWS_TILING;
+    m <= t.m && coopmat_warps::takes(m, n, k, (t.m, t.n, t.k), t.units)
+}
+
+/// The tiling of an `m x k` by `k x n` product when [`set_tiling`] chose none:
+/// [`FEW_ROWS_TILING`] where it takes the shape whole, else [`DEFAULT_TILING`].
+pub fn tiling_for(m: usize, n: usize, k: usize) -> Tiling {
+    match takes_few_rows_tiling(m, n, k) {
+        true => FEW_ROWS_TILING,
+        false => DEFAULT_TILING,
+    }
+}
+
+/// A tiling every launch takes instead of [`tiling_for`]'s (benchmarks compare several).
 static CHOSEN: std::sync::Mutex<Option<Tiling>> = std::sync::Mutex::new(None);
 
 /// Sets the tiling later launches use, whatever their shape.
@@ -107,12 +138,13 @@ pub fn set_tiling(tiling: Tiling) {
     *CHOSEN.lock().expect("tiling lock") = Some(tiling);
 }
 
-/// The tiling of the products: the one [`set_tiling`] chose, else [`DEFAULT_TILING`].
-fn chosen_tiling() -> Tiling {
+/// The tiling of an `m x k` by `k x n` product: the one [`set_tiling`] chose, else
+/// [`tiling_for`]'s.
+fn chosen_tiling(m: usize, n: usize, k: usize) -> Tiling {
     CHOSEN
         .lock()
         .expect("tiling lock")
-        .unwrap_or(DEFAULT_TILING)
+        .unwrap_or_else(|| tiling_for(m, n, k))
 }
 
 #[cube(launch)]
@@ -274,7 +306,7 @@ fn launch_coopmat_gemm(lhs: CubeTensor, rhs: CubeTensor, bias: Option<CubeTensor
         );
     }
     let out = empty_f32(&lhs, vec![m, n]);
-    let t = launched_tiling(chosen_tiling(), m, n as u32, k as u32);
+    let t = launched_tiling(chosen_tiling(m, n, k), m, n as u32, k as u32);
     let order = t
         .order
         .unwrap_or_else(|| TileOrder::for_weights(k * n * DType::BF16.size()));
@@ -557,5 +589,37 @@ mod tests {
         }
         // The other schemes are unchanged.
         assert_eq!(scheme_for(STAGED, 17, 5120, 2880), Scheme::Staged);
+    }
+
+    #[test]
+    fn products_of_up_to_32_rows_take_the_few_rows_tiling_where_it_takes_them_whole() {
+        // A 16-token prefill and a batch-32 decode step: q, k and v, o, the lm_head's pieces.
+        for m in [16, 32] {
+            for (n, k) in [
+                (4096, 2880),
+                (512, 2880),
+                (2880, 4096),
+                (93_184, 2880),
+                (14_720, 2880),
+            ] {
+                assert_eq!(tiling_for(m, n, k), FEW_ROWS_TILING, "{m} {n} {k}");
+                assert_eq!(
+                    launched_tiling(tiling_for(m, n, k), m, n as u32, k as u32),
+                    FEW_ROWS_TILING
+                );
+            }
+        }
+        // Rows not whole fragments, more than 32 rows, columns not whole fragments, K not whole
+        // 16-byte words: the default, as before.
+        for (m, n, k) in [
+            (20, 4096, 2880),
+            (48, 4096, 2880),
+            (33, 4096, 2880),
+            (32, 200, 2880),
+        ] {
+            assert_eq!(tiling_for(m, n, k), DEFAULT_TILING, "{m} {n} {k}");
+        }
+        assert_eq!(tiling_for(32, 4096, 2884), DEFAULT_TILING);
+        assert_eq!(tiling_for(16384, 4096, 2880), DEFAULT_TILING);
     }
 }

@@ -489,6 +489,7 @@ mod tests {
             ((256, 128, 32), 256),
             ((128, 256, 48), 256),
             ((128, 128, 64), 128),
+            ((32, 64, 64), 128),
         ] {
             let warp = warp_tile(tile.0, tile.1, units).unwrap();
             for with_bias in [false, true] {

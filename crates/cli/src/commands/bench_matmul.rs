@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use burn::tensor::{DType, Distribution, Tensor};
-use gpt_oss_kernels::coopmat_gemm::launched_tiling;
+use gpt_oss_kernels::coopmat_gemm::{launched_tiling, tiling_for};
 use gpt_oss_model::device::{DeviceChoice, select_device};
 use serde_json::json;
 
@@ -39,7 +39,8 @@ pub struct MatmulArgs {
     /// global loads the caches hold); and then an order of the tiles, `/rows` (row tiles first)
     /// or `/columns` (`128x256x32/256/staged/columns`); without one, column tiles first when
     /// the weights fit in half the L2 cache. Without this option, the tiling the model's
-    /// products use (`gpt_oss_kernels::coopmat_gemm::DEFAULT_TILING`).
+    /// products use (`gpt_oss_kernels::coopmat_gemm::tiling_for`: `FEW_ROWS_TILING` for up to
+    /// 32 rows where it takes the shape whole, else `DEFAULT_TILING`).
     #[arg(long, value_delimiter = ',')]
     pub tilings: Vec<String>,
     /// Our kernels add a random f32 bias of n values to every row of the product (as the
@@ -208,20 +209,24 @@ pub fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
         selected.description
     );
     let device = selected.device;
+    // `None`: each shape on the tiling the model's products would take.
     let tilings: Vec<_> = if args.kernel == MatmulKernel::Coopmat && !args.tilings.is_empty() {
         args.tilings
             .iter()
-            .map(|t| parse_tiling(t))
+            .map(|t| parse_tiling(t).map(Some))
             .collect::<anyhow::Result<_>>()?
     } else {
-        vec![gpt_oss_kernels::coopmat_gemm::DEFAULT_TILING]
+        vec![None]
     };
-    for tiling in tilings {
-        gpt_oss_kernels::coopmat_gemm::set_tiling(tiling);
+    for chosen in tilings {
+        if let Some(tiling) = chosen {
+            gpt_oss_kernels::coopmat_gemm::set_tiling(tiling);
+        }
         for dtype_name in &args.dtypes {
             let dtype = parse_dtype(dtype_name)?;
             for shape_text in &args.shapes {
                 let [m, k, n] = parse_shape(shape_text)?;
+                let tiling = chosen.unwrap_or_else(|| tiling_for(m, n, k));
                 let lhs = Tensor::<2>::random([m, k], Distribution::Default, (&device, dtype));
                 let rhs = Tensor::<2>::random([k, n], Distribution::Default, (&device, dtype));
                 let bias = (args.bias && args.kernel != MatmulKernel::Burn)

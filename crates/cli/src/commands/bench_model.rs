@@ -59,7 +59,7 @@ pub struct ModelBenchArgs {
     pub grouped_tiling: Option<String>,
     /// The dense GEMM's tiling for every product, as `bench matmul --tilings` takes it
     /// (`128x256x48/256/warps`; not a `ceiling-*` or `-feed` bound), instead of the default
-    /// (`gpt_oss_kernels::coopmat_gemm::DEFAULT_TILING`).
+    /// (`gpt_oss_kernels::coopmat_gemm::tiling_for`, by the product's shape).
     #[arg(long)]
     pub dense_tiling: Option<String>,
 }

@@ -7,11 +7,24 @@
 use burn::nn::Linear;
 use burn::tensor::{DType, Tensor};
 use gpt_oss_kernels::bf16_nearest::to_nearest_bf16;
-use gpt_oss_kernels::bf16_rows;
+use gpt_oss_kernels::{bf16_rows, coopmat_gemm};
 
 /// Up to this many rows, bf16 products use the few-rows kernel (decoding) instead of the
-/// tensor cores.
+/// tensor cores, except where [`takes_rows_kernel`] gives them to the tensor cores' few-rows
+/// tiling.
 pub const FEW_ROWS: usize = 4 * bf16_rows::ROWS;
+
+/// Whether a bf16 product of `m` rows by a [`k`, `n`] weight runs on the few-rows kernel (the
+/// CUDA cores): up to `few_rows` rows, at widths it takes, but past one block of
+/// `bf16_rows::ROWS` rows not where the tensor cores take the product whole in
+/// `coopmat_gemm::FEW_ROWS_TILING`. On an H200 that tiling took 64 us against the few-rows
+/// kernel's 155 at 32 x 2880 x 4096, and 78 against 217 at 32 x 4096 x 2880 (queued launches,
+/// docs/benchmarks.md, fortieth round).
+pub fn takes_rows_kernel(m: usize, n: usize, k: usize, few_rows: usize) -> bool {
+    m <= few_rows
+        && bf16_rows::supports(n)
+        && (m <= bf16_rows::ROWS || !coopmat_gemm::takes_few_rows_tiling(m, n, k))
+}
 
 /// Whether `weight` puts its layer on the GPU kernel path (tensor-core products, the row
 /// logsumexp kernel for softmax): only [`GptOss::store_weights_bf16`] stores bf16 weights, and
@@ -46,10 +59,11 @@ pub fn times_weight_few_rows_up_to(
             None => product,
         };
     }
-    if x.dims()[0] <= few_rows && bf16_rows::supports(w.dims()[1]) {
+    let [m, k] = x.dims();
+    if takes_rows_kernel(m, w.dims()[1], k, few_rows) {
         return bf16_rows::bf16_rows_matmul(x, w, bias);
     }
-    gpt_oss_kernels::coopmat_gemm::coopmat_gemm_plus_bias(x, w, bias)
+    coopmat_gemm::coopmat_gemm_plus_bias(x, w, bias)
 }
 
 /// `layer` applied to `x` [B, T, in] -> [B, T, out].
@@ -70,5 +84,36 @@ pub fn to_bf16(layer: Linear) -> Linear {
     Linear {
         weight: layer.weight.map(to_nearest_bf16),
         ..layer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_one_block_of_rows_the_tensor_cores_take_what_their_few_rows_tiling_takes_whole() {
+        // gpt-oss's o projection [4096, 2880] and q projection [2880, 4096].
+        for (n, k) in [(2880, 4096), (4096, 2880)] {
+            // Decoding at batch 1 to 8: one block of rows, the few-rows kernel.
+            for m in [1, 2, 8] {
+                assert!(takes_rows_kernel(m, n, k, FEW_ROWS), "{m} {n} {k}");
+            }
+            // A 16-token prefill, a batch-32 decode step: the tensor cores.
+            for m in [16, 32] {
+                assert!(!takes_rows_kernel(m, n, k, FEW_ROWS), "{m} {n} {k}");
+            }
+            // Rows not whole fragments: the few-rows kernel, as before.
+            for m in [9, 20, 31] {
+                assert!(takes_rows_kernel(m, n, k, FEW_ROWS), "{m} {n} {k}");
+            }
+            // Past `few_rows`: the tensor cores.
+            assert!(!takes_rows_kernel(33, n, k, FEW_ROWS));
+            assert!(!takes_rows_kernel(8, n, k, 4));
+        }
+        // Widths the few-rows kernel does not take.
+        assert!(!takes_rows_kernel(1, 2884, 4096, FEW_ROWS));
+        // Columns not whole fragments (but whole lanes): the few-rows kernel at 16 rows.
+        assert!(takes_rows_kernel(16, 200, 2880, FEW_ROWS));
     }
 }
