@@ -41,6 +41,7 @@ pub mod bf16_rows;
 pub mod coopmat_ceiling;
 pub mod coopmat_gemm;
 pub mod coopmat_specialized;
+pub mod coopmat_tiling;
 pub mod coopmat_warps;
 pub mod embedding_rows;
 pub mod expert_groups;
