@@ -14,7 +14,7 @@ use gpt_oss_kernels::{bf16_rows, coopmat_gemm};
 /// tiling.
 pub const FEW_ROWS: usize = 4 * bf16_rows::ROWS;
 
-/// Whether a bf16 product of `m` rows by a [`k`, `n`] weight runs on the few-rows kernel (the
+/// Whether a bf16 product of `m` rows by a `[k, n]` weight runs on the few-rows kernel (the
 /// CUDA cores): up to `few_rows` rows, at widths it takes, but past one block of
 /// `bf16_rows::ROWS` rows not where the tensor cores take the product whole in
 /// `coopmat_gemm::FEW_ROWS_TILING`. On an H200 that tiling took 64 us against the few-rows

@@ -30,8 +30,9 @@ pub fn rows_per_piece(width: usize) -> usize {
 /// Rows up to which the lm_head's products take the few-row kernel on the kernel path, past
 /// which the tensor-core GEMM (`bench kernel-check --only lm_head`, H100, 2026-11-27, gpt-oss's
 /// three pieces, ms: few-row kernel / tensor cores at 2 rows 0.58 / 1.27, 4 rows 0.76 / 1.35,
-/// 8 rows 1.61 / 1.32, 32 rows 3.42 / 1.36). The attention's projections keep the few-row
-/// kernel up to 32 rows (`project::FEW_ROWS`; faster there at every count measured).
+/// 8 rows 1.61 / 1.32, 32 rows 3.42 / 1.36; at 16 and 32 rows the GEMM now takes 32 x 64 tiles,
+/// `coopmat_gemm::FEW_ROWS_TILING`). The attention's projections keep the few-row kernel up to
+/// 8 rows, and q, k and v up to 32 (`project::takes_rows_kernel`, `project::FEW_ROWS`).
 pub const FEW_ROWS: usize = 4;
 
 /// Token embedding table [vocab, H], in row pieces.
