@@ -76,7 +76,7 @@ pub const DEFAULT_TILING: Tiling = Tiling {
 
 /// 32 x 64 x 64 in subgroup-scope fragments with four subgroups (`Scheme::Warps`): the tiling
 /// of products of at most 32 rows where it takes the shape whole ([`tiling_for`]). The default's
-/// 128 x 256 tiles give such a product one workgroup per 256 columns, 16 for the o projection on
+/// 128 x 256 tiles give such a product one workgroup per 256 columns, 12 for the o projection on
 /// 132 multiprocessors. On an H200, queued launches with the bias (docs/benchmarks.md,
 /// fortieth round), us against the default: 64 against 112 at 32 x 2880 x 4096 (q), 78 against
 /// 140 at 32 x 4096 x 2880 (o), 232 against 275 on an lm_head piece of 32 rows.
