@@ -264,6 +264,7 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
                     "steady_step_tokens_per_second": timing.steady_step_tokens_per_second(batch, args.new_tokens),
                     "gpu_bytes_reserved": pool(&device),
                     "host_cpu_seconds_by_thread": timing.host_cpu,
+                    "prefill_host_cpu_seconds_by_thread": timing.prefill_host_cpu,
                     "same_tokens_as_first_decoding": same_tokens,
                 })
             );
@@ -309,6 +310,9 @@ struct DecodeTiming {
     tokens: Vec<Vec<u32>>,
     /// CPU seconds per thread per timed generation (see `host::cpu_seconds_by_thread`).
     host_cpu: BTreeMap<String, f64>,
+    /// The same per timed prefill and first token: a busiest thread near [`Self::prefill`]
+    /// means the prefill, launched op by op, waits on the host.
+    prefill_host_cpu: BTreeMap<String, f64>,
 }
 
 impl DecodeTiming {
@@ -385,15 +389,20 @@ fn time_decode(
     let cpu_before = cpu_seconds_by_thread();
     let (seconds, out) = timed(&options);
     let host_cpu = cpu_seconds_per_run_since(&cpu_before, runs.timed);
+    let twice_seconds = timed(&twice).0;
+    let cpu_before = cpu_seconds_by_thread();
+    let prefill = timed(&first_token).0;
+    let prefill_host_cpu = cpu_seconds_per_run_since(&cpu_before, runs.timed);
     DecodeTiming {
         seconds,
-        twice_seconds: timed(&twice).0,
-        prefill: timed(&first_token).0,
+        twice_seconds,
+        prefill,
         warm_up,
         first_generation: first_generation.expect("one warm-up round"),
         produced: out.iter().map(Vec::len).sum(),
         tokens: out,
         host_cpu,
+        prefill_host_cpu,
     }
 }
 
@@ -420,6 +429,7 @@ mod tests {
             produced: 128,
             tokens: vec![],
             host_cpu: Default::default(),
+            prefill_host_cpu: Default::default(),
         };
         assert_eq!(timing.steady_step_tokens_per_second(2, 64), 256.0);
         assert_eq!(timing.step_tokens_per_second(2, 64), 200.0);

@@ -375,7 +375,12 @@ fn time_projections(device: &Device, tiling: RowsTiling, cycle: WeightCycle) -> 
             report("rms_norm_bf16_rows_three", case, seconds, Some(bytes));
         }
 
+        // A tiling's column groups must tile the width (o's 2880 columns take at most 8).
+        let tiles = |n: usize| tiling.groups == 0 || n.is_multiple_of(8 * tiling.groups as usize);
         for [k, n] in [[Q_WIDTH, HIDDEN], [HIDDEN, LM_HEAD_PIECE]] {
+            if !tiles(n) {
+                continue;
+            }
             let x = Tensor::<2>::random([m, k], Distribution::Default, device);
             let bytes = 2 * k * n;
             let sets: Vec<Tensor<2>> = (0..cycle.copies(bytes)).map(|_| bf16([k, n])).collect();
