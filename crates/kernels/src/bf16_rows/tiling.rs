@@ -38,20 +38,25 @@ pub const DEFAULT_TILING: RowsTiling = RowsTiling {
 /// Workgroups below which the wider column groups leave the GPU short of work (two per H100
 /// multiprocessor).
 const TARGET_WORKGROUPS: usize = 264;
-/// Workgroups of eight column groups from which a one-row product takes that width.
+/// Workgroups of eight column groups from which a one-row product counts as very wide (an
+/// lm_head) and takes [`WIDE_GROUPS`].
 const WIDE_WORKGROUPS: usize = 1024;
+/// Column groups of a very wide one-row product: 32 groups of eight, 256 columns (512 bytes of
+/// each weight row) per workgroup, K in 8 slices.
+const WIDE_GROUPS: u32 = 32;
 
 /// The tiling for an `m`-row product with `n` output columns (`bench kernel-check
-/// --decode-timings --rows-tilings`, H100, 2026-11-27, one call, microseconds per launch at
-/// one row, model's previous choice first): at one row, four column groups (q/k/v 26.6 ->
-/// 21.7, o 25.1 -> 21.7; 64-byte runs of a weight row per K slice although fewer
-/// workgroups), and for very wide products (an lm_head piece of 93,184 columns) eight groups
-/// with sixteen rows in flight (247 -> 202, 2.65 TB/s); more rows keep the earlier rule, four
-/// groups where that still gives [`TARGET_WORKGROUPS`], else two (not measured again).
+/// --decode-timings --rows-tilings`, microseconds per launch at one row, model's previous
+/// choice first): at one row, four column groups (H100, 2026-11-27: q/k/v 26.6 -> 21.7, o
+/// 25.1 -> 21.7; 64-byte runs of a weight row per K slice although fewer workgroups), and for
+/// very wide products (an lm_head piece of 93,184 columns) [`WIDE_GROUPS`] with sixteen rows
+/// in flight (H200, 2026-11-29, queued: 137.5 us for eight groups, 124.7-126.5 for 32, 3.66
+/// -> 3.96 TB/s; 16 groups 151-152); more rows keep the earlier rule, four groups where that
+/// still gives [`TARGET_WORKGROUPS`], else two (not measured again).
 pub fn default_tiling(m: usize, n: usize) -> RowsTiling {
     let vectors = n / LANE_COLUMNS as usize;
     let (groups, unroll) = match m {
-        1 if vectors.div_ceil(8) >= WIDE_WORKGROUPS => (8, 16),
+        1 if vectors.div_ceil(8) >= WIDE_WORKGROUPS => (WIDE_GROUPS, 16),
         1 => (4, 8),
         _ if vectors.div_ceil(4) >= TARGET_WORKGROUPS => (4, 8),
         _ => (2, 8),
@@ -90,7 +95,7 @@ pub(super) fn grid(m: usize, column_blocks: usize) -> (usize, CubeCount) {
 
 /// [`chosen_tiling`] for the three-product kernel over widths `n0`, `n1`, `n2`: the default
 /// where its column groups tile the first two widths (an lm_head in three pieces at one row
-/// takes eight groups), else four groups with eight rows in flight (`supports_three` promises
+/// takes [`WIDE_GROUPS`]), else four groups with eight rows in flight (`supports_three` promises
 /// whole workgroups of 32 columns per segment, not more).
 pub(super) fn chosen_three_tiling(
     tiling: RowsTiling,
@@ -120,7 +125,7 @@ mod tests {
     /// The (rows, groups, unroll) the model launches: `default_tiling` at one row and at
     /// many.
     const MODEL_TILINGS: [(usize, u32, u32); 4] =
-        [(1, 4, 8), (1, 8, 16), (ROWS, 2, 8), (ROWS, 4, 8)];
+        [(1, 4, 8), (1, WIDE_GROUPS, 16), (ROWS, 2, 8), (ROWS, 4, 8)];
 
     #[test]
     fn the_row_kernels_compile_for_the_model_tilings() {
@@ -160,7 +165,7 @@ mod tests {
         let tiling = |groups, unroll| RowsTiling { groups, unroll };
         assert_eq!(default_tiling(1, 5120), tiling(4, 8));
         assert_eq!(default_tiling(1, 2880), tiling(4, 8));
-        assert_eq!(default_tiling(1, 93_184), tiling(8, 16));
+        assert_eq!(default_tiling(1, 93_184), tiling(32, 16));
         assert_eq!(default_tiling(32, 5120), tiling(2, 8));
         assert_eq!(default_tiling(32, 93_184), tiling(4, 8));
         assert_eq!(
@@ -175,7 +180,7 @@ mod tests {
         // does not tile four groups.
         assert_eq!(
             chosen_three_tiling(DEFAULT_TILING, 1, [93_184, 93_184, 14_720]),
-            tiling(8, 16)
+            tiling(32, 16)
         );
         assert_eq!(
             chosen_three_tiling(DEFAULT_TILING, 1, [93_184 + 32, 93_184, 14_720]),
