@@ -5,10 +5,14 @@
 //! batch size. Compare with `tools/gpu/torch_baseline.py model` run in the same call
 //! (`bench compare` prints both with the roofline).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::time::Instant;
 
-use gpt_oss_model::generate::{Decoder, GenerateOptions, generate_masked, generate_step_by_step};
+use gpt_oss_model::generate::{
+    Decoder, GenerateOptions, GenerationTimes, generate_masked, generate_step_by_step,
+};
 use gpt_oss_model::scoring::{DEFAULT_CHUNK, queue_token_logprobs};
 use gpt_oss_model::{ForwardOptions, GptOss, LayerRouting, RoutingObserver};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -220,12 +224,18 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
         // each); "step_by_step" runs one forward call per token.
         // The kept decoder moves into its decoding, so that what it keeps (caches, the graph)
         // is freed before the next decoding is timed.
-        let mut decoder = Decoder::new(model);
+        // The kept decoder is also read for where its generations spend their time.
+        let decoder = Rc::new(RefCell::new(Decoder::new(model)));
+        let parts = {
+            let decoder = Rc::clone(&decoder);
+            move || decoder.borrow().times()
+        };
         let mask = mask.as_ref();
         let mut decodings: Vec<(&str, Box<GenerateFn<'_>>)> = vec![(
             "default",
-            Box::new(move |rows, options| decoder.generate(rows, options, mask)),
+            Box::new(move |rows, options| decoder.borrow_mut().generate(rows, options, mask)),
         )];
+        let mut parts: Option<Box<PartsFn<'_>>> = Some(Box::new(parts));
         if model.on_kernel_path() {
             decodings.push((
                 "capture_per_generation",
@@ -238,8 +248,11 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
         }
         let mut first_tokens: Option<Vec<Vec<u32>>> = None;
         for (decoding, mut generate) in decodings {
-            let timing = time_decode(&prompts, &runs, &mut generate);
+            // Only the first decoding (the kept decoder) has parts to read.
+            let decoding_parts = parts.take();
+            let timing = time_decode(&prompts, &runs, &mut generate, decoding_parts.as_deref());
             drop(generate);
+            drop(decoding_parts);
             // Every decoding must give the first one's tokens (greedy, same kernels).
             let same_tokens =
                 first_tokens.get_or_insert_with(|| timing.tokens.clone()) == &timing.tokens;
@@ -265,6 +278,8 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
                     "gpu_bytes_reserved": pool(&device),
                     "host_cpu_seconds_by_thread": timing.host_cpu,
                     "prefill_host_cpu_seconds_by_thread": timing.prefill_host_cpu,
+                    "generation_parts_seconds": timing.parts.map(|p| json!({
+                        "prefill": p.prefill, "step_setup": p.step_setup, "steps": p.steps})),
                     "same_tokens_as_first_decoding": same_tokens,
                 })
             );
@@ -278,6 +293,30 @@ type Tokens = Vec<Vec<u32>>;
 
 /// A decoding: prompts and options -> continuations.
 type GenerateFn<'a> = dyn FnMut(&[Vec<u32>], &GenerateOptions) -> Tokens + 'a;
+
+/// A kept decoder's [`GenerationTimes`] so far (summed over its generations).
+type PartsFn<'a> = dyn Fn() -> GenerationTimes + 'a;
+
+/// Seconds per timed generation in each part a kept decoder times ([`GenerationTimes`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct GenerationParts {
+    prefill: f64,
+    step_setup: f64,
+    steps: f64,
+}
+
+impl GenerationParts {
+    /// The parts of `runs` generations that took `after` less `before`, per generation.
+    fn per_run(before: GenerationTimes, after: GenerationTimes, runs: usize) -> Self {
+        let per_run =
+            |a: std::time::Duration, b: std::time::Duration| (a - b).as_secs_f64() / runs as f64;
+        Self {
+            prefill: per_run(after.prefill, before.prefill),
+            step_setup: per_run(after.step_setup, before.step_setup),
+            steps: per_run(after.steps, before.steps),
+        }
+    }
+}
 
 /// The prompts a decoding is timed on, and prompts of other lengths its warm-up generates too.
 struct DecodePrompts<'a> {
@@ -313,6 +352,8 @@ struct DecodeTiming {
     /// The same per timed prefill and first token: a busiest thread near [`Self::prefill`]
     /// means the prefill, launched op by op, waits on the host.
     prefill_host_cpu: BTreeMap<String, f64>,
+    /// A kept decoder's timed generations in parts (`None` for other decodings).
+    parts: Option<GenerationParts>,
 }
 
 impl DecodeTiming {
@@ -347,6 +388,7 @@ fn time_decode(
     prompts: &DecodePrompts<'_>,
     runs: &DecodeRuns,
     generate: &mut GenerateFn<'_>,
+    parts: Option<&PartsFn<'_>>,
 ) -> DecodeTiming {
     let options = GenerateOptions {
         max_new_tokens: runs.new_tokens,
@@ -387,8 +429,12 @@ fn time_decode(
         (seconds, out)
     };
     let cpu_before = cpu_seconds_by_thread();
+    let parts_before = parts.map(|read| read());
     let (seconds, out) = timed(&options);
     let host_cpu = cpu_seconds_per_run_since(&cpu_before, runs.timed);
+    let parts = parts
+        .zip(parts_before)
+        .map(|(read, before)| GenerationParts::per_run(before, read(), runs.timed));
     let twice_seconds = timed(&twice).0;
     let cpu_before = cpu_seconds_by_thread();
     let prefill = timed(&first_token).0;
@@ -403,6 +449,7 @@ fn time_decode(
         tokens: out,
         host_cpu,
         prefill_host_cpu,
+        parts,
     }
 }
 
@@ -430,6 +477,7 @@ mod tests {
             tokens: vec![],
             host_cpu: Default::default(),
             prefill_host_cpu: Default::default(),
+            parts: None,
         };
         assert_eq!(timing.steady_step_tokens_per_second(2, 64), 256.0);
         assert_eq!(timing.step_tokens_per_second(2, 64), 200.0);
