@@ -222,20 +222,17 @@ pub fn model(args: ModelBenchArgs) -> anyhow::Result<()> {
         // keeps one decoder for all its generations (as probes and eval do), so the step is
         // captured once; "capture_per_generation" captures it in every generation (a decoder
         // each); "step_by_step" runs one forward call per token.
-        // The kept decoder moves into its decoding, so that what it keeps (caches, the graph)
-        // is freed before the next decoding is timed.
-        // The kept decoder is also read for where its generations spend their time.
+        // The kept decoder lives in its decoding and in the reader of its times (where its
+        // generations spend their time); both are dropped after its timing, so that what it
+        // keeps (caches, the graph) is freed before the next decoding is timed.
         let decoder = Rc::new(RefCell::new(Decoder::new(model)));
-        let parts = {
-            let decoder = Rc::clone(&decoder);
-            move || decoder.borrow().times()
-        };
+        let reader = Rc::clone(&decoder);
+        let mut parts: Option<Box<PartsFn<'_>>> = Some(Box::new(move || reader.borrow().times()));
         let mask = mask.as_ref();
         let mut decodings: Vec<(&str, Box<GenerateFn<'_>>)> = vec![(
             "default",
             Box::new(move |rows, options| decoder.borrow_mut().generate(rows, options, mask)),
         )];
-        let mut parts: Option<Box<PartsFn<'_>>> = Some(Box::new(parts));
         if model.on_kernel_path() {
             decodings.push((
                 "capture_per_generation",
@@ -297,7 +294,8 @@ type GenerateFn<'a> = dyn FnMut(&[Vec<u32>], &GenerateOptions) -> Tokens + 'a;
 /// A kept decoder's [`GenerationTimes`] so far (summed over its generations).
 type PartsFn<'a> = dyn Fn() -> GenerationTimes + 'a;
 
-/// Seconds per timed generation in each part a kept decoder times ([`GenerationTimes`]).
+/// Seconds per timed generation (the mean, where the whole is a median) in each part a kept
+/// decoder times ([`GenerationTimes`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct GenerationParts {
     prefill: f64,
@@ -376,7 +374,8 @@ impl DecodeTiming {
 /// `runs.warm_up_seconds` have passed (at least one round: the other prompts, the timed ones,
 /// and the timed ones with twice the tokens; kernels compiled and tuned, a kept decoder's step
 /// captured for the longest), then `runs.timed` generations, as many of twice the tokens and
-/// as many of the first token alone, each figure their median.
+/// as many of the first token alone, each figure their median; given `parts` (a kept decoder's
+/// times), the timed generations' parts as well.
 ///
 /// The warm-up is for the GPU's clocks: an H100 idles at 345 MHz and, under load, reaches its
 /// 1980 MHz only after 0.2 to 1.5 s (nvidia-smi every 100 ms, 2026-11-27; it falls back within
@@ -481,6 +480,28 @@ mod tests {
         };
         assert_eq!(timing.steady_step_tokens_per_second(2, 64), 256.0);
         assert_eq!(timing.step_tokens_per_second(2, 64), 200.0);
+    }
+
+    /// Each part is the time added between the two readings, per generation.
+    #[test]
+    fn generation_parts_divide_the_added_time_by_the_runs() {
+        use super::{GenerationParts, GenerationTimes};
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let before = GenerationTimes {
+            prefill: ms(100),
+            step_setup: ms(10),
+            steps: ms(1000),
+        };
+        let after = GenerationTimes {
+            prefill: ms(160),
+            step_setup: ms(22),
+            steps: ms(1600),
+        };
+        let parts = GenerationParts::per_run(before, after, 3);
+        assert!((parts.prefill - 0.020).abs() < 1e-12, "{parts:?}");
+        assert!((parts.step_setup - 0.004).abs() < 1e-12, "{parts:?}");
+        assert!((parts.steps - 0.200).abs() < 1e-12, "{parts:?}");
     }
 
     /// The middle value of an odd count, the upper middle of an even one, whatever the order.
