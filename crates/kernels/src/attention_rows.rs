@@ -16,6 +16,10 @@
 //! keys from the caches), and the first query head of each kv head writes that key and value
 //! into the caches; no workgroup reads the slot from the caches, so nothing waits for the
 //! writes. One launch instead of the RoPE kernel's and this one's.
+//!
+//! Both write f32, or bf16 rounded to nearest even ([`attention_rows_bf16`], [`attention_step`]
+//! with `bf16`) where the output projection is a tensor-core product, which reads bf16: its
+//! rounding launch is then not needed.
 
 use burn::backend::{
     backend_extension,
@@ -25,9 +29,11 @@ use burn::tensor::{Bool, DType, Int, Shape, Tensor};
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use crate::launch::{assert_caches_writable, empty_f32, grid_over_rows, same_dtype};
+use crate::bf16_nearest::nearest_as;
+use crate::launch::{assert_caches_writable, bf16_dtype, empty_of, grid_over_rows, same_dtype};
 use crate::rotary_rows::{rotated_first, rotated_second};
 use crate::workgroup_reduce::{UNITS, workgroup_reduce};
+use half::bf16;
 
 /// Keys scored per pass (shared memory: 8 KiB).
 pub const CHUNK: u32 = 2048;
@@ -43,10 +49,11 @@ pub const MAX_QUERIES: usize = 16;
 /// and value are written into `k` and `v` at slot `slot[0]`, and the visible keys are the
 /// slot's row of the table `ranges` [table_slots, B * 2] (a slot past the tables reads their
 /// last row); without, `q` is [B, heads, T, d] rotated, `ranges` is [B * T * 2], and `cos`,
-/// `sin`, `slot` and `table_slots` are not read.
+/// `sin`, `slot` and `table_slots` are not read. The output is written as an `O` (f32, or bf16
+/// rounded to nearest even).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn attention_rows_kernel(
+fn attention_rows_kernel<O: Float>(
     q: &[f32],
     k: &mut [f32],
     v: &mut [f32],
@@ -55,7 +62,7 @@ fn attention_rows_kernel(
     cos: &[f32],
     sin: &[f32],
     slot: &[f32],
-    out: &mut [f32],
+    out: &mut [O],
     items: u32,
     heads: u32,
     kv_heads: u32,
@@ -210,7 +217,7 @@ fn attention_rows_kernel(
             total += parts[(g * head_dim + unit) as usize];
         }
         let out_index = ((row * queries + query) * heads + head) * head_dim + unit;
-        out[out_index as usize] = total / running_sum;
+        out[out_index as usize] = nearest_as::<O>(total / running_sum);
     }
 }
 
@@ -271,6 +278,32 @@ pub trait AttentionRowsBackend: burn::backend::Backend {
         ranges: IntTensor<Self>,
         scale: f32,
     ) -> FloatTensor<Self>;
+
+    /// As `attention_rows`, the output written in bf16 (rounded to nearest even).
+    #[fusion(dtype = bf16_dtype(q), shape = Shape::from(vec![q[0], q[2], q[1], q[3]]))]
+    fn attention_rows_bf16(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        sinks: FloatTensor<Self>,
+        ranges: IntTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
+
+    /// As `attention_step`, the output written in bf16 (rounded to nearest even).
+    #[fusion(dtype = bf16_dtype(qkv), shape = Shape::from(vec![qkv[0], 1, qkv[2] - 2 * keys[1], qkv[3]]))]
+    #[allow(clippy::too_many_arguments)]
+    fn attention_step_bf16(
+        qkv: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        slot: FloatTensor<Self>,
+        sinks: FloatTensor<Self>,
+        ranges: IntTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
 }
 
 impl AttentionRowsBackend for CubeBackend {
@@ -282,22 +315,7 @@ impl AttentionRowsBackend for CubeBackend {
         ranges: CubeTensor,
         scale: f32,
     ) -> CubeTensor {
-        let [q, k, v, sinks, ranges] = [q, k, v, sinks, ranges].map(into_contiguous);
-        let [b, heads, t, _] = [0, 1, 2, 3].map(|i| q.meta.shape()[i]);
-        // Not read without `fresh`: the sinks stand in for the angles and the slot.
-        let unread = || sinks.clone();
-        let [cos, sin, slot] = [unread(), unread(), unread()];
-        launch_attention(
-            q,
-            k,
-            v,
-            sinks,
-            ranges,
-            ([cos, sin, slot], 1),
-            [b, heads, t],
-            scale,
-            false,
-        )
+        launch_rows([q, k, v, sinks, ranges], scale, DType::F32)
     }
 
     fn attention_step(
@@ -311,42 +329,104 @@ impl AttentionRowsBackend for CubeBackend {
         ranges: CubeTensor,
         scale: f32,
     ) -> CubeTensor {
-        assert_caches_writable("attention_step", &keys, &values);
-        let [qkv, cos, sin, slot, sinks, ranges] =
-            [qkv, cos, sin, slot, sinks, ranges].map(into_contiguous);
-        let [b, t, width, d] = [0, 1, 2, 3].map(|i| qkv.meta.shape()[i]);
-        let kv_heads = keys.meta.shape()[1];
-        assert!(
-            t == 1 && width > 2 * kv_heads,
-            "attention_step: one position of heads + 2 kv_heads heads, caches of kv_heads heads"
-        );
-        assert_eq!(keys.meta.shape()[3], d, "attention_step: head widths");
-        let heads = width - 2 * kv_heads;
-        let slots = cos.meta.shape()[2];
-        assert!(
-            cos.meta.shape()[..] == [b, 1, slots, d / 2]
-                && sin.meta.shape()[..] == cos.meta.shape()[..]
-                && ranges.meta.shape()[..] == [slots, b * 2],
-            "attention_step: tables of cos and sin [{b}, 1, slots, {}] and ranges [slots, {}]",
-            d / 2,
-            b * 2
-        );
-        launch_attention(
-            qkv,
-            keys,
-            values,
-            sinks,
-            ranges,
-            ([cos, sin, slot], slots),
-            [b, heads, 1],
+        launch_step(
+            [qkv, cos, sin, keys, values, slot, sinks, ranges],
             scale,
-            true,
+            DType::F32,
+        )
+    }
+
+    fn attention_rows_bf16(
+        q: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        sinks: CubeTensor,
+        ranges: CubeTensor,
+        scale: f32,
+    ) -> CubeTensor {
+        launch_rows([q, k, v, sinks, ranges], scale, DType::BF16)
+    }
+
+    fn attention_step_bf16(
+        qkv: CubeTensor,
+        cos: CubeTensor,
+        sin: CubeTensor,
+        keys: CubeTensor,
+        values: CubeTensor,
+        slot: CubeTensor,
+        sinks: CubeTensor,
+        ranges: CubeTensor,
+        scale: f32,
+    ) -> CubeTensor {
+        launch_step(
+            [qkv, cos, sin, keys, values, slot, sinks, ranges],
+            scale,
+            DType::BF16,
         )
     }
 }
 
+/// [`AttentionRowsBackend::attention_rows`] writing `dtype` (f32 or bf16).
+fn launch_rows([q, k, v, sinks, ranges]: [CubeTensor; 5], scale: f32, dtype: DType) -> CubeTensor {
+    let [q, k, v, sinks, ranges] = [q, k, v, sinks, ranges].map(into_contiguous);
+    let [b, heads, t, _] = [0, 1, 2, 3].map(|i| q.meta.shape()[i]);
+    // Not read without `fresh`: the sinks stand in for the angles and the slot.
+    let unread = || sinks.clone();
+    let [cos, sin, slot] = [unread(), unread(), unread()];
+    launch_attention(
+        q,
+        k,
+        v,
+        sinks,
+        ranges,
+        ([cos, sin, slot], 1),
+        [b, heads, t],
+        scale,
+        (false, dtype),
+    )
+}
+
+/// [`AttentionRowsBackend::attention_step`] writing `dtype` (f32 or bf16).
+fn launch_step(
+    [qkv, cos, sin, keys, values, slot, sinks, ranges]: [CubeTensor; 8],
+    scale: f32,
+    dtype: DType,
+) -> CubeTensor {
+    assert_caches_writable("attention_step", &keys, &values);
+    let [qkv, cos, sin, slot, sinks, ranges] =
+        [qkv, cos, sin, slot, sinks, ranges].map(into_contiguous);
+    let [b, t, width, d] = [0, 1, 2, 3].map(|i| qkv.meta.shape()[i]);
+    let kv_heads = keys.meta.shape()[1];
+    assert!(
+        t == 1 && width > 2 * kv_heads,
+        "attention_step: one position of heads + 2 kv_heads heads, caches of kv_heads heads"
+    );
+    assert_eq!(keys.meta.shape()[3], d, "attention_step: head widths");
+    let heads = width - 2 * kv_heads;
+    let slots = cos.meta.shape()[2];
+    assert!(
+        cos.meta.shape()[..] == [b, 1, slots, d / 2]
+            && sin.meta.shape()[..] == cos.meta.shape()[..]
+            && ranges.meta.shape()[..] == [slots, b * 2],
+        "attention_step: tables of cos and sin [{b}, 1, slots, {}] and ranges [slots, {}]",
+        d / 2,
+        b * 2
+    );
+    launch_attention(
+        qkv,
+        keys,
+        values,
+        sinks,
+        ranges,
+        ([cos, sin, slot], slots),
+        [b, heads, 1],
+        scale,
+        (true, dtype),
+    )
+}
+
 /// Launches [`attention_rows_kernel`] over `b x heads x queries` items (`fresh`: see the
-/// kernel) and returns its output [B, queries, heads, d].
+/// kernel) and returns its output [B, queries, heads, d] in `dtype` (f32 or bf16).
 #[allow(clippy::too_many_arguments)]
 fn launch_attention(
     q: CubeTensor,
@@ -357,7 +437,7 @@ fn launch_attention(
     ([cos, sin, slot], table_slots): ([CubeTensor; 3], usize),
     [b, heads, queries]: [usize; 3],
     scale: f32,
-    fresh: bool,
+    (fresh, dtype): (bool, DType),
 ) -> CubeTensor {
     let [kv_heads, keys, d] = [1, 2, 3].map(|i| k.meta.shape()[i]);
     assert!(supports(d), "attention_rows: head_dim {d}");
@@ -366,8 +446,12 @@ fn launch_attention(
         "attention_rows: {heads} heads over {kv_heads} kv heads"
     );
     let items = b * heads * queries;
-    let out = empty_f32(&q, vec![b, queries, heads, d]);
-    attention_rows_kernel::launch(
+    let out = empty_of(&q, vec![b, queries, heads, d], dtype);
+    let launch = match dtype {
+        DType::BF16 => attention_rows_kernel::launch::<bf16>,
+        _ => attention_rows_kernel::launch::<f32>,
+    };
+    launch(
         &q.client.clone(),
         grid_over_rows(items),
         CubeDim::new_1d(UNITS),
@@ -410,16 +494,44 @@ pub fn attention_rows(
     ranges: Tensor<1, Int>,
     scale: f32,
 ) -> Tensor<4> {
-    Tensor::from_dispatch(
-        <burn::backend::Dispatch as AttentionRowsBackend>::attention_rows(
-            q.into_dispatch(),
-            k.into_dispatch(),
-            v.into_dispatch(),
-            sinks.into_dispatch(),
-            ranges.into_dispatch(),
-            scale,
-        ),
-    )
+    rows_written_as(false, q, k, v, sinks, ranges, scale)
+}
+
+/// [`attention_rows`] written in bf16, each value rounded to nearest even: for an output only a
+/// tensor-core product reads (which rounds its input to bf16 anyway). GPU only.
+pub fn attention_rows_bf16(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    sinks: Tensor<1>,
+    ranges: Tensor<1, Int>,
+    scale: f32,
+) -> Tensor<4> {
+    rows_written_as(true, q, k, v, sinks, ranges, scale)
+}
+
+/// [`attention_rows`] (`bf16`: [`attention_rows_bf16`]).
+fn rows_written_as(
+    bf16: bool,
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    sinks: Tensor<1>,
+    ranges: Tensor<1, Int>,
+    scale: f32,
+) -> Tensor<4> {
+    let op = match bf16 {
+        true => <burn::backend::Dispatch as AttentionRowsBackend>::attention_rows_bf16,
+        false => <burn::backend::Dispatch as AttentionRowsBackend>::attention_rows,
+    };
+    Tensor::from_dispatch(op(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        sinks.into_dispatch(),
+        ranges.into_dispatch(),
+        scale,
+    ))
 }
 
 /// A decode step's RoPE, cache writes and attention in one launch: `qkv` [B, 1, heads + 2
@@ -428,8 +540,9 @@ pub fn attention_rows(
 /// and value written into `keys` and `values` [B, kv_heads, capacity, d] (f32, contiguous, in
 /// place) at that slot (nothing past the end), then what [`attention_rows`] computes over the
 /// slot's row of the table `ranges` [slots, B * 2], the slot's key and value taken from `qkv`
-/// -> [B, 1, heads, d]. The slot picks the tables' rows in the launch (a slot past them, their
-/// last). GPU only.
+/// -> [B, 1, heads, d], in bf16 (rounded to nearest even) when `bf16` says so (for an output
+/// only a tensor-core product reads), else f32. The slot picks the tables' rows in the launch
+/// (a slot past them, their last). GPU only.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_step(
     qkv: Tensor<4>,
@@ -439,21 +552,24 @@ pub fn attention_step(
     sinks: Tensor<1>,
     ranges: Tensor<2, Int>,
     scale: f32,
+    bf16: bool,
 ) -> Tensor<4> {
     let (cos, sin) = cos_sin;
-    Tensor::from_dispatch(
-        <burn::backend::Dispatch as AttentionRowsBackend>::attention_step(
-            qkv.into_dispatch(),
-            cos.into_dispatch(),
-            sin.into_dispatch(),
-            keys.clone().into_dispatch(),
-            values.clone().into_dispatch(),
-            slot.cast(DType::F32).into_dispatch(),
-            sinks.into_dispatch(),
-            ranges.into_dispatch(),
-            scale,
-        ),
-    )
+    let op = match bf16 {
+        true => <burn::backend::Dispatch as AttentionRowsBackend>::attention_step_bf16,
+        false => <burn::backend::Dispatch as AttentionRowsBackend>::attention_step,
+    };
+    Tensor::from_dispatch(op(
+        qkv.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+        keys.clone().into_dispatch(),
+        values.clone().into_dispatch(),
+        slot.cast(DType::F32).into_dispatch(),
+        sinks.into_dispatch(),
+        ranges.into_dispatch(),
+        scale,
+    ))
 }
 
 /// What `attention_rows` computes, with burn's ops (keys outside a query's range masked).
@@ -501,17 +617,29 @@ mod tests {
     use super::*;
     use crate::kernel_expansion::compile_kernel;
 
+    /// The kernel writing f32 and writing bf16.
+    type ToF32 = attention_rows_kernel::AttentionRowsKernel<f32>;
+    type ToBf16 = attention_rows_kernel::AttentionRowsKernel<bf16>;
+
     #[test]
-    fn the_kernel_compiles_for_heads_of_64_fresh_or_cached() {
+    fn the_kernel_compiles_for_heads_of_64_fresh_or_cached_writing_f32_or_bf16() {
         for fresh in [false, true] {
-            let compiled = compile_kernel!(
-                attention_rows_kernel::AttentionRowsKernel,
+            let f32_out = compile_kernel!(
+                ToF32,
                 CubeDim::new_1d(UNITS),
                 [b b b b b b b b b s s s s s s s],
                 64,
                 fresh,
             );
-            assert_eq!(compiled, Ok(()), "fresh {fresh}");
+            assert_eq!(f32_out, Ok(()), "fresh {fresh}, f32");
+            let bf16_out = compile_kernel!(
+                ToBf16,
+                CubeDim::new_1d(UNITS),
+                [b b b b b b b b b s s s s s s s],
+                64,
+                fresh,
+            );
+            assert_eq!(bf16_out, Ok(()), "fresh {fresh}, bf16");
         }
     }
 }

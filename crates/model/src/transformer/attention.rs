@@ -11,7 +11,7 @@ use gpt_oss_kernels::{AttentionKernel, attention_rows, attention_tiles, bf16_row
 use super::cache::{FixedKv, KEY_BLOCK, LayerKv};
 use super::mask::KeyMask;
 use super::norm::RmsNorm;
-use super::project::{FEW_ROWS, linear, on_kernel_path};
+use super::project::{FEW_ROWS, linear, on_kernel_path, takes_rows_kernel};
 use super::rope::apply_rotary;
 use super::step::AtSlot;
 
@@ -51,12 +51,20 @@ pub struct Attention {
 }
 
 /// The GPU kernel for `queries` queries per row with heads of `head_dim`, if one takes them:
-/// decoding's `attention_rows` (one kernel instead of about twelve) for a few queries,
-/// `attention_tiles` (one tensor-core kernel instead of f32 matmuls around passes over the
-/// scores) for scoring and prefill.
-fn gpu_attention_kernel(queries: usize, head_dim: usize) -> Option<AttentionKernel> {
+/// decoding's `attention_rows` (one kernel instead of about twelve) for a few queries, writing
+/// bf16 where `bf16_out` says the output projection reads bf16, `attention_tiles` (one
+/// tensor-core kernel instead of f32 matmuls around passes over the scores, always writing
+/// bf16) for scoring and prefill.
+fn gpu_attention_kernel(
+    queries: usize,
+    head_dim: usize,
+    bf16_out: bool,
+) -> Option<AttentionKernel> {
     if attends_in_rows(queries, head_dim) {
-        Some(attention_rows::attention_rows)
+        match bf16_out {
+            true => Some(attention_rows::attention_rows_bf16),
+            false => Some(attention_rows::attention_rows),
+        }
     } else if attends_in_tiles(queries, head_dim) {
         Some(attention_tiles::attention_tiles)
     } else {
@@ -122,7 +130,11 @@ impl Attention {
             Some(c) => c.append(k, v),
             None => (k, v),
         };
-        if let Some(kernel) = kernels.then(|| gpu_attention_kernel(t, d)).flatten() {
+        let bf16_out = self.projects_out_of_bf16(b * t);
+        if let Some(kernel) = kernels
+            .then(|| gpu_attention_kernel(t, d, bf16_out))
+            .flatten()
+        {
             let out = kernel(
                 q,
                 k,
@@ -171,6 +183,7 @@ impl Attention {
                 sinks,
                 at.key_range_table(window),
                 scale,
+                self.projects_out_of_bf16(b),
             )
         } else {
             let cos_sin = at.cos_sin();
@@ -205,6 +218,15 @@ impl Attention {
     /// [B, T, H].
     pub fn project_out(&self, attended: Tensor<3>) -> Tensor<3> {
         linear(&self.o_proj, attended)
+    }
+
+    /// Whether the output projection of `rows` rows is a tensor-core product (`linear` past
+    /// the few-rows kernel), which reads its input rounded to bf16: the attention kernels then
+    /// write bf16 themselves, and no rounding launch runs between them.
+    fn projects_out_of_bf16(&self, rows: usize) -> bool {
+        let weight = self.o_proj.weight.val();
+        let [k, n] = weight.dims();
+        on_kernel_path(&weight) && !takes_rows_kernel(rows, n, k, FEW_ROWS)
     }
 
     /// `norm` (the layer's input norm) of `x` [B, T, H], as q, k and v's products read it: in
@@ -430,6 +452,36 @@ mod tests {
             ..Default::default()
         };
         load_model(&dir, device, options).unwrap()
+    }
+
+    /// Attention writes bf16 exactly where the output projection is a tensor-core product:
+    /// bf16 weights past the few-rows kernel (16 and 32 rows in the few-rows tiling, past 32
+    /// rows the default one), never with f32 weights.
+    #[test]
+    fn attention_writes_bf16_where_the_output_projection_takes_the_tensor_cores() {
+        let device = Device::flex();
+        let mut attention = tiny_dense(&device).layers[0].self_attn.clone();
+        // oss-nano's output projection: [128, 128], which the few-rows tiling takes whole.
+        let weight = Tensor::<2>::zeros([128, 128], &device);
+        attention.o_proj.weight = Param::from_tensor(weight.clone());
+        for rows in [1, 16, 20, 32, 33, 2048] {
+            assert!(
+                !attention.projects_out_of_bf16(rows),
+                "f32 weights, {rows} rows"
+            );
+        }
+        attention.o_proj.weight = Param::from_tensor(weight.cast(burn::tensor::DType::BF16));
+        for (rows, bf16) in [
+            (1, false),
+            (8, false),
+            (16, true),
+            (20, false),
+            (32, true),
+            (33, true),
+            (2048, true),
+        ] {
+            assert_eq!(attention.projects_out_of_bf16(rows), bf16, "{rows} rows");
+        }
     }
 
     #[test]

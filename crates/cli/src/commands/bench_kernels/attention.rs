@@ -1,6 +1,6 @@
-//! `bench kernel-check`'s attention cases: the few-query kernel (`attention_rows`, f32) and the
-//! tensor-core kernel for many queries (`attention_tiles`, bf16), each against burn's ops over
-//! the same key ranges.
+//! `bench kernel-check`'s attention cases: the few-query kernel (`attention_rows`, f32, and
+//! its bf16 output) and the tensor-core kernel for many queries (`attention_tiles`, bf16), each
+//! against burn's ops over the same key ranges.
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -9,11 +9,14 @@ use serde_json::json;
 use super::{Worst, seconds_per_call, standard_normal};
 
 /// The few-query kernel (decoding) against burn's ops in f32 on random key ranges, one of
-/// which is empty, up to 5,000 keys.
+/// which is empty, up to 5,000 keys; its bf16 output against its f32 output rounded to
+/// nearest (the same values: a relative error of 0).
 pub(super) fn check_attention_rows(device: &Device) -> anyhow::Result<()> {
-    use gpt_oss_kernels::attention_rows::attention_rows;
+    use gpt_oss_kernels::attention_rows::{attention_rows, attention_rows_bf16};
+    use gpt_oss_kernels::bf16_nearest::to_nearest_bf16;
     let mut rng = StdRng::seed_from_u64(7);
     let mut worst = Worst::new("attention kernel", 1e-5);
+    let mut worst_bf16 = Worst::new("attention kernel, bf16 output", 1e-7);
     // (rows, heads, kv heads, queries, keys, head_dim); 5,000 keys take three chunks.
     for [b, heads, kv_heads, t, s, d] in [
         [1usize, 64, 8, 1, 128, 64],
@@ -30,14 +33,22 @@ pub(super) fn check_attention_rows(device: &Device) -> anyhow::Result<()> {
             ranges: ranges_tensor(random_key_ranges(&mut rng, b * t, s), device),
             scale: (d as f32).powf(-0.5),
         };
+        let case = json!({"rows": b, "heads": heads, "kv_heads": kv_heads, "queries": t,
+                          "keys": s, "head_dim": d});
+        let rounded = attention_against_reference(attention_rows_bf16, inputs.clone())?.0;
         let (ours, reference, seconds) = attention_against_reference(attention_rows, inputs)?;
+        worst_bf16.record(
+            rounded,
+            to_nearest_bf16(ours.clone()).cast(DType::F32),
+            json!({"kernel": "attention_rows_bf16", "case": case}),
+        );
         worst.record(
             ours,
             reference,
-            json!({"kernel": "attention_rows", "rows": b, "heads": heads, "kv_heads": kv_heads,
-                   "queries": t, "keys": s, "head_dim": d, "seconds": seconds}),
+            json!({"kernel": "attention_rows", "case": case, "seconds": seconds}),
         );
     }
+    worst_bf16.finish()?;
     worst.finish()
 }
 
@@ -47,12 +58,15 @@ pub(super) fn check_attention_rows(device: &Device) -> anyhow::Result<()> {
 /// the same caches: the output and both caches afterwards. Every other row of the tables is
 /// random, so a wrong row shows. Ranges end at the slot (a decode step's) or are random (the
 /// slot outside some, one range empty); one slot is past the end (nothing written, the
-/// tables' last row read).
+/// tables' last row read). The bf16 output against the f32 output rounded to nearest, and the
+/// caches it writes against the f32 run's.
 pub(super) fn check_attention_step(device: &Device) -> anyhow::Result<()> {
     use gpt_oss_kernels::attention_rows::{attention_rows, attention_step};
+    use gpt_oss_kernels::bf16_nearest::to_nearest_bf16;
     use gpt_oss_kernels::rotary_rows::rotary_qkv_into_cache;
     let mut rng = StdRng::seed_from_u64(17);
     let mut worst = Worst::new("attention step kernel", 1e-6);
+    let mut worst_bf16 = Worst::new("attention step kernel, bf16 output", 1e-7);
     // (rows, heads, kv heads, head_dim, capacity, slot, whether ranges end at the slot)
     for [b, heads, kv_heads, d, capacity, slot, ending_at_slot] in [
         [1usize, 64, 8, 64, 256, 17, 1],
@@ -110,14 +124,35 @@ pub(super) fn check_attention_step(device: &Device) -> anyhow::Result<()> {
             ranges.clone(),
             scale,
         );
-        let ours = attention_step(
-            qkv,
-            (cos_table, sin_table),
-            (&keys, &values),
-            at,
-            sinks,
-            range_table,
-            scale,
+        // The bf16 output's run writes into copies of the caches too.
+        let (bf16_keys, bf16_values) = (keys.clone() * 1.0, values.clone() * 1.0);
+        let step = |(keys, values): (&Tensor<4>, &Tensor<4>), bf16: bool| {
+            attention_step(
+                qkv.clone(),
+                (cos_table.clone(), sin_table.clone()),
+                (keys, values),
+                at.clone(),
+                sinks.clone(),
+                range_table.clone(),
+                scale,
+                bf16,
+            )
+        };
+        let ours = step((&keys, &values), false);
+        let rounded = step((&bf16_keys, &bf16_values), true).cast(DType::F32);
+        let case = json!({"rows": b, "heads": heads, "kv_heads": kv_heads, "head_dim": d,
+                          "capacity": capacity, "slot": slot});
+        worst_bf16.record_parts(
+            [
+                (
+                    "out",
+                    rounded,
+                    to_nearest_bf16(ours.clone()).cast(DType::F32),
+                ),
+                ("keys", bf16_keys, keys.clone()),
+                ("values", bf16_values, values.clone()),
+            ],
+            json!({"kernel": "attention_step, bf16 output", "case": case}),
         );
         worst.record_parts(
             [
@@ -125,11 +160,10 @@ pub(super) fn check_attention_step(device: &Device) -> anyhow::Result<()> {
                 ("keys", keys, two_keys),
                 ("values", values, two_values),
             ],
-            json!({"kernel": "attention_step", "rows": b, "heads": heads,
-                  "kv_heads": kv_heads, "head_dim": d, "capacity": capacity,
-                  "slot": slot}),
+            json!({"kernel": "attention_step", "case": case}),
         );
     }
+    worst_bf16.finish()?;
     worst.finish()
 }
 
@@ -211,6 +245,7 @@ fn ranges_tensor(ranges: Vec<i32>, device: &Device) -> Tensor<1, Int> {
 
 /// One attention case: q [B, heads, T, d], k and v [B, kv_heads, S, d], sinks [heads], key
 /// ranges, score scale.
+#[derive(Clone)]
 struct AttentionInputs {
     q: Tensor<4>,
     k: Tensor<4>,

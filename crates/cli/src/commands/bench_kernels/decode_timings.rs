@@ -326,6 +326,7 @@ fn time_small_kernels(device: &Device) -> anyhow::Result<()> {
             // Tables of one slot: the slot past them reads that row.
             ranges.clone().reshape([1, 2]),
             0.125,
+            false,
         )
         .reshape([1, Q_WIDTH])
     })?;

@@ -84,6 +84,7 @@ pub(super) fn time_layer_chain(device: &Device) -> anyhow::Result<()> {
             // Tables of one slot: the slot past them reads that row.
             ranges.clone().reshape([1, 2]),
             0.125,
+            false,
         );
         attended.reshape([1, Q_WIDTH])
     };
