@@ -470,7 +470,7 @@ mod tests {
                 "f32 weights, {rows} rows"
             );
         }
-        attention.o_proj.weight = Param::from_tensor(weight.cast(burn::tensor::DType::BF16));
+        attention.o_proj.weight = Param::from_tensor(to_nearest_bf16(weight));
         for (rows, bf16) in [
             (1, false),
             (8, false),
