@@ -350,7 +350,8 @@ struct DecodeTiming {
     /// The same per timed prefill and first token: a busiest thread near [`Self::prefill`]
     /// means the prefill, launched op by op, waits on the host.
     prefill_host_cpu: BTreeMap<String, f64>,
-    /// A kept decoder's timed generations in parts (`None` for other decodings).
+    /// A kept decoder's timed generations in parts (`None` for other decodings, and where the
+    /// kept decoder generates step by step, which it does not time: off the GPU kernel path).
     parts: Option<GenerationParts>,
 }
 
@@ -431,9 +432,11 @@ fn time_decode(
     let parts_before = parts.map(|read| read());
     let (seconds, out) = timed(&options);
     let host_cpu = cpu_seconds_per_run_since(&cpu_before, runs.timed);
-    let parts = parts
-        .zip(parts_before)
-        .map(|(read, before)| GenerationParts::per_run(before, read(), runs.timed));
+    // A decoder that generated step by step (off the GPU kernel path) timed no parts.
+    let parts = parts.zip(parts_before).and_then(|(read, before)| {
+        let after = read();
+        (after != before).then(|| GenerationParts::per_run(before, after, runs.timed))
+    });
     let twice_seconds = timed(&twice).0;
     let cpu_before = cpu_seconds_by_thread();
     let prefill = timed(&first_token).0;
