@@ -63,11 +63,11 @@ pub mod workgroup_reduce;
 pub mod write_at_index;
 pub mod write_in_place;
 
-/// The signature both attention kernels share (`attention_rows::attention_rows`,
-/// `attention_tiles::attention_tiles`): q [B, heads, T, D], k and v [B, kv_heads, S, D], sinks
-/// [heads], key ranges (lo, hi per row and query, 32-bit), score scale -> [B, T, heads, D]
-/// (f32 from `attention_rows`; bf16 from `attention_tiles`, whose output only a bf16 product
-/// reads).
+/// The signature the attention kernels share (`attention_rows::attention_rows` and
+/// `attention_rows_bf16`, `attention_tiles::attention_tiles`): q [B, heads, T, D], k and v [B,
+/// kv_heads, S, D], sinks [heads], key ranges (lo, hi per row and query, 32-bit), score scale ->
+/// [B, T, heads, D] (f32 from `attention_rows`; bf16 from `attention_rows_bf16` and
+/// `attention_tiles`, for outputs only a bf16 product reads).
 pub type AttentionKernel = fn(
     burn::tensor::Tensor<4>,
     burn::tensor::Tensor<4>,
