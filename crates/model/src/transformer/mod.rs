@@ -1,6 +1,7 @@
 //! The gpt-oss decoder in burn (spec section 4): one implementation for every backend.
 
 pub mod attention;
+mod attention_chunks;
 pub mod cache;
 pub mod experts;
 pub mod export;
