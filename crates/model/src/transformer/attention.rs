@@ -11,7 +11,7 @@ use super::attention_chunks::AttentionChunks;
 use super::cache::{FixedKv, LayerKv};
 use super::mask::KeyMask;
 use super::norm::RmsNorm;
-use super::project::{FEW_ROWS, linear, on_kernel_path, takes_rows_kernel};
+use super::project::{FEW_ROWS, is_tensor_core_product, linear, on_kernel_path};
 use super::rope::apply_rotary;
 use super::step::AtSlot;
 
@@ -109,9 +109,8 @@ impl Attention {
             Some(c) => c.append(k, v),
             None => (k, v),
         };
-        let bf16_out = self.projects_out_of_bf16(b * t);
         if let Some(kernel) = kernels
-            .then(|| gpu_attention_kernel(t, d, bf16_out))
+            .then(|| gpu_attention_kernel(t, d, self.projects_out_of_bf16(b * t)))
             .flatten()
         {
             let out = kernel(
@@ -203,9 +202,7 @@ impl Attention {
     /// the few-rows kernel), which reads its input rounded to bf16: the attention kernels then
     /// write bf16 themselves, and no rounding launch runs between them.
     fn projects_out_of_bf16(&self, rows: usize) -> bool {
-        let weight = self.o_proj.weight.val();
-        let [k, n] = weight.dims();
-        on_kernel_path(&weight) && !takes_rows_kernel(rows, n, k, FEW_ROWS)
+        is_tensor_core_product(rows, &self.o_proj.weight.val(), FEW_ROWS)
     }
 
     /// `norm` (the layer's input norm) of `x` [B, T, H], as q, k and v's products read it: in

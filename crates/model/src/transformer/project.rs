@@ -59,11 +59,19 @@ pub fn times_weight_few_rows_up_to(
             None => product,
         };
     }
-    let [m, k] = x.dims();
-    if takes_rows_kernel(m, w.dims()[1], k, few_rows) {
-        return bf16_rows::bf16_rows_matmul(x, w, bias);
+    if is_tensor_core_product(x.dims()[0], &w, few_rows) {
+        return coopmat_gemm::coopmat_gemm_plus_bias(x, w, bias);
     }
-    coopmat_gemm::coopmat_gemm_plus_bias(x, w, bias)
+    bf16_rows::bf16_rows_matmul(x, w, bias)
+}
+
+/// Whether [`times_weight_few_rows_up_to`] runs a product of `m` rows by `w` [k, n] (with
+/// `few_rows`) on the tensor cores, which read their input rounded to bf16 (so a producer may
+/// write bf16 for it): bf16 weights past the few-rows kernel ([`takes_rows_kernel`]). [`linear`]
+/// takes `few_rows` = [`FEW_ROWS`].
+pub fn is_tensor_core_product(m: usize, w: &Tensor<2>, few_rows: usize) -> bool {
+    let [k, n] = w.dims();
+    on_kernel_path(w) && !takes_rows_kernel(m, n, k, few_rows)
 }
 
 /// `layer` applied to `x` [B, T, in] -> [B, T, out].
