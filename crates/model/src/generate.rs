@@ -124,8 +124,9 @@ pub fn generate_captured(
 
 /// Generation that keeps its decode step between calls: the step's device state, its tables
 /// and, on the GPU, the captured graph stay for the next greedy generation with as many rows,
-/// the same mask and no more slots, which refills them in place
-/// ([`StepState::refill_after_prefill`], [`StepTables::refill_for`]) and replays the graph
+/// the same mask and no more slots: its prefill writes into the kept key and value buffers
+/// ([`StepState::cache_for_prefill`]), the rest is refilled in place
+/// ([`StepState::refill_after_prefill`], [`StepTables::refill_for`]), and the graph is replayed
 /// instead of capturing a new one (three uncaptured steps and a recording, several steps' time
 /// at batch 1). What it keeps holds GPU memory (the caches of its capacity, the graph's
 /// buffers) until the next generation of another shape or until the decoder is dropped.
@@ -249,12 +250,31 @@ impl<'m> Decoder<'m> {
         self.steps_made
     }
 
+    /// The cache for the prefill of a generation of `rows` rows needing `capacity` slots under
+    /// `mask`, and whether it is the kept step's own buffers (the kept step fits: the prefill
+    /// writes into them, [`StepState::cache_for_prefill`]) rather than a new cache.
+    fn prefill_cache(
+        &self,
+        rows: usize,
+        capacity: usize,
+        mask: Option<&ExpertMask>,
+    ) -> (KvCache, bool) {
+        match &self.kept {
+            Some(kept) if kept.fits(rows, capacity, mask) => {
+                (kept.state.borrow().cache_for_prefill(self.model), true)
+            }
+            _ => (self.model.new_cache(), false),
+        }
+    }
+
     /// Keeps a step for the decoding after a prefill into `cache` (of `prompt_slots` slots,
-    /// greedy picks `first`): the kept one refilled when it fits, else a new one for `capacity`
-    /// slots under `mask` (what was kept is dropped first).
+    /// greedy picks `first`): the kept one refilled when the prefill went into its buffers
+    /// (`into_kept`, from [`Self::prefill_cache`]), else a new one for `capacity` slots under
+    /// `mask` (what was kept is dropped first).
     fn prepare_step(
         &mut self,
-        cache: &KvCache,
+        cache: KvCache,
+        into_kept: bool,
         first: &[u32],
         prompt_slots: usize,
         capacity: usize,
@@ -263,11 +283,11 @@ impl<'m> Decoder<'m> {
         let model = self.model;
         let device = model.device();
         match self.kept.take() {
-            Some(kept) if kept.fits(first.len(), capacity, mask) => {
+            Some(kept) if into_kept => {
                 let kernels = model.on_kernel_path();
                 let mut state = kept.state.borrow_mut();
-                state.refill_after_prefill(cache, first, prompt_slots, kernels);
                 kept.tables.borrow_mut().refill_for(model, &cache.pads);
+                state.refill_after_prefill(cache, first, prompt_slots, kernels);
                 // The refills run before any replay reads them (a replay goes to the device
                 // stream past burn's fusion).
                 device.sync().expect("the device runs the refills");
@@ -277,7 +297,8 @@ impl<'m> Decoder<'m> {
             _ => {
                 self.steps_made += 1;
                 let tables = StepTables::new(model, &cache.pads, capacity, mask, &device);
-                let state = StepState::after_prefill(cache, first, prompt_slots, capacity, &device);
+                let state =
+                    StepState::after_prefill(&cache, first, prompt_slots, capacity, &device);
                 self.kept = Some(KeptStep {
                     graph: None,
                     state: Rc::new(RefCell::new(state)),
@@ -329,23 +350,22 @@ impl<'m> Decoder<'m> {
         let pad = model.config.pad_token_id.unwrap_or(0);
         let started = Instant::now();
         let prompt = TokenBatch::left_padded(prompts, pad);
-        let mut cache = model.new_cache();
+        let t = prompt.seq_len;
+        let capacity = (t + options.max_new_tokens).div_ceil(KEY_BLOCK) * KEY_BLOCK;
+        let (mut cache, into_kept) = self.prefill_cache(b, capacity, mask);
         let options_prefill = ForwardOptions {
             observer: None,
             mask,
         };
         let first = greedy_picks(model.forward_last(&prompt, Some(&mut cache), options_prefill));
         self.times.prefill += started.elapsed();
-        let t = prompt.seq_len;
         let steps = options.max_new_tokens - 1;
         let stops = |token: &u32| options.stop_tokens.contains(token);
         if steps == 0 || first.iter().all(stops) {
             return first.into_iter().map(|token| vec![token]).collect();
         }
-        let capacity = (t + options.max_new_tokens).div_ceil(KEY_BLOCK) * KEY_BLOCK;
         let started = Instant::now();
-        self.prepare_step(&cache, &first, t, capacity, mask);
-        drop(cache);
+        self.prepare_step(cache, into_kept, &first, t, capacity, mask);
         let kept = self.kept.as_mut().expect("a step was prepared above");
         if kept.graph.is_none() && model.steps_on_device_only(b) && steps >= CAPTURE_MIN_STEPS {
             kept.capture(model);

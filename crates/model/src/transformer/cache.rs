@@ -6,6 +6,7 @@
 //! can see (older than `window - 1` before the next token) when their buffer is full.
 
 use burn::tensor::Tensor;
+use gpt_oss_kernels::write_in_place::write_in_place;
 
 use crate::config::{GptOssConfig, LayerType};
 
@@ -26,6 +27,9 @@ pub struct LayerKv {
     pub keep: Option<usize>,
     /// Capacities are multiples of this.
     pub block: usize,
+    /// Writes go into the buffers in place (the GPU kernel path, buffers a kept decode step
+    /// shares: [`KvCache::over_buffers`]), which then never grow.
+    pub in_place: bool,
 }
 
 /// What [`LayerKv::append`] will do for a step of `t` tokens.
@@ -46,6 +50,7 @@ impl LayerKv {
             filled: 0,
             keep,
             block: block.max(1),
+            in_place: false,
         }
     }
 
@@ -110,11 +115,27 @@ impl LayerKv {
             (Some(k), Some(v)) if plan == unchanged => (k, v),
             (k, v) => (self.resized(k, &keys, plan), self.resized(v, &values, plan)),
         };
+        assert!(
+            !self.in_place || plan == unchanged,
+            "a cache written in place holds its {} slots; {} more do not fit after {}",
+            unchanged.capacity,
+            t,
+            self.filled
+        );
         self.start += plan.drop;
         self.filled -= plan.drop;
-        let at = [0..b, 0..h, self.filled..self.filled + t, 0..d];
-        let k_buf = k_buf.slice_assign(at.clone(), keys);
-        let v_buf = v_buf.slice_assign(at, values);
+        let (k_buf, v_buf) = if self.in_place {
+            (
+                write_in_place(k_buf, keys, 2, self.filled),
+                write_in_place(v_buf, values, 2, self.filled),
+            )
+        } else {
+            let at = [0..b, 0..h, self.filled..self.filled + t, 0..d];
+            (
+                k_buf.slice_assign(at.clone(), keys),
+                v_buf.slice_assign(at, values),
+            )
+        };
         self.filled += t;
         self.keys = Some(k_buf.clone());
         self.values = Some(v_buf.clone());
@@ -221,6 +242,28 @@ impl KvCache {
             next_slot: 0,
         }
     }
+
+    /// An empty cache over given buffers, one (keys, values) pair [B, kv_heads, capacity,
+    /// head_dim] per layer with buffer index = slot, so that a prefill of up to `capacity`
+    /// slots writes straight into them: in place when `in_place` (the GPU kernel path; the
+    /// buffers then never grow), elsewhere into new tensors that take their place. Old values
+    /// past what is written stay; the causal mask hides them from every query.
+    pub fn over_buffers(
+        config: &GptOssConfig,
+        buffers: impl IntoIterator<Item = (Tensor<4>, Tensor<4>)>,
+        in_place: bool,
+    ) -> Self {
+        let mut cache = Self::new(config, vec![], KEY_BLOCK);
+        let mut given = 0;
+        for (layer, (keys, values)) in cache.layers.iter_mut().zip(buffers) {
+            layer.keys = Some(keys);
+            layer.values = Some(values);
+            layer.in_place = in_place;
+            given += 1;
+        }
+        assert_eq!(given, cache.layers.len(), "one pair of buffers per layer");
+        cache
+    }
 }
 
 #[cfg(test)]
@@ -273,6 +316,47 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A cache over given buffers (a kept decode step's) takes a prefill at buffer index =
+    /// slot in every layer, sliding ones too, keeps older values past it, reports the whole
+    /// buffer as the step's key range, and refuses to grow when written in place.
+    #[test]
+    fn a_cache_over_buffers_takes_a_prefill_at_its_slots() {
+        let device = Device::flex();
+        let config = GptOssConfig::from_json_str(
+            crate::config::GPT_OSS_20B_CONFIG,
+            std::path::Path::new("gpt-oss-20b.json"),
+        )
+        .unwrap();
+        let (capacity, prompt) = (8, 5);
+        let old = || Tensor::<4>::full([1, 1, capacity, 1], -1.0, &device);
+        let buffers = (0..config.num_hidden_layers).map(|_| (old(), old()));
+        let mut cache = KvCache::over_buffers(&config, buffers, false);
+        assert!(
+            cache.layers.iter().any(|l| l.keep.is_some()),
+            "sliding layers"
+        );
+        for layer in &mut cache.layers {
+            let range = layer.slots_after_append(prompt);
+            assert_eq!((range.start, range.len), (0, capacity));
+            let (keys, values) = layer.append(step(0, prompt, &device), step(0, prompt, &device));
+            let held = keys.try_into_vec_as::<f32>().unwrap();
+            let expected = [0.0, 1.0, 2.0, 3.0, 4.0, -1.0, -1.0, -1.0];
+            assert_eq!(held, expected);
+            assert_eq!(held, values.try_into_vec_as::<f32>().unwrap());
+            assert_eq!((layer.start, layer.filled), (0, prompt));
+        }
+        let mut in_place = cache.layers[0].clone();
+        in_place.in_place = true;
+        let grow = std::panic::catch_unwind(move || {
+            in_place.append(step(prompt, 4, &device), step(prompt, 4, &device))
+        });
+        let message = grow.expect_err("a cache written in place does not grow");
+        let message = message
+            .downcast_ref::<String>()
+            .expect("a formatted message");
+        assert!(message.contains("holds its 8 slots"), "{message}");
     }
 
     /// A compacted sliding layer's slots land at their own indices of the fixed buffers (buffer

@@ -11,9 +11,10 @@
 //! and values at the slot, its greedy picks at the next slot, and advances the slot.
 //!
 //! A `generate::Decoder` keeps the state, the tables and the captured step for its next
-//! generation of the same shape: [`StepState::refill_after_prefill`] and
-//! [`StepTables::refill_for`] write the new prefill and padding into the same buffers (in place
-//! on the GPU), so the recorded launches find them.
+//! generation of the same shape: its prefill writes into the same key and value buffers
+//! ([`StepState::cache_for_prefill`]), and [`StepState::refill_after_prefill`] and
+//! [`StepTables::refill_for`] write the new slot, tokens and padding into the rest (in place on
+//! the GPU), so the recorded launches find them.
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -306,29 +307,49 @@ impl StepState {
         self.picks.dims()[0]
     }
 
-    /// What [`Self::after_prefill`] makes of another prefill (as many rows, at most this
-    /// state's capacity), written into this state's own buffers: in place on the kernel path,
-    /// so that a captured step finds it where it was recorded. Cache slots past the prefill
-    /// keep old values; a step reads only slots up to its own, which it writes first.
+    /// An empty cache over this state's key and value buffers, for the prefill of the next
+    /// generation of its shape (as many rows, at most its capacity): the prefill writes
+    /// straight into them, in place on the kernel path, so that a captured step finds its keys
+    /// where it was recorded and nothing is copied after it. Hand the cache back to
+    /// [`Self::refill_after_prefill`].
+    pub fn cache_for_prefill(&self, model: &GptOss) -> KvCache {
+        let buffers = (self.layers.iter()).map(|kv| (kv.keys.clone(), kv.values.clone()));
+        KvCache::over_buffers(&model.config, buffers, model.on_kernel_path())
+    }
+
+    /// What [`Self::after_prefill`] makes of another prefill of `prompt_slots` slots, made into
+    /// [`Self::cache_for_prefill`]'s `cache`: the slot, the tokens and the picks written into
+    /// this state's own buffers (in place on the kernel path), the keys and values taken back
+    /// (the same buffers there). Cache slots past the prefill keep old values; a step reads
+    /// only slots up to its own, which it writes first.
     pub fn refill_after_prefill(
         &mut self,
-        cache: &KvCache,
+        cache: KvCache,
         first: &[u32],
         prompt_slots: usize,
         kernels: bool,
     ) {
         assert_eq!(first.len(), self.rows(), "a refilled state keeps its rows");
+        assert_eq!(
+            cache.layers.len(),
+            self.layers.len(),
+            "one cache layer per layer"
+        );
         let device = self.slot.device();
         let (slot, tokens, picks) = first_values(first, prompt_slots, self.capacity(), &device);
         overwrite(&mut self.slot, slot, 0, 0, kernels);
         overwrite(&mut self.tokens, tokens, 0, 0, kernels);
         overwrite(&mut self.picks, picks, 0, 0, kernels);
-        for (fixed, layer) in self.layers.iter_mut().zip(&cache.layers) {
-            let (keys, values) = layer
-                .written()
-                .expect("a prefilled layer has keys and values");
-            overwrite(&mut fixed.keys, keys, 2, layer.start, kernels);
-            overwrite(&mut fixed.values, values, 2, layer.start, kernels);
+        for (fixed, layer) in self.layers.iter_mut().zip(cache.layers) {
+            assert!(
+                layer.start == 0 && layer.filled == prompt_slots,
+                "the prefill was made into the state's buffers (slots from 0, {prompt_slots} of them)"
+            );
+            let (Some(keys), Some(values)) = (layer.keys, layer.values) else {
+                panic!("a prefilled layer has keys and values");
+            };
+            assert_eq!(keys.dims(), fixed.keys.dims(), "the state's own buffers");
+            (fixed.keys, fixed.values) = (keys, values);
         }
     }
 
