@@ -12,15 +12,16 @@ use half::bf16;
 
 use super::kernel::attention_rows_kernel;
 use super::supports;
-use crate::launch::{assert_caches_writable, bf16_dtype, empty_of, grid_over_rows, same_dtype};
+use crate::launch::{assert_caches_writable, empty_of, grid_over_rows};
 use crate::workgroup_reduce::UNITS;
 
 /// GPU extension op; only the CubeCL backend implements it.
 #[backend_extension(Cube, Fusion)]
 pub trait AttentionRowsBackend: burn::backend::Backend {
     /// `q` [B, heads, T, d], `k` and `v` [B, kv_heads, S, d], `sinks` [heads], `ranges` [B * T
-    /// * 2] (visible keys lo..hi per row and query, 32-bit) -> [B, T, heads, d].
-    #[fusion(dtype = same_dtype(q), shape = Shape::from(vec![q[0], q[2], q[1], q[3]]))]
+    /// * 2] (visible keys lo..hi per row and query, 32-bit) -> [B, T, heads, d], in bf16
+    /// (rounded to nearest even) when `bf16`, else f32.
+    #[fusion(dtype = written_dtype(*bf16), shape = Shape::from(vec![q[0], q[2], q[1], q[3]]))]
     fn attention_rows(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -28,13 +29,15 @@ pub trait AttentionRowsBackend: burn::backend::Backend {
         sinks: FloatTensor<Self>,
         ranges: IntTensor<Self>,
         scale: f32,
+        bf16: bool,
     ) -> FloatTensor<Self>;
 
     /// `qkv` [B, 1, heads + 2 kv_heads, d] (unrotated), the tables `cos` and `sin` [B, 1,
     /// slots, d / 2], the caches `keys` and `values` [B, kv_heads, capacity, d] (f32,
     /// contiguous: written in place at slot `slot[0]`), `sinks` [heads], the table `ranges`
-    /// [slots, B * 2] -> [B, 1, heads, d].
-    #[fusion(dtype = same_dtype(qkv), shape = Shape::from(vec![qkv[0], 1, qkv[2] - 2 * keys[1], qkv[3]]))]
+    /// [slots, B * 2] -> [B, 1, heads, d], in bf16 (rounded to nearest even) when `bf16`,
+    /// else f32.
+    #[fusion(dtype = written_dtype(*bf16), shape = Shape::from(vec![qkv[0], 1, qkv[2] - 2 * keys[1], qkv[3]]))]
     #[allow(clippy::too_many_arguments)]
     fn attention_step(
         qkv: FloatTensor<Self>,
@@ -46,33 +49,16 @@ pub trait AttentionRowsBackend: burn::backend::Backend {
         sinks: FloatTensor<Self>,
         ranges: IntTensor<Self>,
         scale: f32,
+        bf16: bool,
     ) -> FloatTensor<Self>;
+}
 
-    /// As `attention_rows`, the output written in bf16 (rounded to nearest even).
-    #[fusion(dtype = bf16_dtype(q), shape = Shape::from(vec![q[0], q[2], q[1], q[3]]))]
-    fn attention_rows_bf16(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        sinks: FloatTensor<Self>,
-        ranges: IntTensor<Self>,
-        scale: f32,
-    ) -> FloatTensor<Self>;
-
-    /// As `attention_step`, the output written in bf16 (rounded to nearest even).
-    #[fusion(dtype = bf16_dtype(qkv), shape = Shape::from(vec![qkv[0], 1, qkv[2] - 2 * keys[1], qkv[3]]))]
-    #[allow(clippy::too_many_arguments)]
-    fn attention_step_bf16(
-        qkv: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        keys: FloatTensor<Self>,
-        values: FloatTensor<Self>,
-        slot: FloatTensor<Self>,
-        sinks: FloatTensor<Self>,
-        ranges: IntTensor<Self>,
-        scale: f32,
-    ) -> FloatTensor<Self>;
+/// The attention ops' output type: bf16 when asked for, else f32.
+fn written_dtype(bf16: bool) -> DType {
+    match bf16 {
+        true => DType::BF16,
+        false => DType::F32,
+    }
 }
 
 impl AttentionRowsBackend for CubeBackend {
@@ -83,8 +69,9 @@ impl AttentionRowsBackend for CubeBackend {
         sinks: CubeTensor,
         ranges: CubeTensor,
         scale: f32,
+        bf16: bool,
     ) -> CubeTensor {
-        launch_rows([q, k, v, sinks, ranges], scale, DType::F32)
+        launch_rows([q, k, v, sinks, ranges], scale, written_dtype(bf16))
     }
 
     fn attention_step(
@@ -97,40 +84,12 @@ impl AttentionRowsBackend for CubeBackend {
         sinks: CubeTensor,
         ranges: CubeTensor,
         scale: f32,
+        bf16: bool,
     ) -> CubeTensor {
         launch_step(
             [qkv, cos, sin, keys, values, slot, sinks, ranges],
             scale,
-            DType::F32,
-        )
-    }
-
-    fn attention_rows_bf16(
-        q: CubeTensor,
-        k: CubeTensor,
-        v: CubeTensor,
-        sinks: CubeTensor,
-        ranges: CubeTensor,
-        scale: f32,
-    ) -> CubeTensor {
-        launch_rows([q, k, v, sinks, ranges], scale, DType::BF16)
-    }
-
-    fn attention_step_bf16(
-        qkv: CubeTensor,
-        cos: CubeTensor,
-        sin: CubeTensor,
-        keys: CubeTensor,
-        values: CubeTensor,
-        slot: CubeTensor,
-        sinks: CubeTensor,
-        ranges: CubeTensor,
-        scale: f32,
-    ) -> CubeTensor {
-        launch_step(
-            [qkv, cos, sin, keys, values, slot, sinks, ranges],
-            scale,
-            DType::BF16,
+            written_dtype(bf16),
         )
     }
 }

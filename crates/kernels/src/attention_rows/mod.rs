@@ -79,18 +79,17 @@ fn rows_written_as(
     ranges: Tensor<1, Int>,
     scale: f32,
 ) -> Tensor<4> {
-    let op = match bf16 {
-        true => <burn::backend::Dispatch as AttentionRowsBackend>::attention_rows_bf16,
-        false => <burn::backend::Dispatch as AttentionRowsBackend>::attention_rows,
-    };
-    Tensor::from_dispatch(op(
-        q.into_dispatch(),
-        k.into_dispatch(),
-        v.into_dispatch(),
-        sinks.into_dispatch(),
-        ranges.into_dispatch(),
-        scale,
-    ))
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as AttentionRowsBackend>::attention_rows(
+            q.into_dispatch(),
+            k.into_dispatch(),
+            v.into_dispatch(),
+            sinks.into_dispatch(),
+            ranges.into_dispatch(),
+            scale,
+            bf16,
+        ),
+    )
 }
 
 /// A decode step's RoPE, cache writes and attention in one launch: `qkv` [B, 1, heads + 2
@@ -114,21 +113,20 @@ pub fn attention_step(
     bf16: bool,
 ) -> Tensor<4> {
     let (cos, sin) = cos_sin;
-    let op = match bf16 {
-        true => <burn::backend::Dispatch as AttentionRowsBackend>::attention_step_bf16,
-        false => <burn::backend::Dispatch as AttentionRowsBackend>::attention_step,
-    };
-    Tensor::from_dispatch(op(
-        qkv.into_dispatch(),
-        cos.into_dispatch(),
-        sin.into_dispatch(),
-        keys.clone().into_dispatch(),
-        values.clone().into_dispatch(),
-        slot.cast(DType::F32).into_dispatch(),
-        sinks.into_dispatch(),
-        ranges.into_dispatch(),
-        scale,
-    ))
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as AttentionRowsBackend>::attention_step(
+            qkv.into_dispatch(),
+            cos.into_dispatch(),
+            sin.into_dispatch(),
+            keys.clone().into_dispatch(),
+            values.clone().into_dispatch(),
+            slot.cast(DType::F32).into_dispatch(),
+            sinks.into_dispatch(),
+            ranges.into_dispatch(),
+            scale,
+            bf16,
+        ),
+    )
 }
 
 /// What `attention_rows` computes, with burn's ops (keys outside a query's range masked).
