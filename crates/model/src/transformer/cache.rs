@@ -111,10 +111,6 @@ impl LayerKv {
             drop: 0,
             capacity: self.capacity(),
         };
-        let (k_buf, v_buf) = match (self.keys.take(), self.values.take()) {
-            (Some(k), Some(v)) if plan == unchanged => (k, v),
-            (k, v) => (self.resized(k, &keys, plan), self.resized(v, &values, plan)),
-        };
         assert!(
             !self.in_place || plan == unchanged,
             "a cache written in place holds its {} slots; {} more do not fit after {}",
@@ -122,6 +118,10 @@ impl LayerKv {
             t,
             self.filled
         );
+        let (k_buf, v_buf) = match (self.keys.take(), self.values.take()) {
+            (Some(k), Some(v)) if plan == unchanged => (k, v),
+            (k, v) => (self.resized(k, &keys, plan), self.resized(v, &values, plan)),
+        };
         self.start += plan.drop;
         self.filled -= plan.drop;
         let (k_buf, v_buf) = if self.in_place {
@@ -254,14 +254,17 @@ impl KvCache {
         in_place: bool,
     ) -> Self {
         let mut cache = Self::new(config, vec![], KEY_BLOCK);
-        let mut given = 0;
+        let buffers: Vec<_> = buffers.into_iter().collect();
+        assert_eq!(
+            buffers.len(),
+            cache.layers.len(),
+            "one pair of buffers per layer"
+        );
         for (layer, (keys, values)) in cache.layers.iter_mut().zip(buffers) {
             layer.keys = Some(keys);
             layer.values = Some(values);
             layer.in_place = in_place;
-            given += 1;
         }
-        assert_eq!(given, cache.layers.len(), "one pair of buffers per layer");
         cache
     }
 }
