@@ -193,8 +193,10 @@ pub(super) fn add_lane_dots(
 /// Adds to `sums[r * slots + s]` the dot product of listed input row `r` (of the `count` in
 /// shared `inputs`, as [`load_listed_rows`] stores them, `count` at most `chunk_rows`) with
 /// the weight row in slot `s` (of `slots`, loaded by [`load_lane_blocks`]): this invocation's
-/// blocks. Each weight is decoded once (scaled, exact) for all the rows, where
-/// [`add_lane_dots`] decodes it once per input row. `sums` starts from zero here.
+/// blocks. Each weight is decoded once for all the rows, where [`add_lane_dots`] decodes it
+/// once per input row. The block's scale (a power of two) multiplies each row's sum of eight
+/// products in the fused add to `sums`, not each weight: the same values (scaling by a power
+/// of two is exact), one multiply fewer per decoded weight. `sums` starts from zero here.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn add_listed_dots(
@@ -225,15 +227,15 @@ pub(super) fn add_listed_dots(
             }
             #[unroll]
             for w in 0..4usize {
-                // Word w of every slot's block: eight weights each, meeting inputs 8w..8w + 8.
+                // Word w of every slot's block: eight weights each (unscaled), meeting inputs
+                // 8w..8w + 8.
                 let mut weights = Array::<f32>::new(slots * 8);
                 #[unroll]
                 for s in 0..slots {
                     let word = loaded[s * blocks_per_lane + b].extract(w);
                     #[unroll]
                     for q in 0..8usize {
-                        weights[s * 8 + q] =
-                            table[((word >> (4 * q as u32)) & 0xF) as usize] * scale[s];
+                        weights[s * 8 + q] = table[((word >> (4 * q as u32)) & 0xF) as usize];
                     }
                 }
                 #[unroll]
@@ -255,7 +257,7 @@ pub(super) fn add_listed_dots(
                             for q in 0..8usize {
                                 part += weights[s * 8 + q] * xs[q];
                             }
-                            sums[r * slots + s] += part;
+                            sums[r * slots + s] = fma(part, scale[s], sums[r * slots + s]);
                         }
                     }
                 }
