@@ -332,3 +332,46 @@ fn a_kept_decode_step_refilled_for_other_prompts_matches_step_by_step() {
         );
     }
 }
+
+/// A batch generated in chunks (as the GPU does past the rows a captured step takes) gives the
+/// whole batch's tokens: chunks of other padding, the last filled up with a copy of its last
+/// prompt, all of one size, so that one kept step serves every chunk.
+#[test]
+fn a_batch_generated_in_chunks_matches_the_whole_batch() {
+    let model = load("tiny-mxfp4", ExpertResidency::Auto);
+    let exp = expected("tiny-mxfp4");
+    let prompts = greedy_prompts(&exp);
+    let (short, long) = (prompts[0].clone(), prompts[prompts.len() - 1].clone());
+    assert!(
+        short.len() < long.len(),
+        "the fixture has prompts of two lengths"
+    );
+    // Five rows of four lengths: chunks of two pad differently, and the last has one row.
+    let rows = vec![
+        short.clone(),
+        long.clone(),
+        long[..long.len() / 2].to_vec(),
+        [short.clone(), long.clone()].concat(),
+        short.iter().rev().copied().collect(),
+    ];
+    let options = GenerateOptions {
+        max_new_tokens: 12,
+        stop_tokens: vec![],
+        sampling: None,
+        use_cache: true,
+    };
+    let whole = generate_step_by_step(&model, &rows, &options, None);
+    let mut decoder = Decoder::new(&model);
+    for run in 0..2 {
+        let chunked = decoder.generate_in_chunks(&rows, 2, &options, None);
+        assert_eq!(chunked, whole, "run {run}");
+        assert_eq!(
+            decoder.steps_made(),
+            1,
+            "one step for every chunk, run {run}"
+        );
+    }
+    // Chunks of every row alone, and of all of them, give the same tokens.
+    assert_eq!(decoder.generate_in_chunks(&rows, 1, &options, None), whole);
+    assert_eq!(decoder.generate_in_chunks(&rows, 8, &options, None), whole);
+}
