@@ -336,53 +336,7 @@ impl<'m> Decoder<'m> {
     /// as it is, step by step. The same tokens as [`generate_step_by_step`]; picks are read back
     /// once at the end and, with stop tokens, at the steps [`checks_for_stops`] names (the
     /// generation ends once every row has produced one).
-    ///
-    /// More rows than a step reading nothing back can take
-    /// ([`GptOss::most_rows_on_device_only`]: 32 at gpt-oss's k = 4) go in equal chunks of at
-    /// most that many ([`Self::generate_in_chunks`]): a step of more rows takes the sorted
-    /// experts, which read their counts back in every layer, so it is never captured.
     pub fn generate_on_device_state(
-        &mut self,
-        prompts: &[Vec<u32>],
-        options: &GenerateOptions,
-        mask: Option<&ExpertMask>,
-    ) -> Vec<Vec<u32>> {
-        let rows = prompts.len();
-        match self.model.most_rows_on_device_only(rows) {
-            Some(most) if most < rows => self.generate_in_chunks(prompts, most, options, mask),
-            _ => self.generate_rows(prompts, options, mask),
-        }
-    }
-
-    /// [`Self::generate_on_device_state`] of `prompts` in chunks of at most `most_rows` rows,
-    /// one after another, all of one size (the last filled up with copies of its last prompt,
-    /// whose continuations are dropped), so that every chunk takes the same kept step. The
-    /// same tokens as the whole batch at once: each row's continuation depends on its own
-    /// prompt only.
-    pub fn generate_in_chunks(
-        &mut self,
-        prompts: &[Vec<u32>],
-        most_rows: usize,
-        options: &GenerateOptions,
-        mask: Option<&ExpertMask>,
-    ) -> Vec<Vec<u32>> {
-        let Some(last) = prompts.last() else {
-            return vec![];
-        };
-        let chunk_rows = equal_chunk_rows(prompts.len(), most_rows);
-        let mut continuations = Vec::with_capacity(prompts.len());
-        for chunk in prompts.chunks(chunk_rows) {
-            let mut rows = chunk.to_vec();
-            rows.resize(chunk_rows, last.clone());
-            let mut got = self.generate_rows(&rows, options, mask);
-            got.truncate(chunk.len());
-            continuations.extend(got);
-        }
-        continuations
-    }
-
-    /// [`Self::generate_on_device_state`] of all `prompts` in one batch.
-    fn generate_rows(
         &mut self,
         prompts: &[Vec<u32>],
         options: &GenerateOptions,
@@ -434,13 +388,6 @@ impl<'m> Decoder<'m> {
             })
             .collect()
     }
-}
-
-/// Rows per chunk when `rows` rows go in chunks of at most `most_rows` (at least one): as few
-/// chunks as that allows, of as equal a size as they can be.
-pub fn equal_chunk_rows(rows: usize, most_rows: usize) -> usize {
-    let chunks = rows.div_ceil(most_rows.max(1)).max(1);
-    rows.div_ceil(chunks)
 }
 
 /// Decode steps between two reads of the picks for stop tokens once that many have run (before,
@@ -518,40 +465,6 @@ mod tests {
         assert!(every_row_has_a_stop(&[1., 7., 3., 4., 5., 9.], 3, &stops));
         assert!(!every_row_has_a_stop(&[1., 7., 3., 4., 5., 6.], 3, &stops));
         assert!(!every_row_has_a_stop(&[1., 2.], 2, &stops));
-    }
-
-    /// As few chunks as the most rows allow, their sizes at most one apart and never above it.
-    #[test]
-    fn chunks_are_as_few_and_as_equal_as_the_most_rows_allow() {
-        let cases = [
-            (48, 32, 24),
-            (64, 32, 32),
-            (33, 32, 17),
-            (32, 32, 32),
-            (5, 2, 2),
-            (1, 32, 1),
-        ];
-        for (rows, most, size) in cases {
-            assert_eq!(
-                equal_chunk_rows(rows, most),
-                size,
-                "{rows} rows, at most {most}"
-            );
-        }
-        for rows in 1..200 {
-            for most in 1..40 {
-                let size = equal_chunk_rows(rows, most);
-                let chunks = rows.div_ceil(size);
-                assert!(
-                    size <= most && chunks == rows.div_ceil(most),
-                    "{rows} rows, {most}"
-                );
-                assert!(
-                    chunks * size - rows < chunks,
-                    "{rows} rows, {most}: padding"
-                );
-            }
-        }
     }
 
     /// Every step at first, then every eighth.

@@ -413,16 +413,6 @@ impl GptOss {
                 .all(|layer| pair_weights(&layer.mlp, rows).is_some())
     }
 
-    /// The most rows, up to `rows`, whose decode step reads nothing back
-    /// ([`Self::steps_on_device_only`]); `None` when no step can be captured (the CPU, or
-    /// experts off the kernel path).
-    pub fn most_rows_on_device_only(&self, rows: usize) -> Option<usize> {
-        if !self.on_kernel_path() {
-            return None;
-        }
-        (1..=rows).rev().find(|&r| self.steps_on_device_only(r))
-    }
-
     /// One greedy decode step on `state` (see the module docs): the tokens at `state.slot` go
     /// through the model, their greedy picks are written at the next slot and become the
     /// tokens, and the slot advances, routed under the mask `tables` were made with. Reads
