@@ -34,14 +34,15 @@ fn pairs_are_sorted_by_expert_stably_with_offsets_and_tiles() {
     }
 }
 
-/// Each tile height has its kernel: few rows up to 256 pairs (decoding), tensor-core tiles of
-/// 64 rows, the large tiles from 16,384 pairs on (scoring); the kernel inputs carry the tiling
-/// whose rows the tile starts were counted in.
+/// Each tile height has its kernel: few rows up to 128 pairs, tensor-core tiles of 64 rows
+/// (a decode step of 48 or 64 rows), the large tiles from 16,384 pairs on (scoring); the kernel
+/// inputs carry the tiling whose rows the tile starts were counted in.
 #[test]
 fn pair_counts_pick_tile_heights_that_have_a_kernel() {
     assert_eq!(tile_rows_for(4), FEW_ROWS);
     assert_eq!(tile_rows_for(FEW_PAIRS), FEW_ROWS);
     assert_eq!(tile_rows_for(FEW_PAIRS + 1), TILE_ROWS);
+    assert_eq!(tile_rows_for(48 * 4), TILE_ROWS);
     assert_eq!(tile_rows_for(LARGE_TILE_PAIRS - 1), TILE_ROWS);
     assert_eq!(tile_rows_for(8 * 2048 * 4), LARGE_TILE_ROWS);
     assert_eq!(tensor_core_tiling(TILE_ROWS).map(|t| t.m), Some(TILE_ROWS));

@@ -249,9 +249,13 @@ pub const TILE_ROWS: usize = SMALL_TILES.m;
 pub const LARGE_TILE_ROWS: usize = LARGE_TILES.m;
 /// Rows per tile of the few-rows kernel.
 pub const FEW_ROWS: usize = gpt_oss_kernels::grouped_mxfp4_rows::ROWS;
-/// Up to this many (token, rank) pairs a layer's experts run through the few-rows kernel
-/// (decoding: 4 pairs per token at batch 1, 128 at batch 32).
-pub const FEW_PAIRS: usize = 256;
+/// Up to this many (token, rank) pairs a layer's experts run through the few-rows kernel: 32
+/// tokens at k = 4, as many as the per-pair path takes (`moe_pairs::MAX_PAIRS`), so that the
+/// sorted path reaches it only with an observer. From 129 pairs the tensor-core tiles: batch
+/// 48 decoded at 1,187.8 tok/s and batch 64 at 1,522.8 with them, against 547.9 and 597.7
+/// through the few-rows kernel (step by step, random 20b, H200, docs/benchmarks.md, forty-third
+/// round).
+pub const FEW_PAIRS: usize = super::moe_pairs::MAX_PAIRS;
 /// From this many pairs on, tiles of [`LARGE_TILE_ROWS`] (scoring's 8 x 2048 tokens make
 /// 65,536 pairs, about 2,048 rows per expert of 32; below, padding the last tile of each expert
 /// to the larger tiles' rows, and decoding every expert's weights first, would cost more than
