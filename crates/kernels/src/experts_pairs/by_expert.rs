@@ -49,7 +49,10 @@ impl ExpertShape {
 /// for two rows per chunk, 694 for eight planes of four; at 24 tokens 417 against 476 per pair
 /// (455 for two rows); at 16 tokens 322 against 323 per pair; below, the per-pair kernels are
 /// faster (4 tokens: 120-141 against 90). Loading the weights before listing the pairs (so that
-/// their latencies overlap) changed nothing at 32 tokens and lost below: not kept.
+/// their latencies overlap) changed nothing at 32 tokens and lost below: not kept. With the
+/// block scale in the rows' fused adds (forty-third round): 496 / 393 / 306 us at 32 / 24 / 16
+/// tokens, against 510-512 / 408-416 / 319-323 before; eight planes of two rows now tie it at
+/// 16 tokens (305) and lose at 32 (533).
 pub const BY_EXPERT_GATE_UP_SHAPE: ExpertShape = ExpertShape {
     columns_per_plane: 2,
     planes: 16,
@@ -58,7 +61,9 @@ pub const BY_EXPERT_GATE_UP_SHAPE: ExpertShape = ExpertShape {
 
 /// The workgroup the model takes for `experts_down`: as [`BY_EXPERT_GATE_UP_SHAPE`] with two
 /// rows per chunk. The same timings: 289 us at 32 tokens against 317 for four rows and 353 per
-/// pair; 240 against 262 and 272 at 24 tokens; 175 against 207 and 188 at 16 tokens.
+/// pair; 240 against 262 and 272 at 24 tokens; 175 against 207 and 188 at 16 tokens. With the
+/// block scale in the rows' fused adds (forty-third round): 268 / 219 / 154 us at 32 / 24 / 16
+/// tokens, against 300-304 / 238-241 / 171-176 before.
 pub const BY_EXPERT_DOWN_SHAPE: ExpertShape = ExpertShape {
     chunk_rows: 2,
     ..BY_EXPERT_GATE_UP_SHAPE
