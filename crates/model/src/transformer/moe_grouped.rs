@@ -250,8 +250,9 @@ pub const LARGE_TILE_ROWS: usize = LARGE_TILES.m;
 /// Rows per tile of the few-rows kernel.
 pub const FEW_ROWS: usize = gpt_oss_kernels::grouped_mxfp4_rows::ROWS;
 /// Up to this many (token, rank) pairs a layer's experts run through the few-rows kernel: 32
-/// tokens at k = 4, as many as the per-pair path takes (`moe_pairs::MAX_PAIRS`), so that the
-/// sorted path reaches it only with an observer. From 129 pairs the tensor-core tiles: batch
+/// tokens at k = 4, as many as the per-pair path takes (`moe_pairs::MAX_PAIRS`), so that with
+/// MXFP4 experts on the kernel path only a pass with an observer (which the per-pair path has
+/// no hook for) sorts so few pairs. From 129 pairs the tensor-core tiles: batch
 /// 48 decoded at 1,187.8 tok/s and batch 64 at 1,522.8 with them, against 547.9 and 597.7
 /// through the few-rows kernel (step by step, random 20b, H200, docs/benchmarks.md, forty-third
 /// round).
