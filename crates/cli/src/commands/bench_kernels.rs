@@ -26,6 +26,7 @@ mod rounding;
 mod router_logits;
 
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use gpt_oss_kernels::experts_pairs::ExpertShape;
 use gpt_oss_model::device::{DeviceChoice, select_device};
 use gpt_oss_model::transformer::experts::{ExpertMatrix, Experts, PackedMxfp4};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -76,6 +77,15 @@ pub struct KernelCheckArgs {
     /// model's choice), e.g. `0x0,4x16`.
     #[arg(long, value_delimiter = ',', default_value = "0x0")]
     pub rows_tilings: Vec<String>,
+    /// Workgroups of the by-expert experts kernels timed by `--decode-timings`: `CxPxR`
+    /// (columns per plane, planes, rows per chunk); the model's are 2x16x4 (gate_up) and 2x16x2
+    /// (down).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2x16x4,2x16x2,2x8x4,2x8x2,1x8x4,4x8x4,4x8x2"
+    )]
+    pub expert_shapes: Vec<String>,
     /// With `--decode-timings`: every launch of a weight-reading kernel reads the same weights
     /// (one routing, one copy of each projection), so after the first launch they come from
     /// the L2 cache: what the kernels cost when their weights are close.
@@ -106,12 +116,18 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
             .iter()
             .map(|t| parse_rows_tiling(t))
             .collect::<anyhow::Result<_>>()?;
+        let expert_shapes: Vec<_> = args
+            .expert_shapes
+            .iter()
+            .map(|t| parse_expert_shape(t))
+            .collect::<anyhow::Result<_>>()?;
         return decode_timings::time_decode_kernels(
             &device,
             &args.columns_per_plane,
             &args.planes,
             &args.turns,
             &rows_tilings,
+            &expert_shapes,
             args.weights_in_l2,
             &args.only,
         );
@@ -201,6 +217,28 @@ fn parse_rows_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::bf16_rows::R
              unroll 0 to 32)"
         ),
     }
+}
+
+/// `CxPxR` (`2x16x4`) as a by-expert workgroup: columns per plane, planes, rows per chunk.
+fn parse_expert_shape(text: &str) -> anyhow::Result<ExpertShape> {
+    let numbers: Vec<u32> = text.split('x').filter_map(|n| n.parse().ok()).collect();
+    match numbers[..] {
+        [columns_per_plane, planes, chunk_rows] if text.split('x').count() == 3 => {
+            let shape = ExpertShape {
+                columns_per_plane,
+                planes,
+                chunk_rows,
+            };
+            if shape.is_supported() {
+                return Ok(shape);
+            }
+        }
+        _ => {}
+    }
+    anyhow::bail!(
+        "--expert-shapes: {text:?} is not CxPxR (1 to 8 columns per plane, 4 to 32 planes, 1 to \
+         8 rows per chunk)"
+    )
 }
 
 /// A random MoE layer's experts of 20b's SwiGLU constants: `experts` gate_up [2 inter, hidden]
@@ -412,6 +450,21 @@ mod tests {
         }
     }
 
+    /// `--expert-shapes` takes what the by-expert kernels take and names the bad value
+    /// otherwise.
+    #[test]
+    fn expert_shapes_parse_only_supported_workgroups() {
+        let shape = parse_expert_shape("2x16x4").unwrap();
+        assert_eq!(
+            (shape.columns_per_plane, shape.planes, shape.chunk_rows),
+            (2, 16, 4)
+        );
+        for bad in ["2x2x4", "9x16x4", "2x16x9", "2x16", "2x16x4x1", "ax16x4"] {
+            let error = parse_expert_shape(bad).unwrap_err().to_string();
+            assert!(error.contains(bad), "{bad}: {error}");
+        }
+    }
+
     /// `--only` refuses a name no check has, before running any, and lists the known ones.
     #[test]
     fn only_refuses_unknown_checks() {
@@ -454,6 +507,7 @@ mod tests {
             &[1],
             &[8],
             &[1],
+            &[],
             &[],
             false,
             &["router".into()],

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
 use gpt_oss_kernels::bf16_rows::RowsTiling;
-use gpt_oss_kernels::experts_pairs::PlaneShape;
+use gpt_oss_kernels::experts_pairs::{ExpertShape, PlaneShape};
 
 use super::{Worst, median_after_warm_up, packed_words, random_experts, standard_normal};
 
@@ -146,13 +146,15 @@ const TIMING_GROUPS: [&str; 5] = ["small", "layer_chain", "projections", "pairs"
 
 /// Every timing of the groups `only` names (all of them when empty; see [`TIMING_GROUPS`]),
 /// the per-pair kernels at each of `columns_per_plane`, `planes` and `turns`, the bf16
-/// products at each of `rows_tilings`.
+/// products at each of `rows_tilings`, the by-expert kernels at each of `expert_shapes`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn time_decode_kernels(
     device: &Device,
     columns_per_plane: &[u32],
     planes: &[u32],
     turns: &[u32],
     rows_tilings: &[RowsTiling],
+    expert_shapes: &[ExpertShape],
     weights_in_l2: bool,
     only: &[String],
 ) -> anyhow::Result<()> {
@@ -199,7 +201,7 @@ pub(super) fn time_decode_kernels(
         time_pairs(device, &shapes, cycle)?;
     }
     if wanted("by_expert") {
-        by_expert::time_by_expert(device, cycle)?;
+        by_expert::time_by_expert(device, expert_shapes, cycle)?;
     }
     Ok(())
 }

@@ -17,18 +17,12 @@ use super::{
 };
 use crate::commands::bench_kernels::{Worst, packed_words, random_experts, standard_normal};
 
-/// The by-expert workgroups timed: columns per plane, planes, rows per chunk.
-const SHAPES: [[u32; 3]; 7] = [
-    [2, 16, 4],
-    [2, 16, 2],
-    [2, 8, 4],
-    [2, 8, 2],
-    [1, 8, 4],
-    [4, 8, 4],
-    [4, 8, 2],
-];
-
-pub(super) fn time_by_expert(device: &Device, cycle: WeightCycle) -> anyhow::Result<()> {
+/// Each timing at each of `shapes` (`--expert-shapes`), with the per-pair kernels beside them.
+pub(super) fn time_by_expert(
+    device: &Device,
+    shapes: &[ExpertShape],
+    cycle: WeightCycle,
+) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(17);
     let layer = random_experts(&mut rng, [EXPERTS, HIDDEN, INTER], device);
     let (gu_words, gu_scales) = packed_words(&layer.gate_up);
@@ -77,12 +71,12 @@ pub(super) fn time_by_expert(device: &Device, cycle: WeightCycle) -> anyhow::Res
             seconds_per_replayed_launch(device, routings.len(), down_pairs)?,
             None,
         );
-        for [columns_per_plane, planes, chunk_rows] in SHAPES {
-            let shape = ExpertShape {
+        for &shape in shapes {
+            let ExpertShape {
                 columns_per_plane,
                 planes,
                 chunk_rows,
-            };
+            } = shape;
             let gate_up = |i: usize| {
                 experts_gate_up(
                     x.clone(),
