@@ -403,8 +403,10 @@ impl GptOss {
     }
 
     /// Whether a decode step of `rows` rows reads nothing back to the host, so that it can be
-    /// captured: the kernel path with every MoE layer on the per-pair kernels (the sorted path
-    /// reads its expert counts back, and so does every path with unpacked experts).
+    /// captured: the kernel path with every MoE layer on the per-pair kernels. Unpacked experts
+    /// read their token lists back; the sorted path read its expert counts back when this rule
+    /// was made, and since its sort became four launches that is unchecked on a GPU
+    /// (docs/gpu-path.md, "A decode step").
     pub fn steps_on_device_only(&self, rows: usize) -> bool {
         self.on_kernel_path()
             && self
