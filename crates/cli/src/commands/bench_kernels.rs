@@ -221,24 +221,19 @@ fn parse_rows_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::bf16_rows::R
 
 /// `CxPxR` (`2x16x4`) as a by-expert workgroup: columns per plane, planes, rows per chunk.
 fn parse_expert_shape(text: &str) -> anyhow::Result<ExpertShape> {
-    let numbers: Vec<u32> = text.split('x').filter_map(|n| n.parse().ok()).collect();
-    match numbers[..] {
-        [columns_per_plane, planes, chunk_rows] if text.split('x').count() == 3 => {
-            let shape = ExpertShape {
-                columns_per_plane,
-                planes,
-                chunk_rows,
-            };
-            if shape.is_supported() {
-                return Ok(shape);
-            }
-        }
-        _ => {}
-    }
-    anyhow::bail!(
-        "--expert-shapes: {text:?} is not CxPxR (1 to 8 columns per plane, 4 to 32 planes, 1 to \
-         8 rows per chunk)"
-    )
+    let sides = super::bench_matmul::three_sides(text, "--expert-shapes", "CxPxR")?;
+    let [columns_per_plane, planes, chunk_rows] = sides.map(|n| u32::try_from(n).unwrap_or(0));
+    let shape = ExpertShape {
+        columns_per_plane,
+        planes,
+        chunk_rows,
+    };
+    anyhow::ensure!(
+        shape.is_supported(),
+        "--expert-shapes `{text}`: not a workgroup the by-expert kernels take (1 to 8 columns \
+         per plane, 4 to 32 planes, 1 to 8 rows per chunk)"
+    );
+    Ok(shape)
 }
 
 /// A random MoE layer's experts of 20b's SwiGLU constants: `experts` gate_up [2 inter, hidden]

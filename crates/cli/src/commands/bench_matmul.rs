@@ -177,7 +177,7 @@ pub fn parse_tile_sides(text: &str) -> anyhow::Result<[usize; 3]> {
 
 /// Three sides from one (`4096`: all three) or three joined by `x`, in the order `order`
 /// names; errors name `what` and that order.
-fn three_sides(text: &str, what: &str, order: &str) -> anyhow::Result<[usize; 3]> {
+pub(crate) fn three_sides(text: &str, what: &str, order: &str) -> anyhow::Result<[usize; 3]> {
     let sides: Vec<usize> = text
         .split('x')
         .map(|s| s.trim().parse::<usize>())
