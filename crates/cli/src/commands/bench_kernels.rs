@@ -72,6 +72,9 @@ pub struct KernelCheckArgs {
     /// this one's products) of the per-pair experts kernels timed by `--decode-timings`.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub turns: Vec<u32>,
+    /// Token counts (1 to 32) at which `--decode-timings` times the per-pair experts kernels.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub pair_tokens: Vec<usize>,
     /// Tilings of the bf16 few-row products timed by `--decode-timings`: `GROUPSxUNROLL`
     /// (column groups of eight per workgroup; weight rows loaded before use; either 0 for the
     /// model's choice), e.g. `0x0,4x16`.
@@ -126,6 +129,7 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
             &args.columns_per_plane,
             &args.planes,
             &args.turns,
+            &args.pair_tokens,
             &rows_tilings,
             &expert_shapes,
             args.weights_in_l2,
@@ -502,6 +506,7 @@ mod tests {
             &[1],
             &[8],
             &[1],
+            &[1],
             &[],
             &[],
             false,
@@ -511,5 +516,31 @@ mod tests {
         .to_string();
         assert!(error.contains("`router`"), "{error}");
         assert!(error.contains("layer_chain"), "{error}");
+    }
+
+    /// `--pair-tokens` refuses a token count the per-pair kernels do not take (none, or more
+    /// than 128 pairs), before timing anything.
+    #[test]
+    fn pair_tokens_refuse_counts_the_per_pair_kernels_do_not_take() {
+        for (tokens, named) in [(&[4, 33][..], "33"), (&[0][..], "0")] {
+            let error = decode_timings::time_decode_kernels(
+                &Device::flex(),
+                &[1],
+                &[8],
+                &[1],
+                tokens,
+                &[],
+                &[],
+                false,
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.contains(&format!("--pair-tokens {named}:")),
+                "{error}"
+            );
+            assert!(error.contains("1 to 32 tokens"), "{error}");
+        }
     }
 }

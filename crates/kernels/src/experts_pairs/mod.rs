@@ -102,7 +102,10 @@ pub fn down_shape(tokens: usize) -> PlaneShape {
     }
 }
 
-/// Tokens from which [`down_shape`] takes sixteen planes of two turns.
+/// Tokens from which [`down_shape`] takes sixteen planes of two turns. Between one token and
+/// eight the shapes were never timed; at 4 tokens the eight-plane launch took 117.0 us, more
+/// than at 8 tokens (110.6), so the threshold may belong lower (`bench kernel-check
+/// --decode-timings --only pairs --pair-tokens 2,4,6 --planes 8,16 --turns 1,2` settles it).
 pub const MANY_TOKENS: usize = 8;
 /// Output columns per plane of `pairs_gate_up` (two weight rows each: gate and up). `bench
 /// kernel-check --decode-timings` on an H100 at 20b's shapes, 1 / 2 / 4: 36 / 116 / 152 us

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use gpt_oss_kernels::bf16_rows::RowsTiling;
 use gpt_oss_kernels::experts_pairs::{ExpertShape, PlaneShape};
+use gpt_oss_model::transformer::moe_pairs::MAX_PAIRS;
 
 use super::{Worst, median_after_warm_up, packed_words, random_experts, standard_normal};
 
@@ -145,7 +146,8 @@ impl WeightCycle {
 const TIMING_GROUPS: [&str; 5] = ["small", "layer_chain", "projections", "pairs", "by_expert"];
 
 /// Every timing of the groups `only` names (all of them when empty; see [`TIMING_GROUPS`]),
-/// the per-pair kernels at each of `columns_per_plane`, `planes` and `turns`, the bf16
+/// the per-pair kernels at each of `columns_per_plane`, `planes` and `turns` and at
+/// `pair_tokens` tokens, the bf16
 /// products at each of `rows_tilings`, the by-expert kernels at each of `expert_shapes`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn time_decode_kernels(
@@ -153,6 +155,7 @@ pub(super) fn time_decode_kernels(
     columns_per_plane: &[u32],
     planes: &[u32],
     turns: &[u32],
+    pair_tokens: &[usize],
     rows_tilings: &[RowsTiling],
     expert_shapes: &[ExpertShape],
     weights_in_l2: bool,
@@ -186,6 +189,15 @@ pub(super) fn time_decode_kernels(
             shape.turns
         );
     }
+    if let Some(tokens) = pair_tokens
+        .iter()
+        .find(|&&tokens| tokens == 0 || tokens * TOP_K > MAX_PAIRS)
+    {
+        anyhow::bail!(
+            "--pair-tokens {tokens}: the per-pair kernels take 1 to {} tokens",
+            MAX_PAIRS / TOP_K
+        );
+    }
     if wanted("small") {
         time_small_kernels(device)?;
     }
@@ -198,7 +210,7 @@ pub(super) fn time_decode_kernels(
         }
     }
     if wanted("pairs") {
-        time_pairs(device, &shapes, cycle)?;
+        time_pairs(device, &shapes, pair_tokens, cycle)?;
     }
     if wanted("by_expert") {
         by_expert::time_by_expert(device, expert_shapes, cycle)?;
@@ -402,10 +414,15 @@ fn time_projections(device: &Device, tiling: RowsTiling, cycle: WeightCycle) -> 
     Ok(())
 }
 
-/// The per-pair experts kernels at 1, 8 and 32 tokens with each workgroup of `shapes`, checked
-/// against the sorted grouped reference, then timed over routings that cycle through every
-/// expert (at one token, eight disjoint groups of four).
-fn time_pairs(device: &Device, shapes: &[PlaneShape], cycle: WeightCycle) -> anyhow::Result<()> {
+/// The per-pair experts kernels at each of `token_counts` with each workgroup of `shapes`,
+/// checked against the sorted grouped reference, then timed over routings that cycle through
+/// every expert (at one token, eight disjoint groups of four).
+fn time_pairs(
+    device: &Device,
+    shapes: &[PlaneShape],
+    token_counts: &[usize],
+    cycle: WeightCycle,
+) -> anyhow::Result<()> {
     use gpt_oss_kernels::experts_pairs::{pairs_down, pairs_gate_up};
     use gpt_oss_model::transformer::moe_grouped::{ExpertPath, grouped_experts};
     let mut rng = StdRng::seed_from_u64(13);
@@ -415,7 +432,7 @@ fn time_pairs(device: &Device, shapes: &[PlaneShape], cycle: WeightCycle) -> any
     // MXFP4 bytes of one expert's row of K inputs: K / 2 of codes, K / 32 of scales.
     let row_bytes = |k: usize| k / 2 + k / 32;
     let mut worst = Worst::new("per-pair experts kernels (decode timings)", 1e-2);
-    for tokens in [1usize, 8, 32] {
+    for &tokens in token_counts {
         let routings: Vec<Tensor<2>> = (0..cycle.routings())
             .map(|set| routing_table(&mut rng, tokens, set, device))
             .collect();
