@@ -329,9 +329,9 @@ impl<'m> Decoder<'m> {
 
     /// Greedy generation with the cache, each step after the prefill run by
     /// [`GptOss::decode_step`] on device state ([`crate::transformer::step`]), kept for the next
-    /// generation of the same shape (see [`Decoder`]). When the step reads nothing back
-    /// ([`GptOss::steps_on_device_only`]; an expert mask's router biases are uploaded once, in
-    /// [`StepTables`]), it is captured once, by the first generation of at least
+    /// generation of the same shape (see [`Decoder`]). Where the model captures the step
+    /// ([`GptOss::captures_steps`]: it reads nothing back; an expert mask's router biases are
+    /// uploaded once, in [`StepTables`]), it is captured once, by the first generation of at least
     /// [`CAPTURE_MIN_STEPS`] steps, and replayed (`burn::tensor::capture`); otherwise it runs
     /// as it is, step by step. The same tokens as [`generate_step_by_step`]; picks are read back
     /// once at the end and, with stop tokens, at the steps [`checks_for_stops`] names (the
@@ -367,7 +367,7 @@ impl<'m> Decoder<'m> {
         let started = Instant::now();
         self.prepare_step(cache, into_kept, &first, t, capacity, mask);
         let kept = self.kept.as_mut().expect("a step was prepared above");
-        if kept.graph.is_none() && model.steps_on_device_only(b) && steps >= CAPTURE_MIN_STEPS {
+        if kept.graph.is_none() && model.captures_steps(b) && steps >= CAPTURE_MIN_STEPS {
             kept.capture(model);
         }
         self.times.step_setup += started.elapsed();

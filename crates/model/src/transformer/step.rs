@@ -402,13 +402,14 @@ impl GptOss {
         on_kernel_path(&self.layers[0].self_attn.q_proj.weight.val())
     }
 
-    /// Whether a decode step of `rows` rows reads nothing back to the host, so that it can be
-    /// captured: the kernel path with every MoE layer on the per-pair kernels. Unpacked experts
-    /// read their token lists back. The sorted path read its expert counts back when this rule
-    /// was made; since its sort became four launches it reads nothing back, and its captured
-    /// steps (branch `capture-past-32-rows`) ran 0.3-2.9% faster with a kept decoder and 5-7%
-    /// slower captured per generation, so they stay out (docs/gpu-path.md, "A decode step").
-    pub fn steps_on_device_only(&self, rows: usize) -> bool {
+    /// Whether a decoder captures its decode step of `rows` rows (and replays it): the kernel
+    /// path with every MoE layer on the per-pair kernels, a step that reads nothing back to the
+    /// host. Unpacked experts read their token lists back, so they never qualify. The sorted
+    /// path read its expert counts back when this rule was made; since its sort became four
+    /// launches it reads nothing back, but its captured steps (branch `capture-past-32-rows`)
+    /// ran 0.3-2.9% faster with a kept decoder and 5-7% slower captured per generation, so they
+    /// stay out (docs/gpu-path.md, "A decode step").
+    pub fn captures_steps(&self, rows: usize) -> bool {
         self.on_kernel_path()
             && self
                 .layers
