@@ -72,7 +72,8 @@ pub struct KernelCheckArgs {
     /// this one's products) of the per-pair experts kernels timed by `--decode-timings`.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub turns: Vec<u32>,
-    /// Token counts (1 to 32) at which `--decode-timings` times the per-pair experts kernels.
+    /// Token counts at which `--decode-timings` times the per-pair experts kernels: 1 to 32,
+    /// the counts the model runs them for.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     pub pair_tokens: Vec<usize>,
     /// Tilings of the bf16 few-row products timed by `--decode-timings`: `GROUPSxUNROLL`
@@ -518,10 +519,10 @@ mod tests {
         assert!(error.contains("layer_chain"), "{error}");
     }
 
-    /// `--pair-tokens` refuses a token count the per-pair kernels do not take (none, or more
-    /// than 128 pairs), before timing anything.
+    /// `--pair-tokens` refuses a token count the model never runs the per-pair kernels for
+    /// (none, or more than 128 pairs), before timing anything.
     #[test]
-    fn pair_tokens_refuse_counts_the_per_pair_kernels_do_not_take() {
+    fn pair_tokens_refuse_counts_the_model_never_runs_per_pair() {
         for (tokens, named) in [(&[4, 33][..], "33"), (&[0][..], "0")] {
             let error = decode_timings::time_decode_kernels(
                 &Device::flex(),

@@ -146,9 +146,9 @@ impl WeightCycle {
 const TIMING_GROUPS: [&str; 5] = ["small", "layer_chain", "projections", "pairs", "by_expert"];
 
 /// Every timing of the groups `only` names (all of them when empty; see [`TIMING_GROUPS`]),
-/// the per-pair kernels at each of `columns_per_plane`, `planes` and `turns` and at
-/// `pair_tokens` tokens, the bf16
-/// products at each of `rows_tilings`, the by-expert kernels at each of `expert_shapes`.
+/// the per-pair kernels at each of `columns_per_plane`, `planes` and `turns` and at each of
+/// `pair_tokens` tokens, the bf16 products at each of `rows_tilings`, the by-expert kernels at
+/// each of `expert_shapes`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn time_decode_kernels(
     device: &Device,
@@ -194,7 +194,8 @@ pub(super) fn time_decode_kernels(
         .find(|&&tokens| tokens == 0 || tokens * TOP_K > MAX_PAIRS)
     {
         anyhow::bail!(
-            "--pair-tokens {tokens}: the per-pair kernels take 1 to {} tokens",
+            "--pair-tokens {tokens}: the model runs the per-pair kernels for 1 to {} tokens \
+             (`moe_pairs::MAX_PAIRS` pairs at k = {TOP_K})",
             MAX_PAIRS / TOP_K
         );
     }
