@@ -87,8 +87,7 @@ pub const GATE_UP_SHAPE: PlaneShape = PlaneShape {
 /// The workgroup of [`pairs_down`] the model takes for `tokens` tokens: from
 /// [`MANY_TOKENS`] sixteen planes of two turns, below that eight planes of one turn (the
 /// measurement of [`GATE_UP_SHAPE`]: at 32 tokens 355 us against 496 for eight planes of one
-/// turn and 403 for sixteen of one; at 8 tokens 110 against 145 and 119; at one token eight
-/// planes of one turn 31.8 / 31.9, sixteen of two 27.5 / 32.9, the others 30.0-36.5).
+/// turn and 403 for sixteen of one; at 8 tokens 110 against 145 and 119).
 pub fn down_shape(tokens: usize) -> PlaneShape {
     let (planes, turns) = if tokens >= MANY_TOKENS {
         (16, 2)
@@ -102,11 +101,13 @@ pub fn down_shape(tokens: usize) -> PlaneShape {
     }
 }
 
-/// Tokens from which [`down_shape`] takes sixteen planes of two turns. Between one token and
-/// eight the shapes were never timed; at 4 tokens the eight-plane launch took 117.0 us, more
-/// than at 8 tokens (110.6), so the threshold may belong lower (`bench kernel-check
-/// --decode-timings --only pairs --pair-tokens 2,4,6 --planes 8,16 --turns 1,2` settles it).
-pub const MANY_TOKENS: usize = 8;
+/// Tokens from which [`down_shape`] takes sixteen planes of two turns. `bench kernel-check
+/// --decode-timings` on an H200 (forty-fifth round; us per launch at 1 / 2 / 3 / 4 / 6 tokens):
+/// eight planes of one turn 36.5 / 69.9 / 88.4 / 114.9 / 163.6, sixteen of two 26.6 / 42.7 /
+/// 61.3 / 64.6 / 93.1. Decoding a random 20b, sixteen planes of two turns made batch 4 and 6
+/// 10-13% faster per step, left batch 2 unchanged and made batch 1 9-12% slower, although the
+/// kernel alone was faster there too; batch 3 was not decoded.
+pub const MANY_TOKENS: usize = 4;
 /// Output columns per plane of `pairs_gate_up` (two weight rows each: gate and up). `bench
 /// kernel-check --decode-timings` on an H100 at 20b's shapes, 1 / 2 / 4: 36 / 116 / 152 us
 /// at one token, 592 / 595 / 708 us at 32 (eighth round, before the timings warmed the GPU's
