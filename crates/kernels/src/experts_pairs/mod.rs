@@ -104,10 +104,11 @@ pub fn down_shape(tokens: usize) -> PlaneShape {
 /// Tokens from which [`down_shape`] takes sixteen planes of two turns. `bench kernel-check
 /// --decode-timings` on an H200 (forty-fifth round; us per launch at 1 / 2 / 3 / 4 / 6 tokens):
 /// eight planes of one turn 36.5 / 69.9 / 88.4 / 114.9 / 163.6, sixteen of two 26.6 / 42.7 /
-/// 61.3 / 64.6 / 93.1. Decoding a random 20b, sixteen planes of two turns made batch 4 and 6
-/// 10-13% faster per step, left batch 2 unchanged and made batch 1 9-12% slower, although the
-/// kernel alone was faster there too; batch 3 was not decoded.
-pub const MANY_TOKENS: usize = 4;
+/// 61.3 / 64.6 / 93.1. Decoding a random 20b, sixteen planes of two turns made batch 3, 4 and 6
+/// 7-13% faster per step and left batch 2 unchanged. At one token (90 workgroups on 132
+/// multiprocessors) it made batch 1 9-12% slower, although the launch timed alone was faster:
+/// the chained layer (`--only layer_chain`) took 161 us against 139, as the decoding did.
+pub const MANY_TOKENS: usize = 3;
 /// Output columns per plane of `pairs_gate_up` (two weight rows each: gate and up). `bench
 /// kernel-check --decode-timings` on an H100 at 20b's shapes, 1 / 2 / 4: 36 / 116 / 152 us
 /// at one token, 592 / 595 / 708 us at 32 (eighth round, before the timings warmed the GPU's
