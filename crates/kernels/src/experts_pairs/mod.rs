@@ -84,30 +84,30 @@ pub const GATE_UP_SHAPE: PlaneShape = PlaneShape {
     turns: 1,
 };
 
-/// The workgroup of [`pairs_down`] the model takes for `tokens` tokens: from
-/// [`MANY_TOKENS`] sixteen planes of two turns, below that eight planes of one turn (the
-/// measurement of [`GATE_UP_SHAPE`]: at 32 tokens 355 us against 496 for eight planes of one
-/// turn and 403 for sixteen of one; at 8 tokens 110 against 145 and 119).
+/// The workgroup of [`pairs_down`] the model takes for `tokens` tokens: sixteen planes, of two
+/// turns from [`MANY_TOKENS`] and of one turn below (the measurement of [`GATE_UP_SHAPE`]: at 32
+/// tokens 355 us against 496 for eight planes of one turn and 403 for sixteen of one; at 8
+/// tokens 110 against 145 and 119).
 pub fn down_shape(tokens: usize) -> PlaneShape {
-    let (planes, turns) = if tokens >= MANY_TOKENS {
-        (16, 2)
-    } else {
-        (8, 1)
-    };
+    let turns = if tokens >= MANY_TOKENS { 2 } else { 1 };
     PlaneShape {
         columns_per_plane: DOWN_COLUMNS_PER_PLANE,
-        planes,
+        planes: 16,
         turns,
     }
 }
 
-/// Tokens from which [`down_shape`] takes sixteen planes of two turns. `bench kernel-check
-/// --decode-timings` on an H200 (forty-fifth round; us per launch at 1 / 2 / 3 / 4 / 6 tokens):
-/// eight planes of one turn 36.5 / 69.9 / 88.4 / 114.9 / 163.6, sixteen of two 26.6 / 42.7 /
-/// 61.3 / 64.6 / 93.1. Decoding a random 20b, sixteen planes of two turns made batch 3, 4 and 6
-/// 7-13% faster per step and left batch 2 unchanged. At one token (90 workgroups on 132
-/// multiprocessors) it made batch 1 9-12% slower, although the launch timed alone was faster:
-/// the chained layer (`--only layer_chain`) took 161 us against 139, as the decoding did.
+/// Tokens from which [`down_shape`] takes two turns. H200, forty-fifth round. `bench
+/// kernel-check --decode-timings`, us per launch at 1 / 2 / 3 / 4 / 6 tokens: eight planes of
+/// one turn 36.5 / 69.9 / 88.4 / 114.9 / 163.6, sixteen of one 32.7 / 40.1 / 61.4 / 73.2 /
+/// 103.0, sixteen of two 26.6 / 42.7 / 61.3 / 64.6 / 93.1. On a random 20b, sixteen planes of two
+/// turns decoded batch 3, 4 and 6 7-13% faster per step than eight of one, and batch 1 9-12%
+/// slower, although its launch alone was faster: at one token two turns make 90 workgroups
+/// (2,880 columns in 32 a workgroup) on 132 multiprocessors, and a decoding layer's chained
+/// launches (`--only layer_chain`) took 161 us against 139. Sixteen planes of one turn (180
+/// workgroups at one token) took the chained layer in 126-132 us against 140-142 for eight
+/// planes, and decoded batch 2 at 430 tok/s per step against 385; batch 1 was not decoded with
+/// it.
 pub const MANY_TOKENS: usize = 3;
 /// Output columns per plane of `pairs_gate_up` (two weight rows each: gate and up). `bench
 /// kernel-check --decode-timings` on an H100 at 20b's shapes, 1 / 2 / 4: 36 / 116 / 152 us
@@ -457,23 +457,22 @@ mod tests {
         }
     }
 
-    /// `pairs_down` takes eight planes of one turn below `MANY_TOKENS` tokens, sixteen of two
+    /// `pairs_down` takes sixteen planes of one turn below `MANY_TOKENS` tokens, sixteen of two
     /// from there (the measured choice).
     #[test]
-    fn down_shape_widens_from_many_tokens() {
-        let eight = PlaneShape {
+    fn down_shape_takes_two_turns_from_many_tokens() {
+        let one_turn = PlaneShape {
             columns_per_plane: DOWN_COLUMNS_PER_PLANE,
-            planes: 8,
+            planes: 16,
             turns: 1,
         };
-        let sixteen = PlaneShape {
-            planes: 16,
+        let two_turns = PlaneShape {
             turns: 2,
-            ..eight
+            ..one_turn
         };
-        assert_eq!(down_shape(1), eight);
-        assert_eq!(down_shape(MANY_TOKENS - 1), eight);
-        assert_eq!(down_shape(MANY_TOKENS), sixteen);
-        assert_eq!(down_shape(32), sixteen);
+        assert_eq!(down_shape(1), one_turn);
+        assert_eq!(down_shape(MANY_TOKENS - 1), one_turn);
+        assert_eq!(down_shape(MANY_TOKENS), two_turns);
+        assert_eq!(down_shape(32), two_turns);
     }
 }
