@@ -90,6 +90,12 @@ pub struct KernelCheckArgs {
         default_value = "2x16x4,2x16x2,2x8x4,2x8x2,1x8x4,4x8x4,4x8x2"
     )]
     pub expert_shapes: Vec<String>,
+    /// Per-pair workgroups of the experts in `--decode-timings`' chained layer (`--only
+    /// layer_chain`): `GATE_UP/DOWN`, each `CxPxT` (columns per plane, planes, turns), e.g.
+    /// `1x8x1/1x16x1`; the model's at one token when none is given. Shapes for small grids are
+    /// better chosen on this chain than on the launches timed alone (docs/lessons.md).
+    #[arg(long, value_delimiter = ',')]
+    pub chain_experts: Vec<String>,
     /// With `--decode-timings`: every launch of a weight-reading kernel reads the same weights
     /// (one routing, one copy of each projection), so after the first launch they come from
     /// the L2 cache: what the kernels cost when their weights are close.
@@ -125,17 +131,24 @@ pub fn kernel_check(args: KernelCheckArgs) -> anyhow::Result<()> {
             .iter()
             .map(|t| parse_expert_shape(t))
             .collect::<anyhow::Result<_>>()?;
-        return decode_timings::time_decode_kernels(
-            &device,
-            &args.columns_per_plane,
-            &args.planes,
-            &args.turns,
-            &args.pair_tokens,
-            &rows_tilings,
-            &expert_shapes,
-            args.weights_in_l2,
-            &args.only,
-        );
+        let chain_experts: Vec<_> = args
+            .chain_experts
+            .iter()
+            .map(|t| decode_timings::parse_chain_experts(t))
+            .collect::<anyhow::Result<_>>()?;
+        let options = decode_timings::DecodeTimingOptions {
+            pair_shapes: decode_timings::pair_shapes(
+                &args.columns_per_plane,
+                &args.planes,
+                &args.turns,
+            ),
+            pair_tokens: args.pair_tokens.clone(),
+            rows_tilings,
+            expert_shapes,
+            chain_experts,
+            weights_in_l2: args.weights_in_l2,
+        };
+        return decode_timings::time_decode_kernels(&device, &options, &args.only);
     }
     if args.decoding_only {
         return run_checks(&device, &DECODING_CHECKS, &args.only);
@@ -498,19 +511,25 @@ mod tests {
         assert_eq!(names.len(), count);
     }
 
+    /// The decode-timing options of `bench kernel-check`'s defaults, for the tests below.
+    fn default_timing_options() -> decode_timings::DecodeTimingOptions {
+        decode_timings::DecodeTimingOptions {
+            pair_shapes: decode_timings::pair_shapes(&[1], &[8], &[1]),
+            pair_tokens: vec![1],
+            rows_tilings: vec![],
+            expert_shapes: vec![],
+            chain_experts: vec![],
+            weights_in_l2: false,
+        }
+    }
+
     /// `--only` with `--decode-timings` refuses a name no group of timings has, before timing
     /// anything, and lists the groups.
     #[test]
     fn only_refuses_unknown_timing_groups() {
         let error = decode_timings::time_decode_kernels(
             &Device::flex(),
-            &[1],
-            &[8],
-            &[1],
-            &[1],
-            &[],
-            &[],
-            false,
+            &default_timing_options(),
             &["router".into()],
         )
         .unwrap_err()
@@ -524,24 +543,31 @@ mod tests {
     #[test]
     fn pair_tokens_refuse_counts_the_model_never_runs_per_pair() {
         for (tokens, named) in [(&[4, 33][..], "33"), (&[0][..], "0")] {
-            let error = decode_timings::time_decode_kernels(
-                &Device::flex(),
-                &[1],
-                &[8],
-                &[1],
-                tokens,
-                &[],
-                &[],
-                false,
-                &[],
-            )
-            .unwrap_err()
-            .to_string();
+            let options = decode_timings::DecodeTimingOptions {
+                pair_tokens: tokens.to_vec(),
+                ..default_timing_options()
+            };
+            let error = decode_timings::time_decode_kernels(&Device::flex(), &options, &[])
+                .unwrap_err()
+                .to_string();
             assert!(
                 error.contains(&format!("--pair-tokens {named}:")),
                 "{error}"
             );
             assert!(error.contains("1 to 32 tokens"), "{error}");
         }
+    }
+
+    /// `--planes` and friends refuse a workgroup the per-pair kernels do not take, naming it.
+    #[test]
+    fn pair_shapes_refuse_workgroups_the_kernels_do_not_take() {
+        let options = decode_timings::DecodeTimingOptions {
+            pair_shapes: decode_timings::pair_shapes(&[1], &[8, 33], &[1]),
+            ..default_timing_options()
+        };
+        let error = decode_timings::time_decode_kernels(&Device::flex(), &options, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--planes 33"), "{error}");
     }
 }

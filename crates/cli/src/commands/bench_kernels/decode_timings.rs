@@ -19,6 +19,8 @@ use super::{Worst, median_after_warm_up, packed_words, random_experts, standard_
 mod by_expert;
 mod layer_chain;
 
+pub(super) use layer_chain::{ChainExperts, parse_chain_experts};
+
 /// gpt-oss-20b's widths.
 const HIDDEN: usize = 2880;
 const INTER: usize = 2880;
@@ -145,29 +147,27 @@ impl WeightCycle {
 /// The groups of timings `--only` can name, in the order they run.
 const TIMING_GROUPS: [&str; 5] = ["small", "layer_chain", "projections", "pairs", "by_expert"];
 
-/// Every timing of the groups `only` names (all of them when empty; see [`TIMING_GROUPS`]),
-/// the per-pair kernels at each of `columns_per_plane`, `planes` and `turns` and at each of
-/// `pair_tokens` tokens, the bf16 products at each of `rows_tilings`, the by-expert kernels at
-/// each of `expert_shapes`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn time_decode_kernels(
-    device: &Device,
+/// What `--decode-timings` times besides the model's own choices: the sweep options of `bench
+/// kernel-check`.
+pub(super) struct DecodeTimingOptions {
+    /// Workgroups of the per-pair kernels (every combination of `--columns-per-plane`,
+    /// `--planes` and `--turns`: [`pair_shapes`]).
+    pub pair_shapes: Vec<PlaneShape>,
+    /// Token counts at which the per-pair kernels are timed.
+    pub pair_tokens: Vec<usize>,
+    pub rows_tilings: Vec<RowsTiling>,
+    pub expert_shapes: Vec<ExpertShape>,
+    /// The per-pair workgroups of the chained layer's experts; the model's when empty.
+    pub chain_experts: Vec<ChainExperts>,
+    pub weights_in_l2: bool,
+}
+
+/// Every combination of the per-pair options, in the order given.
+pub(super) fn pair_shapes(
     columns_per_plane: &[u32],
     planes: &[u32],
     turns: &[u32],
-    pair_tokens: &[usize],
-    rows_tilings: &[RowsTiling],
-    expert_shapes: &[ExpertShape],
-    weights_in_l2: bool,
-    only: &[String],
-) -> anyhow::Result<()> {
-    super::ensure_known(only, &TIMING_GROUPS, "group of timings")?;
-    let wanted = |group: &str| only.is_empty() || only.iter().any(|o| o == group);
-    let cycle = WeightCycle { weights_in_l2 };
-    println!(
-        "{}",
-        json!({"decode_timings": {"weights_in_l2": weights_in_l2}})
-    );
+) -> Vec<PlaneShape> {
     let mut shapes = vec![];
     for &columns_per_plane in columns_per_plane {
         for &planes in planes {
@@ -180,6 +180,23 @@ pub(super) fn time_decode_kernels(
             }
         }
     }
+    shapes
+}
+
+/// Every timing of the groups `only` names (all of them when empty; see [`TIMING_GROUPS`]), at
+/// the workgroups, token counts and tilings `options` names. Options the kernels or the model
+/// do not take are refused before anything is timed.
+pub(super) fn time_decode_kernels(
+    device: &Device,
+    options: &DecodeTimingOptions,
+    only: &[String],
+) -> anyhow::Result<()> {
+    super::ensure_known(only, &TIMING_GROUPS, "group of timings")?;
+    let wanted = |group: &str| only.is_empty() || only.iter().any(|o| o == group);
+    let cycle = WeightCycle {
+        weights_in_l2: options.weights_in_l2,
+    };
+    let shapes = &options.pair_shapes;
     if let Some(shape) = shapes.iter().find(|shape| !shape.is_supported()) {
         anyhow::bail!(
             "--columns-per-plane {} --planes {} --turns {}: not a workgroup the per-pair \
@@ -189,6 +206,7 @@ pub(super) fn time_decode_kernels(
             shape.turns
         );
     }
+    let pair_tokens = &options.pair_tokens;
     if let Some(tokens) = pair_tokens
         .iter()
         .find(|&&tokens| tokens == 0 || tokens * TOP_K > MAX_PAIRS)
@@ -199,22 +217,26 @@ pub(super) fn time_decode_kernels(
             MAX_PAIRS / TOP_K
         );
     }
+    println!(
+        "{}",
+        json!({"decode_timings": {"weights_in_l2": options.weights_in_l2}})
+    );
     if wanted("small") {
         time_small_kernels(device)?;
     }
     if wanted("layer_chain") {
-        layer_chain::time_layer_chain(device)?;
+        layer_chain::time_layer_chain(device, &options.chain_experts)?;
     }
     if wanted("projections") {
-        for &tiling in rows_tilings {
+        for &tiling in &options.rows_tilings {
             time_projections(device, tiling, cycle)?;
         }
     }
     if wanted("pairs") {
-        time_pairs(device, &shapes, pair_tokens, cycle)?;
+        time_pairs(device, shapes, pair_tokens, cycle)?;
     }
     if wanted("by_expert") {
-        by_expert::time_by_expert(device, expert_shapes, cycle)?;
+        by_expert::time_by_expert(device, &options.expert_shapes, cycle)?;
     }
     Ok(())
 }
