@@ -237,10 +237,18 @@ fn parse_rows_tiling(text: &str) -> anyhow::Result<gpt_oss_kernels::bf16_rows::R
     }
 }
 
+/// A workgroup's three sides from `AxBxC` (or one side for all three, as `bench_matmul`'s
+/// splitter reads them), as u32; a side past u32 reads as 0, which every shape check refuses.
+/// Errors name `what` and `order`.
+pub(super) fn workgroup_sides(text: &str, what: &str, order: &str) -> anyhow::Result<[u32; 3]> {
+    let sides = super::bench_matmul::three_sides(text, what, order)?;
+    Ok(sides.map(|n| u32::try_from(n).unwrap_or(0)))
+}
+
 /// `CxPxR` (`2x16x4`) as a by-expert workgroup: columns per plane, planes, rows per chunk.
 fn parse_expert_shape(text: &str) -> anyhow::Result<ExpertShape> {
-    let sides = super::bench_matmul::three_sides(text, "--expert-shapes", "CxPxR")?;
-    let [columns_per_plane, planes, chunk_rows] = sides.map(|n| u32::try_from(n).unwrap_or(0));
+    let [columns_per_plane, planes, chunk_rows] =
+        workgroup_sides(text, "--expert-shapes", "CxPxR")?;
     let shape = ExpertShape {
         columns_per_plane,
         planes,

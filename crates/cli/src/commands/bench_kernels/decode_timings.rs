@@ -144,6 +144,9 @@ impl WeightCycle {
     }
 }
 
+/// The workgroups the per-pair kernels take (`PlaneShape::is_supported`), as refusals name them.
+const PER_PAIR_LIMITS: &str = "1 to 8 columns per plane, 1 to 32 planes, 1 to 16 turns";
+
 /// The groups of timings `--only` can name, in the order they run.
 const TIMING_GROUPS: [&str; 5] = ["small", "layer_chain", "projections", "pairs", "by_expert"];
 
@@ -200,7 +203,7 @@ pub(super) fn time_decode_kernels(
     if let Some(shape) = shapes.iter().find(|shape| !shape.is_supported()) {
         anyhow::bail!(
             "--columns-per-plane {} --planes {} --turns {}: not a workgroup the per-pair \
-             kernels take (1 to 8 columns per plane, 1 to 32 planes, 1 to 16 turns)",
+             kernels take ({PER_PAIR_LIMITS})",
             shape.columns_per_plane,
             shape.planes,
             shape.turns

@@ -16,9 +16,10 @@ use gpt_oss_kernels::experts_pairs::{
 };
 use gpt_oss_kernels::router_top_k::add_norm_router;
 
-use super::super::{packed_words, random_experts, standard_normal};
+use super::super::{packed_words, random_experts, standard_normal, workgroup_sides};
 use super::{
-    EXPERTS, HIDDEN, INTER, KV_WIDTH, LAUNCHES, Q_WIDTH, TOP_K, report, seconds_per_replayed_launch,
+    EXPERTS, HIDDEN, INTER, KV_WIDTH, LAUNCHES, PER_PAIR_LIMITS, Q_WIDTH, TOP_K, report,
+    seconds_per_replayed_launch,
 };
 
 /// Layers with their own attention weights (q/k/v, o, caches); launches reuse them in turn.
@@ -47,8 +48,7 @@ impl ChainExperts {
 /// per-pair workgroups of the chained layer's experts.
 pub fn parse_chain_experts(text: &str) -> anyhow::Result<ChainExperts> {
     let shape = |side: &str| {
-        let sides = crate::commands::bench_matmul::three_sides(side, "--chain-experts", "CxPxT")?;
-        let [columns_per_plane, planes, turns] = sides.map(|n| u32::try_from(n).unwrap_or(0));
+        let [columns_per_plane, planes, turns] = workgroup_sides(side, "--chain-experts", "CxPxT")?;
         let shape = PlaneShape {
             columns_per_plane,
             planes,
@@ -56,8 +56,8 @@ pub fn parse_chain_experts(text: &str) -> anyhow::Result<ChainExperts> {
         };
         anyhow::ensure!(
             shape.is_supported(),
-            "--chain-experts `{text}`: `{side}` is not a workgroup the per-pair kernels take (1 \
-             to 8 columns per plane, 1 to 32 planes, 1 to 16 turns)"
+            "--chain-experts `{text}`: `{side}` is not a workgroup the per-pair kernels take \
+             ({PER_PAIR_LIMITS})"
         );
         Ok(shape)
     };
@@ -203,6 +203,7 @@ pub(super) fn time_layer_chain(
     } else {
         chain_experts
     };
+    let shape = |s: PlaneShape| format!("{}x{}x{}", s.columns_per_plane, s.planes, s.turns);
     for (index, &shapes) in chain_experts.iter().enumerate() {
         for (part, launches) in [
             ("layer", 6),
@@ -230,7 +231,6 @@ pub(super) fn time_layer_chain(
                 *current.borrow_mut() = next.clone();
                 next
             })?;
-            let shape = |s: PlaneShape| format!("{}x{}x{}", s.columns_per_plane, s.planes, s.turns);
             report(
                 "decoding_layer_chain",
                 json!({"rows": 1, "keys": KEYS, "part": part, "launches_per_part": launches,
